@@ -1,0 +1,12 @@
+"""odeflow: continuous-time deep learning and scientific machine learning on PyTorch.
+
+Mixed-precision neural ODEs with an exact discrete adjoint, exact network derivatives
+(gradient, Hessian, Laplacian), OT-Flow normalizing flows, neural optimal control and
+EPI susceptibility distortion correction.
+"""
+
+from . import testing
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "testing"]

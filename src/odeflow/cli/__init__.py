@@ -1,0 +1,51 @@
+"""The ``odeflow`` command line.
+
+Each subcommand lives in its own module (``_demo``, ``_flow``, ``_epi``, …) that exposes
+``register(subparsers)``; ``main`` builds the parser from the modules listed in
+``_COMMANDS`` and dispatches to the ``func`` each subparser sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+#: modules providing ``register(subparsers)``; order is the order shown in ``--help``.
+_COMMANDS: tuple[str, ...] = ("odeflow.cli._demo",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``odeflow`` argument parser with every registered subcommand."""
+    from odeflow import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="odeflow",
+        description="odeflow: continuous-time deep learning and scientific ML on PyTorch.",
+    )
+    parser.add_argument("--version", action="version", version=f"odeflow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``odeflow`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("odeflow: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
+        print(f"odeflow {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return int(rc or 0)

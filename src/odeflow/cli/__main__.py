@@ -1,0 +1,5 @@
+import sys
+
+from odeflow.cli import main
+
+sys.exit(main())

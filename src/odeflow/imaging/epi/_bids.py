@@ -55,7 +55,8 @@ _ANATOMICAL = {
     "SI": (0.0, 0.0, -1.0),
 }
 #: smallest |cos| between an anatomical direction and an array axis accepted as "along it"
-_MIN_ALIGNMENT = 1.0 / math.sqrt(2.0)
+#: (40°: clearly closer to one axis than to any other; typical obliquities are 10–30°)
+_MIN_ALIGNMENT = math.cos(math.radians(40.0))
 #: readout times above this (s) are almost surely given in milliseconds
 _MAX_READOUT = 1.0
 
@@ -118,7 +119,7 @@ def parse_pe_direction(text: str, affine: np.ndarray | None = None) -> PhaseEnco
 
     Raises:
         EPIInputError: for an unknown string, an anatomical code without an affine, or an
-            oblique scan where no array axis is within 45° of the anatomical direction.
+            oblique scan where no array axis is within 40° of the anatomical direction.
 
     Example:
         >>> import numpy as np

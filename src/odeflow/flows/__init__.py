@@ -1,0 +1,49 @@
+"""OT-Flow continuous normalizing flows: model, training, presets and data.
+
+OT-Flow (Onken, Wu Fung, Li, Ruthotto, AAAI 2021, arXiv 2006.00104) drives the flow by
+the gradient of a potential Φ(x, t) whose Laplacian gives an exact log-determinant.
+"""
+
+from ._otflow import OTFlow, OTFlowLoss, build_potential
+from ._presets import PRESETS, FlowPreset, get_preset
+from ._tabular import TABULAR_FILES, TabularData, check_data, load_sklearn, load_tabular
+from ._toys import (
+    TOYS,
+    eight_gaussians_entropy,
+    eight_gaussians_log_prob,
+    eight_gaussians_means,
+    make_toy,
+)
+from ._train import (
+    FitResult,
+    TrainingDiverged,
+    evaluate_nll,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+__all__ = [
+    "PRESETS",
+    "TABULAR_FILES",
+    "TOYS",
+    "FitResult",
+    "FlowPreset",
+    "OTFlow",
+    "OTFlowLoss",
+    "TabularData",
+    "TrainingDiverged",
+    "build_potential",
+    "check_data",
+    "eight_gaussians_entropy",
+    "eight_gaussians_log_prob",
+    "eight_gaussians_means",
+    "evaluate_nll",
+    "fit",
+    "get_preset",
+    "load_checkpoint",
+    "load_sklearn",
+    "load_tabular",
+    "make_toy",
+    "save_checkpoint",
+]

@@ -1,0 +1,107 @@
+"""Per-dataset OT-Flow hyperparameters from the paper (Onken et al., arXiv 2006.00104).
+
+Values come from the OT-Flow README and setup commands (EmoryMLIP/OT-Flow @ 4d66618);
+see ``shared/reference/flows.md`` §1. α = (α₀, α₁, α₂) weights (transport cost L,
+negative log-likelihood C, HJB penalty R).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+__all__ = ["PRESETS", "FlowPreset", "get_preset"]
+
+
+@dataclass(frozen=True)
+class FlowPreset:
+    """Training settings of one OT-Flow experiment.
+
+    Attributes:
+        name: dataset name.
+        dim: data dimension d (``None`` for "any").
+        width: width m of the ResNet in Φ.
+        depth: number of ResNet layers M (opening layer included; 2 in every paper run).
+        alpha: (α₀, α₁, α₂) weights of L, C and R in J = α₀L + α₁C + α₂R.
+        nt: RK4 steps used in training.
+        nt_val: RK4 steps used for validation.
+        nt_test: RK4 steps used for the final test evaluation.
+        batch: minibatch size.
+        lr: Adam learning rate.
+        iters: number of training iterations.
+        clip: clamp parameters to [−clip, clip] before every step (``None``: no clamp).
+        lr_drop: factor the learning rate is divided by when validation stalls.
+        max_drops: stop after this many learning-rate drops.
+        double: whether the paper trained in float64.
+
+    Example:
+        >>> p = get_preset("miniboone")
+        >>> p.dim, p.width, p.alpha, (p.nt, p.nt_val, p.nt_test)
+        (43, 256, (1.0, 100.0, 15.0), (6, 10, 18))
+    """
+
+    name: str
+    dim: int | None
+    width: int
+    alpha: tuple[float, float, float]
+    nt: int
+    nt_val: int
+    nt_test: int
+    batch: int
+    lr: float
+    iters: int
+    depth: int = 2
+    clip: float | None = None
+    lr_drop: float = 10.0
+    max_drops: int = 3
+    double: bool = False
+
+    def with_(self, **changes) -> FlowPreset:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return replace(self, **changes)
+
+
+def _toy(name: str, alpha, nt=8, nt_val=12, batch=5000, iters=5000, lr=0.05) -> FlowPreset:
+    return FlowPreset(
+        name=name, dim=2, width=32, alpha=tuple(float(a) for a in alpha), nt=nt, nt_val=nt_val,
+        nt_test=nt_val, batch=batch, lr=lr, iters=iters, double=True,
+    )  # fmt: skip
+
+
+#: every preset by name (lower case)
+PRESETS: dict[str, FlowPreset] = {
+    "8gaussians": _toy("8gaussians", (1, 30, 1), lr=0.1),
+    "checkerboard": _toy("checkerboard", (1, 15, 2), nt=12, nt_val=16, batch=10_000, iters=20_000),
+    "swissroll": _toy("swissroll", (1, 30, 15), nt_val=16),
+    "pinwheel": _toy("pinwheel", (1, 30, 15)),
+    "circles": _toy("circles", (1, 5, 1)),
+    "moons": _toy("moons", (1, 8, 1)),
+    "2spirals": _toy("2spirals", (1, 10, 1)),
+    "power": FlowPreset("power", 6, 128, (1.0, 500.0, 5.0), 10, 22, 24, 10_000, 0.03, 36_000,
+                        clip=1.5),
+    "gas": FlowPreset("gas", 8, 350, (1.0, 1200.0, 40.0), 10, 24, 30, 2_000, 0.01, 60_000,
+                      clip=1.5),
+    "hepmass": FlowPreset("hepmass", 21, 256, (1.0, 500.0, 40.0), 12, 24, 24, 2_000, 0.02,
+                          40_000, clip=1.5),
+    "miniboone": FlowPreset("miniboone", 43, 256, (1.0, 100.0, 15.0), 6, 10, 18, 2_000, 0.02,
+                            8_000, clip=1.5),
+    "bsds300": FlowPreset("bsds300", 63, 512, (1.0, 2000.0, 800.0), 14, 30, 40, 300, 0.001,
+                          120_000, clip=1.5, lr_drop=3.3),
+}  # fmt: skip
+
+
+def get_preset(name: str | FlowPreset) -> FlowPreset:
+    """Look up a preset by (case-insensitive) name; a :class:`FlowPreset` passes through.
+
+    Raises:
+        ValueError: unknown name; the message lists the valid names.
+
+    Example:
+        >>> get_preset("8gaussians").alpha
+        (1.0, 30.0, 1.0)
+    """
+    if isinstance(name, FlowPreset):
+        return name
+    key = str(name).lower()
+    if key not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets are: {', '.join(PRESETS)}")
+    return PRESETS[key]

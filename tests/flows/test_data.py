@@ -1,0 +1,166 @@
+"""Toy generators, exact 8gaussians density, presets and MAF-format loaders."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from odeflow.flows import (
+    PRESETS,
+    TOYS,
+    check_data,
+    eight_gaussians_entropy,
+    eight_gaussians_log_prob,
+    get_preset,
+    load_sklearn,
+    load_tabular,
+    make_toy,
+)
+
+
+@pytest.mark.parametrize("name", list(TOYS))
+def test_toys_seeded_shape_finite(name):
+    a = make_toy(name, 1001, seed=3)
+    b = make_toy(name, 1001, seed=3)
+    c = make_toy(name, 1001, seed=4)
+    assert a.shape == (1001, 2) and bool(torch.isfinite(a).all())
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert float(a.abs().max()) < 12.0  # the toys live in a box of a few units
+
+
+def test_toy_unknown_lists_valid():
+    with pytest.raises(ValueError, match="8gaussians.*checkerboard"):
+        make_toy("banana", 10)
+
+
+def test_eight_gaussians_density_normalised_and_matches_samples():
+    # the density integrates to one on a grid ...
+    h = 0.02
+    g = torch.arange(-5.0, 5.0, h, dtype=torch.float64)
+    xx, yy = torch.meshgrid(g, g, indexing="ij")
+    p = eight_gaussians_log_prob(torch.stack([xx.ravel(), yy.ravel()], 1)).exp()
+    assert abs(float(p.sum()) * h * h - 1.0) < 1e-6
+    # ... and samples follow it: E_p[log p] from samples equals ∫ p log p on the grid
+    h_grid = -float((p * p.clamp_min(1e-300).log()).sum()) * h * h
+    h_mc, se = eight_gaussians_entropy(100_000, seed=1)
+    assert abs(h_mc - h_grid) < 5 * se
+    # mixture entropy ≤ log 8 + H(component), nearly equal for these 6σ-separated modes
+    sigma = 0.5 / 1.414
+    bound = math.log(8) + 1 + math.log(2 * math.pi * sigma**2)
+    assert bound - 0.02 < h_grid < bound
+
+
+def test_presets_match_paper_and_unknown_lists_valid():
+    assert set(TOYS) <= set(PRESETS)
+    mb = get_preset("MINIBOONE")
+    assert (mb.dim, mb.width, mb.alpha, mb.nt, mb.nt_val, mb.batch, mb.lr) == (
+        43, 256, (1.0, 100.0, 15.0), 6, 10, 2000, 0.02)
+    assert get_preset("bsds300").lr_drop == 3.3 and get_preset("8gaussians").lr == 0.1
+    with pytest.raises(ValueError, match="valid presets are: 8gaussians"):
+        get_preset("cifar10")
+
+
+def test_check_data_errors():
+    with pytest.raises(ValueError, match="NaN or inf"):
+        check_data(torch.tensor([[0.0, float("nan")]]), 2)
+    with pytest.raises(ValueError, match="3 columns but the flow has dim=2"):
+        check_data(torch.zeros(4, 3), 2)
+    with pytest.raises(ValueError, match="empty"):
+        check_data(torch.zeros(0, 2), 2)
+    with pytest.raises(ValueError, match="2-D"):
+        check_data(torch.zeros(4), 2)
+
+
+# ----------------------------------------------------------------- MAF-format loaders
+def test_missing_files_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="miniboone/data.npy"):
+        load_tabular("miniboone", tmp_path)
+    with pytest.raises(FileNotFoundError, match="1000_train.csv"):
+        load_tabular("HEPMASS", tmp_path)
+    with pytest.raises(ValueError, match="valid names are"):
+        load_tabular("mnist", tmp_path)
+
+
+def _stats_ok(d, dim):
+    assert d.train.shape[1] == d.val.shape[1] == d.test.shape[1] == dim
+    for s in (d.train, d.val, d.test):
+        assert bool(torch.isfinite(s).all())
+
+
+def test_miniboone_split_and_whitening(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = rng.normal(3.0, 2.0, size=(1000, 43))
+    (tmp_path / "miniboone").mkdir()
+    np.save(tmp_path / "miniboone" / "data.npy", raw)
+    d = load_tabular("miniboone", tmp_path, dtype=torch.float64)
+    _stats_ok(d, 43)
+    assert (d.train.shape[0], d.val.shape[0], d.test.shape[0]) == (810, 90, 100)
+    both = torch.cat([d.train, d.val])
+    assert torch.allclose(both.mean(0), torch.zeros(43, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(both.std(0, unbiased=False), torch.ones(43, dtype=torch.float64))
+    # the test rows are the last 10 % of the file, whitened with train+val statistics
+    mu, sd = raw[:900].mean(0), raw[:900].std(0)
+    assert np.allclose(d.test.numpy(), (raw[900:] - mu) / sd)
+
+
+def test_power_layout(tmp_path):
+    rng = np.random.default_rng(1)
+    (tmp_path / "power").mkdir()
+    np.save(tmp_path / "power" / "data.npy", rng.normal(size=(500, 8)))
+    d = load_tabular("power", tmp_path)
+    _stats_ok(d, 6)
+    assert d.train.shape[0] + d.val.shape[0] + d.test.shape[0] == 500
+
+
+def test_gas_drops_correlated_columns(tmp_path):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(2)
+    cols = {f"s{i}": rng.normal(size=400) for i in range(8)}
+    cols["dup"] = cols["s0"] * 2.0 + 1.0  # perfectly correlated with s0: must be dropped
+    cols.update(Meth=rng.normal(size=400), Eth=rng.normal(size=400), Time=np.arange(400.0))
+    (tmp_path / "gas").mkdir()
+    pd.DataFrame(cols).to_pickle(tmp_path / "gas" / "ethylene_CO.pickle")
+    d = load_tabular("gas", tmp_path)
+    _stats_ok(d, 8)
+
+
+def test_hepmass_signal_rows_and_discrete_features(tmp_path):
+    rng = np.random.default_rng(3)
+    (tmp_path / "hepmass").mkdir()
+    n = 600
+    lab = rng.integers(0, 2, n)
+    feats = rng.normal(size=(n, 4))
+    feats[:, 2] = rng.integers(0, 3, n)  # discrete-valued feature: removed
+    np.savetxt(tmp_path / "hepmass" / "1000_train.csv", np.column_stack([lab, feats]),
+               delimiter=",", header="# label,f0,f1,f2,f3", comments="")
+    lab_t = rng.integers(0, 2, 200)
+    ft = np.column_stack([lab_t, rng.normal(size=(200, 4)), rng.normal(size=200)])
+    np.savetxt(tmp_path / "hepmass" / "1000_test.csv", ft, delimiter=",",
+               header="# label,f0,f1,f2,f3,mass", comments="")
+    d = load_tabular("hepmass", tmp_path)
+    _stats_ok(d, 3)
+    assert d.train.shape[0] + d.val.shape[0] == int((lab == 1).sum())
+    assert d.test.shape[0] == int((lab_t == 1).sum())
+
+
+def test_bsds300_hdf5(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    (tmp_path / "BSDS300").mkdir()
+    with h5py.File(tmp_path / "BSDS300" / "BSDS300.hdf5", "w") as h:
+        for k, n in (("train", 50), ("validation", 20), ("test", 30)):
+            h[k] = np.random.default_rng(0).normal(size=(n, 63))
+    d = load_tabular("bsds300", tmp_path)
+    _stats_ok(d, 63)
+    assert d.test.shape[0] == 30
+
+
+@pytest.mark.parametrize("name,dim", [("breast_cancer", 30), ("digits", 61)])
+def test_sklearn_case_standardised(name, dim):
+    pytest.importorskip("sklearn")
+    d = load_sklearn(name, seed=0, dtype=torch.float64)
+    _stats_ok(d, dim)
+    assert torch.allclose(d.train.mean(0), torch.zeros(dim, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(d.train.std(0, unbiased=False), torch.ones(dim, dtype=torch.float64))

@@ -114,7 +114,7 @@ def interp_lines(image: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, 
     i1 = torch.gather(image, -1, k + 1)
     slope = i1 - i0
     inside = (pos >= 0) & (pos <= n - 1)
-    return i0 + w * slope, torch.where(inside, slope, torch.zeros_like(slope))
+    return i0 * (1 - w) + i1 * w, torch.where(inside, slope, torch.zeros_like(slope))
 
 
 def _interp_sorted(xq: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:

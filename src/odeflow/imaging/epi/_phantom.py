@@ -170,7 +170,7 @@ def make_phantom(
         Julian et al., PyHySCO, arXiv:2403.10706 (simulation protocol).
 
     Example:
-        >>> ph = make_phantom(voxel_size=4.0, shape=(16, 16, 16), snr=None)
+        >>> ph = make_phantom(voxel_size=4.0, shape=(16, 16, 16), peak_displacement=2.0, snr=None)
         >>> tuple(ph.up.shape), ph.pe_axis
         ((16, 16, 16), 1)
     """
@@ -242,7 +242,8 @@ def make_phantom(
     if grad >= 0.9:
         raise ValueError(
             f"peak_displacement={peak_displacement} folds the field (max |∂b| = {grad:.2f} >= 0.9); "
-            "use a smaller peak_displacement or a coarser voxel size."
+            "use a smaller peak_displacement (it counts output voxels, so coarser voxels mean a "
+            "larger field in mm)."
         )
     rho_t = torch.from_numpy(np.ascontiguousarray(rho, dtype=np.float64))
     d_t = torch.from_numpy(np.ascontiguousarray(d_1mm, dtype=np.float64))

@@ -21,20 +21,31 @@ import numpy as np
 __all__ = ["choose_slice", "write_qc_report"]
 
 
-def choose_slice(shape: Sequence[int], pe_axis: int) -> tuple[int, int]:
+def choose_slice(
+    shape: Sequence[int], pe_axis: int, difference: np.ndarray | None = None
+) -> tuple[int, int]:
     """The slice shown in the report: ``(slice_axis, index)``.
 
     The slice axis is the last array axis other than the PE axis (so the shown plane contains
-    the PE direction, along which the distortion acts); the index is the middle slice.
+    the PE direction, along which the distortion acts).  The index is the slice where
+    ``difference`` (e.g. ``(up − down)²``) has the most energy — the most distorted one — or
+    the middle slice without it.
 
     Example:
         >>> choose_slice((64, 64, 30), pe_axis=1)
         (2, 15)
         >>> choose_slice((64, 64, 30), pe_axis=2)
         (1, 32)
+        >>> d = np.zeros((4, 5, 6)); d[:, :, 4] = 1.0
+        >>> choose_slice(d.shape, pe_axis=1, difference=d)
+        (2, 4)
     """
     axis = 2 if pe_axis != 2 else 1
-    return axis, int(shape[axis]) // 2
+    if difference is None:
+        return axis, int(shape[axis]) // 2
+    other = tuple(a for a in range(3) if a != axis)
+    energy = np.asarray(difference, dtype=np.float64).sum(axis=other)
+    return axis, int(np.argmax(energy))
 
 
 def _plane(vol: np.ndarray, axis: int, index: int, pe_axis: int) -> np.ndarray:
@@ -102,7 +113,8 @@ def write_qc_report(
             raise ValueError(f"{k} has shape {np.shape(v)}; all QC volumes must be 3-D {shape}")
     if pe_axis not in (0, 1, 2):
         raise ValueError(f"pe_axis must be 0, 1 or 2, got {pe_axis!r}")
-    axis, index = choose_slice(shape, pe_axis)
+    diff2 = (np.asarray(up, dtype=np.float64) - np.asarray(down, dtype=np.float64)) ** 2
+    axis, index = choose_slice(shape, pe_axis, diff2)
     pl = {k: _plane(v, axis, index, pe_axis) for k, v in vols.items()}
     in_plane = [a for a in range(3) if a != axis]
     col_axis = in_plane[0] if in_plane[1] == pe_axis else in_plane[1]
@@ -133,7 +145,7 @@ def write_qc_report(
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         return im
 
-    rms_b = float(np.sqrt(np.mean((np.asarray(up) - np.asarray(down)) ** 2)))
+    rms_b = float(np.sqrt(np.mean(diff2)))
     rms_a = float(np.sqrt(np.mean((np.asarray(corrected_up) - np.asarray(corrected_down)) ** 2)))
     show(axes[0, 0], pl["up"], "up (before)")
     show(axes[0, 1], pl["down"], "down (before)")

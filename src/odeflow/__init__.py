@@ -6,7 +6,28 @@ EPI susceptibility distortion correction.
 """
 
 from . import testing
+from .ode import (
+    AdjointScaler,
+    Backprop,
+    ButcherTableau,
+    DiscreteAdjoint,
+    PrecisionPolicy,
+    Solution,
+    odeint,
+    solve,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "testing"]
+__all__ = [
+    "AdjointScaler",
+    "Backprop",
+    "ButcherTableau",
+    "DiscreteAdjoint",
+    "PrecisionPolicy",
+    "Solution",
+    "odeint",
+    "solve",
+    "__version__",
+    "testing",
+]

@@ -1,0 +1,31 @@
+"""The ODE engine: fixed-grid explicit Runge–Kutta solves with an exact discrete adjoint,
+mixed precision (bf16/fp16 stages, fp32 accumulation, 16-bit storage) and sync-free
+dynamic adjoint scaling for fp16."""
+
+from ._precision import AdjointScaler, PrecisionPolicy, get_precision
+from ._solve import (
+    AdjointStats,
+    Backprop,
+    DiscreteAdjoint,
+    Solution,
+    SolveStatus,
+    odeint,
+    solve,
+)
+from ._tableaus import TABLEAUS, ButcherTableau, get_tableau
+
+__all__ = [
+    "TABLEAUS",
+    "AdjointScaler",
+    "AdjointStats",
+    "Backprop",
+    "ButcherTableau",
+    "DiscreteAdjoint",
+    "PrecisionPolicy",
+    "Solution",
+    "SolveStatus",
+    "get_precision",
+    "get_tableau",
+    "odeint",
+    "solve",
+]

@@ -1,0 +1,230 @@
+"""Precision policies and the dynamic adjoint scaler for fp16."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["AdjointScaler", "PrecisionPolicy", "get_precision"]
+
+
+@dataclass(frozen=True)
+class PrecisionPolicy:
+    """Which precision each quantity of a solve lives in.
+
+    * ``compute``: dtype of the RK stage evaluations ``f(t, Y)``, applied with
+      ``torch.autocast`` on the state's device (CUDA and CPU alike); ``None`` = no autocast.
+    * state update ``y + h Σ b_i k_i``, adjoint, gradient accumulators: the state dtype ``H``
+      (``y0``'s dtype; float32 when ``y0`` is 16-bit).
+    * ``storage``: dtype of the step states kept for the backward pass; ``None`` = ``H``.
+    * ``tf32``: allow TF32 tensor-core matmuls/convolutions during the solve (CUDA only;
+      the flags are restored afterwards).
+
+    Args:
+        name: a label.
+        compute: ``torch.float16``, ``torch.bfloat16`` or ``None``.
+        storage: dtype of stored step states, or ``None``.
+        tf32: enable TF32 inside the solve.
+
+    Reference:
+        Celledoni, Owren, Ruthotto, Yang, *Mixed precision training of neural ODEs*,
+        arXiv:2510.23498.
+
+    Example:
+        >>> get_precision("bf16").storage
+        torch.bfloat16
+    """
+
+    name: str
+    compute: torch.dtype | None = None
+    storage: torch.dtype | None = None
+    tf32: bool = False
+
+    def __post_init__(self) -> None:
+        if self.compute not in (None, torch.float16, torch.bfloat16):
+            raise ValueError(f"compute dtype must be float16, bfloat16 or None, got {self.compute}")
+
+    @contextlib.contextmanager
+    def context(self, device: torch.device) -> Iterator[None]:
+        """Autocast (and TF32 flags) for the stage evaluations on ``device``."""
+        tf32_saved = None
+        if self.tf32 and device.type == "cuda":
+            tf32_saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        try:
+            # enabled=False also switches off an ambient autocast: behaviour comes from the policy.
+            with torch.autocast(
+                device_type=device.type,
+                dtype=self.compute or torch.bfloat16,
+                enabled=self.compute is not None,
+            ):
+                yield
+        finally:
+            if tf32_saved is not None:
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_saved
+
+
+_POLICIES = {
+    "fp32": PrecisionPolicy("fp32"),
+    "fp64": PrecisionPolicy("fp64"),
+    "tf32": PrecisionPolicy("tf32", tf32=True),
+    "bf16": PrecisionPolicy("bf16", compute=torch.bfloat16, storage=torch.bfloat16),
+    "fp16": PrecisionPolicy("fp16", compute=torch.float16, storage=torch.float16),
+}
+
+
+def get_precision(precision: str | PrecisionPolicy, device: torch.device) -> PrecisionPolicy:
+    """Resolve a precision name (``fp32, tf32, bf16, fp16, fp64``) or pass a policy through.
+
+    ``"fp32"`` and ``"fp64"`` both mean "no autocast, the state's own dtype"; the state
+    dtype itself comes from ``y0``. If autocast for the requested dtype is not available on
+    ``device`` the solve falls back to the state dtype with a warning.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the valid ones).
+
+    Example:
+        >>> get_precision("fp16", torch.device("cpu")).compute
+        torch.float16
+    """
+    if isinstance(precision, PrecisionPolicy):
+        pol = precision
+    elif isinstance(precision, str) and precision in _POLICIES:
+        pol = _POLICIES[precision]
+    else:
+        raise ValueError(
+            f"unknown precision {precision!r}; valid: {', '.join(_POLICIES)} "
+            "or an odeflow.PrecisionPolicy"
+        )
+    if pol.compute is not None and not _autocast_ok(device.type, pol.compute):
+        warnings.warn(
+            f"autocast to {pol.compute} is not available on {device.type} in this torch build; "
+            "falling back to the state dtype (precision='fp32')",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return _POLICIES["fp32"]
+    return pol
+
+
+def _autocast_ok(device_type: str, dtype: torch.dtype) -> bool:
+    if not torch.amp.is_autocast_available(device_type):
+        return False
+    try:
+        x = torch.ones(2, 2, device=device_type)
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            return (x @ x).dtype == dtype
+    except (RuntimeError, TypeError):
+        return False
+
+
+class AdjointScaler:
+    r"""Power-of-two dynamic scaling of the fp16 discrete adjoint; persists across calls.
+
+    **Per step (no host sync).** Before step ``i`` of the backward recursion the scale is
+    chosen on the device from the current fp32 adjoint ``a``:
+
+    .. math:: S_i = 2^{\,e - \lceil \log_2 \max|a| \rceil}, \qquad\text{so } S_i\max|a| \in (2^{e-1}, 2^e],
+
+    where ``e`` (``headroom``) is this object's persistent exponent. The vector–Jacobian
+    products are seeded with ``S_i a`` (exact: a power of two), evaluated in fp16, and
+    unscaled in fp32. Because ``S_i`` follows ``a`` on every step, an adjoint that spans
+    many orders of magnitude stays in fp16 range without ever overflowing *because of
+    growth*; the headroom only has to absorb the amplification by the Jacobian.
+
+    **Overflow.** Each step yields a finiteness flag as a device tensor. A failed step and
+    every later one are frozen with ``torch.where`` (the adjoint and accumulators keep their
+    last good value). The host reads the flag once every ``ceil(N / checks)`` steps and at
+    the end (``checks`` + 1 syncs per backward); on a failure ``e`` is lowered by one and
+    the recursion resumes at the failed step, which is thereby recomputed with half the
+    scale. After ``max_retries`` failures a ``FloatingPointError`` is raised.
+
+    **Growth rule.** ``e`` rises by one after ``growth_interval`` consecutive backward
+    passes without overflow (like ``torch.amp.GradScaler``'s growth interval, counted in
+    solves, not steps), up to ``max_headroom`` (fp16's largest finite value is < 2^16).
+
+    With ``dynamic=False`` no scaling and no checks happen: non-finite values propagate to
+    the gradients so that a ``torch.amp.GradScaler`` wrapped around the loss detects them
+    and skips the optimizer step.
+
+    Args:
+        headroom: initial exponent ``e`` (default 12: ``S·max|a| ≈ 2^12``).
+        growth_interval: clean backward passes before ``e`` grows by one.
+        max_headroom: upper bound for ``e``.
+        min_headroom: lower bound for ``e``; reaching it raises.
+        max_retries: overflow recoveries allowed per backward pass.
+        checks: host checks per backward pass (each is one sync).
+        dynamic: ``False`` disables scaling (for ``torch.amp.GradScaler``).
+
+    Reference:
+        Celledoni, Owren, Ruthotto, Yang, arXiv:2510.23498 (dynamic adjoint scaling);
+        Micikevicius et al., *Mixed Precision Training*, arXiv:1710.03740 (loss scaling).
+
+    Example:
+        >>> s = AdjointScaler(growth_interval=2)
+        >>> s.headroom
+        12
+        >>> s._end_of_backward(retries=0); s._end_of_backward(retries=0); s.headroom
+        13
+    """
+
+    def __init__(
+        self,
+        headroom: int = 12,
+        *,
+        growth_interval: int = 16,
+        max_headroom: int = 14,
+        min_headroom: int = -30,
+        max_retries: int = 40,
+        checks: int = 4,
+        dynamic: bool = True,
+    ) -> None:
+        if not min_headroom <= headroom <= max_headroom:
+            raise ValueError("need min_headroom <= headroom <= max_headroom")
+        if growth_interval < 1 or checks < 1 or max_retries < 0:
+            raise ValueError("growth_interval and checks must be >= 1, max_retries >= 0")
+        self.headroom = int(headroom)
+        self.growth_interval = int(growth_interval)
+        self.max_headroom = int(max_headroom)
+        self.min_headroom = int(min_headroom)
+        self.max_retries = int(max_retries)
+        self.checks = int(checks)
+        self.dynamic = bool(dynamic)
+        self.clean_passes = 0
+        self.total_overflows = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"AdjointScaler(headroom={self.headroom}, growth_interval={self.growth_interval}, "
+            f"dynamic={self.dynamic}, clean_passes={self.clean_passes}, "
+            f"total_overflows={self.total_overflows})"
+        )
+
+    def scale_for(self, amax: torch.Tensor) -> torch.Tensor:
+        """The power-of-two scale ``2^(e - ceil(log2 amax))`` as a device tensor (no sync)."""
+        tiny = torch.finfo(torch.float32).tiny
+        ex = self.headroom - torch.ceil(torch.log2(amax.float().clamp_min(tiny)))
+        return torch.exp2(ex.clamp(-120.0, 120.0))
+
+    def _overflow(self) -> None:
+        self.total_overflows += 1
+        self.clean_passes = 0
+        if self.headroom <= self.min_headroom:
+            raise FloatingPointError(
+                "fp16 adjoint overflows even at the minimum scale; the gradient is not "
+                "representable in float16 — use precision='bf16' or 'fp32'"
+            )
+        self.headroom -= 1
+
+    def _end_of_backward(self, retries: int) -> None:
+        if retries:
+            return
+        self.clean_passes += 1
+        if self.clean_passes >= self.growth_interval:
+            self.clean_passes = 0
+            self.headroom = min(self.headroom + 1, self.max_headroom)

@@ -5,7 +5,7 @@ Mixed-precision neural ODEs with an exact discrete adjoint, exact network deriva
 EPI susceptibility distortion correction.
 """
 
-from . import testing
+from . import derivatives, testing
 from .ode import (
     AdjointScaler,
     Backprop,
@@ -26,6 +26,7 @@ __all__ = [
     "DiscreteAdjoint",
     "PrecisionPolicy",
     "Solution",
+    "derivatives",
     "odeint",
     "solve",
     "__version__",

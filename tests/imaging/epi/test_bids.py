@@ -27,6 +27,7 @@ def _reorient(affine: np.ndarray, perm: tuple[int, int, int], flips: tuple[bool,
     """Affine of the array ``np.flip(np.transpose(x, perm), flipped axes)``."""
     new = np.eye(4)
     new[:, :3] = affine[:, list(perm)]
+    new[:, 3] = affine[:, 3]
     for ax, f in enumerate(flips):
         if f:
             n = shape[perm[ax]]

@@ -139,7 +139,7 @@ def make_phantom(
        relative to air outside and in ellipsoidal sinus and ear cavities; ``ΔB/B0`` from the
        k-space dipole kernel ``1/3 − k_z²/|k|²`` (2× zero padded, B0 along world z), at
        127.74 Hz/ppm (3 T), tapered outside the head and scaled so that the peak
-       displacement in the brain is about ``peak_displacement`` voxels for ``readout_time``.
+       displacement in the brain mask is ``peak_displacement`` voxels for ``readout_time``.
     3. **Distortion**: the exact mass-conserving push-forward along PE (per-line cumulative
        mass, :func:`distort`) at 1 mm, then block-averaged to ``voxel_size`` (no inverse crime).
     4. **Noise**: Rician, ``σ = mean(ρ in the brain)/snr``, seeded.
@@ -202,37 +202,41 @@ def make_phantom(
         ) from e
 
     rho, brain, hz, aff = _base_ras()
-    src = nib.orientations.io_orientation(aff)
-    ornt = nib.orientations.ornt_transform(src, target)
-    rho = nib.orientations.apply_orientation(rho, ornt)
-    brain = nib.orientations.apply_orientation(brain, ornt)
-    hz = nib.orientations.apply_orientation(hz, ornt)
-    aff = aff @ nib.orientations.inv_ornt_aff(ornt, _base_ras()[0].shape)
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(aff), target)
+    out_of = ornt[:, 0].astype(int)  # template axis a becomes output axis out_of[a]
 
-    # crop (1 mm) to a box of whole output voxels
+    # crop (1 mm, in the template's axes so that every orientation sees the same voxels)
     idx = np.argwhere(brain)
     lo_b, hi_b = idx.min(0), idx.max(0) + 1
     full = np.asarray(rho.shape)
+    k_t = k[out_of]
     if shape is None:
-        size = ((hi_b - lo_b) + 24 + k - 1) // k * k
+        size = ((hi_b - lo_b) + 24 + k_t - 1) // k_t * k_t
     else:
         shp = np.asarray(tuple(shape), dtype=int)
         if shp.shape != (3,) or np.any(shp < 4):
             raise ValueError(f"shape must be 3 sizes >= 4, got {shape!r}.")
-        size = shp * k
+        size = shp[out_of] * k_t
     if np.any(size > full):
         raise ValueError(
-            f"the requested crop ({(size // k).tolist()} voxels of {k.tolist()} mm) exceeds the "
-            f"template ({full.tolist()} mm); pass a smaller shape."
+            f"the requested crop ({(size // k_t).tolist()} voxels of {k_t.tolist()} mm, template "
+            f"axes) exceeds the template ({full.tolist()} mm); pass a smaller shape."
         )
     centre = (lo_b + hi_b) // 2
     start = np.clip(centre - size // 2, 0, full - size)
     sl = tuple(slice(int(a), int(a + s)) for a, s in zip(start, size))
     rho, brain, hz = rho[sl], brain[sl], hz[sl]
     aff = aff @ np.block([[np.eye(3), start[:, None].astype(float)], [np.zeros((1, 3)), 1.0]])
+    aff = aff @ nib.orientations.inv_ornt_aff(ornt, rho.shape)
+    rho = nib.orientations.apply_orientation(rho, ornt)
+    brain = nib.orientations.apply_orientation(brain, ornt)
+    hz = nib.orientations.apply_orientation(hz, ornt)
 
     # scale the field: peak displacement in the brain (output voxels)
-    peak = float(np.abs(hz[brain]).max()) if brain.any() else float(np.abs(hz).max())
+    kk = tuple(int(v) for v in k)
+    mask = _block_mean(brain.astype(np.float64), kk) > 0.5
+    hz_out = _block_mean(hz.astype(np.float64), kk)
+    peak = float(np.abs(hz_out[mask]).max()) if mask.any() else float(np.abs(hz_out).max())
     if peak <= 0:
         peak = 1.0
     field_hz = hz * (peak_displacement / (peak * readout_time))
@@ -250,12 +254,10 @@ def make_phantom(
     up1 = distort(rho_t, d_t, pe_axis=pe_axis, polarity=+1).numpy()
     dn1 = distort(rho_t, d_t, pe_axis=pe_axis, polarity=-1).numpy()
 
-    kk = tuple(int(v) for v in k)
     truth = _block_mean(rho.astype(np.float64), kk)
     up, dn = _block_mean(up1, kk), _block_mean(dn1, kk)
     disp = _block_mean(d_1mm.astype(np.float64), kk) / k[pe_axis]
     fhz = _block_mean(field_hz.astype(np.float64), kk)
-    mask = _block_mean(brain.astype(np.float64), kk) > 0.5
     if snr is not None:
         rng = np.random.default_rng(seed)
         sigma = float(truth[mask].mean()) / float(snr) if mask.any() else float(truth.mean()) / snr

@@ -1,0 +1,106 @@
+"""Bad input at the public boundary gets a clear error (issue 3, §5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import odeflow
+
+
+def f(t, y):
+    return -y
+
+
+T = torch.tensor([0.0, 1.0])
+Y = torch.ones(3)
+
+
+@pytest.mark.parametrize(
+    "y0, t, exc, match",
+    [
+        (Y, torch.zeros(2, 2), ValueError, "t must be 1-D"),
+        (Y, torch.tensor([0.0]), ValueError, "at least two points"),
+        (Y, torch.tensor([0.0, 1.0, 1.0]), ValueError, "strictly increasing or strictly decreasing"),
+        (Y, torch.tensor([0.0, 2.0, 1.0]), ValueError, "strictly increasing or strictly decreasing"),
+        (Y, torch.tensor([0.0, float("nan")]), ValueError, "inf or NaN"),
+        (Y, torch.tensor([0.0, float("inf")]), ValueError, "inf or NaN"),
+        (Y, torch.tensor([0, 1]), TypeError, "t must be a real floating"),
+        (torch.ones(3, dtype=torch.int64), T, TypeError, "real floating"),
+        (torch.ones(3, dtype=torch.complex64), T, TypeError, "real floating"),
+        (torch.tensor([1.0, float("nan")]), T, ValueError, "y0 contains inf or NaN"),
+        ("abc", T, TypeError, "y0 must be a torch.Tensor"),
+        ((torch.ones(2), torch.ones(2, dtype=torch.float64)), T, TypeError, "share one dtype"),
+    ],
+)
+def test_bad_t_and_y0(y0, t, exc, match):
+    with pytest.raises(exc, match=match):
+        odeflow.odeint(f, y0, t)
+
+
+def test_device_mismatch():
+    meta_t = torch.tensor([0.0, 1.0], device="meta")
+    with pytest.raises(ValueError, match="another device|move them to one device"):
+        odeflow.odeint(f, Y, meta_t)
+
+
+@pytest.mark.parametrize(
+    "func, exc, match",
+    [
+        (lambda t, y: torch.ones(4), ValueError, "returned shape \\(4,\\)"),
+        (lambda t, y: y.double(), TypeError, "silently promote"),
+        (lambda t, y: (y > 0).long(), TypeError, "real floating"),
+        (lambda t, y: y.tolist(), TypeError, "expected a torch.Tensor"),
+        (lambda t, y: (y,), TypeError, "expected a torch.Tensor"),
+    ],
+)
+def test_bad_func_output(func, exc, match):
+    with pytest.raises(exc, match=match):
+        odeflow.odeint(func, Y, T)
+
+
+def test_bad_func_structure_for_tuple_state():
+    with pytest.raises(TypeError, match="tuple of 2"):
+        odeflow.odeint(lambda t, y: y[0], (Y, Y), T)
+    with pytest.raises(TypeError, match="keys"):
+        odeflow.odeint(lambda t, y: {"b": y["a"]}, {"a": Y}, T)
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(ValueError, match="valid methods are: euler"):
+        odeflow.odeint(f, Y, T, method="rk45")
+    with pytest.raises(ValueError, match="valid: fp32, fp64, tf32, bf16, fp16"):
+        odeflow.odeint(f, Y, T, precision="int8")
+    with pytest.raises(ValueError, match="'adjoint', 'backprop'"):
+        odeflow.odeint(f, Y, T, gradient="continuous")
+
+
+def test_bad_steps_and_options():
+    with pytest.raises(ValueError, match="positive int"):
+        odeflow.odeint(f, Y, T, steps_per_interval=0)
+    with pytest.raises(ValueError, match="not both"):
+        odeflow.odeint(f, Y, T, steps_per_interval=2, step_size=0.1)
+    with pytest.raises(ValueError, match="positive finite"):
+        odeflow.odeint(f, Y, T, step_size=-1.0)
+    with pytest.raises(TypeError, match="callable"):
+        odeflow.odeint(3, Y, T)
+    with pytest.raises(TypeError, match="AdjointScaler"):
+        odeflow.odeint(f, Y, T, scaler=False)
+
+
+def test_fp16_unsupported_falls_back_with_warning(monkeypatch):
+    from odeflow.ode import _precision
+
+    monkeypatch.setattr(_precision, "_autocast_ok", lambda dev, dt: False)
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        ys = odeflow.odeint(f, Y, T, precision="fp16")
+    assert ys.dtype == torch.float32
+
+
+def test_inputs_not_modified():
+    y0 = torch.ones(3)
+    t = torch.tensor([0.0, 1.0])
+    y0c, tc = y0.clone(), t.clone()
+    ys = odeflow.odeint(f, y0, t)
+    assert torch.equal(y0, y0c) and torch.equal(t, tc)
+    assert ys[0].data_ptr() != y0.data_ptr()

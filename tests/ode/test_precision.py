@@ -1,0 +1,178 @@
+"""Mixed precision: dtype stability, 16-bit storage, fp16 dynamic adjoint scaling, GradScaler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import odeflow
+from odeflow import AdjointScaler
+
+D64 = torch.float64
+
+
+class MLP(nn.Module):
+    def __init__(self, d=16, w=64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, w), nn.Tanh(), nn.Linear(w, w), nn.Tanh(),
+                                 nn.Linear(w, d))
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+class Stress(nn.Module):
+    """y' = -(p0 t^2 + p1 t + p2) y with p = (8, -10, 2^-16) (rampde's stress test)."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor([8.0, -10.0, 2.0**-16], dtype=dtype))
+
+    def forward(self, t, y):
+        k = self.p[0] * t * t + self.p[1] * t + self.p[2]
+        return torch.mm(y, (-k).reshape(1, 1).to(y.dtype))  # mm: runs in fp16 under autocast
+
+
+def _mlp_grads(precision, dtype=torch.float32, **kw):
+    torch.manual_seed(0)
+    f = MLP().to(dtype)
+    y0 = torch.randn(32, 16, dtype=dtype, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=dtype)
+    ys = odeflow.odeint(f, y0, t, precision=precision, steps_per_interval=8, **kw)
+    (ys[-1] ** 2).mean().backward()
+    return ys, y0.grad, [p.grad for p in f.parameters()]
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16", "fp16"])
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+def test_dtype_stability_fp32_in_fp32_out(precision, gradient):
+    ys, gy, gp = _mlp_grads(precision, gradient=gradient)
+    assert ys.dtype == torch.float32
+    assert gy.dtype == torch.float32 and all(g.dtype == torch.float32 for g in gp)
+
+
+def test_fp64_stays_fp64_and_output_dtype_option():
+    ys, gy, gp = _mlp_grads("fp64", dtype=D64)
+    assert ys.dtype == D64 and gy.dtype == D64 and all(g.dtype == D64 for g in gp)
+    f = MLP()
+    ys16 = odeflow.odeint(f, torch.randn(4, 16), torch.tensor([0.0, 1.0]), precision="bf16",
+                          output_dtype=torch.bfloat16)
+    assert ys16.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("precision, dt", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_stored_states_are_16_bit(precision, dt):
+    f = MLP()
+    ys = odeflow.odeint(f, torch.randn(4, 16), torch.tensor([0.0, 1.0]), precision=precision,
+                        steps_per_interval=3)
+    store = ys.grad_fn.store
+    assert len(store) == 4 and all(s[0].dtype == dt for s in store)
+    ys32 = odeflow.odeint(f, torch.randn(4, 16), torch.tensor([0.0, 1.0]), steps_per_interval=3)
+    assert all(s[0].dtype == torch.float32 for s in ys32.grad_fn.store)
+
+
+@pytest.mark.parametrize("precision, u", [("bf16", 2.0**-8), ("fp16", 2.0**-11)])
+def test_mixed_precision_gradients_close_to_fp32(precision, u):
+    _, gy32, gp32 = _mlp_grads("fp32")
+    _, gy, gp = _mlp_grads(precision)
+    # O(u_L) error of the low-precision stages (a few unit roundoffs, not more)
+    assert _rel(gy, gy32) < 8 * u
+    for a, b in zip(gp, gp32):
+        assert _rel(a, b) < 8 * u
+
+
+def test_ambient_autocast_is_ignored():
+    f = MLP()
+    y0 = torch.randn(4, 16)
+    t = torch.tensor([0.0, 1.0])
+    ref = odeflow.odeint(f, y0, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = odeflow.odeint(f, y0, t)
+    assert torch.equal(ref, got)
+
+
+def _stress(dtype, precision, scaler=None):
+    f = Stress(dtype)
+    y0 = torch.full((1, 1), 364.0, dtype=dtype, requires_grad=True)
+    sol = odeflow.solve(f, y0, torch.tensor([0.0, 2.65], dtype=dtype), steps_per_interval=399,
+                        precision=precision, scaler=scaler)
+    sol.ys[-1].sum().backward()
+    return y0.grad, f.p.grad, sol
+
+
+def test_stress_fp16_gradient_within_1e_2_of_fp64():
+    gy64, gp64, _ = _stress(D64, "fp64")
+    gy, gp, sol = _stress(torch.float32, "fp16")
+    assert _rel(gy, gy64) < 1e-2 and _rel(gp, gp64) < 1e-2
+    # the adjoint spans > 7 orders of magnitude; the per-step scales follow it
+    s = sol.scale_history
+    assert s is not None and s.shape == (399,)
+    assert (s.max() / s.min()).item() > 1e6
+    assert torch.all(torch.log2(s) == torch.round(torch.log2(s)))  # powers of two
+    assert sol.stats.syncs <= 4 + 1  # a constant number of host syncs, not one per step
+
+
+def test_stress_unscaled_fp16_is_worse():
+    gy64, gp64, _ = _stress(D64, "fp64")
+    gy, gp, _ = _stress(torch.float32, "fp16", scaler=AdjointScaler(dynamic=False))
+    gys, gps, _ = _stress(torch.float32, "fp16")
+    assert _rel(gp, gp64) > 10 * _rel(gps, gp64)
+
+
+def test_overflow_is_recovered_by_halving_and_recomputing():
+    gy64, gp64, _ = _stress(D64, "fp64")
+    sc = AdjointScaler(headroom=22, max_headroom=22)  # seed S*a ~ 2^22 overflows fp16
+    gy, gp, sol = _stress(torch.float32, "fp16", scaler=sc)
+    assert sol.stats.retries >= 1 and sc.headroom < 22 and sc.total_overflows >= 1
+    assert torch.isfinite(gy).all() and torch.isfinite(gp).all()
+    assert _rel(gy, gy64) < 1e-2 and _rel(gp, gp64) < 1e-2
+    assert sol.stats.syncs <= sc.checks + 1 + 2 * sol.stats.retries
+
+
+def test_scaler_growth_rule_persists_across_calls():
+    sc = AdjointScaler(headroom=10, growth_interval=3)
+    for k in range(7):
+        _, gy, _ = _mlp_grads("fp16", scaler=sc)
+        assert torch.isfinite(gy).all()
+    # 7 clean backward passes with growth every 3: 10 -> 11 -> 12
+    assert sc.headroom == 12 and sc.clean_passes == 1
+
+
+def test_gradscaler_interop():
+    _, gy32, gp32 = _mlp_grads("fp32")
+    torch.manual_seed(0)
+    f = MLP()
+    opt = torch.optim.SGD(f.parameters(), lr=0.0)
+    gs = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    y0 = torch.randn(32, 16, requires_grad=True)
+    ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0]), precision="fp16", steps_per_interval=8,
+                        scaler=AdjointScaler(dynamic=False))
+    gs.scale((ys[-1] ** 2).mean()).backward()
+    gs.unscale_(opt)
+    for a, b in zip([p.grad for p in f.parameters()], gp32):
+        assert _rel(a, b) < 8 * 2.0**-11
+    gs.step(opt)
+    gs.update()
+    assert gs.get_scale() == 2.0**10  # no overflow: scale kept
+
+    # an overflowing scale: non-finite gradients reach GradScaler, which skips and backs off
+    gs = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    opt.zero_grad()
+    ys = odeflow.odeint(f, y0.detach(), torch.tensor([0.0, 1.0]), precision="fp16",
+                        steps_per_interval=8, scaler=AdjointScaler(dynamic=False))
+    gs.scale((ys[-1] ** 2).mean()).backward()
+    gs.step(opt)
+    gs.update()
+    assert gs.get_scale() < 2.0**40
+
+
+def test_bf16_stress_runs_without_scaling():
+    gy64, gp64, _ = _stress(D64, "fp64")
+    gy, gp, sol = _stress(torch.float32, "bf16")
+    assert sol.scale_history is None
+    assert _rel(gy, gy64) < 1e-2 and _rel(gp, gp64) < 1e-2

@@ -102,3 +102,92 @@ def test_closure_params_must_be_declared():
     ys = odeflow.odeint(lambda t, y: -w * y, torch.ones(2), torch.tensor([0.0, 1.0]), params=[w])
     ys[-1].sum().backward()
     assert w.grad is not None and w.grad.item() < 0
+
+
+def _loss_y0(f, t):
+    def loss(y0):
+        ys = odeflow.odeint(f, y0, t, steps_per_interval=3)
+        return (ys[1:] ** 2).sum() + ys[-1].sin().sum()
+
+    return loss
+
+
+def test_taylor_in_y0():
+    torch.manual_seed(3)
+    f = MLPField().to(D64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=D64)
+    x = torch.randn(5, 3, dtype=D64, requires_grad=True)
+    g = torch.autograd.grad(_loss_y0(f, t)(x), x)[0]
+    v = torch.randn(5, 3, dtype=D64)
+    r = odeflow.testing.taylor_test(_loss_y0(f, t), x.detach(), v, grad=g, second=False)
+    assert r.passed(), r
+
+
+def test_taylor_in_params():
+    torch.manual_seed(4)
+    f = MLPField().to(D64)
+    names = [n for n, _ in f.named_parameters()]
+    shapes = [p.shape for p in f.parameters()]
+    theta0 = torch.cat([p.detach().flatten() for p in f.parameters()])
+    y0 = torch.randn(5, 3, dtype=D64)
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=D64)
+
+    def loss(theta):
+        chunks = theta.split([s.numel() for s in shapes])
+        pd = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
+
+        def field(tt, y):
+            return torch.func.functional_call(f, pd, (tt, y))
+
+        ys = odeflow.odeint(field, y0, t, steps_per_interval=2, params=[theta])
+        return (ys**2).sum()
+
+    th = theta0.clone().requires_grad_(True)
+    g = torch.autograd.grad(loss(th), th)[0]
+    v = torch.randn_like(theta0)
+    r = odeflow.testing.taylor_test(loss, theta0, v, grad=g, second=False)
+    assert r.passed(), r
+
+
+def test_adjoint_forward_saves_no_graph():
+    """Memory: the forward keeps only (steps + 1) states, autograd saves nothing per stage."""
+    torch.manual_seed(5)
+    f = MLPField(d=3, w=64)
+    y0 = torch.randn(50, 3, requires_grad=True)
+    t = torch.tensor([0.0, 1.0])
+    saved = {"adjoint": 0, "backprop": 0}
+
+    for mode in saved:
+        def pack(x, mode=mode):
+            saved[mode] += x.numel() * x.element_size()
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            ys = odeflow.odeint(f, y0, t, method="rk4", gradient=mode, steps_per_interval=10)
+        if mode == "adjoint":
+            store = ys.grad_fn.store
+            assert len(store) == 11
+            assert sum(s[0].numel() * s[0].element_size() for s in store) == 11 * 50 * 3 * 4
+    param_bytes = sum(p.numel() * 4 for p in f.parameters())
+    assert saved["adjoint"] <= param_bytes + 64  # t and the parameters, no activations
+    assert saved["backprop"] > 40 * 50 * 64 * 4  # ≥ one hidden activation per stage and step
+
+
+@pytest.mark.gpu
+def test_cpu_gpu_agreement(cuda):
+    torch.manual_seed(6)
+    f = MLPField().to(D64)
+    y0 = torch.randn(5, 3, dtype=D64)
+    t = torch.linspace(0, 1, 4, dtype=D64)
+    out = []
+    for dev in ("cpu", cuda):
+        ff = MLPField().to(D64).to(dev)
+        ff.load_state_dict(f.state_dict())
+        y = y0.to(dev).requires_grad_()
+        ys = odeflow.odeint(ff, y, t.to(dev), steps_per_interval=3)
+        (ys**2).sum().backward()
+        out.append((ys.detach().cpu(), y.grad.cpu(), [p.grad.cpu() for p in ff.parameters()]))
+    assert torch.allclose(out[0][0], out[1][0], rtol=1e-10, atol=1e-12)
+    assert torch.allclose(out[0][1], out[1][1], rtol=1e-10, atol=1e-12)
+    for a, b in zip(out[0][2], out[1][2]):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)

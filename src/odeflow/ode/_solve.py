@@ -415,7 +415,7 @@ def _check_y0(leaves: list[Tensor]) -> torch.device:
                             "tensor, e.g. y0.float()")
         if y.device != dev:
             raise ValueError(f"{name} is on {y.device} but y0 leaf 0 is on {dev}")
-    fin = torch.stack([torch.isfinite(y).all() for y in leaves]).all()
+    fin = torch.stack([torch.isfinite(y.detach()).all() for y in leaves]).all()
     if not bool(fin):
         raise ValueError("y0 contains inf or NaN; the initial state must be finite")
     return dev
@@ -630,7 +630,7 @@ def solve(
     plan, spec, tt, ys = _run(func, y0, t, method, gradient, precision, steps_per_interval,
                               step_size, params, scaler, output_dtype)
     leaves = _tree.flatten(ys)[0]
-    fin = bool(torch.stack([torch.isfinite(x).all() for x in leaves]).all())
+    fin = bool(torch.stack([torch.isfinite(x.detach()).all() for x in leaves]).all())
     return Solution(
         ts=tt,
         ys=ys,

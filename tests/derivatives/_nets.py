@@ -82,3 +82,24 @@ def derivative_loss(out):
     if out.laplacian is not None:
         total = total + 0.5 * (out.laplacian**2).sum()
     return total / out.value.shape[0]
+
+
+def build(kind: str, d: int, m: int, dtype=torch.float64):
+    """Test networks covering every block, several activations, Sum in the middle, vector outputs."""
+    if kind == "otflow":
+        assert m == 1
+        return otflow_phi(d - 1 if d > 1 else 1, m=8, depth=2, dtype=dtype) if d > 1 else D.Sum(
+            D.Sequential(D.Single(1, 8, act=D.LogCosh()), D.Linear(8, 1)), D.Quadratic(1, rank=1)
+        ).to(dtype)
+    if kind == "hessquik":
+        return hessquik_net(d, m, width=8, depth=2, dtype=dtype)
+    if kind == "icnn":
+        return D.ICNN(d, width=6, out_features=m, depth=3).to(dtype)
+    if kind == "zoo":
+        return D.Sequential(
+            D.Single(d, 6, act=D.SiLU()),
+            D.Sum(D.ResNet(6, depth=2, h=0.3, act=D.Sigmoid()), D.Single(6, 6, act=D.Square())),
+            D.Single(6, 5, act=D.Softplus()),
+            D.Linear(5, m),
+        ).to(dtype)
+    raise ValueError(kind)

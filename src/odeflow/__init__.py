@@ -5,7 +5,7 @@ Mixed-precision neural ODEs with an exact discrete adjoint, exact network deriva
 EPI susceptibility distortion correction.
 """
 
-from . import derivatives, testing
+from . import derivatives, optim, testing
 from .ode import (
     AdjointScaler,
     Backprop,

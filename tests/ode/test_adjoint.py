@@ -67,8 +67,15 @@ def test_tuple_and_dict_states_adjoint_equals_backprop():
         a0.requires_grad_()
         b0.requires_grad_()
         t = torch.linspace(0, 1.5, 4, dtype=D64, requires_grad=True)
-        ys = odeflow.odeint(f, {"a": a0, "b": b0}, t, method="rk38", gradient=gradient,
-                            steps_per_interval=3, params=[W, v])
+        ys = odeflow.odeint(
+            f,
+            {"a": a0, "b": b0},
+            t,
+            method="rk38",
+            gradient=gradient,
+            steps_per_interval=3,
+            params=[W, v],
+        )
         assert ys["a"].shape == (4, 4, 3) and ys["b"].shape == (4, 2)
         loss = (ys["a"] ** 2).sum() + ys["b"][1:].sin().sum()
         return torch.autograd.grad(loss, [a0, b0, t, W, v])
@@ -158,6 +165,7 @@ def test_adjoint_forward_saves_no_graph():
     saved = {"adjoint": 0, "backprop": 0}
 
     for mode in saved:
+
         def pack(x, mode=mode):
             saved[mode] += x.numel() * x.element_size()
             return x

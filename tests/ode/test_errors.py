@@ -21,8 +21,18 @@ Y = torch.ones(3)
     [
         (Y, torch.zeros(2, 2), ValueError, "t must be 1-D"),
         (Y, torch.tensor([0.0]), ValueError, "at least two points"),
-        (Y, torch.tensor([0.0, 1.0, 1.0]), ValueError, "strictly increasing or strictly decreasing"),
-        (Y, torch.tensor([0.0, 2.0, 1.0]), ValueError, "strictly increasing or strictly decreasing"),
+        (
+            Y,
+            torch.tensor([0.0, 1.0, 1.0]),
+            ValueError,
+            "strictly increasing or strictly decreasing",
+        ),
+        (
+            Y,
+            torch.tensor([0.0, 2.0, 1.0]),
+            ValueError,
+            "strictly increasing or strictly decreasing",
+        ),
         (Y, torch.tensor([0.0, float("nan")]), ValueError, "inf or NaN"),
         (Y, torch.tensor([0.0, float("inf")]), ValueError, "inf or NaN"),
         (Y, torch.tensor([0, 1]), TypeError, "t must be a real floating"),
@@ -40,7 +50,7 @@ def test_bad_t_and_y0(y0, t, exc, match):
 
 def test_device_mismatch():
     meta_t = torch.tensor([0.0, 1.0], device="meta")
-    with pytest.raises(ValueError, match="another device|move them to one device"):
+    with pytest.raises(ValueError, match="move them to one device"):
         odeflow.odeint(f, Y, meta_t)
 
 

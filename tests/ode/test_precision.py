@@ -15,8 +15,9 @@ D64 = torch.float64
 class MLP(nn.Module):
     def __init__(self, d=16, w=64):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d, w), nn.Tanh(), nn.Linear(w, w), nn.Tanh(),
-                                 nn.Linear(w, d))
+        self.net = nn.Sequential(
+            nn.Linear(d, w), nn.Tanh(), nn.Linear(w, w), nn.Tanh(), nn.Linear(w, d)
+        )
 
     def forward(self, t, y):
         return self.net(y)
@@ -60,16 +61,22 @@ def test_fp64_stays_fp64_and_output_dtype_option():
     ys, gy, gp = _mlp_grads("fp64", dtype=D64)
     assert ys.dtype == D64 and gy.dtype == D64 and all(g.dtype == D64 for g in gp)
     f = MLP()
-    ys16 = odeflow.odeint(f, torch.randn(4, 16), torch.tensor([0.0, 1.0]), precision="bf16",
-                          output_dtype=torch.bfloat16)
+    ys16 = odeflow.odeint(
+        f,
+        torch.randn(4, 16),
+        torch.tensor([0.0, 1.0]),
+        precision="bf16",
+        output_dtype=torch.bfloat16,
+    )
     assert ys16.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("precision, dt", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_stored_states_are_16_bit(precision, dt):
     f = MLP()
-    ys = odeflow.odeint(f, torch.randn(4, 16), torch.tensor([0.0, 1.0]), precision=precision,
-                        steps_per_interval=3)
+    ys = odeflow.odeint(
+        f, torch.randn(4, 16), torch.tensor([0.0, 1.0]), precision=precision, steps_per_interval=3
+    )
     store = ys.grad_fn.store
     assert len(store) == 4 and all(s[0].dtype == dt for s in store)
     ys32 = odeflow.odeint(f, torch.randn(4, 16), torch.tensor([0.0, 1.0]), steps_per_interval=3)
@@ -99,8 +106,14 @@ def test_ambient_autocast_is_ignored():
 def _stress(dtype, precision, scaler=None):
     f = Stress(dtype)
     y0 = torch.full((1, 1), 364.0, dtype=dtype, requires_grad=True)
-    sol = odeflow.solve(f, y0, torch.tensor([0.0, 2.65], dtype=dtype), steps_per_interval=399,
-                        precision=precision, scaler=scaler)
+    sol = odeflow.solve(
+        f,
+        y0,
+        torch.tensor([0.0, 2.65], dtype=dtype),
+        steps_per_interval=399,
+        precision=precision,
+        scaler=scaler,
+    )
     sol.ys[-1].sum().backward()
     return y0.grad, f.p.grad, sol
 
@@ -118,9 +131,9 @@ def test_stress_fp16_gradient_within_1e_2_of_fp64():
 
 
 def test_stress_unscaled_fp16_is_worse():
-    gy64, gp64, _ = _stress(D64, "fp64")
-    gy, gp, _ = _stress(torch.float32, "fp16", scaler=AdjointScaler(dynamic=False))
-    gys, gps, _ = _stress(torch.float32, "fp16")
+    _gy64, gp64, _ = _stress(D64, "fp64")
+    _gy, gp, _ = _stress(torch.float32, "fp16", scaler=AdjointScaler(dynamic=False))
+    _gys, gps, _ = _stress(torch.float32, "fp16")
     assert _rel(gp, gp64) > 10 * _rel(gps, gp64)
 
 
@@ -136,7 +149,7 @@ def test_overflow_is_recovered_by_halving_and_recomputing():
 
 def test_scaler_growth_rule_persists_across_calls():
     sc = AdjointScaler(headroom=10, growth_interval=3)
-    for k in range(7):
+    for _k in range(7):
         _, gy, _ = _mlp_grads("fp16", scaler=sc)
         assert torch.isfinite(gy).all()
     # 7 clean backward passes with growth every 3: 10 -> 11 -> 12
@@ -144,14 +157,20 @@ def test_scaler_growth_rule_persists_across_calls():
 
 
 def test_gradscaler_interop():
-    _, gy32, gp32 = _mlp_grads("fp32")
+    _, _gy32, gp32 = _mlp_grads("fp32")
     torch.manual_seed(0)
     f = MLP()
     opt = torch.optim.SGD(f.parameters(), lr=0.0)
     gs = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     y0 = torch.randn(32, 16, requires_grad=True)
-    ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0]), precision="fp16", steps_per_interval=8,
-                        scaler=AdjointScaler(dynamic=False))
+    ys = odeflow.odeint(
+        f,
+        y0,
+        torch.tensor([0.0, 1.0]),
+        precision="fp16",
+        steps_per_interval=8,
+        scaler=AdjointScaler(dynamic=False),
+    )
     gs.scale((ys[-1] ** 2).mean()).backward()
     gs.unscale_(opt)
     for a, b in zip([p.grad for p in f.parameters()], gp32):
@@ -163,8 +182,14 @@ def test_gradscaler_interop():
     # an overflowing scale: non-finite gradients reach GradScaler, which skips and backs off
     gs = torch.amp.GradScaler("cpu", init_scale=2.0**40)
     opt.zero_grad()
-    ys = odeflow.odeint(f, y0.detach(), torch.tensor([0.0, 1.0]), precision="fp16",
-                        steps_per_interval=8, scaler=AdjointScaler(dynamic=False))
+    ys = odeflow.odeint(
+        f,
+        y0.detach(),
+        torch.tensor([0.0, 1.0]),
+        precision="fp16",
+        steps_per_interval=8,
+        scaler=AdjointScaler(dynamic=False),
+    )
     gs.scale((ys[-1] ** 2).mean()).backward()
     gs.step(opt)
     gs.update()

@@ -24,8 +24,13 @@ def test_observed_order_matches_tableau(name):
     ns = [32, 64, 128, 256] if tab.order < 4 else [16, 32, 64, 128]
     errs = []
     for n in ns:
-        ys = odeflow.odeint(lambda t, y: y * torch.cos(t), torch.ones(1, dtype=D64), t,
-                            method=name, steps_per_interval=n)
+        ys = odeflow.odeint(
+            lambda t, y: y * torch.cos(t),
+            torch.ones(1, dtype=D64),
+            t,
+            method=name,
+            steps_per_interval=n,
+        )
         errs.append(abs(ys[-1].item() - exact))
     p = observed_order(errs, [2.0 / n for n in ns])
     assert abs(p - tab.order) <= 0.2, (name, p, errs)
@@ -33,12 +38,18 @@ def test_observed_order_matches_tableau(name):
 
 def test_user_tableau_and_step_size():
     # Ralston's 3rd order method, given by the user.
-    tab = ButcherTableau("ralston3", a=((), (0.5,), (0.0, 0.75)), b=(2 / 9, 1 / 3, 4 / 9),
-                         c=(0.0, 0.5, 0.75), order=3)
+    tab = ButcherTableau(
+        "ralston3",
+        a=((), (0.5,), (0.0, 0.75)),
+        b=(2 / 9, 1 / 3, 4 / 9),
+        c=(0.0, 0.5, 0.75),
+        order=3,
+    )
     t = torch.tensor([0.0, 1.0, 2.0], dtype=D64)
     a = odeflow.odeint(lambda t, y: -y, torch.ones(1, dtype=D64), t, method=tab, step_size=0.1)
-    b = odeflow.odeint(lambda t, y: -y, torch.ones(1, dtype=D64), t, method=tab,
-                       steps_per_interval=10)
+    b = odeflow.odeint(
+        lambda t, y: -y, torch.ones(1, dtype=D64), t, method=tab, steps_per_interval=10
+    )
     assert torch.equal(a, b)
     assert abs(a[-1].item() - math.exp(-2.0)) < 1e-4
 

@@ -35,7 +35,7 @@ class PrecisionPolicy:
         arXiv:2510.23498.
 
     Example:
-        >>> get_precision("bf16").storage
+        >>> get_precision("bf16", torch.device("cpu")).storage
         torch.bfloat16
     """
 
@@ -129,7 +129,9 @@ class AdjointScaler:
     **Per step (no host sync).** Before step ``i`` of the backward recursion the scale is
     chosen on the device from the current fp32 adjoint ``a``:
 
-    .. math:: S_i = 2^{\,e - \lceil \log_2 \max|a| \rceil}, \qquad\text{so } S_i\max|a| \in (2^{e-1}, 2^e],
+    .. math::
+        S_i = 2^{\,e - \lceil \log_2 \max|a| \rceil},
+        \qquad\text{so } S_i\max|a| \in (2^{e-1}, 2^e],
 
     where ``e`` (``headroom``) is this object's persistent exponent. The vector–Jacobian
     products are seeded with ``S_i a`` (exact: a power of two), evaluated in fp16, and

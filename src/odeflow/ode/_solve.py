@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -275,8 +276,9 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
         acc += m
         pos[acc] = k + 1
     live = [p for p in params]
-    p_acc = [torch.zeros_like(p, dtype=p.dtype if p.dtype.itemsize >= 4 else torch.float32)
-             for p in live]
+    p_acc = [
+        torch.zeros_like(p, dtype=p.dtype if p.dtype.itemsize >= 4 else torch.float32) for p in live
+    ]
     g_t = torch.zeros_like(t) if need_t else None
     a = [torch.zeros(s.shape, dtype=hdt, device=dev) for s in store[0]]
 
@@ -323,8 +325,9 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 if x is not None:
                     p_acc[q] = p_acc[q] + x.to(p_acc[q].dtype)
             if need_t:
-                g_t = g_t.index_add(0, torch.tensor([i, i + 1], device=td.device),
-                                    torch.stack(gt).to(g_t.dtype))
+                g_t = g_t.index_add(
+                    0, torch.tensor([i, i + 1], device=td.device), torch.stack(gt).to(g_t.dtype)
+                )
     else:
         sc = plan.scaler
         scales = torch.zeros(n_steps, dtype=torch.float32, device=dev)
@@ -352,8 +355,11 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                     c = p_acc[q] + x.to(p_acc[q].dtype) * inv.to(p_acc[q].dtype)
                     p_acc[q] = torch.where(ok, c, p_acc[q])
             if need_t:
-                c = g_t.index_add(0, torch.tensor([i, i + 1], device=td.device),
-                                  torch.stack(gt).to(g_t.dtype) * inv.to(g_t.dtype))
+                c = g_t.index_add(
+                    0,
+                    torch.tensor([i, i + 1], device=td.device),
+                    torch.stack(gt).to(g_t.dtype) * inv.to(g_t.dtype),
+                )
                 g_t = torch.where(ok, c, g_t)
             scales[s] = S
             s -= 1
@@ -389,8 +395,9 @@ def _check_t(t: Any, device: torch.device, hdt: torch.dtype) -> tuple[Tensor, li
         except (TypeError, ValueError, RuntimeError) as e:
             raise TypeError(f"t must be a 1-D tensor of times, got {type(t).__name__}") from e
     if t.ndim != 1:
-        raise ValueError(f"t must be 1-D, got shape {tuple(t.shape)}; pass a grid like "
-                         "torch.linspace(0, 1, 11)")
+        raise ValueError(
+            f"t must be 1-D, got shape {tuple(t.shape)}; pass a grid like torch.linspace(0, 1, 11)"
+        )
     if t.numel() < 2:
         raise ValueError(f"t needs at least two points (start and end), got {t.numel()}")
     if not _tree.is_float(t):
@@ -400,7 +407,7 @@ def _check_t(t: Any, device: torch.device, hdt: torch.dtype) -> tuple[Tensor, li
     host = t.detach().to("cpu", torch.float64).tolist()  # the one sync of the setup
     if not all(math.isfinite(x) for x in host):
         raise ValueError("t contains inf or NaN; all times must be finite")
-    d = [b - a for a, b in zip(host[:-1], host[1:])]
+    d = [b - a for a, b in itertools.pairwise(host)]
     if not (all(x > 0 for x in d) or all(x < 0 for x in d)):
         raise ValueError("t must be strictly increasing or strictly decreasing (no repeats)")
     return t, host
@@ -411,8 +418,10 @@ def _check_y0(leaves: list[Tensor]) -> torch.device:
     for i, y in enumerate(leaves):
         name = "y0" if len(leaves) == 1 else f"y0 leaf {i}"
         if not _tree.is_float(y):
-            raise TypeError(f"{name} has dtype {y.dtype}; the state must be a real floating "
-                            "tensor, e.g. y0.float()")
+            raise TypeError(
+                f"{name} has dtype {y.dtype}; the state must be a real floating "
+                "tensor, e.g. y0.float()"
+            )
         if y.device != dev:
             raise ValueError(f"{name} is on {y.device} but y0 leaf 0 is on {dev}")
     fin = torch.stack([torch.isfinite(y.detach()).all() for y in leaves]).all()
@@ -431,12 +440,23 @@ def _steps_per_interval(host: list[float], spi: int, step_size: float | None) ->
         raise ValueError("give either steps_per_interval or step_size, not both")
     if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
         raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
-    return [max(1, math.ceil(abs(b - a) / step_size - 1e-9)) for a, b in zip(host[:-1], host[1:])]
+    return [max(1, math.ceil(abs(b - a) / step_size - 1e-9)) for a, b in itertools.pairwise(host)]
 
 
 # --------------------------------------------------------------------------- entry points
-def _prepare(func, y0, t, method, gradient, precision, steps_per_interval, step_size, params,
-             scaler, output_dtype):
+def _prepare(
+    func,
+    y0,
+    t,
+    method,
+    gradient,
+    precision,
+    steps_per_interval,
+    step_size,
+    params,
+    scaler,
+    output_dtype,
+):
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
     leaves, spec = _tree.flatten(y0)
@@ -444,15 +464,18 @@ def _prepare(func, y0, t, method, gradient, precision, steps_per_interval, step_
     hdt = leaves[0].dtype if leaves[0].dtype in (torch.float32, torch.float64) else torch.float32
     for y in leaves[1:]:
         if y.dtype != leaves[0].dtype:
-            raise TypeError(f"all y0 leaves must share one dtype; got {leaves[0].dtype} and "
-                            f"{y.dtype}")
+            raise TypeError(
+                f"all y0 leaves must share one dtype; got {leaves[0].dtype} and {y.dtype}"
+            )
     t, host = _check_t(t, dev, hdt)
     tab = get_tableau(method)
     grad = _get_gradient(gradient)
     pol = get_precision(precision, dev)
     ms = _steps_per_interval(host, steps_per_interval, step_size)
     if params is None:
-        plist = [p for p in func.parameters() if p.requires_grad] if isinstance(func, nn.Module) else []
+        plist = (
+            [p for p in func.parameters() if p.requires_grad] if isinstance(func, nn.Module) else []
+        )
     else:
         plist = list(params)
         for p in plist:
@@ -460,8 +483,10 @@ def _prepare(func, y0, t, method, gradient, precision, steps_per_interval, step_
                 raise TypeError(f"params must be tensors, got {type(p).__name__}")
         plist = [p for p in plist if p.requires_grad]
     if scaler is not None and not isinstance(scaler, AdjointScaler):
-        raise TypeError("scaler must be an odeflow.AdjointScaler (AdjointScaler(dynamic=False) "
-                        "to pair with torch.amp.GradScaler)")
+        raise TypeError(
+            "scaler must be an odeflow.AdjointScaler (AdjointScaler(dynamic=False) "
+            "to pair with torch.amp.GradScaler)"
+        )
     if pol.compute is torch.float16 and isinstance(grad, DiscreteAdjoint):
         scaler = AdjointScaler() if scaler is None else scaler
     else:
@@ -472,11 +497,32 @@ def _prepare(func, y0, t, method, gradient, precision, steps_per_interval, step_
     return plan, leaves, spec, t, grad, plist, params is None and not isinstance(func, nn.Module)
 
 
-def _run(func, y0, t, method, gradient, precision, steps_per_interval, step_size, params, scaler,
-         output_dtype):
+def _run(
+    func,
+    y0,
+    t,
+    method,
+    gradient,
+    precision,
+    steps_per_interval,
+    step_size,
+    params,
+    scaler,
+    output_dtype,
+):
     plan, leaves, spec, t, grad, plist, closure_risk = _prepare(
-        func, y0, t, method, gradient, precision, steps_per_interval, step_size, params, scaler,
-        output_dtype)
+        func,
+        y0,
+        t,
+        method,
+        gradient,
+        precision,
+        steps_per_interval,
+        step_size,
+        params,
+        scaler,
+        output_dtype,
+    )
     needs = torch.is_grad_enabled() and (
         any(y.requires_grad for y in leaves) or t.requires_grad or len(plist) > 0
     )
@@ -508,7 +554,34 @@ def _closure_check(plan: _Plan, t: Tensor, leaves: list[Tensor]) -> None:
         )
 
 
-_DOC_ARGS = """
+def odeint(
+    func: Callable[[Tensor, Any], Any],
+    y0: Tensor | Sequence[Tensor] | dict[str, Tensor],
+    t: Tensor,
+    *,
+    method: str | ButcherTableau = "rk4",
+    gradient: str | DiscreteAdjoint | Backprop = "adjoint",
+    precision: str | PrecisionPolicy = "fp32",
+    steps_per_interval: int = 1,
+    step_size: float | None = None,
+    params: Sequence[Tensor] | None = None,
+    scaler: AdjointScaler | None = None,
+    output_dtype: torch.dtype | None = None,
+) -> Any:
+    r"""Solve ``dy/dt = func(t, y)`` on a fixed grid, differentiable by the discrete adjoint.
+
+    Each step of size ``h`` is an explicit Runge–Kutta step
+    ``y_{k+1} = y_k + h Σ_i b_i f(t_k + c_i h, y_k + h Σ_j a_ij k_j)``. With the default
+    ``gradient="adjoint"`` the backward pass runs the adjoint recursion of exactly this
+    scheme, ``λ_k = λ_{k+1} + (∂Φ_k/∂y_k)^T λ_{k+1}`` (Φ_k the step map) with parameter and
+    time gradients ``Σ_k (∂Φ_k/∂θ)^T λ_{k+1}``, ``(∂Φ_k/∂t)^T λ_{k+1}``; in exact arithmetic
+    it equals backpropagation through the same steps.
+
+    Mixed precision (``bf16``/``fp16``): stages run under ``torch.autocast`` on the state's
+    device; the state update, adjoint and accumulators stay in the state dtype (fp32);
+    step states are stored in 16 bit; fp16 adds sync-free dynamic adjoint scaling
+    (:class:`AdjointScaler`).
+
     Args:
         func: the vector field ``func(t, y) -> dy/dt``, a callable or ``nn.Module``; ``t`` is a
             0-d tensor, ``y`` has the structure of ``y0``.
@@ -532,9 +605,11 @@ _DOC_ARGS = """
             (default: a fresh one per call); ``AdjointScaler(dynamic=False)`` turns internal
             scaling off to pair with ``torch.amp.GradScaler``. Used only for fp16 + adjoint.
         output_dtype: dtype of the returned trajectory (default: ``y0``'s dtype).
-"""
 
-_DOC_RAISES = """
+    Returns:
+        The trajectory ``(n, *y0.shape)`` (per leaf, same structure as ``y0``), ``ys[0]``
+        equal to ``y0``, in ``output_dtype`` or ``y0``'s dtype.
+
     Raises:
         ValueError: ``t`` not 1-D, fewer than two points, not strictly monotone, non-finite,
             or on another device than ``y0``; ``y0`` non-finite; ``func`` output of the wrong
@@ -542,41 +617,7 @@ _DOC_RAISES = """
         TypeError: integer/complex ``y0`` or ``t``; ``func`` returning a non-tensor, a
             different structure, a non-floating or a higher-precision dtype.
         FloatingPointError: fp16 adjoint overflow that scaling cannot recover.
-"""
 
-
-def odeint(
-    func: Callable[[Tensor, Any], Any],
-    y0: Tensor | Sequence[Tensor] | dict[str, Tensor],
-    t: Tensor,
-    *,
-    method: str | ButcherTableau = "rk4",
-    gradient: str | DiscreteAdjoint | Backprop = "adjoint",
-    precision: str | PrecisionPolicy = "fp32",
-    steps_per_interval: int = 1,
-    step_size: float | None = None,
-    params: Sequence[Tensor] | None = None,
-    scaler: AdjointScaler | None = None,
-    output_dtype: torch.dtype | None = None,
-) -> Any:
-    r"""Solve ``dy/dt = func(t, y)`` on a fixed grid; differentiable by the exact discrete adjoint.
-
-    Each step of size ``h`` is an explicit Runge–Kutta step
-    ``y_{k+1} = y_k + h Σ_i b_i f(t_k + c_i h, y_k + h Σ_j a_ij k_j)``. With the default
-    ``gradient="adjoint"`` the backward pass runs the adjoint recursion of exactly this
-    scheme, ``λ_k = λ_{k+1} + (∂Φ_k/∂y_k)^T λ_{k+1}`` (Φ_k the step map) with parameter and
-    time gradients ``Σ_k (∂Φ_k/∂θ)^T λ_{k+1}``, ``(∂Φ_k/∂t)^T λ_{k+1}``; in exact arithmetic
-    it equals backpropagation through the same steps.
-
-    Mixed precision (``bf16``/``fp16``): stages run under ``torch.autocast`` on the state's
-    device; the state update, adjoint and accumulators stay in the state dtype (fp32);
-    step states are stored in 16 bit; fp16 adds sync-free dynamic adjoint scaling
-    (:class:`AdjointScaler`).
-    """ + _DOC_ARGS + """
-    Returns:
-        The trajectory ``(n, *y0.shape)`` (per leaf, same structure as ``y0``), ``ys[0]``
-        equal to ``y0``, in ``output_dtype`` or ``y0``'s dtype.
-    """ + _DOC_RAISES + """
     Reference:
         Celledoni, Owren, Ruthotto, Yang, *Mixed precision training of neural ODEs*,
         arXiv:2510.23498; Chen et al., *Neural ODEs*, arXiv:1806.07366.
@@ -591,8 +632,19 @@ def odeint(
         >>> ys[-1].sum().backward(); round(y0.grad.item(), 6)
         0.367879
     """
-    return _run(func, y0, t, method, gradient, precision, steps_per_interval, step_size, params,
-                scaler, output_dtype)[3]
+    return _run(
+        func,
+        y0,
+        t,
+        method,
+        gradient,
+        precision,
+        steps_per_interval,
+        step_size,
+        params,
+        scaler,
+        output_dtype,
+    )[3]
 
 
 def solve(
@@ -609,14 +661,49 @@ def solve(
     scaler: AdjointScaler | None = None,
     output_dtype: torch.dtype | None = None,
 ) -> Solution:
-    """Like :func:`odeint` but return a :class:`Solution` (trajectory, NFE, steps, status).
+    r"""Like :func:`odeint` but return a :class:`Solution` (trajectory, NFE, steps, status).
 
+    ``nfe`` counts every call of ``func`` in the forward pass, including the one extra call
+    made when ``func`` is a plain callable (not an ``nn.Module``), ``params`` is not given and
+    grad mode is on: it checks that ``func`` does not close over tensors requiring grad.
     The status check costs one host sync per call. ``Solution.stats`` (adjoint scales,
     retries, syncs, backward NFE) is filled when ``backward`` runs through ``ys``.
-    """ + _DOC_ARGS + """
+
+    Args:
+        func: the vector field ``func(t, y) -> dy/dt``, a callable or ``nn.Module``; ``t`` is a
+            0-d tensor, ``y`` has the structure of ``y0``.
+        y0: initial state: a tensor ``(*shape)``, a tuple/list or a dict of tensors (any
+            shapes, one floating dtype).
+        t: ``(n,)`` output times, ``n >= 2``, strictly increasing or decreasing, finite.
+        method: a name (``euler, midpoint, heun, ralston, rk3, ssprk3, rk4, rk38``) or a
+            :class:`ButcherTableau`. ``rk4`` is the classical method; torchdiffeq's ``rk4`` is
+            the 3/8 rule (``rk38`` here).
+        gradient: ``"adjoint"`` (exact discrete adjoint, default), ``"backprop"``, or
+            :class:`DiscreteAdjoint` / :class:`Backprop`.
+        precision: ``"fp32" | "tf32" | "bf16" | "fp16" | "fp64"`` or a :class:`PrecisionPolicy`.
+        steps_per_interval: RK steps between consecutive output times (intermediate states
+            are not returned).
+        step_size: alternatively, the largest step; each interval gets
+            ``ceil(|Δt| / step_size)`` equal steps.
+        params: tensors the gradient is taken for; default: the parameters of an
+            ``nn.Module`` func that require grad. A plain callable that closes over tensors
+            requiring grad must list them here (else a ``ValueError`` says so).
+        scaler: an :class:`AdjointScaler` persisting the fp16 adjoint scale across calls
+            (default: a fresh one per call); ``AdjointScaler(dynamic=False)`` turns internal
+            scaling off to pair with ``torch.amp.GradScaler``. Used only for fp16 + adjoint.
+        output_dtype: dtype of the returned trajectory (default: ``y0``'s dtype).
+
     Returns:
         A :class:`Solution`.
-    """ + _DOC_RAISES + """
+
+    Raises:
+        ValueError: ``t`` not 1-D, fewer than two points, not strictly monotone, non-finite,
+            or on another device than ``y0``; ``y0`` non-finite; ``func`` output of the wrong
+            shape; unknown method/precision/gradient name (the message lists the valid ones).
+        TypeError: integer/complex ``y0`` or ``t``; ``func`` returning a non-tensor, a
+            different structure, a non-floating or a higher-precision dtype.
+        FloatingPointError: fp16 adjoint overflow that scaling cannot recover.
+
     Reference:
         Celledoni, Owren, Ruthotto, Yang, arXiv:2510.23498.
 
@@ -624,11 +711,22 @@ def solve(
         >>> import torch, odeflow
         >>> sol = odeflow.solve(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0]),
         ...                     steps_per_interval=4)
-        >>> sol.nfe, sol.steps, sol.status.value
-        (16, 4, 'success')
+        >>> sol.nfe, sol.steps, sol.status.value  # 4 steps x 4 stages + 1 closure check
+        (17, 4, 'success')
     """
-    plan, spec, tt, ys = _run(func, y0, t, method, gradient, precision, steps_per_interval,
-                              step_size, params, scaler, output_dtype)
+    plan, _spec, tt, ys = _run(
+        func,
+        y0,
+        t,
+        method,
+        gradient,
+        precision,
+        steps_per_interval,
+        step_size,
+        params,
+        scaler,
+        output_dtype,
+    )
     leaves = _tree.flatten(ys)[0]
     fin = bool(torch.stack([torch.isfinite(x.detach()).all() for x in leaves]).all())
     return Solution(

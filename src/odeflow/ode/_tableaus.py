@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ButcherTableau", "TABLEAUS", "get_tableau"]
+__all__ = ["TABLEAUS", "ButcherTableau", "get_tableau"]
 
 _TOL = 1e-12
 
@@ -103,7 +103,9 @@ class ButcherTableau:
         for i, row in enumerate(self.a):
             row = tuple(float(x) for x in row)
             if len(row) > s:
-                raise ValueError(f"tableau {self.name!r}: row {i} of a has {len(row)} > {s} entries")
+                raise ValueError(
+                    f"tableau {self.name!r}: row {i} of a has {len(row)} > {s} entries"
+                )
             row = row + (0.0,) * (s - len(row))
             if any(row[j] != 0.0 for j in range(i, s)):
                 raise ValueError(
@@ -113,7 +115,9 @@ class ButcherTableau:
             rows.append(row)
         a = tuple(rows)
         if not isinstance(self.order, int) or self.order < 1:
-            raise ValueError(f"tableau {self.name!r}: order must be a positive int, got {self.order!r}")
+            raise ValueError(
+                f"tableau {self.name!r}: order must be a positive int, got {self.order!r}"
+            )
         if not _row_sums_ok(a, c):
             raise ValueError(
                 f"tableau {self.name!r}: rows of a must sum to c (consistency c_i = sum_j a_ij)"
@@ -121,7 +125,8 @@ class ButcherTableau:
         for p, cond, res in _order_residuals(a, b, c, self.order):
             if abs(res) > _TOL:
                 raise ValueError(
-                    f"tableau {self.name!r} fails the order-{p} condition {cond} (residual {res:.3e})"
+                    f"tableau {self.name!r} fails the order-{p} condition {cond} "
+                    f"(residual {res:.3e})"
                 )
         object.__setattr__(self, "a", a)
         object.__setattr__(self, "b", b)

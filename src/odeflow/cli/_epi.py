@@ -56,13 +56,25 @@ def _correct(args: argparse.Namespace) -> int:
 
     try:
         out = correct_files(
-            args.up, args.down, args.out,
-            pe_dir=args.pe_dir, pe_dir_down=args.pe_dir_down, readout_time=args.readout_time,
-            up_volume=args.up_volume, down_volume=args.down_volume,
-            ignore_sidecars=args.ignore_sidecars, apply=args.apply or (),
-            apply_pe_dir=args.apply_pe_dir, alpha=args.alpha, beta=args.beta,
-            solver=args.solver, levels=args.levels, max_iter=args.max_iter,
-            device=args.device, qc=not args.no_qc, overwrite=args.overwrite,
+            args.up,
+            args.down,
+            args.out,
+            pe_dir=args.pe_dir,
+            pe_dir_down=args.pe_dir_down,
+            readout_time=args.readout_time,
+            up_volume=args.up_volume,
+            down_volume=args.down_volume,
+            ignore_sidecars=args.ignore_sidecars,
+            apply=args.apply or (),
+            apply_pe_dir=args.apply_pe_dir,
+            alpha=args.alpha,
+            beta=args.beta,
+            solver=args.solver,
+            levels=args.levels,
+            max_iter=args.max_iter,
+            device=args.device,
+            qc=not args.no_qc,
+            overwrite=args.overwrite,
             verbose=not args.quiet,
         )
     except OSError as exc:
@@ -110,43 +122,96 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     io = p.add_argument_group("inputs and outputs")
-    io.add_argument("--up", required=True, metavar="UP.nii.gz",
-                    help="image acquired with one PE polarity (.nii or .nii.gz)")
-    io.add_argument("--down", required=True, metavar="DOWN.nii.gz",
-                    help="image acquired with the opposite polarity, on the same grid")
-    io.add_argument("--out", required=True, metavar="PREFIX",
-                    help="output prefix: 'dir/' or 'dir/name_' (folder created if needed)")
-    io.add_argument("--up-volume", type=_volume, default=None, metavar="N|mean",
-                    help="volume of a 4-D --up file to use (index or 'mean'); required for 4-D")
-    io.add_argument("--down-volume", type=_volume, default=None, metavar="N|mean",
-                    help="volume of a 4-D --down file to use (index or 'mean'); required for 4-D")
-    io.add_argument("--apply", action="append", metavar="SERIES.nii.gz",
-                    help="also correct this 3-D/4-D series with the field (repeatable); its PE "
-                    "comes from its sidecar, else --apply-pe-dir, else the --up direction")
-    io.add_argument("--overwrite", action="store_true",
-                    help="replace existing outputs (inputs are never overwritten)")
+    io.add_argument(
+        "--up",
+        required=True,
+        metavar="UP.nii.gz",
+        help="image acquired with one PE polarity (.nii or .nii.gz)",
+    )
+    io.add_argument(
+        "--down",
+        required=True,
+        metavar="DOWN.nii.gz",
+        help="image acquired with the opposite polarity, on the same grid",
+    )
+    io.add_argument(
+        "--out",
+        required=True,
+        metavar="PREFIX",
+        help="output prefix: 'dir/' or 'dir/name_' (folder created if needed)",
+    )
+    io.add_argument(
+        "--up-volume",
+        type=_volume,
+        default=None,
+        metavar="N|mean",
+        help="volume of a 4-D --up file to use (index or 'mean'); required for 4-D",
+    )
+    io.add_argument(
+        "--down-volume",
+        type=_volume,
+        default=None,
+        metavar="N|mean",
+        help="volume of a 4-D --down file to use (index or 'mean'); required for 4-D",
+    )
+    io.add_argument(
+        "--apply",
+        action="append",
+        metavar="SERIES.nii.gz",
+        help="also correct this 3-D/4-D series with the field (repeatable); its PE "
+        "comes from its sidecar, else --apply-pe-dir, else the --up direction",
+    )
+    io.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (inputs are never overwritten)",
+    )
     io.add_argument("--no-qc", action="store_true", help="skip the PNG/HTML report")
 
     meta = p.add_argument_group("acquisition (overrides the BIDS sidecars)")
-    meta.add_argument("--pe-dir", default=None, metavar="DIR",
-                      help="PE direction of --up: BIDS i, i-, j, j-, k, k- (array axes) or "
-                      "anatomical AP, PA, LR, RL, IS, SI (mapped through the affine); --down "
-                      "is taken as the opposite unless its sidecar or --pe-dir-down says")
-    meta.add_argument("--pe-dir-down", default=None, metavar="DIR",
-                      help="PE direction of --down (must be the opposite of --up's)")
-    meta.add_argument("--readout-time", type=_positive, default=None, metavar="SECONDS",
-                      help="total readout time in seconds (default: TotalReadoutTime or "
-                      "EffectiveEchoSpacing*(ReconMatrixPE-1) from the sidecars)")
-    meta.add_argument("--apply-pe-dir", default=None, metavar="DIR",
-                      help="PE direction of --apply series that have no sidecar")
-    meta.add_argument("--ignore-sidecars", action="store_true",
-                      help="do not use the sidecars' PhaseEncodingDirection (when they are wrong)")
+    meta.add_argument(
+        "--pe-dir",
+        default=None,
+        metavar="DIR",
+        help="PE direction of --up: BIDS i, i-, j, j-, k, k- (array axes) or "
+        "anatomical AP, PA, LR, RL, IS, SI (mapped through the affine); --down "
+        "is taken as the opposite unless its sidecar or --pe-dir-down says",
+    )
+    meta.add_argument(
+        "--pe-dir-down",
+        default=None,
+        metavar="DIR",
+        help="PE direction of --down (must be the opposite of --up's)",
+    )
+    meta.add_argument(
+        "--readout-time",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="total readout time in seconds (default: TotalReadoutTime or "
+        "EffectiveEchoSpacing*(ReconMatrixPE-1) from the sidecars)",
+    )
+    meta.add_argument(
+        "--apply-pe-dir",
+        default=None,
+        metavar="DIR",
+        help="PE direction of --apply series that have no sidecar",
+    )
+    meta.add_argument(
+        "--ignore-sidecars",
+        action="store_true",
+        help="do not use the sidecars' PhaseEncodingDirection (when they are wrong)",
+    )
 
     sol = p.add_argument_group("solver")
     sol.add_argument("--alpha", type=float, default=300.0, help="smoothness weight (300)")
     sol.add_argument("--beta", type=float, default=1e-4, help="Jacobian barrier weight (1e-4)")
-    sol.add_argument("--solver", choices=("gn", "lbfgs"), default="gn",
-                     help="gn = Gauss-Newton-PCG (default), lbfgs = L-BFGS")
+    sol.add_argument(
+        "--solver",
+        choices=("gn", "lbfgs"),
+        default="gn",
+        help="gn = Gauss-Newton-PCG (default), lbfgs = L-BFGS",
+    )
     sol.add_argument("--levels", type=int, default=1, help="coarse-to-fine levels (1)")
     sol.add_argument("--max-iter", type=int, default=10, help="outer iterations (10)")
     sol.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
@@ -160,7 +225,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "NIfTIs, correct it with `odeflow epi correct`'s pipeline and write the QC report.",
     )
     d.add_argument("--out", default="epi-demo", help="output folder (default: epi-demo)")
-    d.add_argument("--quick", action="store_true",
-                   help="a 4 mm crop of the phantom (seconds) instead of the 2 mm whole brain")
+    d.add_argument(
+        "--quick",
+        action="store_true",
+        help="a 4 mm crop of the phantom (seconds) instead of the 2 mm whole brain",
+    )
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)

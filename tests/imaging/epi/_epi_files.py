@@ -19,8 +19,16 @@ def phantom(polarity: int = -1, snr: float | None = None):
     """A small anisotropic phantom (PE along j, peak 1.5 voxels), cached per process."""
     from odeflow.imaging.epi import make_phantom
 
-    return make_phantom(voxel_size=VOXEL, shape=SHAPE, pe_axis=1, polarity=polarity,
-                        peak_displacement=1.5, readout_time=TRT, snr=snr, seed=3)
+    return make_phantom(
+        voxel_size=VOXEL,
+        shape=SHAPE,
+        pe_axis=1,
+        polarity=polarity,
+        peak_displacement=1.5,
+        readout_time=TRT,
+        snr=snr,
+        seed=3,
+    )
 
 
 def oblique(affine: np.ndarray, angle: float = 0.25) -> np.ndarray:
@@ -46,8 +54,18 @@ def save(path: Path, data, affine, meta: dict | None = None, *, qcode=1, scode=2
     return path
 
 
-def write_pair(directory: Path, ph, *, affine=None, up_pe="j-", down_pe="j", trt=TRT,
-               up_data=None, down_data=None, name="sub-01"):
+def write_pair(
+    directory: Path,
+    ph,
+    *,
+    affine=None,
+    up_pe="j-",
+    down_pe="j",
+    trt=TRT,
+    up_data=None,
+    down_data=None,
+    name="sub-01",
+):
     """Write ``ph``'s up/down as ``<name>_dir-AP_epi.nii.gz`` / ``dir-PA`` with sidecars.
 
     ``up_pe``/``down_pe``/``trt`` set to ``None`` leave the field out of the sidecar.
@@ -55,8 +73,10 @@ def write_pair(directory: Path, ph, *, affine=None, up_pe="j-", down_pe="j", trt
     directory.mkdir(parents=True, exist_ok=True)
     affine = ph.affine if affine is None else affine
     paths = []
-    for tag, data, pe in (("AP", ph.up if up_data is None else up_data, up_pe),
-                          ("PA", ph.down if down_data is None else down_data, down_pe)):
+    for tag, data, pe in (
+        ("AP", ph.up if up_data is None else up_data, up_pe),
+        ("PA", ph.down if down_data is None else down_data, down_pe),
+    ):
         meta = {}
         if pe is not None:
             meta["PhaseEncodingDirection"] = pe
@@ -92,7 +112,10 @@ def undo_reorient(data: np.ndarray, perm, flips) -> np.ndarray:
 def snapshot(directory: Path) -> dict[str, tuple[str, int]]:
     """sha256 and mtime of every file under ``directory``."""
     return {
-        str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).hexdigest(),
-                                        p.stat().st_mtime_ns)
-        for p in sorted(directory.rglob("*")) if p.is_file()
+        str(p.relative_to(directory)): (
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+            p.stat().st_mtime_ns,
+        )
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
     }

@@ -22,8 +22,12 @@ RAS = np.diag([2.0, 2.0, 2.0, 1.0])
 LAS = np.diag([-2.0, 2.0, 2.0, 1.0])
 
 
-def _reorient(affine: np.ndarray, perm: tuple[int, int, int], flips: tuple[bool, ...],
-              shape: tuple[int, int, int]) -> np.ndarray:
+def _reorient(
+    affine: np.ndarray,
+    perm: tuple[int, int, int],
+    flips: tuple[bool, ...],
+    shape: tuple[int, int, int],
+) -> np.ndarray:
     """Affine of the array ``np.flip(np.transpose(x, perm), flipped axes)``."""
     new = np.eye(4)
     new[:, :3] = affine[:, list(perm)]
@@ -36,10 +40,19 @@ def _reorient(affine: np.ndarray, perm: tuple[int, int, int], flips: tuple[bool,
     return new
 
 
-@pytest.mark.parametrize("letter,axis,sign", [
-    ("i", 0, 1), ("i-", 0, -1), ("j", 1, 1), ("j-", 1, -1), ("k", 2, 1), ("k-", 2, -1),
-    ("J+", 1, 1), (" k- ", 2, -1),
-])
+@pytest.mark.parametrize(
+    "letter,axis,sign",
+    [
+        ("i", 0, 1),
+        ("i-", 0, -1),
+        ("j", 1, 1),
+        ("j-", 1, -1),
+        ("k", 2, 1),
+        ("k-", 2, -1),
+        ("J+", 1, 1),
+        (" k- ", 2, -1),
+    ],
+)
 def test_bids_letters(letter, axis, sign):
     pe = parse_pe_direction(letter)
     assert (pe.axis, pe.sign) == (axis, sign)
@@ -53,10 +66,17 @@ def test_unknown_direction_is_refused(bad):
         parse_pe_direction(bad, RAS)
 
 
-@pytest.mark.parametrize("code,ras,las", [
-    ("PA", "j", "j"), ("AP", "j-", "j-"), ("LR", "i", "i-"), ("RL", "i-", "i"),
-    ("IS", "k", "k"), ("SI", "k-", "k-"),
-])
+@pytest.mark.parametrize(
+    "code,ras,las",
+    [
+        ("PA", "j", "j"),
+        ("AP", "j-", "j-"),
+        ("LR", "i", "i-"),
+        ("RL", "i-", "i"),
+        ("IS", "k", "k"),
+        ("SI", "k-", "k-"),
+    ],
+)
 def test_anatomical_codes_map_through_the_affine(code, ras, las):
     assert parse_pe_direction(code, RAS).code == ras
     assert parse_pe_direction(code.lower(), LAS).code == las
@@ -65,8 +85,9 @@ def test_anatomical_codes_map_through_the_affine(code, ras, las):
 
 
 @pytest.mark.parametrize("perm", [(0, 1, 2), (1, 0, 2), (2, 0, 1), (1, 2, 0)])
-@pytest.mark.parametrize("flips", [(False, False, False), (True, False, True),
-                                   (False, True, False)])
+@pytest.mark.parametrize(
+    "flips", [(False, False, False), (True, False, True), (False, True, False)]
+)
 @pytest.mark.parametrize("code", ["AP", "PA", "LR", "SI"])
 def test_world_direction_is_invariant_under_reorientation(perm, flips, code):
     shape = (20, 24, 18)
@@ -149,8 +170,11 @@ def test_resolve_from_sidecars(up, down):
     assert acq.pe_up.code == up and acq.pe_down.code == down
     assert acq.pe_axis == "ijk".index(up[0])
     assert acq.readout_time == 0.05
-    assert acq.sources == {"pe_up": "sidecar", "pe_down": "sidecar",
-                           "readout_time": "up sidecar TotalReadoutTime"}
+    assert acq.sources == {
+        "pe_up": "sidecar",
+        "pe_down": "sidecar",
+        "readout_time": "up sidecar TotalReadoutTime",
+    }
 
 
 def test_field_sign_convention():
@@ -177,13 +201,12 @@ def test_explicit_direction_without_sidecars_takes_opposite_for_down():
     acq = resolve_acquisition(SHAPE, RAS, {}, {}, pe_dir="AP", readout_time=0.06)
     assert acq.pe_up.code == "j-" and acq.pe_down.code == "j"
     assert acq.sources["pe_down"] == "opposite of --pe-dir"
-    acq = resolve_acquisition(SHAPE, LAS, {}, {}, pe_dir="LR", pe_dir_down="RL",
-                              readout_time=0.06)
+    acq = resolve_acquisition(SHAPE, LAS, {}, {}, pe_dir="LR", pe_dir_down="RL", readout_time=0.06)
     assert acq.pe_up.code == "i-" and acq.pe_down.code == "i"
 
 
 def test_missing_direction_is_refused():
-    with pytest.raises(EPIInputError, match="up image is unknown.*--pe-dir"):
+    with pytest.raises(EPIInputError, match=r"up image is unknown.*--pe-dir"):
         resolve_acquisition(SHAPE, RAS, _meta(None), _meta("j-"))
     # up known from its sidecar only: the down polarity is not guessed
     with pytest.raises(EPIInputError, match="down image is unknown"):
@@ -191,14 +214,14 @@ def test_missing_direction_is_refused():
 
 
 def test_explicit_direction_conflicting_with_sidecar_needs_override():
-    with pytest.raises(EPIInputError, match="contradicts the up sidecar.*--ignore-sidecars"):
+    with pytest.raises(EPIInputError, match=r"contradicts the up sidecar.*--ignore-sidecars"):
         resolve_acquisition(SHAPE, RAS, _meta("j"), _meta("j-"), pe_dir="j-")
-    acq = resolve_acquisition(SHAPE, RAS, _meta("j"), _meta("j-"), pe_dir="j-",
-                              ignore_sidecars=True)
+    acq = resolve_acquisition(
+        SHAPE, RAS, _meta("j"), _meta("j-"), pe_dir="j-", ignore_sidecars=True
+    )
     assert acq.pe_up.code == "j-" and acq.pe_down.code == "j"
     # wrong sidecars saying the same polarity can be overridden explicitly
-    acq = resolve_acquisition(SHAPE, RAS, _meta("j"), _meta("j"), pe_dir="j",
-                              ignore_sidecars=True)
+    acq = resolve_acquisition(SHAPE, RAS, _meta("j"), _meta("j"), pe_dir="j", ignore_sidecars=True)
     assert acq.pe_down.code == "j-"
     # an explicit up direction does not silence a same-polarity down sidecar
     with pytest.raises(EPIInputError, match="same phase-encoding polarity"):
@@ -206,10 +229,9 @@ def test_explicit_direction_conflicting_with_sidecar_needs_override():
 
 
 def test_readout_time_rules():
-    with pytest.raises(EPIInputError, match="readout time is unknown.*--readout-time"):
+    with pytest.raises(EPIInputError, match=r"readout time is unknown.*--readout-time"):
         resolve_acquisition(SHAPE, RAS, _meta("j", None), _meta("j-", None))
-    acq = resolve_acquisition(SHAPE, RAS, _meta("j", None), _meta("j-", None),
-                              readout_time=0.07)
+    acq = resolve_acquisition(SHAPE, RAS, _meta("j", None), _meta("j-", None), readout_time=0.07)
     assert acq.readout_time == 0.07 and acq.sources["readout_time"] == "--readout-time"
     # only one sidecar has it: used
     acq = resolve_acquisition(SHAPE, RAS, _meta("j", None), _meta("j-", 0.04))
@@ -217,14 +239,17 @@ def test_readout_time_rules():
     with pytest.raises(EPIInputError, match="different readout times"):
         resolve_acquisition(SHAPE, RAS, _meta("j", 0.05), _meta("j-", 0.06))
     # explicit override wins over disagreeing sidecars
-    acq = resolve_acquisition(SHAPE, RAS, _meta("j", 0.05), _meta("j-", 0.06),
-                              readout_time=0.055)
+    acq = resolve_acquisition(SHAPE, RAS, _meta("j", 0.05), _meta("j-", 0.06), readout_time=0.055)
     assert acq.readout_time == 0.055
     with pytest.raises(EPIInputError, match="milliseconds"):
         resolve_acquisition(SHAPE, RAS, _meta("j"), _meta("j-"), readout_time=45.0)
     # echo spacing with the image's PE size
-    acq = resolve_acquisition(SHAPE, RAS, {"PhaseEncodingDirection": "j",
-                                           "EffectiveEchoSpacing": 0.001}, _meta("j-", None))
+    acq = resolve_acquisition(
+        SHAPE,
+        RAS,
+        {"PhaseEncodingDirection": "j", "EffectiveEchoSpacing": 0.001},
+        _meta("j-", None),
+    )
     assert acq.readout_time == pytest.approx(0.001 * (SHAPE[1] - 1))
 
 

@@ -24,8 +24,20 @@ def test_help_has_examples(capsys):
         main(["epi", "correct", "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for needle in ("--up", "--down", "--pe-dir", "--readout-time", "--apply", "--out",
-                   "--device", "--alpha", "--beta", "--solver", "examples:", "odeflow epi correct"):
+    for needle in (
+        "--up",
+        "--down",
+        "--pe-dir",
+        "--readout-time",
+        "--apply",
+        "--out",
+        "--device",
+        "--alpha",
+        "--beta",
+        "--solver",
+        "examples:",
+        "odeflow epi correct",
+    ):
         assert needle in text, needle
 
 
@@ -45,9 +57,28 @@ def test_correct_writes_outputs_and_prints_summary(tmp_path, capsys):
     ph = phantom(-1)
     up, down = write_pair(tmp_path / "in", ph, up_pe=None, down_pe=None, trt=None)
     before = snapshot(tmp_path / "in")
-    rc = main(["epi", "correct", "--up", str(up), "--down", str(down), "--pe-dir", "AP",
-               "--readout-time", "0.05", "--out", str(tmp_path / "out" / "s_"), "--quiet",
-               "--no-qc", "--alpha", "250", "--solver", "gn"])
+    rc = main(
+        [
+            "epi",
+            "correct",
+            "--up",
+            str(up),
+            "--down",
+            str(down),
+            "--pe-dir",
+            "AP",
+            "--readout-time",
+            "0.05",
+            "--out",
+            str(tmp_path / "out" / "s_"),
+            "--quiet",
+            "--no-qc",
+            "--alpha",
+            "250",
+            "--solver",
+            "gn",
+        ]
+    )
     assert rc == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("odeflow epi: RMS distance") and "Hz" in line and " s " in line
@@ -59,15 +90,18 @@ def test_correct_writes_outputs_and_prints_summary(tmp_path, capsys):
     assert snapshot(tmp_path / "in") == before
 
 
-@pytest.mark.parametrize("case,extra,message", [
-    ("same_polarity", [], "same phase-encoding polarity"),
-    ("no_readout", [], "--readout-time"),
-    ("unreadable", [], "cannot read"),
-    ("missing", [], "does not exist"),
-    ("conflict", ["--pe-dir", "j"], "contradicts"),
-    ("bad_pe", ["--pe-dir", "sideways"], "unknown phase-encoding direction"),
-    ("exists", [], "already exist"),
-])
+@pytest.mark.parametrize(
+    "case,extra,message",
+    [
+        ("same_polarity", [], "same phase-encoding polarity"),
+        ("no_readout", [], "--readout-time"),
+        ("unreadable", [], "cannot read"),
+        ("missing", [], "does not exist"),
+        ("conflict", ["--pe-dir", "j"], "contradicts"),
+        ("bad_pe", ["--pe-dir", "sideways"], "unknown phase-encoding direction"),
+        ("exists", [], "already exist"),
+    ],
+)
 def test_bad_input_exits_nonzero_without_outputs(tmp_path, capsys, case, extra, message):
     ph = phantom(-1)
     kw = {}
@@ -85,8 +119,20 @@ def test_bad_input_exits_nonzero_without_outputs(tmp_path, capsys, case, extra, 
         out.mkdir()
         (out / "s_fieldmap.nii.gz").write_bytes(b"precious")
     before_in, before_out = snapshot(tmp_path / "in"), snapshot(tmp_path) if out.exists() else {}
-    rc = main(["epi", "correct", "--up", str(up), "--down", str(down), "--out", str(out / "s_"),
-               "--quiet", *extra])
+    rc = main(
+        [
+            "epi",
+            "correct",
+            "--up",
+            str(up),
+            "--down",
+            str(down),
+            "--out",
+            str(out / "s_"),
+            "--quiet",
+            *extra,
+        ]
+    )
     assert rc != 0
     err = capsys.readouterr().err
     assert message in err and "error" in err
@@ -102,9 +148,24 @@ def test_console_exit_code_in_a_subprocess(tmp_path):
     up, down = write_pair(tmp_path / "in", ph, up_pe="j", down_pe="j")
     env = {**os.environ, "MPLBACKEND": "Agg"}
     proc = subprocess.run(
-        [sys.executable, "-m", "odeflow.cli", "epi", "correct", "--up", str(up), "--down",
-         str(down), "--out", str(tmp_path / "o_"), "--quiet"],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "odeflow.cli",
+            "epi",
+            "correct",
+            "--up",
+            str(up),
+            "--down",
+            str(down),
+            "--out",
+            str(tmp_path / "o_"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 1
     assert "same phase-encoding polarity" in proc.stderr
@@ -118,8 +179,9 @@ def test_demo_quick(tmp_path, capsys):
     m = json.loads((tmp_path / "demo" / "demo_metrics.json").read_text())
     assert m["jacobian_min"] > 0 and m["field_rmse_vox"] < 0.5
     assert (tmp_path / "demo" / "corrected" / "sub-phantom_qc.html").is_file()
-    assert (tmp_path / "demo" / "corrected" / "sub-phantom_sub-phantom_dir-AP_dwi_corrected.nii.gz"
-            ).is_file()
+    assert (
+        tmp_path / "demo" / "corrected" / "sub-phantom_sub-phantom_dir-AP_dwi_corrected.nii.gz"
+    ).is_file()
 
 
 @pytest.mark.slow

@@ -49,8 +49,7 @@ def test_round_trip_keeps_affine_codes_and_header(tmp_path, klass, suffix):
     rng = np.random.default_rng(0)
     data = rng.integers(0, 1000, size=(5, 6, 7)).astype(np.int16)
     aff = _oblique_affine()
-    src = _write(tmp_path / f"in{suffix}", data, aff, qcode=1, scode=4,
-                 klass=getattr(nib, klass))
+    src = _write(tmp_path / f"in{suffix}", data, aff, qcode=1, scode=4, klass=getattr(nib, klass))
     img = load_nifti(src)
     assert img.data.dtype == np.float32 and img.shape == (5, 6, 7)
     assert np.array_equal(img.data, data.astype(np.float32))

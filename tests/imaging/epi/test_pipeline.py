@@ -72,14 +72,18 @@ def test_outputs_keep_geometry_and_field_matches_truth(tmp_path, polarity, up_pe
     assert out.metrics["acquisition"]["pe_up"] == up_pe
     assert snapshot(tmp_path / "in") == before  # inputs untouched
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        p.name for p in out.paths.values())  # no temp folder left
+        p.name for p in out.paths.values()
+    )  # no temp folder left
 
 
-@pytest.mark.parametrize("perm,flips", [
-    ((1, 2, 0), (True, False, True)),   # PE axis j becomes i, flipped
-    ((2, 0, 1), (False, True, True)),   # PE axis j becomes k, flipped; i flipped too
-    ((0, 1, 2), (True, False, False)),  # only a non-PE axis flipped
-])
+@pytest.mark.parametrize(
+    "perm,flips",
+    [
+        ((1, 2, 0), (True, False, True)),  # PE axis j becomes i, flipped
+        ((2, 0, 1), (False, True, True)),  # PE axis j becomes k, flipped; i flipped too
+        ((0, 1, 2), (True, False, False)),  # only a non-PE axis flipped
+    ],
+)
 def test_reoriented_copy_gives_the_same_world_space_field(tmp_path, perm, flips):
     ph = phantom(-1)
     base = correct_files(*write_pair(tmp_path / "a", ph), tmp_path / "a" / "r_", **FAST)
@@ -91,8 +95,15 @@ def test_reoriented_copy_gives_the_same_world_space_field(tmp_path, perm, flips)
     sign = -1 * (-1 if flips[axis] else 1)
     up_pe = "ijk"[axis] + ("-" if sign < 0 else "")
     down_pe = "ijk"[axis] + ("" if sign < 0 else "-")
-    paths = write_pair(tmp_path / "b", ph, affine=aff_r, up_pe=up_pe, down_pe=down_pe,
-                       up_data=up_r, down_data=down_r)
+    paths = write_pair(
+        tmp_path / "b",
+        ph,
+        affine=aff_r,
+        up_pe=up_pe,
+        down_pe=down_pe,
+        up_data=up_r,
+        down_data=down_r,
+    )
     res = correct_files(*paths, tmp_path / "b" / "r_", **FAST)
     img = nib.load(str(res.paths["fieldmap"]))
     assert np.allclose(img.affine, aff_r, atol=1e-5)
@@ -101,9 +112,20 @@ def test_reoriented_copy_gives_the_same_world_space_field(tmp_path, perm, flips)
     scale = float(np.abs(f0).max())
     assert np.abs(f1 - f0).max() <= 1e-3 * scale
     # the anatomical code "AP" maps through the new affine to the same direction
-    res2 = correct_files(*write_pair(tmp_path / "c", ph, affine=aff_r, up_pe=None, down_pe=None,
-                                     up_data=up_r, down_data=down_r),
-                         tmp_path / "c" / "r_", pe_dir="AP", **FAST)
+    res2 = correct_files(
+        *write_pair(
+            tmp_path / "c",
+            ph,
+            affine=aff_r,
+            up_pe=None,
+            down_pe=None,
+            up_data=up_r,
+            down_data=down_r,
+        ),
+        tmp_path / "c" / "r_",
+        pe_dir="AP",
+        **FAST,
+    )
     assert res2.acquisition.pe_up.code == up_pe
     f2 = undo_reorient(nib.load(str(res2.paths["fieldmap"])).get_fdata(), perm, flips)
     assert np.abs(f2 - f0).max() <= 1e-3 * scale
@@ -128,10 +150,18 @@ def test_apply_series_with_either_polarity(tmp_path):
     ph = phantom(-1)
     up, down = write_pair(tmp_path / "in", ph)
     w = np.array([1.0, 0.5, 0.25], np.float32)
-    dwi_up = save(tmp_path / "in" / "dwi_ap.nii.gz", ph.up.numpy()[..., None] * w, ph.affine,
-                  {"PhaseEncodingDirection": "j-", "TotalReadoutTime": TRT})
-    dwi_dn = save(tmp_path / "in" / "dwi_pa.nii.gz", ph.down.numpy()[..., None] * w, ph.affine,
-                  {"PhaseEncodingDirection": "j"})
+    dwi_up = save(
+        tmp_path / "in" / "dwi_ap.nii.gz",
+        ph.up.numpy()[..., None] * w,
+        ph.affine,
+        {"PhaseEncodingDirection": "j-", "TotalReadoutTime": TRT},
+    )
+    dwi_dn = save(
+        tmp_path / "in" / "dwi_pa.nii.gz",
+        ph.down.numpy()[..., None] * w,
+        ph.affine,
+        {"PhaseEncodingDirection": "j"},
+    )
     out = correct_files(up, down, tmp_path / "o_", apply=[dwi_up, dwi_dn], **FAST)
     cu = nib.load(str(out.paths["up_corrected"])).get_fdata()
     cd = nib.load(str(out.paths["down_corrected"])).get_fdata()
@@ -147,8 +177,12 @@ def test_apply_series_with_either_polarity(tmp_path):
 def test_apply_series_on_another_axis_is_refused(tmp_path):
     ph = phantom(-1)
     up, down = write_pair(tmp_path / "in", ph)
-    s = save(tmp_path / "in" / "bold.nii.gz", np.stack([ph.up.numpy()] * 2, -1), ph.affine,
-             {"PhaseEncodingDirection": "i"})
+    s = save(
+        tmp_path / "in" / "bold.nii.gz",
+        np.stack([ph.up.numpy()] * 2, -1),
+        ph.affine,
+        {"PhaseEncodingDirection": "i"},
+    )
     with pytest.raises(EPIInputError, match="same PE axis"):
         correct_files(up, down, tmp_path / "out" / "x_", apply=[s], **FAST)
     assert not (tmp_path / "out").exists()
@@ -158,19 +192,26 @@ def test_four_d_pair_from_one_file(tmp_path):
     ph = phantom(-1)
     up, down = write_pair(tmp_path / "in", ph)
     ref = correct_files(up, down, tmp_path / "ref_", **FAST)
-    pair = save(tmp_path / "in" / "b0s.nii.gz", np.stack([ph.up.numpy(), ph.down.numpy()], -1),
-                ph.affine, {"PhaseEncodingDirection": "j-", "TotalReadoutTime": TRT})
+    pair = save(
+        tmp_path / "in" / "b0s.nii.gz",
+        np.stack([ph.up.numpy(), ph.down.numpy()], -1),
+        ph.affine,
+        {"PhaseEncodingDirection": "j-", "TotalReadoutTime": TRT},
+    )
     with pytest.raises(EPIInputError, match="--up-volume and --down-volume"):
         correct_files(pair, pair, tmp_path / "x_", pe_dir="j-", **FAST)
     with pytest.raises(EPIInputError, match="--pe-dir"):
         correct_files(pair, pair, tmp_path / "x_", up_volume=0, down_volume=1, **FAST)
     with pytest.raises(EPIInputError, match="4-D series with 2 volumes"):
         correct_files(pair, down, tmp_path / "x_", **FAST)
-    out = correct_files(pair, pair, tmp_path / "p_", up_volume=0, down_volume=1, pe_dir="j-",
-                        **FAST)
+    out = correct_files(
+        pair, pair, tmp_path / "p_", up_volume=0, down_volume=1, pe_dir="j-", **FAST
+    )
     assert out.acquisition.readout_time == TRT  # still read from the shared sidecar
-    assert np.array_equal(nib.load(str(out.paths["fieldmap"])).get_fdata(),
-                          nib.load(str(ref.paths["fieldmap"])).get_fdata())
+    assert np.array_equal(
+        nib.load(str(out.paths["fieldmap"])).get_fdata(),
+        nib.load(str(ref.paths["fieldmap"])).get_fdata(),
+    )
     assert not list(tmp_path.glob("x_*"))
 
 
@@ -219,8 +260,17 @@ def _bad_case(tmp_path, case):
     raise AssertionError(case)
 
 
-BAD_CASES = ["shape", "affine", "same_polarity", "no_readout", "non_finite", "two_d",
-             "unreadable", "missing", "estimator_fails"]
+BAD_CASES = [
+    "shape",
+    "affine",
+    "same_polarity",
+    "no_readout",
+    "non_finite",
+    "two_d",
+    "unreadable",
+    "missing",
+    "estimator_fails",
+]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -238,10 +288,18 @@ def test_outputs_never_overwrite_inputs(tmp_path):
     d = tmp_path / "in"
     d.mkdir()
     # inputs named like the outputs of prefix "res_"
-    up = save(d / "res_fieldmap.nii.gz", ph.up, ph.affine,
-              {"PhaseEncodingDirection": "j-", "TotalReadoutTime": TRT})
-    down = save(d / "pa.nii.gz", ph.down, ph.affine,
-                {"PhaseEncodingDirection": "j", "TotalReadoutTime": TRT})
+    up = save(
+        d / "res_fieldmap.nii.gz",
+        ph.up,
+        ph.affine,
+        {"PhaseEncodingDirection": "j-", "TotalReadoutTime": TRT},
+    )
+    down = save(
+        d / "pa.nii.gz",
+        ph.down,
+        ph.affine,
+        {"PhaseEncodingDirection": "j", "TotalReadoutTime": TRT},
+    )
     before = snapshot(d)
     for overwrite in (False, True):
         with pytest.raises(EPIInputError, match="would overwrite the input"):
@@ -254,7 +312,7 @@ def test_existing_outputs_need_overwrite(tmp_path):
     up, down = write_pair(tmp_path / "in", ph)
     first = correct_files(up, down, tmp_path / "o_", **FAST)
     old = snapshot(tmp_path)
-    with pytest.raises(EPIInputError, match="already exist.*--overwrite"):
+    with pytest.raises(EPIInputError, match=r"already exist.*--overwrite"):
         correct_files(up, down, tmp_path / "o_", **FAST)
     assert snapshot(tmp_path) == old
     again = correct_files(up, down, tmp_path / "o_", overwrite=True, alpha=100.0, **FAST)

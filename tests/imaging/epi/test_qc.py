@@ -24,19 +24,33 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _volumes(shape=(10, 12, 8)):
     rng = np.random.default_rng(0)
     up = rng.random(shape)
-    return dict(up=up, down=up[::-1].copy(), corrected_up=up, corrected_down=up,
-                field_hz=rng.standard_normal(shape) * 20, jacobian_up=1 + 0.1 * up,
-                jacobian_down=1 - 0.1 * up)
+    return dict(
+        up=up,
+        down=up[::-1].copy(),
+        corrected_up=up,
+        corrected_down=up,
+        field_hz=rng.standard_normal(shape) * 20,
+        jacobian_up=1 + 0.1 * up,
+        jacobian_down=1 - 0.1 * up,
+    )
 
 
 @pytest.mark.parametrize("pe_axis", [0, 1, 2])
 def test_report_files_are_written(tmp_path, pe_axis):
     hist = {"objective": [10.0, 5.0, 4.0], "distance": [8.0, 3.0, 2.0], "smoothness": [None]}
-    metrics = {"result": {"rms_distance_before": 1.5, "status": "CONVERGED"},
-               "versions": {"odeflow": "0.1.0"}}
-    out = write_qc_report(tmp_path / "q.png", tmp_path / "q.html", pe_axis=pe_axis,
-                          voxel_size=(2.0, 2.5, 3.0), history=hist, metrics=metrics,
-                          **_volumes())
+    metrics = {
+        "result": {"rms_distance_before": 1.5, "status": "CONVERGED"},
+        "versions": {"odeflow": "0.1.0"},
+    }
+    out = write_qc_report(
+        tmp_path / "q.png",
+        tmp_path / "q.html",
+        pe_axis=pe_axis,
+        voxel_size=(2.0, 2.5, 3.0),
+        history=hist,
+        metrics=metrics,
+        **_volumes(),
+    )
     png = out["png"].read_bytes()
     assert png.startswith(PNG_MAGIC)
     page = out["html"].read_text()
@@ -78,16 +92,34 @@ def test_pipeline_writes_report_and_metrics(tmp_path):
     assert "data:image/png;base64," in out.paths["qc_html"].read_text()
     m = json.loads(out.paths["metrics"].read_text())
     assert m == json.loads(json.dumps(out.metrics, default=str))
-    for key in ("versions", "inputs", "acquisition", "parameters", "result", "history",
-                "timings_s", "outputs"):
+    for key in (
+        "versions",
+        "inputs",
+        "acquisition",
+        "parameters",
+        "result",
+        "history",
+        "timings_s",
+        "outputs",
+    ):
         assert key in m, key
     for key in ("odeflow", "torch", "numpy", "python", "nibabel"):
         assert key in m["versions"]
     assert m["parameters"]["alpha"] == 300.0 and m["parameters"]["solver"] == "gn"
     r = m["result"]
-    for key in ("final_distance", "final_smoothness", "final_objective", "rms_distance_before",
-                "rms_distance_after", "field_hz_min", "field_hz_max", "jacobian_up_min",
-                "jacobian_down_min", "status", "iterations"):
+    for key in (
+        "final_distance",
+        "final_smoothness",
+        "final_objective",
+        "rms_distance_before",
+        "rms_distance_after",
+        "field_hz_min",
+        "field_hz_max",
+        "jacobian_up_min",
+        "jacobian_down_min",
+        "status",
+        "iterations",
+    ):
         assert r[key] is not None, key
     assert r["jacobian_up_min"] > 0 and r["jacobian_down_min"] > 0
     assert r["rms_distance_after"] < r["rms_distance_before"]

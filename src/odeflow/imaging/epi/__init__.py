@@ -4,19 +4,28 @@ Array-level API: :func:`estimate_field` (1-D OT start + Gauss–Newton–PCG or 
 mass-preserving model), :func:`apply_correction` (Jacobian modulation, 3-D or 4-D),
 :func:`make_phantom` (offline MNI152-based phantom with ground truth), and the model pieces
 (:class:`EPIObjective`, :func:`distort`, :func:`ot_displacement`).
+
+File-level API (what ``odeflow epi correct`` runs): :func:`correct_files` (NIfTI/BIDS in,
+corrected images, field in Hz, displacement, sidecars and QC report out, atomically),
+:func:`load_nifti`/:func:`save_nifti` (geometry-preserving I/O), :func:`resolve_acquisition`
+(PE direction and readout time from BIDS sidecars or explicit overrides), :func:`write_qc_report`.
 """
 
 from ._apply import apply_correction, distort
+from ._bids import (
+    Acquisition,
+    PhaseEncoding,
+    parse_pe_direction,
+    read_sidecar,
+    resolve_acquisition,
+)
 from ._model import EPIObjective
+from ._nifti import EPIInputError, NiftiImage, load_nifti, save_nifti
 from ._ot1d import ot_displacement
 from ._phantom import Phantom, make_phantom
-from ._solve import EPIResult, estimate_field
-
-# file level (NIfTI/BIDS I/O, pipeline, QC): correct_files is what `odeflow epi correct` runs
-from ._bids import Acquisition, PhaseEncoding, parse_pe_direction, read_sidecar, resolve_acquisition
-from ._nifti import EPIInputError, NiftiImage, load_nifti, save_nifti
 from ._pipeline import CorrectionOutputs, correct_files
 from ._qc import write_qc_report
+from ._solve import EPIResult, estimate_field
 
 __all__ = [
     "Acquisition",
@@ -25,8 +34,8 @@ __all__ = [
     "EPIObjective",
     "EPIResult",
     "NiftiImage",
-    "PhaseEncoding",
     "Phantom",
+    "PhaseEncoding",
     "apply_correction",
     "correct_files",
     "distort",

@@ -404,8 +404,9 @@ def resolve_acquisition(
         trt = _check_readout(readout_time, "--readout-time")
         sources["readout_time"] = "--readout-time"
     else:
-        got = {w: readout_time_from_sidecar(m, n_pe) for w, m in (("up", meta_up),
-                                                                   ("down", meta_down))}
+        got = {
+            w: readout_time_from_sidecar(m, n_pe) for w, m in (("up", meta_up), ("down", meta_down))
+        }
         vals = {w: v for w, v in got.items() if v is not None}
         if not vals:
             raise EPIInputError(
@@ -413,7 +414,7 @@ def resolve_acquisition(
                 "nor EffectiveEchoSpacing; give it with --readout-time SECONDS (e.g. 0.05)"
             )
         if len(vals) == 2:
-            (tu, su), (td, _) = vals["up"], vals["down"]
+            (tu, _), (td, _) = vals["up"], vals["down"]
             if abs(tu - td) > 0.01 * max(tu, td):
                 raise EPIInputError(
                     f"the up and down sidecars give different readout times ({tu} s, {td} s); "

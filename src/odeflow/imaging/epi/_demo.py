@@ -15,8 +15,9 @@ __all__ = ["run_demo"]
 def _save(data: Any, affine: np.ndarray, path: Path, meta: dict[str, Any] | None = None) -> Path:
     import nibabel as nib
 
-    arr = np.asarray(data.detach().cpu().numpy() if hasattr(data, "detach") else data,
-                     dtype=np.float32)
+    arr = np.asarray(
+        data.detach().cpu().numpy() if hasattr(data, "detach") else data, dtype=np.float32
+    )
     img = nib.Nifti1Image(arr, affine)
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
@@ -78,25 +79,38 @@ def run_demo(
     out = Path(out_dir)
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
-    ph = make_phantom(voxel_size=voxel_size, shape=shape, pe_axis=1, polarity=-1,
-                      peak_displacement=peak_displacement, snr=snr, seed=seed)
+    ph = make_phantom(
+        voxel_size=voxel_size,
+        shape=shape,
+        pe_axis=1,
+        polarity=-1,
+        peak_displacement=peak_displacement,
+        snr=snr,
+        seed=seed,
+    )
     trt = float(ph.readout_time)
     up_code = "j-" if ph.polarity < 0 else "j"
     down_code = "j" if ph.polarity < 0 else "j-"
     base = inputs / "sub-phantom"
     meta = {"TotalReadoutTime": trt, "PhaseEncodingDirection": up_code}
     up = _save(ph.up, ph.affine, Path(f"{base}_dir-AP_epi.nii.gz"), meta)
-    down = _save(ph.down, ph.affine, Path(f"{base}_dir-PA_epi.nii.gz"),
-                 {**meta, "PhaseEncodingDirection": down_code})
+    down = _save(
+        ph.down,
+        ph.affine,
+        Path(f"{base}_dir-PA_epi.nii.gz"),
+        {**meta, "PhaseEncodingDirection": down_code},
+    )
     weights = np.array([1.0, 0.55, 0.35], dtype=np.float32)
     series = np.asarray(ph.up.cpu().numpy())[..., None] * weights
     dwi = _save(series, ph.affine, Path(f"{base}_dir-AP_dwi.nii.gz"), meta)
-    truth_field = _save(ph.field_hz, ph.affine, Path(f"{base}_truth_fieldmap.nii.gz"),
-                        {"Units": "Hz"})
+    truth_field = _save(
+        ph.field_hz, ph.affine, Path(f"{base}_truth_fieldmap.nii.gz"), {"Units": "Hz"}
+    )
     _save(ph.truth, ph.affine, Path(f"{base}_truth_image.nii.gz"))
 
-    res = correct_files(up, down, out / "corrected" / "sub-phantom_", apply=[dwi],
-                        verbose=verbose, overwrite=True)
+    res = correct_files(
+        up, down, out / "corrected" / "sub-phantom_", apply=[dwi], verbose=verbose, overwrite=True
+    )
     import nibabel as nib
 
     field = np.asarray(nib.load(str(res.paths["fieldmap"])).get_fdata())

@@ -164,8 +164,9 @@ def load_nifti(
             f"cannot read {_describe(p)} as a NIfTI image ({type(exc).__name__}: {exc}); "
             "is the file complete and not corrupted?"
         ) from exc
-    return _validated(data, affine, header, p, volume=volume, allow_4d=allow_4d,
-                      check_finite=check_finite)
+    return _validated(
+        data, affine, header, p, volume=volume, allow_4d=allow_4d, check_finite=check_finite
+    )
 
 
 def _validated(
@@ -262,9 +263,7 @@ def save_nifti(
     arr = np.asarray(data, dtype=np.float32)
     spatial = tuple(reference.data.shape[:3])
     if arr.ndim not in (3, 4) or tuple(arr.shape[:3]) != spatial:
-        raise EPIInputError(
-            f"output of shape {arr.shape} is not on the reference grid {spatial}"
-        )
+        raise EPIInputError(f"output of shape {arr.shape} is not on the reference grid {spatial}")
     if not np.all(np.isfinite(arr)):
         raise EPIInputError(f"refusing to write non-finite values to '{path}'")
     if reference.header is None:
@@ -272,8 +271,8 @@ def save_nifti(
         img.header.set_qform(reference.affine, code=1)
         img.header.set_sform(reference.affine, code=1)
     else:
-        klass = nib.Nifti2Image if isinstance(reference.header, nib.Nifti2Header) else (
-            nib.Nifti1Image
+        klass = (
+            nib.Nifti2Image if isinstance(reference.header, nib.Nifti2Header) else (nib.Nifti1Image)
         )
         hdr = reference.header.copy()
         qform, qcode = reference.header.get_qform(coded=True)

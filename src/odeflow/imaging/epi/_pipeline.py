@@ -353,8 +353,13 @@ def correct_files(
     _check_pair(img_up, img_down)
     meta_up, meta_down = read_sidecar(up_p), read_sidecar(down_p)
     acq = resolve_acquisition(
-        img_up.shape, img_up.affine, meta_up, meta_down,
-        pe_dir=pe_dir, pe_dir_down=pe_dir_down, readout_time=readout_time,
+        img_up.shape,
+        img_up.affine,
+        meta_up,
+        meta_down,
+        pe_dir=pe_dir,
+        pe_dir_down=pe_dir_down,
+        readout_time=readout_time,
         ignore_sidecars=ignore_sidecars or same_file,
     )
     if img_up.shape[acq.pe_axis] < 4:
@@ -389,8 +394,10 @@ def correct_files(
                 f"--apply '{a}' is phase-encoded along {pe.code}, but the field was estimated "
                 f"along {acq.pe_up.code[0]}; it can only correct series with the same PE axis"
             )
-        got = None if readout_time is not None else readout_time_from_sidecar(
-            meta, img.shape[acq.pe_axis]
+        got = (
+            None
+            if readout_time is not None
+            else readout_time_from_sidecar(meta, img.shape[acq.pe_axis])
         )
         trt = got[0] if got is not None else acq.readout_time
         applied.append((a, img, pe.sign, trt, meta))
@@ -401,9 +408,17 @@ def correct_files(
 
     t0 = time.perf_counter()
     result = estimate_field(
-        img_up.data, img_down.data, pe_axis=acq.pe_axis, voxel_size=img_up.voxel_size,
-        alpha=alpha, beta=beta, solver=solver, levels=levels, max_iter=max_iter,
-        device=device, verbose=verbose,
+        img_up.data,
+        img_down.data,
+        pe_axis=acq.pe_axis,
+        voxel_size=img_up.voxel_size,
+        alpha=alpha,
+        beta=beta,
+        solver=solver,
+        levels=levels,
+        max_iter=max_iter,
+        device=device,
+        verbose=verbose,
     )
     timings["estimate"] = time.perf_counter() - t0
     b = _to_numpy(result.displacement)
@@ -448,8 +463,10 @@ def correct_files(
         "inputs": {
             "up": {"path": str(up_p), "sha256": _sha256(up_p), "volume": img_up.volume},
             "down": {"path": str(down_p), "sha256": _sha256(down_p), "volume": img_down.volume},
-            "apply": [{"path": str(a), "sha256": _sha256(a), "pe_sign": s, "readout_time": t}
-                      for a, _, s, t, _ in applied],
+            "apply": [
+                {"path": str(a), "sha256": _sha256(a), "pe_sign": s, "readout_time": t}
+                for a, _, s, t, _ in applied
+            ],
             "shape": list(img_up.shape),
             "voxel_size_mm": list(img_up.voxel_size),
             "affine": img_up.affine.tolist(),
@@ -464,8 +481,12 @@ def correct_files(
             "sources": acq.sources,
         },
         "parameters": {
-            "alpha": alpha, "beta": beta, "solver": solver, "levels": levels,
-            "max_iter": max_iter, "device": device or "cpu",
+            "alpha": alpha,
+            "beta": beta,
+            "solver": solver,
+            "levels": levels,
+            "max_iter": max_iter,
+            "device": device or "cpu",
             "estimator": dict(getattr(result, "params", {}) or {}),
         },
         "result": {
@@ -506,8 +527,11 @@ def correct_files(
             "Sources": [str(up_p), str(down_p)],
             "DistortionCorrection": {
                 "Method": "odeflow epi (mass-preserving blip-up/blip-down, HySCO model)",
-                "Alpha": alpha, "Beta": beta, "Solver": solver,
-                "PhaseEncodingUp": acq.pe_up.code, "PhaseEncodingDown": acq.pe_down.code,
+                "Alpha": alpha,
+                "Beta": beta,
+                "Solver": solver,
+                "PhaseEncodingUp": acq.pe_up.code,
+                "PhaseEncodingDown": acq.pe_down.code,
                 "TotalReadoutTime": acq.readout_time,
             },
         }
@@ -523,10 +547,18 @@ def correct_files(
             from ._qc import write_qc_report
 
             report = write_qc_report(
-                tmp / paths["qc_png"].name, tmp / paths["qc_html"].name,
-                up=up_d, down=dn_d, corrected_up=cu, corrected_down=cd,
-                field_hz=field_hz, jacobian_up=ju, jacobian_down=jd,
-                pe_axis=acq.pe_axis, voxel_size=img_up.voxel_size, history=hist,
+                tmp / paths["qc_png"].name,
+                tmp / paths["qc_html"].name,
+                up=up_d,
+                down=dn_d,
+                corrected_up=cu,
+                corrected_down=cd,
+                field_hz=field_hz,
+                jacobian_up=ju,
+                jacobian_down=jd,
+                pe_axis=acq.pe_axis,
+                voxel_size=img_up.voxel_size,
+                history=hist,
                 metrics=metrics,
             )
             staged[paths["qc_png"]] = report["png"]
@@ -553,8 +585,9 @@ def correct_files(
         f"{metrics['result']['field_hz_min']:.1f} .. {metrics['result']['field_hz_max']:.1f} Hz, "
         f"{timings['total']:.1f} s"
     )
-    return CorrectionOutputs(paths=paths, metrics=metrics, result=result, acquisition=acq,
-                             summary=summary)
+    return CorrectionOutputs(
+        paths=paths, metrics=metrics, result=result, acquisition=acq, summary=summary
+    )
 
 
 def _make_dirs(directory: Path) -> list[Path]:
@@ -616,26 +649,44 @@ def _sidecars(
         "the down image is displaced by its negative"
     )
     out: dict[str, dict[str, Any]] = {
-        "up_corrected": {**meta_up, **provenance,
-                         "Description": "up image, susceptibility distortion corrected "
-                         "(Jacobian modulated)"},
-        "down_corrected": {**meta_down, **provenance,
-                           "Description": "down image, susceptibility distortion corrected "
-                           "(Jacobian modulated)"},
+        "up_corrected": {
+            **meta_up,
+            **provenance,
+            "Description": "up image, susceptibility distortion corrected (Jacobian modulated)",
+        },
+        "down_corrected": {
+            **meta_down,
+            **provenance,
+            "Description": "down image, susceptibility distortion corrected (Jacobian modulated)",
+        },
         "corrected": {**provenance, "Description": "mean of the corrected up and down images"},
-        "fieldmap": {**provenance, "Units": "Hz", "Description": "off-resonance field",
-                     "FieldSignConvention": convention},
-        "displacement_mm": {**provenance, "Units": "mm", "PhaseEncodingAxis": axis,
-                            "VoxelSizeAlongPE": h_pe, "Description": disp},
-        "displacement_vox": {**provenance, "Units": "voxels", "PhaseEncodingAxis": axis,
-                             "Description": disp},
+        "fieldmap": {
+            **provenance,
+            "Units": "Hz",
+            "Description": "off-resonance field",
+            "FieldSignConvention": convention,
+        },
+        "displacement_mm": {
+            **provenance,
+            "Units": "mm",
+            "PhaseEncodingAxis": axis,
+            "VoxelSizeAlongPE": h_pe,
+            "Description": disp,
+        },
+        "displacement_vox": {
+            **provenance,
+            "Units": "voxels",
+            "PhaseEncodingAxis": axis,
+            "Description": disp,
+        },
         "jacobian_up": {**provenance, "Description": "1 + d b / d x_PE (up image's Jacobian)"},
-        "jacobian_down": {**provenance,
-                          "Description": "1 - d b / d x_PE (down image's Jacobian)"},
+        "jacobian_down": {**provenance, "Description": "1 - d b / d x_PE (down image's Jacobian)"},
     }
     for a, _, sign, trt, meta in applied:
         out[f"apply:{_stem(a)}"] = {
-            **meta, **provenance, "Sources": [str(a)],
+            **meta,
+            **provenance,
+            "Sources": [str(a)],
             "Description": f"corrected with the field (PE sign {sign:+d}, readout {trt} s)",
         }
     return out

@@ -104,8 +104,13 @@ def write_qc_report(
     from matplotlib.figure import Figure
 
     vols = {
-        "up": up, "down": down, "corrected_up": corrected_up, "corrected_down": corrected_down,
-        "field_hz": field_hz, "jacobian_up": jacobian_up, "jacobian_down": jacobian_down,
+        "up": up,
+        "down": down,
+        "corrected_up": corrected_up,
+        "corrected_down": corrected_down,
+        "field_hz": field_hz,
+        "jacobian_up": jacobian_up,
+        "jacobian_down": jacobian_down,
     }
     shape = np.shape(up)
     for k, v in vols.items():
@@ -136,8 +141,15 @@ def write_qc_report(
     )
 
     def show(ax, img, name, cmap="gray", vmin=0.0, vmax_=vmax, cbar=False):
-        im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax_, origin="lower", aspect=aspect,
-                       interpolation="nearest")
+        im = ax.imshow(
+            img,
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax_,
+            origin="lower",
+            aspect=aspect,
+            interpolation="nearest",
+        )
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -149,30 +161,57 @@ def write_qc_report(
     rms_a = float(np.sqrt(np.mean((np.asarray(corrected_up) - np.asarray(corrected_down)) ** 2)))
     show(axes[0, 0], pl["up"], "up (before)")
     show(axes[0, 1], pl["down"], "down (before)")
-    show(axes[0, 2], diff_before, f"|up − down| before (RMS {rms_b:.3g})", cmap="magma",
-         vmax_=dmax, cbar=True)
+    show(
+        axes[0, 2],
+        diff_before,
+        f"|up − down| before (RMS {rms_b:.3g})",
+        cmap="magma",
+        vmax_=dmax,
+        cbar=True,
+    )
     show(axes[1, 0], pl["corrected_up"], "up corrected")
     show(axes[1, 1], pl["corrected_down"], "down corrected")
-    show(axes[1, 2], diff_after, f"|up − down| after (RMS {rms_a:.3g})", cmap="magma",
-         vmax_=dmax, cbar=True)
+    show(
+        axes[1, 2],
+        diff_after,
+        f"|up − down| after (RMS {rms_a:.3g})",
+        cmap="magma",
+        vmax_=dmax,
+        cbar=True,
+    )
 
     mean = 0.5 * (pl["corrected_up"] + pl["corrected_down"])
     show(axes[2, 0], mean, "")
     fmax = float(np.abs(np.asarray(field_hz)).max()) or 1.0
     alpha_map = np.clip(np.abs(pl["field_hz"]) / fmax, 0.0, 1.0) * 0.8
-    im = axes[2, 0].imshow(pl["field_hz"], cmap="coolwarm", vmin=-fmax, vmax=fmax,
-                           origin="lower", aspect=aspect, alpha=alpha_map,
-                           interpolation="nearest")
+    im = axes[2, 0].imshow(
+        pl["field_hz"],
+        cmap="coolwarm",
+        vmin=-fmax,
+        vmax=fmax,
+        origin="lower",
+        aspect=aspect,
+        alpha=alpha_map,
+        interpolation="nearest",
+    )
     fig.colorbar(im, ax=axes[2, 0], fraction=0.046, pad=0.02, label="Hz")
     axes[2, 0].set_title(
         f"field over corrected mean\n{float(np.min(field_hz)):.1f} … "
-        f"{float(np.max(field_hz)):.1f} Hz", fontsize=9,
+        f"{float(np.max(field_hz)):.1f} Hz",
+        fontsize=9,
     )
     ju, jd = np.asarray(jacobian_up), np.asarray(jacobian_down)
     jr = max(float(np.abs(ju - 1).max()), float(np.abs(jd - 1).max()), 1e-3)
-    show(axes[2, 1], pl["jacobian_up"], f"Jacobian up 1+∂b: [{ju.min():.2f}, {ju.max():.2f}]\n"
-         f"down 1−∂b: [{jd.min():.2f}, {jd.max():.2f}]", cmap="PuOr_r", vmin=1 - jr,
-         vmax_=1 + jr, cbar=True)
+    show(
+        axes[2, 1],
+        pl["jacobian_up"],
+        f"Jacobian up 1+∂b: [{ju.min():.2f}, {ju.max():.2f}]\n"
+        f"down 1−∂b: [{jd.min():.2f}, {jd.max():.2f}]",
+        cmap="PuOr_r",
+        vmin=1 - jr,
+        vmax_=1 + jr,
+        cbar=True,
+    )
 
     ax = axes[2, 2]
     plotted = False
@@ -232,10 +271,10 @@ def _html_page(png: bytes, metrics: Mapping[str, Any], title: str) -> str:
         "img{max-width:100%}"
     )
     return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
         f"<h1>{html.escape(title)}</h1>\n"
-        f"<img alt=\"QC figure\" src=\"data:image/png;base64,{b64}\">\n"
+        f'<img alt="QC figure" src="data:image/png;base64,{b64}">\n'
         + "\n".join(sections)
         + "\n</body></html>\n"
     )

@@ -85,9 +85,11 @@ class Tanh(Activation):
 
 
 class Softplus(Activation):
-    r"""σ(z) = log(1 + e^z) (torch's stable softplus), σ′ = sigmoid, σ″ = s(1 − s).
+    r"""σ(z) = log(1 + e^z) in the stable form ``max(z, 0) + log1p(exp(−|z|))``.
 
-    Convex and nondecreasing: the default activation of :class:`ICNN`.
+    σ′ = sigmoid s, σ″ = s(1 − s). (torch's ``softplus`` switches to z above a threshold, which
+    is not the function whose derivatives are σ′, σ″; this form is exact everywhere.) Convex
+    and nondecreasing: the default activation of :class:`ICNN`.
 
     Example:
         >>> round(float(Softplus()(torch.tensor(0.0))), 6) == round(math.log(2.0), 6)
@@ -95,11 +97,11 @@ class Softplus(Activation):
     """
 
     def forward(self, z):
-        return nn.functional.softplus(z)
+        return torch.clamp_min(z, 0.0) + torch.log1p(torch.exp(-z.abs()))
 
     def derivatives(self, z):
         s = torch.sigmoid(z)
-        return nn.functional.softplus(z), s, s * (1.0 - s)
+        return self.forward(z), s, s * (1.0 - s)
 
 
 class Sigmoid(Activation):
@@ -133,7 +135,7 @@ class SiLU(Activation):
     def derivatives(self, z):
         s = torch.sigmoid(z)
         q = s * (1.0 - s)
-        return z * s, s + z * q, q * (2.0 + z * (1.0 - 2.0 * s))
+        return nn.functional.silu(z), s + z * q, q * (2.0 + z * (1.0 - 2.0 * s))
 
 
 class Square(Activation):

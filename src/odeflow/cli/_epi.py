@@ -214,7 +214,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     sol.add_argument("--levels", type=int, default=1, help="coarse-to-fine levels (1)")
     sol.add_argument("--max-iter", type=int, default=10, help="outer iterations (10)")
-    sol.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+    sol.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: cpu, cuda, cuda:N, or auto (default: CUDA when available)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_correct)
 

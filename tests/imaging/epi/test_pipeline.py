@@ -369,3 +369,41 @@ def test_output_names():
     assert output_paths("res/")["corrected"].as_posix() == "res/corrected.nii.gz"
     with pytest.raises(EPIInputError, match="share the name"):
         output_paths("res/", ["a/dwi.nii.gz", "b/dwi.nii"])
+
+
+def test_unavailable_or_unknown_device_is_refused(tmp_path):
+    import torch
+
+    ph = phantom(-1)
+    up, down = write_pair(tmp_path / "in", ph)
+    bad = ["tpu", "cuda:99"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        with pytest.raises(EPIInputError, match="device"):
+            correct_files(up, down, tmp_path / "out" / "s_", device=device, **FAST)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(tmp_path, cuda):
+    ph = phantom(-1)
+    up, down = write_pair(tmp_path / "in", ph)
+    series = save(
+        tmp_path / "in" / "dwi.nii.gz",
+        np.stack([ph.up.numpy()] * 3, -1),
+        ph.affine,
+        {"PhaseEncodingDirection": "j-", "TotalReadoutTime": TRT},
+    )
+    outs = {}
+    for device in ("cpu", str(cuda)):
+        res = correct_files(
+            up, down, tmp_path / device / "s_", device=device, apply=[series], **FAST
+        )
+        assert res.metrics["parameters"]["device"].startswith(device.split(":")[0])
+        outs[device] = {
+            k: nib.load(str(res.paths[k])).get_fdata()
+            for k in ("fieldmap", "up_corrected", "apply:dwi")
+        }
+    a, b = outs["cpu"], outs[str(cuda)]
+    for k in a:
+        scale = float(np.abs(a[k]).max())
+        assert np.abs(a[k] - b[k]).max() <= 1e-3 * scale, k

@@ -278,7 +278,9 @@ def correct_files(
         up_volume, down_volume: volume of a 4-D input (index or ``"mean"``).
         apply: further series to correct with the estimated field.
         apply_pe_dir: PE direction of the ``apply`` series without a sidecar.
-        alpha, beta, solver, levels, max_iter, device: passed to ``estimate_field``.
+        alpha, beta, solver, levels, max_iter: passed to ``estimate_field``.
+        device: torch device for the estimation and the ``apply`` series (``"cpu"``,
+            ``"cuda"``, ``"cuda:1"``); ``None`` or ``"auto"``: CUDA when available, else CPU.
         qc: also write the PNG/HTML report.
         overwrite: replace existing outputs (never inputs).
         verbose: progress bars.
@@ -311,6 +313,7 @@ def correct_files(
     """
     t_total = time.perf_counter()
     timings: dict[str, float] = {}
+    dev = _resolve_device(device)
     up_p, down_p = Path(up), Path(down)
     apply_p = [Path(a) for a in apply]
     paths = output_paths(out_prefix, apply_p, qc=qc)
@@ -417,7 +420,7 @@ def correct_files(
         solver=solver,
         levels=levels,
         max_iter=max_iter,
-        device=device,
+        device=dev,
         verbose=verbose,
     )
     timings["estimate"] = time.perf_counter() - t0
@@ -443,8 +446,7 @@ def correct_files(
         grid = field_faces if field_faces is not None else field_hz
         disp = torch.as_tensor(sign * grid * trt, dtype=torch.float32)
         vols = torch.as_tensor(img.data)
-        if device is not None:
-            vols, disp = vols.to(device), disp.to(device)
+        vols, disp = vols.to(dev), disp.to(dev)
         corrected = apply_correction(vols, disp, pe_axis=acq.pe_axis, polarity=+1)
         images[f"apply:{_stem(a)}"] = (_to_numpy(corrected), img)
     timings["apply"] = time.perf_counter() - t0
@@ -486,7 +488,7 @@ def correct_files(
             "solver": solver,
             "levels": levels,
             "max_iter": max_iter,
-            "device": device or "cpu",
+            "device": str(dev),
             "estimator": dict(getattr(result, "params", {}) or {}),
         },
         "result": {
@@ -588,6 +590,31 @@ def correct_files(
     return CorrectionOutputs(
         paths=paths, metrics=metrics, result=result, acquisition=acq, summary=summary
     )
+
+
+def _resolve_device(device: Any) -> Any:
+    """``None``/``"auto"`` → CUDA if available else CPU; refuse an unavailable CUDA device."""
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise EPIInputError(f"unknown device {device!r} ({exc}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EPIInputError(
+                f"device {device!r} requested but CUDA is not available here; use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise EPIInputError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA "
+                "device(s) exist"
+            )
+    elif dev.type != "cpu":
+        raise EPIInputError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    return dev
 
 
 def _make_dirs(directory: Path) -> list[Path]:

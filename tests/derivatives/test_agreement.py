@@ -135,7 +135,7 @@ def test_icnn_is_convex():
         net.L.normal_(0.0, 3.0)  # any raw weights: softplus keeps L⁺ ≥ 0
     x = 3 * torch.randn(64, 4, dtype=torch.float64)
     H = D.compute(net, x, want="hessian").hessian
-    assert float(torch.linalg.eigvalsh(H).min()) >= -1e-12
+    assert float(torch.linalg.eigvalsh(H.detach()).min()) >= -1e-12
 
 
 def test_arbitrary_module_uses_torch_func():

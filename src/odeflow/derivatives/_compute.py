@@ -292,6 +292,10 @@ def _sandwich(Jv: torch.Tensor, H: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
 
 
 def _finish(value, grad, second, lap, want) -> Derivatives:
+    acc = torch.promote_types(value.dtype, torch.float32)
+    grad = grad.to(acc)
+    second = None if second is None else second.to(acc)
+    lap = None if lap is None else lap.to(acc)
     scalar = value.shape[-1] == 1
     if scalar:
         value = value[..., 0]

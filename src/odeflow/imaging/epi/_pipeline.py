@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +60,8 @@ class CorrectionOutputs:
             field and Jacobian ranges).
         result: the array-level :class:`~odeflow.imaging.epi.EPIResult`.
         acquisition: the resolved :class:`~odeflow.imaging.epi._bids.Acquisition`.
+        summary: the one-line summary the CLI prints (RMS distance before → after, field
+            range in Hz, seconds).
     """
 
     paths: dict[str, Path]
@@ -67,7 +69,6 @@ class CorrectionOutputs:
     result: Any
     acquisition: Acquisition
     summary: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _split_prefix(out_prefix: str | os.PathLike[str]) -> tuple[Path, str]:
@@ -211,8 +212,20 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def _finite_only(o: Any) -> Any:
+    """Replace NaN/inf floats by ``None`` (JSON has no such numbers)."""
+    if isinstance(o, dict):
+        return {k: _finite_only(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_only(v) for v in o]
+    if isinstance(o, (float, np.floating)) and not np.isfinite(o):
+        return None
+    return o
+
+
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=False) + "\n")
+    text = json.dumps(_finite_only(obj), indent=2, default=_json_default, allow_nan=False)
+    path.write_text(text + "\n")
 
 
 def _finite(x: float) -> float | None:
@@ -259,7 +272,8 @@ def correct_files(
       image's displacement along increasing PE index (the down image's is the negative);
     * ``<prefix>jacobian_up`` / ``jacobian_down`` (``1 ± ∂_v b``);
     * each ``apply`` series (3-D or 4-D, same PE axis) corrected with ``s · Δf · T``, its PE
-      from its sidecar, else ``apply_pe_dir``, else the up image's;
+      ``s`` from its sidecar, else ``apply_pe_dir``, else the up image's, and its readout time
+      ``T`` from its sidecar, else the pair's (an explicit ``readout_time`` applies to all);
     * a JSON sidecar for each image, ``metrics.json`` and (``qc=True``) ``qc.png``/``qc.html``.
 
     A 4-D input needs ``up_volume``/``down_volume`` (an index or ``"mean"``).  Both volumes may
@@ -568,6 +582,7 @@ def correct_files(
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_total
         metrics["timings_s"] = {**timings, "estimator": dict(getattr(result, "timings", {}))}
+        metrics = _finite_only(metrics)
         _write_json(tmp / paths["metrics"].name, metrics)
         staged[paths["metrics"]] = tmp / paths["metrics"].name
         _commit(staged, tmp, overwrite=overwrite)

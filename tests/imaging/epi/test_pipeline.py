@@ -407,3 +407,18 @@ def test_cuda_matches_cpu(tmp_path, cuda):
     for k in a:
         scale = float(np.abs(a[k]).max())
         assert np.abs(a[k] - b[k]).max() <= 1e-3 * scale, k
+
+
+def test_single_slice_volume_is_corrected(tmp_path):
+    ph = phantom(-1)
+    up, down = write_pair(
+        tmp_path / "in",
+        ph,
+        up_data=ph.up.numpy()[:, :, 8:9],
+        down_data=ph.down.numpy()[:, :, 8:9],
+    )
+    out = correct_files(up, down, tmp_path / "o_", verbose=False)
+    assert nib.load(str(out.paths["fieldmap"])).shape == (SHAPE[0], SHAPE[1], 1)
+    assert out.paths["qc_png"].stat().st_size > 0
+    r = out.metrics["result"]
+    assert r["rms_distance_after"] < r["rms_distance_before"]

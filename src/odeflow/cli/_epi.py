@@ -77,7 +77,7 @@ def _correct(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             verbose=not args.quiet,
         )
-    except OSError as exc:
+    except (OSError, ImportError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
         print(f"odeflow epi: error: {exc}", file=sys.stderr)

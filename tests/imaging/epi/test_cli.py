@@ -195,3 +195,30 @@ def test_demo_full_meets_the_acceptance_figures(tmp_path):
     assert m["field_rmse_vox"] <= 0.25
     assert m["jacobian_min"] > 0
     assert m["relative_rms_distance"] <= 0.15
+
+
+def test_unwritable_output_location_exits_nonzero(tmp_path, capsys):
+    ph = phantom(-1)
+    up, down = write_pair(tmp_path / "in", ph)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder should be")
+    rc = main(
+        [
+            "epi",
+            "correct",
+            "--up",
+            str(up),
+            "--down",
+            str(down),
+            "--no-qc",
+            "--quiet",
+            "--out",
+            str(blocker / "s_"),
+        ]
+    )
+    assert rc == 1
+    assert "error" in capsys.readouterr().err
+    assert blocker.read_text().startswith("a file") and sorted(tmp_path.iterdir()) == [
+        blocker,
+        tmp_path / "in",
+    ]

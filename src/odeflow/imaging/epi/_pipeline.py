@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -307,6 +308,7 @@ def correct_files(
         EPIInputError: (a ``ValueError``) for any unusable input or metadata, outputs that
             exist (without ``overwrite``) or that would overwrite an input.
         OSError: if the output folder cannot be written.
+        ImportError: if ``qc`` is requested and matplotlib is not installed.
 
     Reference:
         Julian, Ruthotto et al., "PyHySCO: GPU-enabled susceptibility artifact distortion
@@ -328,6 +330,11 @@ def correct_files(
     t_total = time.perf_counter()
     timings: dict[str, float] = {}
     dev = _resolve_device(device)
+    if qc and importlib.util.find_spec("matplotlib") is None:
+        raise ImportError(
+            "the QC report needs matplotlib: `pip install 'odeflow[viz]'`, or pass qc=False "
+            "(--no-qc)"
+        )
     up_p, down_p = Path(up), Path(down)
     apply_p = [Path(a) for a in apply]
     paths = output_paths(out_prefix, apply_p, qc=qc)

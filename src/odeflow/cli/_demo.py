@@ -9,7 +9,10 @@ import time
 from pathlib import Path
 
 #: (name, module, function) — each function takes (out_dir: Path, verbose: bool) -> dict.
-DEMOS: tuple[tuple[str, str, str], ...] = (("epi", "odeflow.imaging.epi._demo", "run_demo"),)
+DEMOS: tuple[tuple[str, str, str], ...] = (
+    ("neural-ode", "odeflow.ode._demo", "run_demo"),
+    ("epi", "odeflow.imaging.epi._demo", "run_demo"),
+)
 
 
 def _run(args: argparse.Namespace) -> int:

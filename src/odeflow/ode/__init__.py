@@ -2,6 +2,7 @@
 mixed precision (bf16/fp16 stages, fp32 accumulation, 16-bit storage) and sync-free
 dynamic adjoint scaling for fp16."""
 
+from ._fit import AutonomousField, FitResult, fit_trajectory, spiral_data
 from ._precision import AdjointScaler, PrecisionPolicy, get_precision
 from ._solve import (
     AdjointStats,
@@ -18,14 +19,18 @@ __all__ = [
     "TABLEAUS",
     "AdjointScaler",
     "AdjointStats",
+    "AutonomousField",
     "Backprop",
     "ButcherTableau",
     "DiscreteAdjoint",
+    "FitResult",
     "PrecisionPolicy",
     "Solution",
     "SolveStatus",
+    "fit_trajectory",
     "get_precision",
     "get_tableau",
     "odeint",
     "solve",
+    "spiral_data",
 ]

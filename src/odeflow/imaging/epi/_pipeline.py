@@ -143,10 +143,10 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _to_numpy(x: Any) -> np.ndarray:
+def _to_numpy(x: Any, dtype: Any = np.float64) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
+    return np.asarray(x, dtype=dtype)
 
 
 def _check_affines(a: np.ndarray, b: np.ndarray, what: str) -> None:
@@ -469,7 +469,9 @@ def correct_files(
         vols = torch.as_tensor(img.data)
         vols, disp = vols.to(dev), disp.to(dev)
         corrected = apply_correction(vols, disp, pe_axis=acq.pe_axis, polarity=+1)
-        images[f"apply:{_stem(a)}"] = (_to_numpy(corrected), img)
+        # a long series stays float32 (it is written as float32 anyway)
+        images[f"apply:{_stem(a)}"] = (_to_numpy(corrected, np.float32), img)
+        del corrected, vols
     timings["apply"] = time.perf_counter() - t0
 
     # ---- metrics -----------------------------------------------------------------------

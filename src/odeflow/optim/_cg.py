@@ -144,6 +144,8 @@ def cg(
     bshape = b.shape[:batch_dims] + (1,) * (b.ndim - batch_dims)
 
     def dot(u, v):
+        if batch_dims == 0:
+            return torch.dot(u.reshape(-1), v.reshape(-1))
         return (u * v).sum(dim=state_dims) if state_dims else u * v
 
     def expand(s):
@@ -172,8 +174,9 @@ def cg(
             breakdown = breakdown | bad
             step_ok = active & ~bad
             alpha = torch.where(step_ok, rz / torch.where(step_ok, pAp, torch.ones_like(pAp)), 0.0)
-            x = x + expand(alpha) * p
-            r = r - expand(alpha) * Ap
+            ae = expand(alpha)
+            x.addcmul_(ae, p)
+            r.addcmul_(ae, Ap, value=-1.0)
             rnorm = torch.sqrt(dot(r, r))
             history.append(rnorm)
             active = step_ok & (rnorm > tol)
@@ -181,7 +184,7 @@ def cg(
             z = apply_m(r)
             rz_new = dot(r, z)
             beta = torch.where(active, rz_new / torch.where(rz != 0, rz, torch.ones_like(rz)), 0.0)
-            p = z + expand(beta) * p
+            p.mul_(expand(beta)).add_(z)
             rz = rz_new
             if it % check_every == 0 or it == maxiter:
                 if not bool(active.any()):

@@ -82,6 +82,12 @@ def _correct(args: argparse.Namespace) -> int:
             raise
         print(f"odeflow epi: error: {exc}", file=sys.stderr)
         return 1
+    acq = out.metrics["acquisition"]
+    print(
+        f"odeflow epi: up {acq['pe_up']} ({acq['pe_up_anatomical']}, {acq['sources']['pe_up']}), "
+        f"down {acq['pe_down']}, readout {acq['readout_time_s']:.4g} s "
+        f"({acq['sources']['readout_time']})"
+    )
     print(f"odeflow epi: {out.summary} -> {args.out}*")
     return 0
 

@@ -80,7 +80,11 @@ def test_correct_writes_outputs_and_prints_summary(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2] == (
+        "odeflow epi: up j- (AP, --pe-dir), down j, readout 0.05 s (--readout-time)"
+    )
+    line = lines[-1]
     assert line.startswith("odeflow epi: RMS distance") and "Hz" in line and " s " in line
     field = nib.load(str(tmp_path / "out" / "s_fieldmap.nii.gz"))
     assert field.shape == ph.up.shape and np.allclose(field.affine, ph.affine)

@@ -51,6 +51,7 @@ def _reorient(
         ("k-", 2, -1),
         ("J+", 1, 1),
         (" k- ", 2, -1),
+        ("-j", 1, -1),
     ],
 )
 def test_bids_letters(letter, axis, sign):

@@ -104,11 +104,11 @@ class PhaseEncoding:
 def parse_pe_direction(text: str, affine: np.ndarray | None = None) -> PhaseEncoding:
     """Parse a phase-encoding direction: a BIDS letter or an anatomical from–to code.
 
-    ``i``, ``j``, ``k`` (optionally followed by ``-``; ``+`` is accepted and ignored) name the
-    first, second, third array axis of the NIfTI data.  ``AP``, ``PA``, ``LR``, ``RL``, ``IS``,
-    ``SI`` name a world direction (RAS+); with the scan's ``affine`` (voxel → world) the array
-    axis is the column ``a`` of ``affine[:3, :3]`` with the largest ``|cos|`` to that direction
-    and the sign is the sign of that cosine.
+    ``i``, ``j``, ``k`` (optionally followed by ``-``; ``+`` is accepted and ignored, ``-j`` is
+    read as ``j-``) name the first, second, third array axis of the NIfTI data.  ``AP``,
+    ``PA``, ``LR``, ``RL``, ``IS``, ``SI`` name a world direction (RAS+); with the scan's
+    ``affine`` (voxel → world) the array axis is the column ``a`` of ``affine[:3, :3]`` with
+    the largest ``|cos|`` to that direction and the sign is the sign of that cosine.
 
     Args:
         text: the direction string (case-insensitive for anatomical codes).
@@ -133,6 +133,8 @@ def parse_pe_direction(text: str, affine: np.ndarray | None = None) -> PhaseEnco
         raise EPIInputError(f"phase-encoding direction must be a string, got {text!r}")
     t = text.strip()
     low = t.lower()
+    if len(low) == 2 and low[0] == "-" and low[1] in _LETTERS:  # "-j", written by some tools
+        low = low[1] + "-"
     if len(low) in (1, 2) and low[0] in _LETTERS and low[1:] in ("", "-", "+"):
         return PhaseEncoding(_LETTERS.index(low[0]), -1 if low.endswith("-") else 1)
     up = t.upper()

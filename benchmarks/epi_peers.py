@@ -37,7 +37,37 @@ METHODS = ("odeflow-gn", "odeflow-lbfgs", "pyhysco-default", "pyhysco-odeflow-se
 
 
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Current resident set size (Linux /proc), else the max RSS so far."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _PeakRSS:
+    """Sample the RSS every 2 ms in a thread; ``peak`` is the high-water mark above the start."""
+
+    def __enter__(self):
+        import threading
+
+        self.base = _rss_mib()
+        self.peak = 0.0
+        self._stop = threading.Event()
+
+        def loop():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, _rss_mib() - self.base)
+                self._stop.wait(0.002)
+
+        self._t = threading.Thread(target=loop, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss_mib() - self.base)
 
 
 def _sync(dev: str) -> None:
@@ -94,10 +124,9 @@ def _worker(method: str, npz: str, dev: str) -> dict:
     import odeflow.imaging.epi  # noqa: F401  (import cost not timed)
 
     data = dict(np.load(npz))
-    base = _rss_mib()
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _PeakRSS() as mem:
         t0 = time.perf_counter()
         if method == "odeflow-gn":
             field, extra = _run_odeflow(data, "gn", dev)
@@ -114,7 +143,7 @@ def _worker(method: str, npz: str, dev: str) -> dict:
     if "seconds_including_file_io" in extra:
         out["seconds"] = extra["seconds_including_file_io"]
     out["peak_mem_mib"] = (
-        torch.cuda.max_memory_allocated() / 2**20 if dev.startswith("cuda") else _rss_mib() - base
+        torch.cuda.max_memory_allocated() / 2**20 if dev.startswith("cuda") else mem.peak
     )
     np.save(npz.replace(".npz", f"_{method}.npy"), field.astype(np.float32))
     return out

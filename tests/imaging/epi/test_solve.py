@@ -24,6 +24,16 @@ def _check_acceptance(res, ph, rmse_max=0.25, dist_max=0.15):
 
 
 @pytest.fixture(scope="module")
+def brain4mm():
+    return make_phantom(voxel_size=4.0, peak_displacement=2.0, snr=30)
+
+
+@pytest.fixture(scope="module")
+def crop4mm():
+    return make_phantom(voxel_size=4.0, shape=(20, 24, 20), peak_displacement=2.0, snr=30)
+
+
+@pytest.fixture(scope="module")
 def brain2mm():
     return make_phantom(voxel_size=2.0, snr=30, peak_displacement=4.0, seed=0)
 
@@ -48,7 +58,7 @@ def test_whole_brain_2mm_acceptance(brain2mm):
 
 # reduced size: the whole brain at 4 mm (the field's steepness in mm limits the peak in voxels;
 # along z, next to the sphenoid sinus, the field is steepest)
-@pytest.mark.parametrize("pe_axis, polarity, peak", [(0, 1, 2.0), (2, -1, 1.0), (1, -1, 2.0)])
+@pytest.mark.parametrize("pe_axis, polarity, peak", [(0, 1, 2.0), (2, -1, 1.0)])
 def test_other_axes_and_polarity_reduced(pe_axis, polarity, peak):
     ph = make_phantom(voxel_size=4.0, pe_axis=pe_axis, polarity=polarity, peak_displacement=peak,
                       snr=30)
@@ -57,14 +67,14 @@ def test_other_axes_and_polarity_reduced(pe_axis, polarity, peak):
 
 
 @pytest.mark.parametrize("kw", [{"solver": "lbfgs"}, {"levels": 2}])
-def test_lbfgs_and_multilevel_reach_the_same_accuracy(kw):
-    ph = make_phantom(voxel_size=4.0, peak_displacement=2.0, snr=30)
+def test_lbfgs_and_multilevel_reach_the_same_accuracy(kw, brain4mm):
+    ph = brain4mm
     res = estimate_field(ph.up, ph.down, pe_axis=1, voxel_size=4.0, verbose=False, **kw)
     _check_acceptance(res, ph, rmse_max=0.125)
 
 
-def test_swapping_up_and_down_negates_the_field():
-    ph = make_phantom(voxel_size=4.0, shape=(20, 24, 20), peak_displacement=2.0, snr=30)
+def test_swapping_up_and_down_negates_the_field(crop4mm):
+    ph = crop4mm
     up, dn = ph.up.double(), ph.down.double()
     a = estimate_field(up, dn, pe_axis=1, voxel_size=4.0, verbose=False)
     b = estimate_field(dn, up, pe_axis=1, voxel_size=4.0, verbose=False)
@@ -72,8 +82,8 @@ def test_swapping_up_and_down_negates_the_field():
     torch.testing.assert_close(b.corrected, a.corrected, rtol=0, atol=1e-8)
 
 
-def test_permuting_axes_permutes_the_field():
-    ph = make_phantom(voxel_size=4.0, shape=(20, 24, 20), peak_displacement=2.0, snr=30)
+def test_permuting_axes_permutes_the_field(crop4mm):
+    ph = crop4mm
     up, dn = ph.up.double(), ph.down.double()
     ref = estimate_field(up, dn, pe_axis=1, voxel_size=(4.0, 4.0, 4.0), verbose=False)
     perm = (1, 2, 0)  # new axis k is old axis perm[k]; PE (old 1) becomes new axis 0
@@ -81,8 +91,8 @@ def test_permuting_axes_permutes_the_field():
     torch.testing.assert_close(res.displacement, ref.displacement.permute(perm), rtol=0, atol=1e-6)
 
 
-def test_intensity_scale_invariance():
-    ph = make_phantom(voxel_size=4.0, shape=(20, 24, 20), peak_displacement=2.0, snr=30)
+def test_intensity_scale_invariance(crop4mm):
+    ph = crop4mm
     up, dn = ph.up.double(), ph.down.double()
     a = estimate_field(up, dn, pe_axis=1, voxel_size=4.0, verbose=False)
     b = estimate_field(7.0 * up, 7.0 * dn, pe_axis=1, voxel_size=4.0, verbose=False)
@@ -90,8 +100,8 @@ def test_intensity_scale_invariance():
     torch.testing.assert_close(b.corrected, 7.0 * a.corrected)
 
 
-def test_inputs_are_not_modified():
-    ph = make_phantom(voxel_size=4.0, shape=(16, 20, 16), peak_displacement=2.0, snr=30)
+def test_inputs_are_not_modified(crop4mm):
+    ph = crop4mm
     up0, dn0 = ph.up.clone(), ph.down.clone()
     estimate_field(ph.up, ph.down, pe_axis=1, voxel_size=4.0, verbose=False, max_iter=2)
     assert torch.equal(ph.up, up0) and torch.equal(ph.down, dn0)
@@ -121,8 +131,8 @@ def test_bad_input(kw, match):
 
 
 @pytest.mark.gpu
-def test_cuda_matches_cpu(cuda):
-    ph = make_phantom(voxel_size=4.0, shape=(20, 24, 20), peak_displacement=2.0, snr=30)
+def test_cuda_matches_cpu(cuda, crop4mm):
+    ph = crop4mm
     a = estimate_field(ph.up, ph.down, pe_axis=1, voxel_size=4.0, verbose=False)
     b = estimate_field(ph.up.to(cuda), ph.down.to(cuda), pe_axis=1, voxel_size=4.0, verbose=False)
     assert b.displacement.device.type == "cuda"

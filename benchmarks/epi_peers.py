@@ -80,10 +80,19 @@ def _run_odeflow(data: dict, solver: str, dev: str) -> tuple[np.ndarray, dict]:
 
     up = torch.from_numpy(data["up"]).to(dev)
     dn = torch.from_numpy(data["down"]).to(dev)
-    res = estimate_field(up, dn, pe_axis=int(data["pe_axis"]), voxel_size=tuple(data["voxel_size"]),
-                         solver=solver, verbose=False)
+    res = estimate_field(
+        up,
+        dn,
+        pe_axis=int(data["pe_axis"]),
+        voxel_size=tuple(data["voxel_size"]),
+        solver=solver,
+        verbose=False,
+    )
     _sync(dev)
-    return res.displacement.cpu().numpy(), {"status": res.status.value, "iterations": res.iterations}
+    return res.displacement.cpu().numpy(), {
+        "status": res.status.value,
+        "iterations": res.iterations,
+    }
 
 
 def _run_pyhysco(data: dict, max_iter: int, dev: str, tmp: str) -> tuple[np.ndarray, dict]:
@@ -112,7 +121,9 @@ def _run_pyhysco(data: dict, max_iter: int, dev: str, tmp: str) -> tuple[np.ndar
     shape = data["up"].shape
     # PyHySCO puts PE last; identify the remaining axes by their sizes (distinct here)
     others = [i for i in range(3) if i != ax]
-    order = others + [ax] if cell.shape[:2] == tuple(shape[i] for i in others) else others[::-1] + [ax]
+    order = (
+        [*others, ax] if cell.shape[:2] == tuple(shape[i] for i in others) else [*others[::-1], ax]
+    )
     if tuple(cell.shape) != tuple(shape[i] for i in order):
         raise RuntimeError(f"unexpected PyHySCO field shape {tuple(bc.shape)} for image {shape}")
     inv = np.argsort(order)
@@ -172,7 +183,9 @@ def _metrics(data: dict, field: np.ndarray) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="4 mm whole brain (CPU-sized)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -189,11 +202,17 @@ def main(argv=None) -> int:
     vs, peak = (4.0, 2.0) if args.quick else (2.0, 4.0)
     t0 = time.perf_counter()
     ph = make_phantom(voxel_size=vs, peak_displacement=peak, snr=30.0, seed=0, pe_axis=1)
-    print(f"phantom {tuple(ph.up.shape)} at {vs} mm, peak {peak} voxels, SNR 30 "
-          f"({time.perf_counter() - t0:.1f} s to build)")
+    print(
+        f"phantom {tuple(ph.up.shape)} at {vs} mm, peak {peak} voxels, SNR 30 "
+        f"({time.perf_counter() - t0:.1f} s to build)"
+    )
     data = {
-        "up": ph.up.numpy(), "down": ph.down.numpy(), "displacement": ph.displacement.numpy(),
-        "mask": ph.mask.numpy(), "voxel_size": np.asarray(ph.voxel_size), "pe_axis": ph.pe_axis,
+        "up": ph.up.numpy(),
+        "down": ph.down.numpy(),
+        "displacement": ph.displacement.numpy(),
+        "mask": ph.mask.numpy(),
+        "voxel_size": np.asarray(ph.voxel_size),
+        "pe_axis": ph.pe_axis,
         "affine": ph.affine,
     }
     results = []
@@ -223,12 +242,18 @@ def main(argv=None) -> int:
     info = {
         "benchmark": "epi_peers",
         "device": args.device,
-        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "shape": list(ph.up.shape), "voxel_size": list(ph.voxel_size), "peak_displacement": peak,
-        "snr": 30.0, "quick": bool(args.quick), "results": results,
+        "shape": list(ph.up.shape),
+        "voxel_size": list(ph.voxel_size),
+        "peak_displacement": peak,
+        "snr": 30.0,
+        "quick": bool(args.quick),
+        "results": results,
     }
     try:
         import importlib.metadata as im
@@ -236,15 +261,19 @@ def main(argv=None) -> int:
         info["pyhysco"] = im.version("pyhysco")
     except Exception:
         info["pyhysco"] = None
-    hdr = f"{'method':28s} {'seconds':>8s} {'peak MiB':>9s} {'RMSE vox':>9s} {'p95 vox':>8s} {'rel dist':>9s} {'min jac':>8s}"
+    cols = ("seconds", 8), ("peak MiB", 9), ("RMSE vox", 9), ("p95 vox", 8), ("rel dist", 9)
+    hdr = f"{'method':28s} " + " ".join(f"{c:>{w}s}" for c, w in cols) + f" {'min jac':>8s}"
     print(hdr)
     print("-" * len(hdr))
     for r in results:
         if "skipped" in r:
             print(f"{r['method']:28s} skipped: {r['skipped']}")
             continue
-        print(f"{r['method']:28s} {r['seconds']:8.2f} {r['peak_mem_mib']:9.0f} {r['field_rmse_vox']:9.4f} "
-              f"{r['field_p95_vox']:8.4f} {r['relative_distance']:9.4f} {r['min_jacobian']:8.3f}")
+        print(
+            f"{r['method']:28s} {r['seconds']:8.2f} {r['peak_mem_mib']:9.0f} "
+            f"{r['field_rmse_vox']:9.4f} "
+            f"{r['field_p95_vox']:8.4f} {r['relative_distance']:9.4f} {r['min_jacobian']:8.3f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(info, indent=2))
         print(f"wrote {args.json}")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from odeflow.optim import DiagonalOperator, LinearOperator, MatrixOperator, Status, cg, jacobi_preconditioner
+from odeflow.optim import (
+    DiagonalOperator,
+    LinearOperator,
+    MatrixOperator,
+    Status,
+    cg,
+    jacobi_preconditioner,
+)
 
 F64 = torch.float64
 
@@ -54,7 +61,11 @@ def test_batched_systems_match_individual_solves():
     d = torch.rand(4, 10, dtype=F64) + 0.5
     g = torch.Generator().manual_seed(3)
     b = torch.randn(4, 10, generator=g, dtype=F64)
-    T = torch.diag(torch.full((10,), 2.0, dtype=F64)) - torch.diag(torch.ones(9, dtype=F64), 1) - torch.diag(torch.ones(9, dtype=F64), -1)
+    T = (
+        torch.diag(torch.full((10,), 2.0, dtype=F64))
+        - torch.diag(torch.ones(9, dtype=F64), 1)
+        - torch.diag(torch.ones(9, dtype=F64), -1)
+    )
 
     def mv(x):  # block-diagonal: (diag(d_i) + T) per batch row
         return d * x + x @ T.T

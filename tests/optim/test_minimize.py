@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -16,8 +18,12 @@ def rosen_residual(z):
 
 def rosen_gn(z):
     r = rosen_residual(z)
-    J = torch.stack([torch.stack([-20 * z[0], torch.tensor(10.0, dtype=F64)]),
-                     torch.tensor([-1.0, 0.0], dtype=F64)])
+    J = torch.stack(
+        [
+            torch.stack([-20 * z[0], torch.tensor(10.0, dtype=F64)]),
+            torch.tensor([-1.0, 0.0], dtype=F64),
+        ]
+    )
     H = LinearOperator(lambda v: J.T @ (J @ v), (2,), psd=True, diagonal=(J * J).sum(0))
     return 0.5 * float(r @ r), J.T @ r, H
 
@@ -29,12 +35,20 @@ def rosen_fg(z):
 
 
 def test_gauss_newton_rosenbrock():
-    res = gauss_newton(rosen_gn, torch.tensor([-1.2, 1.0], dtype=F64), maxiter=100,
-                       cg_rtol=1e-12, cg_maxiter=10, gtol=1e-12, ftol=0.0, xtol=0.0)
+    res = gauss_newton(
+        rosen_gn,
+        torch.tensor([-1.2, 1.0], dtype=F64),
+        maxiter=100,
+        cg_rtol=1e-12,
+        cg_maxiter=10,
+        gtol=1e-12,
+        ftol=0.0,
+        xtol=0.0,
+    )
     torch.testing.assert_close(res.x, torch.ones(2, dtype=F64), rtol=0, atol=1e-8)
     assert res.status is Status.CONVERGED
     vals = [h["value"] for h in res.history]
-    assert all(b <= a for a, b in zip(vals, vals[1:]))  # monotone (Armijo)
+    assert all(b <= a for a, b in itertools.pairwise(vals))  # monotone (Armijo)
 
 
 def test_lbfgs_rosenbrock():
@@ -50,8 +64,9 @@ def test_least_squares_closed_form(method):
     y = torch.randn(40, generator=g, dtype=F64)
     lam = 0.1
     ref = torch.linalg.solve(A.T @ A + lam * torch.eye(12, dtype=F64), A.T @ y)
-    H = LinearOperator(lambda v: A.T @ (A @ v) + lam * v, (12,), psd=True,
-                       diagonal=(A * A).sum(0) + lam)
+    H = LinearOperator(
+        lambda v: A.T @ (A @ v) + lam * v, (12,), psd=True, diagonal=(A * A).sum(0) + lam
+    )
 
     def fn(x):
         r = A @ x - y
@@ -77,9 +92,11 @@ def test_armijo_sufficient_decrease_and_feasibility():
     # the previous (twice as long) step violated the condition
     t = 2 * ls.step
     assert f(x + t * p) > f(x) + 1e-4 * t * float(g @ p)
+
     # infinite values (a barrier) are rejected
     def barrier(z):
         return float("inf") if float(z.abs().max()) >= 1 else float((z**2).sum())
+
     x = torch.tensor([0.5], dtype=F64)
     ls = armijo(barrier, x, barrier(x), 2 * x, torch.tensor([-10.0], dtype=F64))
     assert ls.success and abs(float(ls.x)) < 1

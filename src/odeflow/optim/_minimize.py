@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._cg import Status, cg
-from ._operators import LinearOperator, jacobi_preconditioner
+from ._operators import jacobi_preconditioner
 
 __all__ = ["LineSearchResult", "OptimizeResult", "armijo", "gauss_newton", "lbfgs"]
 

@@ -104,12 +104,16 @@ class LinearOperator:
         )
 
     @property
-    def T(self) -> LinearOperator:  # noqa: N802
+    def T(self) -> LinearOperator:
         """The transposed operator."""
         if self.symmetric:
             return self
         return LinearOperator(
-            self.rmv, self.out_shape, self.in_shape, dtype=self.dtype, device=self.device,
+            self.rmv,
+            self.out_shape,
+            self.in_shape,
+            dtype=self.dtype,
+            device=self.device,
             rmatvec=self._matvec,
         )
 
@@ -142,8 +146,12 @@ class LinearOperator:
             ):
                 rm = lambda y: other.rmv(self.rmv(y))  # noqa: E731
             return LinearOperator(
-                lambda x: self.mv(other.mv(x)), other.in_shape, self.out_shape,
-                dtype=self.dtype or other.dtype, device=self.device or other.device, rmatvec=rm,
+                lambda x: self.mv(other.mv(x)),
+                other.in_shape,
+                self.out_shape,
+                dtype=self.dtype or other.dtype,
+                device=self.device or other.device,
+                rmatvec=rm,
             )
         return NotImplemented
 
@@ -164,10 +172,15 @@ class LinearOperator:
         ):
             rm = lambda y: self.rmv(y) + other.rmv(y)  # noqa: E731
         return LinearOperator(
-            lambda x: self.mv(x) + other.mv(x), self.in_shape, self.out_shape,
-            dtype=self.dtype or other.dtype, device=self.device or other.device,
-            symmetric=self.symmetric and other.symmetric, psd=self.psd and other.psd,
-            rmatvec=rm, diagonal=diag,
+            lambda x: self.mv(x) + other.mv(x),
+            self.in_shape,
+            self.out_shape,
+            dtype=self.dtype or other.dtype,
+            device=self.device or other.device,
+            symmetric=self.symmetric and other.symmetric,
+            psd=self.psd and other.psd,
+            rmatvec=rm,
+            diagonal=diag,
         )
 
     def __mul__(self, c):
@@ -179,8 +192,14 @@ class LinearOperator:
         if self._rmatvec is not None or self.symmetric:
             rm = lambda y: c * self.rmv(y)  # noqa: E731
         return LinearOperator(
-            lambda x: c * self.mv(x), self.in_shape, self.out_shape, dtype=self.dtype,
-            device=self.device, symmetric=self.symmetric, psd=self.psd and c >= 0, rmatvec=rm,
+            lambda x: c * self.mv(x),
+            self.in_shape,
+            self.out_shape,
+            dtype=self.dtype,
+            device=self.device,
+            symmetric=self.symmetric,
+            psd=self.psd and c >= 0,
+            rmatvec=rm,
             diagonal=diag,
         )
 
@@ -201,7 +220,8 @@ class LinearOperator:
 
     def __repr__(self) -> str:
         tags = [t for t, on in (("symmetric", self.symmetric), ("psd", self.psd)) if on]
-        return f"LinearOperator({self.in_shape} -> {self.out_shape}{', ' if tags else ''}{', '.join(tags)})"
+        extra = "".join(", " + t for t in tags)
+        return f"LinearOperator({self.in_shape} -> {self.out_shape}{extra})"
 
 
 class DiagonalOperator(LinearOperator):
@@ -221,8 +241,13 @@ class DiagonalOperator(LinearOperator):
             raise TypeError("DiagonalOperator: d must be a tensor.")
         self.d = d
         super().__init__(
-            lambda x: d * x, d.shape, dtype=d.dtype, device=d.device, symmetric=True,
-            psd=bool((d >= 0).all()), diagonal=d,
+            lambda x: d * x,
+            d.shape,
+            dtype=d.dtype,
+            device=d.device,
+            symmetric=True,
+            psd=bool((d >= 0).all()),
+            diagonal=d,
         )
 
 
@@ -237,7 +262,12 @@ class IdentityOperator(LinearOperator):
     def __init__(self, shape: Sequence[int] | int, *, dtype=None, device=None) -> None:
         s = _shape(shape)
         super().__init__(
-            lambda x: x, s, dtype=dtype, device=device, symmetric=True, psd=True,
+            lambda x: x,
+            s,
+            dtype=dtype,
+            device=device,
+            symmetric=True,
+            psd=True,
             diagonal=lambda: torch.ones(s, dtype=dtype, device=device),
         )
 
@@ -256,8 +286,14 @@ class MatrixOperator(LinearOperator):
             raise ValueError("MatrixOperator: A must be a 2-D tensor (m, n).")
         self.A = A
         super().__init__(
-            lambda x: A @ x, (A.shape[1],), (A.shape[0],), dtype=A.dtype, device=A.device,
-            symmetric=symmetric, psd=psd, rmatvec=lambda y: A.mT @ y,
+            lambda x: A @ x,
+            (A.shape[1],),
+            (A.shape[0],),
+            dtype=A.dtype,
+            device=A.device,
+            symmetric=symmetric,
+            psd=psd,
+            rmatvec=lambda y: A.mT @ y,
             diagonal=(lambda: torch.diagonal(A)) if A.shape[0] == A.shape[1] else None,
         )
 

@@ -17,9 +17,7 @@ F64 = torch.float64
 def _lines(n=128, amp=5.0, batch=(4, 3)):
     xc = torch.arange(n, dtype=F64) + 0.5
     rho = (
-        0.3
-        + torch.exp(-0.5 * ((xc - 50) / 10) ** 2)
-        + 0.7 * torch.exp(-0.5 * ((xc - 85) / 6) ** 2)
+        0.3 + torch.exp(-0.5 * ((xc - 50) / 10) ** 2) + 0.7 * torch.exp(-0.5 * ((xc - 85) / 6) ** 2)
     ).expand(*batch, n)
     xf = torch.arange(n + 1, dtype=F64)
     scale = torch.linspace(0.4, 1.0, math.prod(batch), dtype=F64).reshape(*batch, 1)

@@ -52,7 +52,9 @@ def test_seeded_rician_noise():
 
 def test_orientation_is_a_relabelling_of_the_same_world():
     ras = make_phantom(voxel_size=4.0, peak_displacement=2.0, snr=None, pe_axis=1)
-    lps = make_phantom(voxel_size=4.0, peak_displacement=2.0, snr=None, pe_axis=1, orientation="LPS")
+    lps = make_phantom(
+        voxel_size=4.0, peak_displacement=2.0, snr=None, pe_axis=1, orientation="LPS"
+    )
     assert nib.orientations.aff2axcodes(lps.affine) == ("L", "P", "S")
     assert nib.orientations.aff2axcodes(ras.affine) == ("R", "A", "S")
     # the same voxel centres in world space carry the same truth and field magnitude
@@ -64,7 +66,10 @@ def test_orientation_is_a_relabelling_of_the_same_world():
     np.testing.assert_allclose(t1, t2, rtol=1e-5, atol=1e-6)
     assert lps.up.shape == ras.up.shape
     np.testing.assert_allclose(
-        ras.field_hz.numpy()[tuple(ijk.T)], lps.field_hz.numpy()[tuple(ijk2.T)], rtol=1e-4, atol=1e-3
+        ras.field_hz.numpy()[tuple(ijk.T)],
+        lps.field_hz.numpy()[tuple(ijk2.T)],
+        rtol=1e-4,
+        atol=1e-3,
     )
 
 

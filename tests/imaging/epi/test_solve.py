@@ -7,8 +7,8 @@ import torch
 
 pytest.importorskip("nilearn")
 
-from odeflow.imaging.epi import estimate_field, make_phantom  # noqa: E402
-from odeflow.optim import Status  # noqa: E402
+from odeflow.imaging.epi import estimate_field, make_phantom
+from odeflow.optim import Status
 
 
 def _rmse(res, ph) -> float:
@@ -20,7 +20,9 @@ def _check_acceptance(res, ph, rmse_max=0.25, dist_max=0.15):
     assert _rmse(res, ph) <= rmse_max
     assert float(res.jacobian_up.min()) > 0 and float(res.jacobian_down.min()) > 0
     assert res.params["relative_distance"] <= dist_max
-    torch.testing.assert_close(res.jacobian_up + res.jacobian_down, 2 * torch.ones_like(res.jacobian_up))
+    torch.testing.assert_close(
+        res.jacobian_up + res.jacobian_down, 2 * torch.ones_like(res.jacobian_up)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +43,18 @@ def brain2mm():
 def test_whole_brain_2mm_acceptance(brain2mm):
     ph = brain2mm
     assert float(ph.displacement[ph.mask].abs().max()) >= 4.0 - 1e-5
-    res = estimate_field(ph.up, ph.down, pe_axis=ph.pe_axis, voxel_size=ph.voxel_size, verbose=False)
+    res = estimate_field(
+        ph.up, ph.down, pe_axis=ph.pe_axis, voxel_size=ph.voxel_size, verbose=False
+    )
     _check_acceptance(res, ph)
     # the optimizer improves on the OT start and the history is consistent
     h = res.history
     assert h[-1]["objective"] < h[0]["objective"]
-    assert all(abs(e["objective"] - e["distance"] - e["smoothness"] - e["barrier"]) <= 1e-6 * e["objective"] for e in h)
+    assert all(
+        abs(e["objective"] - e["distance"] - e["smoothness"] - e["barrier"])
+        <= 1e-6 * e["objective"]
+        for e in h
+    )
     assert res.status in (Status.CONVERGED, Status.MAX_ITERATIONS)
     assert set(res.timings) >= {"initial_guess", "optimize", "total"}
     # corrected images are closer to the truth than the inputs
@@ -60,8 +68,9 @@ def test_whole_brain_2mm_acceptance(brain2mm):
 # along z, next to the sphenoid sinus, the field is steepest)
 @pytest.mark.parametrize("pe_axis, polarity, peak", [(0, 1, 2.0), (2, -1, 1.0)])
 def test_other_axes_and_polarity_reduced(pe_axis, polarity, peak):
-    ph = make_phantom(voxel_size=4.0, pe_axis=pe_axis, polarity=polarity, peak_displacement=peak,
-                      snr=30)
+    ph = make_phantom(
+        voxel_size=4.0, pe_axis=pe_axis, polarity=polarity, peak_displacement=peak, snr=30
+    )
     res = estimate_field(ph.up, ph.down, pe_axis=pe_axis, voxel_size=ph.voxel_size, verbose=False)
     _check_acceptance(res, ph, rmse_max=0.25 * peak / 4.0)
 
@@ -87,7 +96,9 @@ def test_permuting_axes_permutes_the_field(crop4mm):
     up, dn = ph.up.double(), ph.down.double()
     ref = estimate_field(up, dn, pe_axis=1, voxel_size=(4.0, 4.0, 4.0), verbose=False)
     perm = (1, 2, 0)  # new axis k is old axis perm[k]; PE (old 1) becomes new axis 0
-    res = estimate_field(up.permute(perm), dn.permute(perm), pe_axis=0, voxel_size=4.0, verbose=False)
+    res = estimate_field(
+        up.permute(perm), dn.permute(perm), pe_axis=0, voxel_size=4.0, verbose=False
+    )
     torch.testing.assert_close(res.displacement, ref.displacement.permute(perm), rtol=0, atol=1e-6)
 
 
@@ -142,6 +153,8 @@ def test_cuda_matches_cpu(cuda, crop4mm):
 @pytest.mark.slow
 @pytest.mark.parametrize("pe_axis", [0, 2])
 def test_whole_brain_other_axes(pe_axis):
-    ph = make_phantom(voxel_size=2.0, pe_axis=pe_axis, peak_displacement=4.0 if pe_axis == 0 else 2.0)
+    ph = make_phantom(
+        voxel_size=2.0, pe_axis=pe_axis, peak_displacement=4.0 if pe_axis == 0 else 2.0
+    )
     res = estimate_field(ph.up, ph.down, pe_axis=pe_axis, voxel_size=2.0, verbose=False)
     _check_acceptance(res, ph)

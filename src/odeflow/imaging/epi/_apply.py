@@ -171,8 +171,14 @@ def distort(
     n = rho.shape[ax]
     bl = b.movedim(ax, -1) * polarity
     if bl.shape[-1] == n:
-        ext = torch.cat([1.5 * bl[..., :1] - 0.5 * bl[..., 1:2], face_average(bl),
-                         1.5 * bl[..., -1:] - 0.5 * bl[..., -2:-1]], -1)
+        ext = torch.cat(
+            [
+                1.5 * bl[..., :1] - 0.5 * bl[..., 1:2],
+                face_average(bl),
+                1.5 * bl[..., -1:] - 0.5 * bl[..., -2:-1],
+            ],
+            -1,
+        )
         bl = ext
     if bl.shape != (*rho.movedim(ax, -1).shape[:-1], n + 1):
         raise ValueError(

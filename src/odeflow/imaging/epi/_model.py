@@ -188,7 +188,8 @@ class EPIObjective:
         arXiv:2403.10706.
 
     Example:
-        >>> up = torch.rand(3, 4, 8, dtype=torch.float64); down = torch.rand(3, 4, 8, dtype=torch.float64)
+        >>> up = torch.rand(3, 4, 8, dtype=torch.float64)
+        >>> down = torch.rand(3, 4, 8, dtype=torch.float64)
         >>> obj = EPIObjective(up, down, (1.0, 1.0, 1.0), alpha=1.0, beta=1e-3)
         >>> u = torch.zeros(3, 4, 9, dtype=torch.float64)
         >>> f, g, H, info = obj(u)
@@ -261,7 +262,9 @@ class EPIObjective:
         tp, tm, *_ = self.warp(u)
         r = tp - tm
         return (
-            0.5 * self.vol * (r * r).sum() + self.smoothness(u) + self.beta * self.vol * barrier(du).sum()
+            0.5 * self.vol * (r * r).sum()
+            + self.smoothness(u)
+            + self.beta * self.vol * barrier(du).sum()
         )
 
     def _parts(self, u: torch.Tensor):
@@ -314,7 +317,12 @@ class EPIObjective:
             return vol * (dd + a * lap_diag)
 
         H = LinearOperator(
-            matvec, u.shape, dtype=u.dtype, device=u.device, symmetric=True, psd=True,
+            matvec,
+            u.shape,
+            dtype=u.dtype,
+            device=u.device,
+            symmetric=True,
+            psd=True,
             diagonal=diagonal,
         )
         info = {

@@ -114,8 +114,9 @@ def _base_ras() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     # signal lives in the head only: taper the field to 0 outside (keeps |∂b| < 1 in air)
     taper = ndimage.gaussian_filter(head.astype(np.float64), 1.5)
     hz2 = ndimage.gaussian_filter((hz2 - np.median(hz2[b2])) * taper, 1.5)  # 3 mm: no sharp rims
-    hz1 = F.interpolate(torch.from_numpy(hz2)[None, None], scale_factor=2, mode="trilinear",
-                        align_corners=False)[0, 0, : shp[0], : shp[1], : shp[2]].numpy()
+    hz1 = F.interpolate(
+        torch.from_numpy(hz2)[None, None], scale_factor=2, mode="trilinear", align_corners=False
+    )[0, 0, : shp[0], : shp[1], : shp[2]].numpy()
     return rho, brain, hz1.astype(np.float32), affine
 
 
@@ -245,7 +246,8 @@ def make_phantom(
     grad = np.abs(np.diff(d_1mm, axis=pe_axis)).max() if d_1mm.shape[pe_axis] > 1 else 0.0
     if grad >= 0.9:
         raise ValueError(
-            f"peak_displacement={peak_displacement} folds the field (max |∂b| = {grad:.2f} >= 0.9); "
+            f"peak_displacement={peak_displacement} folds the field "
+            f"(max |∂b| = {grad:.2f} >= 0.9); "
             "use a smaller peak_displacement (it counts output voxels, so coarser voxels mean a "
             "larger field in mm)."
         )
@@ -261,19 +263,37 @@ def make_phantom(
     if snr is not None:
         rng = np.random.default_rng(seed)
         sigma = float(truth[mask].mean()) / float(snr) if mask.any() else float(truth.mean()) / snr
-        up = np.hypot(up + sigma * rng.standard_normal(up.shape), sigma * rng.standard_normal(up.shape))
-        dn = np.hypot(dn + sigma * rng.standard_normal(dn.shape), sigma * rng.standard_normal(dn.shape))
+        up = np.hypot(
+            up + sigma * rng.standard_normal(up.shape), sigma * rng.standard_normal(up.shape)
+        )
+        dn = np.hypot(
+            dn + sigma * rng.standard_normal(dn.shape), sigma * rng.standard_normal(dn.shape)
+        )
     aff_out = aff @ np.array(
-        [[k[0], 0, 0, (k[0] - 1) / 2], [0, k[1], 0, (k[1] - 1) / 2], [0, 0, k[2], (k[2] - 1) / 2],
-         [0, 0, 0, 1.0]]
+        [
+            [k[0], 0, 0, (k[0] - 1) / 2],
+            [0, k[1], 0, (k[1] - 1) / 2],
+            [0, 0, k[2], (k[2] - 1) / 2],
+            [0, 0, 0, 1.0],
+        ]
     )
 
     def t32(a):
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
     return Phantom(
-        up=t32(up), down=t32(dn), truth=t32(truth), displacement=t32(disp), field_hz=t32(fhz),
-        mask=torch.from_numpy(np.ascontiguousarray(mask)), voxel_size=tuple(float(v) for v in k),
-        affine=aff_out, pe_axis=pe_axis, polarity=int(polarity), readout_time=float(readout_time),
-        snr=None if snr is None else float(snr), seed=int(seed), orientation=orientation.upper(),
+        up=t32(up),
+        down=t32(dn),
+        truth=t32(truth),
+        displacement=t32(disp),
+        field_hz=t32(fhz),
+        mask=torch.from_numpy(np.ascontiguousarray(mask)),
+        voxel_size=tuple(float(v) for v in k),
+        affine=aff_out,
+        pe_axis=pe_axis,
+        polarity=int(polarity),
+        readout_time=float(readout_time),
+        snr=None if snr is None else float(snr),
+        seed=int(seed),
+        orientation=orientation.upper(),
     )

@@ -85,7 +85,9 @@ def _validate(up, down, pe_axis, voxel_size, alpha, beta, solver, levels, max_it
     if not (np.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"alpha must be finite and >= 0, got {alpha!r}.")
     if not (np.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta must be finite and > 0 (the barrier keeps Jacobians positive), got {beta!r}.")
+        raise ValueError(
+            f"beta must be finite and > 0 (the barrier keeps Jacobians positive), got {beta!r}."
+        )
     if solver not in ("gn", "lbfgs"):
         raise ValueError(f"solver must be 'gn' (Gauss-Newton-PCG) or 'lbfgs', got {solver!r}.")
     if not (isinstance(levels, int | np.integer) and levels >= 1):
@@ -108,8 +110,9 @@ def _prolong_faces(uc: torch.Tensor, fine_shape: tuple[int, int, int]) -> torch.
     """Coarse face field (voxels, PE last) → fine face field (fine voxels)."""
     a, b, n = fine_shape
     # coarse face j sits at fine face 2j; coarse cells in the other axes map by trilinear resize
-    x = F.interpolate(uc[None, None], size=(a, b, uc.shape[-1]), mode="trilinear",
-                      align_corners=False)[0, 0]
+    x = F.interpolate(
+        uc[None, None], size=(a, b, uc.shape[-1]), mode="trilinear", align_corners=False
+    )[0, 0]
     fine_pos = torch.arange(n + 1, dtype=uc.dtype, device=uc.device) / 2.0
     j = fine_pos.floor().clamp(max=uc.shape[-1] - 2).long()
     w = fine_pos - j
@@ -183,14 +186,15 @@ def estimate_field(
         True
     """
     t_start = time.perf_counter()
-    ax, u_in, d_in, vs = _validate(up, down, pe_axis, voxel_size, alpha, beta, solver, levels,
-                                   max_iter)
+    ax, u_in, d_in, vs = _validate(
+        up, down, pe_axis, voxel_size, alpha, beta, solver, levels, max_iter
+    )
     dev = torch.device(device) if device is not None else u_in.device
     if dtype is None:
         dtype = torch.float64 if u_in.dtype == torch.float64 else torch.float32
     up_l = u_in.to(device=dev, dtype=dtype).movedim(ax, -1)
     dn_l = d_in.to(device=dev, dtype=dtype).movedim(ax, -1)
-    spacing = tuple(vs[i] for i in range(3) if i != ax) + (vs[ax],)
+    spacing = (*(vs[i] for i in range(3) if i != ax), vs[ax])
     top = float(torch.maximum(up_l.abs().max(), dn_l.abs().max()))
     if top <= 0:
         raise ValueError("up and down are both zero everywhere; nothing to correct.")
@@ -207,7 +211,7 @@ def estimate_field(
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    cu, cd, csp = pyr[-1]
+    cu, cd, _ = pyr[-1]
     u = ot_lines(cu, cd, shift=2.0)
     if smoothing > 0:
         u = gaussian_smooth(u, (smoothing,) * 3)
@@ -227,8 +231,17 @@ def estimate_field(
         if solver == "gn":
             res = gauss_newton(obj, u, value=obj.value, maxiter=iters, verbose=verbose, desc=desc)
         else:
-            res = lbfgs(obj.value_and_grad, u, value=obj.value, maxiter=5 * iters, memory=30,
-                        gtol=1e-4, ftol=1e-5, verbose=verbose, desc=desc)
+            res = lbfgs(
+                obj.value_and_grad,
+                u,
+                value=obj.value,
+                maxiter=5 * iters,
+                memory=30,
+                gtol=1e-4,
+                ftol=1e-5,
+                verbose=verbose,
+                desc=desc,
+            )
         u = res.x
     timings["optimize"] = time.perf_counter() - t0
 
@@ -248,10 +261,18 @@ def estimate_field(
     timings["total"] = time.perf_counter() - t_start
     back = lambda t: t.movedim(-1, ax)  # noqa: E731
     params = {
-        "alpha": float(alpha), "beta": float(beta), "solver": solver, "levels": len(pyr),
-        "max_iter": int(max_iter), "smoothing": float(smoothing), "voxel_size": list(vs),
-        "pe_axis": ax, "device": str(dev), "dtype": str(dtype).replace("torch.", ""),
-        "intensity_scale": scale, "relative_distance": d1 / d0 if d0 > 0 else 0.0,
+        "alpha": float(alpha),
+        "beta": float(beta),
+        "solver": solver,
+        "levels": len(pyr),
+        "max_iter": int(max_iter),
+        "smoothing": float(smoothing),
+        "voxel_size": list(vs),
+        "pe_axis": ax,
+        "device": str(dev),
+        "dtype": str(dtype).replace("torch.", ""),
+        "intensity_scale": scale,
+        "relative_distance": d1 / d0 if d0 > 0 else 0.0,
         "relative_distance_norm": (d1 / d0) ** 0.5 if d0 > 0 else 0.0,
     }
     return EPIResult(

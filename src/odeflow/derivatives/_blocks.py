@@ -83,6 +83,25 @@ def _unit_term(data, coef: torch.Tensor, ctx: _Ctx):
         return W @ (Jz @ ctx.V.to(ctx.acc))  # hvp: (n, s, c, k)
 
 
+def _affine_second(M: torch.Tensor, Kt: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
+    """Ktᵀ M Kt in the form ctx asks for, with M (n, s, w, w) symmetric and Kt (w, c) shared.
+
+    hess: one GEMM writing (n, s, c, c) once; lap: Σ_{a<p} (Ktᵀ M Kt)_aa = ⟨M, Kt_p Kt_pᵀ⟩, a
+    cost independent of c; hvp: Ktᵀ M (Kt V).
+    """
+    with _no_autocast(M):
+        M = M.to(ctx.acc)
+        Kt = Kt.to(ctx.acc)
+        if ctx.kind == "lap":
+            Kp = Kt[:, : ctx.p]
+            return (M * (Kp @ Kp.transpose(0, 1))).sum((-1, -2))
+        Q = torch.matmul(Kt.transpose(0, 1), M)  # (n, s, c, w)
+        if ctx.kind == "hvp":
+            return Q @ (Kt @ ctx.V.to(ctx.acc))
+        n, s, c, w = Q.shape
+        return (Q.reshape(n * s * c, w) @ Kt).view(n, s, c, c)
+
+
 def _sq_rows(Jz: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
     with _no_autocast(Jz):
         Jp = Jz[..., : ctx.p].to(ctx.acc)
@@ -204,6 +223,17 @@ class Single(Block):
         gz = g * d1.unsqueeze(-2)
         return gz @ self.K, _unit_term(data, g * d2.unsqueeze(-2), ctx)
 
+    def _input_second(self, u, seed, G, H, ctx):
+        """Fused first block of backward mode: Ktᵀ[diag(σ″⊙G) + σ′Hσ′]Kt with Kt = K·seed."""
+        s, d1, d2 = self.act.derivatives(F.linear(u, self.K, self.b))
+        g_in = (G * d1.unsqueeze(-2)) @ self.K
+        if ctx.kind == "grad":
+            return s, g_in, None
+        M = torch.diag_embed(G * d2.unsqueeze(-2))
+        if H is not None:
+            M = M + d1[:, None, :, None] * H * d1[:, None, None, :]
+        return s, g_in, _affine_second(M, self.K @ seed, ctx)
+
 
 class Linear(Block):
     r"""An affine output layer u ↦ uKᵀ + b (identity activation, no second-order term).
@@ -241,6 +271,13 @@ class Linear(Block):
 
     def _reverse(self, tape, g, ctx):
         return g @ self.K, None
+
+    def _input_second(self, u, seed, G, H, ctx):
+        """Fused first block of backward mode: Ktᵀ H Kt with Kt = K·seed."""
+        v = self.forward(u)
+        if ctx.kind == "grad" or H is None:
+            return v, G @ self.K, None
+        return v, G @ self.K, _affine_second(H, self.K @ seed, ctx)
 
 
 class ResNet(Block):

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ._blocks import Block, Sequential, _Ctx
+from ._blocks import Block, Linear, Quadratic, Sequential, Single, Sum, _Ctx
 from ._fallback import func_derivatives
 
 __all__ = ["Derivatives", "compute"]
@@ -44,18 +44,71 @@ def _chain(net: Block) -> list[Block]:
     return [net]
 
 
+def _entry_width(net: Block) -> float:
+    """Width right after the first affine map on every path (inf where nothing narrows)."""
+    if isinstance(net, Sequential):
+        chain = _chain(net)
+        return chain[0].out_features if len(chain) > 1 else _entry_width(chain[0])
+    if isinstance(net, Sum):
+        widths = [_entry_width(b) for b in net.blocks if not isinstance(b, Quadratic)]
+        return max(widths) if widths else 0
+    if isinstance(net, Quadratic):
+        return 0
+    return float("inf")
+
+
 def _select(net: Block, want: str, m: int, d: int, c: int) -> str:
     """Auto mode: the cheapest path by a flop model (documented in :func:`compute`)."""
     if want == "gradient":
         return "forward" if d < m else "mixed"
-    chain = _chain(net)
-    # backward first contracts the input seed with the first block only; it wins when the first
-    # block narrows the input (d ≫ width), e.g. hessQuik's d → 16 network.
-    if len(chain) > 1 and 2 * chain[0].out_features < c:
-        return "backward"
-    if want == "laplacian" and m > 1:
-        return "forward"
-    return "mixed"
+    # backward contracts the input seed only at the first affine map of every path; it wins when
+    # that map narrows the input (d ≫ width), e.g. hessQuik's d → 16 network.
+    w = _entry_width(net)
+    if want == "laplacian" and m > 1:  # backward carries m seeds, forward is m-independent
+        return "backward" if w * m < c else "forward"
+    return "backward" if w < c else "mixed"
+
+
+def _backward(net: Block, x, seed, G, H, ctx: _Ctx):
+    """Reverse second-order sweep; returns (value, input adjoint, second-order term at x).
+
+    G: (n, s, out) adjoints and H: (n, s, out, out) second-order adjoints (None = 0) at the
+    output of ``net``. Blocks after the first of a chain are handled in their own input space
+    (identity seeds, Hessians of width × width); the input seed enters only at the first
+    affine map (fused in ``Single``/``Linear``), so the cost of the second-order terms does not
+    grow with the number of layers times d².
+    """
+    if isinstance(net, Sequential) and len(_chain(net)) > 1:
+        chain = _chain(net)
+        us = [x]
+        for b in chain[:-1]:
+            us.append(b(us[-1]))
+        value = None
+        for i in reversed(range(1, len(chain))):
+            b = chain[i]
+            I_in = torch.eye(b.in_features, dtype=x.dtype, device=x.device)
+            ci = _Ctx("hess" if ctx.kind != "grad" else "grad", b.in_features, ctx.acc)
+            v, Jv, tape = b._record(us[i], I_in if ctx.kind != "grad" else None, ci)
+            value = v if value is None else value
+            G, a = b._reverse(tape, G, ci)
+            if H is not None:
+                a = a + _sandwich(Jv, H, ci)
+            H = a
+        _, g, second = _backward(chain[0], x, seed, G, H, ctx)
+        return value, g, second
+    if isinstance(net, Sum) and H is None:
+        value = g = second = None
+        for b in net.blocks:
+            vb, gb, sb = _backward(b, x, seed, G, None, ctx)
+            value, g, second = _add_t(value, vb), _add_t(g, gb), _add_t(second, sb)
+        return value, g, second
+    if isinstance(net, (Single, Linear)):
+        return net._input_second(x, seed, G, H, ctx)
+    v, Jv, tape = net._record(x, seed, ctx)
+    g, second = net._reverse(tape, G, ctx)
+    if H is not None and ctx.kind != "grad":
+        second = _add_t(second, _sandwich(Jv, H, ctx))
+    return v, g, second
 
 
 def _validate(net, x, want, mode, directions, exclude_last):
@@ -142,9 +195,10 @@ def compute(
     * ``"func"``: vmapped torch.func (jacfwd∘jacrev, forward-over-reverse HVPs); the only mode
       for arbitrary ``nn.Module`` networks and the oracle in the tests.
 
-    ``"auto"`` picks: gradient → forward if d < m else mixed; otherwise backward if ``net`` is a
-    Sequential whose first block has fewer than c/2 outputs (c = d', or k with directions),
-    else forward for a vector Laplacian and mixed for the rest. Under bf16/fp16 autocast the
+    ``"auto"`` picks: gradient → forward if d < m else mixed; otherwise backward when the first
+    affine map of every path narrows the input to w < c outputs (c = d', or k with directions;
+    w·m < c for the Laplacian of m outputs), else forward for a vector Laplacian and mixed for
+    the rest. Under bf16/fp16 autocast the
     network runs in low precision and every derivative accumulator (J-row norms, Hessian and
     Laplacian sums) is float32.
 
@@ -234,29 +288,7 @@ def compute(
         value, _, tape = net._record(x, seed, ctx)
         g, second = net._reverse(tape, g0, ctx)
     else:  # backward
-        chain = _chain(net)
-        us = [x]
-        for b in chain[:-1]:
-            us.append(b(us[-1]))
-        g, H = g0, None
-        value = None
-        for i in reversed(range(1, len(chain))):
-            b = chain[i]
-            I_in = torch.eye(b.in_features, dtype=x.dtype, device=x.device)
-            ci = _Ctx("hess", b.in_features, acc)
-            v, Jv, tape = b._record(us[i], I_in, ci)
-            if value is None:
-                value = v
-            g, a = b._reverse(tape, g, ci)
-            if H is not None:
-                a = a + _sandwich(Jv, H, ci)
-            H = a
-        v, Jv, tape = chain[0]._record(x, seed, ctx)
-        if value is None:
-            value = v
-        g, second = chain[0]._reverse(tape, g, ctx)
-        if H is not None:
-            second = _add_t(second, _sandwich(Jv, H, ctx))
+        value, g, second = _backward(net, x, seed, g0, None, ctx)
 
     if V is not None and want != "hvp":
         grad = g @ V
@@ -269,13 +301,14 @@ def compute(
     if kind == "lap":
         lap, second = second, None
     elif kind == "hess":
-        second = 0.5 * (second + second.transpose(-1, -2))
         lap = second.diagonal(dim1=-2, dim2=-1).sum(-1)
     return _finish(value, grad, second, lap, want)
 
 
 def _add_t(a, b):
-    return b if a is None else a + b
+    if a is None:
+        return b
+    return a if b is None else a + b
 
 
 def _sandwich(Jv: torch.Tensor, H: torch.Tensor, ctx: _Ctx) -> torch.Tensor:

@@ -171,8 +171,15 @@ def run_case(rows, net_name, n, d, m, device, dtype, args, width=16):
     dense_layer = n * din * din * 16 * item  # hessQuik's per-layer (n, d, d, width) tensor
 
     def add(quantity, method, fn, ref=None, skip=None):
-        row = {"net": net_name, "n": n, "d": d, "m": m, "width": width, "quantity": quantity,
-               "method": method}
+        row = {
+            "net": net_name,
+            "n": n,
+            "d": d,
+            "m": m,
+            "width": width,
+            "quantity": quantity,
+            "method": method,
+        }
         if skip:
             row["skipped"] = skip
             rows.append(row)
@@ -191,14 +198,21 @@ def run_case(rows, net_name, n, d, m, device, dtype, args, width=16):
         return out
 
     # ---- Hessian ----------------------------------------------------------------------------
-    too_big = f"dense Hessian needs {dense_out / 2**30:.1f} GiB > budget" if dense_out > budget else None
+    too_big = (
+        f"dense Hessian needs {dense_out / 2**30:.1f} GiB > budget" if dense_out > budget else None
+    )
     ref_h = add("hessian", "torch.func vmap(jacfwd(jacrev))", lambda: f_hess(x), skip=too_big)
     if ref_h is not None and ex:
         ref_h = ref_h[..., : din - ex, : din - ex]
     if ref_h is not None and m == 1:
         ref_h = ref_h[:, 0]
-    add("hessian", "odeflow (auto)", lambda: D.compute(ours, x, want="hessian", exclude_last=ex).hessian,
-        ref=ref_h, skip=too_big)
+    add(
+        "hessian",
+        "odeflow (auto)",
+        lambda: D.compute(ours, x, want="hessian", exclude_last=ex).hessian,
+        ref=ref_h,
+        skip=too_big,
+    )
     if net_name == "hessquik":
         for fwd in (True, False):
             name = f"hessquik ({'forward' if fwd else 'backward'} mode)"
@@ -206,8 +220,9 @@ def run_case(rows, net_name, n, d, m, device, dtype, args, width=16):
                 add("hessian", name, None, skip=HESSQUIK)
                 continue
             big = fwd and dense_layer > budget
-            skip = too_big or (f"(n, d, d, 16) layer tensors need {dense_layer / 2**30:.1f} GiB" if big
-                               else None)
+            skip = too_big or (
+                f"(n, d, d, 16) layer tensors need {dense_layer / 2**30:.1f} GiB" if big else None
+            )
 
             def hq(fwd=fwd):
                 H = theirs(x, do_gradient=True, do_Hessian=True, forward_mode=fwd)[2]
@@ -218,47 +233,70 @@ def run_case(rows, net_name, n, d, m, device, dtype, args, width=16):
     # ---- Laplacian --------------------------------------------------------------------------
     ref_l = add("laplacian", "torch.func trace of vmap(hessian)", lambda: f_trace(x), skip=too_big)
     if ref_l is None:
-        ref_l = add("laplacian", "torch.func vmap HVPs", lambda: f_hvp(x),
-                    skip="d·n HVPs too slow for the budget" if n * din > 2e6 else None)
+        ref_l = add(
+            "laplacian",
+            "torch.func vmap HVPs",
+            lambda: f_hvp(x),
+            skip="d·n HVPs too slow for the budget" if n * din > 2e6 else None,
+        )
     else:
         add("laplacian", "torch.func vmap HVPs", lambda: f_hvp(x), ref=ref_l)
     if ref_l is not None and m == 1:
         ref_l = ref_l[:, 0]
-    add("laplacian", "odeflow (auto)",
-        lambda: D.compute(ours, x, want="laplacian", exclude_last=ex).laplacian, ref=ref_l)
+    add(
+        "laplacian",
+        "odeflow (auto)",
+        lambda: D.compute(ours, x, want="laplacian", exclude_last=ex).laplacian,
+        ref=ref_l,
+    )
     if net_name == "hessquik":
         if theirs is None:
             add("laplacian", "hessquik (do_Laplacian)", None, skip=HESSQUIK)
         else:
             big = dense_layer / 16 * m > budget
-            add("laplacian", "hessquik (do_Laplacian)",
+            add(
+                "laplacian",
+                "hessquik (do_Laplacian)",
                 lambda: theirs(x, do_gradient=True, do_Laplacian=True)[2].reshape(n, m).squeeze(-1),
-                ref=ref_l, skip="too big" if big else None)
+                ref=ref_l,
+                skip="too big" if big else None,
+            )
     add("laplacian", "jet-for-pytorch (collapsed Taylor)", None, skip=JET or "not wired up")
 
 
 def _print(rows):
     groups = {}
     for r in rows:
-        groups.setdefault((r["net"], r["quantity"], r["n"], r["d"], r["m"], r["width"]), []).append(r)
-    hdr = f"{'net':9} {'qty':9} {'n':>5} {'d':>5} {'m':>2} {'method':38} {'time':>10} {'speed-up':>9} " \
-          f"{'peak MiB':>9} {'rel diff':>9}"
+        groups.setdefault((r["net"], r["quantity"], r["n"], r["d"], r["m"], r["width"]), []).append(
+            r
+        )
+    hdr = (
+        f"{'net':9} {'qty':9} {'n':>5} {'d':>5} {'m':>2} {'method':38} {'time':>10} "
+        f"{'speed-up':>9} "
+        f"{'peak MiB':>9} {'rel diff':>9}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for key, rs in groups.items():
         ours = next((r for r in rs if r["method"].startswith("odeflow") and "seconds" in r), None)
         for r in rs:
             if "seconds" not in r:
-                print(f"{key[0]:9} {key[1]:9} {key[2]:5d} {key[3]:5d} {key[4]:2d} {r['method']:38} "
-                      f"skipped: {r['skipped']}")
+                print(
+                    f"{key[0]:9} {key[1]:9} {key[2]:5d} {key[3]:5d} {key[4]:2d} {r['method']:38} "
+                    f"skipped: {r['skipped']}"
+                )
                 continue
             sp = "" if ours is None or r is ours else f"{r['seconds'] / ours['seconds']:8.1f}x"
-            r["odeflow_speedup"] = None if ours is None or r is ours else r["seconds"] / ours["seconds"]
+            r["odeflow_speedup"] = (
+                None if ours is None or r is ours else r["seconds"] / ours["seconds"]
+            )
             pk = "" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:9.1f}"
             rd = r.get("max_rel_diff_vs_torch_func")
             rd = "" if rd is None else f"{rd:9.1e}"
-            print(f"{key[0]:9} {key[1]:9} {key[2]:5d} {key[3]:5d} {key[4]:2d} {r['method']:38} "
-                  f"{r['seconds'] * 1e3:8.2f}ms {sp:>9} {pk:>9} {rd:>9}")
+            print(
+                f"{key[0]:9} {key[1]:9} {key[2]:5d} {key[3]:5d} {key[4]:2d} {r['method']:38} "
+                f"{r['seconds'] * 1e3:8.2f}ms {sp:>9} {pk:>9} {rd:>9}"
+            )
 
 
 def main(argv=None) -> int:
@@ -268,8 +306,12 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--repeats", type=int, default=None, help="timed runs per case (median)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1)")
-    p.add_argument("--mem-budget-gb", type=float, default=None,
-                   help="skip cases whose dense Hessians/layer tensors exceed this")
+    p.add_argument(
+        "--mem-budget-gb",
+        type=float,
+        default=None,
+        help="skip cases whose dense Hessians/layer tensors exceed this",
+    )
     p.add_argument("--json", default=None, help="write all rows and the environment here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -283,11 +325,15 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
 
     if args.quick:
-        hq_grid = [(n, d, m) for n in (10, 1000) for d in (2, 32, 256) for m in (1,)] + [(10, 32, 8)]
+        hq_grid = [(n, d, m) for n in (10, 1000) for d in (2, 32, 256) for m in (1,)] + [
+            (10, 32, 8)
+        ]
         ot_grid = [(n, d) for n in (10, 1000) for d in (2, 32, 256)]
         ot_width = 64
     else:
-        hq_grid = [(n, d, m) for n in (10, 1000) for d in (2, 8, 32, 128, 256, 1024) for m in (1, 8)]
+        hq_grid = [
+            (n, d, m) for n in (10, 1000) for d in (2, 8, 32, 128, 256, 1024) for m in (1, 8)
+        ]
         ot_grid = [(n, d) for n in (10, 1000) for d in (2, 8, 32, 128, 256, 1024)]
         ot_width = 256
     rows: list[dict] = []
@@ -297,8 +343,9 @@ def main(argv=None) -> int:
         run_case(rows, "otflow", n, d, 1, device, dtype, args, width=ot_width)
     _print(rows)
     env = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-        or platform.machine(),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "threads": torch.get_num_threads(),

@@ -35,7 +35,7 @@ def otflow_phi(d: int, m: int = 8, r: int = 3, depth: int = 1, act=None, dtype=t
 
 
 def hessquik_net(d: int, m: int = 1, width: int = 16, depth: int = 4, dtype=torch.float64):
-    """hessQuik's timing network: single(d→16, log cosh), resnet(16, depth, h=½, tanh), single(16→m)."""
+    """hessQuik's timing net: single(d→16, log cosh), resnet(16, depth, ½, tanh), single(16→m)."""
     return D.Sequential(
         D.Single(d, width, act=D.LogCosh()),
         D.ResNet(width, depth=depth, h=0.5, act=D.Tanh()),
@@ -44,7 +44,9 @@ def hessquik_net(d: int, m: int = 1, width: int = 16, depth: int = 4, dtype=torc
 
 
 def func_oracle(net, x, want, directions=None, exclude_last=0):
-    return D.compute(net, x, want=want, mode="func", directions=directions, exclude_last=exclude_last)
+    return D.compute(
+        net, x, want=want, mode="func", directions=directions, exclude_last=exclude_last
+    )
 
 
 class _Call(torch.nn.Module):
@@ -85,12 +87,17 @@ def derivative_loss(out):
 
 
 def build(kind: str, d: int, m: int, dtype=torch.float64):
-    """Test networks covering every block, several activations, Sum in the middle, vector outputs."""
+    """Test networks: every block, several activations, Sum in the middle, vector outputs."""
     if kind == "otflow":
         assert m == 1
-        return otflow_phi(d - 1 if d > 1 else 1, m=8, depth=2, dtype=dtype) if d > 1 else D.Sum(
-            D.Sequential(D.Single(1, 8, act=D.LogCosh()), D.Linear(8, 1)), D.Quadratic(1, rank=1)
-        ).to(dtype)
+        return (
+            otflow_phi(d - 1 if d > 1 else 1, m=8, depth=2, dtype=dtype)
+            if d > 1
+            else D.Sum(
+                D.Sequential(D.Single(1, 8, act=D.LogCosh()), D.Linear(8, 1)),
+                D.Quadratic(1, rank=1),
+            ).to(dtype)
+        )
     if kind == "hessquik":
         return hessquik_net(d, m, width=8, depth=2, dtype=dtype)
     if kind == "icnn":

@@ -108,7 +108,9 @@ def test_hessian_symmetric_and_trace_is_laplacian(kind, m, mode):
     torch.testing.assert_close(H, H.transpose(-1, -2), rtol=0, atol=1e-14 * scale)  # GEMM round-off
     for lmode in ("forward", "mixed", "backward"):
         lap = D.compute(net, x, want="laplacian", mode=lmode, exclude_last=2).laplacian
-        torch.testing.assert_close(H.diagonal(dim1=-2, dim2=-1).sum(-1), lap, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            H.diagonal(dim1=-2, dim2=-1).sum(-1), lap, rtol=1e-12, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("mode", ["mixed", "backward"])
@@ -141,7 +143,9 @@ def test_icnn_is_convex():
 
 def test_arbitrary_module_uses_torch_func():
     torch.manual_seed(6)
-    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.GELU(), torch.nn.Linear(8, 1)).double()
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 8), torch.nn.GELU(), torch.nn.Linear(8, 1)
+    ).double()
     x = torch.randn(4, 3, dtype=torch.float64)
     out = D.compute(net, x, want="laplacian")
     H = D.compute(net, x, want="hessian").hessian

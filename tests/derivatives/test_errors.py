@@ -16,7 +16,7 @@ def phi():
 
 
 def test_wrong_trailing_size(phi):
-    with pytest.raises(ValueError, match="trailing size 5.*in_features=3"):
+    with pytest.raises(ValueError, match=r"trailing size 5.*in_features=3"):
         D.compute(phi, torch.randn(4, 5, dtype=torch.float64), want="laplacian")
 
 
@@ -47,7 +47,7 @@ def test_unknown_want_and_mode(phi):
 
 
 def test_forward_mode_has_no_hessian(phi):
-    with pytest.raises(ValueError, match="mode='forward'"):
+    with pytest.raises(ValueError, match=r"mode='forward'"):
         D.compute(phi, torch.randn(4, 3, dtype=torch.float64), want="hessian", mode="forward")
 
 
@@ -67,11 +67,11 @@ def test_exclude_last_out_of_range(phi):
 
 
 def test_mismatched_chain():
-    with pytest.raises(ValueError, match="out_features=8 but block 1 .* in_features=4"):
+    with pytest.raises(ValueError, match=r"out_features=8 but block 1 .* in_features=4"):
         D.Sequential(D.Single(2, 8), D.Linear(4, 1))
     with pytest.raises(ValueError, match="same"):
         D.Sum(D.Linear(2, 1), D.Linear(3, 1))
-    with pytest.raises(TypeError, match="not an odeflow.derivatives block"):
+    with pytest.raises(TypeError, match=r"not an odeflow\.derivatives block"):
         D.Sequential(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="activation"):
         D.Single(2, 3, act=torch.nn.Tanh())

@@ -1,4 +1,4 @@
-"""OT-Flow's potential Φ(x, t): value, full gradient and spatial Laplacian (the path OT-Flow uses)."""
+"""OT-Flow's potential Φ(x, t): value, full gradient and spatial Laplacian (OT-Flow's path)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ def test_phi_laplacian_matches_torch_func(mode, d):
     s = torch.randn(6, d + 1, dtype=torch.float64)
     out = odeflow.derivatives(phi, s, want="laplacian", mode=mode, exclude_last=1)
     ref = func_oracle(phi, s, "laplacian", exclude_last=1)
-    assert out.value.shape == (6,) and out.gradient.shape == (6, d + 1) and out.laplacian.shape == (6,)
+    assert (
+        out.value.shape == (6,) and out.gradient.shape == (6, d + 1) and out.laplacian.shape == (6,)
+    )
     assert out.hessian is None
     torch.testing.assert_close(out.value, ref.value, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out.gradient, ref.gradient, rtol=1e-10, atol=1e-12)
@@ -33,7 +35,9 @@ def test_exclude_last_removes_exactly_the_time_term():
     s = torch.randn(5, 4, dtype=torch.float64)
     full = D.compute(phi, s, want="hessian", mode="func")
     spatial = D.compute(phi, s, want="laplacian", exclude_last=1)
-    torch.testing.assert_close(spatial.laplacian, full.hessian.diagonal(dim1=-2, dim2=-1)[:, :3].sum(-1))
+    torch.testing.assert_close(
+        spatial.laplacian, full.hessian.diagonal(dim1=-2, dim2=-1)[:, :3].sum(-1)
+    )
 
 
 def test_module_is_callable_and_compute_is_the_same():

@@ -17,7 +17,10 @@ def test_bf16_autocast_accumulates_in_float32(kind, m):
     x = torch.randn(64, 17, dtype=torch.float64)
     refs = {w: D.compute(net, x, want=w) for w in ("laplacian", "hessian")}
     net = net.float()
-    for want, modes in (("laplacian", ("forward", "mixed", "backward")), ("hessian", ("mixed", "backward"))):
+    for want, modes in (
+        ("laplacian", ("forward", "mixed", "backward")),
+        ("hessian", ("mixed", "backward")),
+    ):
         for mode in modes:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = D.compute(net, x.float(), want=want, mode=mode)

@@ -15,8 +15,11 @@ def _blocks(name: str, d: int, m: int):
     if name == "single":
         return D.Sequential(D.Single(d, 6, act=D.LogCosh()), D.Single(6, m, act=D.Tanh()))
     if name == "resnet":
-        return D.Sequential(D.Single(d, 5, act=D.Tanh()), D.ResNet(5, depth=3, h=0.4, act=D.LogCosh()),
-                            D.Linear(5, m))
+        return D.Sequential(
+            D.Single(d, 5, act=D.Tanh()),
+            D.ResNet(5, depth=3, h=0.4, act=D.LogCosh()),
+            D.Linear(5, m),
+        )
     if name == "icnn":
         return D.ICNN(d, width=6, out_features=m, depth=3)
     if name == "quadratic":
@@ -27,8 +30,10 @@ def _blocks(name: str, d: int, m: int):
     if name == "linear":
         return D.Sequential(D.Linear(d, 5), D.Single(5, 5, act=D.SiLU()), D.Linear(5, m))
     if name == "sum":
-        return D.Sum(D.Sequential(D.Single(d, 4, act=D.Softplus()), D.Linear(4, m)),
-                     D.Sequential(D.Single(d, 3, act=D.Tanh()), D.Single(3, m, act=D.Square())))
+        return D.Sum(
+            D.Sequential(D.Single(d, 4, act=D.Softplus()), D.Linear(4, m)),
+            D.Sequential(D.Single(d, 3, act=D.Tanh()), D.Single(3, m, act=D.Square())),
+        )
     raise ValueError(name)
 
 
@@ -50,7 +55,9 @@ def _input_taylor(net, d, m, mode, second=True):
         g = torch.einsum("m,nmd->nd", w, g)
         H = None if H is None else torch.einsum("m,nmab->nab", w, H)
     hvp = None if H is None else (H @ v.unsqueeze(-1)).squeeze(-1)
-    return taylor_test(lambda z: (net(z).reshape(1, m) @ w).sum(), x, v, grad=g, hvp=hvp, second=second)
+    return taylor_test(
+        lambda z: (net(z).reshape(1, m) @ w).sum(), x, v, grad=g, hvp=hvp, second=second
+    )
 
 
 @pytest.mark.parametrize("m", [1, 3])
@@ -70,8 +77,9 @@ def test_input_taylor_every_block_and_mode(block, m):
 @pytest.mark.parametrize("act", list(ACTS))
 def test_input_taylor_every_activation(act):
     torch.manual_seed(1)
-    net = D.Sequential(D.Single(3, 5, act=ACTS[act]()), D.Single(5, 4, act=D.Sigmoid()),
-                       D.Linear(4, 1)).double()
+    net = D.Sequential(
+        D.Single(3, 5, act=ACTS[act]()), D.Single(5, 4, act=D.Sigmoid()), D.Linear(4, 1)
+    ).double()
     for mode in ("mixed", "backward"):
         r = _input_taylor(net, 3, 1, mode)
         assert r.passed(), (act, mode, r.order0, r.order1, r.order2)
@@ -83,8 +91,8 @@ def test_activation_derivatives_match_autograd():
         act = cls()
         s, d1, d2 = act.derivatives(z)
         torch.testing.assert_close(s, act(z), rtol=0, atol=0)
-        g1 = torch.func.vmap(torch.func.grad(lambda t: act(t)))(z)
-        g2 = torch.func.vmap(torch.func.grad(torch.func.grad(lambda t: act(t))))(z)
+        g1 = torch.func.vmap(torch.func.grad(act))(z)
+        g2 = torch.func.vmap(torch.func.grad(torch.func.grad(act)))(z)
         torch.testing.assert_close(d1, g1, rtol=1e-12, atol=1e-12, msg=name)
         torch.testing.assert_close(d2, g2, rtol=1e-12, atol=1e-12, msg=name)
     # the stable log 2cosh neither overflows nor loses the linear tail
@@ -92,10 +100,17 @@ def test_activation_derivatives_match_autograd():
     torch.testing.assert_close(D.LogCosh()(big), big.abs())
 
 
-@pytest.mark.parametrize("want,mode", [
-    ("laplacian", "forward"), ("laplacian", "mixed"), ("laplacian", "backward"),
-    ("hessian", "mixed"), ("hessian", "backward"), ("gradient", "forward"),
-])
+@pytest.mark.parametrize(
+    "want,mode",
+    [
+        ("laplacian", "forward"),
+        ("laplacian", "mixed"),
+        ("laplacian", "backward"),
+        ("hessian", "mixed"),
+        ("hessian", "backward"),
+        ("gradient", "forward"),
+    ],
+)
 @pytest.mark.parametrize("block", BLOCKS)
 def test_weight_taylor_through_derivatives(block, want, mode):
     """Loss ½‖f‖² + ½‖∇f‖² + ½‖H or Δf‖² in the weights: orders 1 and 2."""

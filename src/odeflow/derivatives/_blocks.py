@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._activations import Activation, LogCosh, Softplus, Tanh
+from ._activations import Activation, Softplus, Tanh
 
 __all__ = ["ICNN", "Block", "Linear", "Quadratic", "ResNet", "Sequential", "Single", "Sum"]
 
@@ -183,8 +183,16 @@ class Single(Block):
         torch.Size([5, 4])
     """
 
-    def __init__(self, in_features: int, out_features: int, act: Activation | None = None,
-                 bias: bool = True, *, device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        act: Activation | None = None,
+        bias: bool = True,
+        *,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self.in_features = _check_size("in_features", in_features)
         self.out_features = _check_size("out_features", out_features)
@@ -247,8 +255,9 @@ class Linear(Block):
         torch.Size([2, 1])
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 device=None, dtype=None):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, *, device=None, dtype=None
+    ):
         super().__init__()
         self.in_features = _check_size("in_features", in_features)
         self.out_features = _check_size("out_features", out_features)
@@ -299,8 +308,16 @@ class ResNet(Block):
         torch.Size([3, 8])
     """
 
-    def __init__(self, width: int, depth: int = 1, h: float = 1.0, act: Activation | None = None,
-                 *, device=None, dtype=None):
+    def __init__(
+        self,
+        width: int,
+        depth: int = 1,
+        h: float = 1.0,
+        act: Activation | None = None,
+        *,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self.in_features = self.out_features = _check_size("width", width)
         self.depth = _check_size("depth", depth)
@@ -445,8 +462,17 @@ class ICNN(Block):
         torch.Size([4, 1])
     """
 
-    def __init__(self, in_features: int, width: int, out_features: int = 1, depth: int = 2,
-                 act: Activation | None = None, *, device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        width: int,
+        out_features: int = 1,
+        depth: int = 2,
+        act: Activation | None = None,
+        *,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self.in_features = _check_size("in_features", in_features)
         self.out_features = _check_size("out_features", out_features)
@@ -467,8 +493,10 @@ class ICNN(Block):
         self.b_out = nn.Parameter(torch.zeros(m, **fk))
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, width={self.width}, "
-                f"out_features={self.out_features}, depth={self.depth}")
+        return (
+            f"in_features={self.in_features}, width={self.width}, "
+            f"out_features={self.out_features}, depth={self.depth}"
+        )
 
     def _max_width(self) -> int:
         return max(self.in_features, self.width, self.out_features)
@@ -621,7 +649,7 @@ class Sequential(Block):
         ValueError: if ``blocks[i].out_features != blocks[i+1].in_features``.
 
     Example:
-        >>> net = Sequential(Single(2, 16, act=LogCosh()), ResNet(16, depth=4, h=0.5), Linear(16, 1))
+        >>> net = Sequential(Single(2, 16, act=LogCosh()), ResNet(16, depth=4), Linear(16, 1))
         >>> net(torch.randn(3, 2)).shape
         torch.Size([3, 1])
     """

@@ -1,4 +1,4 @@
-"""torch.func fallback for any ``nn.Module``: the test oracle and the path for arbitrary networks."""
+"""torch.func fallback for any ``nn.Module``: the oracle and the path for arbitrary networks."""
 
 from __future__ import annotations
 

@@ -28,9 +28,9 @@ def _odeint(*args, **kwargs):
 
 
 def _derivatives(*args, **kwargs):
-    from odeflow.derivatives import derivatives
+    from odeflow.derivatives import compute
 
-    return derivatives(*args, **kwargs)
+    return compute(*args, **kwargs)
 
 
 def build_potential(dim: int, width: int, depth: int = 2, rank: int | None = None) -> nn.Module:
@@ -53,7 +53,7 @@ def build_potential(dim: int, width: int, depth: int = 2, rank: int | None = Non
     Example:
         >>> phi = build_potential(2, 8)
         >>> sum(p.numel() for p in phi.parameters())  # r(d+1) + (d+2) + m + (d+2)m + (m²+m)
-        154
+        125
     """
     from odeflow import derivatives as D
 
@@ -63,16 +63,11 @@ def build_potential(dim: int, width: int, depth: int = 2, rank: int | None = Non
     net = D.Sequential(
         D.Single(dim + 1, width, act=D.LogCosh()),
         D.ResNet(width, depth=depth - 1, h=1.0 / (depth - 1), act=D.LogCosh()),
-        D.Linear(width, 1),
+        w := D.Linear(width, 1, bias=False),
     )
-    lin = net[2] if hasattr(net, "__getitem__") else None
     with torch.no_grad():
-        if lin is not None:
-            lin.weight.fill_(1.0)
-            if getattr(lin, "bias", None) is not None:
-                lin.bias.zero_()
-    quad = D.Quadratic(dim + 1, rank=r)
-    return D.Sum(net, quad)
+        w.K.fill_(1.0)  # w = 1; the quadratic starts with b = c = 0
+    return D.Sum(net, D.Quadratic(dim + 1, rank=r))
 
 
 class OTFlowLoss(NamedTuple):
@@ -88,29 +83,26 @@ class _Dynamics(nn.Module):
     """Right-hand side of the OT-Flow ODE on the state y = (z, ℓ[, L, R]).
 
     ż = −∇_xΦ/α₀, ℓ̇ = −Δ_xΦ/α₀, L̇ = ½‖ż‖², Ṙ = |−∂_tΦ + ‖∇_xΦ‖²/(2α₀)|.
-    With ``sign = -1`` it integrates time backwards (τ = 1 − t) for the inverse map.
     """
 
-    def __init__(self, potential: nn.Module, dim: int, alpha0: float, full: bool, sign: float):
+    def __init__(self, potential: nn.Module, dim: int, alpha0: float, full: bool):
         super().__init__()
         self.potential = potential
         self.dim = dim
         self.alpha0 = float(alpha0)
         self.full = full
-        self.sign = float(sign)
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         d = self.dim
         z = y[:, :d]
-        tt = t if self.sign > 0 else 1.0 - t
-        s = torch.cat([z, tt.to(z).expand(z.shape[0], 1)], dim=1)
+        s = torch.cat([z, t.to(z).expand(z.shape[0], 1)], dim=1)
         out = _derivatives(self.potential, s, want="laplacian", exclude_last=1)
         grad = out.gradient
         gx, gt = grad[:, :d], grad[:, d]
         v = -gx / self.alpha0
         dl = -out.laplacian / self.alpha0
         if not self.full:
-            return self.sign * torch.cat([v, dl[:, None]], dim=1)
+            return torch.cat([v, dl[:, None]], dim=1)
         sq = (v * v).sum(1)
         dL = 0.5 * sq
         dR = torch.abs(-gt + self.alpha0 * 0.5 * sq)
@@ -234,14 +226,15 @@ class OTFlow(nn.Module):
         return x.reshape(-1, self.dim).to(device=ref.device, dtype=ref.dtype)
 
     def _integrate(
-        self, y0: Tensor, nt: int, full: bool, sign: float, trajectory: bool, gradient: str
+        self, y0: Tensor, nt: int, full: bool, backward: bool, trajectory: bool, gradient: str
     ) -> Tensor:
-        func = _Dynamics(self.potential, self.dim, self.alpha[0], full, sign)
+        func = _Dynamics(self.potential, self.dim, self.alpha[0], full)
+        t0, t1 = (1.0, 0.0) if backward else (0.0, 1.0)
         if trajectory:
-            t = torch.linspace(0.0, 1.0, nt + 1, dtype=y0.dtype, device=y0.device)
+            t = torch.linspace(t0, t1, nt + 1, dtype=y0.dtype, device=y0.device)
             spi = 1
         else:
-            t = torch.tensor([0.0, 1.0], dtype=y0.dtype, device=y0.device)
+            t = torch.tensor([t0, t1], dtype=y0.dtype, device=y0.device)
             spi = nt
         ys = _odeint(
             func, y0, t, method="rk4", gradient=gradient, precision=self.precision,
@@ -253,7 +246,7 @@ class OTFlow(nn.Module):
         n = x.shape[0]
         extra = 3 if full else 1
         y0 = torch.cat([x, x.new_zeros(n, extra)], dim=1)
-        return self._integrate(y0, nt, full, 1.0, False, self.gradient)
+        return self._integrate(y0, nt, full, False, False, self.gradient)
 
     def _log_normal(self, z: Tensor) -> Tensor:
         return -0.5 * (z * z).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
@@ -272,7 +265,7 @@ class OTFlow(nn.Module):
             :class:`OTFlowLoss` ``(total, nll, transport, hjb)`` of scalars.
         """
         x = self._check(x, "x")
-        y = self._forward_state(x, self.nt if nt is None else int(nt), full=True).float()
+        y = self._forward_state(x, self.nt if nt is None else int(nt), full=True)
         z, ell, L, R = y[:, : self.dim], y[:, self.dim], y[:, self.dim + 1], y[:, self.dim + 2]
         nll = -(self._log_normal(z) + ell).mean()
         a0, a1, a2 = self.alpha
@@ -295,7 +288,7 @@ class OTFlow(nn.Module):
         With ``return_trajectory=True`` the result is the whole RK4 path
         ``(nt+1, ..., d)`` (its last entry is z(1)).
         """
-        return self._map(x, nt, 1.0, return_trajectory, "x")
+        return self._map(x, nt, False, return_trajectory, "x")
 
     def inverse(
         self, z: Tensor, *, return_trajectory: bool = False, nt: int | None = None
@@ -305,14 +298,14 @@ class OTFlow(nn.Module):
         With ``return_trajectory=True`` the result is ``(nt+1, ..., d)`` ordered from t = 1
         down to t = 0.
         """
-        return self._map(z, nt, -1.0, return_trajectory, "z")
+        return self._map(z, nt, True, return_trajectory, "z")
 
-    def _map(self, x: Tensor, nt: int | None, sign: float, traj: bool, name: str) -> Tensor:
+    def _map(self, x: Tensor, nt: int | None, backward: bool, traj: bool, name: str) -> Tensor:
         shape = x.shape if isinstance(x, Tensor) else None
         x = self._check(x, name)
         y0 = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1)
         n_steps = self.nt_eval if nt is None else int(nt)
-        ys = self._integrate(y0, n_steps, False, sign, traj, self.gradient)
+        ys = self._integrate(y0, n_steps, False, backward, traj, self.gradient)
         if traj:
             return ys[..., : self.dim].reshape(ys.shape[0], *shape)
         return ys[:, : self.dim].reshape(shape)

@@ -259,6 +259,7 @@ def fit(
                 )  # fmt: skip
             out.total.backward()
             opt.step()
+            out = type(out)(*(v.detach() for v in out))
             info = {
                 "iter": it, "loss": float(out.total), "nll": float(out.nll),
                 "transport": float(out.transport), "hjb": float(out.hjb),

@@ -1,0 +1,160 @@
+"""OT-Flow model: exact Φ derivatives, ODE consistency, round trips, I/O and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.func import hessian, jacrev, vmap
+
+from odeflow.flows import OTFlow, TrainingDiverged, fit, get_preset, load_checkpoint
+from odeflow.flows._otflow import _Dynamics
+
+
+def _phi_scalar(net):
+    return lambda s: net(s[None]).reshape(())
+
+
+@pytest.mark.parametrize("d,m,depth", [(2, 8, 2), (5, 16, 3)])
+def test_potential_gradient_laplacian_match_torch_func(d, m, depth):
+    torch.manual_seed(0)
+    flow = OTFlow(d, width=m, depth=depth).double()
+    with torch.no_grad():  # move away from the (symmetric) initialisation
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    s = torch.randn(7, d + 1, dtype=torch.float64)
+    f = _phi_scalar(flow.potential)
+    g_ref = vmap(jacrev(f))(s)
+    H = vmap(hessian(f))(s)
+    lap_ref = torch.diagonal(H[:, :d, :d], dim1=1, dim2=2).sum(1)  # time coordinate excluded
+    dyn = _Dynamics(flow.potential, d, 1.0, full=True)
+    from odeflow.derivatives import compute
+
+    out = compute(flow.potential, s, want="laplacian", exclude_last=1)
+    assert torch.allclose(out.gradient, g_ref, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(out.laplacian, lap_ref, rtol=1e-10, atol=1e-10)
+    # the full trace would differ by ∂²Φ/∂t², which is not zero here
+    assert not torch.allclose(lap_ref, torch.diagonal(H, dim1=1, dim2=2).sum(1))
+    # the ODE right-hand side: ż = −∇xΦ, ℓ̇ = −ΔxΦ, L̇ = ½‖∇xΦ‖², Ṙ = |−∂tΦ + ½‖∇xΦ‖²|
+    t = torch.tensor(0.3, dtype=torch.float64)
+    y = torch.cat([s[:, :d], torch.zeros(7, 3, dtype=torch.float64)], 1)
+    st = torch.cat([s[:, :d], t.expand(7, 1)], 1)
+    g = vmap(jacrev(f))(st)
+    Ht = vmap(hessian(f))(st)
+    rhs = dyn(t, y)
+    sq = (g[:, :d] ** 2).sum(1)
+    assert torch.allclose(rhs[:, :d], -g[:, :d], atol=1e-12)
+    assert torch.allclose(rhs[:, d], -torch.diagonal(Ht[:, :d, :d], dim1=1, dim2=2).sum(1))
+    assert torch.allclose(rhs[:, d + 1], 0.5 * sq)
+    assert torch.allclose(rhs[:, d + 2], (-g[:, d] + 0.5 * sq).abs())
+
+
+def test_parameter_count_matches_paper_formula():
+    # r(d+1) + (d+2) + m + (d+2)m + (M−1)(m² + m); MINIBOONE: 78,053 (checkpoint confirmed)
+    p = get_preset("miniboone")
+    flow = OTFlow(p.dim, width=p.width, depth=p.depth)
+    assert sum(q.numel() for q in flow.parameters()) == 78_053
+
+
+def test_log_prob_is_change_of_variables_of_transform():
+    """ℓ(1) integrates the exact trace: log p(x) = log N(T(x)) + log|det ∇T(x)| up to O(h⁴)."""
+    torch.manual_seed(1)
+    flow = OTFlow(3, width=8, nt_eval=32).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(4, 3, dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    z = flow.transform(xr)  # samples are independent: row k of every ∇T(x_i) in one pass
+    J = torch.stack([torch.autograd.grad(z[:, k].sum(), xr, retain_graph=True)[0]
+                     for k in range(3)], 1)
+    z = z.detach()
+    ref = -0.5 * (z**2).sum(1) - 1.5 * math.log(2 * math.pi) + torch.linalg.slogdet(J)[1]
+    lp = flow.log_prob(x)
+    assert torch.allclose(lp, ref, atol=1e-6)
+    # and the loss's NLL term is the mean of −log_prob at the same step count
+    out = flow.loss(x, nt=32)
+    assert torch.allclose(out.nll, -lp.mean(), atol=1e-12)
+
+
+def test_inverse_round_trip_and_trajectory():
+    torch.manual_seed(2)
+    flow = OTFlow(2, width=16, nt_eval=16).double()
+    x = torch.randn(50, 2, dtype=torch.float64)
+    z = flow.transform(x)
+    assert float((flow.inverse(z) - x).abs().max().detach()) < 1e-4
+    traj = flow.transform(x, return_trajectory=True)
+    assert traj.shape == (17, 50, 2)
+    assert torch.equal(traj[0], x) and torch.allclose(traj[-1], z)
+    back = flow.inverse(z, return_trajectory=True)
+    assert torch.allclose(back[-1], flow.inverse(z))
+    # batch shapes follow torch.distributions: (..., d) -> (...)
+    assert flow.log_prob(x.reshape(5, 10, 2)).shape == (5, 10)
+
+
+def test_sample_shape_and_generator():
+    flow = OTFlow(2, width=8, nt_eval=4)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a, b = flow.sample((3, 4), generator=g1), flow.sample(12, generator=g2)
+    assert a.shape == (3, 4, 2) and b.shape == (12, 2)
+    assert torch.allclose(a.reshape(12, 2), b)
+
+
+def test_short_fit_lowers_validation_nll(tmp_path):
+    torch.manual_seed(0)
+    mu = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    L = torch.tensor([[1.5, 0.0], [0.8, 0.5]], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    data = mu + torch.randn(4000, 2, generator=g, dtype=torch.float64) @ L.T
+    val = mu + torch.randn(1000, 2, generator=g, dtype=torch.float64) @ L.T
+    flow = OTFlow(2, width=8, alpha=(1.0, 10.0, 1.0), nt=4, nt_eval=8).double()
+    from odeflow.flows import evaluate_nll
+
+    before = evaluate_nll(flow, val)
+    seen = []
+    res = fit(flow, data, val_data=val, iters=40, batch=256, lr=0.05, val_every=10,
+              verbose=False, callback=lambda it, info: seen.append(it) and False)
+    assert seen == list(range(1, 41)) and res.iterations == 40
+    assert res.best_val_nll < before - 0.3
+    assert abs(evaluate_nll(flow, val) - res.best_val_nll) < 1e-9  # best weights restored
+    # checkpoint round trip (config + weights), and refusal of another dimension
+    path = tmp_path / "flow.pt"
+    flow.save(path, preset="none")
+    back = load_checkpoint(path, dim=2)
+    assert back.config() == flow.config() and back.checkpoint_extra == {"preset": "none"}
+    assert torch.allclose(back.log_prob(val[:20]), flow.log_prob(val[:20]))
+    with pytest.raises(ValueError, match="dim=2, but dim=3 was expected"):
+        load_checkpoint(path, dim=3)
+
+
+def test_bad_input_errors(tmp_path):
+    flow = OTFlow(2, width=4, nt=2)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        flow.log_prob(torch.tensor([[0.0, float("inf")]]))
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 2\)"):
+        flow.log_prob(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fit(flow, torch.tensor([[0.0, float("nan")]] * 4), iters=1, verbose=False)
+    with pytest.raises(ValueError, match="3 columns but the flow has dim=2"):
+        fit(flow, torch.zeros(8, 3), iters=1, verbose=False)
+    with pytest.raises(ValueError, match="empty"):
+        fit(flow, torch.zeros(0, 2), iters=1, verbose=False)
+    with pytest.raises(ValueError, match="valid presets are: 8gaussians"):
+        fit(flow, torch.zeros(8, 2), preset="nope", verbose=False)
+    with pytest.raises(ValueError, match="preset 'miniboone' is for dim=43"):
+        fit(flow, torch.zeros(8, 2), preset="miniboone", verbose=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        OTFlow(2, precision="fp8")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an odeflow OT-Flow checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_nonfinite_loss_stops_with_clear_message():
+    flow = OTFlow(2, width=4, nt=2).double()
+    huge = torch.full((16, 2), 1e200, dtype=torch.float64)
+    with pytest.raises(TrainingDiverged, match="stopped at iteration 1: the loss is"):
+        fit(flow, huge, iters=3, batch=8, verbose=False)

@@ -199,3 +199,19 @@ def test_cpu_gpu_agreement(cuda):
     assert torch.allclose(out[0][1], out[1][1], rtol=1e-10, atol=1e-12)
     for a, b in zip(out[0][2], out[1][2]):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_retain_graph_and_create_graph():
+    f = MLPField().to(D64)
+    y0 = torch.randn(5, 3, dtype=D64, requires_grad=True)
+    ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=D64))
+    loss = (ys**2).sum()
+    g1 = torch.autograd.grad(loss, y0, retain_graph=True)[0]
+    g2 = torch.autograd.grad(loss, y0, retain_graph=True)[0]
+    assert torch.equal(g1, g2)
+    with pytest.raises(NotImplementedError, match="gradient='backprop'"):
+        torch.autograd.grad(loss, y0, create_graph=True)
+    # backprop supports second derivatives
+    ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=D64), gradient="backprop")
+    (g,) = torch.autograd.grad((ys**2).sum(), y0, create_graph=True)
+    assert g.requires_grad

@@ -259,9 +259,12 @@ class _AdjointFunction(torch.autograd.Function):
         store: list[list[Tensor]] = ctx.store
         t, *params = ctx.saved_tensors
         need_t = ctx.needs_input_grad[1]
-        grads = _adjoint_backward(plan, store, t, params, gouts, need_t)
-        ctx.store = None  # free the stored states
-        return grads
+        if torch.is_grad_enabled():
+            raise NotImplementedError(
+                "higher-order gradients (create_graph=True) through the discrete adjoint are not "
+                "supported; use gradient='backprop' for them"
+            )
+        return _adjoint_backward(plan, store, t, params, gouts, need_t)
 
 
 def _adjoint_backward(plan, store, t, params, gouts, need_t):

@@ -1,0 +1,315 @@
+"""odeflow's ODE engine against torchdiffeq and torchode, side by side (issue 3, §6).
+
+Workloads (RK4 on [0, 1], loss = mean of the squared final state):
+  conv: state B×C×H×W, f = conv3×3 → GroupNorm(8) → ReLU → conv3×3, 4 steps
+        (full: 64×128×32×32; --quick: 4×16×16×16)
+  mlp:  state N×64, f = tanh MLP [y, t] → W → W → 64, 16 steps
+        (full: N=4096, W=1024; --quick: N=256, W=128)
+Solvers: odeflow (discrete adjoint; backprop), torchdiffeq (odeint = backprop; odeint_adjoint =
+continuous adjoint), torchode (AutoDiffAdjoint, fixed step, classical RK4 tableau).
+Precisions: fp32, tf32, bf16, fp16. odeflow takes precision=...; peers run under
+torch.autocast(device, dtype) (how their users get mixed precision), fp16 without loss scaling.
+Note torchdiffeq's "rk4" is the 3/8 rule; odeflow and torchode use classical RK4 here, so each
+solver's gradient error is measured against *its own* fp32 and fp64 runs.
+
+What is measured, per (workload, solver, precision), each in a fresh subprocess:
+  ms      forward+backward time, median of --repeats (CUDA-synchronized) after one warm-up;
+  peak    extra memory of one forward+backward over the state after set-up:
+          CUDA: torch.cuda.max_memory_allocated() - memory_allocated() before the call;
+          CPU:  peak resident set size (ru_maxrss) - RSS before the call (includes allocator
+                slack; coarse, but the same for every solver);
+  err32 / err64  relative 2-norm error of the parameter gradient vs the same solver in fp32 /
+          fp64 (fp64 runs on CPU for the full-size conv workload only when --fp64-ref is set).
+
+Usage:
+  python benchmarks/ode_peers.py --quick --json ode.json        # CPU-sized, a few minutes
+  python benchmarks/ode_peers.py --device cuda --json ode.json  # full sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SOLVERS = ("odeflow-adjoint", "odeflow-backprop", "torchdiffeq", "torchdiffeq-adjoint", "torchode")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+def sizes(workload: str, quick: bool) -> dict:
+    if workload == "conv":
+        return dict(b=4, c=16, hw=16, steps=4) if quick else dict(b=64, c=128, hw=32, steps=4)
+    return dict(n=256, w=128, steps=16) if quick else dict(n=4096, w=1024, steps=16)
+
+
+# ----------------------------------------------------------------------------- child process
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child(spec: dict) -> dict:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    dev = torch.device(spec["device"])
+    prec = spec["precision"]
+    dt = torch.float64 if prec == "fp64" else torch.float32
+    sz = spec["sizes"]
+    if spec["workload"] == "conv":
+        c = sz["c"]
+
+        class F(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c1 = nn.Conv2d(c, c, 3, padding=1)
+                self.n = nn.GroupNorm(8, c)
+                self.c2 = nn.Conv2d(c, c, 3, padding=1)
+
+            def forward(self, t, y):
+                return self.c2(torch.relu(self.n(self.c1(y))))
+
+        y0 = torch.randn(sz["b"], c, sz["hw"], sz["hw"])
+    else:
+        w = sz["w"]
+
+        class F(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.l1 = nn.Linear(65, w)
+                self.l2 = nn.Linear(w, w)
+                self.l3 = nn.Linear(w, 64)
+
+            def forward(self, t, y):
+                tt = torch.ones_like(y[:, :1]) * t.reshape(-1, 1).to(y.dtype)
+                h = torch.tanh(self.l1(torch.cat([y, tt], 1)))
+                return self.l3(torch.tanh(self.l2(h)))
+
+        y0 = torch.randn(sz["n"], 64)
+    f = F().to(dev, dt)
+    y0 = y0.to(dev, dt)
+    steps = sz["steps"]
+    t = torch.tensor([0.0, 1.0], device=dev, dtype=dt)
+    solver = spec["solver"]
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
+    tf32 = prec == "tf32"
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+    def amp():
+        return torch.autocast(dev.type, dtype=low or torch.bfloat16, enabled=low is not None)
+
+    if solver.startswith("odeflow"):
+        import odeflow
+
+        grad = "adjoint" if solver == "odeflow-adjoint" else "backprop"
+        p = "fp32" if prec == "fp64" else prec
+
+        def run():
+            ys = odeflow.odeint(f, y0, t, method="rk4", gradient=grad, precision=p,
+                                steps_per_interval=steps)  # fmt: skip
+            return ys[-1]
+    elif solver.startswith("torchdiffeq"):
+        import torchdiffeq
+
+        fn = torchdiffeq.odeint_adjoint if solver.endswith("adjoint") else torchdiffeq.odeint
+        kw = dict(method="rk4", options=dict(step_size=1.0 / steps))
+        if solver.endswith("adjoint"):
+            kw["adjoint_params"] = tuple(f.parameters())
+            kw["adjoint_options"] = dict(step_size=1.0 / steps)
+
+        def run():
+            with amp():
+                return fn(f, y0, t, **kw)[-1]
+    else:
+        import torchode as to
+        from torchode.interpolation import ThirdOrderPolynomialInterpolation
+        from torchode.single_step_methods.runge_kutta import ButcherTableau, ExplicitRungeKutta
+
+        class RK4(ExplicitRungeKutta):
+            TABLEAU = ButcherTableau.from_lists(
+                c=[0.0, 0.5, 0.5, 1.0], a=[[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]],
+                b=[1 / 6, 1 / 3, 1 / 3, 1 / 6], b_low_order=[1 / 6, 1 / 3, 1 / 3, 1 / 6],
+            )  # fmt: skip
+
+            def __init__(self, term=None):
+                super().__init__(term, RK4.TABLEAU)
+
+            def convergence_order(self):
+                return 4
+
+            def build_interpolation(self, data):
+                return ThirdOrderPolynomialInterpolation.from_k(
+                    data.t0, data.dt, data.y0, data.y1, data.k
+                )
+
+        shape = y0.shape
+        batch = shape[0]
+
+        def g(tt, yy):
+            return f(tt[:1] if spec["workload"] == "conv" else tt, yy.view(shape)).reshape(batch, -1)
+
+        term = to.ODETerm(g)
+        solver_obj = to.AutoDiffAdjoint(RK4(term), to.FixedStepController())
+
+        def run():
+            y = y0.reshape(batch, -1)
+            prob = to.InitialValueProblem(
+                y0=y, t_eval=t.expand(batch, 2).contiguous()
+            )
+            with amp():
+                sol = solver_obj.solve(prob, dt0=torch.full((batch,), 1.0 / steps, device=dev, dtype=dt))
+            return sol.ys[:, -1].view(shape)
+
+    params = list(f.parameters())
+
+    def fwd_bwd():
+        for q in params:
+            q.grad = None
+        yT = run()
+        loss = (yT.float() ** 2).mean()
+        loss.backward()
+        return loss
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    # memory of one forward+backward
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        loss = fwd_bwd()
+        sync()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = _rss_bytes()
+        loss = fwd_bwd()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    g = torch.cat([q.grad.detach().double().flatten().cpu() for q in params])
+    times = []
+    for _ in range(spec["repeats"]):
+        sync()
+        t0 = time.perf_counter()
+        fwd_bwd()
+        sync()
+        times.append((time.perf_counter() - t0) * 1000)
+    torch.save(g, spec["grad_path"])
+    return {"ms": statistics.median(times), "peak_mb": peak / 2**20, "loss": float(loss),
+            "finite": bool(torch.isfinite(g).all())}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- parent
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--quick", action="store_true", help="CPU-sized workloads")
+    ap.add_argument("--json", default=None, help="write results to this JSON file")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--workloads", nargs="+", default=["conv", "mlp"])
+    ap.add_argument("--solvers", nargs="+", default=list(SOLVERS))
+    ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS))
+    ap.add_argument("--fp64-ref", action="store_true", help="fp64 reference also at full size")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(json.loads(args.child))))
+        return 0
+
+    import torch
+
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    repeats = args.repeats or (3 if args.quick else 10)
+    meta = {
+        "device": torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or "cpu",
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "quick": args.quick,
+        "repeats": repeats,
+    }
+    for mod in ("odeflow", "torchdiffeq", "torchode"):
+        try:
+            meta[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing peer is reported, not fatal
+            meta[mod] = None
+    rows = []
+    tmp = tempfile.mkdtemp(prefix="odeflow-bench-")
+    for wl in args.workloads:
+        sz = sizes(wl, args.quick)
+        for solver in args.solvers:
+            lib = solver.split("-")[0]
+            if meta.get(lib) is None:
+                print(f"skip {solver}: not installed")
+                continue
+            precs = list(args.precisions)
+            if args.quick or args.fp64_ref or wl == "mlp":
+                precs.append("fp64")
+            res = {}
+            for prec in precs:
+                gp = os.path.join(tmp, f"{wl}-{solver}-{prec}.pt")
+                spec = dict(workload=wl, solver=solver, precision=prec, device=dev, sizes=sz,
+                            repeats=1 if prec == "fp64" else repeats, grad_path=gp)  # fmt: skip
+                p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                                   capture_output=True, text=True)  # fmt: skip
+                line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+                if p.returncode or not line:
+                    err = (p.stderr.strip().splitlines() or ["?"])[-1][:120]
+                    res[prec] = {"error": err}
+                    print(f"{wl:5s} {solver:20s} {prec:5s} ERROR {err}")
+                    continue
+                res[prec] = json.loads(line[0][7:])
+                res[prec]["grad_path"] = gp
+            for prec, r in res.items():
+                if "error" in r or prec == "fp64":
+                    continue
+                g = torch.load(r["grad_path"])
+                for ref, key in (("fp32", "err32"), ("fp64", "err64")):
+                    if ref in res and "error" not in res[ref] and ref != prec:
+                        gr = torch.load(res[ref]["grad_path"])
+                        r[key] = float((g - gr).norm() / gr.norm())
+                row = {"workload": wl, "sizes": sz, "solver": solver, "precision": prec}
+                row.update({k: v for k, v in r.items() if k != "grad_path"})
+                rows.append(row)
+                print(_fmt(row), flush=True)
+    _table(rows)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "results": rows}, fh, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _fmt(r: dict) -> str:
+    def num(k, f):
+        v = r.get(k)
+        return f.format(v) if isinstance(v, float) else "-"
+
+    return (f"{r['workload']:5s} {r['solver']:20s} {r['precision']:5s} "
+            f"{num('ms', '{:9.1f}')} ms {num('peak_mb', '{:9.1f}')} MB "
+            f"err32 {num('err32', '{:8.1e}')} err64 {num('err64', '{:8.1e}')}"
+            + ("" if r.get("finite", True) else "  NONFINITE"))  # fmt: skip
+
+
+def _table(rows: list[dict]) -> None:
+    print("\n| workload | solver | precision | fwd+bwd ms | peak MB | grad err vs fp32 | vs fp64 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        e32 = f"{r['err32']:.1e}" if "err32" in r else "-"
+        e64 = f"{r['err64']:.1e}" if "err64" in r else "-"
+        print(f"| {r['workload']} | {r['solver']} | {r['precision']} | {r.get('ms', 0):.1f} | "
+              f"{r.get('peak_mb', 0):.1f} | {e32} | {e64} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

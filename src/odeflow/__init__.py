@@ -5,7 +5,7 @@ Mixed-precision neural ODEs with an exact discrete adjoint, exact network deriva
 EPI susceptibility distortion correction.
 """
 
-from . import derivatives, optim, testing
+from . import derivatives, flows, optim, testing
 from .ode import (
     AdjointScaler,
     Backprop,
@@ -27,6 +27,7 @@ __all__ = [
     "PrecisionPolicy",
     "Solution",
     "derivatives",
+    "flows",
     "odeint",
     "solve",
     "__version__",

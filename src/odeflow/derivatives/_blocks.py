@@ -178,6 +178,7 @@ class Single(Block):
     2022, doi:10.21105/joss.04171) and OT-Flow (arXiv:2006.00104).
 
     Example:
+        >>> from odeflow.derivatives import LogCosh
         >>> f = Single(3, 4, act=LogCosh())
         >>> f(torch.randn(5, 3)).shape
         torch.Size([5, 4])
@@ -303,6 +304,7 @@ class ResNet(Block):
     Reference: OT-Flow (Onken et al., arXiv:2006.00104), hessQuik's resnetNN.
 
     Example:
+        >>> from odeflow.derivatives import LogCosh
         >>> net = ResNet(8, depth=2, h=0.5, act=LogCosh())
         >>> net(torch.randn(3, 8)).shape
         torch.Size([3, 8])
@@ -590,6 +592,7 @@ class Sum(Block):
         ValueError: if the sizes differ.
 
     Example:
+        >>> from odeflow.derivatives import LogCosh
         >>> phi = Sum(Sequential(Single(3, 8, act=LogCosh()), Linear(8, 1)), Quadratic(3, rank=2))
         >>> phi(torch.randn(5, 3)).shape
         torch.Size([5, 1])
@@ -649,6 +652,7 @@ class Sequential(Block):
         ValueError: if ``blocks[i].out_features != blocks[i+1].in_features``.
 
     Example:
+        >>> from odeflow.derivatives import LogCosh
         >>> net = Sequential(Single(2, 16, act=LogCosh()), ResNet(16, depth=4), Linear(16, 1))
         >>> net(torch.randn(3, 2)).shape
         torch.Size([3, 1])

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 #: modules providing ``register(subparsers)``; order is the order shown in ``--help``.
-_COMMANDS: tuple[str, ...] = ("odeflow.cli._demo", "odeflow.cli._epi")
+_COMMANDS: tuple[str, ...] = ("odeflow.cli._demo", "odeflow.cli._epi", "odeflow.cli._flow")
 
 
 def build_parser() -> argparse.ArgumentParser:

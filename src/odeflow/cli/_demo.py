@@ -12,6 +12,7 @@ from pathlib import Path
 DEMOS: tuple[tuple[str, str, str], ...] = (
     ("neural-ode", "odeflow.ode._demo", "run_demo"),
     ("epi", "odeflow.imaging.epi._demo", "run_demo"),
+    ("otflow", "odeflow.flows._demo", "run_demo"),
 )
 
 

@@ -156,18 +156,20 @@ def child(spec: dict) -> dict:
         batch = shape[0]
 
         def g(tt, yy):
-            return f(tt[:1] if spec["workload"] == "conv" else tt, yy.view(shape)).reshape(batch, -1)
+            return f(tt[:1] if spec["workload"] == "conv" else tt, yy.view(shape)).reshape(
+                batch, -1
+            )
 
         term = to.ODETerm(g)
         solver_obj = to.AutoDiffAdjoint(RK4(term), to.FixedStepController())
 
         def run():
             y = y0.reshape(batch, -1)
-            prob = to.InitialValueProblem(
-                y0=y, t_eval=t.expand(batch, 2).contiguous()
-            )
+            prob = to.InitialValueProblem(y0=y, t_eval=t.expand(batch, 2).contiguous())
             with amp():
-                sol = solver_obj.solve(prob, dt0=torch.full((batch,), 1.0 / steps, device=dev, dtype=dt))
+                sol = solver_obj.solve(
+                    prob, dt0=torch.full((batch,), 1.0 / steps, device=dev, dtype=dt)
+                )
             return sol.ys[:, -1].view(shape)
 
     params = list(f.parameters())

@@ -201,3 +201,20 @@ def test_bf16_stress_runs_without_scaling():
     gy, gp, sol = _stress(torch.float32, "bf16")
     assert sol.scale_history is None
     assert _rel(gy, gy64) < 1e-2 and _rel(gp, gp64) < 1e-2
+
+
+def test_fp16_time_gradients_close_to_fp32():
+    torch.manual_seed(7)
+    lin = nn.Linear(4, 4)
+
+    def f(t, y):
+        return torch.tanh(lin(y)) * torch.cos(t)
+
+    out = []
+    for prec in ("fp32", "fp16"):
+        t = torch.tensor([0.0, 0.5, 1.0], requires_grad=True)
+        ys = odeflow.odeint(f, torch.ones(3, 4), t, precision=prec, params=list(lin.parameters()),
+                            steps_per_interval=5)  # fmt: skip
+        (ys**2).sum().backward()
+        out.append(t.grad)
+    assert _rel(out[1], out[0]) < 8 * 2.0**-11

@@ -282,7 +282,8 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
     p_acc = [
         torch.zeros_like(p, dtype=p.dtype if p.dtype.itemsize >= 4 else torch.float32) for p in live
     ]
-    g_t = torch.zeros_like(t) if need_t else None
+    # per-time 0-d accumulators: updating them needs no index tensor (no host->device copy)
+    g_t = [torch.zeros_like(t[0]) for _ in range(t.shape[0])] if need_t else None
     a = [torch.zeros(s.shape, dtype=hdt, device=dev) for s in store[0]]
 
     def inject(a_list, state_idx):
@@ -328,9 +329,8 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 if x is not None:
                     p_acc[q] = p_acc[q] + x.to(p_acc[q].dtype)
             if need_t:
-                g_t = g_t.index_add(
-                    0, torch.tensor([i, i + 1], device=td.device), torch.stack(gt).to(g_t.dtype)
-                )
+                g_t[i] = g_t[i] + gt[0].to(t.dtype)
+                g_t[i + 1] = g_t[i + 1] + gt[1].to(t.dtype)
     else:
         sc = plan.scaler
         scales = torch.zeros(n_steps, dtype=torch.float32, device=dev)
@@ -358,12 +358,8 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                     c = p_acc[q] + x.to(p_acc[q].dtype) * inv.to(p_acc[q].dtype)
                     p_acc[q] = torch.where(ok, c, p_acc[q])
             if need_t:
-                c = g_t.index_add(
-                    0,
-                    torch.tensor([i, i + 1], device=td.device),
-                    torch.stack(gt).to(g_t.dtype) * inv.to(g_t.dtype),
-                )
-                g_t = torch.where(ok, c, g_t)
+                for k, x in ((i, gt[0]), (i + 1, gt[1])):
+                    g_t[k] = torch.where(ok, g_t[k] + x.to(t.dtype) * inv.to(t.dtype), g_t[k])
             scales[s] = S
             s -= 1
             since += 1
@@ -387,6 +383,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
         stats.scales = scales
     stats.nfe += plan.fld.nfe - nfe0
     gy0 = [al for al in a]
+    g_t = torch.stack(g_t) if need_t else None
     return (None, g_t, *[g for g in gy0], *[p.to(q.dtype) for p, q in zip(p_acc, live)])
 
 

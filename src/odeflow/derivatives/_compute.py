@@ -111,6 +111,14 @@ def _backward(net: Block, x, seed, G, H, ctx: _Ctx):
     return v, g, second
 
 
+def _is_traced(x: torch.Tensor) -> bool:
+    """Under torch.compile or a torch.func transform a data-dependent check is impossible."""
+    if torch.compiler.is_compiling():
+        return True
+    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(is_wrapped(x)) if is_wrapped is not None else False
+
+
 def _validate(net, x, want, mode, directions, exclude_last):
     if not isinstance(net, nn.Module):
         raise TypeError(f"derivatives: net must be a torch.nn.Module, got {type(net).__name__}.")
@@ -141,7 +149,7 @@ def _validate(net, x, want, mode, directions, exclude_last):
             f"derivatives: exclude_last must be an int in [0, {d - 1}] (the number of trailing "
             f"inputs left out of the Hessian/Laplacian), got {exclude_last!r}."
         )
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+    if not _is_traced(x) and not bool(torch.isfinite(x).all()):
         raise ValueError("derivatives: x contains NaN or infinite values; clean the input first.")
     if want == "hvp" and directions is None:
         raise ValueError("derivatives: want='hvp' needs directions V of shape (d, k).")

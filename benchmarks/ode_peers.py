@@ -13,11 +13,12 @@ Note torchdiffeq's "rk4" is the 3/8 rule; odeflow and torchode use classical RK4
 solver's gradient error is measured against *its own* fp32 and fp64 runs.
 
 What is measured, per (workload, solver, precision), each in a fresh subprocess:
-  ms      forward+backward time, median of --repeats (CUDA-synchronized) after one warm-up;
-  peak    extra memory of one forward+backward over the state after set-up:
+  ms      forward+backward time, median of --repeats (CUDA-synchronized) after a warm-up;
+  peak    extra memory of one forward+backward (after a warm-up call) over the set-up state:
           CUDA: torch.cuda.max_memory_allocated() - memory_allocated() before the call;
-          CPU:  peak resident set size (ru_maxrss) - RSS before the call (includes allocator
-                slack; coarse, but the same for every solver);
+          CPU:  peak resident set size (VmHWM, reset through /proc/self/clear_refs just
+                before the call) - RSS before the call; includes allocator slack and memory
+                the allocator keeps, so it is coarse, but the same for every solver;
   err32 / err64  relative 2-norm error of the parameter gradient vs the same solver in fp32 /
           fp64 (fp64 runs on CPU for the full-size conv workload only when --fp64-ref is set).
 
@@ -50,9 +51,22 @@ def sizes(workload: str, quick: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------- child process
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; Linux >= 4.0."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def child(spec: dict) -> dict:
@@ -186,6 +200,7 @@ def child(spec: dict) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
+    fwd_bwd()  # warm-up: lazy initialisation (kernels, workspaces) is not counted below
     # memory of one forward+backward
     sync()
     if dev.type == "cuda":
@@ -195,9 +210,17 @@ def child(spec: dict) -> dict:
         sync()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        base = _rss_bytes()
-        loss = fwd_bwd()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        import gc
+
+        gc.collect()
+        if _reset_peak_rss():
+            base = _status_kb("VmRSS")
+            loss = fwd_bwd()
+            peak = (_status_kb("VmHWM") - base) * 1024
+        else:  # coarse fallback: lifetime peak minus current RSS
+            base = _status_kb("VmRSS")
+            loss = fwd_bwd()
+            peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
     g = torch.cat([q.grad.detach().double().flatten().cpu() for q in params])
     times = []
     for _ in range(spec["repeats"]):
@@ -243,7 +266,7 @@ def main() -> int:
     for mod in ("odeflow", "torchdiffeq", "torchode"):
         try:
             meta[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing peer is reported, not fatal
+        except Exception:  # a missing peer is reported, not fatal
             meta[mod] = None
     rows = []
     tmp = tempfile.mkdtemp(prefix="odeflow-bench-")
@@ -255,6 +278,8 @@ def main() -> int:
                 print(f"skip {solver}: not installed")
                 continue
             precs = list(args.precisions)
+            if dev == "cpu" and "tf32" in precs:
+                precs.remove("tf32")  # TF32 is a CUDA tensor-core mode: on CPU it is fp32
             if args.quick or args.fp64_ref or wl == "mlp":
                 precs.append("fp64")
             res = {}

@@ -19,6 +19,7 @@ GEMMs only, memory O(n·c·width + n·c²), never an (n, d, d, width) tensor.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -50,7 +51,11 @@ def _add(a, b):
 
 
 def _no_autocast(t: torch.Tensor):
-    return torch.autocast(device_type=t.device.type, enabled=False)
+    """Accumulate in ctx.acc even inside an autocast region (a no-op context outside one)."""
+    dev = t.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.autocast(device_type=dev, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _unit_data(Jz: torch.Tensor | None, ctx: _Ctx):
@@ -346,13 +351,14 @@ class ResNet(Block):
             s, d1, d2 = self.act.derivatives(F.linear(u, K, self.b[i]))
             Jz = K @ J
             if ctx.kind == "lap":
-                dL = d2.to(ctx.acc) * _sq_rows(Jz, ctx)
+                hd1 = h * d1
+                dL = (h * d2).to(ctx.acc) * _sq_rows(Jz, ctx)
                 Lz = _lin_L(L, K, ctx)
                 if Lz is not None:
-                    dL = dL + d1.to(ctx.acc) * Lz
-                L = h * dL if L is None else L + h * dL
-            J = J + h * d1.unsqueeze(-1) * Jz
-            u = u + h * s
+                    dL = torch.addcmul(dL, hd1.to(ctx.acc), Lz)
+                L = dL if L is None else L + dL
+            J = torch.addcmul(J, (h * d1).unsqueeze(-1), Jz)
+            u = torch.add(u, s, alpha=h)
         return u, J, L
 
     def _record(self, u, J, ctx):
@@ -366,17 +372,17 @@ class ResNet(Block):
             else:
                 Jz = K @ J
                 tape.append((d1, d2, _unit_data(Jz, ctx)))
-                J = J + h * d1.unsqueeze(-1) * Jz
-            u = u + h * s
+                J = torch.addcmul(J, (h * d1).unsqueeze(-1), Jz)
+            u = torch.add(u, s, alpha=h)
         return u, J, tape
 
     def _reverse(self, tape, g, ctx):
         acc = None
         for i in reversed(range(self.depth)):
             d1, d2, data = tape[i]
-            lam = self.h * g
-            acc = _add(acc, _unit_term(data, lam * d2.unsqueeze(-2), ctx))
-            g = g + (lam * d1.unsqueeze(-2)) @ self.K[i]
+            if data is not None:
+                acc = _add(acc, _unit_term(data, g * (self.h * d2).unsqueeze(-2), ctx))
+            g = g + (g * (self.h * d1).unsqueeze(-2)) @ self.K[i]
         return g, acc
 
 

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ._blocks import Block, Linear, Quadratic, Sequential, Single, Sum, _Ctx
+from ._blocks import Block, Linear, Quadratic, Sequential, Single, Sum, _Ctx, _no_autocast
 from ._fallback import func_derivatives
 
 __all__ = ["Derivatives", "compute"]
@@ -64,7 +64,7 @@ def _select(net: Block, want: str, m: int, d: int, c: int) -> str:
     # backward contracts the input seed only at the first affine map of every path; it wins when
     # that map narrows the input (d ≫ width), e.g. hessQuik's d → 16 network.
     w = _entry_width(net)
-    if want == "laplacian" and m > 1:  # backward carries m seeds, forward is m-independent
+    if want == "laplacian":  # backward carries m seeds; the forward jet needs no reverse sweep
         return "backward" if w * m < c else "forward"
     return "backward" if w < c else "mixed"
 
@@ -194,9 +194,9 @@ def compute(
     safe under ``torch.compile``/double backward; none forms an (n, d, d, width) tensor):
 
     * ``"forward"``: one forward jet (u, J, Δu) (the forward Laplacian); gradient and Laplacian,
-      cost independent of the output size m. Auto for Laplacians of vector outputs.
+      cost independent of the output size m.
     * ``"mixed"``: forward Jacobians J_ℓ, then one reverse sweep of the adjoints λ_ℓ (one seed
-      per output), summing the identity above. Auto for scalar outputs.
+      per output), summing the identity above; gradient, Hessian, HVP and Laplacian.
     * ``"backward"``: a reverse second-order sweep over the blocks of a :class:`Sequential`
       (gradient and Hessian in each block's input space), contracted with the input seed at
       the first block only; the cheapest when the first block narrows a wide input (d ≫ width).
@@ -205,8 +205,8 @@ def compute(
 
     ``"auto"`` picks: gradient → forward if d < m else mixed; otherwise backward when the first
     affine map of every path narrows the input to w < c outputs (c = d', or k with directions;
-    w·m < c for the Laplacian of m outputs), else forward for a vector Laplacian and mixed for
-    the rest. Under bf16/fp16 autocast the
+    w·m < c for the Laplacian of m outputs), else forward for the Laplacian (no reverse sweep)
+    and mixed for Hessians and HVPs. Under bf16/fp16 autocast the
     network runs in low precision and every derivative accumulator (J-row norms, Hessian and
     Laplacian sums) is float32.
 
@@ -321,7 +321,7 @@ def _add_t(a, b):
 
 def _sandwich(Jv: torch.Tensor, H: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
     """Jvᵀ H Jv in the form ctx asks for; Jv (n, w, c) or (w, c), H (n, s, w, w)."""
-    with torch.autocast(device_type=H.device.type, enabled=False):
+    with _no_autocast(H):
         Jb = Jv.to(ctx.acc).unsqueeze(-3)
         H = H.to(ctx.acc)
         if ctx.kind == "hess":

@@ -32,7 +32,7 @@ def test_toys_seeded_shape_finite(name):
 
 
 def test_toy_unknown_lists_valid():
-    with pytest.raises(ValueError, match="8gaussians.*checkerboard"):
+    with pytest.raises(ValueError, match=r"8gaussians.*checkerboard"):
         make_toy("banana", 10)
 
 
@@ -76,9 +76,9 @@ def test_check_data_errors():
 
 # ----------------------------------------------------------------- MAF-format loaders
 def test_missing_files_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="miniboone/data.npy"):
+    with pytest.raises(FileNotFoundError, match=r"miniboone/data\.npy"):
         load_tabular("miniboone", tmp_path)
-    with pytest.raises(FileNotFoundError, match="1000_train.csv"):
+    with pytest.raises(FileNotFoundError, match=r"1000_train\.csv"):
         load_tabular("HEPMASS", tmp_path)
     with pytest.raises(ValueError, match="valid names are"):
         load_tabular("mnist", tmp_path)

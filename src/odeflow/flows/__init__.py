@@ -5,6 +5,7 @@ the gradient of a potential Φ(x, t) whose Laplacian gives an exact log-determin
 """
 
 from ._otflow import OTFlow, OTFlowLoss, build_potential
+from ._plot import plot_flow_2d
 from ._presets import PRESETS, FlowPreset, get_preset
 from ._tabular import TABULAR_FILES, TabularData, check_data, load_sklearn, load_tabular
 from ._toys import (
@@ -45,5 +46,6 @@ __all__ = [
     "load_sklearn",
     "load_tabular",
     "make_toy",
+    "plot_flow_2d",
     "save_checkpoint",
 ]

@@ -14,8 +14,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-
-
 __all__ = ["OTFlow", "OTFlowLoss", "build_potential"]
 
 _PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -150,7 +148,7 @@ class OTFlow(nn.Module):
         >>> import torch
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <...>
-        >>> flow = OTFlow(2, width=8, nt=2).double()
+        >>> flow = OTFlow(2, width=8, nt=8).double()
         >>> x = torch.randn(5, 2, dtype=torch.float64)
         >>> flow.log_prob(x).shape
         torch.Size([5])
@@ -194,6 +192,24 @@ class OTFlow(nn.Module):
         self.precision = precision
         self.gradient = gradient
         self.potential = build_potential(self.dim, self.width, self.depth, self.rank)
+
+    @classmethod
+    def from_preset(cls, preset, **overrides: Any) -> OTFlow:
+        """Build a flow with a preset's dim, width, depth, α and step counts.
+
+        Example:
+            >>> OTFlow.from_preset("miniboone").config()["width"]
+            256
+        """
+        from ._presets import get_preset
+
+        p = get_preset(preset)
+        if p.dim is None and "dim" not in overrides:
+            raise ValueError(f"preset {p.name!r} has no fixed dimension; pass dim=")
+        kw = dict(dim=p.dim, width=p.width, depth=p.depth, alpha=p.alpha, nt=p.nt,
+                  nt_eval=p.nt_val)  # fmt: skip
+        kw.update(overrides)
+        return cls(**kw)
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict[str, Any]:

@@ -195,10 +195,10 @@ def load_tabular(
         FileNotFoundError: a required file is absent (the expected paths are named).
 
     Example:
-        >>> load_tabular("mnist", ".")
+        >>> load_tabular("mnist", ".")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: unknown tabular set 'mnist'; valid names are: power, gas, hepmass, miniboone, bsds300
+        ValueError: unknown tabular set 'mnist'; valid names are: power, gas, hepmass, ...
     """
     key = str(name).lower()
     if key not in _LOADERS:

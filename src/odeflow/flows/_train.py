@@ -191,7 +191,9 @@ def fit(
     p = get_preset(preset) if preset is not None else None
     if p is not None:
         if p.dim is not None and p.dim != flow.dim:
-            raise ValueError(f"preset {p.name!r} is for dim={p.dim}, but the flow has dim={flow.dim}")
+            raise ValueError(
+                f"preset {p.name!r} is for dim={p.dim}, but the flow has dim={flow.dim}"
+            )
         flow.alpha = tuple(p.alpha)
         flow.nt = p.nt
         flow.nt_eval = p.nt_val

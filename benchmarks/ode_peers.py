@@ -2,9 +2,9 @@
 
 Workloads (RK4 on [0, 1], loss = mean of the squared final state):
   conv: state B×C×H×W, f = conv3×3 → GroupNorm(8) → ReLU → conv3×3, 4 steps
-        (full: 64×128×32×32; --quick: 4×16×16×16)
+        (full: 64×128×32×32; --quick: 8×32×16×16)
   mlp:  state N×64, f = tanh MLP [y, t] → W → W → 64, 16 steps
-        (full: N=4096, W=1024; --quick: N=256, W=128)
+        (full: N=4096, W=1024; --quick: N=512, W=128)
 Solvers: odeflow (discrete adjoint; backprop), torchdiffeq (odeint = backprop; odeint_adjoint =
 continuous adjoint), torchode (AutoDiffAdjoint, fixed step, classical RK4 tableau).
 Precisions: fp32, tf32, bf16, fp16. odeflow takes precision=...; peers run under
@@ -17,8 +17,9 @@ What is measured, per (workload, solver, precision), each in a fresh subprocess:
   peak    extra memory of one forward+backward (after a warm-up call) over the set-up state:
           CUDA: torch.cuda.max_memory_allocated() - memory_allocated() before the call;
           CPU:  peak resident set size (VmHWM, reset through /proc/self/clear_refs just
-                before the call) - RSS before the call; includes allocator slack and memory
-                the allocator keeps, so it is coarse, but the same for every solver;
+                before the call) - RSS before the call, with MALLOC_MMAP_THRESHOLD_=65536 so
+                freed blocks >= 64 KiB leave the process; smaller blocks and allocator slack
+                make it coarse, but it is the same for every solver;
   err32 / err64  relative 2-norm error of the parameter gradient vs the same solver in fp32 /
           fp64 (fp64 runs on CPU for the full-size conv workload only when --fp64-ref is set).
 
@@ -46,8 +47,8 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 def sizes(workload: str, quick: bool) -> dict:
     if workload == "conv":
-        return dict(b=4, c=16, hw=16, steps=4) if quick else dict(b=64, c=128, hw=32, steps=4)
-    return dict(n=256, w=128, steps=16) if quick else dict(n=4096, w=1024, steps=16)
+        return dict(b=8, c=32, hw=16, steps=4) if quick else dict(b=64, c=128, hw=32, steps=4)
+    return dict(n=512, w=128, steps=16) if quick else dict(n=4096, w=1024, steps=16)
 
 
 # ----------------------------------------------------------------------------- child process
@@ -254,7 +255,7 @@ def main() -> int:
     import torch
 
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    repeats = args.repeats or (3 if args.quick else 10)
+    repeats = args.repeats or (2 if args.quick else 10)
     meta = {
         "device": torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or "cpu",
         "cpu_threads": torch.get_num_threads(),
@@ -288,7 +289,7 @@ def main() -> int:
                 spec = dict(workload=wl, solver=solver, precision=prec, device=dev, sizes=sz,
                             repeats=1 if prec == "fp64" else repeats, grad_path=gp)  # fmt: skip
                 p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                                   capture_output=True, text=True)  # fmt: skip
+                                   capture_output=True, text=True, env=_child_env())  # fmt: skip
                 line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
                 if p.returncode or not line:
                     err = (p.stderr.strip().splitlines() or ["?"])[-1][:120]
@@ -315,6 +316,14 @@ def main() -> int:
             json.dump({"meta": meta, "results": rows}, fh, indent=2)
         print(f"wrote {args.json}")
     return 0
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    # A fixed mmap threshold makes glibc serve every block >= 64 KiB by mmap and return it on
+    # free, so the CPU peak-RSS delta tracks live tensor memory instead of heap reuse.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    return env
 
 
 def _fmt(r: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ def get_precision(precision: str | PrecisionPolicy, device: torch.device) -> Pre
     return pol
 
 
+@functools.lru_cache(maxsize=None)
 def _autocast_ok(device_type: str, dtype: torch.dtype) -> bool:
     if not torch.amp.is_autocast_available(device_type):
         return False

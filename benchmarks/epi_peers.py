@@ -197,9 +197,14 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads per run (0: torch default)"
+    )
     p.add_argument("--repeats", type=int, default=1, help="runs per method (best time kept)")
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "NPZ"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.worker:
         print("RESULT " + json.dumps(_worker(args.worker[0], args.worker[1], args.device)))
         return 0
@@ -230,7 +235,8 @@ def main(argv=None) -> int:
             row = {"method": method}
             best = None
             for _ in range(max(1, args.repeats)):
-                cmd = [sys.executable, __file__, "--device", args.device, "--worker", method, npz]
+                cmd = [sys.executable, __file__, "--device", args.device, "--threads"]
+                cmd += [str(args.threads), "--worker", method, npz]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
                 if proc.returncode != 0 or not line:
@@ -253,6 +259,7 @@ def main(argv=None) -> int:
         if args.device.startswith("cuda")
         else platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "shape": list(ph.up.shape),

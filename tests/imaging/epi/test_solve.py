@@ -158,3 +158,20 @@ def test_whole_brain_other_axes(pe_axis):
     )
     res = estimate_field(ph.up, ph.down, pe_axis=pe_axis, voxel_size=2.0, verbose=False)
     _check_acceptance(res, ph)
+
+
+def test_numpy_inputs_dtype_and_silence(crop4mm, capsys):
+    ph = crop4mm
+    res = estimate_field(
+        ph.up.numpy(), ph.down.numpy(), pe_axis=1, voxel_size=4.0, verbose=False, max_iter=2
+    )
+    assert res.displacement.dtype == torch.float32 and res.displacement.shape == ph.up.shape
+    assert res.displacement_faces.shape == (20, 25, 20)
+    res64 = estimate_field(
+        ph.up.double(), ph.down.double(), pe_axis=1, voxel_size=4.0, verbose=False, max_iter=2
+    )
+    assert res64.displacement.dtype == torch.float64
+    torch.testing.assert_close(res64.displacement.float(), res.displacement, rtol=0, atol=1e-3)
+    assert res.relative_distance == res.params["relative_distance"] < 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""

@@ -57,7 +57,7 @@ def _entry_width(net: Block) -> float:
     return float("inf")
 
 
-def _select(net: Block, want: str, m: int, d: int, c: int) -> str:
+def _select(net: Block, want: str, n: int, m: int, d: int, c: int) -> str:
     """Auto mode: the cheapest path by a flop model (documented in :func:`compute`)."""
     if want == "gradient":
         return "forward" if d < m else "mixed"
@@ -65,7 +65,9 @@ def _select(net: Block, want: str, m: int, d: int, c: int) -> str:
     # that map narrows the input (d ≫ width), e.g. hessQuik's d → 16 network.
     w = _entry_width(net)
     if want == "laplacian":  # backward carries m seeds; the forward jet needs no reverse sweep
-        return "backward" if w * m < c else "forward"
+        # backward's width×width sweeps have a fixed cost that small batches do not amortise
+        narrow = w * m * (1 if n >= 100 else 2) < c
+        return "backward" if narrow else "forward"
     return "backward" if w < c else "mixed"
 
 
@@ -205,8 +207,8 @@ def compute(
 
     ``"auto"`` picks: gradient → forward if d < m else mixed; otherwise backward when the first
     affine map of every path narrows the input to w < c outputs (c = d', or k with directions;
-    w·m < c for the Laplacian of m outputs), else forward for the Laplacian (no reverse sweep)
-    and mixed for Hessians and HVPs. Under bf16/fp16 autocast the
+    w·m < c for the Laplacian of m outputs, 2·w·m < c when n < 100), else forward for the
+    Laplacian (no reverse sweep) and mixed for Hessians and HVPs. Under bf16/fp16 autocast the
     network runs in low precision and every derivative accumulator (J-row norms, Hessian and
     Laplacian sums) is float32.
 
@@ -262,7 +264,7 @@ def compute(
     else:
         c = V.shape[1] if V is not None else dp
     if mode == "auto":
-        mode = _select(net, want, m, d, c)
+        mode = _select(net, want, n, m, d, c)
     if mode == "forward" and want in ("hessian", "hvp"):
         raise ValueError(
             f"derivatives: mode='forward' propagates (J, Δ) only and gives no {want}; "

@@ -79,10 +79,12 @@ def test_float64_agreement_d257(kind, m, want):
     torch.manual_seed(257)
     net = build(kind, 257, m)
     x = torch.randn(3, 257, dtype=torch.float64)
-    for ex in (0, 1):
-        ref = func_oracle(net, x, want, exclude_last=ex)
+    V = torch.randn(257, 4, dtype=torch.float64)
+    for V_, ex in ((None, 0), (None, 1), (V, 0)):
+        ref = func_oracle(net, x, want, directions=V_, exclude_last=ex)
         for mode in MODES[want]:
-            _check(D.compute(net, x, want=want, mode=mode, exclude_last=ex), ref, 1e-10)
+            out = D.compute(net, x, want=want, mode=mode, directions=V_, exclude_last=ex)
+            _check(out, ref, 1e-10)
 
 
 @pytest.mark.parametrize("kind,m", [("otflow", 1), ("hessquik", 3), ("icnn", 1), ("zoo", 2)])

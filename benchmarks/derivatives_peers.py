@@ -9,7 +9,8 @@ Networks (from the hessQuik paper and OT-Flow):
 
 Quantities: the full input Hessian (with value and gradient) and the Laplacian. For each case
 the script prints median wall time over ``--repeats`` runs after one warm-up, the speed-up of
-odeflow over each peer, the peak memory (CUDA: ``max_memory_allocated``; CPU: not measured),
+odeflow over each peer, the peak memory (CUDA: ``max_memory_allocated``; CPU on Linux: peak
+RSS increase of one call, with large allocations forced to mmap so that frees are visible),
 and the max relative difference to torch.func. Cases whose dense peer tensors would exceed
 ``--mem-budget-gb`` are reported as skipped instead of being run.
 
@@ -61,10 +62,50 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _proc_kb(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(field)
+
+
+def _cpu_peak_setup() -> bool:
+    """Linux only: mmap every allocation ≥ 1 MiB (returned to the OS on free) so that the
+    peak-RSS high-water mark, reset through /proc/self/clear_refs, measures one call."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        _proc_kb("VmHWM")
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+CPU_PEAK = False
+
+
+def _cpu_peak(fn):
+    """Peak resident bytes above the current RSS during one call of fn (Linux)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    base = _proc_kb("VmRSS")
+    fn()
+    return max(_proc_kb("VmHWM") - base, 0) * 1024
+
+
 def _measure(fn, device, repeats):
-    """Median seconds and peak bytes (CUDA only) of fn(); returns (median, peak, result)."""
+    """Median seconds and peak bytes of fn(); returns (median, peak, result).
+
+    Peak memory: CUDA ``max_memory_allocated`` above the baseline; CPU the peak-RSS increase
+    of one extra call (Linux; None elsewhere).
+    """
     out = fn()  # warm-up
     _sync(device)
+    cpu_peak = _cpu_peak(fn) if device.type == "cpu" and CPU_PEAK else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -75,7 +116,7 @@ def _measure(fn, device, repeats):
         out = fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    peak = None
+    peak = cpu_peak
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base
     return statistics.median(times), peak, out
@@ -323,6 +364,8 @@ def main(argv=None) -> int:
     if args.mem_budget_gb is None:
         args.mem_budget_gb = 1.0 if args.quick else 16.0
     torch.manual_seed(0)
+    global CPU_PEAK
+    CPU_PEAK = device.type == "cpu" and _cpu_peak_setup()
 
     if args.quick:
         hq_grid = [(n, d, m) for n in (10, 1000) for d in (2, 32, 256) for m in (1,)] + [
@@ -354,6 +397,9 @@ def main(argv=None) -> int:
         "quick": args.quick,
         "hessquik": HESSQUIK or "hessquik 0.0.6",
         "jet": JET or "importable",
+        "peak_memory": "cuda max_memory_allocated"
+        if device.type == "cuda"
+        else ("peak RSS increase (VmHWM)" if CPU_PEAK else "not measured"),
     }
     print(json.dumps(env))
     if args.json:

@@ -113,7 +113,7 @@ def get_precision(precision: str | PrecisionPolicy, device: torch.device) -> Pre
     return pol
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _autocast_ok(device_type: str, dtype: torch.dtype) -> bool:
     if not torch.amp.is_autocast_available(device_type):
         return False

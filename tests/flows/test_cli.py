@@ -36,3 +36,12 @@ def test_flow_cli_errors(tmp_path, capsys, monkeypatch, argv, msg):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 1
     assert msg in capsys.readouterr().err
+
+
+def test_demo_writes_picture_and_metrics(tmp_path):
+    from odeflow.flows._demo import run_demo
+
+    res = run_demo(tmp_path / "demo", verbose=False, iters=4)
+    assert res["iterations"] == 4 and 2.7 < res["true_entropy"] < 2.9
+    assert (tmp_path / "demo" / "otflow_8gaussians.png").stat().st_size > 1000
+    assert (tmp_path / "demo" / "otflow_8gaussians.pt").is_file()

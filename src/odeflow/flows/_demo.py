@@ -22,7 +22,7 @@ def run_demo(out_dir: Path, verbose: bool = True, iters: int = 300) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     flow = OTFlow(2, width=32, alpha=(1.0, 30.0, 1.0), nt=8, nt_eval=12)
-    res = fit(flow, "8gaussians", iters=iters, batch=1024, lr=0.05, val_every=50, patience=3,
+    res = fit(flow, "8gaussians", iters=iters, batch=512, lr=0.05, val_every=50, patience=3,
               verbose=verbose)  # fmt: skip
     test = make_toy("8gaussians", 10_000, seed=99)
     nll = evaluate_nll(flow, test)

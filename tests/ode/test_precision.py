@@ -103,13 +103,13 @@ def test_ambient_autocast_is_ignored():
     assert torch.equal(ref, got)
 
 
-def _stress(dtype, precision, scaler=None):
-    f = Stress(dtype)
-    y0 = torch.full((1, 1), 364.0, dtype=dtype, requires_grad=True)
+def _stress(dtype, precision, scaler=None, device="cpu"):
+    f = Stress(dtype).to(device)
+    y0 = torch.full((1, 1), 364.0, dtype=dtype, device=device, requires_grad=True)
     sol = odeflow.solve(
         f,
         y0,
-        torch.tensor([0.0, 2.65], dtype=dtype),
+        torch.tensor([0.0, 2.65], dtype=dtype, device=device),
         steps_per_interval=399,
         precision=precision,
         scaler=scaler,
@@ -218,3 +218,34 @@ def test_fp16_time_gradients_close_to_fp32():
         (ys**2).sum().backward()
         out.append(t.grad)
     assert _rel(out[1], out[0]) < 8 * 2.0**-11
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_stress_on_gpu(cuda, precision):
+    gy64, gp64, _ = _stress(D64, "fp64")
+    gy, gp, sol = _stress(torch.float32, precision, device=cuda)
+    assert _rel(gy.cpu(), gy64) < 1e-2 and _rel(gp.cpu(), gp64) < 1e-2
+    if precision == "fp16":
+        assert sol.stats.syncs <= 4 + 1 + 2 * sol.stats.retries
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16", "fp16"])
+def test_mixed_precision_on_gpu_close_to_cpu_fp64(cuda, precision):
+    torch.manual_seed(0)
+    f64 = MLP().to(D64)
+    y0 = torch.randn(32, 16, dtype=D64)
+    t = torch.tensor([0.0, 1.0], dtype=D64)
+    ys = odeflow.odeint(f64, y0, t, precision="fp64", steps_per_interval=8)
+    (ys[-1] ** 2).mean().backward()
+    ref = [p.grad.clone() for p in f64.parameters()]
+    f = MLP().to(cuda)
+    f.load_state_dict({k: v.float() for k, v in f64.state_dict().items()})
+    ys = odeflow.odeint(f, y0.float().to(cuda), t.float().to(cuda), precision=precision,
+                        steps_per_interval=8)  # fmt: skip
+    assert ys.dtype == torch.float32
+    (ys[-1] ** 2).mean().backward()
+    u = {"fp32": 2.0**-20, "tf32": 2.0**-11, "bf16": 2.0**-8, "fp16": 2.0**-11}[precision]
+    for a, b in zip([p.grad.cpu() for p in f.parameters()], ref):
+        assert _rel(a, b) < 8 * u + 1e-5

@@ -47,6 +47,8 @@ def test_whole_brain_2mm_acceptance(brain2mm):
         ph.up, ph.down, pe_axis=ph.pe_axis, voxel_size=ph.voxel_size, verbose=False
     )
     _check_acceptance(res, ph)
+    # also with the distance read as a norm ratio ‖T₊ − T₋‖/‖I₊ − I₋‖ (stricter; noise floor)
+    assert res.params["relative_distance_norm"] <= 0.15
     # the optimizer improves on the OT start and the history is consistent
     h = res.history
     assert h[-1]["objective"] < h[0]["objective"]

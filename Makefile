@@ -34,7 +34,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 $(DOCTEST) $(PYTEST_ARGS)
 
 $(VENV)/.odeflow-bench: $(STAMP)
-	$(PY) -m pip install -q "$(TORCH)" torchdiffeq torchode hessquik zuko pyhysco
+	$(PY) -m pip install -q "$(TORCH)" torchdiffeq torchode hessquik zuko pyhysco h5py
 	@touch $@
 
 bench-setup: $(VENV)/.odeflow-bench

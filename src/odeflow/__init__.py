@@ -5,7 +5,7 @@ Mixed-precision neural ODEs with an exact discrete adjoint, exact network deriva
 EPI susceptibility distortion correction.
 """
 
-from . import derivatives, flows, optim, testing
+from . import derivatives, flows, imaging, ode, optim, testing
 from .ode import (
     AdjointScaler,
     Backprop,
@@ -28,6 +28,9 @@ __all__ = [
     "Solution",
     "derivatives",
     "flows",
+    "imaging",
+    "ode",
+    "optim",
     "odeint",
     "solve",
     "__version__",

@@ -670,39 +670,14 @@ def solve(
     retries, syncs, backward NFE) is filled when ``backward`` runs through ``ys``.
 
     Args:
-        func: the vector field ``func(t, y) -> dy/dt``, a callable or ``nn.Module``; ``t`` is a
-            0-d tensor, ``y`` has the structure of ``y0``.
-        y0: initial state: a tensor ``(*shape)``, a tuple/list or a dict of tensors (any
-            shapes, one floating dtype).
-        t: ``(n,)`` output times, ``n >= 2``, strictly increasing or decreasing, finite.
-        method: a name (``euler, midpoint, heun, ralston, rk3, ssprk3, rk4, rk38``) or a
-            :class:`ButcherTableau`. ``rk4`` is the classical method; torchdiffeq's ``rk4`` is
-            the 3/8 rule (``rk38`` here).
-        gradient: ``"adjoint"`` (exact discrete adjoint, default), ``"backprop"``, or
-            :class:`DiscreteAdjoint` / :class:`Backprop`.
-        precision: ``"fp32" | "tf32" | "bf16" | "fp16" | "fp64"`` or a :class:`PrecisionPolicy`.
-        steps_per_interval: RK steps between consecutive output times (intermediate states
-            are not returned).
-        step_size: alternatively, the largest step; each interval gets
-            ``ceil(|Δt| / step_size)`` equal steps.
-        params: tensors the gradient is taken for; default: the parameters of an
-            ``nn.Module`` func that require grad. A plain callable that closes over tensors
-            requiring grad must list them here (else a ``ValueError`` says so).
-        scaler: an :class:`AdjointScaler` persisting the fp16 adjoint scale across calls
-            (default: a fresh one per call); ``AdjointScaler(dynamic=False)`` turns internal
-            scaling off to pair with ``torch.amp.GradScaler``. Used only for fp16 + adjoint.
-        output_dtype: dtype of the returned trajectory (default: ``y0``'s dtype).
+        func, y0, t, method, gradient, precision, steps_per_interval, step_size, params,
+        scaler, output_dtype: exactly as in :func:`odeint`.
 
     Returns:
         A :class:`Solution`.
 
     Raises:
-        ValueError: ``t`` not 1-D, fewer than two points, not strictly monotone, non-finite,
-            or on another device than ``y0``; ``y0`` non-finite; ``func`` output of the wrong
-            shape; unknown method/precision/gradient name (the message lists the valid ones).
-        TypeError: integer/complex ``y0`` or ``t``; ``func`` returning a non-tensor, a
-            different structure, a non-floating or a higher-precision dtype.
-        FloatingPointError: fp16 adjoint overflow that scaling cannot recover.
+        The errors of :func:`odeint`.
 
     Reference:
         Celledoni, Owren, Ruthotto, Yang, arXiv:2510.23498.

@@ -194,12 +194,22 @@ class OTFlow(nn.Module):
         self.potential = build_potential(self.dim, self.width, self.depth, self.rank)
 
     @classmethod
-    def from_preset(cls, preset, **overrides: Any) -> OTFlow:
-        """Build a flow with a preset's dim, width, depth, α and step counts.
+    def from_preset(
+        cls, preset, *, dtype: torch.dtype | None = None, **overrides: Any
+    ) -> OTFlow:
+        """Build a flow with a preset's dim, width, depth, α, step counts and dtype.
+
+        The parameters are in ``dtype``, by default the preset's (``preset.dtype``:
+        float64 for the 2-D toys, which the paper trains in double precision, float32 for
+        the tabular sets). :func:`odeflow.flows.fit` never changes a flow's dtype.
 
         Example:
             >>> OTFlow.from_preset("miniboone").config()["width"]
             256
+            >>> next(OTFlow.from_preset("8gaussians").parameters()).dtype
+            torch.float64
+            >>> next(OTFlow.from_preset("8gaussians", dtype=torch.float32).parameters()).dtype
+            torch.float32
         """
         from ._presets import get_preset
 
@@ -209,7 +219,7 @@ class OTFlow(nn.Module):
         kw = dict(dim=p.dim, width=p.width, depth=p.depth, alpha=p.alpha, nt=p.nt,
                   nt_eval=p.nt_val)  # fmt: skip
         kw.update(overrides)
-        return cls(**kw)
+        return cls(**kw).to(p.dtype if dtype is None else dtype)
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict[str, Any]:

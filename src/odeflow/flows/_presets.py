@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import torch
+
 __all__ = ["PRESETS", "FlowPreset", "get_preset"]
 
 
@@ -31,7 +33,7 @@ class FlowPreset:
         clip: clamp parameters to [−clip, clip] before every step (``None``: no clamp).
         lr_drop: factor the learning rate is divided by when validation stalls.
         max_drops: stop after this many learning-rate drops.
-        double: whether the paper trained in float64.
+        double: whether the paper trained in float64 (see :attr:`dtype`).
 
     Example:
         >>> p = get_preset("miniboone")
@@ -54,6 +56,19 @@ class FlowPreset:
     lr_drop: float = 10.0
     max_drops: int = 3
     double: bool = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """``torch.float64`` when the paper trained in double precision, else ``torch.float32``.
+
+        :meth:`OTFlow.from_preset` and ``odeflow flow train`` build the flow in this dtype;
+        :func:`~odeflow.flows.fit` trains in the flow's own dtype and never changes it.
+
+        Example:
+            >>> get_preset("8gaussians").dtype, get_preset("miniboone").dtype
+            (torch.float64, torch.float32)
+        """
+        return torch.float64 if self.double else torch.float32
 
     def with_(self, **changes) -> FlowPreset:
         """A copy with some fields changed (``dataclasses.replace``)."""

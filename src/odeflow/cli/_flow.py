@@ -48,10 +48,18 @@ def _train(args: argparse.Namespace) -> int:
     p = get_preset(preset_name) if preset_name else None
     dim = 2 if isinstance(train, str) else int(train.shape[1])
     width = args.width or (p.width if p else 32)
+    # dtype: --dtype, else --double, else the preset's (float64 for the 2-D toys) unless a
+    # reduced --precision asks for mixed precision (an fp32 model), else float32
+    if args.dtype is not None:
+        dtype = getattr(torch, args.dtype)
+    elif args.double:
+        dtype = torch.float64
+    elif p is not None and args.precision in (None, "fp32"):
+        dtype = p.dtype
+    else:
+        dtype = torch.float32
     torch.manual_seed(args.seed)
-    flow = OTFlow(dim, width=width, depth=p.depth if p else 2)
-    if args.double:
-        flow.double()
+    flow = OTFlow(dim, width=width, depth=p.depth if p else 2).to(dtype)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = fit(flow, train, preset=p, iters=args.iters, batch=args.batch, lr=args.lr,
@@ -59,7 +67,8 @@ def _train(args: argparse.Namespace) -> int:
               verbose=not args.quiet)  # fmt: skip
     nll = evaluate_nll(flow, test.to(next(flow.parameters())), nt=p.nt_test if p else None)
     flow.save(out / "flow.pt", data=name, preset=preset_name)
-    metrics = {"data": name, "dim": dim, "preset": preset_name, "test_nll": nll,
+    metrics = {"data": name, "dim": dim, "preset": preset_name, "dtype": res.dtype,
+               "test_nll": nll,
                "best_val_nll": res.best_val_nll, "iterations": res.iterations,
                "status": res.status, "seconds": res.seconds, "config": flow.config(),
                "history": res.history}  # fmt: skip
@@ -120,7 +129,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--width", type=int, default=None)
     t.add_argument("--precision", default=None, choices=["fp32", "tf32", "bf16", "fp16"])
     t.add_argument("--device", default=None)
-    t.add_argument("--double", action="store_true", help="train in float64 (the toys' setting)")
+    t.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="parameter dtype (default: the preset's, float64 for the 2-D toys as "
+                   "in the paper; float32 without a preset or with a reduced --precision)")
+    t.add_argument("--double", action="store_true", help="same as --dtype float64")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 

@@ -54,6 +54,7 @@ class FitResult:
         history: one dict per logged iteration (``iter, loss, nll, transport, hjb, lr`` and
             ``val_nll`` on validation iterations).
         seconds: wall time.
+        dtype: the dtype training ran in (the flow's parameter dtype, e.g. ``"float64"``).
     """
 
     status: str
@@ -62,6 +63,7 @@ class FitResult:
     best_iter: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    dtype: str = ""
 
 
 def _as_batches(data, dim: int, batch: int, g: torch.Generator, dtype, device):
@@ -149,6 +151,13 @@ def fit(
     Settings come from ``preset`` (see :data:`odeflow.flows.PRESETS`), then from the
     keyword arguments, which win. A preset also sets the flow's α and step counts.
 
+    **dtype.** Training runs in the flow's own parameter dtype, which ``fit`` never
+    changes: training and validation data (tensors, arrays, toy samples) are cast to it.
+    A preset's ``double`` flag (float64 for the 2-D toys, as in the paper) takes effect
+    where the flow is built: :meth:`OTFlow.from_preset` and ``odeflow flow train``; for a
+    flow built by hand, call ``flow.double()`` first. The dtype used is recorded in
+    :attr:`FitResult.dtype`.
+
     Args:
         flow: the :class:`OTFlow` to train (in place).
         data: ``(n, d)`` tensor/array, a :class:`TabularData` (its ``val`` split is used
@@ -183,8 +192,8 @@ def fit(
         >>> flow = OTFlow(2, width=8, nt=2).double()
         >>> res = fit(flow, torch.randn(256, 2, dtype=torch.float64), iters=5, batch=64,
         ...           lr=1e-2, verbose=False)
-        >>> res.iterations, res.status
-        (5, 'completed')
+        >>> res.iterations, res.status, res.dtype
+        (5, 'completed', 'float64')
     """
     if not isinstance(flow, OTFlow):
         raise TypeError(f"flow must be an OTFlow, got {type(flow).__name__}")
@@ -302,7 +311,8 @@ def fit(
         flow.load_state_dict(best_state)
     flow.eval()
     return FitResult(status, it, best_val if best_state is not None else math.nan, best_iter,
-                     history, time.perf_counter() - t0)  # fmt: skip
+                     history, time.perf_counter() - t0,
+                     str(dtype).removeprefix("torch."))  # fmt: skip
 
 
 def save_checkpoint(flow: OTFlow, path: str | Path, **extra: Any) -> None:

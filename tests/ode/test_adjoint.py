@@ -7,9 +7,11 @@ import torch
 from torch import nn
 
 import odeflow
-from odeflow.ode import TABLEAUS
+from odeflow.ode import TABLEAUS, ButcherTableau, DiscreteAdjoint
 
 D64 = torch.float64
+# the discrete adjoint rebuilds one step's graph ("step") or one stage's graph ("stage") at a time
+RECOMPUTE = ["step", "stage"]
 
 
 class MLPField(nn.Module):
@@ -39,20 +41,33 @@ def _grads(gradient, method, t, spi=2):
     return ys.detach(), gs
 
 
-@pytest.mark.parametrize("method", list(TABLEAUS))
+# a user tableau whose stages 3 and 4 do not influence the step (b = 0, feeding only each
+# other), and whose stage 1 has b = 0 but feeds stage 2: exercises the stage bookkeeping
+DEAD = ButcherTableau(
+    "dead-stages",
+    a=((), (0.5,), (1.0, 0.0), (0.0, 0.0, 1.0)),
+    b=(0.0, 1.0, 0.0, 0.0),
+    c=(0.0, 0.5, 1.0, 1.0),
+    order=2,
+)
+
+
+@pytest.mark.parametrize("method", [*TABLEAUS, DEAD])
 @pytest.mark.parametrize("decreasing", [False, True])
-def test_adjoint_equals_backprop(method, decreasing):
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+def test_adjoint_equals_backprop(method, decreasing, recompute):
     t = torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=D64)
     if decreasing:
         t = t.flip(0)
-    ya, ga = _grads("adjoint", method, t)
+    ya, ga = _grads(DiscreteAdjoint(recompute=recompute), method, t)
     yb, gb = _grads("backprop", method, t)
     assert torch.equal(ya, yb)
     for x, y in zip(ga, gb):
         assert _rel(x, y) < 1e-10
 
 
-def test_tuple_and_dict_states_adjoint_equals_backprop():
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+def test_tuple_and_dict_states_adjoint_equals_backprop(recompute):
     torch.manual_seed(1)
     W = torch.randn(3, 3, dtype=D64, requires_grad=True)
     v = torch.randn(2, dtype=D64, requires_grad=True)
@@ -80,7 +95,7 @@ def test_tuple_and_dict_states_adjoint_equals_backprop():
         loss = (ys["a"] ** 2).sum() + ys["b"][1:].sin().sum()
         return torch.autograd.grad(loss, [a0, b0, t, W, v])
 
-    for x, y in zip(run("adjoint"), run("backprop")):
+    for x, y in zip(run(DiscreteAdjoint(recompute=recompute)), run("backprop")):
         assert _rel(x, y) < 1e-10
 
 
@@ -111,26 +126,30 @@ def test_closure_params_must_be_declared():
     assert w.grad is not None and w.grad.item() < 0
 
 
-def _loss_y0(f, t):
+def _loss_y0(f, t, recompute="step"):
     def loss(y0):
-        ys = odeflow.odeint(f, y0, t, steps_per_interval=3)
+        ys = odeflow.odeint(f, y0, t, steps_per_interval=3,
+                            gradient=DiscreteAdjoint(recompute=recompute))  # fmt: skip
         return (ys[1:] ** 2).sum() + ys[-1].sin().sum()
 
     return loss
 
 
-def test_taylor_in_y0():
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+def test_taylor_in_y0(recompute):
     torch.manual_seed(3)
     f = MLPField().to(D64)
     t = torch.tensor([0.0, 0.5, 1.0], dtype=D64)
     x = torch.randn(5, 3, dtype=D64, requires_grad=True)
-    g = torch.autograd.grad(_loss_y0(f, t)(x), x)[0]
+    loss = _loss_y0(f, t, recompute)
+    g = torch.autograd.grad(loss(x), x)[0]
     v = torch.randn(5, 3, dtype=D64)
-    r = odeflow.testing.taylor_test(_loss_y0(f, t), x.detach(), v, grad=g, second=False)
+    r = odeflow.testing.taylor_test(loss, x.detach(), v, grad=g, second=False)
     assert r.passed(), r
 
 
-def test_taylor_in_params():
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+def test_taylor_in_params(recompute):
     torch.manual_seed(4)
     f = MLPField().to(D64)
     names = [n for n, _ in f.named_parameters()]
@@ -146,7 +165,8 @@ def test_taylor_in_params():
         def field(tt, y):
             return torch.func.functional_call(f, pd, (tt, y))
 
-        ys = odeflow.odeint(field, y0, t, steps_per_interval=2, params=[theta])
+        ys = odeflow.odeint(field, y0, t, steps_per_interval=2, params=[theta],
+                            gradient=DiscreteAdjoint(recompute=recompute))  # fmt: skip
         return (ys**2).sum()
 
     th = theta0.clone().requires_grad_(True)

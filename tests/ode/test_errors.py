@@ -83,6 +83,9 @@ def test_unknown_names_list_valid_ones():
         odeflow.odeint(f, Y, T, precision="int8")
     with pytest.raises(ValueError, match="'adjoint', 'backprop'"):
         odeflow.odeint(f, Y, T, gradient="continuous")
+    for bad in ("layer", "Stage", None, 2):
+        with pytest.raises(ValueError, match="valid: 'step'.*'stage'"):
+            odeflow.DiscreteAdjoint(recompute=bad)
 
 
 def test_bad_steps_and_options():

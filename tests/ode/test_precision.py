@@ -103,7 +103,7 @@ def test_ambient_autocast_is_ignored():
     assert torch.equal(ref, got)
 
 
-def _stress(dtype, precision, scaler=None, device="cpu"):
+def _stress(dtype, precision, scaler=None, device="cpu", gradient="adjoint"):
     f = Stress(dtype).to(device)
     y0 = torch.full((1, 1), 364.0, dtype=dtype, device=device, requires_grad=True)
     sol = odeflow.solve(
@@ -113,6 +113,7 @@ def _stress(dtype, precision, scaler=None, device="cpu"):
         steps_per_interval=399,
         precision=precision,
         scaler=scaler,
+        gradient=gradient,
     )
     sol.ys[-1].sum().backward()
     return y0.grad, f.p.grad, sol
@@ -137,10 +138,12 @@ def test_stress_unscaled_fp16_is_worse():
     assert _rel(gp, gp64) > 10 * _rel(gps, gp64)
 
 
-def test_overflow_is_recovered_by_halving_and_recomputing():
+@pytest.mark.parametrize("recompute", ["step", "stage"])
+def test_overflow_is_recovered_by_halving_and_recomputing(recompute):
     gy64, gp64, _ = _stress(D64, "fp64")
     sc = AdjointScaler(headroom=22, max_headroom=22)  # seed S*a ~ 2^22 overflows fp16
-    gy, gp, sol = _stress(torch.float32, "fp16", scaler=sc)
+    grad = odeflow.DiscreteAdjoint(recompute=recompute)
+    gy, gp, sol = _stress(torch.float32, "fp16", scaler=sc, gradient=grad)
     assert sol.stats.retries >= 1 and sc.headroom < 22 and sc.total_overflows >= 1
     assert torch.isfinite(gy).all() and torch.isfinite(gp).all()
     assert _rel(gy, gy64) < 1e-2 and _rel(gp, gp64) < 1e-2
@@ -249,3 +252,49 @@ def test_mixed_precision_on_gpu_close_to_cpu_fp64(cuda, precision):
     u = {"fp32": 2.0**-20, "tf32": 2.0**-11, "bf16": 2.0**-8, "fp16": 2.0**-11}[precision]
     for a, b in zip([p.grad.cpu() for p in f.parameters()], ref):
         assert _rel(a, b) < 8 * u + 1e-5
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_stage_recompute_matches_step_in_mixed_precision(precision):
+    """Same policy semantics: same fp16 scales, same state and time gradients.
+
+    Parameter gradients differ in one respect, in favour of ``"stage"``: when a whole step
+    is rebuilt under one autocast region, autocast casts each weight to 16 bit once and
+    autograd sums the ``s`` stages' gradients of that 16-bit copy in 16 bit; rebuilding one
+    stage at a time casts each stage's weight gradient to fp32 before it is summed.
+    """
+    out = {}
+    for rc in ("step", "stage", "fp64"):
+        torch.manual_seed(0)
+        dt = D64 if rc == "fp64" else torch.float32
+        f = MLP().to(dt)
+        y0 = torch.randn(32, 16).to(dt).requires_grad_()
+        t = torch.tensor([0.0, 0.6, 1.0], dtype=dt, requires_grad=True)
+        grad = odeflow.DiscreteAdjoint(recompute="step" if rc == "fp64" else rc)
+        prec = "fp64" if rc == "fp64" else precision
+        sol = odeflow.solve(f, y0, t, precision=prec, steps_per_interval=4, gradient=grad)
+        (sol.ys[1:] ** 2).mean().backward()
+        gp = torch.cat([p.grad.flatten() for p in f.parameters()])
+        out[rc] = (y0.grad, t.grad, gp, sol.scale_history)
+    (gy_a, gt_a, gp_a, s_a), (gy_b, gt_b, gp_b, s_b) = out["step"], out["stage"]
+    if precision == "fp16":
+        assert s_a is not None and torch.equal(s_a, s_b)
+    else:
+        assert s_a is None and s_b is None
+    # state and time gradients: equal up to fp32 summation order
+    assert _rel(gy_b, gy_a) < 1e-6 and _rel(gt_b, gt_a) < 1e-6
+    # parameter gradients: both O(u_16) from fp64, "stage" no worse than "step"
+    u = {"bf16": 2.0**-8, "fp16": 2.0**-11}[precision]
+    e_step, e_stage = _rel(gp_a, out["fp64"][2]), _rel(gp_b, out["fp64"][2])
+    assert e_step < 2 * u and e_stage < 2 * u
+    assert e_stage <= e_step
+
+
+def test_stage_recompute_stress_fp16_within_1e_2_of_fp64():
+    gy64, gp64, _ = _stress(D64, "fp64")
+    grad = odeflow.DiscreteAdjoint(recompute="stage")
+    gy, gp, sol = _stress(torch.float32, "fp16", gradient=grad)
+    _, _, sol_step = _stress(torch.float32, "fp16")
+    assert _rel(gy, gy64) < 1e-2 and _rel(gp, gp64) < 1e-2
+    assert torch.equal(sol.scale_history, sol_step.scale_history)
+    assert sol.stats.syncs <= 4 + 1

@@ -5,7 +5,10 @@ Workloads (RK4 on [0, 1], loss = mean of the squared final state):
         (full: 64×128×32×32; --quick: 8×32×16×16)
   mlp:  state N×64, f = tanh MLP [y, t] → W → W → 64, 16 steps
         (full: N=4096, W=1024; --quick: N=512, W=128)
-Solvers: odeflow (discrete adjoint; backprop), torchdiffeq (odeint = backprop; odeint_adjoint =
+Solvers: odeflow (discrete adjoint rebuilding one step's graph at a time, the default;
+"-stage": DiscreteAdjoint(recompute="stage"), one stage's graph at a time; "+compile": the
+vector field wrapped in torch.compile (inductor), compiled in the untimed warm-up call, the
+number of compiled graphs is reported; backprop), torchdiffeq (odeint = backprop; odeint_adjoint =
 continuous adjoint), torchode (AutoDiffAdjoint, fixed step, classical RK4 tableau).
 Precisions: fp32, tf32, bf16, fp16. odeflow takes precision=...; peers run under
 torch.autocast(device, dtype) (how their users get mixed precision), fp16 without loss scaling.
@@ -41,7 +44,16 @@ import sys
 import tempfile
 import time
 
-SOLVERS = ("odeflow-adjoint", "odeflow-backprop", "torchdiffeq", "torchdiffeq-adjoint", "torchode")
+SOLVERS = (
+    "odeflow-adjoint",
+    "odeflow-adjoint-stage",
+    "odeflow-adjoint+compile",
+    "odeflow-adjoint-stage+compile",
+    "odeflow-backprop",
+    "torchdiffeq",
+    "torchdiffeq-adjoint",
+    "torchode",
+)
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
@@ -126,11 +138,19 @@ def child(spec: dict) -> dict:
     if solver.startswith("odeflow"):
         import odeflow
 
-        grad = "adjoint" if solver == "odeflow-adjoint" else "backprop"
+        kind = solver.removesuffix("+compile")
+        grad = {
+            "odeflow-adjoint": odeflow.DiscreteAdjoint(recompute="step"),
+            "odeflow-adjoint-stage": odeflow.DiscreteAdjoint(recompute="stage"),
+            "odeflow-backprop": odeflow.Backprop(),
+        }[kind]
         p = "fp32" if prec == "fp64" else prec
+        # torch.compile(f) is an nn.Module sharing f's parameters; dynamo guards on grad mode,
+        # so the adjoint needs two graphs (no-grad forward, rebuild under enable_grad)
+        func = torch.compile(f) if solver.endswith("+compile") else f
 
         def run():
-            ys = odeflow.odeint(f, y0, t, method="rk4", gradient=grad, precision=p,
+            ys = odeflow.odeint(func, y0, t, method="rk4", gradient=grad, precision=p,
                                 steps_per_interval=steps)  # fmt: skip
             return ys[-1]
     elif solver.startswith("torchdiffeq"):
@@ -201,7 +221,11 @@ def child(spec: dict) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    fwd_bwd()  # warm-up: lazy initialisation (kernels, workspaces) is not counted below
+    sync()
+    t_first = time.perf_counter()
+    fwd_bwd()  # warm-up: lazy initialisation (kernels, workspaces, compilation) is not counted
+    sync()
+    first_ms = (time.perf_counter() - t_first) * 1000
     # memory of one forward+backward
     sync()
     if dev.type == "cuda":
@@ -231,8 +255,15 @@ def child(spec: dict) -> dict:
         sync()
         times.append((time.perf_counter() - t0) * 1000)
     torch.save(g, spec["grad_path"])
-    return {"ms": statistics.median(times), "peak_mb": peak / 2**20, "loss": float(loss),
-            "finite": bool(torch.isfinite(g).all())}  # fmt: skip
+    out = {"ms": statistics.median(times), "ms_min": min(times), "first_ms": first_ms,
+           "peak_mb": peak / 2**20, "loss": float(loss),
+           "finite": bool(torch.isfinite(g).all())}  # fmt: skip
+    if solver.endswith("+compile"):
+        from torch._dynamo.utils import counters
+
+        # unique graphs after warm-up + all timed calls: 2 means no per-step recompilation
+        out["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
+    return out
 
 
 # ----------------------------------------------------------------------------- parent
@@ -294,7 +325,7 @@ def main() -> int:
                 if p.returncode or not line:
                     err = (p.stderr.strip().splitlines() or ["?"])[-1][:120]
                     res[prec] = {"error": err}
-                    print(f"{wl:5s} {solver:20s} {prec:5s} ERROR {err}")
+                    print(f"{wl:5s} {solver:29s} {prec:5s} ERROR {err}")
                     continue
                 res[prec] = json.loads(line[0][7:])
                 res[prec]["grad_path"] = gp
@@ -331,7 +362,7 @@ def _fmt(r: dict) -> str:
         v = r.get(k)
         return f.format(v) if isinstance(v, float) else "-"
 
-    return (f"{r['workload']:5s} {r['solver']:20s} {r['precision']:5s} "
+    return (f"{r['workload']:5s} {r['solver']:29s} {r['precision']:5s} "
             f"{num('ms', '{:9.1f}')} ms {num('peak_mb', '{:9.1f}')} MB "
             f"err32 {num('err32', '{:8.1e}')} err64 {num('err64', '{:8.1e}')}"
             + ("" if r.get("finite", True) else "  NONFINITE"))  # fmt: skip

@@ -99,6 +99,25 @@ def test_tuple_and_dict_states_adjoint_equals_backprop(recompute):
         assert _rel(x, y) < 1e-10
 
 
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+def test_output_leaves_without_graph(recompute):
+    """f may return leaves that depend on no input (constants, zeros)."""
+
+    def f(t, y):
+        return (torch.ones_like(y[0]), torch.zeros_like(y[1]) + y[0].sum() * t)
+
+    out = []
+    for g in (DiscreteAdjoint(recompute=recompute), "backprop"):
+        a0 = torch.ones(3, dtype=D64, requires_grad=True)
+        b0 = torch.ones(2, dtype=D64, requires_grad=True)
+        t = torch.tensor([0.0, 0.5, 1.0], dtype=D64, requires_grad=True)
+        ys = odeflow.odeint(f, (a0, b0), t, gradient=g, steps_per_interval=2)
+        loss = (ys[0] * torch.arange(3.0, dtype=D64)).sum() + (ys[1] ** 2).sum()
+        out.append(torch.autograd.grad(loss, [a0, b0, t]))
+    for x, y in zip(*out):
+        assert _rel(x, y) < 1e-12
+
+
 def test_tuple_state_structure_kept():
     def f(t, y):
         return (-y[0], y[0].sum() * torch.ones_like(y[1]))
@@ -208,8 +227,9 @@ def test_stage_recompute_cost(method, extra):
     n = {}
     for rc in RECOMPUTE:
         y0 = torch.ones(2, 3, requires_grad=True)
+        grad = DiscreteAdjoint(recompute=rc)
         sol = odeflow.solve(MLPField(), y0, torch.tensor([0.0, 1.0]), method=method,
-                            steps_per_interval=5, gradient=DiscreteAdjoint(recompute=rc))  # fmt: skip
+                            steps_per_interval=5, gradient=grad)  # fmt: skip
         sol.ys[-1].sum().backward()
         n[rc] = sol.stats.nfe
     stages = odeflow.ode.get_tableau(method).stages

@@ -84,7 +84,7 @@ def test_unknown_names_list_valid_ones():
     with pytest.raises(ValueError, match="'adjoint', 'backprop'"):
         odeflow.odeint(f, Y, T, gradient="continuous")
     for bad in ("layer", "Stage", None, 2):
-        with pytest.raises(ValueError, match="valid: 'step'.*'stage'"):
+        with pytest.raises(ValueError, match=r"valid: 'step'.*'stage'"):
             odeflow.DiscreteAdjoint(recompute=bad)
 
 

@@ -86,7 +86,8 @@ class DiscreteAdjoint:
         >>> y0 = torch.ones(3, dtype=torch.float64, requires_grad=True)
         >>> ys = odeflow.odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64),
         ...                     gradient=DiscreteAdjoint(recompute="stage"))
-        >>> ys[-1].sum().backward(); round(y0.grad[0].item(), 6)  # RK4, one step: 1 - 1 + 1/2 - 1/6 + 1/24
+        >>> ys[-1].sum().backward()  # one RK4 step of y' = -y: y1 = (1 - 1 + 1/2 - 1/6 + 1/24) y0
+        >>> round(y0.grad[0].item(), 6)
         0.375
     """
 
@@ -221,7 +222,9 @@ class _Field:
                 )
 
 
-def _lincomb(coeffs: Sequence[float], ks: Sequence[list[Tensor] | None], leaf: int) -> Tensor | None:
+def _lincomb(
+    coeffs: Sequence[float], ks: Sequence[list[Tensor] | None], leaf: int
+) -> Tensor | None:
     """``Σ_j coeffs[j] k_j`` for one leaf, skipping zero coefficients (``None`` if all are zero)."""
     acc = None
     for j, cj in enumerate(coeffs):
@@ -392,13 +395,16 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
     # k_i is needed (no-grad recomputation) to form the input of a later evaluated stage
     feeds = [False] * n_st
     for i in range(n_st - 1, -1, -1):
-        feeds[i] = any(
-            tab.a[r][i] != 0.0 and (alive[r] or feeds[r]) for r in range(i + 1, n_st)
-        )
+        feeds[i] = any(tab.a[r][i] != 0.0 and (alive[r] or feeds[r]) for r in range(i + 1, n_st))
     dead = [not x for x in alive]
     # nu_r is read by mu_q for q < r with a_rq != 0; last_use[r] is the smallest such q
     reads = [[q for q in range(r) if tab.a[r][q] != 0.0] for r in range(n_st)]
     last_use = [min(qs, default=r) for r, qs in enumerate(reads)]
+    # k_q is last read when the input of its first evaluated consumer stage is formed
+    first_reader = [
+        min((r for r in range(q + 1, n_st) if tab.a[r][q] != 0.0 and alive[r]), default=-1)
+        for q in range(n_st)
+    ]
 
     def vjp_stage(s, seed):
         """One step's VJP rebuilding one stage's graph at a time (``recompute="stage"``)."""
@@ -412,6 +418,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 if feeds[q]:
                     ks[q] = plan.fld(_stage_time(tab, q, tau, h), _stage_state(tab, q, h, y, ks)[0])
         gy = list(seed)
+        own_gy = False
         gp: list[Tensor | None] = [None] * len(live)
         nus: dict[int, list[Tensor]] = {}
         d_tau = d_h = None
@@ -419,17 +426,23 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             if dead[q]:
                 continue
             # mu_q = h (b_q lam + sum_{r>q} a_rq nu_r), in H
+            # (fresh buffers, updated in place: no extra state-sized temporaries)
             mu = []
             for leaf, lam in enumerate(seed):
                 acc = lam * tab.b[q] if tab.b[q] != 0.0 else None
                 for r in range(q + 1, n_st):
                     if tab.a[r][q] != 0.0 and r in nus:
-                        term = nus[r][leaf] * tab.a[r][q]
-                        acc = term if acc is None else acc + term
-                mu.append(h * acc)
+                        if acc is None:
+                            acc = nus[r][leaf] * tab.a[r][q]
+                        else:
+                            acc.add_(nus[r][leaf], alpha=tab.a[r][q])
+                mu.append(acc.mul_(h))
             for r in [r for r in nus if last_use[r] >= q]:
                 del nus[r]
             yq, incs = _stage_state(tab, q, h, y, ks)
+            for r in range(q):
+                if first_reader[r] == q:
+                    ks[r] = None  # no later-processed stage reads k_r
             tq = _stage_time(tab, q, tau, h)
             with torch.enable_grad():
                 yq = [x.detach().requires_grad_() for x in yq]
@@ -438,10 +451,21 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 with plan.pol.context(dev):
                     k = plan.fld(tq, yq)
                 inputs = yq + live + ([tq] if need_t else [])
-                g = torch.autograd.grad(k, inputs, grad_outputs=mu, allow_unused=True)
+                # leaves of f's output that depend on no input (e.g. constants) carry no graph
+                kg = [(kl, ml) for kl, ml in zip(k, mu) if kl.requires_grad]
+                if kg:
+                    kk, mm = [x for x, _ in kg], [x for _, x in kg]
+                    g = torch.autograd.grad(kk, inputs, grad_outputs=mm, allow_unused=True)
+                else:
+                    g = (None,) * len(inputs)
             nu = [torch.zeros_like(x) if gx is None else gx for gx, x in zip(g[:nl], yq)]
             del mu, yq
-            gy = [a_ + n_ for a_, n_ in zip(gy, nu)]
+            if own_gy:
+                for a_, n_ in zip(gy, nu):
+                    a_.add_(n_)
+            else:  # the first sum allocates gy; the seed itself is never modified
+                gy = [a_ + n_ for a_, n_ in zip(gy, nu)]
+                own_gy = True
             for w, x in enumerate(g[nl : nl + len(live)]):
                 if x is not None:
                     gp[w] = x if gp[w] is None else gp[w] + x

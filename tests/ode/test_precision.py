@@ -256,12 +256,11 @@ def test_mixed_precision_on_gpu_close_to_cpu_fp64(cuda, precision):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_stage_recompute_matches_step_in_mixed_precision(precision):
-    """Same policy semantics: same fp16 scales, same state and time gradients.
+    """Same policy semantics: same fp16 scales, same gradients up to fp32 summation order.
 
-    Parameter gradients differ in one respect, in favour of ``"stage"``: when a whole step
-    is rebuilt under one autocast region, autocast casts each weight to 16 bit once and
-    autograd sums the ``s`` stages' gradients of that 16-bit copy in 16 bit; rebuilding one
-    stage at a time casts each stage's weight gradient to fp32 before it is summed.
+    This also checks that per-stage weight gradients meet in fp32 in ``"step"`` mode: with
+    autocast's weight-cast cache, the stages of a rebuilt step would share one 16-bit weight
+    copy and autograd would sum their gradients in 16 bit (a 1e-3 relative difference here).
     """
     out = {}
     for rc in ("step", "stage", "fp64"):
@@ -281,13 +280,11 @@ def test_stage_recompute_matches_step_in_mixed_precision(precision):
         assert s_a is not None and torch.equal(s_a, s_b)
     else:
         assert s_a is None and s_b is None
-    # state and time gradients: equal up to fp32 summation order
+    # equal up to fp32 summation order (seeds may round differently before the 16-bit cast)
     assert _rel(gy_b, gy_a) < 1e-6 and _rel(gt_b, gt_a) < 1e-6
-    # parameter gradients: both O(u_16) from fp64, "stage" no worse than "step"
+    assert _rel(gp_b, gp_a) < 1e-4
     u = {"bf16": 2.0**-8, "fp16": 2.0**-11}[precision]
-    e_step, e_stage = _rel(gp_a, out["fp64"][2]), _rel(gp_b, out["fp64"][2])
-    assert e_step < 2 * u and e_stage < 2 * u
-    assert e_stage <= e_step
+    assert _rel(gp_a, out["fp64"][2]) < 2 * u and _rel(gp_b, out["fp64"][2]) < 2 * u
 
 
 def test_stage_recompute_stress_fp16_within_1e_2_of_fp64():

@@ -59,10 +59,14 @@ class PrecisionPolicy:
             torch.backends.cudnn.allow_tf32 = True
         try:
             # enabled=False also switches off an ambient autocast: behaviour comes from the policy.
+            # cache_enabled=False: with the cast cache, all stages of a step share one 16-bit
+            # copy of each weight and autograd sums their weight gradients in 16 bit; without
+            # it each use casts the weight itself and the gradients meet in the fp32 leaf.
             with torch.autocast(
                 device_type=device.type,
                 dtype=self.compute or torch.bfloat16,
                 enabled=self.compute is not None,
+                cache_enabled=False,
             ):
                 yield
         finally:

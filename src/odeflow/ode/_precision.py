@@ -19,6 +19,8 @@ class PrecisionPolicy:
 
     * ``compute``: dtype of the RK stage evaluations ``f(t, Y)``, applied with
       ``torch.autocast`` on the state's device (CUDA and CPU alike); ``None`` = no autocast.
+      The autocast weight-cast cache is off, so the gradients of a weight used by several
+      stages are summed in fp32, not in a shared 16-bit copy.
     * state update ``y + h Σ b_i k_i``, adjoint, gradient accumulators: the state dtype ``H``
       (``y0``'s dtype; float32 when ``y0`` is 16-bit).
     * ``storage``: dtype of the step states kept for the backward pass; ``None`` = ``H``.

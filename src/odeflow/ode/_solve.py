@@ -774,7 +774,9 @@ def odeint(
             :class:`ButcherTableau`. ``rk4`` is the classical method; torchdiffeq's ``rk4`` is
             the 3/8 rule (``rk38`` here).
         gradient: ``"adjoint"`` (exact discrete adjoint, default), ``"backprop"``, or
-            :class:`DiscreteAdjoint` / :class:`Backprop`.
+            :class:`DiscreteAdjoint` / :class:`Backprop`; ``DiscreteAdjoint(recompute="stage")``
+            rebuilds one stage's graph at a time (less memory when a step's graph dominates,
+            ``s − 1`` extra evaluations of ``func`` per step).
         precision: ``"fp32" | "tf32" | "bf16" | "fp16" | "fp64"`` or a :class:`PrecisionPolicy`.
         steps_per_interval: RK steps between consecutive output times (intermediate states
             are not returned).

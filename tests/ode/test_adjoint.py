@@ -320,3 +320,34 @@ def test_retain_graph_and_create_graph():
     ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=D64), gradient="backprop")
     (g,) = torch.autograd.grad((ys**2).sum(), y0, create_graph=True)
     assert g.requires_grad
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+def test_compiled_field_equals_eager_without_recompiles(recompute):
+    """torch.compile(func) works with the adjoint: two graphs (no-grad forward and the
+    rebuild under enable_grad), no recompilation per step or per call."""
+    import shutil
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("inductor on CPU needs a C compiler")
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(8)
+    f = MLPField(d=3, w=16)
+    fc = torch.compile(f)
+    y0 = torch.randn(6, 3)
+    t = torch.tensor([0.0, 0.5, 1.0])
+    grads = []
+    for func in (f, fc, fc, fc):
+        for p in f.parameters():
+            p.grad = None
+        ys = odeflow.odeint(func, y0, t, steps_per_interval=3,
+                            gradient=DiscreteAdjoint(recompute=recompute))  # fmt: skip
+        (ys**2).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in f.parameters()]))
+    for g in grads[1:]:
+        assert _rel(g, grads[0]) < 1e-5
+    assert counters["stats"]["unique_graphs"] == 2

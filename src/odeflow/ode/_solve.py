@@ -190,13 +190,18 @@ class _Field:
         self.checked = False
 
     def __call__(self, t: Tensor, leaves: list[Tensor]) -> list[Tensor]:
+        return [k if k.dtype == self.hdt else k.to(self.hdt) for k in self.raw(t, leaves)]
+
+    def raw(self, t: Tensor, leaves: list[Tensor]) -> list[Tensor]:
+        """``func``'s output leaves in the dtype it returned (validated: never wider than H,
+        so the cast to H is exact)."""
         out = self.func(t, _tree.unflatten(self.spec, leaves))
         self.nfe += 1
         ks = _tree.flatten_like(self.spec, out, "func(t, y)")
         if not self.checked:
             self._check(ks)
             self.checked = True
-        return [k if k.dtype == self.hdt else k.to(self.hdt) for k in ks]
+        return ks
 
     def _check(self, ks: list[Tensor]) -> None:
         for i, (k, shp) in enumerate(zip(ks, self.shapes)):
@@ -223,13 +228,19 @@ class _Field:
 
 
 def _lincomb(
-    coeffs: Sequence[float], ks: Sequence[list[Tensor] | None], leaf: int
+    coeffs: Sequence[float],
+    ks: Sequence[list[Tensor] | None],
+    leaf: int,
+    dtype: torch.dtype | None = None,
 ) -> Tensor | None:
-    """``Σ_j coeffs[j] k_j`` for one leaf, skipping zero coefficients (``None`` if all are zero)."""
+    """``Σ_j coeffs[j] k_j`` for one leaf, skipping zero coefficients (``None`` if all are zero).
+
+    Stages kept in a narrower dtype than ``dtype`` are cast up first (exactly)."""
     acc = None
     for j, cj in enumerate(coeffs):
         if cj != 0.0:
-            term = ks[j][leaf] * cj
+            k = ks[j][leaf]
+            term = (k if dtype is None or k.dtype == dtype else k.to(dtype)) * cj
             acc = term if acc is None else acc + term
     return acc
 
@@ -244,7 +255,7 @@ def _stage_state(
     """Stage input ``Y_i = y + h Σ_j a_ij k_j`` per leaf, and the increments ``Σ_j a_ij k_j``."""
     if i == 0:
         return y, [None] * len(y)
-    incs = [_lincomb(tab.a[i][:i], ks, leaf) for leaf in range(len(y))]
+    incs = [_lincomb(tab.a[i][:i], ks, leaf, y[leaf].dtype) for leaf in range(len(y))]
     return [yl if inc is None else yl + h * inc for yl, inc in zip(y, incs)], incs
 
 
@@ -407,16 +418,27 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
     ]
 
     def vjp_stage(s, seed):
-        """One step's VJP rebuilding one stage's graph at a time (``recompute="stage"``)."""
+        """One step's VJP rebuilding one stage's graph at a time (``recompute="stage"``).
+
+        Memory: the stages are kept in the dtype ``func`` returned (16-bit under autocast;
+        exact, the forward casts them up to ``H`` before use), the step state is cast to
+        ``H`` per stage, and the stage seed ``mu_q`` is cast to that dtype before the VJP
+        (what autograd's cast backward would do)."""
         i, j = steps[s]
         m = plan.ms[i]
         tau, h = _times(td, i, j, m)
-        y = [x.detach().to(hdt) for x in store[s]]
+
+        def state():  # y in H (a fresh copy when the store is 16-bit)
+            return [x.detach().to(hdt) for x in store[s]]
+
         ks: list[list[Tensor] | None] = [None] * n_st
         with torch.no_grad(), plan.pol.context(dev):
+            y = state()
             for q in range(n_st):
                 if feeds[q]:
-                    ks[q] = plan.fld(_stage_time(tab, q, tau, h), _stage_state(tab, q, h, y, ks)[0])
+                    tq = _stage_time(tab, q, tau, h)
+                    ks[q] = plan.fld.raw(tq, _stage_state(tab, q, h, y, ks)[0])
+            del y
         gy = list(seed)
         own_gy = False
         gp: list[Tensor | None] = [None] * len(live)
@@ -425,21 +447,9 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
         for q in range(n_st - 1, -1, -1):
             if dead[q]:
                 continue
-            # mu_q = h (b_q lam + sum_{r>q} a_rq nu_r), in H
-            # (fresh buffers, updated in place: no extra state-sized temporaries)
-            mu = []
-            for leaf, lam in enumerate(seed):
-                acc = lam * tab.b[q] if tab.b[q] != 0.0 else None
-                for r in range(q + 1, n_st):
-                    if tab.a[r][q] != 0.0 and r in nus:
-                        if acc is None:
-                            acc = nus[r][leaf] * tab.a[r][q]
-                        else:
-                            acc.add_(nus[r][leaf], alpha=tab.a[r][q])
-                mu.append(acc.mul_(h))
-            for r in [r for r in nus if last_use[r] >= q]:
-                del nus[r]
-            yq, incs = _stage_state(tab, q, h, y, ks)
+            yq, incs = _stage_state(tab, q, h, state(), ks)
+            if not need_t:
+                incs = []
             for r in range(q):
                 if first_reader[r] == q:
                     ks[r] = None  # no later-processed stage reads k_r
@@ -449,17 +459,34 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 if need_t:
                     tq = tq.detach().requires_grad_()
                 with plan.pol.context(dev):
-                    k = plan.fld(tq, yq)
-                inputs = yq + live + ([tq] if need_t else [])
-                # leaves of f's output that depend on no input (e.g. constants) carry no graph
-                kg = [(kl, ml) for kl, ml in zip(k, mu) if kl.requires_grad]
-                if kg:
-                    kk, mm = [x for x, _ in kg], [x for _, x in kg]
-                    g = torch.autograd.grad(kk, inputs, grad_outputs=mm, allow_unused=True)
-                else:
-                    g = (None,) * len(inputs)
+                    k = plan.fld.raw(tq, yq)
+            # mu_q = h (b_q lam + sum_{r>q} a_rq nu_r), in H, then cast to k's dtype
+            mu = []
+            for leaf, lam in enumerate(seed):
+                acc = lam * tab.b[q] if tab.b[q] != 0.0 else None
+                for r in range(q + 1, n_st):
+                    if tab.a[r][q] != 0.0 and r in nus:
+                        if acc is None:
+                            acc = nus[r][leaf] * tab.a[r][q]
+                        else:
+                            acc.add_(nus[r][leaf], alpha=tab.a[r][q])
+                acc.mul_(h)
+                mu.append(acc if acc.dtype == k[leaf].dtype else acc.to(k[leaf].dtype))
+                del acc
+            for r in [r for r in nus if last_use[r] >= q]:
+                del nus[r]
+            inputs = yq + live + ([tq] if need_t else [])
+            # leaves of f's output that depend on no input (e.g. constants) carry no graph
+            kg = [(kl, ml) for kl, ml in zip(k, mu) if kl.requires_grad]
+            if kg:
+                kk, mm = [x for x, _ in kg], [x for _, x in kg]
+                g = torch.autograd.grad(kk, inputs, grad_outputs=mm, allow_unused=True)
+                del kk, mm
+            else:
+                g = (None,) * len(inputs)
+            del kg, mu
             nu = [torch.zeros_like(x) if gx is None else gx for gx, x in zip(g[:nl], yq)]
-            del mu, yq
+            del yq
             if own_gy:
                 for a_, n_ in zip(gy, nu):
                     a_.add_(n_)
@@ -479,15 +506,16 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 # nu_q . (sum_j a_qj k_j) and b_q lam . k_q, reduced in H
                 dots = [(n_ * inc).sum() for n_, inc in zip(nu, incs) if inc is not None]
                 if tab.b[q] != 0.0:
-                    kd = [x.detach() for x in k]
-                    dots += [(lam * kq).sum() * tab.b[q] for lam, kq in zip(seed, kd)]
+                    dots += [
+                        (lam * kq.detach().to(hdt)).sum() * tab.b[q] for lam, kq in zip(seed, k)
+                    ]
                 for dd in dots:
                     dd = dd.to(td.dtype)
                     dh = dd if dh is None else dh + dd
                 d_tau = gq if d_tau is None else d_tau + gq
                 if dh is not None:
                     d_h = dh if d_h is None else d_h + dh
-            del g, k, nu
+            del g, k, nu, incs
             ks[q] = None
         gt: list[Tensor] = []
         if need_t:

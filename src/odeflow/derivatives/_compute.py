@@ -9,6 +9,7 @@ from torch import nn
 
 from ._blocks import Block, Linear, Quadratic, Sequential, Single, Sum, _Ctx, _no_autocast
 from ._fallback import func_derivatives
+from ._laplacian import laplacian_sweep, supports
 
 __all__ = ["Derivatives", "compute"]
 
@@ -294,7 +295,9 @@ def compute(
     ctx = _Ctx(kind, p, acc, None if want != "hvp" else V[:dp])
     g0 = torch.eye(m, dtype=x.dtype, device=x.device).expand(n, m, m)
 
-    if mode == "mixed" or kind == "grad":
+    if mode == "mixed" and kind == "lap" and supports(net):
+        value, g, second = laplacian_sweep(net, x, seed, acc)
+    elif mode == "mixed" or kind == "grad":
         value, _, tape = net._record(x, seed, ctx)
         g, second = net._reverse(tape, g0, ctx)
     else:  # backward

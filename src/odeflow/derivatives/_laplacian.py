@@ -1,0 +1,355 @@
+r"""The Laplacian sweep: exact Δf for chains of Single / ResNet / Linear / Quadratic blocks.
+
+For elementwise units with preactivations z_ℓ, input Jacobians J_ℓ = ∂z_ℓ/∂x' (x' the p
+Laplacian coordinates, or the directions V) and adjoints λ_ℓ = ∂f/∂σ(z_ℓ) (ResNet step h
+folded in),
+
+    Δf = Σ_ℓ Σ_k σ″(z_{ℓk}) λ_{ℓk} ‖J_ℓ[k, :]‖².
+
+The sweep runs the value forward, the Jacobians forward over the p Laplacian columns only
+(the excluded columns, e.g. OT-Flow's time, are never carried), the adjoints backward (one
+seed per output, which also gives the full gradient), and contracts the row norms with
+σ″ ⊙ λ. Jacobians are laid out transposed, ``(n, p, width)``, so the width × width product
+of a layer is one contiguous ``(n·p, width) × (width, width)`` GEMM. Until the first
+nonlinearity the Jacobian is shared by the batch (``(p, width)``). The Jacobian of the last
+unit of a chain is never formed: its term Σ_k c_k ‖row_k(K J)‖² is :func:`weighted_row_norms`,
+a custom autograd function whose backward costs exactly two GEMMs (dJ = dP·K, dK = dPᵀJ).
+
+Supported: :class:`Single`, :class:`ResNet`, :class:`Linear`, :class:`Quadratic` composed with
+:class:`Sequential` and :class:`Sum`; :func:`supports` says whether a network qualifies (others
+use the generic mixed sweep of ``_blocks``).
+
+Reference: Onken et al., "OT-Flow", arXiv:2006.00104 (exact trace of a ResNet potential).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ._blocks import Linear, Quadratic, ResNet, Sequential, Single, Sum, _no_autocast
+
+__all__ = ["laplacian_sweep", "supports", "weighted_row_norms"]
+
+
+# ---------------------------------------------------------------------------- custom function
+def _gemm_dtype(*ts: torch.Tensor) -> torch.dtype:
+    """The dtype a GEMM of these operands runs in (autocast's choice inside an autocast region)."""
+    dev = ts[0].device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    out = ts[0].dtype
+    for t in ts[1:]:
+        out = torch.promote_types(out, t.dtype)
+    return out
+
+
+def _rows(J: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """The Jacobian (n, p, w): J itself, or scale[:, None, :] * J for J shared (p, w)."""
+    return J if scale is None else scale.unsqueeze(-2) * J
+
+
+def _weighted(P: torch.Tensor, c: torch.Tensor, acc: torch.dtype):
+    """Q = Σ_a P[n, a, k]² (n, w) and out = Σ_k c[n, s, k] Q[n, k] (n, s), both in acc."""
+    Q = (P * P).sum(-2, dtype=acc)
+    return (c.to(acc) @ Q.unsqueeze(-1)).squeeze(-1), Q
+
+
+class _WeightedRowNorms(torch.autograd.Function):
+    """out[n, s] = Σ_k c[n, s, k] Σ_a (J_n Kᵀ)[a, k]², J_n = diag(scale_n)-scaled or given."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(J, K, c, scale, acc):
+        gd = _gemm_dtype(J, K) if scale is None else _gemm_dtype(J, K, scale)
+        with _no_autocast(J):
+            Jn = _rows(J.to(gd), None if scale is None else scale.to(gd))
+            P = torch.matmul(Jn, K.to(gd).transpose(0, 1))
+            out, Q = _weighted(P, c, acc)
+        # the scaled rows are an intermediate worth keeping; a plain J is an input (saved as is)
+        return out, Q, P, (Jn if scale is not None else P.new_empty(0))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        J, K, c, scale, acc = inputs
+        _, Q, P, Jn = output
+        ctx.mark_non_differentiable(Q, P, Jn)
+        ctx.set_materialize_grads(False)  # no zero (n, p, w) gradients for P and Jn
+        ctx.scaled = scale is not None
+        ctx.acc = acc
+        ctx.save_for_backward(J, K, c, scale, Q, P, Jn)
+
+    @staticmethod
+    def backward(ctx, g_out, _gQ, _gP, _gJn):
+        J, K, c, scale, Q, P, Jn = ctx.saved_tensors
+        if g_out is None:
+            return None, None, None, None, None
+        acc = ctx.acc
+        with _no_autocast(J):
+            if scale is None:
+                Jn = J.to(P.dtype)
+            if torch.is_grad_enabled():
+                # double backward: rebuild the intermediates from the inputs so that they carry
+                # their dependence on (J, K, scale); the saved ones are constants
+                gd = P.dtype
+                Jn = _rows(J.to(gd), None if scale is None else scale.to(gd))
+                P = torch.matmul(Jn, K.to(gd).transpose(0, 1))
+                Q = (P * P).sum(-2, dtype=acc)
+            g_out = g_out.to(acc)
+            g_c = g_out.unsqueeze(-1) * Q.unsqueeze(-2)  # (n, s, w)
+            g_Q = (g_out.unsqueeze(-2) @ c.to(acc)).squeeze(-2)  # (n, w)
+            dP = (2.0 * g_Q).to(P.dtype).unsqueeze(-2) * P  # (n, p, w)
+            w_in = Jn.shape[-1]
+            g_Jn = dP @ K.to(P.dtype)  # (n, p, w_in)
+            g_K = dP.reshape(-1, dP.shape[-1]).transpose(0, 1) @ Jn.reshape(-1, w_in)
+            if scale is None:
+                g_J, g_scale = g_Jn.to(J.dtype), None
+            else:
+                # weight gradients in the GEMM dtype, as autocast's own (fp32 accumulation
+                # inside the reduction kernels, no fp32 copy of the (n, p, w) product)
+                g_scale = (g_Jn * J.to(g_Jn.dtype)).sum(-2).to(scale.dtype)
+                g_J = (g_Jn * scale.to(g_Jn.dtype).unsqueeze(-2)).sum(0).to(J.dtype)
+        return g_J, g_K.to(K.dtype), g_c.to(c.dtype), g_scale, None
+
+
+def weighted_row_norms(
+    J: torch.Tensor, K: torch.Tensor, c: torch.Tensor, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Σ_k c[n, s, k] ‖row k of K·J_nᵀ‖², the second-order term of one layer of units.
+
+    With P_n = J_n Kᵀ (J_n: (p, w_in) the transposed input Jacobian of sample n, K: (w, w_in))
+
+    .. math:: \text{out}[n, s] = Σ_k c[n, s, k] Σ_a P_n[a, k]^2.
+
+    The forward is one GEMM ``(n·p, w_in) × (w_in, w)``; the backward is two (dJ = dP·K and
+    dK = dPᵀJ with dP = 2 (Σ_s g_s c_s) ⊙ P), reusing the saved P. GEMMs run in the autocast
+    dtype inside an autocast region (bf16/fp16), the sums Q = Σ_a P² and the contraction with
+    c in float32 (float64 for float64 inputs). Double backward is supported (the intermediates
+    are recomputed from the inputs when the backward itself is differentiated).
+
+    Args:
+        J: (n, p, w_in) transposed Jacobians, or (p, w_in) shared rows when ``scale`` is given.
+        K: (w, w_in) the layer weight.
+        c: (n, s, w) coefficients (σ″ ⊙ λ for s output seeds).
+        scale: optional (n, w_in); then J_n = diag(scale_n)-scaled rows, ``scale[:, None] * J``.
+
+    Returns:
+        (n, s) in float32 (float64 for float64 inputs).
+
+    Raises:
+        ValueError: on inconsistent shapes.
+
+    Reference: Onken et al., "OT-Flow", arXiv:2006.00104 (the exact trace term of a ResNet layer).
+
+    Example:
+        >>> J, K, c = torch.randn(3, 2, 4), torch.randn(5, 4), torch.randn(3, 1, 5)
+        >>> out = weighted_row_norms(J, K, c)
+        >>> ref = (c[:, 0] * (J @ K.T).pow(2).sum(1)).sum(-1)
+        >>> bool(torch.allclose(out[:, 0], ref, atol=1e-4))
+        True
+    """
+    w_in = K.shape[-1]
+    batched = scale is None
+    if K.ndim != 2 or J.shape[-1] != w_in or J.ndim != (3 if batched else 2):
+        raise ValueError(
+            f"weighted_row_norms: need J (n, p, w_in) (or (p, w_in) with scale) and K (w, w_in); "
+            f"got J {tuple(J.shape)}, K {tuple(K.shape)}, scale "
+            f"{None if scale is None else tuple(scale.shape)}."
+        )
+    n = J.shape[0] if batched else scale.shape[0]
+    if c.ndim != 3 or c.shape[0] != n or c.shape[-1] != K.shape[0]:
+        raise ValueError(
+            f"weighted_row_norms: c must be (n, s, w) = ({n}, s, {K.shape[0]}), "
+            f"got {tuple(c.shape)}."
+        )
+    if not batched and (scale.ndim != 2 or scale.shape[-1] != w_in):
+        raise ValueError(
+            f"weighted_row_norms: scale must be (n, w_in) = (n, {w_in}), got {tuple(scale.shape)}."
+        )
+    acc = torch.promote_types(torch.promote_types(c.dtype, J.dtype), torch.float32)
+    return _WeightedRowNorms.apply(J, K, c, scale, acc)[0]
+
+
+# ---------------------------------------------------------------------------- the sweep
+_SUPPORTED = (Single, ResNet, Linear, Quadratic)
+
+
+def supports(net: nn.Module) -> bool:
+    """Whether the Laplacian sweep handles ``net`` (the blocks above, nested in Sum/Sequential)."""
+    if isinstance(net, (Sum, Sequential)):
+        return all(supports(b) for b in net.blocks)
+    return isinstance(net, _SUPPORTED)
+
+
+def _nonlinear(net: nn.Module) -> bool:
+    if isinstance(net, (Sum, Sequential)):
+        return any(_nonlinear(b) for b in net.blocks)
+    return not isinstance(net, Linear)
+
+
+class _Jac:
+    """Transposed Jacobian: ``full`` (n, p, w), or ``scale[:, None, :] * rows`` (rows (p, w)),
+    or shared ``rows`` (p, w) (scale None, full None)."""
+
+    __slots__ = ("full", "rows", "scale")
+
+    def __init__(self, full=None, rows=None, scale=None):
+        self.full, self.rows, self.scale = full, rows, scale
+
+    @property
+    def shared(self) -> bool:
+        return self.full is None and self.scale is None
+
+    def tensor(self) -> torch.Tensor:
+        """(n, p, w) or (p, w) when shared."""
+        if self.full is not None:
+            return self.full
+        return self.rows if self.scale is None else self.scale.unsqueeze(-2) * self.rows
+
+    def times_kt(self, K: torch.Tensor) -> torch.Tensor:
+        """P = J Kᵀ, one GEMM over all rows."""
+        return torch.matmul(self.tensor(), K.transpose(0, 1))
+
+
+def _sqsum(P: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    return (P * P).sum(-2, dtype=acc)
+
+
+def _unit(J: _Jac, K: torch.Tensor, need_P: bool, acc):
+    """Row-norm data of z = (·)Kᵀ: returns (unit, P or None)."""
+    if J.shared or need_P:
+        P = J.times_kt(K)
+        return ("q", _sqsum(P, acc)), P
+    if J.full is not None:
+        return ("fused", J.full, K, None), None
+    return ("fused", J.rows, K, J.scale), None
+
+
+def _unit_lap(unit, coef: torch.Tensor, acc) -> torch.Tensor:
+    """Σ_k coef[n, s, k] ‖row k‖² → (n, s)."""
+    if unit[0] == "q":
+        Q = unit[1]
+        return (coef.to(acc) @ Q.unsqueeze(-1)).squeeze(-1)
+    _, J, K, scale = unit
+    return weighted_row_norms(J, K, coef.to(acc), scale)
+
+
+def _record(net, u, J: _Jac, need: bool, acc):
+    """Forward: (value, output Jacobian or None, tape). ``need``: the output Jacobian is used."""
+    if isinstance(net, Sequential):
+        blocks = list(net.blocks)
+        tapes = []
+        for i, b in enumerate(blocks):
+            nb = need or any(_nonlinear(c) for c in blocks[i + 1 :])
+            u, J, t = _record(b, u, J, nb, acc)
+            tapes.append(t)
+        return u, J, tapes
+    if isinstance(net, Sum):
+        v, parts, tapes = None, [], []
+        for b in net.blocks:
+            vb, Jb, tb = _record(b, u, J, need, acc)
+            v = vb if v is None else v + vb
+            parts.append(Jb)
+            tapes.append(tb)
+        return v, (_sum_jacs(parts) if need else None), tapes
+    if isinstance(net, Linear):
+        return net(u), (_wrap(J.times_kt(net.K)) if need else None), None
+    if isinstance(net, Single):
+        s, d1, d2 = net.act.derivatives(F.linear(u, net.K, net.b))
+        unit, P = _unit(J, net.K, need, acc)
+        Jo = None
+        if need:
+            Jo = _Jac(rows=P, scale=d1) if P.ndim == 2 else _Jac(full=d1.unsqueeze(-2) * P)
+        return s, Jo, (d1, d2, unit)
+    if isinstance(net, ResNet):
+        h, tape = net.h, []
+        for i in range(net.depth):
+            K = net.K[i]
+            s, d1, d2 = net.act.derivatives(F.linear(u, K, net.b[i]))
+            last = i == net.depth - 1 and not need
+            unit, P = _unit(J, K, not last, acc)
+            if not last:  # J ← J + h σ′ ⊙ P (a shared J broadcasts to the batch here)
+                J = _Jac(full=torch.addcmul(J.tensor(), (h * d1).unsqueeze(-2), P))
+            tape.append((d1, d2, unit))
+            u = torch.add(u, s, alpha=h)
+        return u, (J if need else None), tape
+    if isinstance(net, Quadratic):
+        v, gu = net._value_grad(u)
+        unit, _ = _unit(J, net.A, False, acc)
+        Jo = None
+        if need:
+            Jt = J.tensor()  # (p, in) or (n, p, in)
+            Jo = _Jac(full=(gu @ Jt.transpose(0, 1)).unsqueeze(-1) if Jt.ndim == 2
+                      else Jt @ gu.unsqueeze(-1))  # fmt: skip
+        return v, Jo, (gu, unit)
+    raise TypeError(f"Laplacian sweep: unsupported block {type(net).__name__}")  # pragma: no cover
+
+
+def _wrap(t: torch.Tensor) -> _Jac:
+    return _Jac(full=t) if t.ndim == 3 else _Jac(rows=t)
+
+
+def _sum_jacs(parts: list[_Jac]) -> _Jac:
+    out = None
+    for p in parts:
+        t = p.tensor()
+        out = t if out is None else out + t
+    return _wrap(out)
+
+
+def _reverse(net, tape, g: torch.Tensor, acc):
+    """Backward: adjoint g (n, s, out) → (input adjoint (n, s, in), Laplacian (n, s) or None)."""
+    if isinstance(net, Sequential):
+        lap = None
+        for b, t in zip(reversed(net.blocks), reversed(tape)):
+            g, lb = _reverse(b, t, g, acc)
+            lap = _plus(lap, lb)
+        return g, lap
+    if isinstance(net, Sum):
+        gin = lap = None
+        for b, t in zip(net.blocks, tape):
+            gb, lb = _reverse(b, t, g, acc)
+            gin, lap = _plus(gin, gb), _plus(lap, lb)
+        return gin, lap
+    if isinstance(net, Linear):
+        return g @ net.K, None
+    if isinstance(net, Single):
+        d1, d2, unit = tape
+        lap = _unit_lap(unit, g * d2.unsqueeze(-2), acc)
+        return (g * d1.unsqueeze(-2)) @ net.K, lap
+    if isinstance(net, ResNet):
+        lap = None
+        for i in reversed(range(net.depth)):
+            d1, d2, unit = tape[i]
+            lap = _plus(lap, _unit_lap(unit, g * (net.h * d2).unsqueeze(-2), acc))
+            g = g + (g * (net.h * d1).unsqueeze(-2)) @ net.K[i]
+        return g, lap
+    if isinstance(net, Quadratic):
+        gu, unit = tape
+        coef = g.expand(*g.shape[:-1], net.rank)  # σ = ½z² on z = Au: σ″ = 1, λ = g
+        return g * gu.unsqueeze(-2), _unit_lap(unit, coef, acc)
+    raise TypeError(f"Laplacian sweep: unsupported block {type(net).__name__}")  # pragma: no cover
+
+
+def _plus(a, b):
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+def laplacian_sweep(net: nn.Module, x: torch.Tensor, seed: torch.Tensor, acc: torch.dtype):
+    """Value (n, m), input adjoint ∂f/∂x (n, m, d) and Laplacian tr(seedᵀ H seed) (n, m).
+
+    ``seed`` (d, p): the Laplacian coordinates (identity columns) or directions.
+    """
+    n = x.shape[0]
+    m = net.out_features
+    J0 = _Jac(rows=seed.transpose(0, 1).contiguous())
+    value, _, tape = _record(net, x, J0, False, acc)
+    g0 = torch.eye(m, dtype=x.dtype, device=x.device).expand(n, m, m)
+    g, lap = _reverse(net, tape, g0, acc)
+    if lap is None:
+        lap = torch.zeros(n, m, dtype=acc, device=x.device)
+    return value, g, lap

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 
 from . import _tree
 from ._precision import AdjointScaler, PrecisionPolicy, get_precision
@@ -45,7 +46,7 @@ class DiscreteAdjoint:
     ``recompute`` chooses how much of a step is rebuilt with an autograd graph:
 
     * ``"step"`` (default): the whole step ``Φ_n`` is rebuilt under autograd and
-      differentiated at once. Peak memory: ``(steps + 1)`` stored states plus one step's
+      differentiated at once. Peak memory: ``steps`` stored states plus one step's
       graph (``s`` stages × the activations of ``f``). Backward cost: ``s`` evaluations of
       ``f`` and their VJPs per step.
     * ``"stage"``: the stages ``k_1..k_{s-1}`` are first recomputed without a graph (kept in
@@ -298,18 +299,19 @@ def _times(t: Tensor, i: int, j: int, m: int) -> tuple[Tensor, Tensor]:
 
 
 def _integrate(plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None) -> list[Tensor]:
-    """March over the grid; return per-leaf stacked outputs (in H)."""
+    """March over the grid; return per-leaf stacked outputs (in H).
+
+    ``store`` receives the input state of every step (the final state is not needed by the
+    backward pass), in the policy's storage dtype."""
     y = [yl.to(plan.hdt) for yl in y0]
     sdt = plan.pol.storage
     outs = [[yl] for yl in y]
-    if store is not None:
-        store.append([yl if sdt is None else yl.to(sdt) for yl in y])
     for i, m in enumerate(plan.ms):
         for j in range(m):
-            tau, h = _times(t, i, j, m)
-            y = _rk_step(plan.fld, plan.tab, tau, h, y, plan.pol)
             if store is not None:
                 store.append([yl if sdt is None else yl.to(sdt) for yl in y])
+            tau, h = _times(t, i, j, m)
+            y = _rk_step(plan.fld, plan.tab, tau, h, y, plan.pol)
         for o, yl in zip(outs, y):
             o.append(yl)
     return [torch.stack(o) for o in outs]
@@ -455,14 +457,40 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                     ks[r] = None  # no later-processed stage reads k_r
             tq = _stage_time(tab, q, tau, h)
             with torch.enable_grad():
-                yq = [x.detach().requires_grad_() for x in yq]
                 if need_t:
                     tq = tq.detach().requires_grad_()
+                # f's input X = Y_q + z (z a 0-d zero leaf): the VJP takes the gradient at X's
+                # graph edge, so X itself can be freed once f's graph holds what it needs (a
+                # 16-bit copy under autocast). A state that is the stored tensor itself (first
+                # stage, fp32 storage) stays a leaf: it costs no memory.
+                z = torch.zeros((), dtype=hdt, device=dev, requires_grad=True)
+                xs = [
+                    x.detach().requires_grad_()
+                    if q == 0 and x.data_ptr() == st.data_ptr()
+                    else x.detach() + z
+                    for x, st in zip(yq, store[s])
+                ]
+                del yq
+                x_in = [x if x.is_leaf else get_gradient_edge(x) for x in xs]
                 with plan.pol.context(dev):
-                    k = plan.fld.raw(tq, yq)
+                    k = plan.fld.raw(tq, xs)
+                del xs
+            kdt = [kl.dtype for kl in k]
+            # leaves of f's output that depend on no input (e.g. constants) carry no graph
+            kg = [leaf for leaf, kl in enumerate(k) if kl.requires_grad]
+            k_out = [get_gradient_edge(k[leaf]) for leaf in kg]
+            lam_k = None
+            if need_t and tab.b[q] != 0.0:  # b_q lam . k_q, reduced in H
+                for lam, kl in zip(seed, k):
+                    dd = (lam * kl.detach().to(hdt)).sum() * tab.b[q]
+                    lam_k = dd if lam_k is None else lam_k + dd
+            del k
             # mu_q = h (b_q lam + sum_{r>q} a_rq nu_r), in H, then cast to k's dtype
             mu = []
             for leaf, lam in enumerate(seed):
+                if leaf not in kg:
+                    mu.append(None)
+                    continue
                 acc = lam * tab.b[q] if tab.b[q] != 0.0 else None
                 for r in range(q + 1, n_st):
                     if tab.a[r][q] != 0.0 and r in nus:
@@ -471,22 +499,23 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                         else:
                             acc.add_(nus[r][leaf], alpha=tab.a[r][q])
                 acc.mul_(h)
-                mu.append(acc if acc.dtype == k[leaf].dtype else acc.to(k[leaf].dtype))
+                mu.append(acc if acc.dtype == kdt[leaf] else acc.to(kdt[leaf]))
                 del acc
             for r in [r for r in nus if last_use[r] >= q]:
                 del nus[r]
-            inputs = yq + live + ([tq] if need_t else [])
-            # leaves of f's output that depend on no input (e.g. constants) carry no graph
-            kg = [(kl, ml) for kl, ml in zip(k, mu) if kl.requires_grad]
+            inputs = x_in + live + ([tq] if need_t else [])
             if kg:
-                kk, mm = [x for x, _ in kg], [x for _, x in kg]
-                g = torch.autograd.grad(kk, inputs, grad_outputs=mm, allow_unused=True)
-                del kk, mm
+                mm = [mu[leaf] for leaf in kg]
+                del mu
+                g = torch.autograd.grad(k_out, inputs, grad_outputs=mm, allow_unused=True)
+                del mm
             else:
                 g = (None,) * len(inputs)
-            del kg, mu
-            nu = [torch.zeros_like(x) if gx is None else gx for gx, x in zip(g[:nl], yq)]
-            del yq
+            del k_out, x_in
+            nu = [
+                torch.zeros(x.shape, dtype=hdt, device=dev) if gx is None else gx
+                for gx, x in zip(g[:nl], store[s])
+            ]
             if own_gy:
                 for a_, n_ in zip(gy, nu):
                     a_.add_(n_)
@@ -505,17 +534,15 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                     dh = gq * tab.c[q]
                 # nu_q . (sum_j a_qj k_j) and b_q lam . k_q, reduced in H
                 dots = [(n_ * inc).sum() for n_, inc in zip(nu, incs) if inc is not None]
-                if tab.b[q] != 0.0:
-                    dots += [
-                        (lam * kq.detach().to(hdt)).sum() * tab.b[q] for lam, kq in zip(seed, k)
-                    ]
+                if lam_k is not None:
+                    dots.append(lam_k)
                 for dd in dots:
                     dd = dd.to(td.dtype)
                     dh = dd if dh is None else dh + dd
                 d_tau = gq if d_tau is None else d_tau + gq
                 if dh is not None:
                     d_h = dh if d_h is None else d_h + dh
-            del g, k, nu, incs
+            del g, nu, incs
             ks[q] = None
         gt: list[Tensor] = []
         if need_t:

@@ -65,11 +65,21 @@ def _select(net: Block, want: str, n: int, m: int, d: int, c: int) -> str:
     # backward contracts the input seed only at the first affine map of every path; it wins when
     # that map narrows the input (d ≫ width), e.g. hessQuik's d → 16 network.
     w = _entry_width(net)
-    if want == "laplacian":  # backward carries m seeds; the forward jet needs no reverse sweep
-        # backward's width×width sweeps have a fixed cost that small batches do not amortise
-        narrow = w * m * (1 if n >= 100 else 2) < c
-        return "backward" if narrow else "forward"
+    if want == "laplacian":
+        if not supports(net):  # ICNN & co.: the forward jet needs no reverse sweep
+            narrow = w * m * (1 if n >= 100 else 2) < c
+            return "backward" if narrow else "forward"
+        # backward: ~2·width³ per layer and seed; the Laplacian sweep: ~c·width² per layer
+        if 2 * w * m < c:
+            return "backward"
+        # the sweep carries c Jacobian columns plus m adjoints, the forward jet d columns plus
+        # the Laplacian; tiny problems are dominated by the sweep's fixed per-call overhead
+        work = n * c * sum(p.numel() for p in net.parameters())
+        return "mixed" if c + m <= d + 1 and work >= _SWEEP_MIN_WORK else "forward"
     return "backward" if w < c else "mixed"
+
+
+_SWEEP_MIN_WORK = 3e6  # multiply-adds below which the forward jet's lower overhead wins (CPU)
 
 
 def _backward(net: Block, x, seed, G, H, ctx: _Ctx):
@@ -206,12 +216,20 @@ def compute(
     * ``"func"``: vmapped torch.func (jacfwd∘jacrev, forward-over-reverse HVPs); the only mode
       for arbitrary ``nn.Module`` networks and the oracle in the tests.
 
-    ``"auto"`` picks: gradient → forward if d < m else mixed; otherwise backward when the first
-    affine map of every path narrows the input to w < c outputs (c = d', or k with directions;
-    w·m < c for the Laplacian of m outputs, 2·w·m < c when n < 100), else forward for the
-    Laplacian (no reverse sweep) and mixed for Hessians and HVPs. Under bf16/fp16 autocast the
-    network runs in low precision and every derivative accumulator (J-row norms, Hessian and
-    Laplacian sums) is float32.
+    For the Laplacian of networks made of :class:`Single`, :class:`ResNet`, :class:`Linear` and
+    :class:`Quadratic` blocks (in :class:`Sequential`/:class:`Sum`), ``"mixed"`` is the Laplacian
+    sweep of ``_laplacian.py``: Jacobians over the c Laplacian columns only (excluded inputs
+    such as OT-Flow's time are never carried), laid out (n, c, width) so a layer is one GEMM,
+    and a fused last-layer term whose backward costs two GEMMs.
+
+    ``"auto"`` picks: gradient → forward if d < m else mixed; Hessian and HVP → backward when
+    the first affine map of every path narrows the input to w < c outputs (c = d', or k with
+    directions), else mixed; Laplacian → backward when 2·w·m < c, else the Laplacian sweep
+    (mixed) when c + m ≤ d + 1 and n·c·(number of weights) ≥ 3·10⁶, else forward (the forward
+    jet has less per-call overhead for tiny problems and carries no m adjoints); networks the
+    sweep does not cover (ICNN) keep backward when w·m < c (2·w·m < c when n < 100), else
+    forward. Under bf16/fp16 autocast the network runs in low precision (GEMMs in bf16/fp16)
+    and every derivative accumulator (J-row norms, Hessian and Laplacian sums) is float32.
 
     Args:
         net: a block (:class:`Single`, :class:`ResNet`, :class:`Sequential`, :class:`Sum`, ...)

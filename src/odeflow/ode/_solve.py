@@ -260,6 +260,58 @@ def _stage_state(
     return [yl if inc is None else yl + h * inc for yl, inc in zip(y, incs)], incs
 
 
+def _stage_state_lean(
+    tab: ButcherTableau,
+    i: int,
+    h: Tensor,
+    ybase: list[Tensor],
+    ks: Sequence[list[Tensor] | None],
+    hdt: torch.dtype,
+) -> list[Tensor]:
+    """``Y_i = y + h Σ_j a_ij k_j`` (``i >= 1``) with one fresh buffer per leaf.
+
+    Bitwise equal to :func:`_stage_state` on ``[y.to(hdt) for y in ybase]``: the same
+    products and sums in the same order, done in place (``y`` is added last, which is the
+    same IEEE sum; a 16-bit ``y`` is widened exactly by the in-place type promotion)."""
+    out = []
+    for leaf, yb in enumerate(ybase):
+        acc = None
+        for j in range(i):
+            cj = tab.a[i][j]
+            if cj != 0.0:
+                k = ks[j][leaf]
+                if acc is None:
+                    acc = k.to(hdt, copy=True).mul_(cj)
+                else:
+                    acc.add_(k.to(hdt) * cj)
+        out.append(yb.to(hdt, copy=True) if acc is None else acc.mul_(h).add_(yb))
+    return out
+
+
+def _stage_seed(
+    tab: ButcherTableau,
+    q: int,
+    h: Tensor,
+    lam: Tensor,
+    nus: dict[int, list[Tensor]],
+    leaf: int,
+    dtype: torch.dtype | None,
+) -> Tensor:
+    """Stage adjoint ``mu_q = h (b_q lam + Σ_{r>q} a_rq nu_r)`` of one leaf, summed in ``lam``'s
+    dtype in one fresh buffer, then cast to ``dtype`` (if given)."""
+    acc = lam * tab.b[q] if tab.b[q] != 0.0 else None
+    for r in range(q + 1, tab.stages):
+        if tab.a[r][q] != 0.0 and r in nus:
+            if acc is None:
+                acc = nus[r][leaf] * tab.a[r][q]
+            else:
+                acc.add_(nus[r][leaf], alpha=tab.a[r][q])
+    if acc is None:  # no path from this stage to the step's output (f ignores its input)
+        acc = torch.zeros_like(lam)
+    acc.mul_(h)
+    return acc if dtype is None or acc.dtype == dtype else acc.to(dtype)
+
+
 def _rk_step(
     fld: _Field, tab: ButcherTableau, t: Tensor, h: Tensor, y: list[Tensor], pol: PrecisionPolicy
 ) -> list[Tensor]:
@@ -435,23 +487,32 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
 
         ks: list[list[Tensor] | None] = [None] * n_st
         with torch.no_grad(), plan.pol.context(dev):
-            y = state()
             for q in range(n_st):
                 if feeds[q]:
                     tq = _stage_time(tab, q, tau, h)
-                    ks[q] = plan.fld.raw(tq, _stage_state(tab, q, h, y, ks)[0])
-            del y
+                    yq = state() if q == 0 else _stage_state_lean(tab, q, h, store[s], ks, hdt)
+                    ks[q] = plan.fld.raw(tq, yq)
+                    del yq
         gy = list(seed)
         own_gy = False
         gp: list[Tensor | None] = [None] * len(live)
         nus: dict[int, list[Tensor]] = {}
         d_tau = d_h = None
+        kdt_seen: torch.dtype | None = None  # dtype f returned for the last rebuilt stage
         for q in range(n_st - 1, -1, -1):
             if dead[q]:
                 continue
-            yq, incs = _stage_state(tab, q, h, state(), ks)
-            if not need_t:
+            # mu_q = h (b_q lam + sum_{r>q} a_rq nu_r), in H, cast to the dtype f returns
+            # (what autograd's cast backward would do) before the graph is built, so that the
+            # nu_r are released first
+            mu = [_stage_seed(tab, q, h, lam, nus, leaf, kdt_seen) for leaf, lam in enumerate(seed)]
+            for r in [r for r in nus if last_use[r] >= q]:
+                del nus[r]
+            if need_t:  # the increments sum_j a_qj k_j enter the time gradient
+                yq, incs = _stage_state(tab, q, h, state(), ks)
+            else:
                 incs = []
+                yq = state() if q == 0 else _stage_state_lean(tab, q, h, store[s], ks, hdt)
             for r in range(q):
                 if first_reader[r] == q:
                     ks[r] = None  # no later-processed stage reads k_r
@@ -459,15 +520,16 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             with torch.enable_grad():
                 if need_t:
                     tq = tq.detach().requires_grad_()
-                # f's input X = Y_q + z (z a 0-d zero leaf): the VJP takes the gradient at X's
-                # graph edge, so X itself can be freed once f's graph holds what it needs (a
-                # 16-bit copy under autocast). A state that is the stored tensor itself (first
-                # stage, fp32 storage) stays a leaf: it costs no memory.
-                z = torch.zeros((), dtype=hdt, device=dev, requires_grad=True)
+                # f's input X = Y_q + z with z = -0.0 (an exact identity, also for signed
+                # zeros) a 0-d leaf, added in place: the VJP takes the gradient at X's graph
+                # edge, so X can be freed once f's graph holds what it needs (a 16-bit copy
+                # under autocast). A state that is the stored tensor itself (first stage, fp32
+                # storage) stays a leaf: it costs no memory.
+                z = torch.full((), -0.0, dtype=hdt, device=dev, requires_grad=True)
                 xs = [
                     x.detach().requires_grad_()
                     if q == 0 and x.data_ptr() == st.data_ptr()
-                    else x.detach() + z
+                    else x.detach().add_(z)
                     for x, st in zip(yq, store[s])
                 ]
                 del yq
@@ -475,56 +537,40 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 with plan.pol.context(dev):
                     k = plan.fld.raw(tq, xs)
                 del xs
-            kdt = [kl.dtype for kl in k]
             # leaves of f's output that depend on no input (e.g. constants) carry no graph
             kg = [leaf for leaf, kl in enumerate(k) if kl.requires_grad]
             k_out = [get_gradient_edge(k[leaf]) for leaf in kg]
+            mm = [mu[leaf] if mu[leaf].dtype == k[leaf].dtype else mu[leaf].to(k[leaf].dtype)
+                  for leaf in kg]  # fmt: skip
+            del mu
+            kdt_seen = k[0].dtype
             lam_k = None
             if need_t and tab.b[q] != 0.0:  # b_q lam . k_q, reduced in H
                 for lam, kl in zip(seed, k):
                     dd = (lam * kl.detach().to(hdt)).sum() * tab.b[q]
                     lam_k = dd if lam_k is None else lam_k + dd
+                del lam, kl
             del k
-            # mu_q = h (b_q lam + sum_{r>q} a_rq nu_r), in H, then cast to k's dtype
-            mu = []
-            for leaf, lam in enumerate(seed):
-                if leaf not in kg:
-                    mu.append(None)
-                    continue
-                acc = lam * tab.b[q] if tab.b[q] != 0.0 else None
-                for r in range(q + 1, n_st):
-                    if tab.a[r][q] != 0.0 and r in nus:
-                        if acc is None:
-                            acc = nus[r][leaf] * tab.a[r][q]
-                        else:
-                            acc.add_(nus[r][leaf], alpha=tab.a[r][q])
-                acc.mul_(h)
-                mu.append(acc if acc.dtype == kdt[leaf] else acc.to(kdt[leaf]))
-                del acc
-            for r in [r for r in nus if last_use[r] >= q]:
-                del nus[r]
             inputs = x_in + live + ([tq] if need_t else [])
             if kg:
-                mm = [mu[leaf] for leaf in kg]
-                del mu
                 g = torch.autograd.grad(k_out, inputs, grad_outputs=mm, allow_unused=True)
-                del mm
             else:
                 g = (None,) * len(inputs)
-            del k_out, x_in
+            del k_out, x_in, mm
             nu = [
                 torch.zeros(x.shape, dtype=hdt, device=dev) if gx is None else gx
                 for gx, x in zip(g[:nl], store[s])
             ]
             if own_gy:
-                for a_, n_ in zip(gy, nu):
-                    a_.add_(n_)
+                for leaf in range(nl):
+                    gy[leaf].add_(nu[leaf])
             else:  # the first sum allocates gy; the seed itself is never modified
                 gy = [a_ + n_ for a_, n_ in zip(gy, nu)]
                 own_gy = True
-            for w, x in enumerate(g[nl : nl + len(live)]):
-                if x is not None:
-                    gp[w] = x if gp[w] is None else gp[w] + x
+            for w in range(len(live)):
+                gw = g[nl + w]
+                if gw is not None:
+                    gp[w] = gw if gp[w] is None else gp[w] + gw
             if reads[q]:
                 nus[q] = nu
             if need_t:

@@ -287,7 +287,8 @@ def test_stage_recompute_holds_one_stage_graph():
 
 
 @pytest.mark.gpu
-def test_cpu_gpu_agreement(cuda):
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+def test_cpu_gpu_agreement(cuda, recompute):
     torch.manual_seed(6)
     f = MLPField().to(D64)
     y0 = torch.randn(5, 3, dtype=D64)
@@ -297,7 +298,8 @@ def test_cpu_gpu_agreement(cuda):
         ff = MLPField().to(D64).to(dev)
         ff.load_state_dict(f.state_dict())
         y = y0.to(dev).requires_grad_()
-        ys = odeflow.odeint(ff, y, t.to(dev), steps_per_interval=3)
+        ys = odeflow.odeint(ff, y, t.to(dev), steps_per_interval=3,
+                            gradient=DiscreteAdjoint(recompute=recompute))  # fmt: skip
         (ys**2).sum().backward()
         out.append((ys.detach().cpu(), y.grad.cpu(), [p.grad.cpu() for p in ff.parameters()]))
     assert torch.allclose(out[0][0], out[1][0], rtol=1e-10, atol=1e-12)

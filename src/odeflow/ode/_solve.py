@@ -871,7 +871,10 @@ def odeint(
 
     Args:
         func: the vector field ``func(t, y) -> dy/dt``, a callable or ``nn.Module``; ``t`` is a
-            0-d tensor, ``y`` has the structure of ``y0``.
+            0-d tensor, ``y`` has the structure of ``y0``. ``torch.compile(module)`` works
+            with every gradient mode: the discrete adjoint calls it with grad mode off
+            (forward) and on (rebuild), i.e. two compiled graphs, and no recompilation per
+            step or call.
         y0: initial state: a tensor ``(*shape)``, a tuple/list or a dict of tensors (any
             shapes, one floating dtype).
         t: ``(n,)`` output times, ``n >= 2``, strictly increasing or decreasing, finite.

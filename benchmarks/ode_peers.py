@@ -29,6 +29,7 @@ What is measured, per (workload, solver, precision), each in a fresh subprocess:
 Usage:
   python benchmarks/ode_peers.py --quick --json ode.json        # CPU-sized, a few minutes
   python benchmarks/ode_peers.py --device cuda --json ode.json  # full sizes
+  python benchmarks/ode_peers.py --compile ...                  # + torch.compile rows
 """
 
 from __future__ import annotations
@@ -274,7 +275,9 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="write results to this JSON file")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--workloads", nargs="+", default=["conv", "mlp"])
-    ap.add_argument("--solvers", nargs="+", default=list(SOLVERS))
+    ap.add_argument("--solvers", nargs="+", default=None, choices=SOLVERS,
+                    help="default: all but the +compile rows")  # fmt: skip
+    ap.add_argument("--compile", action="store_true", help="add the +compile rows")
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS))
     ap.add_argument("--fp64-ref", action="store_true", help="fp64 reference also at full size")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -304,7 +307,9 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="odeflow-bench-")
     for wl in args.workloads:
         sz = sizes(wl, args.quick)
-        for solver in args.solvers:
+        plain = [s for s in SOLVERS if args.compile or not s.endswith("+compile")]
+        solvers = args.solvers or plain
+        for solver in solvers:
             lib = solver.split("-")[0]
             if meta.get(lib) is None:
                 print(f"skip {solver}: not installed")

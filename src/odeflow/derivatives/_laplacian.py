@@ -135,10 +135,10 @@ def weighted_row_norms(
 
     The forward is one GEMM ``(n·p, w_in) × (w_in, w)``; the backward is two (dJ = dP·K and
     dK = dPᵀJ with dP = 2 (Σ_s g_s c_s) ⊙ P), reusing the saved P (the only saved
-    intermediate; scaled rows are recomputed). GEMMs run in the autocast
-    dtype inside an autocast region (bf16/fp16); the sums Q = Σ_a P² accumulate in float32
-    and the contraction with c runs in float32 (float64 for float64 inputs). Double backward is supported (the intermediates
-    are recomputed from the inputs when the backward itself is differentiated).
+    intermediate; scaled rows are recomputed). GEMMs run in the autocast dtype inside an
+    autocast region (bf16/fp16); the sums Q = Σ_a P² accumulate in float32 and the contraction
+    with c runs in float32 (float64 for float64 inputs). Double backward is supported (the
+    intermediates are recomputed from the inputs when the backward itself is differentiated).
 
     Args:
         J: (n, p, w_in) transposed Jacobians, or (p, w_in) shared rows when ``scale`` is given.

@@ -73,6 +73,7 @@ from odeflow.flows import (
 OT_WIDTH = {2: 32, 43: 256, 63: 512}
 OT_STEPS = {2: 8, 43: 6, 63: 14}
 PEER_WIDTH = {2: 64, 43: 860, 63: 1260}  # 20·d at d = 43, 63 (FFJORD's hdim_factor 20)
+FULL_BATCH = {2: 2000, 43: 2000, 63: 300}  # the paper's batch at d = 43 (MINIBOONE), 63 (BSDS300)
 PUBLISHED = {"miniboone": 10.55, "power": -0.30}  # OT-Flow Table 2 (recalled, see flows.md)
 FFJORD_TOL = {"atol": 1e-8, "rtol": 1e-6}  # FFJORD train_tabular defaults
 ZUKO_FREQS = 3  # zuko's default time embedding: 2·3 extra inputs
@@ -275,7 +276,7 @@ class _FFJORDCNF(nn.Module):
     def forward(self, t, state):
         self.counter.n += 1
         x = state[0]
-        if not torch.is_grad_enabled():  # forward solve: a fresh leaf for the VJP
+        if not (torch.is_grad_enabled() and x.requires_grad):  # a fresh leaf for the VJP
             x = x.detach().requires_grad_(True)
         with torch.enable_grad():  # adjoint solve: x is already part of torchdiffeq's graph
             v = self.field(t, x)
@@ -674,17 +675,19 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset-iters", type=int, default=None)
     ap.add_argument("--dims", type=int, nargs="+", default=None,
                     help="dimensions (default 2 43 63; --quick: 2 43)")
-    ap.add_argument("--batch", type=int, default=None, help="default 2000 (--quick: 256)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="batch of the speed rows (default: the paper's, 2000 at d = 2 and 43, "
+                    "300 at d = 63; --quick: 256)")
     ap.add_argument("--zuko-dims", type=int, nargs="*", default=None,
                     help="dims at which to run zuko (default: all)")
     ap.add_argument("--budget", type=float, default=None,
-                    help="per-row time budget in s (default 300; --quick: 20): a call longer "
+                    help="per-row time budget in s (default 120; --quick: 20): a call longer "
                     "than this is stopped and the row is skipped with the reason")
     ap.add_argument("--warm-iters", type=int, default=None,
-                    help="Adam iterations of FFJORD warm training (default 100; --quick: 25)")
+                    help="Adam iterations of FFJORD warm training (default 200; --quick: 25)")
     ap.add_argument("--ttt-cap", type=float, default=None,
-                    help="cap of training seconds per model for time to target (default 300; "
-                    "--quick: 40)")
+                    help="cap of training seconds per model for time to target (default 120; "
+                    "--quick: 30)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per row (min reported)")
     ap.add_argument("--parts", nargs="+", default=["speed", "ttt", "budget"],
@@ -712,16 +715,16 @@ def main(argv=None) -> int:
         have_zuko = False
     q = args.quick
     dims = args.dims or ([2, 43] if q else [2, 43, 63])
-    batch = args.batch or (256 if q else 2000)
+    batches = {d: args.batch or (256 if q else FULL_BATCH.get(d, 2000)) for d in dims}
     repeats = args.repeats
     models = args.models.split(",") if args.models else None
-    budget = args.budget or (20.0 if q else 300.0)
-    warm_iters = args.warm_iters if args.warm_iters is not None else (25 if q else 100)
-    ttt_cap = args.ttt_cap or (40.0 if q else 300.0)
+    budget = args.budget or (20.0 if q else 120.0)
+    warm_iters = args.warm_iters if args.warm_iters is not None else (25 if q else 200)
+    ttt_cap = args.ttt_cap or (30.0 if q else 120.0)
     zuko_dims = args.zuko_dims if args.zuko_dims is not None else dims
     info = {"device": "cpu", "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "odeflow": odeflow.__version__, "quick": q, "batch": batch, "dims": dims,
+            "odeflow": odeflow.__version__, "quick": q, "batch": batches, "dims": dims,
             "repeats": repeats, "row_budget_s": budget, "ffjord_warm_iters": warm_iters,
             "ttt_cap_s": ttt_cap, "ot_width": OT_WIDTH, "peer_width": PEER_WIDTH,
             "rk4_steps": OT_STEPS, "ffjord_tol": FFJORD_TOL,
@@ -732,7 +735,7 @@ def main(argv=None) -> int:
     speed, ttt, nll = [], [], []
     if "speed" in args.parts:
         for d in dims:
-            speed += bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims,
+            speed += bench_speed(d, batches[d], repeats, budget, have_tdq, have_zuko, zuko_dims,
                                  warm_iters if d != 2 else 0, models)  # fmt: skip
     if "ttt" in args.parts:
         print("== 8gaussians: time to target (validation NLL within 0.1 nats of the entropy)")

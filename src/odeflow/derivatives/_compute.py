@@ -66,12 +66,12 @@ def _select(net: Block, want: str, n: int, m: int, d: int, c: int) -> str:
     # that map narrows the input (d ≫ width), e.g. hessQuik's d → 16 network.
     w = _entry_width(net)
     if want == "laplacian":
-        if not supports(net):  # ICNN & co.: the forward jet needs no reverse sweep
-            narrow = w * m * (1 if n >= 100 else 2) < c
-            return "backward" if narrow else "forward"
-        # backward: ~2·width³ per layer and seed; the Laplacian sweep: ~c·width² per layer
-        if 2 * w * m < c:
+        # backward contracts the input seed only at the entry layer (width w, m seeds); its
+        # width×width sweeps have a fixed cost that small batches do not amortise
+        if w * m * (1 if n >= 100 else 2) < c:
             return "backward"
+        if not supports(net):  # ICNN & co.: the forward jet needs no reverse sweep
+            return "forward"
         # the sweep carries c Jacobian columns plus m adjoints, the forward jet d columns plus
         # the Laplacian; tiny problems are dominated by the sweep's fixed per-call overhead
         work = n * c * sum(p.numel() for p in net.parameters())
@@ -224,12 +224,12 @@ def compute(
 
     ``"auto"`` picks: gradient → forward if d < m else mixed; Hessian and HVP → backward when
     the first affine map of every path narrows the input to w < c outputs (c = d', or k with
-    directions), else mixed; Laplacian → backward when 2·w·m < c, else the Laplacian sweep
-    (mixed) when c + m ≤ d + 1 and n·c·(number of weights) ≥ 3·10⁶, else forward (the forward
-    jet has less per-call overhead for tiny problems and carries no m adjoints); networks the
-    sweep does not cover (ICNN) keep backward when w·m < c (2·w·m < c when n < 100), else
-    forward. Under bf16/fp16 autocast the network runs in low precision (GEMMs in bf16/fp16)
-    and every derivative accumulator (J-row norms, Hessian and Laplacian sums) is float32.
+    directions), else mixed; Laplacian → backward when w·m < c (2·w·m < c when n < 100),
+    else the Laplacian sweep (mixed) when the network is made of the blocks above,
+    c + m ≤ d + 1 and n·c·(number of weights) ≥ 3·10⁶, else forward (the forward jet has less
+    per-call overhead for tiny problems and carries no m adjoints). Under bf16/fp16 autocast
+    the network runs in low precision (GEMMs in bf16/fp16) and every derivative accumulator
+    (J-row norms, Hessian and Laplacian sums) is float32.
 
     Args:
         net: a block (:class:`Single`, :class:`ResNet`, :class:`Sequential`, :class:`Sum`, ...)

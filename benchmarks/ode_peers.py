@@ -149,10 +149,13 @@ def child(spec: dict) -> dict:
         # torch.compile(f) is an nn.Module sharing f's parameters; dynamo guards on grad mode,
         # so the adjoint needs two graphs (no-grad forward, rebuild under enable_grad)
         func = torch.compile(f) if solver.endswith("+compile") else f
+        # one AdjointScaler across the calls, as in a training loop: the fp16 scale learnt in
+        # the warm-up call persists (a fresh scaler per call may pay overflow retries each time)
+        scaler = odeflow.AdjointScaler() if p == "fp16" else None
 
         def run():
             ys = odeflow.odeint(func, y0, t, method="rk4", gradient=grad, precision=p,
-                                steps_per_interval=steps)  # fmt: skip
+                                steps_per_interval=steps, scaler=scaler)  # fmt: skip
             return ys[-1]
     elif solver.startswith("torchdiffeq"):
         import torchdiffeq
@@ -259,6 +262,8 @@ def child(spec: dict) -> dict:
     out = {"ms": statistics.median(times), "ms_min": min(times), "first_ms": first_ms,
            "peak_mb": peak / 2**20, "loss": float(loss),
            "finite": bool(torch.isfinite(g).all())}  # fmt: skip
+    if solver.startswith("odeflow") and scaler is not None:
+        out["fp16_overflows"] = scaler.total_overflows  # retries, all calls (warm-up included)
     if solver.endswith("+compile"):
         from torch._dynamo.utils import counters
 

@@ -71,15 +71,16 @@ def test_eight_gaussians_entropy_and_mode_coverage():
     assert float(close.float().mean()) > 0.8
 
 
-def test_bf16_training_matches_fp32():
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_bf16_training_matches_fp32(dev):
     train, val, test, _ = _gaussian(2, seed=3)
     nlls = {}
     for prec in ("fp32", "bf16"):
         torch.manual_seed(0)
         flow = OTFlow(2, width=16, alpha=(1.0, 20.0, 2.0), nt=4, nt_eval=8)
         fit(flow, train, val_data=val, iters=200, batch=512, lr=0.02, val_every=25,
-            precision=prec, seed=0, verbose=False)
+            precision=prec, seed=0, device=dev, verbose=False)
         flow.precision = "fp32"  # evaluate both the same way
-        nlls[prec] = evaluate_nll(flow, test, nt=16)
-    print("test NLL fp32 / bf16:", nlls)
+        nlls[prec] = evaluate_nll(flow, test.to(dev), nt=16)
+    print(f"{dev} test NLL fp32 / bf16:", nlls)
     assert abs(nlls["bf16"] - nlls["fp32"]) < 0.05

@@ -612,7 +612,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             a = inject(gy, s)
             for q, x in enumerate(gp):
                 if x is not None:
-                    p_acc[q] = p_acc[q] + x.to(p_acc[q].dtype)
+                    p_acc[q].add_(x.to(p_acc[q].dtype))  # in place: no second accumulator
             if need_t:
                 g_t[i] = g_t[i] + gt[0].to(t.dtype)
                 g_t[i + 1] = g_t[i + 1] + gt[1].to(t.dtype)
@@ -640,8 +640,8 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             a = [torch.where(ok, c, al) for c, al in zip(cand, a)]
             for q, x in enumerate(gp):
                 if x is not None:
-                    c = p_acc[q] + x.to(p_acc[q].dtype) * inv.to(p_acc[q].dtype)
-                    p_acc[q] = torch.where(ok, c, p_acc[q])
+                    dq = p_acc[q].dtype
+                    p_acc[q].add_(torch.where(ok, x.to(dq) * inv.to(dq), 0.0))
             if need_t:
                 for k, x in ((i, gt[0]), (i + 1, gt[1])):
                     g_t[k] = torch.where(ok, g_t[k] + x.to(t.dtype) * inv.to(t.dtype), g_t[k])

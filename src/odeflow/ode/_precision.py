@@ -52,8 +52,12 @@ class PrecisionPolicy:
             raise ValueError(f"compute dtype must be float16, bfloat16 or None, got {self.compute}")
 
     @contextlib.contextmanager
-    def context(self, device: torch.device) -> Iterator[None]:
-        """Autocast (and TF32 flags) for the stage evaluations on ``device``."""
+    def context(self, device: torch.device, cache: bool = False) -> Iterator[None]:
+        """Autocast (and TF32 flags) for the stage evaluations on ``device``.
+
+        ``cache=True`` keeps autocast's weight-cast cache for the life of the context: for
+        graph-free evaluations only (the adjoint's forward pass), where each weight is then
+        cast to 16 bit once per solve instead of once per stage."""
         tf32_saved = None
         if self.tf32 and device.type == "cuda":
             tf32_saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -68,7 +72,7 @@ class PrecisionPolicy:
                 device_type=device.type,
                 dtype=self.compute or torch.bfloat16,
                 enabled=self.compute is not None,
-                cache_enabled=False,
+                cache_enabled=cache,
             ):
                 yield
         finally:

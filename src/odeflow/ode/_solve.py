@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import math
@@ -317,11 +318,13 @@ def _stage_seed(
 
 
 def _rk_step(
-    fld: _Field, tab: ButcherTableau, t: Tensor, h: Tensor, y: list[Tensor], pol: PrecisionPolicy
+    fld: _Field, tab: ButcherTableau, t: Tensor, h: Tensor, y: list[Tensor], pol: PrecisionPolicy,
+    enter: bool = True,
 ) -> list[Tensor]:
-    """One explicit RK step; stages under the policy's autocast, the update in ``H``."""
+    """One explicit RK step; stages under the policy's autocast (entered here unless the caller
+    holds it: ``enter=False``), the update in ``H``."""
     ks: list[list[Tensor]] = []
-    with pol.context(fld.device):
+    with pol.context(fld.device) if enter else contextlib.nullcontext():
         for i in range(tab.stages):
             yi = _stage_state(tab, i, h, y, ks)[0]
             ks.append(fld(_stage_time(tab, i, t, h), yi))
@@ -362,14 +365,19 @@ def _integrate(plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None) -> 
     y = [yl.to(plan.hdt) for yl in y0]
     sdt = plan.pol.storage
     outs = [[yl] for yl in y]
-    for i, m in enumerate(plan.ms):
-        for j in range(m):
-            if store is not None:
-                store.append([yl if sdt is None else yl.to(sdt) for yl in y])
-            tau, h = _times(t, i, j, m)
-            y = _rk_step(plan.fld, plan.tab, tau, h, y, plan.pol)
-        for o, yl in zip(outs, y):
-            o.append(yl)
+    # Without a graph, one autocast context with the weight-cast cache spans the whole solve:
+    # each weight is cast to 16 bit once, not once per stage (with a graph the cache stays off
+    # so that per-stage weight gradients meet in fp32; see PrecisionPolicy.context).
+    free = not torch.is_grad_enabled()
+    with plan.pol.context(plan.fld.device, cache=True) if free else contextlib.nullcontext():
+        for i, m in enumerate(plan.ms):
+            for j in range(m):
+                if store is not None:
+                    store.append([yl if sdt is None else yl.to(sdt) for yl in y])
+                tau, h = _times(t, i, j, m)
+                y = _rk_step(plan.fld, plan.tab, tau, h, y, plan.pol, enter=not free)
+            for o, yl in zip(outs, y):
+                o.append(yl)
     return [torch.stack(o) for o in outs]
 
 
@@ -490,7 +498,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             return [x.detach().to(hdt) for x in store[s]]
 
         ks: list[list[Tensor] | None] = [None] * n_st
-        with torch.no_grad(), plan.pol.context(dev):
+        with torch.no_grad(), plan.pol.context(dev, cache=True):
             for q in range(n_st):
                 if feeds[q]:
                     tq = _stage_time(tab, q, tau, h)

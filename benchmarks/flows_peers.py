@@ -106,6 +106,12 @@ def _alarm(seconds: float | None, state: dict):
         signal.signal(signal.SIGALRM, old)
 
 
+def _sync() -> None:
+    """Wait for queued CUDA work (timings of GPU rows); a no-op on CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timeit(fn, repeats: int, budget_s: float) -> dict:
     """One warm-up call, then up to ``repeats`` timed calls while the budget lasts.
 
@@ -117,11 +123,13 @@ def _timeit(fn, repeats: int, budget_s: float) -> dict:
     try:
         with _alarm(budget_s, state):
             fn()  # warm-up
+            _sync()
         times, out, spent = [], None, 0.0
         for _ in range(repeats):
             with _alarm(budget_s, state):
                 t0 = time.perf_counter()
                 out = fn()
+                _sync()
                 times.append(time.perf_counter() - t0)
             spent += times[-1]
             if spent > budget_s:
@@ -362,13 +370,13 @@ def _measure(row, train_fn, eval_fn, repeats, budget, analytic_nfe=None):
 
 
 def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_iters,
-                models=None):
+                models=None, device="cpu"):
     rows = []
 
     def want(name):
         return models is None or any(m.lower() in name.lower() for m in models)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, d, generator=g)
+    x = torch.randn(batch, d, generator=g).to(device)
     nt, h = OT_STEPS[d], PEER_WIDTH[d]
 
     def row(model, kind, params, macs, **extra):
@@ -379,7 +387,7 @@ def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_
         if not want(f"odeflow OT-Flow {prec}"):
             continue
         torch.manual_seed(0)
-        f = OTFlow(d, width=OT_WIDTH[d], nt=nt, nt_eval=nt, precision=prec)
+        f = OTFlow(d, width=OT_WIDTH[d], nt=nt, nt_eval=nt, precision=prec).to(device)
         r = row(f"odeflow OT-Flow {prec}", "exact trace, rk4",
                 sum(p.numel() for p in f.parameters()), macs_otflow(d, OT_WIDTH[d]),
                 rk4_steps=nt,
@@ -388,7 +396,7 @@ def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_
                              lambda f=f: f.log_prob(x), repeats, budget, (4 * nt, 0)))
     if have_tdq and want("Hutchinson CNF (matched steps)"):
         torch.manual_seed(0)
-        c = _HutchCNF(d, h, nt)
+        c = _HutchCNF(d, h, nt).to(device)
         r = row("Hutchinson CNF (matched steps)", "1 Rademacher probe, rk4",
                 sum(p.numel() for p in c.parameters()), macs_hutchinson(_sizes_matched(d, h)),
                 rk4_steps=nt, note="torchdiffeq rk4, same step count as OT-Flow")  # fmt: skip
@@ -396,7 +404,7 @@ def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_
                              lambda: c.log_prob(x), repeats, budget))  # fmt: skip
     if have_tdq and want("FFJORD-faithful"):
         torch.manual_seed(0)
-        ff = _FFJORDCNF(d, h, **FFJORD_TOL)
+        ff = _FFJORDCNF(d, h, **FFJORD_TOL).to(device)
         npar = sum(p.numel() for p in ff.parameters())
         macs = macs_hutchinson(_sizes_ffjord(d, h))
         kind = "1 Gaussian probe, adjoint dopri5"
@@ -417,6 +425,7 @@ def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_
                 with _alarm(max(budget, 1.0) * 4, state):
                     for it in range(1, warm_iters + 1):
                         xb = data[torch.randint(0, data.shape[0], (256,), generator=gw)]
+                        xb = xb.to(device)
                         opt.zero_grad()
                         nfe = _train_step(lambda xb=xb: -ff.log_prob(xb).mean(), ff.counter)
                         opt.step()
@@ -440,6 +449,7 @@ def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_
                 continue
             torch.manual_seed(0)
             z, counter = _zuko(d, h, exact)
+            z = z.to(device)
             macs = (1 + d if exact else 2) * _mlp_macs(_sizes_zuko(d, h))
             r = row(f"zuko CNF exact={exact}",
                     "exact trace (d VJPs)" if exact else "1 Gaussian probe",
@@ -689,6 +699,9 @@ def main(argv=None) -> int:
                     help="cap of training seconds per model for time to target (default 120; "
                     "--quick: 30)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu",
+                    help="device of the speed rows (cpu or cuda; the 8gaussians sections stay "
+                    "on the CPU)")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per row (min reported)")
     ap.add_argument("--parts", nargs="+", default=["speed", "ttt", "budget"],
                     choices=["speed", "ttt", "budget"],
@@ -722,7 +735,8 @@ def main(argv=None) -> int:
     warm_iters = args.warm_iters if args.warm_iters is not None else (25 if q else 200)
     ttt_cap = args.ttt_cap or (30.0 if q else 120.0)
     zuko_dims = args.zuko_dims if args.zuko_dims is not None else dims
-    info = {"device": "cpu", "cpu": platform.processor() or platform.machine(),
+    dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    info = {"device": dev_name, "speed_device": args.device, "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "odeflow": odeflow.__version__, "quick": q, "batch": batches, "dims": dims,
             "repeats": repeats, "row_budget_s": budget, "ffjord_warm_iters": warm_iters,
@@ -736,7 +750,7 @@ def main(argv=None) -> int:
     if "speed" in args.parts:
         for d in dims:
             speed += bench_speed(d, batches[d], repeats, budget, have_tdq, have_zuko, zuko_dims,
-                                 warm_iters if d != 2 else 0, models)  # fmt: skip
+                                 warm_iters if d != 2 else 0, models, args.device)  # fmt: skip
     if "ttt" in args.parts:
         print("== 8gaussians: time to target (validation NLL within 0.1 nats of the entropy)")
         ttt = bench_time_to_target(ttt_cap, 512 if q else 1024, 10 if q else 25, have_tdq)

@@ -736,7 +736,8 @@ def main(argv=None) -> int:
     ttt_cap = args.ttt_cap or (30.0 if q else 120.0)
     zuko_dims = args.zuko_dims if args.zuko_dims is not None else dims
     dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    info = {"device": dev_name, "speed_device": args.device, "cpu": platform.processor() or platform.machine(),
+    info = {"device": dev_name, "speed_device": args.device,
+            "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "odeflow": odeflow.__version__, "quick": q, "batch": batches, "dims": dims,
             "repeats": repeats, "row_budget_s": budget, "ffjord_warm_iters": warm_iters,

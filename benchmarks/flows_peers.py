@@ -370,7 +370,7 @@ def _measure(row, train_fn, eval_fn, repeats, budget, analytic_nfe=None):
 
 
 def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_iters,
-                models=None, device="cpu"):
+                models=None, device="cpu", compile_rows=False):
     rows = []
 
     def want(name):
@@ -383,12 +383,14 @@ def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_
         return {"d": d, "model": model, "kind": kind, "batch": batch, "params": params,
                 "macs_stage": macs, **extra}  # fmt: skip
 
-    for prec in ("fp32", "bf16"):
-        if not want(f"odeflow OT-Flow {prec}"):
+    for prec, comp in (("fp32", False), ("bf16", False), ("fp32", True), ("bf16", True)):
+        name = f"odeflow OT-Flow {prec}" + (" +compile" if comp else "")
+        if not want(name) or (comp and not compile_rows):
             continue
         torch.manual_seed(0)
-        f = OTFlow(d, width=OT_WIDTH[d], nt=nt, nt_eval=nt, precision=prec).to(device)
-        r = row(f"odeflow OT-Flow {prec}", "exact trace, rk4",
+        f = OTFlow(d, width=OT_WIDTH[d], nt=nt, nt_eval=nt, precision=prec, compile=comp)
+        f = f.to(device)
+        r = row(name, "exact trace, rk4" + (", torch.compile (warm-up call compiles)" * comp),
                 sum(p.numel() for p in f.parameters()), macs_otflow(d, OT_WIDTH[d]),
                 rk4_steps=nt,
                 note=f"NFE analytic: 4 stages × {nt} steps, backprop, no re-evaluation")
@@ -699,6 +701,8 @@ def main(argv=None) -> int:
                     help="cap of training seconds per model for time to target (default 120; "
                     "--quick: 30)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true",
+                    help="add OT-Flow rows with OTFlow(compile=True) (torch.compile of the field)")
     ap.add_argument("--device", default="cpu",
                     help="device of the speed rows (cpu or cuda; the 8gaussians sections stay "
                     "on the CPU)")
@@ -751,7 +755,8 @@ def main(argv=None) -> int:
     if "speed" in args.parts:
         for d in dims:
             speed += bench_speed(d, batches[d], repeats, budget, have_tdq, have_zuko, zuko_dims,
-                                 warm_iters if d != 2 else 0, models, args.device)  # fmt: skip
+                                 warm_iters if d != 2 else 0, models, args.device,
+                                 args.compile)  # fmt: skip
     if "ttt" in args.parts:
         print("== 8gaussians: time to target (validation NLL within 0.1 nats of the entropy)")
         ttt = bench_time_to_target(ttt_cap, 512 if q else 1024, 10 if q else 25, have_tdq)

@@ -158,3 +158,24 @@ def test_nonfinite_loss_stops_with_clear_message():
     huge = torch.full((16, 2), 1e200, dtype=torch.float64)
     with pytest.raises(TrainingDiverged, match="stopped at iteration 1: the loss is"):
         fit(flow, huge, iters=3, batch=8, verbose=False)
+
+
+@pytest.mark.slow
+def test_compiled_field_equals_eager():
+    """OTFlow(compile=True): loss, weight gradients and log-density equal eager to round-off;
+    the compile option is an execution choice, not part of the config."""
+    x = torch.randn(32, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = {}
+    for comp in (False, True):
+        torch.manual_seed(0)
+        f = OTFlow(3, width=8, nt=3, compile=comp).double()
+        loss = f.loss(x).total
+        g = torch.autograd.grad(loss, list(f.potential.parameters()), allow_unused=True)
+        out[comp] = (loss.detach(), g, f.log_prob(x).detach())
+        assert "compile" not in f.config()
+    (l0, g0, p0), (l1, g1, p1) = out[False], out[True]
+    torch.testing.assert_close(l1, l0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(p1, p0, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g1, g0):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -239,6 +239,13 @@ class OTFlow(nn.Module):
         kw.update(overrides)
         return cls(**kw).to(p.dtype if dtype is None else dtype)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # copies and pickles drop the cached (possibly compiled) right-hand sides; they are
+        # rebuilt on first use around the copy's own potential
+        state = dict(self.__dict__)
+        state["_fields"] = {}
+        return state
+
     # ------------------------------------------------------------------ config
     def config(self) -> dict[str, Any]:
         """Constructor arguments, enough to rebuild the module before ``load_state_dict``."""

@@ -107,15 +107,6 @@ class _Dynamics(nn.Module):
         return torch.cat([v, dl[:, None], dL[:, None], dR[:, None]], dim=1)
 
 
-def _compiled(func: _Dynamics):
-    """``torch.compile`` of one right-hand side, cached on it (compiled once per layout)."""
-    comp = func.__dict__.get("_compiled")
-    if comp is None:
-        comp = torch.compile(func)
-        func.__dict__["_compiled"] = comp
-    return comp
-
-
 class OTFlow(nn.Module):
     r"""OT-Flow continuous normalizing flow with an exact, analytic log-determinant.
 
@@ -209,7 +200,7 @@ class OTFlow(nn.Module):
         self.potential = build_potential(self.dim, self.width, self.depth, self.rank)
         self.compile = bool(compile)
         # plain dict, not a submodule: the compiled wrappers share self.potential's parameters
-        self._fields: dict[bool, Any] = {}
+        self._fields: dict[tuple[bool, bool], Any] = {}
 
     @classmethod
     def from_preset(
@@ -279,12 +270,12 @@ class OTFlow(nn.Module):
     def _integrate(
         self, y0: Tensor, nt: int, full: bool, backward: bool, trajectory: bool, gradient: str
     ) -> Tensor:
-        func = self._fields.get(full)
-        if func is None or func.alpha0 != self.alpha[0]:
+        key = (full, self.compile)
+        func = self._fields.get(key)
+        if func is None or func.alpha0 != self.alpha[0]:  # (a compiled module forwards .alpha0)
             func = _Dynamics(self.potential, self.dim, self.alpha[0], full)
-            self._fields[full] = func
-        if self.compile:
-            func = _compiled(func)
+            self._fields[key] = torch.compile(func) if self.compile else func
+            func = self._fields[key]
         t0, t1 = (1.0, 0.0) if backward else (0.0, 1.0)
         if trajectory:
             t = torch.linspace(t0, t1, nt + 1, dtype=y0.dtype, device=y0.device)

@@ -197,3 +197,8 @@ def test_copies_use_their_own_potential():
             p.add_(0.1)
     assert not torch.allclose(g.log_prob(x), before)
     torch.testing.assert_close(f.log_prob(x), before, rtol=0, atol=0)
+
+
+def test_compile_option_keeps_module_compile_method():
+    f = OTFlow(2, width=4, nt=2, compile=True)
+    assert f.compile_field and callable(f.compile)  # nn.Module.compile() is not shadowed

@@ -198,7 +198,8 @@ class OTFlow(nn.Module):
         self.precision = precision
         self.gradient = gradient
         self.potential = build_potential(self.dim, self.width, self.depth, self.rank)
-        self.compile = bool(compile)
+        # not ``self.compile``: that would shadow nn.Module.compile()
+        self.compile_field = bool(compile)
         # plain dict, not a submodule: the compiled wrappers share self.potential's parameters
         self._fields: dict[tuple[bool, bool], Any] = {}
 
@@ -270,11 +271,11 @@ class OTFlow(nn.Module):
     def _integrate(
         self, y0: Tensor, nt: int, full: bool, backward: bool, trajectory: bool, gradient: str
     ) -> Tensor:
-        key = (full, self.compile)
+        key = (full, self.compile_field)
         func = self._fields.get(key)
         if func is None or func.alpha0 != self.alpha[0]:  # (a compiled module forwards .alpha0)
             func = _Dynamics(self.potential, self.dim, self.alpha[0], full)
-            self._fields[key] = torch.compile(func) if self.compile else func
+            self._fields[key] = torch.compile(func) if self.compile_field else func
             func = self._fields[key]
         t0, t1 = (1.0, 0.0) if backward else (0.0, 1.0)
         if trajectory:

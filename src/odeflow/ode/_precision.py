@@ -56,8 +56,9 @@ class PrecisionPolicy:
         """Autocast (and TF32 flags) for the stage evaluations on ``device``.
 
         ``cache=True`` keeps autocast's weight-cast cache for the life of the context: for
-        graph-free evaluations only (the adjoint's forward pass), where each weight is then
-        cast to 16 bit once per solve instead of once per stage."""
+        graph-free evaluations only (the adjoint's forward pass and its no-grad stage
+        recomputation), where each weight is then cast to 16 bit once per context instead of
+        once per stage."""
         tf32_saved = None
         if self.tf32 and device.type == "cuda":
             tf32_saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)

@@ -125,8 +125,11 @@ def _backward(net: Block, x, seed, G, H, ctx: _Ctx):
 
 
 def _is_traced(x: torch.Tensor) -> bool:
-    """Under torch.compile or a torch.func transform a data-dependent check is impossible."""
+    """Under torch.compile, a torch.func transform or a CUDA-graph capture a data-dependent
+    check is impossible (it would synchronise with the host)."""
     if torch.compiler.is_compiling():
+        return True
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
         return True
     is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
     return bool(is_wrapped(x)) if is_wrapped is not None else False

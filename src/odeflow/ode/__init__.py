@@ -3,6 +3,7 @@ mixed precision (bf16/fp16 stages, fp32 accumulation, 16-bit storage) and sync-f
 dynamic adjoint scaling for fp16."""
 
 from ._fit import AutonomousField, FitResult, fit_trajectory, spiral_data
+from ._graphs import clear_cuda_graphs, graph_memory_bytes
 from ._precision import AdjointScaler, PrecisionPolicy, get_precision
 from ._solve import (
     AdjointStats,
@@ -27,9 +28,11 @@ __all__ = [
     "PrecisionPolicy",
     "Solution",
     "SolveStatus",
+    "clear_cuda_graphs",
     "fit_trajectory",
     "get_precision",
     "get_tableau",
+    "graph_memory_bytes",
     "odeint",
     "solve",
     "spiral_data",

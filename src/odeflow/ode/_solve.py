@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 
-from . import _tree
+from . import _graphs, _tree
 from ._precision import AdjointScaler, PrecisionPolicy, get_precision
 from ._tableaus import ButcherTableau, get_tableau
 
@@ -75,11 +75,26 @@ class DiscreteAdjoint:
     accumulators in ``H``) and with fp16 dynamic adjoint scaling, and give the same
     gradient up to round-off.
 
+    ``cuda_graphs=True`` (CUDA, ``recompute="step"``) captures the forward step and the
+    backward step (rebuild + VJP) each as one CUDA graph over static buffers and replays them
+    for every step and every later call with the same field, shapes and parameter tensors:
+    one launch per step instead of the hundreds of small kernels that bound medium-sized
+    fields (an MLP on a few thousand states, OT-Flow's potential). Same arithmetic, same
+    gradient (bitwise on a deterministic field). Requirements: the field is capture-safe (no
+    host synchronisation such as ``.item()``, no data-dependent Python control flow, no
+    tensors replaced between calls except through in-place updates, which optimizers do;
+    a plain callable must not close over tensors that are later rebound); capture costs a
+    few eager steps once per (field, shapes). The captures' private memory pool (one step's
+    activations) stays reserved between calls: see :func:`odeflow.ode.graph_memory_bytes`
+    and :func:`odeflow.ode.clear_cuda_graphs`. Time gradients (``t.requires_grad``) run the
+    backward eagerly; on other devices the option has no effect.
+
     Args:
         recompute: ``"step"`` or ``"stage"``.
+        cuda_graphs: capture and replay the per-step work as CUDA graphs (``"step"`` only).
 
     Raises:
-        ValueError: for any other ``recompute``.
+        ValueError: for any other ``recompute``, or ``cuda_graphs`` with ``"stage"``.
 
     Reference: Celledoni, Owren, Ruthotto, Yang, arXiv:2510.23498; Gholami, Keutzer,
     Biros, *ANODE*, arXiv:1902.10298; Hager, *Runge–Kutta methods in optimal control and
@@ -88,7 +103,7 @@ class DiscreteAdjoint:
     Example:
         >>> import torch, odeflow
         >>> DiscreteAdjoint()
-        DiscreteAdjoint(recompute='step')
+        DiscreteAdjoint(recompute='step', cuda_graphs=False)
         >>> y0 = torch.ones(3, dtype=torch.float64, requires_grad=True)
         >>> ys = odeflow.odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64),
         ...                     gradient=DiscreteAdjoint(recompute="stage"))
@@ -98,6 +113,7 @@ class DiscreteAdjoint:
     """
 
     recompute: str = "step"
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.recompute not in _RECOMPUTE:
@@ -105,6 +121,13 @@ class DiscreteAdjoint:
                 f"unknown recompute {self.recompute!r} for DiscreteAdjoint; valid: 'step' "
                 "(rebuild one RK step's graph, the default) or 'stage' (rebuild one stage's "
                 "graph at a time: less memory, one extra forward evaluation of the stages)"
+            )
+        if not isinstance(self.cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
+        if self.cuda_graphs and self.recompute != "step":
+            raise ValueError(
+                "DiscreteAdjoint(cuda_graphs=True) captures whole RK steps; use it with "
+                "recompute='step' (recompute='stage' runs eagerly)"
             )
 
 
@@ -318,7 +341,12 @@ def _stage_seed(
 
 
 def _rk_step(
-    fld: _Field, tab: ButcherTableau, t: Tensor, h: Tensor, y: list[Tensor], pol: PrecisionPolicy,
+    fld: _Field,
+    tab: ButcherTableau,
+    t: Tensor,
+    h: Tensor,
+    y: list[Tensor],
+    pol: PrecisionPolicy,
     enter: bool = True,
 ) -> list[Tensor]:
     """One explicit RK step; stages under the policy's autocast (entered here unless the caller
@@ -346,6 +374,9 @@ class _Plan:
     stats: AdjointStats
     params_mask: list[bool] = field(default_factory=list)
     recompute: str = "step"
+    graphs: bool = False  # DiscreteAdjoint(cuda_graphs=True) on a device that captures
+    watched: list[Tensor] = field(default_factory=list)  # tensors the captures read in place
+    params: list[Tensor] = field(default_factory=list)  # the tensors gradients are taken for
 
     @property
     def steps(self) -> list[tuple[int, int]]:
@@ -369,16 +400,106 @@ def _integrate(plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None) -> 
     # each weight is cast to 16 bit once, not once per stage (with a graph the cache stays off
     # so that per-stage weight gradients meet in fp32; see PrecisionPolicy.context).
     free = not torch.is_grad_enabled()
-    with plan.pol.context(plan.fld.device, cache=True) if free else contextlib.nullcontext():
+    graphed = free and plan.graphs
+    cached = free and not graphed  # a captured step enters its own (cache-free) context
+    with plan.pol.context(plan.fld.device, cache=True) if cached else contextlib.nullcontext():
         for i, m in enumerate(plan.ms):
             for j in range(m):
                 if store is not None:
                     store.append([yl if sdt is None else yl.to(sdt) for yl in y])
                 tau, h = _times(t, i, j, m)
-                y = _rk_step(plan.fld, plan.tab, tau, h, y, plan.pol, enter=not free)
+                if graphed:  # the replay's outputs are overwritten by the next replay
+                    y = [o.clone() for o in _captured_forward(plan, y, tau, h)(*y, tau, h)]
+                else:
+                    y = _rk_step(plan.fld, plan.tab, tau, h, y, plan.pol, enter=not free)
             for o, yl in zip(outs, y):
                 o.append(yl)
     return [torch.stack(o) for o in outs]
+
+
+# --------------------------------------------------------------------------- CUDA graphs
+def _captures(plan: _Plan, y: list[Tensor]) -> _graphs.StepGraphs:
+    key = (
+        plan.tab,
+        plan.pol,
+        plan.hdt,
+        tuple((tuple(x.shape), x.dtype, x.device) for x in y),
+        tuple(p.data_ptr() for p in plan.params),  # the tensors the backward differentiates for
+    )
+    return _graphs.lookup(plan.fld.func, key, plan.watched)
+
+
+def _replayer(
+    plan: _Plan, entry: _graphs.StepGraphs, kind: str, build, values, capture: bool = True
+) -> Callable | None:
+    """``values -> outputs`` of the capture ``kind`` of ``entry`` (captured now if missing and
+    ``capture``, else ``None``); ``build(static_inputs)`` makes the eager function over the
+    static inputs."""
+    cap = getattr(entry, kind)
+    if cap is None:
+        if not capture:
+            return None
+        inputs = _graphs.static_like(values)
+        nfe = plan.fld.nfe  # warm-up and capture evaluations are not the solve's
+        cap = entry.capture(kind, build(inputs), inputs)
+        plan.fld.nfe = nfe
+
+    def replay(*vals: Tensor) -> list:
+        out = cap(vals, build(cap.inputs))
+        if cap.graph is not None:  # (the eager fallback counts its own calls)
+            plan.fld.nfe += plan.tab.stages
+        return out
+
+    return replay
+
+
+def _captured_forward(plan: _Plan, y: list[Tensor], tau: Tensor, h: Tensor) -> Callable:
+    """The captured no-grad step ``(y leaves, τ, h) -> Φ(y)``."""
+
+    def build(inputs):
+        *ys, ts, hs = inputs
+
+        def fn():
+            with torch.no_grad():
+                return _rk_step(plan.fld, plan.tab, ts, hs, ys, plan.pol)
+
+        return fn
+
+    return _replayer(plan, _captures(plan, y), "forward", build, [*y, tau, h])
+
+
+def _captured_backward(
+    plan: _Plan,
+    x: list[Tensor],
+    seed: list[Tensor],
+    tau: Tensor,
+    h: Tensor,
+    live: list[Tensor],
+    capture: bool,
+) -> Callable | None:
+    """The captured rebuild + VJP of one step: ``(stored state leaves, seed leaves, τ, h) ->
+    (state adjoint leaves, parameter gradients)``.
+
+    Captured by the forward pass (``capture=True``): a capture inside the autograd engine's
+    backward would make the engine's stream synchronisation touch the capturing stream. The
+    backward pass only looks it up (``None`` if it was evicted meanwhile: eager fallback)."""
+    nl = len(x)
+
+    def build(inputs):
+        xs, sd, (ts, hs) = inputs[:nl], inputs[nl : 2 * nl], inputs[2 * nl :]
+
+        def fn():
+            with torch.enable_grad():
+                yin = [v.detach().to(plan.hdt).requires_grad_() for v in xs]
+                yout = _rk_step(plan.fld, plan.tab, ts, hs, yin, plan.pol)
+                g = torch.autograd.grad(yout, yin + live, grad_outputs=sd, allow_unused=True)
+            gy = [torch.zeros_like(v) if gv is None else gv for gv, v in zip(g[:nl], yin)]
+            return gy + list(g[nl:])
+
+        return fn
+
+    values = [*x, *seed, tau, h]
+    return _replayer(plan, _captures(plan, seed), "backward", build, values, capture)
 
 
 # --------------------------------------------------------------------------- the adjoint
@@ -388,6 +509,10 @@ class _AdjointFunction(torch.autograd.Function):
         y0 = list(tensors[: plan.n_leaf])
         store: list[list[Tensor]] = []
         outs = _integrate(plan, t.detach(), [y.detach() for y in y0], store)
+        if plan.graphs and not ctx.needs_input_grad[1]:  # (time gradients run eagerly)
+            tau, h = _times(t.detach(), 0, 0, plan.ms[0])
+            seed = [torch.zeros(x.shape, dtype=plan.hdt, device=x.device) for x in store[0]]
+            _captured_backward(plan, store[0], seed, tau, h, list(tensors[plan.n_leaf :]), True)
         ctx.plan = plan
         ctx.store = store
         ctx.save_for_backward(t, *tensors[plan.n_leaf :])
@@ -460,6 +585,16 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
         gt = list(g[nl + len(live) :])
         gt = [torch.zeros_like(td[0]) if x is None else x for x in gt]
         return i, gy, gp, gt
+
+    def vjp_graphed(s, seed):
+        i, j = steps[s]
+        tau, h = _times(td, i, j, plan.ms[i])
+        replay = _captured_backward(plan, store[s], seed, tau, h, live, False)
+        if replay is None:
+            return vjp_step(s, seed)
+        out = replay(*store[s], *seed, tau, h)
+        # the state adjoint outlives the next replay; parameter gradients are consumed first
+        return i, [v.clone() for v in out[:nl]], out[nl:], []
 
     tab = plan.tab
     n_st = tab.stages
@@ -612,7 +747,10 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             gt = [d_tau - d_hh / m, d_hh / m]
         return i, gy, gp, gt
 
-    vjp = vjp_stage if plan.recompute == "stage" else vjp_step
+    if plan.recompute == "stage":
+        vjp = vjp_stage
+    else:
+        vjp = vjp_graphed if plan.graphs and not need_t else vjp_step
 
     if not scaled:
         for s in range(n_steps - 1, -1, -1):
@@ -789,6 +927,13 @@ def _prepare(
     plan = _Plan(fld, tab, pol, ms, hdt, out_dtypes, scaler, len(leaves), AdjointStats())
     if isinstance(grad, DiscreteAdjoint):
         plan.recompute = grad.recompute
+        plan.graphs = grad.cuda_graphs and _graphs.enabled(dev)
+        if plan.graphs:  # every tensor the captured kernels read by address
+            mod = isinstance(func, nn.Module)
+            extra = [*func.parameters(), *func.buffers()] if mod else []
+            seen: set[int] = set()
+            plan.watched = [x for x in plist + extra if not (id(x) in seen or seen.add(id(x)))]
+            plan.params = plist
     return plan, leaves, spec, t, grad, plist, params is None and not isinstance(func, nn.Module)
 
 

@@ -1,0 +1,172 @@
+"""CUDA-graph capture of the discrete adjoint's per-step work (``cuda_graphs=True``).
+
+Every step of a fixed-grid solve runs the same kernels on tensors of the same shapes: the
+forward step ``y -> Φ_n(y)`` (no graph) and the backward step ``(y_n, λ) -> (∂Φ_n/∂y)^T λ,
+(∂Φ_n/∂θ)^T λ`` (rebuild + VJP). Each is captured once as a CUDA graph over *static* input
+buffers (state, seed, ``τ``, ``h``) and replayed for every step and every later call: one
+launch per step instead of hundreds, which is what bounds small and medium workloads on a
+GPU. The captures are cached per vector field (weakly referenced) and keyed by everything
+the recorded kernels depend on: shapes, dtypes and devices of the state and the parameters,
+the parameters' storage addresses (in-place optimizer updates are seen by the replays;
+replacing a parameter tensor recaptures), the tableau and the precision policy.
+
+On a device other than CUDA the same static-buffer path runs eagerly (no capture); the
+solver only takes it there when asked to (tests), so the plumbing is exercised without a GPU.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["clear_cuda_graphs", "graph_memory_bytes"]
+
+# Run the static-buffer path on CPU as well (tests only): there it calls the function eagerly.
+FORCE_STATIC = False
+_MAX_ENTRIES = 4  # captures kept per vector field (e.g. a training and a smaller last batch)
+_WARMUP = 2  # eager runs on a side stream before capture (lazy init of cuBLAS/cuDNN, autograd)
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_UNHASHABLE: dict[int, OrderedDict] = {}  # funcs that cannot be weakly referenced: per call
+
+
+def enabled(device: torch.device) -> bool:
+    return device.type == "cuda" or FORCE_STATIC
+
+
+class Captured:
+    """A function of static ``inputs`` (and parameters, read in place) captured as a CUDA graph.
+
+    ``fn`` is run for warm-up and capture only and is not kept (it would keep the vector field
+    alive through the cache). ``__call__(values, fn)`` copies ``values`` into the static inputs
+    and replays; the returned tensors are the graph's static outputs, overwritten by the next
+    replay. Off CUDA, the ``fn`` given to the call (built over the same static inputs) runs."""
+
+    def __init__(self, fn: Callable[[], list], inputs: Sequence[Tensor], pool=None):
+        self.inputs = list(inputs)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.outputs: list = []
+        if self.inputs[0].device.type != "cuda":
+            return
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(_WARMUP):
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.outputs = fn()
+        except RuntimeError as e:
+            raise RuntimeError(
+                "DiscreteAdjoint(cuda_graphs=True) could not capture the RK step as a CUDA "
+                "graph; the vector field must be capture-safe: no host synchronisation "
+                "(.item(), .cpu(), printing tensors, data-dependent Python branches), no CPU "
+                "tensors created per call, no new parameter tensors. Use cuda_graphs=False "
+                f"for such a field. ({type(e).__name__}: {e})"
+            ) from e
+        self.graph = graph
+
+    def pool(self):
+        return None if self.graph is None else self.graph.pool()
+
+    def __call__(self, values: Sequence[Tensor], fn: Callable[[], list]) -> list:
+        for buf, v in zip(self.inputs, values):
+            buf.copy_(v)
+        if self.graph is None:
+            self.outputs = fn()
+        else:
+            self.graph.replay()
+        return self.outputs
+
+
+class StepGraphs:
+    """The forward and the backward capture of one (field, shapes, policy, ...) key."""
+
+    def __init__(self) -> None:
+        self.forward: Captured | None = None
+        self.backward: Captured | None = None
+
+    def pool(self):
+        for c in (self.forward, self.backward):
+            if c is not None and c.graph is not None:
+                return c.pool()
+        return None
+
+    def capture(self, kind: str, fn: Callable[[], list], inputs: Sequence[Tensor]) -> Captured:
+        cap = Captured(fn, inputs, self.pool())
+        setattr(self, kind, cap)
+        return cap
+
+
+def _tensor_key(x: Tensor) -> tuple:
+    return (tuple(x.shape), x.dtype, x.device, x.data_ptr())
+
+
+def lookup(func: object, key: tuple, params: Sequence[Tensor]) -> StepGraphs:
+    """The captures of ``func`` for ``key`` (and the parameters' storage), created if new."""
+    full = (key, tuple(_tensor_key(p) for p in params))
+    try:
+        per = _CACHE.get(func)
+        if per is None:
+            per = _CACHE[func] = OrderedDict()
+    except TypeError:  # not weakly referenceable: keep the captures for this call only
+        per = _UNHASHABLE.setdefault(id(func), OrderedDict())
+        per.clear()
+    entry = per.get(full)
+    if entry is None:
+        entry = per[full] = StepGraphs()
+        while len(per) > _MAX_ENTRIES:
+            per.popitem(last=False)
+    else:
+        per.move_to_end(full)
+    return entry
+
+
+def clear_cuda_graphs() -> None:
+    """Drop every cached CUDA-graph capture of ``DiscreteAdjoint(cuda_graphs=True)``.
+
+    Frees the captures' private memory pools (one step's activations per vector field and
+    shape) once no solve holds them; a later solve recaptures.
+
+    Example:
+        >>> import odeflow
+        >>> odeflow.ode.clear_cuda_graphs()
+    """
+    _CACHE.clear()
+    _UNHASHABLE.clear()
+
+
+def graph_memory_bytes() -> int:
+    """Bytes of CUDA memory reserved by the cached captures (their private pools).
+
+    This memory is held between solves (it is the one step's graph that the eager adjoint
+    allocates and frees within each backward pass); memory benchmarks should add it.
+
+    Example:
+        >>> import odeflow
+        >>> odeflow.ode.graph_memory_bytes() >= 0
+        True
+    """
+    pools = {
+        tuple(e.pool())
+        for per in list(_CACHE.values()) + list(_UNHASHABLE.values())
+        for e in per.values()
+        if e.pool() is not None
+    }
+    if not pools or not torch.cuda.is_available():
+        return 0
+    return sum(
+        seg["total_size"]
+        for seg in torch.cuda.memory_snapshot()
+        if tuple(seg.get("segment_pool_id", ())) in pools
+    )
+
+
+def static_like(values: Sequence[Tensor]) -> list[Tensor]:
+    return [v.detach().clone() for v in values]

@@ -1,0 +1,185 @@
+"""DiscreteAdjoint(cuda_graphs=True): captured steps give the eager adjoint's gradients.
+
+On CPU the static-buffer path runs eagerly (``_graphs.FORCE_STATIC``): buffer plumbing, the
+cache and its keys are checked without a GPU; the ``gpu`` tests check real capture."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from torch import nn
+
+import odeflow
+from odeflow.ode import _graphs
+
+
+class Field(nn.Module):
+    def __init__(self, d: int = 3, w: int = 16):
+        super().__init__()
+        self.l1 = nn.Linear(d + 1, w)
+        self.l2 = nn.Linear(w, d)
+
+    def forward(self, t, y):
+        tt = torch.ones_like(y[:, :1]) * t.to(y.dtype)
+        return self.l2(torch.tanh(self.l1(torch.cat([y, tt], 1))))
+
+
+class TupleField(nn.Module):
+    """A two-leaf state of different shapes: (x (n, d), s (n,))."""
+
+    def __init__(self, d: int = 3):
+        super().__init__()
+        self.f = Field(d)
+
+    def forward(self, t, y):
+        x, s = y
+        dx = self.f(t, x)
+        return dx, -(x * dx).sum(1) * s.tanh()
+
+
+@pytest.fixture
+def static(monkeypatch):
+    monkeypatch.setattr(_graphs, "FORCE_STATIC", True)
+    _graphs.clear_cuda_graphs()
+    yield
+    _graphs.clear_cuda_graphs()
+
+
+def _grads(func, y0, t, graphs, **kw):
+    """Loss on every output time (injected adjoints between steps), all gradients."""
+    func.zero_grad(set_to_none=True)
+    leaves = list(y0) if isinstance(y0, tuple) else [y0]
+    ys = odeflow.solve(func, y0, t, gradient=odeflow.DiscreteAdjoint(cuda_graphs=graphs), **kw)
+    out = list(ys.ys) if isinstance(ys.ys, tuple) else [ys.ys]
+    loss = sum((o.float() ** 2 * (1 + torch.arange(o.shape[0], device=o.device).view(-1, *[1] * (o.ndim - 1))))
+               .sum() for o in out)  # fmt: skip
+    gs = torch.autograd.grad(loss, leaves + list(func.parameters()))
+    return [g.detach() for g in gs], ys
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_static_path_equals_eager_bitwise(static, precision):
+    if precision == "fp16" and not odeflow.ode.get_precision("fp16", torch.device("cpu")).compute:
+        pytest.skip("no fp16 autocast on this CPU build")
+    torch.manual_seed(0)
+    dt = torch.float64 if precision == "fp32" else torch.float32
+    f = Field().to(dt)
+    y0 = torch.randn(6, 3, dtype=dt, requires_grad=True)
+    t = torch.linspace(0, 1, 4, dtype=dt)
+    kw = dict(steps_per_interval=3, precision=precision)
+    ge, se = _grads(f, y0, t, False, **kw)
+    gg, sg = _grads(f, y0, t, True, **kw)
+    for a, b in zip(ge, gg):
+        assert torch.equal(a, b)
+    assert torch.equal(se.ys, sg.ys)
+    assert se.nfe == sg.nfe and se.stats.nfe == sg.stats.nfe
+
+
+def test_static_path_tuple_state_and_cache_reuse(static):
+    torch.manual_seed(1)
+    f = TupleField().double()
+    y0 = (torch.randn(5, 3, dtype=torch.float64, requires_grad=True),
+          torch.randn(5, dtype=torch.float64, requires_grad=True))  # fmt: skip
+    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+    ge, _ = _grads(f, y0, t, False, steps_per_interval=2)
+    for _ in range(2):  # the second call reuses the first call's entry
+        gg, _ = _grads(f, y0, t, True, steps_per_interval=2)
+        for a, b in zip(ge, gg):
+            assert torch.equal(a, b)
+    assert [len(v) for v in _graphs._CACHE.values()] == [1]
+
+
+def test_cache_keys_on_shapes_and_parameter_storage(static):
+    f = Field().double()
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    run = dict(gradient=odeflow.DiscreteAdjoint(cuda_graphs=True))
+    odeflow.odeint(f, torch.randn(4, 3, dtype=torch.float64), t, **run).sum().backward()
+    odeflow.odeint(f, torch.randn(7, 3, dtype=torch.float64), t, **run).sum().backward()
+    assert len(_graphs._CACHE[f]) == 2  # a second batch size: a second capture
+    with torch.no_grad():  # an in-place update keeps the entry (the replays see it)
+        f.l1.weight.mul_(0.5)
+    odeflow.odeint(f, torch.randn(7, 3, dtype=torch.float64), t, **run).sum().backward()
+    assert len(_graphs._CACHE[f]) == 2
+    f.l1.weight = nn.Parameter(f.l1.weight.detach().clone())  # a new tensor: recapture
+    odeflow.odeint(f, torch.randn(7, 3, dtype=torch.float64), t, **run).sum().backward()
+    assert len(_graphs._CACHE[f]) == 3
+
+
+def test_cache_dies_with_the_field(static):
+    f = Field().double()
+    odeflow.odeint(f, torch.randn(4, 3, dtype=torch.float64), torch.tensor([0.0, 1.0]).double(),
+                   gradient=odeflow.DiscreteAdjoint(cuda_graphs=True)).sum().backward()  # fmt: skip
+    assert len(_graphs._CACHE) == 1
+    del f
+    gc.collect()
+    assert len(_graphs._CACHE) == 0  # the captures hold no reference to the field
+
+
+def test_time_gradients_fall_back_to_eager(static):
+    torch.manual_seed(2)
+    f = Field().double()
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.linspace(0, 1, 3, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for graphs in (False, True):
+        ys = odeflow.odeint(f, y0, t, gradient=odeflow.DiscreteAdjoint(cuda_graphs=graphs))
+        grads.append(torch.autograd.grad(ys[-1].square().sum(), t)[0])
+    assert torch.equal(*grads)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="recompute='step'"):
+        odeflow.DiscreteAdjoint(recompute="stage", cuda_graphs=True)
+    with pytest.raises(TypeError, match="True or False"):
+        odeflow.DiscreteAdjoint(cuda_graphs="yes")
+
+
+def test_cpu_without_force_takes_the_eager_path():
+    _graphs.clear_cuda_graphs()
+    f = Field()
+    odeflow.odeint(f, torch.randn(4, 3), torch.tensor([0.0, 1.0]),
+                   gradient=odeflow.DiscreteAdjoint(cuda_graphs=True)).sum().backward()  # fmt: skip
+    assert len(_graphs._CACHE) == 0 and odeflow.ode.graph_memory_bytes() == 0
+
+
+# ------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_gpu_captured_gradients_equal_eager(cuda, precision):
+    _graphs.clear_cuda_graphs()
+    torch.manual_seed(0)
+    f = Field(8, 64).to(cuda)
+    y0 = torch.randn(256, 8, device=cuda, requires_grad=True)
+    t = torch.linspace(0, 1, 4, device=cuda)
+    kw = dict(steps_per_interval=4, precision=precision)
+    opt = torch.optim.SGD(f.parameters(), lr=0.1)
+    for _ in range(3):  # capture, then replays across in-place optimizer updates
+        ge, se = _grads(f, y0, t, False, **kw)
+        gg, sg = _grads(f, y0, t, True, **kw)
+        for a, b in zip(ge, gg):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        assert sg.nfe == se.nfe and sg.stats.nfe == se.stats.nfe
+        with torch.no_grad():
+            for p, g in zip(f.parameters(), gg[1:]):
+                p.grad = g
+        opt.step()
+    assert odeflow.ode.graph_memory_bytes() > 0
+    _graphs.clear_cuda_graphs()
+
+
+@pytest.mark.gpu
+def test_gpu_capture_unsafe_field_gets_a_clear_error(cuda):
+    class Syncing(Field):
+        def forward(self, t, y):
+            if float(y.abs().max()) > 1e6:  # a host sync: not capturable
+                raise AssertionError
+            return super().forward(t, y)
+
+    f = Syncing().to(cuda)
+    y0, t = torch.randn(4, 3, device=cuda), torch.tensor([0.0, 1.0], device=cuda)
+    grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
+    with pytest.raises(RuntimeError, match="capture-safe"):
+        odeflow.odeint(f, y0, t, gradient=grad).sum().backward()
+    _graphs.clear_cuda_graphs()

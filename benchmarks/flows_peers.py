@@ -383,19 +383,32 @@ def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_
         return {"d": d, "model": model, "kind": kind, "batch": batch, "params": params,
                 "macs_stage": macs, **extra}  # fmt: skip
 
-    for prec, comp in (("fp32", False), ("bf16", False), ("fp32", True), ("bf16", True)):
-        name = f"odeflow OT-Flow {prec}" + (" +compile" if comp else "")
-        if not want(name) or (comp and not compile_rows):
+    variants = [(p, m) for m in ("", "compile", "graphs") for p in ("fp32", "bf16")]
+    for prec, mode in variants:
+        name = f"odeflow OT-Flow {prec}" + (f" +{mode}" if mode else "")
+        if not want(name) or (mode == "compile" and not compile_rows):
+            continue
+        if mode == "graphs" and device != "cuda":  # CUDA graphs: no effect elsewhere
             continue
         torch.manual_seed(0)
-        f = OTFlow(d, width=OT_WIDTH[d], nt=nt, nt_eval=nt, precision=prec, compile=comp)
+        graphs = mode == "graphs"
+        f = OTFlow(d, width=OT_WIDTH[d], nt=nt, nt_eval=nt, precision=prec,
+                   compile=mode == "compile", gradient="adjoint" if graphs else "backprop",
+                   cuda_graphs=graphs)  # fmt: skip
         f = f.to(device)
-        r = row(name, "exact trace, rk4" + (", torch.compile (warm-up call compiles)" * comp),
-                sum(p.numel() for p in f.parameters()), macs_otflow(d, OT_WIDTH[d]),
-                rk4_steps=nt,
-                note=f"NFE analytic: 4 stages × {nt} steps, backprop, no re-evaluation")
+        kind = "exact trace, rk4" + {
+            "": "",
+            "compile": ", torch.compile (warm-up call compiles)",
+            "graphs": ", discrete adjoint, CUDA graphs (warm-up call captures)",
+        }[mode]
+        note = (f"NFE analytic: 4 stages × {nt} steps, "
+                + ("adjoint: forward + rebuild per step" if graphs
+                   else "backprop, no re-evaluation"))  # fmt: skip
+        r = row(name, kind, sum(p.numel() for p in f.parameters()), macs_otflow(d, OT_WIDTH[d]),
+                rk4_steps=nt, note=note)
+        nfe = (4 * nt, 4 * nt) if graphs else (4 * nt, 0)
         rows.append(_measure(r, lambda f=f: f.loss(x).total.backward(),
-                             lambda f=f: f.log_prob(x), repeats, budget, (4 * nt, 0)))
+                             lambda f=f: f.log_prob(x), repeats, budget, nfe))
     if have_tdq and want("Hutchinson CNF (matched steps)"):
         torch.manual_seed(0)
         c = _HutchCNF(d, h, nt).to(device)

@@ -8,7 +8,10 @@ Workloads (RK4 on [0, 1], loss = mean of the squared final state):
 Solvers: odeflow (discrete adjoint rebuilding one step's graph at a time, the default;
 "-stage": DiscreteAdjoint(recompute="stage"), one stage's graph at a time; "+compile": the
 vector field wrapped in torch.compile (inductor), compiled in the untimed warm-up call, the
-number of compiled graphs is reported; backprop), torchdiffeq (odeint = backprop; odeint_adjoint =
+number of compiled graphs is reported; "+graphs": DiscreteAdjoint(cuda_graphs=True), each
+step's forward and rebuild+VJP captured as CUDA graphs in the warm-up call and replayed, the
+captures' private pool counted in the peak, CUDA only; backprop), torchdiffeq (odeint = backprop;
+odeint_adjoint =
 continuous adjoint), torchode (AutoDiffAdjoint, fixed step, classical RK4 tableau).
 Precisions: fp32, tf32, bf16, fp16. odeflow takes precision=...; peers run under
 torch.autocast(device, dtype) (how their users get mixed precision), fp16 without loss scaling.
@@ -48,6 +51,7 @@ import time
 SOLVERS = (
     "odeflow-adjoint",
     "odeflow-adjoint-stage",
+    "odeflow-adjoint+graphs",
     "odeflow-adjoint+compile",
     "odeflow-adjoint-stage+compile",
     "odeflow-backprop",
@@ -139,9 +143,11 @@ def child(spec: dict) -> dict:
     if solver.startswith("odeflow"):
         import odeflow
 
-        kind = solver.removesuffix("+compile")
+        kind = solver.removesuffix("+compile").removesuffix("+graphs")
         grad = {
-            "odeflow-adjoint": odeflow.DiscreteAdjoint(recompute="step"),
+            "odeflow-adjoint": odeflow.DiscreteAdjoint(
+                recompute="step", cuda_graphs=solver.endswith("+graphs")
+            ),
             "odeflow-adjoint-stage": odeflow.DiscreteAdjoint(recompute="stage"),
             "odeflow-backprop": odeflow.Backprop(),
         }[kind]
@@ -238,6 +244,11 @@ def child(spec: dict) -> dict:
         loss = fwd_bwd()
         sync()
         peak = torch.cuda.max_memory_allocated() - base
+        if solver.endswith("+graphs"):  # the captures' pool stays reserved between calls
+            import odeflow
+
+            pool = odeflow.ode.graph_memory_bytes()
+            peak += pool
     else:
         import gc
 
@@ -264,6 +275,8 @@ def child(spec: dict) -> dict:
            "finite": bool(torch.isfinite(g).all())}  # fmt: skip
     if solver.startswith("odeflow") and scaler is not None:
         out["fp16_overflows"] = scaler.total_overflows  # retries, all calls (warm-up included)
+    if solver.endswith("+graphs") and dev.type == "cuda":
+        out["graph_pool_mb"] = pool / 2**20
     if solver.endswith("+compile"):
         from torch._dynamo.utils import counters
 
@@ -281,7 +294,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--workloads", nargs="+", default=["conv", "mlp"])
     ap.add_argument("--solvers", nargs="+", default=None, choices=SOLVERS,
-                    help="default: all but the +compile rows")  # fmt: skip
+                    help="default: all but the +compile rows (+graphs: CUDA only)")  # fmt: skip
     ap.add_argument("--compile", action="store_true", help="add the +compile rows")
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS))
     ap.add_argument("--fp64-ref", action="store_true", help="fp64 reference also at full size")
@@ -313,6 +326,8 @@ def main() -> int:
     for wl in args.workloads:
         sz = sizes(wl, args.quick)
         plain = [s for s in SOLVERS if args.compile or not s.endswith("+compile")]
+        if dev != "cuda":  # CUDA graphs: no effect elsewhere
+            plain = [s for s in plain if not s.endswith("+graphs")]
         solvers = args.solvers or plain
         for solver in solvers:
             lib = solver.split("-")[0]

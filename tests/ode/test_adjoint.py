@@ -313,8 +313,10 @@ def test_gpu_peak_memory_is_step_states_plus_one_step_graph(cuda, recompute):
     adj = DiscreteAdjoint(recompute=recompute)
     a8, a32 = peak(adj, 8), peak(adj, 32)
     b1, b8, b32 = peak("backprop", 1), peak("backprop", 8), peak("backprop", 32)
-    print(f"{recompute}: adjoint 8/32 steps {a8}/{a32} B, backprop 1/8/32 {b1}/{b8}/{b32} B, "
-          f"state {state} B")
+    print(
+        f"{recompute}: adjoint 8/32 steps {a8}/{a32} B, backprop 1/8/32 {b1}/{b8}/{b32} B, "
+        f"state {state} B"
+    )
     assert abs((a32 - a8) - 24 * state) <= 2**20  # 24 more stored step states, nothing else
     assert b32 - b8 >= 24 * 4 * n * w * 4  # >= one hidden activation per stage and step
     # the stored states + one step's graph (backprop's one-step peak) + what the adjoint holds

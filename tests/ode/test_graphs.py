@@ -53,8 +53,11 @@ def _grads(func, y0, t, graphs, **kw):
     leaves = list(y0) if isinstance(y0, tuple) else [y0]
     ys = odeflow.solve(func, y0, t, gradient=odeflow.DiscreteAdjoint(cuda_graphs=graphs), **kw)
     out = list(ys.ys) if isinstance(ys.ys, tuple) else [ys.ys]
-    loss = sum((o.float() ** 2 * (1 + torch.arange(o.shape[0], device=o.device).view(-1, *[1] * (o.ndim - 1))))
-               .sum() for o in out)  # fmt: skip
+
+    def weight(o):  # a different weight per output time
+        return 1 + torch.arange(o.shape[0], device=o.device).view(-1, *[1] * (o.ndim - 1))
+
+    loss = sum((o.float() ** 2 * weight(o)).sum() for o in out)
     gs = torch.autograd.grad(loss, leaves + list(func.parameters()))
     return [g.detach() for g in gs], ys
 
@@ -136,6 +139,22 @@ def test_bad_options():
         odeflow.DiscreteAdjoint(cuda_graphs="yes")
 
 
+def test_parameters_must_belong_to_the_module(static):
+    w = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    y0, t = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0.0, 1.0]).double()
+    grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
+    with pytest.raises(ValueError, match=r"parameters of func, an nn\.Module"):
+        odeflow.odeint(lambda t, y: y @ w, y0, t, params=[w], gradient=grad)
+    with pytest.raises(ValueError, match="1 of the 5 tensors"):
+        f = Field().double()
+        odeflow.odeint(f, y0, t, params=[*f.parameters(), w], gradient=grad)
+    # no parameter gradients: any callable
+    y0.requires_grad_()
+    ys = odeflow.odeint(lambda t, y: y @ w.detach(), y0, t, gradient=grad)
+    ys.sum().backward()
+    assert y0.grad is not None
+
+
 def test_cpu_without_force_takes_the_eager_path():
     _graphs.clear_cuda_graphs()
     f = Field()
@@ -169,17 +188,44 @@ def test_gpu_captured_gradients_equal_eager(cuda, precision):
     _graphs.clear_cuda_graphs()
 
 
+_UNSAFE = """
+import torch, odeflow
+from torch import nn
+
+class Syncing(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, t, y):
+        if float(y.abs().max()) > 1e6:  # a host sync: not capturable
+            raise AssertionError
+        return self.lin(y)
+
+f = Syncing().cuda()
+y0, t = torch.randn(4, 3, device="cuda"), torch.tensor([0.0, 1.0], device="cuda")
+try:
+    odeflow.odeint(f, y0, t, gradient=odeflow.DiscreteAdjoint(cuda_graphs=True)).sum().backward()
+except RuntimeError as e:
+    assert "capture-safe" in str(e), e
+    print("clear error")
+else:
+    raise AssertionError("no error")
+torch.randn(8, device="cuda")  # random draws still work after the failed capture
+odeflow.odeint(f, y0, t).sum().backward()  # and eager solves
+torch.cuda.synchronize()
+print("usable")
+"""
+
+
 @pytest.mark.gpu
 def test_gpu_capture_unsafe_field_gets_a_clear_error(cuda):
-    class Syncing(Field):
-        def forward(self, t, y):
-            if float(y.abs().max()) > 1e6:  # a host sync: not capturable
-                raise AssertionError
-            return super().forward(t, y)
+    # a failed capture can leave process-wide CUDA state behind: run it in its own process
+    import os
+    import subprocess
+    import sys
 
-    f = Syncing().to(cuda)
-    y0, t = torch.randn(4, 3, device=cuda), torch.tensor([0.0, 1.0], device=cuda)
-    grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
-    with pytest.raises(RuntimeError, match="capture-safe"):
-        odeflow.odeint(f, y0, t, gradient=grad).sum().backward()
-    _graphs.clear_cuda_graphs()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", _UNSAFE], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["clear", "error", "usable"]

@@ -63,6 +63,7 @@ class Captured:
             with torch.cuda.graph(graph, pool=pool):
                 self.outputs = fn()
         except RuntimeError as e:
+            _end_generator_capture(self.inputs[0].device)
             raise RuntimeError(
                 "DiscreteAdjoint(cuda_graphs=True) could not capture the RK step as a CUDA "
                 "graph; the vector field must be capture-safe: no host synchronisation "
@@ -83,6 +84,21 @@ class Captured:
         else:
             self.graph.replay()
         return self.outputs
+
+
+def _end_generator_capture(device: torch.device) -> None:
+    """Leave the CUDA random generators usable after a failed capture.
+
+    A capture that fails ends without running the generators' capture epilogue, so they stay
+    in capture mode and every later random draw outside a capture fails ("Offset increment
+    outside graph capture"). One small capture that succeeds runs prologue and epilogue."""
+    try:
+        with torch.cuda.device(device):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                torch.empty(1, device=device).zero_()
+    except RuntimeError:  # nothing more to do: the original error is what matters
+        pass
 
 
 class StepGraphs:

@@ -83,11 +83,13 @@ class DiscreteAdjoint:
     gradient (bitwise on a deterministic field). Requirements: the field is capture-safe (no
     host synchronisation such as ``.item()``, no data-dependent Python control flow, no
     tensors replaced between calls except through in-place updates, which optimizers do;
-    a plain callable must not close over tensors that are later rebound); capture costs a
-    few eager steps once per (field, shapes). The captures' private memory pool (one step's
-    activations) stays reserved between calls: see :func:`odeflow.ode.graph_memory_bytes`
-    and :func:`odeflow.ode.clear_cuda_graphs`. Time gradients (``t.requires_grad``) run the
-    backward eagerly; on other devices the option has no effect.
+    a plain callable must not close over tensors that are later rebound); the tensors
+    differentiated for are parameters of ``func``, an ``nn.Module`` (the captured backward
+    binds aliases of them by name); capture costs a few eager steps once per (field, shapes).
+    The captures' private memory pool (one step's activations) stays reserved between calls:
+    see :func:`odeflow.ode.graph_memory_bytes` and :func:`odeflow.ode.clear_cuda_graphs`.
+    Time gradients (``t.requires_grad``) run the backward eagerly; on other devices the option
+    has no effect.
 
     Args:
         recompute: ``"step"`` or ``"stage"``.
@@ -211,6 +213,7 @@ class _Field:
 
     def __init__(self, func: Callable, spec: _tree.Spec, ref: list[Tensor], hdt: torch.dtype):
         self.func = func
+        self.call = func  # what is evaluated: func, or func with rebound parameters
         self.spec = spec
         self.shapes = [r.shape for r in ref]
         self.device = ref[0].device
@@ -224,13 +227,24 @@ class _Field:
     def raw(self, t: Tensor, leaves: list[Tensor]) -> list[Tensor]:
         """``func``'s output leaves in the dtype it returned (validated: never wider than H,
         so the cast to H is exact)."""
-        out = self.func(t, _tree.unflatten(self.spec, leaves))
+        out = self.call(t, _tree.unflatten(self.spec, leaves))
         self.nfe += 1
         ks = _tree.flatten_like(self.spec, out, "func(t, y)")
         if not self.checked:
             self._check(ks)
             self.checked = True
         return ks
+
+    @contextlib.contextmanager
+    def rebound(self, params: dict[str, Tensor]):
+        """Within the block, evaluate ``func`` (an ``nn.Module``) with its named parameters
+        replaced by ``params`` (``torch.func.functional_call``)."""
+        module = self.func
+        self.call = lambda t, y: torch.func.functional_call(module, params, (t, y), strict=False)
+        try:
+            yield self
+        finally:
+            self.call = module
 
     def _check(self, ks: list[Tensor]) -> None:
         for i, (k, shp) in enumerate(zip(ks, self.shapes)):
@@ -377,6 +391,7 @@ class _Plan:
     graphs: bool = False  # DiscreteAdjoint(cuda_graphs=True) on a device that captures
     watched: list[Tensor] = field(default_factory=list)  # tensors the captures read in place
     params: list[Tensor] = field(default_factory=list)  # the tensors gradients are taken for
+    param_names: list[str] = field(default_factory=list)  # their names in func (an nn.Module)
 
     @property
     def steps(self) -> list[tuple[int, int]]:
@@ -482,7 +497,13 @@ def _captured_backward(
 
     Captured by the forward pass (``capture=True``): a capture inside the autograd engine's
     backward would make the engine's stream synchronisation touch the capturing stream. The
-    backward pass only looks it up (``None`` if it was evicted meanwhile: eager fallback)."""
+    backward pass only looks it up (``None`` if it was evicted meanwhile: eager fallback).
+
+    The parameters are differentiated through fresh aliases (``p.detach()``, same storage,
+    bound into the module by name): the engine then never routes a gradient into a parameter's
+    own ``AccumulateGrad`` node, which was created on the default stream by earlier eager work
+    and kept alive by the caller's graph; waiting on that stream from inside the capture is
+    illegal (``cudaErrorStreamCaptureImplicit``)."""
     nl = len(x)
 
     def build(inputs):
@@ -491,8 +512,11 @@ def _captured_backward(
         def fn():
             with torch.enable_grad():
                 yin = [v.detach().to(plan.hdt).requires_grad_() for v in xs]
-                yout = _rk_step(plan.fld, plan.tab, ts, hs, yin, plan.pol)
-                g = torch.autograd.grad(yout, yin + live, grad_outputs=sd, allow_unused=True)
+                alias = [p.detach().requires_grad_() for p in live]
+                names = dict(zip(plan.param_names, alias))
+                with plan.fld.rebound(names) if alias else contextlib.nullcontext():
+                    yout = _rk_step(plan.fld, plan.tab, ts, hs, yin, plan.pol)
+                g = torch.autograd.grad(yout, yin + alias, grad_outputs=sd, allow_unused=True)
             gy = [torch.zeros_like(v) if gv is None else gv for gv, v in zip(g[:nl], yin)]
             return gy + list(g[nl:])
 
@@ -875,6 +899,23 @@ def _steps_per_interval(host: list[float], spi: int, step_size: float | None) ->
 
 
 # --------------------------------------------------------------------------- entry points
+def _param_names(func: Callable, plist: list[Tensor]) -> list[str]:
+    """The names in ``func`` (an ``nn.Module``) of the parameters ``plist``: a captured backward
+    step differentiates through aliases bound by name (see ``_captured_backward``)."""
+    names = {}
+    if isinstance(func, nn.Module):
+        names = {id(p): n for n, p in func.named_parameters()}
+    missing = sum(id(p) not in names for p in plist)
+    if missing:
+        raise ValueError(
+            f"DiscreteAdjoint(cuda_graphs=True) needs the tensors it differentiates for to be "
+            f"parameters of func, an nn.Module; {missing} of the {len(plist)} tensors in params "
+            "are not in func.parameters(). Register them on the module (nn.Parameter), or use "
+            "cuda_graphs=False"
+        )
+    return [names[id(p)] for p in plist]
+
+
 def _prepare(
     func,
     y0,
@@ -927,6 +968,8 @@ def _prepare(
     plan = _Plan(fld, tab, pol, ms, hdt, out_dtypes, scaler, len(leaves), AdjointStats())
     if isinstance(grad, DiscreteAdjoint):
         plan.recompute = grad.recompute
+        if grad.cuda_graphs:
+            plan.param_names = _param_names(func, plist)
         plan.graphs = grad.cuda_graphs and _graphs.enabled(dev)
         if plan.graphs:  # every tensor the captured kernels read by address
             mod = isinstance(func, nn.Module)

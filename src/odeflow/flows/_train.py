@@ -258,6 +258,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             out = flow.loss(x)
             if not bool(torch.isfinite(out.total)):
+                out = type(out)(*(v.detach() for v in out))
                 if best_state is not None and restore_best:
                     flow.load_state_dict(best_state)
                 kept = (f"the best weights (iteration {best_iter}, val NLL {best_val:.4f}) were "

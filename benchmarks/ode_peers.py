@@ -10,9 +10,9 @@ Solvers: odeflow (discrete adjoint rebuilding one step's graph at a time, the de
 vector field wrapped in torch.compile (inductor), compiled in the untimed warm-up call, the
 number of compiled graphs is reported; "+graphs": DiscreteAdjoint(cuda_graphs=True), each
 step's forward and rebuild+VJP captured as CUDA graphs in the warm-up call and replayed, the
-captures' private pool counted in the peak, CUDA only; backprop), torchdiffeq (odeint = backprop;
-odeint_adjoint =
-continuous adjoint), torchode (AutoDiffAdjoint, fixed step, classical RK4 tableau).
+captures' private pool counted in the peak, CUDA only; backprop), torchdiffeq (odeint =
+backprop; odeint_adjoint = continuous adjoint), torchode (AutoDiffAdjoint, fixed step,
+classical RK4 tableau).
 Precisions: fp32, tf32, bf16, fp16. odeflow takes precision=...; peers run under
 torch.autocast(device, dtype) (how their users get mixed precision), fp16 without loss scaling.
 Note torchdiffeq's "rk4" is the 3/8 rule; odeflow and torchode use classical RK4 here, so each

@@ -120,6 +120,25 @@ def test_cache_dies_with_the_field(static):
     assert len(_graphs._CACHE) == 0  # the captures hold no reference to the field
 
 
+def test_bound_method_field_reuses_its_captures(static):
+    class Owner:
+        def __init__(self):
+            self.a = torch.tensor([[-1.0, 0.5], [0.0, -2.0]], dtype=torch.float64)
+
+        def rhs(self, t, y):
+            return y @ self.a
+
+    o = Owner()
+    y0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
+    gs = [torch.autograd.grad(odeflow.odeint(o.rhs, y0, t, gradient=grad).sum(), y0)[0]
+          for _ in range(2)]  # fmt: skip
+    assert torch.equal(*gs)
+    entries = list(_graphs._CACHE[o].values())  # keyed by the owner, not the bound method
+    assert len(entries) == 1 and entries[0].backward is not None
+
+
 def test_time_gradients_fall_back_to_eager(static):
     torch.manual_seed(2)
     f = Field().double()

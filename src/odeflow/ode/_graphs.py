@@ -19,6 +19,7 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from types import MethodType
 
 import torch
 from torch import Tensor
@@ -125,14 +126,18 @@ def _tensor_key(x: Tensor) -> tuple:
 
 
 def lookup(func: object, key: tuple, params: Sequence[Tensor]) -> StepGraphs:
-    """The captures of ``func`` for ``key`` (and the parameters' storage), created if new."""
-    full = (key, tuple(_tensor_key(p) for p in params))
+    """The captures of ``func`` for ``key`` (and the parameters' storage), created if new.
+
+    A bound method is a new object at every attribute access: its captures live with the
+    object it is bound to."""
+    owner, method = (func.__self__, func.__func__) if isinstance(func, MethodType) else (func, None)
+    full = (method, key, tuple(_tensor_key(p) for p in params))
     try:
-        per = _CACHE.get(func)
+        per = _CACHE.get(owner)
         if per is None:
-            per = _CACHE[func] = OrderedDict()
+            per = _CACHE[owner] = OrderedDict()
     except TypeError:  # not weakly referenceable: keep the captures for this call only
-        per = _UNHASHABLE.setdefault(id(func), OrderedDict())
+        per = _UNHASHABLE.setdefault(id(owner), OrderedDict())
         per.clear()
     entry = per.get(full)
     if entry is None:

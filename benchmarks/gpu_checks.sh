@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The CUDA checks that CPU CI cannot run, in one short pass (about 3 minutes on an H100/H200):
+# the GPU tests of the captured adjoint and OT-Flow, then the side-by-side timings that the
+# README quotes for CUDA graphs. Run from the repository root on a machine with a GPU and
+# torch + torchdiffeq installed (no install step here):
+#     OUT=gpu-results bash benchmarks/gpu_checks.sh
+# Each part has its own time limit so that one stuck part leaves the others' results.
+set -u
+OUT=${OUT:-gpu-results}
+mkdir -p "$OUT"
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+# 1. GPU tests: captured adjoint = eager adjoint, capture-unsafe field, OT-Flow training step
+timeout 120 python -m pytest -q -p no:cacheprovider --device cuda \
+    tests/ode/test_graphs.py tests/flows/test_otflow.py -k "gpu or cuda_graphs" \
+    2>&1 | tee "$OUT/pytest_graphs.log"
+
+# 2. ODE engine, mlp (launch-bound: where CUDA graphs matter) and conv
+timeout 150 python benchmarks/ode_peers.py --device cuda --workloads mlp conv \
+    --solvers odeflow-adjoint odeflow-adjoint+graphs torchdiffeq \
+    --precisions fp32 bf16 --repeats 5 --json "$OUT/ode_graphs.json" 2>&1 | tee "$OUT/ode.log"
+
+# 3. OT-Flow against the matched-step Hutchinson CNF at d = 43 (issue 5's goal)
+timeout 90 python benchmarks/flows_peers.py --device cuda --dims 43 --parts speed \
+    --models "OT-Flow,matched" --repeats 5 --json "$OUT/flows_graphs.json" 2>&1 | tee "$OUT/flows.log"

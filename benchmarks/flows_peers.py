@@ -383,23 +383,25 @@ def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_
         return {"d": d, "model": model, "kind": kind, "batch": batch, "params": params,
                 "macs_stage": macs, **extra}  # fmt: skip
 
-    variants = [(p, m) for m in ("", "compile", "graphs") for p in ("fp32", "bf16")]
+    modes = ("", "compile", "graphs", "compile+graphs")
+    variants = [(p, m) for m in modes for p in ("fp32", "bf16")]
     for prec, mode in variants:
         name = f"odeflow OT-Flow {prec}" + (f" +{mode}" if mode else "")
-        if not want(name) or (mode == "compile" and not compile_rows):
+        compiled, graphs = "compile" in mode, "graphs" in mode
+        if not want(name) or (compiled and not compile_rows):
             continue
-        if mode == "graphs" and device != "cuda":  # CUDA graphs: no effect elsewhere
+        if graphs and device != "cuda":  # CUDA graphs: no effect elsewhere
             continue
         torch.manual_seed(0)
-        graphs = mode == "graphs"
         f = OTFlow(d, width=OT_WIDTH[d], nt=nt, nt_eval=nt, precision=prec,
-                   compile=mode == "compile", gradient="adjoint" if graphs else "backprop",
+                   compile=compiled, gradient="adjoint" if graphs else "backprop",
                    cuda_graphs=graphs)  # fmt: skip
         f = f.to(device)
         kind = "exact trace, rk4" + {
             "": "",
             "compile": ", torch.compile (warm-up call compiles)",
             "graphs": ", discrete adjoint, CUDA graphs (warm-up call captures)",
+            "compile+graphs": ", torch.compile inside captured discrete-adjoint steps",
         }[mode]
         note = (f"NFE analytic: 4 stages × {nt} steps, "
                 + ("adjoint: forward + rebuild per step" if graphs
@@ -715,7 +717,8 @@ def main(argv=None) -> int:
                     "--quick: 30)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true",
-                    help="add OT-Flow rows with OTFlow(compile=True) (torch.compile of the field)")
+                    help="add OT-Flow rows with OTFlow(compile=True) (torch.compile of the "
+                    "field; on CUDA also compile+graphs)")
     ap.add_argument("--device", default="cpu",
                     help="device of the speed rows (cpu or cuda; the 8gaussians sections stay "
                     "on the CPU)")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The CUDA checks that CPU CI cannot run, in one short pass (about 3 minutes on an H100/H200):
-# the GPU tests of the captured adjoint and OT-Flow, then the side-by-side timings that the
-# README quotes for CUDA graphs. Run from the repository root on a machine with a GPU and
-# torch + torchdiffeq installed (no install step here):
+# The CUDA checks that CPU CI cannot run, in one short pass (about 3 minutes on an H100/H200,
+# plus up to 4 for part 4, which compiles): the GPU tests of the captured adjoint and OT-Flow,
+# then the side-by-side timings that the README quotes for CUDA graphs. Run from the
+# repository root on a machine with a GPU and torch + torchdiffeq installed (no install step):
 #     OUT=gpu-results bash benchmarks/gpu_checks.sh
 # Each part has its own time limit so that one stuck part leaves the others' results.
 set -u
@@ -24,3 +24,8 @@ timeout 150 python benchmarks/ode_peers.py --device cuda --workloads mlp conv \
 # 3. OT-Flow against the matched-step Hutchinson CNF at d = 43 (issue 5's goal)
 timeout 90 python benchmarks/flows_peers.py --device cuda --dims 43 --parts speed \
     --models "OT-Flow,matched" --repeats 5 --json "$OUT/flows_graphs.json" 2>&1 | tee "$OUT/flows.log"
+
+# 4. OT-Flow with the compiled field inside the captured adjoint steps (compiles first: slower)
+timeout 240 python benchmarks/flows_peers.py --device cuda --dims 43 --parts speed --compile \
+    --models "+compile+graphs" --repeats 5 --json "$OUT/flows_compile_graphs.json" \
+    2>&1 | tee "$OUT/flows_compile.log"

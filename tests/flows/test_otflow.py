@@ -181,6 +181,25 @@ def test_compiled_field_equals_eager():
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
+def test_compiled_field_inside_captured_adjoint(monkeypatch):
+    """compile=True with cuda_graphs=True: the compiled field, evaluated with the parameters
+    rebound to aliases (the captured backward's functional_call), gives the eager gradients."""
+    from odeflow.ode import _graphs
+
+    monkeypatch.setattr(_graphs, "FORCE_STATIC", True)
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.manual_seed(0)
+    eager = OTFlow(3, width=8, nt=3, gradient="adjoint").double()
+    both = OTFlow(3, width=8, nt=3, gradient="adjoint", compile=True, cuda_graphs=True).double()
+    both.load_state_dict(eager.state_dict())
+    (le, ge), (lb, gb) = _loss_grads(eager, x), _loss_grads(both, x)
+    torch.testing.assert_close(lb, le, rtol=1e-12, atol=1e-12)
+    for a, b in zip(gb, ge):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    _graphs.clear_cuda_graphs()
+
+
 def test_copies_use_their_own_potential():
     """A deep copy (or pickle) of a used flow rebuilds its cached right-hand side around its own
     weights: changing the copy leaves the original's log-density as it was."""

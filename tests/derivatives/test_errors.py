@@ -38,6 +38,14 @@ def test_non_finite(phi, bad):
         D.compute(phi, x)
 
 
+def test_check_finite_false_skips_the_check(phi):
+    """check_finite=False (hot loops with inputs checked elsewhere): no error, NaN propagates."""
+    x = torch.randn(4, 3, dtype=torch.float64)
+    x[1, 2] = float("nan")
+    out = D.compute(phi, x, want="laplacian", check_finite=False)
+    assert out.laplacian[1].isnan() and out.laplacian[[0, 2, 3]].isfinite().all()
+
+
 def test_unknown_want_and_mode(phi):
     x = torch.randn(4, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="unknown want='trace'"):

@@ -181,6 +181,37 @@ def test_compiled_field_equals_eager():
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_right_hand_side_makes_no_host_sync():
+    """A stage evaluation of OT-Flow's dynamics (and its backward) reads nothing back to the
+    host: no per-stage synchronisation on a GPU, capturable as a CUDA graph."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from odeflow.flows._otflow import _Dynamics
+
+    class Syncs(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten._local_scalar_dense:  # .item(), bool(t)
+                Syncs.n += 1
+            return func(*args, **(kwargs or {}))
+
+    flow = OTFlow(5, width=16)
+    y = torch.randn(8, 5 + 3, requires_grad=True)
+    with Syncs():
+        out = _Dynamics(flow.potential, 5, flow.alpha[0], True)(torch.tensor(0.5), y)
+        torch.autograd.grad(out.square().sum(), [y, *flow.parameters()], allow_unused=True)
+    assert Syncs.n == 0
+    # a whole training step: the input checks only, however many RK4 steps
+    counts = []
+    for nt, gradient in ((2, "backprop"), (6, "backprop"), (2, "adjoint"), (6, "adjoint")):
+        Syncs.n = 0
+        with Syncs():
+            OTFlow(5, width=16, nt=nt, gradient=gradient).loss(torch.randn(8, 5)).total.backward()
+        counts.append(Syncs.n)
+    assert len(set(counts)) == 1 and counts[0] <= 2
+
+
 @pytest.mark.slow
 def test_compiled_field_inside_captured_adjoint(monkeypatch):
     """compile=True with cuda_graphs=True: the compiled field, evaluated with the parameters

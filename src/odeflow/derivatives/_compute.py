@@ -135,7 +135,7 @@ def _is_traced(x: torch.Tensor) -> bool:
     return bool(is_wrapped(x)) if is_wrapped is not None else False
 
 
-def _validate(net, x, want, mode, directions, exclude_last):
+def _validate(net, x, want, mode, directions, exclude_last, check_finite=True):
     if not isinstance(net, nn.Module):
         raise TypeError(f"derivatives: net must be a torch.nn.Module, got {type(net).__name__}.")
     if want not in _WANTS:
@@ -165,7 +165,7 @@ def _validate(net, x, want, mode, directions, exclude_last):
             f"derivatives: exclude_last must be an int in [0, {d - 1}] (the number of trailing "
             f"inputs left out of the Hessian/Laplacian), got {exclude_last!r}."
         )
-    if not _is_traced(x) and not bool(torch.isfinite(x).all()):
+    if check_finite and not _is_traced(x) and not bool(torch.isfinite(x).all()):
         raise ValueError("derivatives: x contains NaN or infinite values; clean the input first.")
     if want == "hvp" and directions is None:
         raise ValueError("derivatives: want='hvp' needs directions V of shape (d, k).")
@@ -194,6 +194,8 @@ def compute(
     mode: str = "auto",
     directions: torch.Tensor | None = None,
     exclude_last: int = 0,
+    *,
+    check_finite: bool = True,
 ) -> Derivatives:
     r"""Exact value, gradient, Hessian or Laplacian of a network for a batch of inputs.
 
@@ -245,6 +247,10 @@ def compute(
             for "hvp" the vectors multiplied by the d'×d' Hessian (rows d'… ignored).
         exclude_last: number of trailing inputs (e.g. the time t of Φ(x, t)) left out of the
             Hessian/Laplacian; the gradient stays over all d inputs.
+        check_finite: check ``x`` for NaN/inf (one host synchronisation per call on a GPU;
+            skipped by itself under ``torch.compile``, torch.func transforms and CUDA-graph
+            capture). Pass ``False`` in hot loops whose inputs are checked elsewhere, such as
+            the right-hand side of an ODE called at every stage.
 
     Returns:
         :class:`Derivatives` (value, gradient, hessian, laplacian); shapes in its docstring.
@@ -265,7 +271,7 @@ def compute(
         >>> out.value.shape, out.gradient.shape, out.laplacian.shape
         (torch.Size([5]), torch.Size([5, 3]), torch.Size([5]))
     """
-    _validate(net, x, want, mode, directions, exclude_last)
+    _validate(net, x, want, mode, directions, exclude_last, check_finite)
     n, d = x.shape
     dp = d - exclude_last
     V = None if directions is None else directions.to(device=x.device, dtype=x.dtype)

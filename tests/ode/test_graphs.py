@@ -14,16 +14,7 @@ from torch import nn
 import odeflow
 from odeflow.ode import _graphs
 
-
-class Field(nn.Module):
-    def __init__(self, d: int = 3, w: int = 16):
-        super().__init__()
-        self.l1 = nn.Linear(d + 1, w)
-        self.l2 = nn.Linear(w, d)
-
-    def forward(self, t, y):
-        tt = torch.ones_like(y[:, :1]) * t.to(y.dtype)
-        return self.l2(torch.tanh(self.l1(torch.cat([y, tt], 1))))
+from .test_adjoint import MLPField
 
 
 class TupleField(nn.Module):
@@ -31,7 +22,7 @@ class TupleField(nn.Module):
 
     def __init__(self, d: int = 3):
         super().__init__()
-        self.f = Field(d)
+        self.f = MLPField(d, 16)
 
     def forward(self, t, y):
         x, s = y
@@ -68,7 +59,7 @@ def test_static_path_equals_eager_bitwise(static, precision):
         pytest.skip("no fp16 autocast on this CPU build")
     torch.manual_seed(0)
     dt = torch.float64 if precision == "fp32" else torch.float32
-    f = Field().to(dt)
+    f = MLPField(3, 16).to(dt)
     y0 = torch.randn(6, 3, dtype=dt, requires_grad=True)
     t = torch.linspace(0, 1, 4, dtype=dt)
     kw = dict(steps_per_interval=3, precision=precision)
@@ -95,7 +86,7 @@ def test_static_path_tuple_state_and_cache_reuse(static):
 
 
 def test_cache_keys_on_shapes_and_parameter_storage(static):
-    f = Field().double()
+    f = MLPField(3, 16).double()
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     run = dict(gradient=odeflow.DiscreteAdjoint(cuda_graphs=True))
     odeflow.odeint(f, torch.randn(4, 3, dtype=torch.float64), t, **run).sum().backward()
@@ -111,7 +102,7 @@ def test_cache_keys_on_shapes_and_parameter_storage(static):
 
 
 def test_cache_dies_with_the_field(static):
-    f = Field().double()
+    f = MLPField(3, 16).double()
     odeflow.odeint(f, torch.randn(4, 3, dtype=torch.float64), torch.tensor([0.0, 1.0]).double(),
                    gradient=odeflow.DiscreteAdjoint(cuda_graphs=True)).sum().backward()  # fmt: skip
     assert len(_graphs._CACHE) == 1
@@ -141,7 +132,7 @@ def test_bound_method_field_reuses_its_captures(static):
 
 def test_time_gradients_fall_back_to_eager(static):
     torch.manual_seed(2)
-    f = Field().double()
+    f = MLPField(3, 16).double()
     y0 = torch.randn(4, 3, dtype=torch.float64)
     t = torch.linspace(0, 1, 3, dtype=torch.float64, requires_grad=True)
     grads = []
@@ -165,7 +156,7 @@ def test_parameters_must_belong_to_the_module(static):
     with pytest.raises(ValueError, match=r"parameters of func, an nn\.Module"):
         odeflow.odeint(lambda t, y: y @ w, y0, t, params=[w], gradient=grad)
     with pytest.raises(ValueError, match="1 of the 5 tensors"):
-        f = Field().double()
+        f = MLPField(3, 16).double()
         odeflow.odeint(f, y0, t, params=[*f.parameters(), w], gradient=grad)
     # no parameter gradients: any callable
     y0.requires_grad_()
@@ -176,7 +167,7 @@ def test_parameters_must_belong_to_the_module(static):
 
 def test_cpu_without_force_takes_the_eager_path():
     _graphs.clear_cuda_graphs()
-    f = Field()
+    f = MLPField(3, 16)
     odeflow.odeint(f, torch.randn(4, 3), torch.tensor([0.0, 1.0]),
                    gradient=odeflow.DiscreteAdjoint(cuda_graphs=True)).sum().backward()  # fmt: skip
     assert len(_graphs._CACHE) == 0 and odeflow.ode.graph_memory_bytes() == 0
@@ -188,7 +179,7 @@ def test_cpu_without_force_takes_the_eager_path():
 def test_gpu_captured_gradients_equal_eager(cuda, precision):
     _graphs.clear_cuda_graphs()
     torch.manual_seed(0)
-    f = Field(8, 64).to(cuda)
+    f = MLPField(8, 64).to(cuda)
     y0 = torch.randn(256, 8, device=cuda, requires_grad=True)
     t = torch.linspace(0, 1, 4, device=cuda)
     kw = dict(steps_per_interval=4, precision=precision)

@@ -215,8 +215,9 @@ def test_adjoint_forward_saves_no_graph():
             store = ys.grad_fn.store
             assert len(store) == 10
             assert sum(s[0].numel() * s[0].element_size() for s in store) == 10 * 50 * 3 * 4
-    param_bytes = sum(p.numel() * 4 for p in f.parameters())
-    assert saved["adjoint"] <= param_bytes + 64  # t and the parameters, no activations
+    # the inputs t, y0 and the parameters (saved, not copied), no activations
+    input_bytes = sum(p.numel() * 4 for p in f.parameters()) + y0.numel() * 4
+    assert saved["adjoint"] <= input_bytes + 64
     assert saved["backprop"] > 40 * 50 * 64 * 4  # ≥ one hidden activation per stage and step
 
 
@@ -348,7 +349,7 @@ def test_cpu_gpu_agreement(cuda, recompute):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_retain_graph_and_create_graph():
+def test_retain_graph():
     f = MLPField().to(D64)
     y0 = torch.randn(5, 3, dtype=D64, requires_grad=True)
     ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=D64))
@@ -356,12 +357,109 @@ def test_retain_graph_and_create_graph():
     g1 = torch.autograd.grad(loss, y0, retain_graph=True)[0]
     g2 = torch.autograd.grad(loss, y0, retain_graph=True)[0]
     assert torch.equal(g1, g2)
-    with pytest.raises(NotImplementedError, match="gradient='backprop'"):
-        torch.autograd.grad(loss, y0, create_graph=True)
-    # backprop supports second derivatives
-    ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=D64), gradient="backprop")
-    (g,) = torch.autograd.grad((ys**2).sum(), y0, create_graph=True)
-    assert g.requires_grad
+
+
+def _second_order(gradient, method="rk4"):
+    """First derivatives with create_graph=True, then the derivative of <g, v> (a Hessian-vector
+    product in (y0, t, θ) jointly), for a loss on intermediate and final outputs."""
+    torch.manual_seed(11)
+    f = MLPField().to(D64)
+    y0 = torch.randn(5, 3, dtype=D64, requires_grad=True)
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=D64, requires_grad=True)
+    ys = odeflow.odeint(f, y0, t, method=method, gradient=gradient, steps_per_interval=2)
+    loss = (ys[1:] ** 2).sum() + ys[-1].sin().sum()
+    wrt = [y0, t, *f.parameters()]
+    g = torch.autograd.grad(loss, wrt, create_graph=True)
+    gen = torch.Generator().manual_seed(12)
+    vs = [torch.randn(x.shape, dtype=D64, generator=gen) for x in wrt]
+    hv = torch.autograd.grad(sum((gi * vi).sum() for gi, vi in zip(g, vs)), wrt)
+    return [x.detach() for x in g], hv
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+def test_create_graph_gives_backprops_second_derivatives(method, recompute):
+    """create_graph=True through the adjoint: differentiable gradients whose derivatives
+    (Hessian-vector products in y0, t and θ) equal backprop's."""
+    ga, ha = _second_order(DiscreteAdjoint(recompute=recompute), method)
+    gb, hb = _second_order("backprop", method)
+    for x, y in zip(ga + list(ha), gb + list(hb)):
+        assert _rel(x, y) < 1e-10
+
+
+def test_create_graph_taylor_test_of_the_gradient():
+    """The gradient y0 -> dL/dy0 from the create_graph path is differentiable, and its
+    derivative (the Hessian-vector product) passes a Taylor test of the loss to second order."""
+    torch.manual_seed(13)
+    f = MLPField().to(D64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=D64)
+    loss = _loss_y0(f, t, "step")
+    x = torch.randn(5, 3, dtype=D64, requires_grad=True)
+    v = torch.randn(5, 3, dtype=D64)
+    (g,) = torch.autograd.grad(loss(x), x, create_graph=True)
+    (hv,) = torch.autograd.grad((g * v).sum(), x)
+    r = odeflow.testing.taylor_test(loss, x.detach(), v, grad=g.detach(), hvp=hv)
+    assert r.passed(), r
+
+
+def test_create_graph_gradient_penalty_step():
+    """A gradient penalty ||dL/dy0||^2 trained through the adjoint: its parameter gradient
+    equals backprop's, and the NFE of the replayed solve is counted."""
+
+    def penalty_grads(gradient):
+        torch.manual_seed(14)
+        f = MLPField().to(D64)
+        y0 = torch.randn(6, 3, dtype=D64, requires_grad=True)
+        sol = odeflow.solve(f, y0, torch.tensor([0.0, 1.0], dtype=D64), gradient=gradient,
+                            steps_per_interval=3)  # fmt: skip
+        (g,) = torch.autograd.grad((sol.ys[-1] ** 2).sum(), y0, create_graph=True)
+        (g**2).sum().backward()
+        return [p.grad for p in f.parameters()], sol
+
+    ga, sol = penalty_grads("adjoint")
+    gb, _ = penalty_grads("backprop")
+    for x, y in zip(ga, gb):
+        assert _rel(x, y) < 1e-10
+    # backward NFE: the replay of 3 RK4 steps (create_graph pass), then the first-order
+    # adjoint once more (the penalty reaches the output ys through dL/dys = 2 ys)
+    assert sol.stats.nfe == 2 * 3 * 4
+
+
+def test_create_graph_mixed_precision_matches_backprop():
+    """bf16: the differentiable gradients are backprop's through the same autocast stages,
+    bitwise, and so are their derivatives. (The loss is linear in ys, so the second
+    derivative runs through the replayed graph only; with a nonlinear loss part of it would
+    pass through the first-order bf16 adjoint, which differs from bf16 backprop at its own
+    mixed-precision accuracy.)"""
+
+    def run(gradient):
+        torch.manual_seed(15)
+        f = MLPField(w=16)
+        y0 = torch.randn(8, 3, requires_grad=True)
+        ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0]), gradient=gradient,
+                            precision="bf16", steps_per_interval=4)  # fmt: skip
+        w = torch.linspace(-1, 1, ys[-1].numel()).reshape(ys[-1].shape)
+        (g,) = torch.autograd.grad((w * ys[-1]).sum(), y0, create_graph=True)
+        assert g.dtype == torch.float32 and g.requires_grad
+        return g.detach(), torch.autograd.grad((g**2).sum(), f.l1.weight)[0]
+
+    for x, y in zip(run("adjoint"), run("backprop")):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+def test_in_place_change_of_y0_before_backward_raises(recompute):
+    """The first stored state shares y0's memory: changing y0 in place between the forward and
+    the backward pass is autograd's usual error, not a silently wrong gradient."""
+    f = MLPField().to(D64)
+    x = torch.randn(5, 3, dtype=D64, requires_grad=True)
+    y0 = x * 1.0
+    ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=D64),
+                        gradient=DiscreteAdjoint(recompute=recompute))  # fmt: skip
+    with torch.no_grad():
+        y0.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (ys**2).sum().backward()
 
 
 @pytest.mark.slow

@@ -91,14 +91,14 @@ def test_cache_keys_on_shapes_and_parameter_storage(static):
     run = dict(gradient=odeflow.DiscreteAdjoint(cuda_graphs=True))
     odeflow.odeint(f, torch.randn(4, 3, dtype=torch.float64), t, **run).sum().backward()
     odeflow.odeint(f, torch.randn(7, 3, dtype=torch.float64), t, **run).sum().backward()
-    assert len(_graphs._CACHE[f]) == 2  # a second batch size: a second capture
+    assert len(_graphs._CACHE[id(f)]) == 2  # a second batch size: a second capture
     with torch.no_grad():  # an in-place update keeps the entry (the replays see it)
         f.l1.weight.mul_(0.5)
     odeflow.odeint(f, torch.randn(7, 3, dtype=torch.float64), t, **run).sum().backward()
-    assert len(_graphs._CACHE[f]) == 2
+    assert len(_graphs._CACHE[id(f)]) == 2
     f.l1.weight = nn.Parameter(f.l1.weight.detach().clone())  # a new tensor: recapture
     odeflow.odeint(f, torch.randn(7, 3, dtype=torch.float64), t, **run).sum().backward()
-    assert len(_graphs._CACHE[f]) == 3
+    assert len(_graphs._CACHE[id(f)]) == 3
 
 
 def test_cache_dies_with_the_field(static):
@@ -126,7 +126,7 @@ def test_bound_method_field_reuses_its_captures(static):
     gs = [torch.autograd.grad(odeflow.odeint(o.rhs, y0, t, gradient=grad).sum(), y0)[0]
           for _ in range(2)]  # fmt: skip
     assert torch.equal(*gs)
-    entries = list(_graphs._CACHE[o].values())  # keyed by the owner, not the bound method
+    entries = list(_graphs._CACHE[id(o)].values())  # keyed by the owner, not the bound method
     assert len(entries) == 1 and entries[0].backward is not None
 
 
@@ -153,7 +153,9 @@ def test_parameters_must_belong_to_the_module(static):
     w = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
     y0, t = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0.0, 1.0]).double()
     grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
-    with pytest.raises(ValueError, match=r"parameters of func, an nn\.Module"):
+    with pytest.raises(
+        ValueError, match=r"parameters of func \(an nn\.Module, or a method of one\)"
+    ):
         odeflow.odeint(lambda t, y: y @ w, y0, t, params=[w], gradient=grad)
     with pytest.raises(ValueError, match="1 of the 5 tensors"):
         f = MLPField(3, 16).double()
@@ -168,9 +170,141 @@ def test_parameters_must_belong_to_the_module(static):
 def test_cpu_without_force_takes_the_eager_path():
     _graphs.clear_cuda_graphs()
     f = MLPField(3, 16)
+    grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
     odeflow.odeint(f, torch.randn(4, 3), torch.tensor([0.0, 1.0]),
-                   gradient=odeflow.DiscreteAdjoint(cuda_graphs=True)).sum().backward()  # fmt: skip
+                   gradient=grad).sum().backward()  # fmt: skip
     assert len(_graphs._CACHE) == 0 and odeflow.ode.graph_memory_bytes() == 0
+    # off CUDA the option has no effect, so neither do its requirements
+    w = torch.randn(3, 3, requires_grad=True)
+    odeflow.odeint(lambda t, y: y @ w, torch.randn(4, 3), torch.tensor([0.0, 1.0]), params=[w],
+                   gradient=grad).sum().backward()  # fmt: skip
+    assert w.grad is not None
+
+
+@pytest.fixture
+def captures(monkeypatch):
+    """Counts the captures taken, per kind ("forward"/"backward")."""
+    counts = {"forward": 0, "backward": 0}
+    real = _graphs.StepGraphs.capture
+
+    def counting(self, kind, fn, inputs):
+        counts[kind] += 1
+        return real(self, kind, fn, inputs)
+
+    monkeypatch.setattr(_graphs.StepGraphs, "capture", counting)
+    return counts
+
+
+def _solve_grads(func, y0, t, graphs, **kw):
+    y0 = y0.detach().requires_grad_()
+    ys = odeflow.odeint(func, y0, t, gradient=odeflow.DiscreteAdjoint(cuda_graphs=graphs), **kw)
+    return torch.autograd.grad((ys**2).sum(), y0)[0]
+
+
+def test_unhashable_field_keeps_its_captures(static, captures):
+    """A dataclass instance (eq=True makes it unhashable) is cached by identity: one forward
+    and one backward capture across calls, released with the field."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Field:
+        a: torch.Tensor
+
+        def __call__(self, t, y):
+            return torch.tanh(y @ self.a)
+
+    f = Field(torch.randn(3, 3, dtype=torch.float64))
+    y0, t = torch.randn(4, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64)
+    ge = _solve_grads(f, y0, t, False, steps_per_interval=4)
+    for _ in range(2):
+        assert torch.equal(_solve_grads(f, y0, t, True, steps_per_interval=4), ge)
+    assert captures == {"forward": 1, "backward": 1}
+    del f
+    gc.collect()
+    assert len(_graphs._CACHE) == 0
+
+
+def test_field_without_weakref_captures_once_per_solve(static, captures):
+    """A callable that cannot be weakly referenced keeps its captures for one solve: the
+    forward captures once (not once per step) and the backward replays that solve's capture."""
+
+    class Slotted:
+        __slots__ = ("a",)
+
+        def __init__(self, a):
+            self.a = a
+
+        def __call__(self, t, y):
+            return torch.tanh(y @ self.a)
+
+    f = Slotted(torch.randn(3, 3, dtype=torch.float64))
+    y0, t = torch.randn(4, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64)
+    ge = _solve_grads(f, y0, t, False, steps_per_interval=4)
+    assert torch.equal(_solve_grads(f, y0, t, True, steps_per_interval=4), ge)
+    assert captures == {"forward": 1, "backward": 1}
+    assert len(_graphs._CACHE) == 0  # nothing global: nothing to leak
+
+
+def test_cache_keys_on_train_eval_mode_and_state_structure(static):
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = MLPField(3, 16).double()
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, t, y):
+            return {k: self.drop(self.f(t, v)) for k, v in y.items()}
+
+    f = Noisy()
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    a, b = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    run = dict(gradient=odeflow.DiscreteAdjoint(cuda_graphs=True))
+    odeflow.odeint(f, {"a": a, "b": b}, t, **run)["a"].sum().backward()
+    f.eval()  # dropout off: a graph recorded in train mode must not be replayed
+    odeflow.odeint(f, {"a": a, "b": b}, t, **run)["a"].sum().backward()
+    assert len(_graphs._CACHE[id(f)]) == 2
+    odeflow.odeint(f, {"b": b, "a": a}, t, **run)["a"].sum().backward()  # other leaf order
+    assert len(_graphs._CACHE[id(f)]) == 3
+
+
+def test_inference_mode_capture_then_training(static):
+    """Static buffers made under torch.inference_mode stay usable by later normal calls."""
+    torch.manual_seed(3)
+    f = MLPField(3, 16).double()
+    y0, t = torch.randn(4, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64)
+    grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
+    with torch.inference_mode():
+        yi = odeflow.odeint(f, y0, t, gradient=grad)
+    with torch.no_grad():
+        yn = odeflow.odeint(f, y0, t, gradient=grad)
+    assert torch.equal(yi, yn)
+    assert torch.equal(_solve_grads(f, y0, t, True), _solve_grads(f, y0, t, False))
+
+
+def test_bound_method_of_a_module_with_parameters(static):
+    """A method of an nn.Module as the field: its parameters are rebound through the owner
+    (gradients bitwise equal to the eager adjoint), and the captures live with the owner."""
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = MLPField(3, 16)
+
+        def rhs(self, t, y):
+            return self.f(t, y) * 0.5
+
+    torch.manual_seed(4)
+    m = Model().double()
+    y0, t = torch.randn(4, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64)
+    out = []
+    for graphs in (False, True, True):
+        ys = odeflow.odeint(m.rhs, y0, t, gradient=odeflow.DiscreteAdjoint(cuda_graphs=graphs),
+                            params=list(m.parameters()))  # fmt: skip
+        out.append(torch.autograd.grad((ys**2).sum(), list(m.parameters())))
+    for gg in out[1:]:
+        for a, b in zip(out[0], gg):
+            assert torch.equal(a, b)
+    assert len(_graphs._CACHE[id(m)]) == 1
 
 
 # ------------------------------------------------------------------------------- GPU

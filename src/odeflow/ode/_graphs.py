@@ -31,8 +31,10 @@ FORCE_STATIC = False
 _MAX_ENTRIES = 4  # captures kept per vector field (e.g. a training and a smaller last batch)
 _WARMUP = 2  # eager runs on a side stream before capture (lazy init of cuBLAS/cuDNN, autograd)
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_UNHASHABLE: dict[int, OrderedDict] = {}  # funcs that cannot be weakly referenced: per call
+# id(owner) -> its captures; an entry is removed when its owner is garbage-collected. Keyed
+# by identity, not by hash/equality: equal-but-distinct fields (or unhashable ones, e.g. a
+# dataclass instance) never share captures.
+_CACHE: dict[int, OrderedDict] = {}
 
 
 def enabled(device: torch.device) -> bool:
@@ -51,27 +53,33 @@ class Captured:
         self.inputs = list(inputs)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.outputs: list = []
-        if self.inputs[0].device.type != "cuda":
+        dev = self.inputs[0].device
+        if dev.type != "cuda":
             return
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        try:
+        with torch.cuda.device(dev):  # streams and capture on the state's device
+            side = torch.cuda.Stream(device=dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            # warm-up: plain eager runs, whose errors are the field's own and pass unchanged
             with torch.cuda.stream(side):
                 for _ in range(_WARMUP):
                     fn()
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream(dev).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.outputs = fn()
-        except RuntimeError as e:
-            _end_generator_capture(self.inputs[0].device)
-            raise RuntimeError(
-                "DiscreteAdjoint(cuda_graphs=True) could not capture the RK step as a CUDA "
-                "graph; the vector field must be capture-safe: no host synchronisation "
-                "(.item(), .cpu(), printing tensors, data-dependent Python branches), no CPU "
-                "tensors created per call, no new parameter tensors. Use cuda_graphs=False "
-                f"for such a field. ({type(e).__name__}: {e})"
-            ) from e
+            try:
+                with torch.cuda.graph(graph, pool=pool, stream=torch.cuda.Stream(device=dev)):
+                    self.outputs = fn()
+            except torch.cuda.OutOfMemoryError:
+                _end_generator_capture(dev)
+                raise
+            except RuntimeError as e:
+                _end_generator_capture(dev)
+                raise RuntimeError(
+                    "DiscreteAdjoint(cuda_graphs=True) could not capture the RK step as a CUDA "
+                    "graph; the vector field must be capture-safe: no host synchronisation "
+                    "(.item(), .cpu(), printing tensors, data-dependent Python branches), no CPU "
+                    "tensors created per call, no new parameter tensors. Use cuda_graphs=False "
+                    f"for such a field. ({type(e).__name__}: {e})"
+                ) from e
         self.graph = graph
 
     def pool(self):
@@ -83,7 +91,8 @@ class Captured:
         if self.graph is None:
             self.outputs = fn()
         else:
-            self.graph.replay()
+            with torch.cuda.device(self.inputs[0].device):
+                self.graph.replay()
         return self.outputs
 
 
@@ -125,20 +134,22 @@ def _tensor_key(x: Tensor) -> tuple:
     return (tuple(x.shape), x.dtype, x.device, x.data_ptr())
 
 
-def lookup(func: object, key: tuple, params: Sequence[Tensor]) -> StepGraphs:
+def lookup(func: object, key: tuple, params: Sequence[Tensor], local: OrderedDict) -> StepGraphs:
     """The captures of ``func`` for ``key`` (and the parameters' storage), created if new.
 
     A bound method is a new object at every attribute access: its captures live with the
-    object it is bound to."""
+    object it is bound to. A field that cannot be weakly referenced keeps its captures in
+    ``local`` (the solve's own dict: shared by its forward and backward pass only)."""
     owner, method = (func.__self__, func.__func__) if isinstance(func, MethodType) else (func, None)
     full = (method, key, tuple(_tensor_key(p) for p in params))
-    try:
-        per = _CACHE.get(owner)
-        if per is None:
-            per = _CACHE[owner] = OrderedDict()
-    except TypeError:  # not weakly referenceable: keep the captures for this call only
-        per = _UNHASHABLE.setdefault(id(owner), OrderedDict())
-        per.clear()
+    per = _CACHE.get(id(owner))
+    if per is None:
+        try:
+            weakref.finalize(owner, _CACHE.pop, id(owner), None)
+        except TypeError:
+            per = local
+        else:
+            per = _CACHE[id(owner)] = OrderedDict()
     entry = per.get(full)
     if entry is None:
         entry = per[full] = StepGraphs()
@@ -160,7 +171,6 @@ def clear_cuda_graphs() -> None:
         >>> odeflow.ode.clear_cuda_graphs()
     """
     _CACHE.clear()
-    _UNHASHABLE.clear()
 
 
 def graph_memory_bytes() -> int:
@@ -176,7 +186,7 @@ def graph_memory_bytes() -> int:
     """
     pools = {
         tuple(e.pool())
-        for per in list(_CACHE.values()) + list(_UNHASHABLE.values())
+        for per in list(_CACHE.values())
         for e in per.values()
         if e.pool() is not None
     }
@@ -190,4 +200,7 @@ def graph_memory_bytes() -> int:
 
 
 def static_like(values: Sequence[Tensor]) -> list[Tensor]:
-    return [v.detach().clone() for v in values]
+    """Static input buffers: normal tensors even when made under ``torch.inference_mode``
+    (a later call outside it copies into them)."""
+    with torch.inference_mode(False):
+        return [v.detach().clone() for v in values]

@@ -6,8 +6,10 @@ import contextlib
 import enum
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import MethodType
 from typing import Any
 
 import torch
@@ -90,6 +92,13 @@ class DiscreteAdjoint:
     see :func:`odeflow.ode.graph_memory_bytes` and :func:`odeflow.ode.clear_cuda_graphs`.
     Time gradients (``t.requires_grad``) run the backward eagerly; on other devices the option
     has no effect.
+
+    Higher-order derivatives: with ``create_graph=True`` (``torch.autograd.grad(...,
+    create_graph=True)``, e.g. for Hessian-vector products or gradient penalties) the backward
+    pass replays the solve from the saved inputs with an autograd graph and differentiates it,
+    so the gradients are themselves differentiable in ``y0``, ``t`` and the parameters. That
+    pass costs what ``gradient="backprop"`` costs (one graph over all steps, no fp16 adjoint
+    scaling); first-order backward passes keep the adjoint's memory.
 
     Args:
         recompute: ``"step"`` or ``"stage"``.
@@ -236,15 +245,15 @@ class _Field:
         return ks
 
     @contextlib.contextmanager
-    def rebound(self, params: dict[str, Tensor]):
-        """Within the block, evaluate ``func`` (an ``nn.Module``) with its named parameters
-        replaced by ``params`` (``torch.func.functional_call``)."""
-        module = self.func
+    def rebound(self, module: nn.Module, params: dict[str, Tensor]):
+        """Within the block, evaluate ``func`` through ``module`` (``func`` itself, or a
+        :class:`_MethodModule` around it) with its named parameters replaced by ``params``
+        (``torch.func.functional_call``)."""
         self.call = lambda t, y: torch.func.functional_call(module, params, (t, y), strict=False)
         try:
             yield self
         finally:
-            self.call = module
+            self.call = self.func
 
     def _check(self, ks: list[Tensor]) -> None:
         for i, (k, shp) in enumerate(zip(ks, self.shapes)):
@@ -268,6 +277,19 @@ class _Field:
                 raise ValueError(
                     f"func(t, y) returned a tensor on {k.device}{where}, state is on {self.device}"
                 )
+
+
+class _MethodModule(nn.Module):
+    """A bound method of an ``nn.Module`` as a module whose parameters are the owner's
+    (prefixed ``owner.``), so that ``functional_call`` can rebind them."""
+
+    def __init__(self, method: MethodType):
+        super().__init__()
+        self.owner = method.__self__
+        self.fn = method.__func__
+
+    def forward(self, t, y):
+        return self.fn(self.owner, t, y)
 
 
 def _lincomb(
@@ -391,7 +413,11 @@ class _Plan:
     graphs: bool = False  # DiscreteAdjoint(cuda_graphs=True) on a device that captures
     watched: list[Tensor] = field(default_factory=list)  # tensors the captures read in place
     params: list[Tensor] = field(default_factory=list)  # the tensors gradients are taken for
-    param_names: list[str] = field(default_factory=list)  # their names in func (an nn.Module)
+    param_names: list[str] = field(default_factory=list)  # their names in bind_module
+    bind_module: nn.Module | None = None  # func, or a _MethodModule around a module's method
+    graph_key: tuple = ()  # what else the captures depend on (structure, t dtype, modes)
+    graph_entry: _graphs.StepGraphs | None = None  # this solve's captures (looked up once)
+    local_graphs: OrderedDict = field(default_factory=OrderedDict)  # a non-weakref-able func's
 
     @property
     def steps(self) -> list[tuple[int, int]]:
@@ -434,14 +460,18 @@ def _integrate(plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None) -> 
 
 # --------------------------------------------------------------------------- CUDA graphs
 def _captures(plan: _Plan, y: list[Tensor]) -> _graphs.StepGraphs:
-    key = (
-        plan.tab,
-        plan.pol,
-        plan.hdt,
-        tuple((tuple(x.shape), x.dtype, x.device) for x in y),
-        tuple(p.data_ptr() for p in plan.params),  # the tensors the backward differentiates for
-    )
-    return _graphs.lookup(plan.fld.func, key, plan.watched)
+    """The captures of this solve (every step has the same key: looked up once per solve)."""
+    if plan.graph_entry is None:
+        key = (
+            plan.tab,
+            plan.pol,
+            plan.hdt,
+            plan.graph_key,
+            tuple((tuple(x.shape), x.dtype, x.device) for x in y),
+            tuple(p.data_ptr() for p in plan.params),  # what the backward differentiates for
+        )
+        plan.graph_entry = _graphs.lookup(plan.fld.func, key, plan.watched, plan.local_graphs)
+    return plan.graph_entry
 
 
 def _replayer(
@@ -514,7 +544,8 @@ def _captured_backward(
                 yin = [v.detach().to(plan.hdt).requires_grad_() for v in xs]
                 alias = [p.detach().requires_grad_() for p in live]
                 names = dict(zip(plan.param_names, alias))
-                with plan.fld.rebound(names) if alias else contextlib.nullcontext():
+                bind = plan.fld.rebound(plan.bind_module, names) if alias else None
+                with bind or contextlib.nullcontext():
                     yout = _rk_step(plan.fld, plan.tab, ts, hs, yin, plan.pol)
                 g = torch.autograd.grad(yout, yin + alias, grad_outputs=sd, allow_unused=True)
             gy = [torch.zeros_like(v) if gv is None else gv for gv, v in zip(g[:nl], yin)]
@@ -539,21 +570,53 @@ class _AdjointFunction(torch.autograd.Function):
             _captured_backward(plan, store[0], seed, tau, h, list(tensors[plan.n_leaf :]), True)
         ctx.plan = plan
         ctx.store = store
-        ctx.save_for_backward(t, *tensors[plan.n_leaf :])
+        # y0 too: the first stored state may alias it, so an in-place change of y0 before
+        # the backward pass must raise autograd's error instead of corrupting the gradient;
+        # and a differentiable backward (create_graph=True) replays the solve from it
+        ctx.save_for_backward(t, *tensors)
         return tuple(o.to(d) for o, d in zip(outs, plan.out_dtypes))
 
     @staticmethod
     def backward(ctx, *gouts: Tensor | None):  # type: ignore[override]
         plan: _Plan = ctx.plan
-        store: list[list[Tensor]] = ctx.store
-        t, *params = ctx.saved_tensors
+        t, *tensors = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            return None, *_backward_with_graph(plan, t, tensors, gouts, ctx.needs_input_grad[1:])
         need_t = ctx.needs_input_grad[1]
-        if torch.is_grad_enabled():
-            raise NotImplementedError(
-                "higher-order gradients (create_graph=True) through the discrete adjoint are not "
-                "supported; use gradient='backprop' for them"
+        return _adjoint_backward(plan, ctx.store, t, tensors[plan.n_leaf :], gouts, need_t)
+
+
+def _backward_with_graph(plan: _Plan, t: Tensor, tensors: list[Tensor], gouts, needs):
+    """Differentiable gradients (``create_graph=True``): replay the solve from the saved
+    inputs with an autograd graph and differentiate that, so that the gradients are functions
+    of ``(t, y0, θ)`` that autograd can differentiate again (Hessian-vector products, gradient
+    penalties). Same scheme and stages as the forward pass; backprop's memory and no fp16
+    adjoint scaling on this path."""
+    nfe0 = plan.fld.nfe
+    inputs = [t, *tensors]
+    y0 = tensors[: plan.n_leaf]
+    with torch.enable_grad():
+        outs = _integrate(plan, t, list(y0), None)
+        outs = [o.to(d) for o, d in zip(outs, plan.out_dtypes)]
+        used = [(o, g) for o, g in zip(outs, gouts) if g is not None]
+        wrt = [x for x, n in zip(inputs, needs) if n]
+        grads = iter(
+            torch.autograd.grad(
+                [o for o, _ in used],
+                wrt,
+                [g for _, g in used],
+                create_graph=True,
+                allow_unused=True,
             )
-        return _adjoint_backward(plan, store, t, params, gouts, need_t)
+            if used and wrt
+            else [None] * len(wrt)
+        )
+    plan.stats.nfe += plan.fld.nfe - nfe0
+    out: list[Tensor | None] = []
+    for x, n in zip(inputs, needs):
+        g = next(grads) if n else None
+        out.append(torch.zeros_like(x) if n and g is None else g)
+    return out
 
 
 def _adjoint_backward(plan, store, t, params, gouts, need_t):
@@ -899,21 +962,29 @@ def _steps_per_interval(host: list[float], spi: int, step_size: float | None) ->
 
 
 # --------------------------------------------------------------------------- entry points
-def _param_names(func: Callable, plist: list[Tensor]) -> list[str]:
-    """The names in ``func`` (an ``nn.Module``) of the parameters ``plist``: a captured backward
-    step differentiates through aliases bound by name (see ``_captured_backward``)."""
-    names = {}
-    if isinstance(func, nn.Module):
-        names = {id(p): n for n, p in func.named_parameters()}
+def _owning_module(func: Callable) -> nn.Module | None:
+    """``func`` if it is an ``nn.Module``, the module a bound method belongs to, else None."""
+    if isinstance(func, MethodType) and isinstance(func.__self__, nn.Module):
+        return func.__self__
+    return func if isinstance(func, nn.Module) else None
+
+
+def _bind_target(func: Callable, plist: list[Tensor]) -> tuple[nn.Module | None, list[str]]:
+    """The module through which a captured backward step rebinds the parameters ``plist``
+    (aliases bound by name, see ``_captured_backward``), and their names in it."""
+    bind = func if isinstance(func, nn.Module) else None
+    if _owning_module(func) is not None and bind is None:
+        bind = _MethodModule(func)
+    names = {} if bind is None else {id(p): n for n, p in bind.named_parameters()}
     missing = sum(id(p) not in names for p in plist)
     if missing:
         raise ValueError(
             f"DiscreteAdjoint(cuda_graphs=True) needs the tensors it differentiates for to be "
-            f"parameters of func, an nn.Module; {missing} of the {len(plist)} tensors in params "
-            "are not in func.parameters(). Register them on the module (nn.Parameter), or use "
-            "cuda_graphs=False"
+            f"parameters of func (an nn.Module, or a method of one); {missing} of the "
+            f"{len(plist)} tensors in params are not among them. Register them on the module "
+            "(nn.Parameter), or use cuda_graphs=False"
         )
-    return [names[id(p)] for p in plist]
+    return bind, [names[id(p)] for p in plist]
 
 
 def _prepare(
@@ -968,15 +1039,19 @@ def _prepare(
     plan = _Plan(fld, tab, pol, ms, hdt, out_dtypes, scaler, len(leaves), AdjointStats())
     if isinstance(grad, DiscreteAdjoint):
         plan.recompute = grad.recompute
-        if grad.cuda_graphs:
-            plan.param_names = _param_names(func, plist)
         plan.graphs = grad.cuda_graphs and _graphs.enabled(dev)
-        if plan.graphs:  # every tensor the captured kernels read by address
-            mod = isinstance(func, nn.Module)
-            extra = [*func.parameters(), *func.buffers()] if mod else []
+        if plan.graphs:
+            plan.bind_module, plan.param_names = _bind_target(func, plist)
+            mod = _owning_module(func)
+            # every tensor the captured kernels read by address
+            extra = [*mod.parameters(), *mod.buffers()] if mod is not None else []
             seen: set[int] = set()
             plan.watched = [x for x in plist + extra if not (id(x) in seen or seen.add(id(x)))]
             plan.params = plist
+            # recorded kernels also depend on the state's structure (leaf order), t's dtype
+            # (the static time buffers) and train/eval mode (dropout, batch norm)
+            modes = tuple(m.training for m in mod.modules()) if mod is not None else ()
+            plan.graph_key = (spec, t.dtype, modes)
     return plan, leaves, spec, t, grad, plist, params is None and not isinstance(func, nn.Module)
 
 
@@ -1105,6 +1180,11 @@ def odeint(
         TypeError: integer/complex ``y0`` or ``t``; ``func`` returning a non-tensor, a
             different structure, a non-floating or a higher-precision dtype.
         FloatingPointError: fp16 adjoint overflow that scaling cannot recover.
+        RuntimeError: (autograd's) ``y0`` or a parameter changed in place between the solve
+            and its backward pass.
+
+    Higher-order gradients (``create_graph=True``) work with every gradient mode; through
+    the discrete adjoint they replay the solve with a graph (see :class:`DiscreteAdjoint`).
 
     Reference:
         Celledoni, Owren, Ruthotto, Yang, *Mixed precision training of neural ODEs*,

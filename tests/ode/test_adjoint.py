@@ -447,6 +447,63 @@ def test_create_graph_mixed_precision_matches_backprop():
         assert torch.equal(x, y)
 
 
+class DropoutField(nn.Module):
+    """A stochastic field: dropout in training mode draws a new mask at every evaluation."""
+
+    def __init__(self, d: int = 3, w: int = 16):
+        super().__init__()
+        self.f = MLPField(d, w)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, t, y):
+        return self.drop(self.f(t, y))
+
+
+def _dropout_grads(gradient, create_graph=False):
+    torch.manual_seed(16)
+    f = DropoutField().to(D64)
+    y0 = torch.randn(5, 3, dtype=D64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=D64, requires_grad=True)
+    torch.manual_seed(17)  # the masks drawn in the forward pass
+    ys = odeflow.odeint(f, y0, t, gradient=gradient, steps_per_interval=2)
+    wrt = [y0, t, *f.parameters()]
+    gs = torch.autograd.grad((ys[1:] ** 2).sum(), wrt, create_graph=create_graph)
+    if create_graph:
+        gs = torch.autograd.grad(sum((g**2).sum() for g in gs), wrt)
+    return gs, torch.rand(3)  # the caller's random stream after the backward pass
+
+
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+def test_stochastic_field_rebuilt_with_the_forward_draws(recompute):
+    """Dropout: the rebuild replays the random draws of the forward pass (the generators'
+    states are noted per call), so the adjoint differentiates the function the forward pass
+    evaluated and equals backprop; the caller's random stream is left as backprop leaves it."""
+    ga, ra = _dropout_grads(DiscreteAdjoint(recompute=recompute))
+    gb, rb = _dropout_grads("backprop")
+    for x, y in zip(ga, gb):
+        assert _rel(x, y) < 1e-10
+    assert torch.equal(ra, rb)
+
+
+def test_stochastic_field_second_derivatives():
+    ga, ra = _dropout_grads(DiscreteAdjoint(), create_graph=True)
+    gb, rb = _dropout_grads("backprop", create_graph=True)
+    for x, y in zip(ga, gb):
+        assert _rel(x, y) < 1e-10
+    assert torch.equal(ra, rb)
+
+
+def test_deterministic_field_keeps_no_generator_states():
+    f = MLPField().to(D64)
+    y0 = torch.randn(5, 3, dtype=D64, requires_grad=True)
+    ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=D64), steps_per_interval=8)
+    assert ys.grad_fn.plan.fld.rng_log is None
+    f.train(False)
+    g = DropoutField().to(D64)
+    ys = odeflow.odeint(g, y0, torch.tensor([0.0, 1.0], dtype=D64), steps_per_interval=8)
+    assert len(ys.grad_fn.plan.fld.rng_log) == 8 * 4  # one state per evaluation
+
+
 @pytest.mark.parametrize("recompute", RECOMPUTE)
 def test_in_place_change_of_y0_before_backward_raises(recompute):
     """The first stored state shares y0's memory: changing y0 in place between the forward and

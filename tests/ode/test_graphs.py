@@ -14,7 +14,7 @@ from torch import nn
 import odeflow
 from odeflow.ode import _graphs
 
-from .test_adjoint import MLPField
+from .test_adjoint import DropoutField, MLPField
 
 
 class TupleField(nn.Module):
@@ -167,6 +167,19 @@ def test_parameters_must_belong_to_the_module(static):
     assert y0.grad is not None
 
 
+def test_stochastic_field_is_refused(static):
+    """A captured rebuild cannot repeat the forward's random draws: a clear error."""
+    f = DropoutField().double()
+    y0 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
+    with pytest.raises(ValueError, match="deterministic vector field"):
+        odeflow.odeint(f, y0, t, gradient=grad)
+    f.eval()  # no draws in eval mode
+    odeflow.odeint(f, y0, t, gradient=grad).sum().backward()
+    assert y0.grad is not None
+
+
 def test_cpu_without_force_takes_the_eager_path():
     _graphs.clear_cuda_graphs()
     f = MLPField(3, 16)
@@ -246,21 +259,21 @@ def test_field_without_weakref_captures_once_per_solve(static, captures):
 
 
 def test_cache_keys_on_train_eval_mode_and_state_structure(static):
-    class Noisy(nn.Module):
+    class Normed(nn.Module):
         def __init__(self):
             super().__init__()
             self.f = MLPField(3, 16).double()
-            self.drop = nn.Dropout(0.5)
+            self.norm = nn.BatchNorm1d(3).double()  # batch statistics in train mode only
 
         def forward(self, t, y):
-            return {k: self.drop(self.f(t, v)) for k, v in y.items()}
+            return {k: self.norm(self.f(t, v)) for k, v in y.items()}
 
-    f = Noisy()
+    f = Normed()
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     a, b = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
     run = dict(gradient=odeflow.DiscreteAdjoint(cuda_graphs=True))
     odeflow.odeint(f, {"a": a, "b": b}, t, **run)["a"].sum().backward()
-    f.eval()  # dropout off: a graph recorded in train mode must not be replayed
+    f.eval()  # running statistics: a graph recorded in train mode must not be replayed
     odeflow.odeint(f, {"a": a, "b": b}, t, **run)["a"].sum().backward()
     assert len(_graphs._CACHE[id(f)]) == 2
     odeflow.odeint(f, {"b": b, "a": a}, t, **run)["a"].sum().backward()  # other leaf order

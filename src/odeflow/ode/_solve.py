@@ -77,13 +77,20 @@ class DiscreteAdjoint:
     accumulators in ``H``) and with fp16 dynamic adjoint scaling, and give the same
     gradient up to round-off.
 
+    Stochastic fields (dropout in training mode) are differentiated exactly: the forward pass
+    notes the default generators' states before every evaluation of ``func`` (kept only if
+    ``func`` drew random numbers: about 5 KB per evaluation then), and the rebuild replays
+    them, so the backward pass differentiates the function the forward pass evaluated; the
+    caller's random stream after ``backward`` is what it would be without the rebuild.
+
     ``cuda_graphs=True`` (CUDA, ``recompute="step"``) captures the forward step and the
     backward step (rebuild + VJP) each as one CUDA graph over static buffers and replays them
     for every step and every later call with the same field, shapes and parameter tensors:
     one launch per step instead of the hundreds of small kernels that bound medium-sized
     fields (an MLP on a few thousand states, OT-Flow's potential). Same arithmetic, same
     gradient (bitwise on a deterministic field). Requirements: the field is capture-safe (no
-    host synchronisation such as ``.item()``, no data-dependent Python control flow, no
+    host synchronisation such as ``.item()``, no random draws, no data-dependent Python
+    control flow, no
     tensors replaced between calls except through in-place updates, which optimizers do;
     a plain callable must not close over tensors that are later rebound); the tensors
     differentiated for are parameters of ``func``, an ``nn.Module`` (the captured backward
@@ -216,6 +223,21 @@ class Solution:
         return self.stats.scales
 
 
+# --------------------------------------------------------------------------- random fields
+RngState = tuple[bytes, bytes | None]
+
+
+def _rng_state(device: torch.device) -> RngState:
+    """The states of the default generators a field on ``device`` draws from, as bytes
+    (cheap to compare; host-side values: no device synchronisation)."""
+    cuda = torch.cuda.get_rng_state(device).numpy().tobytes() if device.type == "cuda" else None
+    return torch.get_rng_state().numpy().tobytes(), cuda
+
+
+def _as_state(b: bytes) -> Tensor:
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8)
+
+
 # --------------------------------------------------------------------------- vector field
 class _Field:
     """Wraps ``func(t, y)``: (un)flattens the state, validates the output once, counts calls."""
@@ -229,6 +251,10 @@ class _Field:
         self.hdt = hdt
         self.nfe = 0
         self.checked = False
+        # generator states before each call of a recorded forward pass (None: the field drew
+        # no random numbers); a stochastic field (dropout) is re-evaluated with the same draws
+        self.rng_log: list[RngState] | None = None
+        self.recording = False
 
     def __call__(self, t: Tensor, leaves: list[Tensor]) -> list[Tensor]:
         return [k if k.dtype == self.hdt else k.to(self.hdt) for k in self.raw(t, leaves)]
@@ -236,6 +262,11 @@ class _Field:
     def raw(self, t: Tensor, leaves: list[Tensor]) -> list[Tensor]:
         """``func``'s output leaves in the dtype it returned (validated: never wider than H,
         so the cast to H is exact)."""
+        if self.recording:
+            st = _rng_state(self.device)
+            log = self.rng_log
+            # consecutive equal states share one entry (a deterministic field holds one)
+            log.append(log[-1] if log and log[-1] == st else st)
         out = self.call(t, _tree.unflatten(self.spec, leaves))
         self.nfe += 1
         ks = _tree.flatten_like(self.spec, out, "func(t, y)")
@@ -243,6 +274,35 @@ class _Field:
             self._check(ks)
             self.checked = True
         return ks
+
+    @contextlib.contextmanager
+    def record_rng(self):
+        """Within the block, note the generators' states before every call; afterwards keep
+        them only if the field drew random numbers."""
+        self.rng_log, self.recording = [], True
+        try:
+            yield
+        finally:
+            self.recording = False
+        log = self.rng_log
+        if not log or (all(e is log[0] for e in log) and log[0] == _rng_state(self.device)):
+            self.rng_log = None
+
+    def replay_rng(self, call: int) -> None:
+        """Set the generators to their state before forward call ``call`` (a no-op for a
+        field that drew no random numbers)."""
+        if self.rng_log is not None:
+            cpu, cuda = self.rng_log[call]
+            torch.set_rng_state(_as_state(cpu))
+            if cuda is not None:
+                torch.cuda.set_rng_state(_as_state(cuda), self.device)
+
+    def fork_rng(self):
+        """Keep the caller's random stream as it was around a pass that replays draws."""
+        if self.rng_log is None:
+            return contextlib.nullcontext()
+        cuda = [self.device] if self.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=cuda)
 
     @contextlib.contextmanager
     def rebound(self, module: nn.Module, params: dict[str, Tensor]):
@@ -443,7 +503,13 @@ def _integrate(plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None) -> 
     free = not torch.is_grad_enabled()
     graphed = free and plan.graphs
     cached = free and not graphed  # a captured step enters its own (cache-free) context
-    with plan.pol.context(plan.fld.device, cache=True) if cached else contextlib.nullcontext():
+    # the adjoint's forward pass notes the random draws of a stochastic field for the rebuild
+    record = store is not None and not graphed
+    rng0 = _rng_state(plan.fld.device) if store is not None and graphed else None
+    with (
+        plan.fld.record_rng() if record else contextlib.nullcontext(),
+        plan.pol.context(plan.fld.device, cache=True) if cached else contextlib.nullcontext(),
+    ):
         for i, m in enumerate(plan.ms):
             for j in range(m):
                 if store is not None:
@@ -451,11 +517,26 @@ def _integrate(plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None) -> 
                 tau, h = _times(t, i, j, m)
                 if graphed:  # the replay's outputs are overwritten by the next replay
                     y = [o.clone() for o in _captured_forward(plan, y, tau, h)(*y, tau, h)]
+                    if rng0 is not None:
+                        _check_deterministic(plan, rng0)
+                        rng0 = None
                 else:
                     y = _rk_step(plan.fld, plan.tab, tau, h, y, plan.pol, enter=not free)
             for o, yl in zip(outs, y):
                 o.append(yl)
     return [torch.stack(o) for o in outs]
+
+
+def _check_deterministic(plan: _Plan, before: RngState) -> None:
+    """A captured adjoint replays the forward and the backward step as separate graphs, each
+    drawing fresh random numbers: the rebuild would not see the forward's draws."""
+    if before != _rng_state(plan.fld.device):
+        raise ValueError(
+            "DiscreteAdjoint(cuda_graphs=True) needs a deterministic vector field, but func "
+            "drew random numbers (e.g. dropout in training mode): the captured rebuild could "
+            "not repeat the forward pass's draws. Use cuda_graphs=False (the eager adjoint "
+            "replays them) or func.eval()"
+        )
 
 
 # --------------------------------------------------------------------------- CUDA graphs
@@ -580,10 +661,12 @@ class _AdjointFunction(torch.autograd.Function):
     def backward(ctx, *gouts: Tensor | None):  # type: ignore[override]
         plan: _Plan = ctx.plan
         t, *tensors = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True
-            return None, *_backward_with_graph(plan, t, tensors, gouts, ctx.needs_input_grad[1:])
-        need_t = ctx.needs_input_grad[1]
-        return _adjoint_backward(plan, ctx.store, t, tensors[plan.n_leaf :], gouts, need_t)
+        with plan.fld.fork_rng():  # a stochastic field's draws are replayed
+            if torch.is_grad_enabled():  # create_graph=True
+                needs = ctx.needs_input_grad[1:]
+                return None, *_backward_with_graph(plan, t, tensors, gouts, needs)
+            need_t = ctx.needs_input_grad[1]
+            return _adjoint_backward(plan, ctx.store, t, tensors[plan.n_leaf :], gouts, need_t)
 
 
 def _backward_with_graph(plan: _Plan, t: Tensor, tensors: list[Tensor], gouts, needs):
@@ -595,6 +678,7 @@ def _backward_with_graph(plan: _Plan, t: Tensor, tensors: list[Tensor], gouts, n
     nfe0 = plan.fld.nfe
     inputs = [t, *tensors]
     y0 = tensors[: plan.n_leaf]
+    plan.fld.replay_rng(0)
     with torch.enable_grad():
         outs = _integrate(plan, t, list(y0), None)
         outs = [o.to(d) for o, d in zip(outs, plan.out_dtypes)]
@@ -664,6 +748,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             else:
                 tau, h = _times(td, i, j, m)
                 tin = []
+            plan.fld.replay_rng(s * plan.tab.stages)
             yout = _rk_step(plan.fld, plan.tab, tau, h, yin, plan.pol)
             inputs = yin + live + tin
             g = torch.autograd.grad(yout, inputs, grad_outputs=seed, allow_unused=True)
@@ -725,6 +810,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 if feeds[q]:
                     tq = _stage_time(tab, q, tau, h)
                     yq = state() if q == 0 else _stage_state_lean(tab, q, h, store[s], ks, hdt)
+                    plan.fld.replay_rng(s * n_st + q)
                     ks[q] = plan.fld.raw(tq, yq)
                     del yq
         gy = list(seed)
@@ -768,6 +854,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 ]
                 del yq
                 x_in = [x if x.is_leaf else get_gradient_edge(x) for x in xs]
+                plan.fld.replay_rng(s * n_st + q)
                 with plan.pol.context(dev):
                     k = plan.fld.raw(tq, xs)
                 del xs

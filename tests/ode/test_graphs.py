@@ -167,6 +167,24 @@ def test_parameters_must_belong_to_the_module(static):
     assert y0.grad is not None
 
 
+def test_running_statistics_after_captured_steps(static):
+    """Captured steps of a batch-norm field: running statistics after backward are those of
+    the eager adjoint (the rebuild's second update undone), call after call."""
+    from .test_adjoint import BatchNormField
+
+    torch.manual_seed(5)
+    fe = BatchNormField().double()
+    fg = BatchNormField().double()
+    fg.load_state_dict(fe.state_dict())
+    y0 = torch.randn(6, 3, dtype=torch.float64)
+    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+    for _ in range(3):
+        for f, graphs in ((fe, False), (fg, True)):
+            _solve_grads(f, y0, t, graphs, steps_per_interval=2)
+        for a, b in zip(fe.buffers(), fg.buffers()):
+            assert torch.equal(a, b)
+
+
 def test_stochastic_field_is_refused(static):
     """A captured rebuild cannot repeat the forward's random draws: a clear error."""
     f = DropoutField().double()

@@ -117,6 +117,7 @@ class StepGraphs:
     def __init__(self) -> None:
         self.forward: Captured | None = None
         self.backward: Captured | None = None
+        self.mutated: list[Tensor] = []  # buffers the step updates in place (running stats)
 
     def pool(self):
         for c in (self.forward, self.backward):

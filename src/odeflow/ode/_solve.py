@@ -82,6 +82,9 @@ class DiscreteAdjoint:
     ``func`` drew random numbers: about 5 KB per evaluation then), and the rebuild replays
     them, so the backward pass differentiates the function the forward pass evaluated; the
     caller's random stream after ``backward`` is what it would be without the rebuild.
+    Buffers the forward pass updates in place (batch norm's running statistics in training
+    mode) are updated once per evaluation, as with backprop: the rebuild's second update is
+    undone after the backward pass.
 
     ``cuda_graphs=True`` (CUDA, ``recompute="step"``) captures the forward step and the
     backward step (rebuild + VJP) each as one CUDA graph over static buffers and replays them
@@ -225,6 +228,7 @@ class Solution:
 
 # --------------------------------------------------------------------------- random fields
 RngState = tuple[bytes, bytes | None]
+_NORM = getattr(nn.modules.batchnorm, "_NormBase", ())  # batch/instance norm with running stats
 
 
 def _rng_state(device: torch.device) -> RngState:
@@ -255,6 +259,7 @@ class _Field:
         # no random numbers); a stochastic field (dropout) is re-evaluated with the same draws
         self.rng_log: list[RngState] | None = None
         self.recording = False
+        self.mutated: list[Tensor] = []  # buffers of func that the forward pass updated
 
     def __call__(self, t: Tensor, leaves: list[Tensor]) -> list[Tensor]:
         return [k if k.dtype == self.hdt else k.to(self.hdt) for k in self.raw(t, leaves)]
@@ -276,9 +281,13 @@ class _Field:
         return ks
 
     @contextlib.contextmanager
-    def record_rng(self):
-        """Within the block, note the generators' states before every call; afterwards keep
-        them only if the field drew random numbers."""
+    def record(self):
+        """The adjoint's forward pass: note the generators' states before every call (kept
+        only if the field drew random numbers) and which buffers of ``func`` it updated
+        (e.g. batch-norm running statistics)."""
+        module = _owning_module(self.func)
+        bufs = list(module.buffers()) if module is not None else []
+        versions = [b._version for b in bufs]
         self.rng_log, self.recording = [], True
         try:
             yield
@@ -287,6 +296,44 @@ class _Field:
         log = self.rng_log
         if not log or (all(e is log[0] for e in log) and log[0] == _rng_state(self.device)):
             self.rng_log = None
+        # in-place updates bump a buffer's version, except batch norm's running statistics,
+        # which its kernels update directly
+        norm = [
+            b
+            for m in (module.modules() if module is not None else ())
+            if isinstance(m, _NORM) and m.training and m.track_running_stats
+            for b in (m.running_mean, m.running_var)
+            if b is not None
+        ]
+        seen: set[int] = set()
+        changed = [b for b, v in zip(bufs, versions) if b._version != v]
+        self.mutated = [b for b in changed + norm if not (id(b) in seen or seen.add(id(b)))]
+
+    @contextlib.contextmanager
+    def replaying(self):
+        """Around a backward pass that re-evaluates ``func``: afterwards the caller's random
+        stream and the buffers the forward pass updated are as the forward pass left them
+        (a rebuild does not update running statistics a second time). A differentiable
+        backward pass evaluates ``func`` with scratch copies of these buffers instead (see
+        :meth:`scratch_buffers`): its graph may have saved them."""
+        saved = [] if torch.is_grad_enabled() else [b.clone() for b in self.mutated]
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda, enabled=self.rng_log is not None):
+            try:
+                yield
+            finally:
+                with torch.no_grad():
+                    for b, v in zip(self.mutated, saved):
+                        b.copy_(v)
+
+    def scratch_buffers(self):
+        """Within the block, ``func`` updates copies of the buffers the forward pass updated."""
+        bind = _bind_module(self.func)
+        ids = {id(b) for b in self.mutated}
+        scratch = {} if bind is None or not ids else {
+            n: b.clone() for n, b in bind.named_buffers() if id(b) in ids
+        }  # fmt: skip
+        return self.rebound(bind, scratch) if scratch else contextlib.nullcontext()
 
     def replay_rng(self, call: int) -> None:
         """Set the generators to their state before forward call ``call`` (a no-op for a
@@ -296,13 +343,6 @@ class _Field:
             torch.set_rng_state(_as_state(cpu))
             if cuda is not None:
                 torch.cuda.set_rng_state(_as_state(cuda), self.device)
-
-    def fork_rng(self):
-        """Keep the caller's random stream as it was around a pass that replays draws."""
-        if self.rng_log is None:
-            return contextlib.nullcontext()
-        cuda = [self.device] if self.device.type == "cuda" else []
-        return torch.random.fork_rng(devices=cuda)
 
     @contextlib.contextmanager
     def rebound(self, module: nn.Module, params: dict[str, Tensor]):
@@ -503,11 +543,11 @@ def _integrate(plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None) -> 
     free = not torch.is_grad_enabled()
     graphed = free and plan.graphs
     cached = free and not graphed  # a captured step enters its own (cache-free) context
-    # the adjoint's forward pass notes the random draws of a stochastic field for the rebuild
-    record = store is not None and not graphed
-    rng0 = _rng_state(plan.fld.device) if store is not None and graphed else None
+    # the adjoint's forward pass notes the random draws and buffer updates of the field
+    record = store is not None
+    rng0 = _rng_state(plan.fld.device) if record and graphed else None
     with (
-        plan.fld.record_rng() if record else contextlib.nullcontext(),
+        plan.fld.record() if record else contextlib.nullcontext(),
         plan.pol.context(plan.fld.device, cache=True) if cached else contextlib.nullcontext(),
     ):
         for i, m in enumerate(plan.ms):
@@ -645,6 +685,11 @@ class _AdjointFunction(torch.autograd.Function):
         y0 = list(tensors[: plan.n_leaf])
         store: list[list[Tensor]] = []
         outs = _integrate(plan, t.detach(), [y.detach() for y in y0], store)
+        if plan.graph_entry is not None:  # replays update buffers without a version bump:
+            entry = plan.graph_entry  # the buffers seen changing once (capture) are kept
+            known = {id(b) for b in entry.mutated}
+            entry.mutated += [b for b in plan.fld.mutated if id(b) not in known]
+            plan.fld.mutated = entry.mutated
         if plan.graphs and not ctx.needs_input_grad[1]:  # (time gradients run eagerly)
             tau, h = _times(t.detach(), 0, 0, plan.ms[0])
             seed = [torch.zeros(x.shape, dtype=plan.hdt, device=x.device) for x in store[0]]
@@ -661,7 +706,7 @@ class _AdjointFunction(torch.autograd.Function):
     def backward(ctx, *gouts: Tensor | None):  # type: ignore[override]
         plan: _Plan = ctx.plan
         t, *tensors = ctx.saved_tensors
-        with plan.fld.fork_rng():  # a stochastic field's draws are replayed
+        with plan.fld.replaying():  # random draws replayed, buffer updates undone
             if torch.is_grad_enabled():  # create_graph=True
                 needs = ctx.needs_input_grad[1:]
                 return None, *_backward_with_graph(plan, t, tensors, gouts, needs)
@@ -679,7 +724,7 @@ def _backward_with_graph(plan: _Plan, t: Tensor, tensors: list[Tensor], gouts, n
     inputs = [t, *tensors]
     y0 = tensors[: plan.n_leaf]
     plan.fld.replay_rng(0)
-    with torch.enable_grad():
+    with torch.enable_grad(), plan.fld.scratch_buffers():
         outs = _integrate(plan, t, list(y0), None)
         outs = [o.to(d) for o, d in zip(outs, plan.out_dtypes)]
         used = [(o, g) for o, g in zip(outs, gouts) if g is not None]
@@ -1056,12 +1101,19 @@ def _owning_module(func: Callable) -> nn.Module | None:
     return func if isinstance(func, nn.Module) else None
 
 
+def _bind_module(func: Callable) -> nn.Module | None:
+    """The module through which ``func``'s parameters and buffers can be rebound by name
+    (``functional_call``): ``func`` itself, a :class:`_MethodModule` around a module's
+    method, or None."""
+    if isinstance(func, nn.Module):
+        return func
+    return _MethodModule(func) if _owning_module(func) is not None else None
+
+
 def _bind_target(func: Callable, plist: list[Tensor]) -> tuple[nn.Module | None, list[str]]:
     """The module through which a captured backward step rebinds the parameters ``plist``
     (aliases bound by name, see ``_captured_backward``), and their names in it."""
-    bind = func if isinstance(func, nn.Module) else None
-    if _owning_module(func) is not None and bind is None:
-        bind = _MethodModule(func)
+    bind = _bind_module(func)
     names = {} if bind is None else {id(p): n for n, p in bind.named_parameters()}
     missing = sum(id(p) not in names for p in plist)
     if missing:

@@ -11,8 +11,9 @@ mkdir -p "$OUT"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
-# 1. GPU tests: captured adjoint = eager adjoint, capture-unsafe field, OT-Flow training step
-timeout 120 python -m pytest -q -p no:cacheprovider --device cuda \
+# 1. GPU tests: captured adjoint = eager adjoint, capture-unsafe and stochastic fields, running
+#    statistics under replay, CUDA generator replay in the eager adjoint, OT-Flow training step
+timeout 150 python -m pytest -q -p no:cacheprovider --device cuda tests/ode/test_adjoint.py \
     tests/ode/test_graphs.py tests/flows/test_otflow.py -k "gpu or cuda_graphs" \
     2>&1 | tee "$OUT/pytest_graphs.log"
 

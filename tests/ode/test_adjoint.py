@@ -459,18 +459,18 @@ class DropoutField(nn.Module):
         return self.drop(self.f(t, y))
 
 
-def _dropout_grads(gradient, create_graph=False):
+def _dropout_grads(gradient, create_graph=False, device="cpu"):
     torch.manual_seed(16)
-    f = DropoutField().to(D64)
-    y0 = torch.randn(5, 3, dtype=D64, requires_grad=True)
-    t = torch.tensor([0.0, 0.5, 1.0], dtype=D64, requires_grad=True)
+    f = DropoutField().to(device, D64)
+    y0 = torch.randn(5, 3, dtype=D64, requires_grad=True, device=device)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=D64, requires_grad=True, device=device)
     torch.manual_seed(17)  # the masks drawn in the forward pass
     ys = odeflow.odeint(f, y0, t, gradient=gradient, steps_per_interval=2)
     wrt = [y0, t, *f.parameters()]
     gs = torch.autograd.grad((ys[1:] ** 2).sum(), wrt, create_graph=create_graph)
     if create_graph:
         gs = torch.autograd.grad(sum((g**2).sum() for g in gs), wrt)
-    return gs, torch.rand(3)  # the caller's random stream after the backward pass
+    return gs, torch.rand(3, device=device)  # the caller's random stream after backward
 
 
 @pytest.mark.parametrize("recompute", RECOMPUTE)
@@ -531,6 +531,18 @@ def test_rebuild_leaves_running_statistics_as_backprop(recompute, create_graph):
     assert _rel(torch.cat([x.flatten() for x in ga]), torch.cat([y.flatten() for y in gb])) < 1e-10
     for x, y in zip(ba, bb):
         assert torch.equal(x, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("create_graph", [False, True])
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+def test_gpu_stochastic_field_rebuilt_with_the_forward_draws(cuda, recompute, create_graph):
+    """The CUDA generator's state is noted and replayed like the CPU one's."""
+    ga, ra = _dropout_grads(DiscreteAdjoint(recompute=recompute), create_graph, cuda)
+    gb, rb = _dropout_grads("backprop", create_graph, cuda)
+    for x, y in zip(ga, gb):
+        assert _rel(x, y) < 1e-10
+    assert torch.equal(ra, rb)
 
 
 def test_deterministic_field_keeps_no_generator_states():

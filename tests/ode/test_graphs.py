@@ -167,35 +167,62 @@ def test_parameters_must_belong_to_the_module(static):
     assert y0.grad is not None
 
 
-def test_running_statistics_after_captured_steps(static):
+def _running_statistics(device):
     """Captured steps of a batch-norm field: running statistics after backward are those of
     the eager adjoint (the rebuild's second update undone), call after call."""
     from .test_adjoint import BatchNormField
 
     torch.manual_seed(5)
-    fe = BatchNormField().double()
-    fg = BatchNormField().double()
+    fe = BatchNormField().to(device, torch.float64)
+    fg = BatchNormField().to(device, torch.float64)
     fg.load_state_dict(fe.state_dict())
-    y0 = torch.randn(6, 3, dtype=torch.float64)
-    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+    y0 = torch.randn(6, 3, dtype=torch.float64, device=device)
+    t = torch.linspace(0, 1, 3, dtype=torch.float64, device=device)
     for _ in range(3):
         for f, graphs in ((fe, False), (fg, True)):
             _solve_grads(f, y0, t, graphs, steps_per_interval=2)
         for a, b in zip(fe.buffers(), fg.buffers()):
-            assert torch.equal(a, b)
+            if device == "cpu":  # the static path runs the same eager kernels: bitwise
+                assert torch.equal(a, b)
+            else:  # a capture may use other GEMM algorithms than eager (float64 round-off)
+                torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
 
 
-def test_stochastic_field_is_refused(static):
+def test_running_statistics_after_captured_steps(static):
+    _running_statistics("cpu")
+
+
+@pytest.mark.gpu
+def test_gpu_running_statistics_after_captured_steps(cuda):
+    """Graph replays update buffers without bumping their versions: the buffers seen changing
+    at capture are the ones restored."""
+    _graphs.clear_cuda_graphs()
+    _running_statistics(cuda)
+    _graphs.clear_cuda_graphs()
+
+
+def _refuses_stochastic_field(device):
     """A captured rebuild cannot repeat the forward's random draws: a clear error."""
-    f = DropoutField().double()
-    y0 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    f = DropoutField().to(device, torch.float64)
+    y0 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True, device=device)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64, device=device)
     grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
     with pytest.raises(ValueError, match="deterministic vector field"):
         odeflow.odeint(f, y0, t, gradient=grad)
     f.eval()  # no draws in eval mode
     odeflow.odeint(f, y0, t, gradient=grad).sum().backward()
     assert y0.grad is not None
+
+
+def test_stochastic_field_is_refused(static):
+    _refuses_stochastic_field("cpu")
+
+
+@pytest.mark.gpu
+def test_gpu_stochastic_field_is_refused(cuda):
+    _graphs.clear_cuda_graphs()
+    _refuses_stochastic_field(cuda)
+    _graphs.clear_cuda_graphs()
 
 
 def test_cpu_without_force_takes_the_eager_path():

@@ -281,14 +281,14 @@ class _Field:
         return ks
 
     @contextlib.contextmanager
-    def record(self):
-        """The adjoint's forward pass: note the generators' states before every call (kept
-        only if the field drew random numbers) and which buffers of ``func`` it updated
-        (e.g. batch-norm running statistics)."""
+    def record(self, rng: bool = True):
+        """The adjoint's forward pass: note the generators' states before every call (if
+        ``rng``; kept only if the field drew random numbers) and which buffers of ``func``
+        it updated (e.g. batch-norm running statistics)."""
         module = _owning_module(self.func)
         bufs = list(module.buffers()) if module is not None else []
         versions = [b._version for b in bufs]
-        self.rng_log, self.recording = [], True
+        self.rng_log, self.recording = [], rng
         try:
             yield
         finally:
@@ -547,7 +547,9 @@ def _integrate(plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None) -> 
     record = store is not None
     rng0 = _rng_state(plan.fld.device) if record and graphed else None
     with (
-        plan.fld.record() if record else contextlib.nullcontext(),
+        # (captured steps: evaluations inside a capture must not read the generators, and a
+        # field that draws is refused below)
+        plan.fld.record(rng=not graphed) if record else contextlib.nullcontext(),
         plan.pol.context(plan.fld.device, cache=True) if cached else contextlib.nullcontext(),
     ):
         for i, m in enumerate(plan.ms):

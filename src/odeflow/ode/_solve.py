@@ -93,12 +93,11 @@ class DiscreteAdjoint:
     fields (an MLP on a few thousand states, OT-Flow's potential). Same arithmetic, same
     gradient (bitwise on a deterministic field). Requirements: the field is capture-safe (no
     host synchronisation such as ``.item()``, no random draws, no data-dependent Python
-    control flow, no
-    tensors replaced between calls except through in-place updates, which optimizers do;
-    a plain callable must not close over tensors that are later rebound); the tensors
-    differentiated for are parameters of ``func``, an ``nn.Module`` (the captured backward
-    binds aliases of them by name); capture costs a few eager steps once per (field, shapes).
-    The captures' private memory pool (one step's activations) stays reserved between calls:
+    control flow, no tensors replaced between calls except through in-place updates, which
+    optimizers do; a plain callable must not close over tensors that are later rebound); the
+    tensors differentiated for are parameters of ``func``, an ``nn.Module`` or a method of one
+    (the captured backward binds aliases of them by name); capture costs a few eager steps
+    once per (field, shapes, train/eval mode). The captures' private memory pool (one step's activations) stays reserved between calls:
     see :func:`odeflow.ode.graph_memory_bytes` and :func:`odeflow.ode.clear_cuda_graphs`.
     Time gradients (``t.requires_grad``) run the backward eagerly; on other devices the option
     has no effect.

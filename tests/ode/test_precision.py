@@ -150,6 +150,28 @@ def test_overflow_is_recovered_by_halving_and_recomputing(recompute):
     assert sol.stats.syncs <= sc.checks + 1 + 2 * sol.stats.retries
 
 
+@pytest.mark.parametrize("recompute", ["step", "stage"])
+def test_overflow_retry_replays_the_same_dropout_masks(recompute):
+    """A step recomputed after an fp16 overflow sees the forward pass's dropout masks: the
+    gradient with a retry equals the one without."""
+    from .test_adjoint import DropoutField
+
+    torch.manual_seed(0)
+    f = DropoutField(3, 16)
+    y0 = torch.randn(64, 3)
+    grads, retries = [], []
+    for headroom in (8, 22):  # a seed S*a ~ 2^22 overflows fp16: halved and recomputed
+        torch.manual_seed(1)
+        sc = AdjointScaler(headroom=headroom, max_headroom=22)
+        sol = odeflow.solve(f, y0, torch.tensor([0.0, 1.0]), precision="fp16", scaler=sc,
+                            steps_per_interval=8,
+                            gradient=odeflow.DiscreteAdjoint(recompute=recompute))  # fmt: skip
+        grads.append(torch.autograd.grad((sol.ys[-1] * 1e3).square().sum(), f.f.l1.weight)[0])
+        retries.append(sol.stats.retries)
+    assert retries[0] == 0 and retries[1] >= 1
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_scaler_growth_rule_persists_across_calls():
     sc = AdjointScaler(headroom=10, growth_interval=3)
     for _k in range(7):

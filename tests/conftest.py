@@ -15,7 +15,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", choices=["cpu", "cuda"], help="device under test")
     parser.addoption(
-        "--dtype", default="float64", choices=["float32", "float64"], help="dtype for numerical tests"
+        "--dtype",
+        default="float64",
+        choices=["float32", "float64"],
+        help="dtype for numerical tests",
     )
 
 

@@ -103,7 +103,8 @@ def test_taylor_test_bad_input(xv):
     with pytest.raises(ValueError, match="shape"):
         taylor_test(f_scalar, x, v[:2])
     with pytest.raises(ValueError, match="floating point"):
-        taylor_test(lambda z: z.sum(), torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64))
+        ones = torch.ones(3, dtype=torch.int64)
+        taylor_test(lambda z: z.sum(), ones, ones)
     with pytest.raises(ValueError, match="shape of x"):
         taylor_test(f_scalar, x, v, grad=torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="either grad"):

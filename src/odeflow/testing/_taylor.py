@@ -50,7 +50,9 @@ def observed_order(errors: Sequence[float], steps: Sequence[float]) -> float:
             "means the scheme is exact for this problem (pick a harder one or larger steps)."
         )
     if not (np.all(np.isfinite(h)) and np.all(h > 0)) or np.unique(h).size < 2:
-        raise ValueError(f"observed_order: steps must be positive, finite and distinct, got {h.tolist()}.")
+        raise ValueError(
+            f"observed_order: steps must be positive, finite and distinct, got {h.tolist()}."
+        )
     slope, _ = np.polyfit(np.log(h), np.log(e), 1)
     return float(slope)
 
@@ -92,7 +94,8 @@ def _as_direction(value, x: torch.Tensor, v: torch.Tensor, name: str, inner: boo
     if inner:
         if out.shape != x.shape:
             raise ValueError(
-                f"taylor_test: {name} has shape {tuple(out.shape)} but x has shape {tuple(x.shape)}; "
+                f"taylor_test: {name} has shape {tuple(out.shape)} but x has shape "
+                f"{tuple(x.shape)}; "
                 f"{name} must be ∇f(x) (or ∇²f(x)·v) with the shape of x."
             )
         return (out * v).sum()
@@ -166,7 +169,8 @@ def taylor_test(
         raise ValueError(f"taylor_test: x must be floating point (got {x.dtype}); use float64.")
     if v.shape != x.shape:
         raise ValueError(
-            f"taylor_test: v has shape {tuple(v.shape)} but x has shape {tuple(x.shape)}; they must match."
+            f"taylor_test: v has shape {tuple(v.shape)} but x has shape {tuple(x.shape)}; "
+            "they must match."
         )
     if not (0 < factor < 1) or h0 <= 0 or n < 2:
         raise ValueError("taylor_test: need h0 > 0, 0 < factor < 1 and n >= 2.")

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("odeflow: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
+    except (ValueError, OSError, RuntimeError, TypeError) as exc:
         print(f"odeflow {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return int(rc or 0)

@@ -26,9 +26,22 @@ def _load_data(spec: str, root: str | None, seed: int, n_toy: int):
         d = load_tabular(spec, root)
         return d.train, d.val, d.test, spec.lower()
     path = Path(spec)
-    if path.suffix in (".npy", ".csv", ".txt") and path.is_file():
-        arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
-        x = torch.as_tensor(np.asarray(arr, dtype=np.float32))
+    if path.suffix in (".npy", ".csv", ".txt"):
+        if not path.is_file():
+            raise FileNotFoundError(f"--data {spec}: no such file")
+        try:
+            arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",",
+                                                                         ndmin=2)  # fmt: skip
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--data {spec}: not a readable {path.suffix} file ({exc})") from exc
+        if arr.ndim != 2 or arr.shape[0] < 3 or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(
+                f"--data {spec}: need a numeric (n, d) array with n >= 3 rows (split into "
+                f"train/val/test), got shape {arr.shape} and dtype {arr.dtype}"
+            )
+        # float64 data stay float64 (the flow casts them once to its own dtype)
+        x = torch.as_tensor(np.asarray(arr, dtype=np.float64 if arr.dtype == np.float64
+                                       else np.float32))  # fmt: skip
         perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
         x = x[perm]
         n_te = n_va = max(1, x.shape[0] // 10)
@@ -42,6 +55,9 @@ def _load_data(spec: str, root: str | None, seed: int, n_toy: int):
 def _train(args: argparse.Namespace) -> int:
     from odeflow.flows import PRESETS, OTFlow, evaluate_nll, fit, get_preset
     from odeflow.flows._plot import plot_flow_2d
+
+    args.seed = 0 if args.seed is None else args.seed
+    args.n_test = 10_000 if args.n_test is None else args.n_test
 
     train, val, test, name = _load_data(args.data, args.root, args.seed, args.n_test)
     preset_name = args.preset or (name if name in PRESETS else None)
@@ -66,7 +82,9 @@ def _train(args: argparse.Namespace) -> int:
               precision=args.precision, device=args.device, val_data=val, seed=args.seed,
               verbose=not args.quiet)  # fmt: skip
     nll = evaluate_nll(flow, test.to(next(flow.parameters())), nt=p.nt_test if p else None)
-    flow.save(out / "flow.pt", data=name, preset=preset_name)
+    # what `flow eval` needs to rebuild the same test split and step count by default
+    flow.save(out / "flow.pt", data=name, preset=preset_name, seed=args.seed,
+              n_test=args.n_test, nt_test=p.nt_test if p else None)  # fmt: skip
     metrics = {"data": name, "dim": dim, "preset": preset_name, "dtype": res.dtype,
                "test_nll": nll,
                "best_val_nll": res.best_val_nll, "iterations": res.iterations,
@@ -88,6 +106,8 @@ def _sample(args: argparse.Namespace) -> int:
         raise ValueError(f"-n must be >= 1, got {args.n}")
     xs = flow.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
     out = Path(args.out)
+    if out.suffix != ".npy":
+        out = out.with_name(out.name + ".npy")  # what np.save writes
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, xs.cpu().numpy())
     print(f"wrote {args.n} samples of dimension {flow.dim} to {out}")
@@ -98,12 +118,19 @@ def _eval(args: argparse.Namespace) -> int:
     from odeflow.flows import evaluate_nll, load_checkpoint
 
     flow = load_checkpoint(args.checkpoint)
-    _, _, test, name = _load_data(args.data, args.root, args.seed, args.n_test)
+    # defaults from the training run: its seed (the split and standardisation of sklearn and
+    # file data depend on it), test-set size and test step count
+    extra = getattr(flow, "checkpoint_extra", {}) or {}
+    seed = args.seed if args.seed is not None else int(extra.get("seed", 0) or 0)
+    n_test = args.n_test if args.n_test is not None else int(extra.get("n_test", 10_000))
+    nt = args.nt if args.nt is not None else extra.get("nt_test")
+    _, _, test, name = _load_data(args.data, args.root, seed, n_test)
     if test.shape[1] != flow.dim:
         raise ValueError(f"--data {name} has dimension {test.shape[1]} but the checkpoint "
                          f"holds a flow of dim={flow.dim}")  # fmt: skip
-    nll = evaluate_nll(flow, test.to(next(flow.parameters())), nt=args.nt)
-    print(json.dumps({"data": name, "n": int(test.shape[0]), "test_nll": nll}))
+    nll = evaluate_nll(flow, test.to(next(flow.parameters())), nt=nt)
+    print(json.dumps({"data": name, "n": int(test.shape[0]), "seed": seed,
+                      "nt": nt if nt is not None else flow.nt_eval, "test_nll": nll}))
     return 0
 
 
@@ -116,8 +143,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--data", required=True, help="toy name, sklearn:NAME, MAF set name "
                        "(with --root), or a .npy/.csv file")  # fmt: skip
         q.add_argument("--root", default=None, help="folder with the MAF-format data")
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--n-test", type=int, default=10_000, help="test samples for toys")
+        q.add_argument("--seed", type=int, default=None,
+                       help="data split / toy seed (train: 0; eval: the checkpoint's)")
+        q.add_argument("--n-test", type=int, default=None,
+                       help="test samples for toys (train: 10000; eval: the checkpoint's)")
 
     t = fs.add_parser("train", help="train a flow; writes flow.pt, metrics.json (and a PNG in 2-D)")
     data_args(t)
@@ -149,5 +178,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = fs.add_parser("eval", help="test NLL of a checkpoint on a dataset")
     e.add_argument("--checkpoint", required=True)
     data_args(e)
-    e.add_argument("--nt", type=int, default=None, help="RK4 steps (default: the flow's nt_eval)")
+    e.add_argument("--nt", type=int, default=None,
+                   help="RK4 steps (default: the training run's test steps, else nt_eval)")
     e.set_defaults(func=_eval)

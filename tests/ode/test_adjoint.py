@@ -624,3 +624,67 @@ def test_stage_inputs_rebuilt_bitwise(method, kdt):
             assert a.dtype == torch.float32 and torch.equal(a, b)
     assert all(torch.equal(a, b.to(kdt)) for a, b in zip(ybase, y))  # inputs untouched
     assert all(torch.equal(a.to(kdt), b) for k, kk in zip(k32, ks) for a, b in zip(k, kk))
+
+
+def test_a_tensor_listed_twice_gets_its_gradient_once():
+    torch.manual_seed(19)
+    f = MLPField().to(D64)
+    y0 = torch.randn(5, 3, dtype=D64)
+    t = torch.tensor([0.0, 1.0], dtype=D64)
+    ps = list(f.parameters())
+    ys = odeflow.odeint(f, y0, t, params=[*ps, f.l1.weight], steps_per_interval=2)
+    ga = torch.autograd.grad((ys**2).sum(), ps)
+    ys = odeflow.odeint(f, y0, t, gradient="backprop", steps_per_interval=2)
+    gb = torch.autograd.grad((ys**2).sum(), ps)
+    for x, y in zip(ga, gb):
+        assert _rel(x, y) < 1e-10
+
+
+class Conditioned(nn.Module):
+    """A conditional field: a context tensor (a function of an encoder's output) is set on the
+    module before each solve."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = MLPField()
+        self.ctx = None
+
+    def forward(self, t, y):
+        return self.f(t, y) + self.ctx
+
+
+def test_undeclared_tensor_attribute_is_refused_and_declaring_it_works():
+    torch.manual_seed(20)
+    m = Conditioned().to(D64)
+    enc = torch.randn(3, dtype=D64, requires_grad=True)
+    y0 = torch.randn(5, 3, dtype=D64)
+    t = torch.tensor([0.0, 1.0], dtype=D64)
+    m.ctx = enc * 2
+    with pytest.raises(ValueError, match=r"func\.ctx is a tensor that requires grad"):
+        odeflow.odeint(m, y0, t)
+    grads = []
+    for gradient in ("adjoint", "backprop"):
+        m.ctx = enc * 2
+        params = [*m.parameters(), m.ctx] if gradient == "adjoint" else None
+        ys = odeflow.odeint(m, y0, t, gradient=gradient, params=params, steps_per_interval=3)
+        grads.append(torch.autograd.grad((ys**2).sum(), enc)[0])
+    assert _rel(*grads) < 1e-10
+
+
+def test_parameters_without_a_path_get_none_as_with_backprop():
+    class WithHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = MLPField()
+            self.head = nn.Linear(3, 1)  # not used by forward
+
+        def forward(self, t, y):
+            return self.f(t, y)
+
+    m = WithHead().to(D64)
+    for gradient in ("adjoint", "backprop"):
+        m.zero_grad(set_to_none=True)
+        ys = odeflow.odeint(m, torch.randn(4, 3, dtype=D64), torch.tensor([0.0, 1.0]).double(),
+                            gradient=gradient)  # fmt: skip
+        (ys**2).sum().backward()
+        assert m.head.weight.grad is None and m.f.l1.weight.grad is not None

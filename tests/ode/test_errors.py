@@ -117,3 +117,50 @@ def test_inputs_not_modified():
     ys = odeflow.odeint(f, y0, t)
     assert torch.equal(y0, y0c) and torch.equal(t, tc)
     assert ys[0].data_ptr() != y0.data_ptr()
+
+
+def test_more_bad_options():
+    with pytest.raises(ValueError, match="positive int"):
+        odeflow.odeint(f, Y, T, steps_per_interval=True)
+    with pytest.raises(ValueError, match="positive finite"):
+        odeflow.odeint(f, Y, T, step_size=True)
+    with pytest.raises(ValueError, match="RK steps"):  # 10^12 steps: a unit mistake
+        odeflow.odeint(f, Y, T, step_size=1e-12)
+    with pytest.raises(TypeError, match="output_dtype must be a floating"):
+        odeflow.odeint(f, Y, T, output_dtype=torch.int64)
+    with pytest.raises(TypeError, match="output_dtype must be a floating"):
+        odeflow.odeint(f, Y, T, output_dtype="float64")
+    with pytest.raises(ValueError, match="storage dtype must be a floating"):
+        odeflow.ode.PrecisionPolicy("bad", storage=torch.int32)
+    with pytest.raises(ValueError, match="must be finite"):
+        odeflow.ode.ButcherTableau("nan", a=((),), b=(float("nan"),), c=(0.0,), order=1)
+    with pytest.raises(ValueError, match="must be finite"):
+        odeflow.ode.ButcherTableau("nan", a=((float("nan"),), (1.0,)), b=(0.5, 0.5),
+                                   c=(0.0, 1.0), order=2)  # fmt: skip
+    # numpy integers are integers
+    np = pytest.importorskip("numpy")
+    ys = odeflow.odeint(f, Y, T, steps_per_interval=np.int64(3))
+    assert torch.equal(ys, odeflow.odeint(f, Y, T, steps_per_interval=3))
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+def test_func_modifying_its_input_in_place(gradient):
+    """The solver reuses y (the first stored state is y0's memory): an in-place change by func
+    is refused instead of silently corrupting y0, the trajectory and the gradients."""
+    lin = torch.nn.Linear(3, 3)
+    relu = torch.nn.ReLU(inplace=True)
+    y0 = torch.tensor([1.0, -2.0, 0.3], requires_grad=True)
+    with pytest.raises(ValueError, match="modified its input y in place"):
+        odeflow.odeint(lambda t, y: lin(relu(y)), y0 * 1.0, T, gradient=gradient,
+                       params=list(lin.parameters()))  # fmt: skip
+
+
+@pytest.mark.parametrize("dt", [torch.float16, torch.bfloat16])
+def test_low_precision_t_is_used_in_the_state_precision(dt):
+    """Steps and stage times are formed in the state's precision, not in t's 16 bits."""
+    t16 = torch.tensor([0.0, 10.0], dtype=dt, requires_grad=True)
+    ys = odeflow.odeint(lambda t, y: torch.ones_like(y), torch.zeros(1), t16,
+                        steps_per_interval=3)  # fmt: skip
+    assert ys[-1].item() == 10.0  # y' = 1 over [0, 10]: exactly 10 (fp16 h: 10.00195)
+    (g,) = torch.autograd.grad(ys[-1].sum(), t16)  # the time gradient reaches t
+    assert g.dtype == dt and g.tolist() == [-1.0, 1.0]

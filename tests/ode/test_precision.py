@@ -172,6 +172,23 @@ def test_overflow_retry_replays_the_same_dropout_masks(recompute):
     assert torch.equal(grads[0], grads[1])
 
 
+def test_nan_loss_leaves_the_persistent_scaler_alone():
+    """A NaN incoming gradient is not an fp16 overflow: it propagates (as with backprop) and
+    the scaler's state is unchanged, so the next clean call is as with a fresh scaler."""
+    sc = AdjointScaler()
+    _, gy_ref, _ = _mlp_grads("fp16", scaler=AdjointScaler())
+    h0, over0 = sc.headroom, sc.total_overflows
+    torch.manual_seed(0)
+    f = MLP(d=3, w=8)
+    y0 = torch.randn(6, 3, requires_grad=True)
+    ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0]), precision="fp16", scaler=sc)
+    (g,) = torch.autograd.grad(ys[-1].sum() * float("nan"), y0)
+    assert torch.isnan(g).all()
+    assert (sc.headroom, sc.total_overflows) == (h0, over0)
+    _, gy, _ = _mlp_grads("fp16", scaler=sc)
+    assert torch.equal(gy, gy_ref)
+
+
 def test_scaler_growth_rule_persists_across_calls():
     sc = AdjointScaler(headroom=10, growth_interval=3)
     for _k in range(7):

@@ -50,6 +50,13 @@ class PrecisionPolicy:
     def __post_init__(self) -> None:
         if self.compute not in (None, torch.float16, torch.bfloat16):
             raise ValueError(f"compute dtype must be float16, bfloat16 or None, got {self.compute}")
+        if self.storage is not None and not (
+            isinstance(self.storage, torch.dtype) and self.storage.is_floating_point
+        ):
+            raise ValueError(
+                f"storage dtype must be a floating torch.dtype (e.g. torch.bfloat16) or None, "
+                f"got {self.storage!r}"
+            )
 
     @contextlib.contextmanager
     def context(self, device: torch.device, cache: bool = False) -> Iterator[None]:

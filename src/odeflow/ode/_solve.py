@@ -6,6 +6,7 @@ import contextlib
 import enum
 import itertools
 import math
+import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -251,6 +252,13 @@ def _rng_state(device: torch.device) -> RngState:
     return torch.get_rng_state().numpy().tobytes(), cuda
 
 
+def _versions(leaves: list[Tensor]) -> list[int] | None:
+    """Version counters of the state leaves (None under inference mode, which has none)."""
+    if torch.is_inference_mode_enabled() or any(x.is_inference() for x in leaves):
+        return None
+    return [x._version for x in leaves]
+
+
 def _as_state(b: bytes) -> Tensor:
     return torch.frombuffer(bytearray(b), dtype=torch.uint8)
 
@@ -285,7 +293,14 @@ class _Field:
             log = self.rng_log
             # consecutive equal states share one entry (a deterministic field holds one)
             log.append(log[-1] if log and log[-1] == st else st)
+        versions = _versions(leaves)
         out = self.call(t, _tree.unflatten(self.spec, leaves))
+        if versions is not None and versions != _versions(leaves):
+            raise ValueError(
+                "func(t, y) modified its input y in place (e.g. nn.ReLU(inplace=True) or "
+                "y.mul_() on the state); the solver reuses y, so this would corrupt the "
+                "trajectory and the gradients: compute a new tensor instead"
+            )
         self.nfe += 1
         ks = _tree.flatten_like(self.spec, out, "func(t, y)")
         if not self.checked:
@@ -791,6 +806,13 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
     a = inject(a, n_steps)
     scaled = plan.scaler is not None and plan.scaler.dynamic
     stats = plan.stats
+    if scaled:
+        # a non-finite incoming gradient (a NaN loss) is not an fp16 overflow: no retries and
+        # no change to the scaler; the NaN/inf reach the caller as with backprop (one sync)
+        seeds = [g for g in gouts if g is not None]
+        stats.syncs += 1
+        if seeds and not bool(torch.stack([torch.isfinite(g).all() for g in seeds]).all()):
+            scaled = False
     nfe0 = plan.fld.nfe
     td = t.detach()
 
@@ -986,18 +1008,21 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
     else:
         vjp = vjp_graphed if plan.graphs and not need_t else vjp_step
 
+    reached = [False] * len(live)  # a parameter no step depends on gets None, as in backprop
     if not scaled:
         for s in range(n_steps - 1, -1, -1):
             i, gy, gp, gt = vjp(s, a)
             a = inject(gy, s)
             for q, x in enumerate(gp):
                 if x is not None:
+                    reached[q] = True
                     p_acc[q].add_(x.to(p_acc[q].dtype))  # in place: no second accumulator
             if need_t:
                 g_t[i] = g_t[i] + gt[0].to(t.dtype)
                 g_t[i + 1] = g_t[i + 1] + gt[1].to(t.dtype)
     else:
         sc = plan.scaler
+        headroom0 = sc.headroom
         scales = torch.zeros(n_steps, dtype=torch.float32, device=dev)
         ok = torch.ones((), dtype=torch.bool, device=dev)
         fail_at = torch.full((), -1, dtype=torch.long, device=dev)
@@ -1020,6 +1045,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             a = [torch.where(ok, c, al) for c, al in zip(cand, a)]
             for q, x in enumerate(gp):
                 if x is not None:
+                    reached[q] = True
                     dq = p_acc[q].dtype
                     p_acc[q].add_(torch.where(ok, x.to(dq) * inv.to(dq), 0.0))
             if need_t:
@@ -1034,11 +1060,16 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 if not bool(ok):
                     retries += 1
                     if retries > sc.max_retries:
+                        sc.headroom = headroom0  # this call's halvings do not persist
                         raise FloatingPointError(
                             f"fp16 adjoint still overflows after {sc.max_retries} halvings of "
                             "the scale; use precision='bf16' or 'fp32'"
                         )
-                    sc._overflow()
+                    try:
+                        sc._overflow()
+                    except FloatingPointError:
+                        sc.headroom = headroom0
+                        raise
                     s = int(fail_at)
                     stats.syncs += 1
                     ok = torch.ones((), dtype=torch.bool, device=dev)
@@ -1049,10 +1080,14 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
     stats.nfe += plan.fld.nfe - nfe0
     gy0 = [al for al in a]
     g_t = torch.stack(g_t) if need_t else None
-    return (None, g_t, *[g for g in gy0], *[p.to(q.dtype) for p, q in zip(p_acc, live)])
+    gps = [p.to(q.dtype) if r else None for p, q, r in zip(p_acc, live, reached)]
+    return (None, g_t, *gy0, *gps)
 
 
 # --------------------------------------------------------------------------- validation
+_MAX_STEPS = 10_000_000  # a larger grid is almost surely a mistake in step_size's units
+
+
 def _check_t(t: Any, device: torch.device, hdt: torch.dtype) -> tuple[Tensor, list[float]]:
     if not isinstance(t, Tensor):
         try:
@@ -1069,6 +1104,10 @@ def _check_t(t: Any, device: torch.device, hdt: torch.dtype) -> tuple[Tensor, li
         raise TypeError(f"t must be a real floating tensor, got {t.dtype}; use t.to(y0.dtype)")
     if t.device != device:
         raise ValueError(f"t is on {t.device} but y0 is on {device}; move them to one device")
+    if t.dtype.itemsize < torch.tensor([], dtype=hdt).element_size():
+        # step sizes and stage times are formed from t: never in less than the state's
+        # precision (a differentiable cast: time gradients still reach the caller's t)
+        t = t.to(hdt)
     host = t.detach().to("cpu", torch.float64).tolist()  # the one sync of the setup
     if not all(math.isfinite(x) for x in host):
         raise ValueError("t contains inf or NaN; all times must be finite")
@@ -1097,15 +1136,26 @@ def _check_y0(leaves: list[Tensor]) -> torch.device:
 
 def _steps_per_interval(host: list[float], spi: int, step_size: float | None) -> list[int]:
     n = len(host) - 1
+    if isinstance(spi, bool) or not isinstance(spi, numbers.Integral) or spi < 1:
+        raise ValueError(f"steps_per_interval must be a positive int, got {spi!r}")
     if step_size is None:
-        if not isinstance(spi, int) or spi < 1:
-            raise ValueError(f"steps_per_interval must be a positive int, got {spi!r}")
-        return [spi] * n
-    if spi != 1:
-        raise ValueError("give either steps_per_interval or step_size, not both")
-    if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
-    return [max(1, math.ceil(abs(b - a) / step_size - 1e-9)) for a, b in itertools.pairwise(host)]
+        ms = [int(spi)] * n
+    else:
+        if spi != 1:
+            raise ValueError("give either steps_per_interval or step_size, not both")
+        if (
+            isinstance(step_size, bool)
+            or not isinstance(step_size, numbers.Real)
+            or not (math.isfinite(step_size) and step_size > 0)
+        ):
+            raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
+        ms = [max(1, math.ceil(abs(b - a) / step_size - 1e-9)) for a, b in itertools.pairwise(host)]
+    if sum(ms) > _MAX_STEPS:
+        raise ValueError(
+            f"this grid needs {sum(ms):,} RK steps (more than {_MAX_STEPS:,}); check "
+            "step_size / steps_per_interval against the length of t"
+        )
+    return ms
 
 
 # --------------------------------------------------------------------------- entry points
@@ -1178,7 +1228,8 @@ def _prepare(
         for p in plist:
             if not isinstance(p, Tensor):
                 raise TypeError(f"params must be tensors, got {type(p).__name__}")
-        plist = [p for p in plist if p.requires_grad]
+        seen: set[int] = set()  # a tensor listed twice gets its gradient once
+        plist = [p for p in plist if p.requires_grad and not (id(p) in seen or seen.add(id(p)))]
     if scaler is not None and not isinstance(scaler, AdjointScaler):
         raise TypeError(
             "scaler must be an odeflow.AdjointScaler (AdjointScaler(dynamic=False) "
@@ -1188,6 +1239,13 @@ def _prepare(
         scaler = AdjointScaler() if scaler is None else scaler
     else:
         scaler = None
+    if output_dtype is not None and not (
+        isinstance(output_dtype, torch.dtype) and output_dtype.is_floating_point
+    ):
+        raise TypeError(
+            f"output_dtype must be a floating torch.dtype (e.g. torch.float64), got "
+            f"{output_dtype!r}"
+        )
     out_dtypes = [output_dtype or y.dtype for y in leaves]
     fld = _Field(func, spec, leaves, hdt)
     plan = _Plan(fld, tab, pol, ms, hdt, out_dtypes, scaler, len(leaves), AdjointStats())
@@ -1242,16 +1300,43 @@ def _run(
         outs = _integrate(plan, t, leaves, None)
         outs = [o.to(d) for o, d in zip(outs, plan.out_dtypes)]
     elif not needs:
-        if closure_risk and torch.is_grad_enabled():
-            _closure_check(plan, t, leaves)
+        if torch.is_grad_enabled():
+            _attribute_check(func, plist)
+            if closure_risk:
+                _closure_check(plan, t, leaves)
         with torch.no_grad():
             outs = _integrate(plan, t, leaves, None)
         outs = [o.to(d) for o, d in zip(outs, plan.out_dtypes)]
     else:
+        _attribute_check(func, plist)
         if closure_risk:
             _closure_check(plan, t, leaves)
         outs = list(_AdjointFunction.apply(plan, t, *leaves, *plist))
     return plan, spec, t, _tree.unflatten(spec, outs)
+
+
+def _attribute_check(func: Callable, plist: list[Tensor]) -> None:
+    """A module (or a module's method) holding a tensor that requires grad as a plain
+    attribute (e.g. a conditioning input set before the solve) would lose its gradient."""
+    module = _owning_module(func)
+    if module is None:
+        return
+    declared = {id(p) for p in plist}
+    for prefix, m in module.named_modules():
+        for name, v in vars(m).items():
+            if (
+                isinstance(v, Tensor)
+                and v.requires_grad
+                and not isinstance(v, nn.Parameter)
+                and id(v) not in declared
+            ):
+                where = f"{prefix}.{name}" if prefix else name
+                raise ValueError(
+                    f"func.{where} is a tensor that requires grad but is not a parameter: the "
+                    "discrete adjoint differentiates only for the parameters (or params=[...]) "
+                    f"and would give it no gradient. Pass params=[*func.parameters(), "
+                    f"func.{where}], or use gradient='backprop'"
+                )
 
 
 def _closure_check(plan: _Plan, t: Tensor, leaves: list[Tensor]) -> None:
@@ -1302,7 +1387,9 @@ def odeint(
             step or call.
         y0: initial state: a tensor ``(*shape)``, a tuple/list or a dict of tensors (any
             shapes, one floating dtype).
-        t: ``(n,)`` output times, ``n >= 2``, strictly increasing or decreasing, finite.
+        t: ``(n,)`` output times, ``n >= 2``, strictly increasing or decreasing, finite; a
+            16-bit ``t`` is widened to the state's precision (differentiably) before steps
+            and stage times are formed from it.
         method: a name (``euler, midpoint, heun, ralston, rk3, ssprk3, rk4, rk38``) or a
             :class:`ButcherTableau`. ``rk4`` is the classical method; torchdiffeq's ``rk4`` is
             the 3/8 rule (``rk38`` here).
@@ -1315,9 +1402,11 @@ def odeint(
             are not returned).
         step_size: alternatively, the largest step; each interval gets
             ``ceil(|Δt| / step_size)`` equal steps.
-        params: tensors the gradient is taken for; default: the parameters of an
-            ``nn.Module`` func that require grad. A plain callable that closes over tensors
-            requiring grad must list them here (else a ``ValueError`` says so).
+        params: tensors the gradient is taken for (each once, however often listed);
+            default: the parameters of an ``nn.Module`` func that require grad. A plain
+            callable that closes over tensors requiring grad, or a module holding such a
+            tensor as a plain attribute (e.g. a conditioning input), must list them here
+            (else a ``ValueError`` says so). Parameters no step depends on get ``None``.
         scaler: an :class:`AdjointScaler` persisting the fp16 adjoint scale across calls
             (default: a fresh one per call); ``AdjointScaler(dynamic=False)`` turns internal
             scaling off to pair with ``torch.amp.GradScaler``. Used only for fp16 + adjoint.
@@ -1330,9 +1419,12 @@ def odeint(
     Raises:
         ValueError: ``t`` not 1-D, fewer than two points, not strictly monotone, non-finite,
             or on another device than ``y0``; ``y0`` non-finite; ``func`` output of the wrong
-            shape; unknown method/precision/gradient name (the message lists the valid ones).
+            shape, or ``func`` modifying its input ``y`` in place; tensors requiring grad
+            that the adjoint cannot see (see ``params``); a grid of more than 10⁷ steps;
+            unknown method/precision/gradient name (the message lists the valid ones).
         TypeError: integer/complex ``y0`` or ``t``; ``func`` returning a non-tensor, a
-            different structure, a non-floating or a higher-precision dtype.
+            different structure, a non-floating or a higher-precision dtype; a non-floating
+            ``output_dtype``.
         FloatingPointError: fp16 adjoint overflow that scaling cannot recover.
         RuntimeError: (autograd's) ``y0`` or a parameter changed in place between the solve
             and its backward pass.

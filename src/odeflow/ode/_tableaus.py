@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 __all__ = ["TABLEAUS", "ButcherTableau", "get_tableau"]
@@ -99,6 +100,10 @@ class ButcherTableau:
             raise ValueError(f"tableau {self.name!r}: len(c)={len(c)} but len(b)={s}")
         if len(self.a) != s:
             raise ValueError(f"tableau {self.name!r}: a has {len(self.a)} rows, expected {s}")
+        if not all(math.isfinite(float(x)) for x in (*b, *c, *(v for r in self.a for v in r))):
+            raise ValueError(
+                f"tableau {self.name!r}: every coefficient of a, b and c must be finite"
+            )
         rows = []
         for i, row in enumerate(self.a):
             row = tuple(float(x) for x in row)

@@ -164,3 +164,19 @@ def test_low_precision_t_is_used_in_the_state_precision(dt):
     assert ys[-1].item() == 10.0  # y' = 1 over [0, 10]: exactly 10 (fp16 h: 10.00195)
     (g,) = torch.autograd.grad(ys[-1].sum(), t16)  # the time gradient reaches t
     assert g.dtype == dt and g.tolist() == [-1.0, 1.0]
+
+
+def test_dict_output_is_matched_by_key():
+    """func may build its dict output in any key order; a missing or extra key is an error."""
+    y0 = {"a": torch.ones(2), "b": torch.full((3,), 2.0)}
+
+    def swapped(t, y):
+        return {"b": -y["b"], "a": 2 * y["a"]}
+
+    def ordered(t, y):
+        return {"a": 2 * y["a"], "b": -y["b"]}
+
+    ys, ref = odeflow.odeint(swapped, y0, T), odeflow.odeint(ordered, y0, T)
+    assert all(torch.equal(ys[k], ref[k]) for k in y0)
+    with pytest.raises(TypeError, match="expected a dict with keys"):
+        odeflow.odeint(lambda t, y: {"a": y["a"]}, y0, T)

@@ -63,10 +63,10 @@ def flatten_like(spec: Spec, out: Any, what: str) -> list[Tensor]:
             )
         leaves = list(out)
     else:
-        if not isinstance(out, dict) or tuple(out.keys()) != spec[1]:
+        if not isinstance(out, dict) or set(out.keys()) != set(spec[1]):
             got = tuple(out.keys()) if isinstance(out, dict) else type(out).__name__
             raise TypeError(f"{what} returned {got}; expected a dict with keys {spec[1]}")
-        leaves = list(out.values())
+        leaves = [out[k] for k in spec[1]]  # matched by key, in the state's order
     for i, v in enumerate(leaves):
         if not isinstance(v, Tensor):
             raise TypeError(f"{what} returned a {type(v).__name__} at leaf {i}; expected a tensor")

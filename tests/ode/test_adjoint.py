@@ -688,3 +688,25 @@ def test_parameters_without_a_path_get_none_as_with_backprop():
                             gradient=gradient)  # fmt: skip
         (ys**2).sum().backward()
         assert m.head.weight.grad is None and m.f.l1.weight.grad is not None
+
+
+def test_torch_func_transforms():
+    """vmap and jacfwd work with either gradient mode, jacrev with backprop (checked against
+    the batched solve and autograd); under jacrev the adjoint names the fix."""
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=D64)
+
+    def final(y0, gradient="backprop"):
+        return odeflow.odeint(lambda s, y: -y * y.sum(), y0, t, gradient=gradient,
+                              steps_per_interval=2)[-1]  # fmt: skip
+
+    y0 = torch.tensor([[0.5, -0.2], [1.0, 0.3], [0.1, 0.2]], dtype=D64)
+    for gradient in ("backprop", "adjoint"):
+        vm = torch.func.vmap(lambda y, g=gradient: final(y, g))(y0)
+        assert torch.allclose(vm, torch.stack([final(y) for y in y0]), rtol=1e-14, atol=0)
+    x = y0[1].clone().requires_grad_()
+    ref = torch.stack([torch.autograd.grad(final(x)[i], x)[0] for i in range(2)])
+    assert torch.allclose(torch.func.jacrev(final)(y0[1]), ref, rtol=1e-12, atol=0)
+    jf = torch.func.jacfwd(lambda y: final(y, "adjoint"))(y0[1])
+    assert torch.allclose(jf, ref, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="gradient='backprop'"):
+        torch.func.jacrev(lambda y: final(y, "adjoint"))(y0[1])

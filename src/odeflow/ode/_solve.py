@@ -1128,10 +1128,18 @@ def _check_y0(leaves: list[Tensor]) -> torch.device:
             )
         if y.device != dev:
             raise ValueError(f"{name} is on {y.device} but y0 leaf 0 is on {dev}")
+    if _functorch_active():  # (vmap: no data-dependent host check possible)
+        return dev
     fin = torch.stack([torch.isfinite(y.detach()).all() for y in leaves]).all()
     if not bool(fin):
         raise ValueError("y0 contains inf or NaN; the initial state must be finite")
     return dev
+
+
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) is tracing this call."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
 
 
 def _steps_per_interval(host: list[float], spi: int, step_size: float | None) -> list[int]:
@@ -1308,6 +1316,12 @@ def _run(
             outs = _integrate(plan, t, leaves, None)
         outs = [o.to(d) for o, d in zip(outs, plan.out_dtypes)]
     else:
+        if _functorch_active():
+            raise ValueError(
+                "the discrete adjoint is an autograd.Function without torch.func rules; under "
+                "torch.func transforms that differentiate (grad, vjp, jacrev, hessian) use "
+                "gradient='backprop' (jacfwd and vmap of a no-grad solve work with either)"
+            )
         _attribute_check(func, plist)
         if closure_risk:
             _closure_check(plan, t, leaves)
@@ -1431,6 +1445,8 @@ def odeint(
 
     Higher-order gradients (``create_graph=True``) work with every gradient mode; through
     the discrete adjoint they replay the solve with a graph (see :class:`DiscreteAdjoint`).
+    ``torch.func``: ``vmap`` and ``jacfwd`` work with either gradient mode; ``grad``,
+    ``jacrev`` and ``hessian`` need ``gradient="backprop"`` (the adjoint says so).
 
     Reference:
         Celledoni, Owren, Ruthotto, Yang, *Mixed precision training of neural ODEs*,

@@ -85,8 +85,9 @@ def _train(args: argparse.Namespace) -> int:
     # what `flow eval` needs to rebuild the same test split and step count by default
     flow.save(out / "flow.pt", data=name, preset=preset_name, seed=args.seed,
               n_test=args.n_test, nt_test=p.nt_test if p else None)  # fmt: skip
+    # config: the flow's own (its precision is not changed by fit); precision: training's
     metrics = {"data": name, "dim": dim, "preset": preset_name, "dtype": res.dtype,
-               "test_nll": nll,
+               "precision": res.precision, "test_nll": nll,
                "best_val_nll": res.best_val_nll, "iterations": res.iterations,
                "status": res.status, "seconds": res.seconds, "config": flow.config(),
                "history": res.history}  # fmt: skip

@@ -68,6 +68,25 @@ def build_potential(dim: int, width: int, depth: int = 2, rank: int | None = Non
     return D.Sum(net, D.Quadratic(dim + 1, rank=r))
 
 
+def _check_alpha(alpha: Any) -> tuple[float, float, float]:
+    """α as a tuple of three finite floats with α₀ > 0, α₁ ≥ 0, α₂ ≥ 0, else ValueError."""
+    bad = ValueError(
+        "alpha must be a sequence of three finite numbers (α₀ > 0, α₁ ≥ 0, α₂ ≥ 0), "
+        f"got {alpha!r}"
+    )
+    if isinstance(alpha, str | bytes) or not (
+        isinstance(alpha, Sequence) or hasattr(alpha, "__array__")  # (arrays, tensors)
+    ):
+        raise bad
+    try:
+        out = tuple(float(a) for a in alpha)
+    except (TypeError, ValueError):
+        raise bad from None
+    if len(out) != 3 or not all(math.isfinite(a) for a in out) or out[0] <= 0 or min(out) < 0:
+        raise bad
+    return out  # type: ignore[return-value]
+
+
 class OTFlowLoss(NamedTuple):
     """Terms of the OT-Flow objective J = α₀ L + α₁ C + α₂ R (batch means, scalars)."""
 
@@ -188,9 +207,7 @@ class OTFlow(nn.Module):
             raise ValueError(f"dim must be >= 1, got {dim}")
         if int(width) < 1:
             raise ValueError(f"width must be >= 1, got {width}")
-        alpha = tuple(float(a) for a in alpha)
-        if len(alpha) != 3 or alpha[0] <= 0 or min(alpha) < 0:
-            raise ValueError(f"alpha must be (α₀ > 0, α₁ ≥ 0, α₂ ≥ 0), got {alpha}")
+        alpha = _check_alpha(alpha)
         if int(nt) < 1 or (nt_eval is not None and int(nt_eval) < 1):
             raise ValueError(f"nt and nt_eval must be >= 1, got nt={nt}, nt_eval={nt_eval}")
         if precision not in _PRECISIONS:
@@ -245,6 +262,16 @@ class OTFlow(nn.Module):
                   nt_eval=p.nt_val)  # fmt: skip
         kw.update(overrides)
         return cls(**kw).to(p.dtype if dtype is None else dtype)
+
+    @property
+    def alpha(self) -> tuple[float, float, float]:
+        """(α₀, α₁, α₂), the weights of L, C and R; validated when set."""
+        # (pickles from before α was a property hold it under "alpha")
+        return self.__dict__["_alpha"] if "_alpha" in self.__dict__ else self.__dict__["alpha"]
+
+    @alpha.setter
+    def alpha(self, value: Sequence[float]) -> None:
+        self.__dict__["_alpha"] = _check_alpha(value)
 
     def __getstate__(self) -> dict[str, Any]:
         # copies and pickles drop the cached (possibly compiled) right-hand sides; they are

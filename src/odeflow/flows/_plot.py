@@ -31,7 +31,9 @@ def plot_flow_2d(
     data = data[:n].detach().cpu().float()
     lim = float(data.abs().max()) * 1.1 + 0.5
     with torch.no_grad():
-        xs = flow.sample(n, generator=torch.Generator().manual_seed(seed)).cpu().float()
+        dev = next(flow.parameters()).device  # flow.sample draws z on the flow's device
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        xs = flow.sample(n, generator=gen).cpu().float()
         g = torch.linspace(-lim, lim, grid)
         xx, yy = torch.meshgrid(g, g, indexing="xy")
         pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)

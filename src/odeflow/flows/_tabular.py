@@ -105,9 +105,10 @@ def _power(root: Path):
     n = data.shape[0]
     data = np.delete(data, 3, axis=1)
     data = np.delete(data, 1, axis=1)
-    noise = np.hstack(
-        [0.001 * rng.rand(n, 1), 0.01 * rng.rand(n, 1), rng.rand(n, 3), np.zeros((n, 1))]
-    )
+    # MAF's draw order: voltage noise, then gap noise, then sub-metering noise
+    voltage = 0.01 * rng.rand(n, 1)
+    gap = 0.001 * rng.rand(n, 1)
+    noise = np.hstack([gap, voltage, rng.rand(n, 3), np.zeros((n, 1))])
     return _whiten_trainval(*_split(data + noise))
 
 

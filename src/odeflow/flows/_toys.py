@@ -151,7 +151,8 @@ def _pinwheel(n: int, g: torch.Generator) -> Tensor:
     angles = 2 * math.pi * labels.double() / k + rate * torch.exp(feats[:, 0])
     c, s = torch.cos(angles), torch.sin(angles)
     rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)  # (n, 2, 2)
-    return 2.0 * torch.einsum("ni,nji->nj", feats, rot)
+    # x_j = Σ_i f_i R_ij, as FFJORD's einsum("ti,tij->tj"): f rotated by −angle
+    return 2.0 * torch.einsum("ni,nij->nj", feats, rot)
 
 
 def _two_spirals(n: int, g: torch.Generator) -> Tensor:

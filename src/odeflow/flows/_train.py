@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
+import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -38,7 +41,11 @@ _FORMAT = "odeflow.otflow/1"
 
 
 class TrainingDiverged(RuntimeError):
-    """Raised when the training loss becomes NaN or infinite (best weights are restored)."""
+    """Raised when the training loss becomes NaN or infinite.
+
+    With ``restore_best=True`` the best validated weights are restored first; the message
+    says which weights the flow holds.
+    """
 
 
 @dataclass
@@ -55,6 +62,7 @@ class FitResult:
             ``val_nll`` on validation iterations).
         seconds: wall time.
         dtype: the dtype training ran in (the flow's parameter dtype, e.g. ``"float64"``).
+        precision: the ODE precision policy training ran in (e.g. ``"bf16"``).
     """
 
     status: str
@@ -64,6 +72,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     dtype: str = ""
+    precision: str = ""
 
 
 def _as_batches(data, dim: int, batch: int, g: torch.Generator, dtype, device):
@@ -164,26 +173,34 @@ def fit(
             for validation), or a toy name (fresh samples every iteration).
         preset: preset name or object.
         iters, batch, lr: iterations, minibatch size, Adam learning rate.
-        precision: ODE precision policy for training ("fp32", "bf16", …).
+        precision: ODE precision policy for this training run ("fp32", "tf32", "bf16",
+            "fp16"; default the flow's own), used by the training steps and the validations;
+            the flow's own ``precision`` is restored afterwards.
         device: where to train (default: the flow's device).
         val_data: validation samples ``(n_val, d)`` (default: ``data.val``, a fresh toy
             sample, or none).
-        val_every: validate every this many iterations (default ``max(1, iters // 20)``).
+        val_every: validate every this many iterations, ≥ 1 (default
+            ``max(1, iters // 20)``).
         val_nt: RK4 steps for validation (default ``flow.nt_eval``).
-        patience: validations without improvement before the learning rate drops.
-        lr_drop, max_drops: drop factor and number of drops before stopping.
-        clip: clamp parameters to [−clip, clip] before every step.
+        patience: validations without improvement before the learning rate drops (≥ 1).
+        lr_drop, max_drops: drop factor (> 1) and number of drops before stopping (≥ 0).
+        clip: clamp parameters to [−clip, clip] before every step (clip > 0, or None).
         seed: seed of the batch generator.
         callback: ``callback(iteration, info)``; returning True stops training.
         verbose: show a tqdm progress bar.
         restore_best: load the weights with the best validation NLL at the end.
 
+    The flow's train/eval mode and ``precision`` are the caller's again when ``fit`` returns
+    or raises.
+
     Returns:
         :class:`FitResult`.
 
     Raises:
-        ValueError: bad data (NaN/inf, wrong dimension, empty), unknown preset/toy.
-        TrainingDiverged: the loss became NaN/inf (the best weights are restored first).
+        ValueError: bad data (NaN/inf, wrong dimension, empty), unknown preset/toy, or a
+            setting out of range (the argument and its valid range are named).
+        TrainingDiverged: the loss became NaN/inf (with ``restore_best`` the best validated
+            weights are restored first; the message says which weights the flow holds).
 
     Reference: Onken et al., "OT-Flow", AAAI 2021, arXiv 2006.00104.
 
@@ -198,26 +215,39 @@ def fit(
     if not isinstance(flow, OTFlow):
         raise TypeError(f"flow must be an OTFlow, got {type(flow).__name__}")
     p = get_preset(preset) if preset is not None else None
-    if p is not None:
-        if p.dim is not None and p.dim != flow.dim:
-            raise ValueError(
-                f"preset {p.name!r} is for dim={p.dim}, but the flow has dim={flow.dim}"
-            )
-        flow.alpha = tuple(p.alpha)
-        flow.nt = p.nt
-        flow.nt_eval = p.nt_val
+    if p is not None and p.dim is not None and p.dim != flow.dim:
+        raise ValueError(f"preset {p.name!r} is for dim={p.dim}, but the flow has dim={flow.dim}")
     iters = int(iters if iters is not None else (p.iters if p else 1000))
     batch = int(batch if batch is not None else (p.batch if p else 1024))
     lr = float(lr if lr is not None else (p.lr if p else 1e-2))
     clip = clip if clip is not None else (p.clip if p else None)
-    lr_drop = float(lr_drop if lr_drop is not None else (p.lr_drop if p else 10.0))
-    max_drops = int(max_drops if max_drops is not None else (p.max_drops if p else 3))
+    lr_drop = lr_drop if lr_drop is not None else (p.lr_drop if p else 10.0)
+    max_drops = max_drops if max_drops is not None else (p.max_drops if p else 3)
     if iters < 1 or batch < 1 or not lr > 0:
         raise ValueError(f"need iters >= 1, batch >= 1, lr > 0; got {iters}, {batch}, {lr}")
-    if precision is not None:
-        if precision not in ("fp32", "tf32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, tf32, bf16 or fp16, got {precision!r}")
-        flow.precision = precision
+    if clip is not None:
+        if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not clip > 0:
+            raise ValueError(f"clip must be a number > 0 (the parameters are clamped to "
+                             f"[-clip, clip]) or None for no clamping, got {clip!r}")  # fmt: skip
+        clip = float(clip)
+    if isinstance(lr_drop, bool) or not isinstance(lr_drop, numbers.Real) or not (
+        1 < lr_drop < math.inf
+    ):
+        raise ValueError(f"lr_drop must be a finite number > 1 (the learning rate is divided "
+                         f"by it), got {lr_drop!r}")  # fmt: skip
+    lr_drop = float(lr_drop)
+    patience = _check_int("patience", patience, 1, "validations without improvement "
+                          "before the learning rate drops")  # fmt: skip
+    max_drops = _check_int("max_drops", max_drops, 0, "learning-rate drops before training "
+                           "stops")  # fmt: skip
+    if val_every is not None:
+        val_every = _check_int("val_every", val_every, 1, "iterations between validations")
+    if precision is not None and precision not in ("fp32", "tf32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, tf32, bf16 or fp16, got {precision!r}")
+    if p is not None:
+        flow.alpha = tuple(p.alpha)
+        flow.nt = p.nt
+        flow.nt_eval = p.nt_val
     if device is not None:
         flow.to(device)
     ref = next(flow.parameters())
@@ -234,7 +264,7 @@ def fit(
     batches = _as_batches(data, flow.dim, batch, g, dtype, dev)
     if val_data is not None:
         val_data = check_data(val_data, flow.dim, name="validation data").to(dev, dtype)
-    val_every = int(val_every) if val_every else max(1, iters // 20)
+    val_every = val_every if val_every is not None else max(1, iters // 20)
 
     opt = torch.optim.Adam(flow.parameters(), lr=lr)
     best_val, best_iter, best_state = math.inf, 0, None
@@ -246,6 +276,10 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=iters, desc="OT-Flow", leave=False)
+    # the training precision and train mode last for this call only
+    was_training, own_precision = flow.training, flow.precision
+    train_precision = precision if precision is not None else own_precision
+    flow.precision = train_precision
     flow.train()
     it = 0
     try:
@@ -261,8 +295,15 @@ def fit(
                 out = type(out)(*(v.detach() for v in out))
                 if best_state is not None and restore_best:
                     flow.load_state_dict(best_state)
-                kept = (f"the best weights (iteration {best_iter}, val NLL {best_val:.4f}) were "
-                        "restored" if best_state is not None else "no validated weights to restore")
+                    kept = (f"the best weights (iteration {best_iter}, val NLL {best_val:.4f}) "
+                            "were restored")
+                elif best_state is not None:
+                    kept = ("restore_best=False, so the flow keeps the weights that gave this "
+                            f"loss (the best ones, iteration {best_iter}, val NLL "
+                            f"{best_val:.4f}, were not restored)")
+                else:
+                    kept = ("no validated weights to restore, so the flow keeps the weights "
+                            "that gave this loss")
                 raise TrainingDiverged(
                     f"OT-Flow training stopped at iteration {it}: the loss is "
                     f"{float(out.total)} (NLL {float(out.nll):.4g}, L {float(out.transport):.4g}, "
@@ -308,16 +349,38 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
+        flow.precision = own_precision
+        flow.train(was_training)
     if restore_best and best_state is not None:
         flow.load_state_dict(best_state)
-    flow.eval()
     return FitResult(status, it, best_val if best_state is not None else math.nan, best_iter,
                      history, time.perf_counter() - t0,
-                     str(dtype).removeprefix("torch."))  # fmt: skip
+                     str(dtype).removeprefix("torch."), train_precision)  # fmt: skip
+
+
+def _check_int(name: str, value: Any, low: int, meaning: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low} ({meaning}), got {value!r}")
+    return int(value)
 
 
 def save_checkpoint(flow: OTFlow, path: str | Path, **extra: Any) -> None:
     """Save ``{format, config, state_dict, extra}`` with ``torch.save``.
+
+    The file is written to a temporary file in the same folder and then moved over
+    ``path`` (``os.replace``), so an existing checkpoint survives a failed save.
+
+    Args:
+        flow: the flow.
+        path: checkpoint file (parent folders are created).
+        **extra: JSON-like metadata kept with the checkpoint (``None``, bool, int, float,
+            str, and lists, tuples and dicts of them); a ``Path`` is stored as ``str``,
+            NumPy/torch arrays as (nested) lists and NumPy scalars as Python numbers, so
+            that :func:`load_checkpoint` can read them with ``weights_only=True``.
+
+    Raises:
+        TypeError: an ``extra`` value is not JSON-like (the key is named); nothing is
+            written.
 
     Example:
         >>> import tempfile, os
@@ -333,20 +396,43 @@ def save_checkpoint(flow: OTFlow, path: str | Path, **extra: Any) -> None:
     state = {k: v.detach().cpu() for k, v in flow.state_dict().items()}
     dt = str(next(flow.parameters()).dtype).removeprefix("torch.")
     payload = {"format": _FORMAT, "config": flow.config(), "dtype": dt, "state_dict": state,
-               "extra": _jsonable(extra)}  # fmt: skip
-    torch.save(payload, path)
+               "extra": _jsonable(extra, "extra")}  # fmt: skip
+    # write beside the target, then rename over it: a failed save leaves the old file intact
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def _jsonable(obj):
+def _jsonable(obj: Any, key: str) -> Any:
+    """``obj`` as plain Python data that ``torch.load(weights_only=True)`` reads back."""
+    if obj is None:
+        return None
+    if isinstance(obj, np.generic | np.ndarray | Tensor):  # NumPy scalars, arrays, tensors
+        return _jsonable(obj.tolist(), key)
+    if isinstance(obj, bool):  # (before int; subclasses become the plain type)
+        return bool(obj)
+    for kind in (int, float, str):
+        if isinstance(obj, kind):
+            return kind(obj)
+    if isinstance(obj, PurePath):
+        return str(obj)
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): _jsonable(v, f"{key}[{k!r}]") for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Tensor):
-        return obj.tolist()
-    return obj
+        return [_jsonable(v, f"{key}[{i}]") for i, v in enumerate(obj)]
+    raise TypeError(
+        f"checkpoint {key} is a {type(obj).__name__} ({obj!r:.60}), which a checkpoint "
+        "cannot hold: extra values must be JSON-like (None, bool, int, float, str, and "
+        "lists, tuples and dicts of them; a Path, NumPy array or scalar and a tensor are "
+        "converted). Convert it first, e.g. with str()."
+    )
 
 
 def load_checkpoint(
@@ -357,7 +443,9 @@ def load_checkpoint(
     Args:
         path: checkpoint file.
         dim: expected data dimension; a checkpoint of another dimension is refused.
-        map_location: as in ``torch.load``.
+        map_location: as in ``torch.load``; a device (``str`` or ``torch.device``) is also
+            where the returned flow lives. Other mappings (dict, callable) only steer
+            ``torch.load``; the flow is then on the CPU.
 
     Raises:
         FileNotFoundError: no such file.
@@ -380,6 +468,8 @@ def load_checkpoint(
         )
     flow = OTFlow(**cfg)
     flow.to(getattr(torch, ck.get("dtype", "float32")))
+    if isinstance(map_location, str | torch.device):
+        flow.to(torch.device(map_location))
     flow.load_state_dict(ck["state_dict"])
     flow.eval()
     flow.checkpoint_extra = ck.get("extra", {})

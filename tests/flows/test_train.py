@@ -1,0 +1,121 @@
+"""``fit`` settings and state, the divergence message, and checkpoint files (save/load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from odeflow.flows import (
+    OTFlow,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def _data(n=256, seed=0):
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _same_weights(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                   b.state_dict().values()))  # fmt: skip
+
+
+# ---------------------------------------------------------------- checkpoint extra
+
+
+def test_checkpoint_extra_is_converted_to_plain_data_and_loads(tmp_path):
+    flow = OTFlow(2, width=4, nt=2).double()
+    path = tmp_path / "c.pt"
+    nested = {"p": (Path("a"), np.zeros(2)), 3: None}
+    save_checkpoint(flow, path, data=Path("sets/x.npy"), mean=np.array([[1.5, 2.0]]),
+                    v=np.float32(0.25), n=np.int64(7), ok=np.bool_(True), name=np.str_("a"),
+                    t=torch.tensor([1, 2]), nested=nested)  # fmt: skip
+    back = load_checkpoint(path)  # reads with weights_only=True
+    assert back.checkpoint_extra == {
+        "data": "sets/x.npy", "mean": [[1.5, 2.0]], "v": 0.25, "n": 7, "ok": True,
+        "name": "a", "t": [1, 2], "nested": {"p": ["a", [0.0, 0.0]], "3": None},
+    }  # fmt: skip
+    ex = back.checkpoint_extra
+    assert type(ex["v"]) is float and type(ex["n"]) is int and type(ex["ok"]) is bool
+    assert type(ex["name"]) is str and type(ex["data"]) is str
+
+
+@pytest.mark.parametrize("extra,key", [
+    ({"note": lambda: 0}, "extra['note']"),
+    ({"dt": torch.float64}, "extra['dt']"),
+    ({"meta": {"a": [1, {2, 3}]}}, "extra['meta']['a'][1]"),
+    ({"obj": object()}, "extra['obj']"),
+])  # fmt: skip
+def test_checkpoint_extra_not_json_like_is_refused_before_writing(tmp_path, extra, key):
+    path = tmp_path / "c.pt"
+    with pytest.raises(TypeError, match=r"checkpoint " + key.replace("[", r"\[") + " is a"):
+        save_checkpoint(OTFlow(2, width=4), path, **extra)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary file left
+
+
+def test_failed_save_keeps_the_existing_checkpoint(tmp_path, monkeypatch):
+    flow = OTFlow(2, width=4, nt=2).double()
+    path = tmp_path / "flow.pt"
+    flow.save(path, step=1)
+    good = path.read_bytes()
+    other = OTFlow(2, width=4, nt=2).double()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+
+    def broken_save(obj, f, *args, **kwargs):  # writes half a file, then the disk is full
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="No space left"):
+        other.save(path, step=2)
+    with pytest.raises(TypeError):
+        other.save(path, step={1})
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    assert [q.name for q in tmp_path.iterdir()] == ["flow.pt"]  # temporary file removed
+    back = load_checkpoint(path)
+    assert back.checkpoint_extra == {"step": 1} and _same_weights(back, flow)
+    other.save(path, step=2)  # a successful save replaces it
+    assert load_checkpoint(path).checkpoint_extra == {"step": 2}
+    assert _same_weights(load_checkpoint(path), other)
+
+
+# ---------------------------------------------------------------- load_checkpoint(map_location)
+
+
+@pytest.mark.parametrize("where", ["cpu", torch.device("cpu")])
+def test_load_checkpoint_map_location_device(tmp_path, where):
+    flow = OTFlow(2, width=4, nt=2).double()
+    flow.save(tmp_path / "c.pt")
+    back = load_checkpoint(tmp_path / "c.pt", map_location=where)
+    assert {p.device for p in back.parameters()} == {torch.device("cpu")}
+    assert _same_weights(back, flow)
+
+
+def test_load_checkpoint_map_location_meta_and_mappings(tmp_path):
+    flow = OTFlow(2, width=4, nt=2).double()
+    flow.save(tmp_path / "c.pt")
+    meta = load_checkpoint(tmp_path / "c.pt", map_location="meta")  # shapes only
+    assert {p.device.type for p in meta.parameters()} == {"meta"}
+    assert meta.config() == flow.config()
+    assert [p.shape for p in meta.parameters()] == [p.shape for p in flow.parameters()]
+    for mapping in ({"cuda:0": "cpu"}, lambda storage, loc: storage):  # steer torch.load only
+        back = load_checkpoint(tmp_path / "c.pt", map_location=mapping)
+        assert {p.device for p in back.parameters()} == {torch.device("cpu")}
+        assert _same_weights(back, flow)
+
+
+@pytest.mark.gpu
+def test_load_checkpoint_map_location_cuda(tmp_path, cuda):
+    flow = OTFlow(2, width=4, nt=2).double()
+    flow.save(tmp_path / "c.pt")
+    back = load_checkpoint(tmp_path / "c.pt", map_location="cuda")
+    assert {p.device.type for p in back.parameters()} == {"cuda"}
+    x = _data(8)
+    assert torch.allclose(back.log_prob(x.to(cuda)).cpu(), flow.log_prob(x))

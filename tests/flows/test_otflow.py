@@ -302,3 +302,34 @@ def test_cuda_graphs_training_step_equals_eager_adjoint(cuda, precision):
     from odeflow.ode import clear_cuda_graphs
 
     clear_cuda_graphs()
+
+
+@pytest.mark.parametrize("alpha", ["123", b"123", (float("nan"), 1, 1), (1, float("inf"), 1),
+                                   (1, 2), (1, 2, 3, 4), (0, 1, 1), (1, -1, 1), {1, 2, 3}, 5,
+                                   ("a", 1, 1), None])  # fmt: skip
+def test_alpha_is_three_finite_non_negative_numbers(alpha):
+    match = "alpha must be a sequence of three finite numbers"
+    with pytest.raises(ValueError, match=match):
+        OTFlow(2, width=4, alpha=alpha)
+    flow = OTFlow(2, width=4, alpha=(1, 30, 1))
+    with pytest.raises(ValueError, match=match):
+        flow.alpha = alpha
+    assert flow.alpha == (1.0, 30.0, 1.0)  # unchanged by the refused assignment
+
+
+def test_alpha_accepts_sequences_and_arrays_and_drives_the_loss():
+    import numpy as np
+
+    assert OTFlow(2, width=4, alpha=np.array([1, 30, 1])).alpha == (1.0, 30.0, 1.0)
+    assert OTFlow(2, width=4, alpha=torch.tensor([2.0, 0.0, 0.5])).config()["alpha"] == [
+        2.0, 0.0, 0.5]  # fmt: skip
+    flow = OTFlow(2, width=4, nt=2).double()
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    flow.alpha = [2, 3, 4]
+    assert flow.alpha == (2.0, 3.0, 4.0) and flow.config()["alpha"] == [2.0, 3.0, 4.0]
+    out = flow.loss(x)
+    assert torch.allclose(out.total, 2 * out.transport + 3 * out.nll + 4 * out.hjb)
+    import copy
+    import pickle
+
+    assert copy.deepcopy(flow).alpha == pickle.loads(pickle.dumps(flow)).alpha == (2.0, 3.0, 4.0)

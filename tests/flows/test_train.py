@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 
 from odeflow.flows import (
     OTFlow,
+    fit,
+    get_preset,
     load_checkpoint,
     save_checkpoint,
 )
@@ -119,3 +122,54 @@ def test_load_checkpoint_map_location_cuda(tmp_path, cuda):
     assert {p.device.type for p in back.parameters()} == {"cuda"}
     x = _data(8)
     assert torch.allclose(back.log_prob(x.to(cuda)).cpu(), flow.log_prob(x))
+
+
+# ---------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"clip": -1.0}, r"clip must be a number > 0 .* got -1.0"),
+    ({"clip": 0.0}, r"clip must be a number > 0"),
+    ({"clip": float("nan")}, r"clip must be a number > 0"),
+    ({"lr_drop": 0.0}, r"lr_drop must be a finite number > 1 .* got 0.0"),
+    ({"lr_drop": 1.0}, r"lr_drop must be a finite number > 1"),
+    ({"lr_drop": -2.0}, r"lr_drop must be a finite number > 1"),
+    ({"lr_drop": float("inf")}, r"lr_drop must be a finite number > 1"),
+    ({"patience": 0}, r"patience must be an integer >= 1 .* got 0"),
+    ({"patience": -1}, r"patience must be an integer >= 1"),
+    ({"patience": 2.5}, r"patience must be an integer >= 1 .* got 2.5"),
+    ({"max_drops": -5}, r"max_drops must be an integer >= 0 .* got -5"),
+    ({"max_drops": 1.0}, r"max_drops must be an integer >= 0"),
+    ({"val_every": 0}, r"val_every must be an integer >= 1 .* got 0"),
+    ({"val_every": -3}, r"val_every must be an integer >= 1"),
+])  # fmt: skip
+def test_fit_rejects_settings_out_of_range(kwargs, match):
+    flow = OTFlow(2, width=4, nt=3, nt_eval=5).double()
+    before = OTFlow(2, width=4, nt=3, nt_eval=5).double()
+    before.load_state_dict(flow.state_dict())
+    with pytest.raises(ValueError, match=match):
+        fit(flow, _data(), preset="8gaussians", iters=2, batch=64, precision="bf16",
+            verbose=False, **kwargs)  # fmt: skip
+    # refused before anything changed: weights, preset α / step counts, precision
+    assert _same_weights(flow, before) and flow.config() == before.config()
+
+
+def test_fit_rejects_a_preset_with_bad_alpha():
+    flow = OTFlow(2, width=4, nt=2).double()
+    bad = dataclasses.replace(get_preset("8gaussians"), alpha=(1.0, float("nan"), 1.0))
+    with pytest.raises(ValueError, match="alpha must be a sequence of three finite numbers"):
+        fit(flow, _data(), preset=bad, iters=1, batch=64, verbose=False)
+    assert flow.alpha == (1.0, 1.0, 1.0)
+
+
+def test_fit_accepts_edge_settings():
+    flow = OTFlow(2, width=4, nt=2).double()
+    data = _data()
+    assert max(float(p.detach().abs().max()) for p in flow.parameters()) > 0.1
+    res = fit(flow, data, val_data=data[:64], iters=6, batch=64, lr=1e-9, val_every=1,
+              patience=1, max_drops=0, lr_drop=1.5, clip=np.float64(0.1),
+              verbose=False)  # fmt: skip
+    # with max_drops=0 the first stalled validation stops training, learning rate unchanged
+    assert res.status == "converged" and res.iterations < 6
+    assert {h["lr"] for h in res.history} == {1e-9}
+    assert max(float(p.detach().abs().max()) for p in flow.parameters()) <= 0.1 + 1e-6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 
 from odeflow.flows import (
     OTFlow,
+    TrainingDiverged,
+    evaluate_nll,
     fit,
     get_preset,
     load_checkpoint,
@@ -173,3 +176,42 @@ def test_fit_accepts_edge_settings():
     assert res.status == "converged" and res.iterations < 6
     assert {h["lr"] for h in res.history} == {1e-9}
     assert max(float(p.detach().abs().max()) for p in flow.parameters()) <= 0.1 + 1e-6
+
+
+# ---------------------------------------------------------------- divergence message
+
+
+def _diverge_at_3(flow, restore_best, val):
+    def cb(it, info):
+        if it == 2:
+            with torch.no_grad():
+                next(flow.parameters()).fill_(float("nan"))
+
+    data = _data()
+    with pytest.raises(TrainingDiverged) as err:
+        fit(flow, data, val_data=data[:64] if val else None, val_every=1, iters=5, batch=64,
+            restore_best=restore_best, callback=cb, verbose=False)  # fmt: skip
+    return str(err.value)
+
+
+def test_diverged_message_says_best_weights_were_restored():
+    flow = OTFlow(2, width=4, nt=2).double()
+    msg = _diverge_at_3(flow, True, True)
+    assert "stopped at iteration 3" in msg and "were restored" in msg
+    assert all(bool(torch.isfinite(p).all()) for p in flow.parameters())
+    assert math.isfinite(evaluate_nll(flow, _data(64, seed=1)))
+
+
+def test_diverged_message_without_restore_says_weights_were_kept():
+    flow = OTFlow(2, width=4, nt=2).double()
+    msg = _diverge_at_3(flow, False, True)
+    assert "restore_best=False, so the flow keeps the weights that gave this loss" in msg
+    assert "were not restored" in msg and "were restored" not in msg
+    assert bool(torch.isnan(next(flow.parameters())).any())  # what the message says
+
+
+def test_diverged_message_without_validation():
+    flow = OTFlow(2, width=4, nt=2).double()
+    msg = _diverge_at_3(flow, True, False)
+    assert "no validated weights to restore" in msg and "were restored" not in msg
+    assert bool(torch.isnan(next(flow.parameters())).any())

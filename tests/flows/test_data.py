@@ -195,3 +195,28 @@ def test_pinwheel_has_ffjord_orientation():
     assert tv(ours, ref) < 0.06
     assert tv(ours * np.array([1.0, -1.0]), ref) > 0.4
 
+
+def test_power_matches_maf_preprocessing(tmp_path):
+    raw = np.random.RandomState(1).rand(1000, 8) * 5
+    (tmp_path / "power").mkdir()
+    np.save(tmp_path / "power" / "data.npy", raw)
+    # MAF's datasets/power.py (arXiv 1705.07057): shuffle with seed 42, drop columns 3 and 1,
+    # draw voltage noise (0.01), then gap noise (0.001), then sub-metering noise (1)
+    rng = np.random.RandomState(42)
+    data = raw.copy()
+    rng.shuffle(data)
+    n = data.shape[0]
+    data = np.delete(np.delete(data, 3, axis=1), 1, axis=1)
+    voltage_noise = 0.01 * rng.rand(n, 1)
+    gap_noise = 0.001 * rng.rand(n, 1)
+    sm_noise = rng.rand(n, 3)
+    data = data + np.hstack((gap_noise, voltage_noise, sm_noise, np.zeros((n, 1))))
+    n_test = int(0.1 * n)
+    te, rest = data[-n_test:], data[:-n_test]
+    n_val = int(0.1 * rest.shape[0])
+    va, tr = rest[-n_val:], rest[:-n_val]
+    both = np.vstack((tr, va))
+    mu, s = both.mean(0), both.std(0)
+    d = load_tabular("power", tmp_path, dtype=torch.float64)
+    for got, want in ((d.train, tr), (d.val, va), (d.test, te)):
+        assert np.allclose(got.numpy(), (want - mu) / s, rtol=0, atol=1e-12)

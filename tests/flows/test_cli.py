@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from odeflow.cli import main
 
@@ -28,14 +29,96 @@ def test_flow_cli_train_sample_eval(tmp_path, capsys):
     assert rec["n"] == 200 and abs(rec["test_nll"] - metrics["test_nll"]) < 0.5
 
 
+def _last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_flow_cli_eval_defaults_to_the_training_split_of_a_file(tmp_path, capsys):
+    data = np.random.RandomState(0).randn(240, 2) @ np.array([[1.0, 0.0], [0.6, 0.4]])
+    np.save(tmp_path / "d.npy", data)
+    out = tmp_path / "run"
+    assert main(["flow", "train", "--data", str(tmp_path / "d.npy"), "--out", str(out),
+                 "--seed", "1", "--iters", "2", "--batch", "64", "--width", "4",
+                 "--quiet"]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    ev = ["flow", "eval", "--checkpoint", str(out / "flow.pt"), "--data", str(tmp_path / "d.npy")]
+    assert main(ev) == 0  # no --seed: the checkpoint's (1), so the same test rows
+    rec = _last_json(capsys)
+    assert rec["seed"] == 1 and rec["n"] == 24
+    assert abs(rec["test_nll"] - metrics["test_nll"]) < 1e-9
+    assert main([*ev, "--seed", "0"]) == 0  # another split gives another number
+    rec0 = _last_json(capsys)
+    assert rec0["seed"] == 0 and abs(rec0["test_nll"] - metrics["test_nll"]) > 1e-6
+
+
+def test_flow_cli_eval_defaults_to_the_training_toy_test_set(tmp_path, capsys):
+    from odeflow.flows import get_preset
+
+    out = tmp_path / "run"
+    assert main(["flow", "train", "--data", "8gaussians", "--out", str(out), "--seed", "1",
+                 "--iters", "2", "--batch", "64", "--width", "4", "--n-test", "300",
+                 "--quiet"]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["flow", "eval", "--checkpoint", str(out / "flow.pt"), "--data",
+                 "8gaussians"]) == 0  # fmt: skip
+    rec = _last_json(capsys)
+    assert (rec["seed"], rec["n"], rec["nt"]) == (1, 300, get_preset("8gaussians").nt_test)
+    assert abs(rec["test_nll"] - metrics["test_nll"]) < 1e-9
+
+
+def test_flow_cli_file_data_keep_float64(tmp_path):
+    from odeflow.cli._flow import _load_data
+
+    big = 1e6 + np.random.RandomState(0).randn(50, 2) * 1e-2  # float32 would merge values
+    np.save(tmp_path / "big.npy", big)
+    np.savetxt(tmp_path / "big.csv", big, delimiter=",", fmt="%.17g")
+    for name in ("big.npy", "big.csv"):
+        tr, va, te, _ = _load_data(str(tmp_path / name), None, 0, 10)
+        assert tr.dtype == va.dtype == te.dtype == torch.float64
+        rows = np.concatenate([tr.numpy(), va.numpy(), te.numpy()])
+        assert np.array_equal(np.sort(rows, axis=0), np.sort(big, axis=0))
+
+
+def test_flow_cli_sample_out_gets_npy_suffix_and_bad_out_is_an_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["flow", "train", "--data", "8gaussians", "--out", str(out), "--iters", "1",
+                 "--batch", "32", "--width", "4", "--n-test", "50", "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    ck = str(out / "flow.pt")
+    assert main(["flow", "sample", "--checkpoint", ck, "-n", "5", "--out",
+                 str(tmp_path / "x")]) == 0  # fmt: skip
+    assert str(tmp_path / "x.npy") in capsys.readouterr().out
+    assert np.load(tmp_path / "x.npy").shape == (5, 2) and not (tmp_path / "x").exists()
+    (tmp_path / "adir.npy").mkdir()  # --out names a folder
+    assert main(["flow", "sample", "--checkpoint", ck, "-n", "5", "--out",
+                 str(tmp_path / "adir.npy")]) == 1  # fmt: skip
+    assert "odeflow flow: error:" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")  # train --out names a file
+    assert main(["flow", "train", "--data", "8gaussians", "--out", str(tmp_path / "afile"),
+                 "--iters", "1", "--quiet"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "odeflow flow: error:" in err and "afile" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["flow", "eval", "--checkpoint", "x.pt", "--data", "miniboone"], "does not exist"),
     (["flow", "train", "--data", "banana", "--out", "o"], "unknown --data 'banana'"),
+    (["flow", "train", "--data", "missing.npy", "--out", "o"], "--data missing.npy: no such file"),
+    (["flow", "train", "--data", "one_d.npy", "--out", "o"],
+     "--data one_d.npy: need a numeric (n, d) array with n >= 3 rows"),
+    (["flow", "train", "--data", "words.npy", "--out", "o"], "dtype <U"),
+    (["flow", "train", "--data", "two.csv", "--out", "o"], "got shape (2, 2)"),
 ])
 def test_flow_cli_errors(tmp_path, capsys, monkeypatch, argv, msg):
     monkeypatch.chdir(tmp_path)
+    np.save("one_d.npy", np.random.RandomState(0).randn(100))
+    np.save("words.npy", np.array([["a", "b"]] * 5))
+    np.savetxt("two.csv", np.ones((2, 2)), delimiter=",")
     assert main(argv) == 1
     assert msg in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before any output
 
 
 def test_demo_writes_picture_and_metrics(tmp_path):

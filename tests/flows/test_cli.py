@@ -102,6 +102,19 @@ def test_flow_cli_sample_out_gets_npy_suffix_and_bad_out_is_an_error(tmp_path, c
     assert "odeflow flow: error:" in err and "afile" in err and "Traceback" not in err
 
 
+def test_flow_cli_train_precision_is_recorded_not_kept(tmp_path):
+    from odeflow.flows import load_checkpoint
+
+    out = tmp_path / "run"
+    assert main(["flow", "train", "--data", "8gaussians", "--out", str(out), "--iters", "2",
+                 "--batch", "32", "--width", "4", "--n-test", "50", "--precision", "bf16",
+                 "--quiet"]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16"  # what training ran in
+    assert metrics["config"]["precision"] == "fp32"  # the flow's own setting
+    assert load_checkpoint(out / "flow.pt").precision == "fp32"
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["flow", "eval", "--checkpoint", "x.pt", "--data", "miniboone"], "does not exist"),
     (["flow", "train", "--data", "banana", "--out", "o"], "unknown --data 'banana'"),

@@ -215,3 +215,29 @@ def test_diverged_message_without_validation():
     msg = _diverge_at_3(flow, True, False)
     assert "no validated weights to restore" in msg and "were restored" not in msg
     assert bool(torch.isnan(next(flow.parameters())).any())
+
+
+# ---------------------------------------------------------------- state after fit
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fit_restores_precision_and_mode(mode):
+    flow = OTFlow(2, width=4, nt=2).train(mode == "train")
+    seen = []
+    loss = flow.loss
+    flow.loss = lambda x, nt=None: (seen.append((flow.precision, flow.training)), loss(x, nt))[1]
+    res = fit(flow, _data().float(), iters=2, batch=64, precision="bf16", verbose=False)
+    assert seen == [("bf16", True)] * 2  # training ran in bf16, in train mode
+    assert res.precision == "bf16"
+    assert flow.precision == "fp32" and flow.config()["precision"] == "fp32"
+    assert flow.training == (mode == "train")
+    assert fit(flow, _data().float(), iters=1, batch=64, verbose=False).precision == "fp32"
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fit_restores_precision_and_mode_after_divergence(mode):
+    flow = OTFlow(2, width=4, nt=2, precision="tf32").double().train(mode == "train")
+    huge = torch.full((16, 2), 1e200, dtype=torch.float64)
+    with pytest.raises(TrainingDiverged):
+        fit(flow, huge, iters=2, batch=8, precision="bf16", verbose=False)
+    assert flow.precision == "tf32" and flow.training == (mode == "train")

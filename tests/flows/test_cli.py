@@ -123,7 +123,7 @@ def test_flow_cli_train_precision_is_recorded_not_kept(tmp_path):
      "--data one_d.npy: need a numeric (n, d) array with n >= 3 rows"),
     (["flow", "train", "--data", "words.npy", "--out", "o"], "dtype <U"),
     (["flow", "train", "--data", "two.csv", "--out", "o"], "got shape (2, 2)"),
-])
+])  # fmt: skip
 def test_flow_cli_errors(tmp_path, capsys, monkeypatch, argv, msg):
     monkeypatch.chdir(tmp_path)
     np.save("one_d.npy", np.random.RandomState(0).randn(100))

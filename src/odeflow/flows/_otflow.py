@@ -71,8 +71,7 @@ def build_potential(dim: int, width: int, depth: int = 2, rank: int | None = Non
 def _check_alpha(alpha: Any) -> tuple[float, float, float]:
     """α as a tuple of three finite floats with α₀ > 0, α₁ ≥ 0, α₂ ≥ 0, else ValueError."""
     bad = ValueError(
-        "alpha must be a sequence of three finite numbers (α₀ > 0, α₁ ≥ 0, α₂ ≥ 0), "
-        f"got {alpha!r}"
+        f"alpha must be a sequence of three finite numbers (α₀ > 0, α₁ ≥ 0, α₂ ≥ 0), got {alpha!r}"
     )
     if isinstance(alpha, str | bytes) or not (
         isinstance(alpha, Sequence) or hasattr(alpha, "__array__")  # (arrays, tensors)

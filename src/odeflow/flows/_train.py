@@ -230,8 +230,10 @@ def fit(
             raise ValueError(f"clip must be a number > 0 (the parameters are clamped to "
                              f"[-clip, clip]) or None for no clamping, got {clip!r}")  # fmt: skip
         clip = float(clip)
-    if isinstance(lr_drop, bool) or not isinstance(lr_drop, numbers.Real) or not (
-        1 < lr_drop < math.inf
+    if (
+        isinstance(lr_drop, bool)
+        or not isinstance(lr_drop, numbers.Real)
+        or not (1 < lr_drop < math.inf)
     ):
         raise ValueError(f"lr_drop must be a finite number > 1 (the learning rate is divided "
                          f"by it), got {lr_drop!r}")  # fmt: skip
@@ -295,15 +297,21 @@ def fit(
                 out = type(out)(*(v.detach() for v in out))
                 if best_state is not None and restore_best:
                     flow.load_state_dict(best_state)
-                    kept = (f"the best weights (iteration {best_iter}, val NLL {best_val:.4f}) "
-                            "were restored")
+                    kept = (
+                        f"the best weights (iteration {best_iter}, val NLL {best_val:.4f}) "
+                        "were restored"
+                    )
                 elif best_state is not None:
-                    kept = ("restore_best=False, so the flow keeps the weights that gave this "
-                            f"loss (the best ones, iteration {best_iter}, val NLL "
-                            f"{best_val:.4f}, were not restored)")
+                    kept = (
+                        "restore_best=False, so the flow keeps the weights that gave this "
+                        f"loss (the best ones, iteration {best_iter}, val NLL "
+                        f"{best_val:.4f}, were not restored)"
+                    )
                 else:
-                    kept = ("no validated weights to restore, so the flow keeps the weights "
-                            "that gave this loss")
+                    kept = (
+                        "no validated weights to restore, so the flow keeps the weights "
+                        "that gave this loss"
+                    )
                 raise TrainingDiverged(
                     f"OT-Flow training stopped at iteration {it}: the loss is "
                     f"{float(out.total)} (NLL {float(out.nll):.4g}, L {float(out.transport):.4g}, "

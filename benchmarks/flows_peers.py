@@ -300,7 +300,7 @@ class _FFJORDCNF(nn.Module):
         from torchdiffeq import odeint, odeint_adjoint
 
         self.eps = torch.randn_like(x)
-        t = torch.stack([torch.zeros_like(self.sqrt_end_time), self.sqrt_end_time ** 2]).to(x)
+        t = torch.stack([torch.zeros_like(self.sqrt_end_time), self.sqrt_end_time**2]).to(x)
         y0 = (x, x.new_zeros(x.shape[0]))
         kw = dict(method="dopri5", atol=self.atol, rtol=self.rtol)
         if adjoint and torch.is_grad_enabled():
@@ -334,8 +334,10 @@ def warm_data(d: int, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor
 
         x = load_sklearn("digits", seed=seed).train.double().numpy()
         z = PCA(n_components=d, whiten=True, random_state=seed).fit_transform(x)
-        return (torch.as_tensor(z, dtype=torch.float32),
-                f"sklearn digits (dequantised, standardised), whitened PCA to {d} dims")
+        return (
+            torch.as_tensor(z, dtype=torch.float32),
+            f"sklearn digits (dequantised, standardised), whitened PCA to {d} dims",
+        )
     g = torch.Generator().manual_seed(seed)
     k, n = 10, n or 20_000
     mu = 3.0 * torch.randn(k, d, generator=g)
@@ -369,12 +371,24 @@ def _measure(row, train_fn, eval_fn, repeats, budget, analytic_nfe=None):
     return row
 
 
-def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_iters,
-                models=None, device="cpu", compile_rows=False):
+def bench_speed(
+    d,
+    batch,
+    repeats,
+    budget,
+    have_tdq,
+    have_zuko,
+    zuko_dims,
+    warm_iters,
+    models=None,
+    device="cpu",
+    compile_rows=False,
+):
     rows = []
 
     def want(name):
         return models is None or any(m.lower() in name.lower() for m in models)
+
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, d, generator=g).to(device)
     nt, h = OT_STEPS[d], PEER_WIDTH[d]
@@ -397,20 +411,37 @@ def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_
                    compile=compiled, gradient="adjoint" if graphs else "backprop",
                    cuda_graphs=graphs)  # fmt: skip
         f = f.to(device)
-        kind = "exact trace, rk4" + {
-            "": "",
-            "compile": ", torch.compile (warm-up call compiles)",
-            "graphs": ", discrete adjoint, CUDA graphs (warm-up call captures)",
-            "compile+graphs": ", torch.compile inside captured discrete-adjoint steps",
-        }[mode]
+        kind = (
+            "exact trace, rk4"
+            + {
+                "": "",
+                "compile": ", torch.compile (warm-up call compiles)",
+                "graphs": ", discrete adjoint, CUDA graphs (warm-up call captures)",
+                "compile+graphs": ", torch.compile inside captured discrete-adjoint steps",
+            }[mode]
+        )
         note = (f"NFE analytic: 4 stages × {nt} steps, "
                 + ("adjoint: forward + rebuild per step" if graphs
                    else "backprop, no re-evaluation"))  # fmt: skip
-        r = row(name, kind, sum(p.numel() for p in f.parameters()), macs_otflow(d, OT_WIDTH[d]),
-                rk4_steps=nt, note=note)
+        r = row(
+            name,
+            kind,
+            sum(p.numel() for p in f.parameters()),
+            macs_otflow(d, OT_WIDTH[d]),
+            rk4_steps=nt,
+            note=note,
+        )
         nfe = (4 * nt, 4 * nt) if graphs else (4 * nt, 0)
-        rows.append(_measure(r, lambda f=f: f.loss(x).total.backward(),
-                             lambda f=f: f.log_prob(x), repeats, budget, nfe))
+        rows.append(
+            _measure(
+                r,
+                lambda f=f: f.loss(x).total.backward(),
+                lambda f=f: f.log_prob(x),
+                repeats,
+                budget,
+                nfe,
+            )
+        )
     if have_tdq and want("Hutchinson CNF (matched steps)"):
         torch.manual_seed(0)
         c = _HutchCNF(d, h, nt).to(device)
@@ -453,8 +484,11 @@ def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_
             warm_s = time.perf_counter() - t0
             first = f"{trace[0]['nfe_fwd']}/{trace[0]['nfe_bwd']}" if trace else "-"
             last = f"{trace[-1]['nfe_fwd']}/{trace[-1]['nfe_bwd']}" if trace else "-"
-            print(f"  d={d:<3} FFJORD-faithful warm training: {done} Adam iterations in "
-                  f"{warm_s:.0f} s; NFE fwd/bwd {first} -> {last}", flush=True)
+            print(
+                f"  d={d:<3} FFJORD-faithful warm training: {done} Adam iterations in "
+                f"{warm_s:.0f} s; NFE fwd/bwd {first} -> {last}",
+                flush=True,
+            )
             r = row(f"FFJORD-faithful (warm, {done} it)", kind, npar, macs,
                     note=f"after {done} Adam iterations (lr 1e-3, batch 256, {warm_s:.0f} s) on "
                     f"{desc}; " + note, warm_iters=done, warm_s=warm_s,
@@ -468,10 +502,13 @@ def bench_speed(d, batch, repeats, budget, have_tdq, have_zuko, zuko_dims, warm_
             z, counter = _zuko(d, h, exact)
             z = z.to(device)
             macs = (1 + d if exact else 2) * _mlp_macs(_sizes_zuko(d, h))
-            r = row(f"zuko CNF exact={exact}",
-                    "exact trace (d VJPs)" if exact else "1 Gaussian probe",
-                    sum(p.numel() for p in z.parameters()), macs,
-                    note="adaptive dopri5, atol 1e-6, rtol 1e-5, adaptive checkpoint adjoint")
+            r = row(
+                f"zuko CNF exact={exact}",
+                "exact trace (d VJPs)" if exact else "1 Gaussian probe",
+                sum(p.numel() for p in z.parameters()),
+                macs,
+                note="adaptive dopri5, atol 1e-6, rtol 1e-5, adaptive checkpoint adjoint",
+            )
             rows.append(_measure(r, lambda z=z, c=counter: _train_step(
                 lambda: -z().log_prob(x).mean(), c), lambda z=z: z().log_prob(x), repeats,
                 budget))  # fmt: skip
@@ -512,8 +549,15 @@ def bench_nll_budget(iters, batch, have_tdq, have_zuko):
         c.exact, c.nt = True, 12
         with torch.no_grad():
             nll = float(-c.log_prob(test).mean())
-        rows.append({"model": "Hutchinson CNF (matched steps)", "iters": iters, "train_s": ts,
-                     "test_nll": nll, "note": "evaluated with exact trace, 12 rk4 steps"})
+        rows.append(
+            {
+                "model": "Hutchinson CNF (matched steps)",
+                "iters": iters,
+                "train_s": ts,
+                "test_nll": nll,
+                "note": "evaluated with exact trace, 12 rk4 steps",
+            }
+        )
     if have_zuko:
         torch.manual_seed(0)
         z, _ = _zuko(2, PEER_WIDTH[2], exact=True)
@@ -522,8 +566,10 @@ def bench_nll_budget(iters, batch, have_tdq, have_zuko):
             nll = float(-z().log_prob(test).mean())
         rows.append({"model": "zuko CNF exact", "iters": iters, "train_s": ts, "test_nll": nll})
     for r in rows:
-        print(f"  {r['model']:<32} test NLL {r['test_nll']:8.4f}"
-              + (f"  ({r['iters']} iters, {r['train_s']:.1f} s)" if "iters" in r else ""))
+        print(
+            f"  {r['model']:<32} test NLL {r['test_nll']:8.4f}"
+            + (f"  ({r['iters']} iters, {r['train_s']:.1f} s)" if "iters" in r else "")
+        )
     return rows
 
 
@@ -532,8 +578,10 @@ def bench_time_to_target(cap_s, batch, val_every, have_tdq, tol=0.1):
     H, se = eight_gaussians_entropy(200_000)
     target = H + tol
     val = make_toy("8gaussians", 4000, seed=123)
-    print(f"  target: validation NLL <= {target:.4f} (MC entropy {H:.4f} ± {se:.4f} + {tol}); "
-          f"cap {cap_s:.0f} s of training per model, validation every {val_every} iterations")
+    print(
+        f"  target: validation NLL <= {target:.4f} (MC entropy {H:.4f} ± {se:.4f} + {tol}); "
+        f"cap {cap_s:.0f} s of training per model, validation every {val_every} iterations"
+    )
     rows = []
 
     def record(model, trace, note):
@@ -546,8 +594,11 @@ def bench_time_to_target(cap_s, batch, val_every, have_tdq, tol=0.1):
              "iters": trace[-1]["iter"] if trace else 0, "best_val_nll": best,
              "trace": trace, "note": note}  # fmt: skip
         rows.append(r)
-        msg = (f"reached in {r['time_to_target_s']:.1f} s ({r['iters_to_target']} it)" if hit
-               else f"NOT reached within the cap ({r['iters']} it, {r['train_s']:.1f} s)")
+        msg = (
+            f"reached in {r['time_to_target_s']:.1f} s ({r['iters_to_target']} it)"
+            if hit
+            else f"NOT reached within the cap ({r['iters']} it, {r['train_s']:.1f} s)"
+        )
         print(f"  {model:<32} {msg}; best val NLL {best:.4f}", flush=True)
 
     # OT-Flow through the library's fit(), stopped by its callback
@@ -637,8 +688,15 @@ def bench_dataset(root, iters):
         t0 = time.perf_counter()
         res = fit(f, data, preset=p, iters=iters or p.iters, verbose=True)
         nll = evaluate_nll(f, data.test, nt=p.nt_test)
-        rows.append({"dataset": name, "test_nll": nll, "published": PUBLISHED[name],
-                     "iters": res.iterations, "train_s": time.perf_counter() - t0})
+        rows.append(
+            {
+                "dataset": name,
+                "test_nll": nll,
+                "published": PUBLISHED[name],
+                "iters": res.iterations,
+                "train_s": time.perf_counter() - t0,
+            }
+        )
         print(f"  {name}: test NLL {nll:.3f} (published {PUBLISHED[name]})")
     return rows
 
@@ -650,7 +708,7 @@ def _fmt_row(r):
         return f"{head} ERROR {r['error']}"
     if "skipped" in r:
         return f"{head} SKIPPED ({r['skipped']})"
-    nfe = (f"{r['nfe_fwd']:>4}/{r['nfe_bwd']:<4}" if "nfe_fwd" in r else "    -    ")
+    nfe = f"{r['nfe_fwd']:>4}/{r['nfe_bwd']:<4}" if "nfe_fwd" in r else "    -    "
     return (f"{head} params {r['params']:>9,}  train iter {1e3 * r['train_iter_s']:9.1f} ms "
             f"(n={r['repeats']})  log p {r['logp_per_s']:9.0f}/s  NFE f/b {nfe}  "
             f"MMAC/stage {r['macs_stage'] / 1e6:7.3f}")  # fmt: skip
@@ -664,18 +722,24 @@ def summarize(speed, ttt) -> str:
         ot = by.get("odeflow OT-Flow fp32")
         if ot is None:
             continue
-        s = [f"d = {d}, batch {ot['batch']}: OT-Flow fp32 {ot['train_iter_s']:.3g} s per "
-             "training iteration"]
+        s = [
+            f"d = {d}, batch {ot['batch']}: OT-Flow fp32 {ot['train_iter_s']:.3g} s per "
+            "training iteration"
+        ]
         mt = by.get("Hutchinson CNF (matched steps)")
         if mt:
-            s.append(f"speed-up {mt['train_iter_s'] / ot['train_iter_s']:.2f}x over the "
-                     f"matched-step Hutchinson CNF ({mt['train_iter_s']:.3g} s; OT-Flow needs "
-                     f"{ot['macs_stage'] / mt['macs_stage']:.2f}x its MACs per stage)")
+            s.append(
+                f"speed-up {mt['train_iter_s'] / ot['train_iter_s']:.2f}x over the "
+                f"matched-step Hutchinson CNF ({mt['train_iter_s']:.3g} s; OT-Flow needs "
+                f"{ot['macs_stage'] / mt['macs_stage']:.2f}x its MACs per stage)"
+            )
         for key, r in by.items():
             if key.startswith("FFJORD-faithful"):
-                s.append(f"speed-up {r['train_iter_s'] / ot['train_iter_s']:.2f}x over "
-                         f"{key} ({r['train_iter_s']:.3g} s, NFE {r['nfe_fwd']} forward + "
-                         f"{r['nfe_bwd']} backward against OT-Flow's {ot['nfe_fwd']} + 0)")
+                s.append(
+                    f"speed-up {r['train_iter_s'] / ot['train_iter_s']:.2f}x over "
+                    f"{key} ({r['train_iter_s']:.3g} s, NFE {r['nfe_fwd']} forward + "
+                    f"{r['nfe_bwd']} backward against OT-Flow's {ot['nfe_fwd']} + 0)"
+                )
         parts.append(", ".join(s))
     for r in ttt:
         if r["model"] == "odeflow OT-Flow fp32":
@@ -683,14 +747,18 @@ def summarize(speed, ttt) -> str:
         ot = next((q for q in ttt if q["model"] == "odeflow OT-Flow fp32"), None)
         if ot and ot["reached"]:
             if r["reached"]:
-                parts.append(f"8gaussians time to within 0.1 nats of the entropy: OT-Flow "
-                             f"{ot['time_to_target_s']:.1f} s vs {r['model']} "
-                             f"{r['time_to_target_s']:.1f} s "
-                             f"({r['time_to_target_s'] / ot['time_to_target_s']:.1f}x)")
+                parts.append(
+                    f"8gaussians time to within 0.1 nats of the entropy: OT-Flow "
+                    f"{ot['time_to_target_s']:.1f} s vs {r['model']} "
+                    f"{r['time_to_target_s']:.1f} s "
+                    f"({r['time_to_target_s'] / ot['time_to_target_s']:.1f}x)"
+                )
             else:
-                parts.append(f"8gaussians: OT-Flow reached the target in "
-                             f"{ot['time_to_target_s']:.1f} s; {r['model']} did not within "
-                             f"{r['train_s']:.0f} s (best {r['best_val_nll']:.3f})")
+                parts.append(
+                    f"8gaussians: OT-Flow reached the target in "
+                    f"{ot['time_to_target_s']:.1f} s; {r['model']} did not within "
+                    f"{r['train_s']:.0f} s (best {r['best_val_nll']:.3f})"
+                )
     return "; ".join(parts) + "."
 
 
@@ -700,37 +768,77 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write results to this JSON file")
     ap.add_argument("--dataset", default=None, help="folder with MAF-format data")
     ap.add_argument("--dataset-iters", type=int, default=None)
-    ap.add_argument("--dims", type=int, nargs="+", default=None,
-                    help="dimensions (default 2 43 63; --quick: 2 43)")
-    ap.add_argument("--batch", type=int, default=None,
-                    help="batch of the speed rows (default: the paper's, 2000 at d = 2 and 43, "
-                    "300 at d = 63; --quick: 256)")
-    ap.add_argument("--zuko-dims", type=int, nargs="*", default=None,
-                    help="dims at which to run zuko (default: all)")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="per-row time budget in s (default 120; --quick: 20): a call longer "
-                    "than this is stopped and the row is skipped with the reason")
-    ap.add_argument("--warm-iters", type=int, default=None,
-                    help="Adam iterations of FFJORD warm training (default 200; --quick: 25)")
-    ap.add_argument("--ttt-cap", type=float, default=None,
-                    help="cap of training seconds per model for time to target (default 120; "
-                    "--quick: 30)")
+    ap.add_argument(
+        "--dims",
+        type=int,
+        nargs="+",
+        default=None,
+        help="dimensions (default 2 43 63; --quick: 2 43)",
+    )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="batch of the speed rows (default: the paper's, 2000 at d = 2 and 43, "
+        "300 at d = 63; --quick: 256)",
+    )
+    ap.add_argument(
+        "--zuko-dims",
+        type=int,
+        nargs="*",
+        default=None,
+        help="dims at which to run zuko (default: all)",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="per-row time budget in s (default 120; --quick: 20): a call longer "
+        "than this is stopped and the row is skipped with the reason",
+    )
+    ap.add_argument(
+        "--warm-iters",
+        type=int,
+        default=None,
+        help="Adam iterations of FFJORD warm training (default 200; --quick: 25)",
+    )
+    ap.add_argument(
+        "--ttt-cap",
+        type=float,
+        default=None,
+        help="cap of training seconds per model for time to target (default 120; --quick: 30)",
+    )
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--compile", action="store_true",
-                    help="add OT-Flow rows with OTFlow(compile=True) (torch.compile of the "
-                    "field; on CUDA also compile+graphs)")
-    ap.add_argument("--device", default="cpu",
-                    help="device of the speed rows (cpu or cuda; the 8gaussians sections stay "
-                    "on the CPU)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="add OT-Flow rows with OTFlow(compile=True) (torch.compile of the "
+        "field; on CUDA also compile+graphs)",
+    )
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="device of the speed rows (cpu or cuda; the 8gaussians sections stay on the CPU)",
+    )
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per row (min reported)")
-    ap.add_argument("--parts", nargs="+", default=["speed", "ttt", "budget"],
-                    choices=["speed", "ttt", "budget"],
-                    help="sections to run: speed table, time to target, fixed-budget NLL")
-    ap.add_argument("--models", default=None,
-                    help="comma-separated substrings: only speed rows whose model name "
-                    "contains one (e.g. 'OT-Flow,matched,FFJORD,zuko')")
-    ap.add_argument("--append", action="store_true",
-                    help="merge into an existing --json file instead of replacing it")
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        default=["speed", "ttt", "budget"],
+        choices=["speed", "ttt", "budget"],
+        help="sections to run: speed table, time to target, fixed-budget NLL",
+    )
+    ap.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated substrings: only speed rows whose model name "
+        "contains one (e.g. 'OT-Flow,matched,FFJORD,zuko')",
+    )
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="merge into an existing --json file instead of replacing it",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -765,8 +873,10 @@ def main(argv=None) -> int:
             "rk4_steps": OT_STEPS, "ffjord_tol": FFJORD_TOL,
             "have": {"torchdiffeq": have_tdq, "zuko": have_zuko}}  # fmt: skip
     print(json.dumps(info))
-    print("== time per training iteration (min over repeats), log-density throughput, NFE "
-          "per iteration (forward/backward), MACs per sample per stage")
+    print(
+        "== time per training iteration (min over repeats), log-density throughput, NFE "
+        "per iteration (forward/backward), MACs per sample per stage"
+    )
     speed, ttt, nll = [], [], []
     if "speed" in args.parts:
         for d in dims:

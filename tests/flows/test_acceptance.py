@@ -38,11 +38,22 @@ def test_gaussian_entropy_and_round_trip(d):
     torch.manual_seed(0)
     train, val, test, H = _gaussian(d)
     flow = OTFlow(d, width=32, alpha=(1.0, 20.0, 2.0), nt=4, nt_eval=8)
-    res = fit(flow, train, val_data=val, iters=400, batch=1024, lr=0.02, val_every=25,
-              patience=3, verbose=False)
+    res = fit(
+        flow,
+        train,
+        val_data=val,
+        iters=400,
+        batch=1024,
+        lr=0.02,
+        val_every=25,
+        patience=3,
+        verbose=False,
+    )
     nll = evaluate_nll(flow, test, nt=16)
-    print(f"d={d}: test NLL {nll:.4f}, exact entropy {H:.4f}, per dim {(nll - H) / d:+.4f}; "
-          f"{res.iterations} iters, {res.seconds:.0f} s")
+    print(
+        f"d={d}: test NLL {nll:.4f}, exact entropy {H:.4f}, per dim {(nll - H) / d:+.4f}; "
+        f"{res.iterations} iters, {res.seconds:.0f} s"
+    )
     assert abs(nll - H) / d < 0.05
     with torch.no_grad():
         err = (flow.inverse(flow.transform(test, nt=16), nt=16) - test).abs().max()
@@ -52,13 +63,16 @@ def test_gaussian_entropy_and_round_trip(d):
 def test_eight_gaussians_entropy_and_mode_coverage():
     torch.manual_seed(0)
     flow = OTFlow(2, width=32, alpha=(1.0, 30.0, 1.0), nt=8, nt_eval=12)
-    res = fit(flow, "8gaussians", iters=600, batch=1024, lr=0.05, val_every=50, patience=3,
-              verbose=False)
+    res = fit(
+        flow, "8gaussians", iters=600, batch=1024, lr=0.05, val_every=50, patience=3, verbose=False
+    )
     H, se = eight_gaussians_entropy(200_000, seed=7)
     test = make_toy("8gaussians", 20_000, seed=99)
     nll = evaluate_nll(flow, test, nt=16)
-    print(f"8gaussians: test NLL {nll:.4f} vs MC entropy {H:.4f} ± {se:.4f}; "
-          f"{res.iterations} iters, {res.seconds:.0f} s")
+    print(
+        f"8gaussians: test NLL {nll:.4f} vs MC entropy {H:.4f} ± {se:.4f}; "
+        f"{res.iterations} iters, {res.seconds:.0f} s"
+    )
     assert abs(nll - H) < 0.1
     xs = flow.sample(8_000, generator=torch.Generator().manual_seed(1), nt=16)
     mu = eight_gaussians_means(torch.float32)
@@ -78,8 +92,19 @@ def test_bf16_training_matches_fp32(dev):
     for prec in ("fp32", "bf16"):
         torch.manual_seed(0)
         flow = OTFlow(2, width=16, alpha=(1.0, 20.0, 2.0), nt=4, nt_eval=8)
-        fit(flow, train, val_data=val, iters=200, batch=512, lr=0.02, val_every=25,
-            precision=prec, seed=0, device=dev, verbose=False)
+        fit(
+            flow,
+            train,
+            val_data=val,
+            iters=200,
+            batch=512,
+            lr=0.02,
+            val_every=25,
+            precision=prec,
+            seed=0,
+            device=dev,
+            verbose=False,
+        )
         flow.precision = "fp32"  # evaluate both the same way
         nlls[prec] = evaluate_nll(flow, test.to(dev), nt=16)
     print(f"{dev} test NLL fp32 / bf16:", nlls)

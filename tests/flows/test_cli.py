@@ -13,18 +13,64 @@ from odeflow.cli import main
 
 def test_flow_cli_train_sample_eval(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["flow", "train", "--data", "8gaussians", "--out", str(out), "--iters", "6",
-                 "--batch", "128", "--width", "8", "--n-test", "300", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "flow",
+                "train",
+                "--data",
+                "8gaussians",
+                "--out",
+                str(out),
+                "--iters",
+                "6",
+                "--batch",
+                "128",
+                "--width",
+                "8",
+                "--n-test",
+                "300",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 6 and np.isfinite(metrics["test_nll"])
     assert metrics["config"]["alpha"] == [1.0, 30.0, 1.0]  # the 8gaussians preset was applied
     assert (out / "samples.png").stat().st_size > 1000
-    assert main(["flow", "sample", "--checkpoint", str(out / "flow.pt"), "-n", "50",
-                 "--out", str(tmp_path / "s.npy")]) == 0
+    assert (
+        main(
+            [
+                "flow",
+                "sample",
+                "--checkpoint",
+                str(out / "flow.pt"),
+                "-n",
+                "50",
+                "--out",
+                str(tmp_path / "s.npy"),
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "s.npy").shape == (50, 2)
     capsys.readouterr()
-    assert main(["flow", "eval", "--checkpoint", str(out / "flow.pt"), "--data", "8gaussians",
-                 "--n-test", "200"]) == 0
+    assert (
+        main(
+            [
+                "flow",
+                "eval",
+                "--checkpoint",
+                str(out / "flow.pt"),
+                "--data",
+                "8gaussians",
+                "--n-test",
+                "200",
+            ]
+        )
+        == 0
+    )
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rec["n"] == 200 and abs(rec["test_nll"] - metrics["test_nll"]) < 0.5
 

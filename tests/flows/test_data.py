@@ -57,7 +57,14 @@ def test_presets_match_paper_and_unknown_lists_valid():
     assert set(TOYS) <= set(PRESETS)
     mb = get_preset("MINIBOONE")
     assert (mb.dim, mb.width, mb.alpha, mb.nt, mb.nt_val, mb.batch, mb.lr) == (
-        43, 256, (1.0, 100.0, 15.0), 6, 10, 2000, 0.02)
+        43,
+        256,
+        (1.0, 100.0, 15.0),
+        6,
+        10,
+        2000,
+        0.02,
+    )
     assert get_preset("bsds300").lr_drop == 3.3 and get_preset("8gaussians").lr == 0.1
     with pytest.raises(ValueError, match="valid presets are: 8gaussians"):
         get_preset("cifar10")
@@ -134,12 +141,22 @@ def test_hepmass_signal_rows_and_discrete_features(tmp_path):
     lab = rng.integers(0, 2, n)
     feats = rng.normal(size=(n, 4))
     feats[:, 2] = rng.integers(0, 3, n)  # discrete-valued feature: removed
-    np.savetxt(tmp_path / "hepmass" / "1000_train.csv", np.column_stack([lab, feats]),
-               delimiter=",", header="# label,f0,f1,f2,f3", comments="")
+    np.savetxt(
+        tmp_path / "hepmass" / "1000_train.csv",
+        np.column_stack([lab, feats]),
+        delimiter=",",
+        header="# label,f0,f1,f2,f3",
+        comments="",
+    )
     lab_t = rng.integers(0, 2, 200)
     ft = np.column_stack([lab_t, rng.normal(size=(200, 4)), rng.normal(size=200)])
-    np.savetxt(tmp_path / "hepmass" / "1000_test.csv", ft, delimiter=",",
-               header="# label,f0,f1,f2,f3,mass", comments="")
+    np.savetxt(
+        tmp_path / "hepmass" / "1000_test.csv",
+        ft,
+        delimiter=",",
+        header="# label,f0,f1,f2,f3,mass",
+        comments="",
+    )
     d = load_tabular("hepmass", tmp_path)
     _stats_ok(d, 3)
     assert d.train.shape[0] + d.val.shape[0] == int((lab == 1).sum())

@@ -67,8 +67,9 @@ def test_log_prob_is_change_of_variables_of_transform():
     x = torch.randn(4, 3, dtype=torch.float64)
     xr = x.clone().requires_grad_(True)
     z = flow.transform(xr)  # samples are independent: row k of every ∇T(x_i) in one pass
-    J = torch.stack([torch.autograd.grad(z[:, k].sum(), xr, retain_graph=True)[0]
-                     for k in range(3)], 1)
+    J = torch.stack(
+        [torch.autograd.grad(z[:, k].sum(), xr, retain_graph=True)[0] for k in range(3)], 1
+    )
     z = z.detach()
     ref = -0.5 * (z**2).sum(1) - 1.5 * math.log(2 * math.pi) + torch.linalg.slogdet(J)[1]
     lp = flow.log_prob(x)
@@ -113,8 +114,17 @@ def test_short_fit_lowers_validation_nll(tmp_path):
 
     before = evaluate_nll(flow, val)
     seen = []
-    res = fit(flow, data, val_data=val, iters=40, batch=256, lr=0.05, val_every=10,
-              verbose=False, callback=lambda it, info: seen.append(it) and False)
+    res = fit(
+        flow,
+        data,
+        val_data=val,
+        iters=40,
+        batch=256,
+        lr=0.05,
+        val_every=10,
+        verbose=False,
+        callback=lambda it, info: seen.append(it) and False,
+    )
     assert seen == list(range(1, 41)) and res.iterations == 40
     assert res.best_val_nll < before - 0.3
     assert abs(evaluate_nll(flow, val) - res.best_val_nll) < 1e-9  # best weights restored

@@ -130,24 +130,44 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--data {name} has dimension {test.shape[1]} but the checkpoint "
                          f"holds a flow of dim={flow.dim}")  # fmt: skip
     nll = evaluate_nll(flow, test.to(next(flow.parameters())), nt=nt)
-    print(json.dumps({"data": name, "n": int(test.shape[0]), "seed": seed,
-                      "nt": nt if nt is not None else flow.nt_eval, "test_nll": nll}))
+    print(
+        json.dumps(
+            {
+                "data": name,
+                "n": int(test.shape[0]),
+                "seed": seed,
+                "nt": nt if nt is not None else flow.nt_eval,
+                "test_nll": nll,
+            }
+        )
+    )
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("flow", help="train, sample and evaluate OT-Flow normalizing flows",
-                       description="OT-Flow (arXiv 2006.00104): train, sample, evaluate.")
+    p = sub.add_parser(
+        "flow",
+        help="train, sample and evaluate OT-Flow normalizing flows",
+        description="OT-Flow (arXiv 2006.00104): train, sample, evaluate.",
+    )
     fs = p.add_subparsers(dest="flow_command", metavar="ACTION", required=True)
 
     def data_args(q):
         q.add_argument("--data", required=True, help="toy name, sklearn:NAME, MAF set name "
                        "(with --root), or a .npy/.csv file")  # fmt: skip
         q.add_argument("--root", default=None, help="folder with the MAF-format data")
-        q.add_argument("--seed", type=int, default=None,
-                       help="data split / toy seed (train: 0; eval: the checkpoint's)")
-        q.add_argument("--n-test", type=int, default=None,
-                       help="test samples for toys (train: 10000; eval: the checkpoint's)")
+        q.add_argument(
+            "--seed",
+            type=int,
+            default=None,
+            help="data split / toy seed (train: 0; eval: the checkpoint's)",
+        )
+        q.add_argument(
+            "--n-test",
+            type=int,
+            default=None,
+            help="test samples for toys (train: 10000; eval: the checkpoint's)",
+        )
 
     t = fs.add_parser("train", help="train a flow; writes flow.pt, metrics.json (and a PNG in 2-D)")
     data_args(t)
@@ -159,13 +179,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--width", type=int, default=None)
     t.add_argument("--precision", default=None, choices=["fp32", "tf32", "bf16", "fp16"])
     t.add_argument("--device", default=None)
-    t.add_argument("--dtype", default=None, choices=["float32", "float64"],
-                   help="parameter dtype (default: the preset's, float64 for the 2-D toys as "
-                   "in the paper; float32 without a preset or with a reduced --precision)")
+    t.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float64"],
+        help="parameter dtype (default: the preset's, float64 for the 2-D toys as "
+        "in the paper; float32 without a preset or with a reduced --precision)",
+    )
     t.add_argument("--double", action="store_true", help="same as --dtype float64")
-    t.add_argument("--compile", action="store_true",
-                   help="torch.compile the flow's right-hand side (faster iterations, mostly "
-                   "on a GPU; the first iterations compile)")
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the flow's right-hand side (faster iterations, mostly "
+        "on a GPU; the first iterations compile)",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
@@ -179,6 +206,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = fs.add_parser("eval", help="test NLL of a checkpoint on a dataset")
     e.add_argument("--checkpoint", required=True)
     data_args(e)
-    e.add_argument("--nt", type=int, default=None,
-                   help="RK4 steps (default: the training run's test steps, else nt_eval)")
+    e.add_argument(
+        "--nt",
+        type=int,
+        default=None,
+        help="RK4 steps (default: the training run's test steps, else nt_eval)",
+    )
     e.set_defaults(func=_eval)

@@ -235,9 +235,7 @@ class OTFlow(nn.Module):
         self._fields: dict[tuple[bool, bool], Any] = {}
 
     @classmethod
-    def from_preset(
-        cls, preset, *, dtype: torch.dtype | None = None, **overrides: Any
-    ) -> OTFlow:
+    def from_preset(cls, preset, *, dtype: torch.dtype | None = None, **overrides: Any) -> OTFlow:
         """Build a flow with a preset's dim, width, depth, α, step counts and dtype.
 
         The parameters are in ``dtype``, by default the preset's (``preset.dtype``:
@@ -415,9 +413,7 @@ class OTFlow(nn.Module):
         """
         shape = (int(sample_shape),) if isinstance(sample_shape, int) else tuple(sample_shape)
         ref = self._ref
-        z = torch.randn(
-            (*shape, self.dim), generator=generator, device=ref.device, dtype=ref.dtype
-        )
+        z = torch.randn((*shape, self.dim), generator=generator, device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
             return self.inverse(z, nt=nt)
 

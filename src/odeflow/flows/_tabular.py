@@ -171,9 +171,7 @@ _LOADERS = {
 }
 
 
-def load_tabular(
-    name: str, root: str | Path, *, dtype: torch.dtype = torch.float32
-) -> TabularData:
+def load_tabular(name: str, root: str | Path, *, dtype: torch.dtype = torch.float32) -> TabularData:
     """Load one MAF-format tabular set from files under ``root``.
 
     Preprocessing (MAF, arXiv 1705.07057): POWER drops two columns, adds the published

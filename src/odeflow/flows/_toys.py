@@ -104,9 +104,10 @@ def _eight_gaussians(n: int, g: torch.Generator) -> Tensor:
 
 def _checkerboard(n: int, g: torch.Generator) -> Tensor:
     x1 = torch.rand(n, generator=g, dtype=torch.float64) * 4 - 2
-    x2 = torch.rand(n, generator=g, dtype=torch.float64) - torch.randint(
-        0, 2, (n,), generator=g
-    ).double() * 2
+    x2 = (
+        torch.rand(n, generator=g, dtype=torch.float64)
+        - torch.randint(0, 2, (n,), generator=g).double() * 2
+    )
     x2 = x2 + torch.floor(x1) % 2
     return torch.stack([x1, x2], 1) * 2
 

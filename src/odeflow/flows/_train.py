@@ -443,9 +443,7 @@ def _jsonable(obj: Any, key: str) -> Any:
     )
 
 
-def load_checkpoint(
-    path: str | Path, *, dim: int | None = None, map_location=None
-) -> OTFlow:
+def load_checkpoint(path: str | Path, *, dim: int | None = None, map_location=None) -> OTFlow:
     """Rebuild an :class:`OTFlow` from a checkpoint written by :func:`save_checkpoint`.
 
     Args:

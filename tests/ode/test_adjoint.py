@@ -671,6 +671,37 @@ def test_undeclared_tensor_attribute_is_refused_and_declaring_it_works():
     assert _rel(*grads) < 1e-10
 
 
+def test_tensor_attribute_that_the_field_does_not_use_is_allowed():
+    """An attribute that keeps a tensor from an earlier call (here the last output, for
+    logging) requires grad but does not feed the field: no error, and the adjoint's gradients
+    are backprop's."""
+
+    class Logging(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = MLPField()
+            self.last = None
+
+        def forward(self, t, y):
+            out = self.f(t, y)
+            self.last = out  # requires grad after a graph-building evaluation
+            return out
+
+    torch.manual_seed(21)
+    m = Logging().to(D64)
+    y0 = torch.randn(4, 3, dtype=D64)
+    t = torch.tensor([0.0, 1.0], dtype=D64)
+    grads = []
+    for gradient in ("backprop", "adjoint", "adjoint"):
+        if gradient == "adjoint":  # left by backprop's graph / the adjoint's rebuild
+            assert m.last.requires_grad
+        ys = odeflow.odeint(m, y0, t, gradient=gradient, steps_per_interval=2)
+        grads.append(torch.autograd.grad((ys**2).sum(), list(m.parameters())))
+    for g in grads[1:]:
+        for x, y in zip(g, grads[0]):
+            assert _rel(x, y) < 1e-10
+
+
 def test_parameters_without_a_path_get_none_as_with_backprop():
     class WithHead(nn.Module):
         def __init__(self):

@@ -1309,7 +1309,7 @@ def _run(
         outs = [o.to(d) for o, d in zip(outs, plan.out_dtypes)]
     elif not needs:
         if torch.is_grad_enabled():
-            _attribute_check(func, plist)
+            _attribute_check(plan, t, leaves, plist)
             if closure_risk:
                 _closure_check(plan, t, leaves)
         with torch.no_grad():
@@ -1322,35 +1322,64 @@ def _run(
                 "torch.func transforms that differentiate (grad, vjp, jacrev, hessian) use "
                 "gradient='backprop' (jacfwd and vmap of a no-grad solve work with either)"
             )
-        _attribute_check(func, plist)
+        _attribute_check(plan, t, leaves, plist)
         if closure_risk:
             _closure_check(plan, t, leaves)
         outs = list(_AdjointFunction.apply(plan, t, *leaves, *plist))
     return plan, spec, t, _tree.unflatten(spec, outs)
 
 
-def _attribute_check(func: Callable, plist: list[Tensor]) -> None:
-    """A module (or a module's method) holding a tensor that requires grad as a plain
-    attribute (e.g. a conditioning input set before the solve) would lose its gradient."""
-    module = _owning_module(func)
+def _attribute_check(plan: _Plan, t: Tensor, leaves: list[Tensor], plist: list[Tensor]) -> None:
+    """A module (or a module's method) that uses a tensor requiring grad held as a plain
+    attribute (e.g. a conditioning input set before the solve) would lose its gradient.
+
+    Attributes are scanned (cheap); only if one requires grad is ``func`` evaluated once
+    with a graph to see whether its output depends on it (an attribute that merely keeps a
+    tensor from an earlier call, e.g. for logging, is fine)."""
+    module = _owning_module(plan.fld.func)
     if module is None:
         return
     declared = {id(p) for p in plist}
-    for prefix, m in module.named_modules():
-        for name, v in vars(m).items():
-            if (
-                isinstance(v, Tensor)
-                and v.requires_grad
-                and not isinstance(v, nn.Parameter)
-                and id(v) not in declared
-            ):
-                where = f"{prefix}.{name}" if prefix else name
-                raise ValueError(
-                    f"func.{where} is a tensor that requires grad but is not a parameter: the "
-                    "discrete adjoint differentiates only for the parameters (or params=[...]) "
-                    f"and would give it no gradient. Pass params=[*func.parameters(), "
-                    f"func.{where}], or use gradient='backprop'"
-                )
+    suspects = {
+        id(v): f"{prefix}.{name}" if prefix else name
+        for prefix, m in module.named_modules()
+        for name, v in vars(m).items()
+        if isinstance(v, Tensor)
+        and v.requires_grad
+        and not isinstance(v, nn.Parameter)
+        and id(v) not in declared
+    }
+    if not suspects:
+        return
+    tensors = {
+        id(v): v
+        for m in module.modules()
+        for v in vars(m).values()
+        if isinstance(v, Tensor) and id(v) in suspects
+    }
+    nfe = plan.fld.nfe
+    with torch.enable_grad():
+        ks = plan.fld(t[0].detach(), [y.detach().to(plan.hdt) for y in leaves])
+    plan.fld.nfe = nfe
+    nodes = {v.grad_fn: i for i, v in tensors.items() if v.grad_fn is not None}
+    stack = [k.grad_fn for k in ks if k.grad_fn is not None]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        var = getattr(node, "variable", None)  # an AccumulateGrad: a leaf tensor
+        hit = nodes.get(node, id(var) if var is not None and id(var) in suspects else None)
+        if hit is not None:
+            where = suspects[hit]
+            raise ValueError(
+                f"func.{where} is a tensor that requires grad but is not a parameter: the "
+                "discrete adjoint differentiates only for the parameters (or params=[...]) "
+                f"and would give it no gradient. Pass params=[*func.parameters(), "
+                f"func.{where}], or use gradient='backprop'"
+            )
+        stack.extend(n for n, _ in node.next_functions)
 
 
 def _closure_check(plan: _Plan, t: Tensor, leaves: list[Tensor]) -> None:

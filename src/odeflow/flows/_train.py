@@ -92,11 +92,13 @@ def _as_batches(data, dim: int, batch: int, g: torch.Generator, dtype, device):
     x = x.to(dtype=dtype, device=device)
     n = x.shape[0]
 
-    def epochs():
+    b = min(batch, n)
+
+    def epochs():  # full batches only: the n mod b rows left over change every epoch
         while True:
             perm = torch.randperm(n, generator=g).to(device)
-            for i in range(0, n, batch):
-                yield x[perm[i : i + batch]]
+            for i in range(0, n - b + 1, b):
+                yield x[perm[i : i + b]]
 
     return epochs()
 
@@ -172,7 +174,9 @@ def fit(
         data: ``(n, d)`` tensor/array, a :class:`TabularData` (its ``val`` split is used
             for validation), or a toy name (fresh samples every iteration).
         preset: preset name or object.
-        iters, batch, lr: iterations, minibatch size, Adam learning rate.
+        iters, batch, lr: iterations, minibatch size, Adam learning rate. Data tensors
+            are reshuffled every epoch and cut into full minibatches of
+            ``min(batch, n)`` rows (the remainder differs from epoch to epoch).
         precision: ODE precision policy for this training run ("fp32", "tf32", "bf16",
             "fp16"; default the flow's own), used by the training steps and the validations;
             the flow's own ``precision`` is restored afterwards.

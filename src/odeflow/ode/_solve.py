@@ -1340,8 +1340,8 @@ def _attribute_check(plan: _Plan, t: Tensor, leaves: list[Tensor], plist: list[T
     if module is None:
         return
     declared = {id(p) for p in plist}
-    suspects = {
-        id(v): f"{prefix}.{name}" if prefix else name
+    found = {
+        id(v): (f"{prefix}.{name}" if prefix else name, v)
         for prefix, m in module.named_modules()
         for name, v in vars(m).items()
         if isinstance(v, Tensor)
@@ -1349,14 +1349,10 @@ def _attribute_check(plan: _Plan, t: Tensor, leaves: list[Tensor], plist: list[T
         and not isinstance(v, nn.Parameter)
         and id(v) not in declared
     }
-    if not suspects:
+    if not found:
         return
-    tensors = {
-        id(v): v
-        for m in module.modules()
-        for v in vars(m).values()
-        if isinstance(v, Tensor) and id(v) in suspects
-    }
+    suspects = {i: where for i, (where, _) in found.items()}
+    tensors = {i: v for i, (_, v) in found.items()}
     nfe = plan.fld.nfe
     with torch.enable_grad():
         ks = plan.fld(t[0].detach(), [y.detach().to(plan.hdt) for y in leaves])

@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= test,viz,epi
 PYTEST_ARGS ?=
 STAMP  := $(VENV)/.odeflow-installed
-DOCTEST := --doctest-modules src tests --ignore=src/odeflow/cli/__main__.py
+DOCTEST := --doctest-modules src tests --ignore=src/odeflow/cli/__main__.py --ignore=src/odeflow/__main__.py
 
 .PHONY: setup demo test test-all bench bench-setup lint clean
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,26 @@ def _load_data(spec: str, root: str | None, seed: int, n_toy: int):
     )
 
 
+def _process_group(device: str | None):
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the launcher's process group (NCCL for
+    a CUDA device, else gloo) and return ``(group, device, rank, joined)`` (``joined``: this
+    call initialised it); otherwise ``(None, device, 0, False)``. ``--device cuda`` means this
+    rank's GPU (``LOCAL_RANK``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, device, 0, False
+    import torch.distributed as dist
+
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda and torch.device(device).index is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    joined = not dist.is_initialized()
+    if joined:
+        if cuda:
+            torch.cuda.set_device(torch.device(device))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.group.WORLD, device, dist.get_rank(), joined
+
+
 def _train(args: argparse.Namespace) -> int:
     from odeflow.flows import PRESETS, OTFlow, evaluate_nll, fit, get_preset
     from odeflow.flows._plot import plot_flow_2d
@@ -77,10 +98,18 @@ def _train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     flow = OTFlow(dim, width=width, depth=p.depth if p else 2, compile=args.compile).to(dtype)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    group, device, rank, joined = _process_group(args.device)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     res = fit(flow, train, preset=p, iters=args.iters, batch=args.batch, lr=args.lr,
-              precision=args.precision, device=args.device, val_data=val, seed=args.seed,
-              verbose=not args.quiet)  # fmt: skip
+              precision=args.precision, device=device, val_data=val, seed=args.seed,
+              verbose=not args.quiet, process_group=group)  # fmt: skip
+    if joined:  # fit's collectives are over
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if rank != 0:  # the ranks hold the same weights: rank 0 evaluates and writes
+        return 0
     nll = evaluate_nll(flow, test.to(next(flow.parameters())), nt=p.nt_test if p else None)
     # what `flow eval` needs to rebuild the same test split and step count by default
     flow.save(out / "flow.pt", data=name, preset=preset_name, seed=args.seed,
@@ -89,7 +118,8 @@ def _train(args: argparse.Namespace) -> int:
     metrics = {"data": name, "dim": dim, "preset": preset_name, "dtype": res.dtype,
                "precision": res.precision, "test_nll": nll,
                "best_val_nll": res.best_val_nll, "iterations": res.iterations,
-               "status": res.status, "seconds": res.seconds, "config": flow.config(),
+               "status": res.status, "seconds": res.seconds, "world_size": res.world_size,
+               "config": flow.config(),
                "history": res.history}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if dim == 2:
@@ -169,7 +199,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             help="test samples for toys (train: 10000; eval: the checkpoint's)",
         )
 
-    t = fs.add_parser("train", help="train a flow; writes flow.pt, metrics.json (and a PNG in 2-D)")
+    t = fs.add_parser(
+        "train",
+        help="train a flow; writes flow.pt, metrics.json (and a PNG in 2-D)",
+        description="Train an OT-Flow. Data-parallel over several processes when launched "
+        "with torchrun (e.g. `torchrun --nproc-per-node 2 -m odeflow flow train ...`; "
+        "--device cuda then means each rank's own GPU): --batch is the global batch, split "
+        "over the ranks, and rank 0 writes the outputs.",
+    )
     data_args(t)
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--preset", default=None, help="preset name (default: the dataset's, if any)")

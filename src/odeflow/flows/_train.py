@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._distributed import Comm
 from ._otflow import OTFlow
 from ._presets import FlowPreset, get_preset
 from ._tabular import TabularData, check_data
@@ -63,6 +64,7 @@ class FitResult:
         seconds: wall time.
         dtype: the dtype training ran in (the flow's parameter dtype, e.g. ``"float64"``).
         precision: the ODE precision policy training ran in (e.g. ``"bf16"``).
+        world_size: processes that trained together (``process_group``'s size; 1 alone).
     """
 
     status: str
@@ -73,34 +75,51 @@ class FitResult:
     seconds: float = 0.0
     dtype: str = ""
     precision: str = ""
+    world_size: int = 1
 
 
-def _as_batches(data, dim: int, batch: int, g: torch.Generator, dtype, device):
-    """An infinite batch iterator and a description of the source."""
+def _as_batches(data, dim: int, batch: int, seed: int, dtype, device, comm: Comm | None = None):
+    """An infinite iterator over this rank's share of the global minibatches."""
+    comm = comm if comm is not None else Comm(None, torch.device(device))
+    g = torch.Generator()
     if isinstance(data, str):
         if data not in TOYS:
             raise ValueError(f"unknown toy {data!r}; valid toys are: {', '.join(TOYS)}")
         if dim != 2:
             raise ValueError(f"toy {data!r} is 2-D but the flow has dim={dim}")
+        _check_split(batch, comm, "batch")
+        # fresh samples: each rank draws its own share from its own stream
+        g.manual_seed(int(seed) + 1_000_003 * comm.rank)
+        share = batch // comm.world
 
         def toy():
             while True:
-                yield make_toy(data, batch, generator=g, dtype=dtype, device=device)
+                yield make_toy(data, share, generator=g, dtype=dtype, device=device)
 
         return toy()
+    g.manual_seed(int(seed))
     x = check_data(data, dim, name="training data")
     x = x.to(dtype=dtype, device=device)
     n = x.shape[0]
-
+    comm.same("the training data (rows, sum of entries)", [n, float(x.double().sum())])
     b = min(batch, n)
+    _check_split(b, comm, "batch" if b == batch else "min(batch, rows of data)")
 
     def epochs():  # full batches only: the n mod b rows left over change every epoch
-        while True:
+        while True:  # (every rank draws the same permutation and takes its share)
             perm = torch.randperm(n, generator=g).to(device)
             for i in range(0, n - b + 1, b):
-                yield x[perm[i : i + b]]
+                yield x[comm.shard(perm[i : i + b])]
 
     return epochs()
+
+
+def _check_split(b: int, comm: Comm, what: str) -> None:
+    if b % comm.world:
+        raise ValueError(
+            f"{what} = {b} cannot be split evenly over the {comm.world} ranks of process_group; "
+            f"use a multiple of {comm.world}"
+        )
 
 
 @torch.no_grad()
@@ -124,6 +143,12 @@ def evaluate_nll(flow: OTFlow, data: Tensor, *, nt: int | None = None, batch: in
         True
     """
     x = check_data(data, flow.dim, name="evaluation data")
+    return _nll_sum(flow, x, nt, batch) / x.shape[0]
+
+
+@torch.no_grad()
+def _nll_sum(flow: OTFlow, x: Tensor, nt: int | None, batch: int = 4096) -> float:
+    """−Σ log p(x) over the rows of ``x`` (validated data; 0 for no rows), in eval mode."""
     was = flow.training
     flow.eval()
     try:
@@ -132,7 +157,17 @@ def evaluate_nll(flow: OTFlow, data: Tensor, *, nt: int | None = None, batch: in
             tot += float(flow.log_prob(x[i : i + batch], nt=nt).double().sum())
     finally:
         flow.train(was)
-    return -tot / x.shape[0]
+    return -tot
+
+
+def _val_nll(flow: OTFlow, x: Tensor, nt: int | None, comm: Comm) -> float:
+    """Validation NLL over all rows of ``x``; with several ranks each evaluates every
+    ``world``-th row and the sums are reduced."""
+    if not comm.active:
+        return _nll_sum(flow, x, nt) / x.shape[0]
+    part = x[comm.rank :: comm.world]
+    s, n = comm.values([_nll_sum(flow, part, nt), float(part.shape[0])])
+    return s / n
 
 
 def fit(
@@ -156,6 +191,7 @@ def fit(
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
     verbose: bool = True,
     restore_best: bool = True,
+    process_group: Any = None,
 ) -> FitResult:
     """Train an OT-Flow by minimising J = α₀L + α₁C + α₂R with Adam.
 
@@ -193,6 +229,17 @@ def fit(
         callback: ``callback(iteration, info)``; returning True stops training.
         verbose: show a tqdm progress bar.
         restore_best: load the weights with the best validation NLL at the end.
+        process_group: a ``torch.distributed`` process group to train data-parallel over
+            (e.g. ``torch.distributed.group.WORLD`` under ``torchrun``; one process per
+            device), or None. Every rank calls ``fit`` with the same flow settings, data and
+            arguments; rank 0's initial weights are broadcast, each global minibatch of
+            ``batch`` rows is split evenly over the ranks (``batch`` must be a multiple of
+            the group size), gradients are averaged with one all-reduce per iteration, and
+            the logged losses and validation NLLs are those of the whole batch and the whole
+            validation set. So ``W`` ranks take the same steps as one process with the same
+            ``batch`` (up to summation order), each doing 1/W of the work. Toy data are
+            sampled independently on each rank. Only rank 0 shows a progress bar; a
+            ``callback`` runs on every rank and stops all of them if it stops one.
 
     The flow's train/eval mode and ``precision`` are the caller's again when ``fit`` returns
     or raises.
@@ -258,16 +305,18 @@ def fit(
         flow.to(device)
     ref = next(flow.parameters())
     dtype, dev = ref.dtype, ref.device
+    comm = Comm(process_group, dev)
+    comm.same("fit's settings (iters, batch, lr, seed, dim)",
+              [iters, batch, lr, float(seed), flow.dim])  # fmt: skip
+    comm.broadcast_(flow)
 
-    g = torch.Generator()
-    g.manual_seed(int(seed))
     if isinstance(data, TabularData):
         if val_data is None:
             val_data = data.val
         data = data.train
     if isinstance(data, str) and val_data is None:
         val_data = make_toy(data, min(batch, 10_000), seed=int(seed) + 10_007)
-    batches = _as_batches(data, flow.dim, batch, g, dtype, dev)
+    batches = _as_batches(data, flow.dim, batch, seed, dtype, dev, comm)
     if val_data is not None:
         val_data = check_data(val_data, flow.dim, name="validation data").to(dev, dtype)
     val_every = val_every if val_every is not None else max(1, iters // 20)
@@ -278,7 +327,7 @@ def fit(
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     bar = None
-    if verbose:
+    if verbose and comm.rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=iters, desc="OT-Flow", leave=False)
@@ -297,8 +346,9 @@ def fit(
                         q.clamp_(-clip, clip)
             opt.zero_grad(set_to_none=True)
             out = flow.loss(x)
-            if not bool(torch.isfinite(out.total)):
-                out = type(out)(*(v.detach() for v in out))
+            # the whole batch's losses: the mean of the ranks' (equal shares)
+            vals = [v / comm.world for v in comm.values([float(v.detach()) for v in out])]
+            if not math.isfinite(vals[0]):
                 if best_state is not None and restore_best:
                     flow.load_state_dict(best_state)
                     kept = (
@@ -318,21 +368,21 @@ def fit(
                     )
                 raise TrainingDiverged(
                     f"OT-Flow training stopped at iteration {it}: the loss is "
-                    f"{float(out.total)} (NLL {float(out.nll):.4g}, L {float(out.transport):.4g}, "
-                    f"R {float(out.hjb):.4g}); {kept}. Lower the learning rate, clamp the "
+                    f"{vals[0]} (NLL {vals[1]:.4g}, L {vals[2]:.4g}, "
+                    f"R {vals[3]:.4g}); {kept}. Lower the learning rate, clamp the "
                     "weights (clip=1.5), or use more RK4 steps (nt)."
                 )  # fmt: skip
             out.total.backward()
+            del out
+            comm.average_grads_(list(flow.parameters()))
             opt.step()
-            out = type(out)(*(v.detach() for v in out))
             info = {
-                "iter": it, "loss": float(out.total), "nll": float(out.nll),
-                "transport": float(out.transport), "hjb": float(out.hjb),
-                "lr": opt.param_groups[0]["lr"],
+                "iter": it, "loss": vals[0], "nll": vals[1], "transport": vals[2],
+                "hjb": vals[3], "lr": opt.param_groups[0]["lr"],
             }  # fmt: skip
             stop = False
             if val_data is not None and (it % val_every == 0 or it == iters):
-                v = evaluate_nll(flow, val_data, nt=val_nt)
+                v = _val_nll(flow, val_data, val_nt, comm)
                 info["val_nll"] = v
                 if v < best_val - 1e-6:
                     best_val, best_iter, stalls = v, it, 0
@@ -354,7 +404,10 @@ def fit(
                 if "val_nll" in info:
                     post["val"] = f"{info['val_nll']:.3f}"
                 bar.set_postfix(post, refresh=False)
-            if callback is not None and callback(it, info):
+            asked = callback is not None and bool(callback(it, info))
+            if comm.active and callback is not None:  # one rank stopping stops them all
+                asked = comm.values([float(asked)], "max")[0] > 0
+            if asked:
                 status, stop = "callback", True
             if stop:
                 break
@@ -367,7 +420,7 @@ def fit(
         flow.load_state_dict(best_state)
     return FitResult(status, it, best_val if best_state is not None else math.nan, best_iter,
                      history, time.perf_counter() - t0,
-                     str(dtype).removeprefix("torch."), train_precision)  # fmt: skip
+                     str(dtype).removeprefix("torch."), train_precision, comm.world)  # fmt: skip
 
 
 def _check_int(name: str, value: Any, low: int, meaning: str) -> int:

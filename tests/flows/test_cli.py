@@ -137,6 +137,12 @@ def test_flow_cli_sample_out_gets_npy_suffix_and_bad_out_is_an_error(tmp_path, c
                  str(tmp_path / "x")]) == 0  # fmt: skip
     assert str(tmp_path / "x.npy") in capsys.readouterr().out
     assert np.load(tmp_path / "x.npy").shape == (5, 2) and not (tmp_path / "x").exists()
+    assert main(["flow", "sample", "--checkpoint", ck, "-n", "5", "--out",
+                 str(tmp_path / "y.npy"), "--log-prob"]) == 0  # fmt: skip
+    assert "log-densities" in capsys.readouterr().out
+    lp = np.load(tmp_path / "y.log_prob.npy")
+    assert lp.shape == (5,) and np.isfinite(lp).all()
+    assert np.array_equal(np.load(tmp_path / "y.npy"), np.load(tmp_path / "x.npy"))
     (tmp_path / "adir.npy").mkdir()  # --out names a folder
     assert main(["flow", "sample", "--checkpoint", ck, "-n", "5", "--out",
                  str(tmp_path / "adir.npy")]) == 1  # fmt: skip

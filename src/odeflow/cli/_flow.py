@@ -135,13 +135,22 @@ def _sample(args: argparse.Namespace) -> int:
     flow = load_checkpoint(args.checkpoint)
     if args.n < 1:
         raise ValueError(f"-n must be >= 1, got {args.n}")
-    xs = flow.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+    gen = torch.Generator().manual_seed(args.seed)
     out = Path(args.out)
     if out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")  # what np.save writes
+    if args.log_prob:
+        xs, lp = flow.sample_and_log_prob(args.n, generator=gen)
+    else:
+        xs = flow.sample(args.n, generator=gen)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, xs.cpu().numpy())
-    print(f"wrote {args.n} samples of dimension {flow.dim} to {out}")
+    msg = f"wrote {args.n} samples of dimension {flow.dim} to {out}"
+    if args.log_prob:
+        lp_out = out.with_name(out.stem + ".log_prob.npy")
+        np.save(lp_out, lp.cpu().numpy())
+        msg += f" and their log-densities to {lp_out}"
+    print(msg)
     return 0
 
 
@@ -238,6 +247,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-n", type=int, default=10_000)
     s.add_argument("--out", default="samples.npy")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--log-prob",
+        action="store_true",
+        help="also write log p of each sample (integrated along the sampling path) to "
+        "OUT_STEM.log_prob.npy",
+    )
     s.set_defaults(func=_sample)
 
     e = fs.add_parser("eval", help="test NLL of a checkpoint on a dataset")

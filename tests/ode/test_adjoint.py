@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 from torch import nn
@@ -553,7 +555,11 @@ def test_deterministic_field_keeps_no_generator_states():
     f.train(False)
     g = DropoutField().to(D64)
     ys = odeflow.odeint(g, y0, torch.tensor([0.0, 1.0], dtype=D64), steps_per_interval=8)
-    assert len(ys.grad_fn.plan.fld.rng_log) == 8 * 4  # one state per evaluation
+    # recompute="step" repeats a step's 4 evaluations in order: one state per step
+    assert len(ys.grad_fn.plan.fld.rng_log) == 8
+    ys = odeflow.odeint(g, y0, torch.tensor([0.0, 1.0], dtype=D64), steps_per_interval=8,
+                        gradient=DiscreteAdjoint(recompute="stage"))  # fmt: skip
+    assert len(ys.grad_fn.plan.fld.rng_log) == 8 * 4  # out of order: one per evaluation
 
 
 @pytest.mark.parametrize("recompute", RECOMPUTE)
@@ -605,25 +611,52 @@ def test_compiled_field_equals_eager_without_recompiles(recompute):
 @pytest.mark.parametrize("method", ["rk4", "rk38", "ssprk3"])
 @pytest.mark.parametrize("kdt", [torch.float32, torch.bfloat16])
 def test_stage_inputs_rebuilt_bitwise(method, kdt):
-    """The stage recompute forms Y_i = y + h sum_j a_ij k_j in place from 16-bit stages and a
-    16-bit stored state; it must equal the forward's out-of-place sum bit for bit."""
-    from odeflow.ode._solve import _stage_state, _stage_state_lean
+    """The stage recompute forms Y_i = y + Σ_j (h a_ij) k_j in place (one fresh buffer) from
+    16-bit stages and a 16-bit stored state; it must equal the forward's out-of-place sum
+    (on the widened values) bit for bit."""
+    from odeflow.ode._solve import _axpy, _coeffs
 
     tab = odeflow.ode.get_tableau(method)
     g = torch.Generator().manual_seed(9)
     ybase = [torch.randn(7, 5, generator=g).to(kdt), torch.randn(3, generator=g).to(kdt)]
     ks = [[torch.randn(7, 5, generator=g).to(kdt), torch.randn(3, generator=g).to(kdt)]
           for _ in range(tab.stages)]  # fmt: skip
-    h = torch.tensor(0.37)
+    co = _coeffs(tab, torch.tensor(0.1), torch.tensor(0.37))
     y = [x.to(torch.float32) for x in ybase]
     k32 = [[x.to(torch.float32) for x in k] for k in ks]
     for i in range(1, tab.stages):
-        ref = _stage_state(tab, i, h, y, k32)[0]
-        got = _stage_state_lean(tab, i, h, ybase, ks, torch.float32)
+        ref = _axpy(y, k32, co.ca[i], torch.float32)
+        got = _axpy(ybase, ks, co.ca[i], torch.float32, fresh=True)
         for a, b in zip(got, ref):
             assert a.dtype == torch.float32 and torch.equal(a, b)
     assert all(torch.equal(a, b.to(kdt)) for a, b in zip(ybase, y))  # inputs untouched
     assert all(torch.equal(a.to(kdt), b) for k, kk in zip(k32, ks) for a, b in zip(k, kk))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["rk4", "rk38", "ssprk3", "ralston", "euler"])
+def test_grid_coefficients_equal_per_step_scalar_ops_bitwise(method, dtype):
+    """The times and coefficients formed for all steps at once (vectorised) equal, bit for
+    bit, the per-step scalar ops used by captured steps and by differentiable times."""
+    from odeflow.ode._solve import _coeffs, _grid, _times
+
+    tab = odeflow.ode.get_tableau(method)
+    g = torch.Generator().manual_seed(3)
+    for sign in (1.0, -1.0):
+        t = sign * torch.cumsum(torch.rand(5, generator=g, dtype=dtype) + 0.05, 0)
+        plan = types.SimpleNamespace(tab=tab, ms=[1, 3, 2, 7], grid=None)
+        plan.steps = [(i, j) for i, m in enumerate(plan.ms) for j in range(m)]
+        got = _grid(plan, t)
+        assert len(got) == 13 and plan.grid is got  # kept for the backward pass
+        for co, (i, j) in zip(got, plan.steps):
+            tau, h = _times(t, i, j, plan.ms[i])
+            ref = _coeffs(tab, tau, h)
+            same = [torch.equal(co.tau, tau), torch.equal(co.h, h)]
+            same += [torch.equal(a, b) for a, b in zip(co.ts, ref.ts)]
+            for row, rrow in zip([*co.ca, co.cb], [*ref.ca, ref.cb]):
+                assert [j for j, _ in row] == [j for j, _ in rrow]
+                same += [torch.equal(a, b) for (_, a), (_, b) in zip(row, rrow)]
+            assert all(same), (method, dtype, i, j)
 
 
 def test_a_tensor_listed_twice_gets_its_gradient_once():

@@ -66,6 +66,9 @@ class PrecisionPolicy:
         graph-free evaluations only (the adjoint's forward pass and its no-grad stage
         recomputation), where each weight is then cast to 16 bit once per context instead of
         once per stage."""
+        if self.compute is None and not self.tf32 and not _autocast_on(device):
+            yield  # fp32/fp64: nothing to switch (the common case: no context objects)
+            return
         tf32_saved = None
         if self.tf32 and device.type == "cuda":
             tf32_saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -86,6 +89,16 @@ class PrecisionPolicy:
         finally:
             if tf32_saved is not None:
                 torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_saved
+
+
+def _autocast_on(device: torch.device) -> bool:
+    """Whether an ambient autocast region is active for ``device``'s type."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4 took no device type
+        if device.type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
 
 
 _POLICIES = {

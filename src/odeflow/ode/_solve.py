@@ -253,10 +253,11 @@ def _rng_state(device: torch.device) -> RngState:
 
 
 def _versions(leaves: list[Tensor]) -> list[int] | None:
-    """Version counters of the state leaves (None under inference mode, which has none)."""
-    if torch.is_inference_mode_enabled() or any(x.is_inference() for x in leaves):
+    """Version counters of the state leaves (None for inference tensors, which have none)."""
+    try:
+        return [x._version for x in leaves]
+    except RuntimeError:  # "Inference tensors do not track version counter"
         return None
-    return [x._version for x in leaves]
 
 
 def _as_state(b: bytes) -> Tensor:
@@ -280,6 +281,11 @@ class _Field:
         # no random numbers); a stochastic field (dropout) is re-evaluated with the same draws
         self.rng_log: list[RngState] | None = None
         self.recording = False
+        # what a log entry precedes: every call (a rebuild that evaluates stages out of order,
+        # recompute="stage"), or every RK step of ``stages`` calls (a rebuild that repeats a
+        # step's calls in order: a quarter of the state reads for rk4)
+        self.per_call = True
+        self.stages = 1
         self.mutated: list[Tensor] = []  # buffers of func that the forward pass updated
 
     def __call__(self, t: Tensor, leaves: list[Tensor]) -> list[Tensor]:
@@ -288,11 +294,8 @@ class _Field:
     def raw(self, t: Tensor, leaves: list[Tensor]) -> list[Tensor]:
         """``func``'s output leaves in the dtype it returned (validated: never wider than H,
         so the cast to H is exact)."""
-        if self.recording:
-            st = _rng_state(self.device)
-            log = self.rng_log
-            # consecutive equal states share one entry (a deterministic field holds one)
-            log.append(log[-1] if log and log[-1] == st else st)
+        if self.recording and self.per_call:
+            self.note_rng()
         versions = _versions(leaves)
         out = self.call(t, _tree.unflatten(self.spec, leaves))
         if versions is not None and versions != _versions(leaves):
@@ -363,11 +366,19 @@ class _Field:
         }  # fmt: skip
         return self.rebound(bind, scratch) if scratch else contextlib.nullcontext()
 
-    def replay_rng(self, call: int) -> None:
-        """Set the generators to their state before forward call ``call`` (a no-op for a
-        field that drew no random numbers)."""
+    def note_rng(self) -> None:
+        """Log the generators' state (before a call, or before a step's calls)."""
+        st = _rng_state(self.device)
+        log = self.rng_log
+        # consecutive equal states share one entry (a deterministic field holds one)
+        log.append(log[-1] if log and log[-1] == st else st)
+
+    def replay_rng(self, step: int, stage: int = 0) -> None:
+        """Set the generators to their state before the forward pass's call ``stage`` of
+        step ``step`` (a no-op for a field that drew no random numbers; ``stage`` must be 0
+        when steps, not calls, were logged)."""
         if self.rng_log is not None:
-            cpu, cuda = self.rng_log[call]
+            cpu, cuda = self.rng_log[step * self.stages + stage if self.per_call else step]
             torch.set_rng_state(_as_state(cpu))
             if cuda is not None:
                 torch.cuda.set_rng_state(_as_state(cuda), self.device)
@@ -438,45 +449,51 @@ def _lincomb(
     return acc
 
 
-def _stage_time(tab: ButcherTableau, i: int, t: Tensor, h: Tensor) -> Tensor:
-    return t if tab.c[i] == 0.0 else t + tab.c[i] * h
+@dataclass
+class _Coeffs:
+    """What one RK step is formed from, as 0-d tensors in t's dtype: its start ``tau`` and
+    size ``h``, the stage times ``ts[i] = τ + c_i h``, and the products ``h a_ij`` and
+    ``h b_j`` of the nonzero tableau entries, ``ca[i] = [(j, h a_ij)]`` and
+    ``cb = [(j, h b_j)]``. Stage inputs and the update are then one fused
+    multiply-add per term: ``Y_i = y + Σ_j (h a_ij) k_j`` (``addcmul``), a third of the
+    elementwise kernels of ``y + h (Σ_j a_ij k_j)``; kernel launches are what bound small
+    fields on a GPU."""
+
+    tau: Tensor
+    h: Tensor
+    ts: list[Tensor]
+    ca: list[list[tuple[int, Tensor]]]
+    cb: list[tuple[int, Tensor]]
 
 
-def _stage_state(
-    tab: ButcherTableau, i: int, h: Tensor, y: list[Tensor], ks: Sequence[list[Tensor] | None]
-) -> tuple[list[Tensor], list[Tensor | None]]:
-    """Stage input ``Y_i = y + h Σ_j a_ij k_j`` per leaf, and the increments ``Σ_j a_ij k_j``."""
-    if i == 0:
-        return y, [None] * len(y)
-    incs = [_lincomb(tab.a[i][:i], ks, leaf, y[leaf].dtype) for leaf in range(len(y))]
-    return [yl if inc is None else yl + h * inc for yl, inc in zip(y, incs)], incs
+def _coeffs(tab: ButcherTableau, tau: Tensor, h: Tensor) -> _Coeffs:
+    """One step's :class:`_Coeffs` by scalar ops (captured steps, differentiable times);
+    bitwise the values :func:`_grid` forms for every step at once (tested)."""
+    ts = [tau if c == 0.0 else tau + c * h for c in tab.c]
+    ca = [[(j, h * a) for j, a in enumerate(row[:i]) if a != 0.0] for i, row in enumerate(tab.a)]
+    cb = [(j, h * b) for j, b in enumerate(tab.b) if b != 0.0]
+    return _Coeffs(tau, h, ts, ca, cb)
 
 
-def _stage_state_lean(
-    tab: ButcherTableau,
-    i: int,
-    h: Tensor,
-    ybase: list[Tensor],
+def _axpy(
+    y: list[Tensor],
     ks: Sequence[list[Tensor] | None],
+    terms: list[tuple[int, Tensor]],
     hdt: torch.dtype,
+    fresh: bool = False,
 ) -> list[Tensor]:
-    """``Y_i = y + h Σ_j a_ij k_j`` (``i >= 1``) with one fresh buffer per leaf.
-
-    Bitwise equal to :func:`_stage_state` on ``[y.to(hdt) for y in ybase]``: the same
-    products and sums in the same order, done in place (``y`` is added last, which is the
-    same IEEE sum; a 16-bit ``y`` is widened exactly by the in-place type promotion)."""
+    """``y + Σ (h a_j) k_j`` per leaf, one ``addcmul`` per term in order, stages widened to
+    ``hdt`` first; ``y`` itself when there are no terms, unless ``fresh`` (then always one new
+    buffer per leaf, filled in place: the same kernels, bitwise the same values)."""
     out = []
-    for leaf, yb in enumerate(ybase):
-        acc = None
-        for j in range(i):
-            cj = tab.a[i][j]
-            if cj != 0.0:
-                k = ks[j][leaf]
-                if acc is None:
-                    acc = k.to(hdt, copy=True).mul_(cj)
-                else:
-                    acc.add_(k.to(hdt) * cj)
-        out.append(yb.to(hdt, copy=True) if acc is None else acc.mul_(h).add_(yb))
+    for leaf, yl in enumerate(y):
+        acc = yl.to(hdt, copy=True) if fresh else yl
+        for j, c in terms:
+            k = ks[j][leaf]
+            k = k if k.dtype == hdt else k.to(hdt)
+            # (out of place unless filling the fresh buffer: vmap has no rule for addcmul_)
+            acc = acc.addcmul_(k, c) if fresh else torch.addcmul(acc, k, c)
+        out.append(acc)
     return out
 
 
@@ -507,8 +524,7 @@ def _stage_seed(
 def _rk_step(
     fld: _Field,
     tab: ButcherTableau,
-    t: Tensor,
-    h: Tensor,
+    co: _Coeffs,
     y: list[Tensor],
     pol: PrecisionPolicy,
     enter: bool = True,
@@ -516,11 +532,44 @@ def _rk_step(
     """One explicit RK step; stages under the policy's autocast (entered here unless the caller
     holds it: ``enter=False``), the update in ``H``."""
     ks: list[list[Tensor]] = []
+    hdt = fld.hdt
     with pol.context(fld.device) if enter else contextlib.nullcontext():
         for i in range(tab.stages):
-            yi = _stage_state(tab, i, h, y, ks)[0]
-            ks.append(fld(_stage_time(tab, i, t, h), yi))
-    return [yl + h * _lincomb(tab.b, ks, leaf) for leaf, yl in enumerate(y)]
+            yi = _axpy(y, ks, co.ca[i], hdt)
+            ks.append(fld(co.ts[i], yi))
+    return _axpy(y, ks, co.cb, hdt)
+
+
+def _grid(plan: _Plan, t: Tensor) -> list[_Coeffs]:
+    """Every step's :class:`_Coeffs`, formed with a few vectorised ops per solve instead of a
+    dozen scalar ops per step (the same IEEE operations elementwise as :func:`_times` and
+    :func:`_coeffs`, so bitwise their values). Differentiable in ``t``; kept on the plan
+    when ``t`` needs no gradient, so that the backward pass reuses the forward's."""
+    if plan.grid is not None and not t.requires_grad:
+        return plan.grid
+    tab = plan.tab
+    dt, dev = t.dtype, t.device
+    mt = torch.tensor(plan.ms, device=dev)
+    hs = ((t[1:] - t[:-1]) / mt.to(dt)).repeat_interleave(mt)
+    first = t[:-1].repeat_interleave(mt)
+    steps = plan.steps
+    js = torch.tensor([j for _, j in steps], dtype=dt, device=dev)
+    taus = torch.where(js == 0, first, first + js * hs)
+    cols = [taus, hs]
+    cols += [taus + c * hs for c in tab.c if c != 0.0]
+    cols += [hs * a for i, row in enumerate(tab.a) for a in row[:i] if a != 0.0]
+    cols += [hs * b for b in tab.b if b != 0.0]
+    out = []
+    for row in torch.stack(cols, 1).unbind(0):
+        v = iter(row.unbind(0))
+        tau, h = next(v), next(v)
+        ts = [tau if c == 0.0 else next(v) for c in tab.c]
+        ca = [[(j, next(v)) for j, a in enumerate(r[:i]) if a != 0.0] for i, r in enumerate(tab.a)]
+        cb = [(j, next(v)) for j, b in enumerate(tab.b) if b != 0.0]
+        out.append(_Coeffs(tau, h, ts, ca, cb))
+    if not t.requires_grad:
+        plan.grid = out
+    return out
 
 
 @dataclass
@@ -546,6 +595,7 @@ class _Plan:
     graph_key: tuple = ()  # what else the captures depend on (structure, t dtype, modes)
     graph_entry: _graphs.StepGraphs | None = None  # this solve's captures (looked up once)
     local_graphs: OrderedDict = field(default_factory=OrderedDict)  # a non-weakref-able func's
+    grid: list[_Coeffs] | None = None  # every step's coefficients (t without gradient)
 
     @property
     def steps(self) -> list[tuple[int, int]]:
@@ -580,18 +630,23 @@ def _integrate(plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None) -> 
         plan.fld.record(rng=not graphed) if record else contextlib.nullcontext(),
         plan.pol.context(plan.fld.device, cache=True) if cached else contextlib.nullcontext(),
     ):
-        for i, m in enumerate(plan.ms):
-            for j in range(m):
+        grid = iter(_grid(plan, t))
+        per_step = record and not graphed and not plan.fld.per_call
+        for m in plan.ms:
+            for _ in range(m):
                 if store is not None:
                     store.append([yl if sdt is None else yl.to(sdt) for yl in y])
-                tau, h = _times(t, i, j, m)
+                if per_step:
+                    plan.fld.note_rng()
+                co = next(grid)
                 if graphed:  # the replay's outputs are overwritten by the next replay
-                    y = [o.clone() for o in _captured_forward(plan, y, tau, h)(*y, tau, h)]
+                    step = _captured_forward(plan, y, co.tau, co.h)
+                    y = [o.clone() for o in step(*y, co.tau, co.h)]
                     if rng0 is not None:
                         _check_deterministic(plan, rng0)
                         rng0 = None
                 else:
-                    y = _rk_step(plan.fld, plan.tab, tau, h, y, plan.pol, enter=not free)
+                    y = _rk_step(plan.fld, plan.tab, co, y, plan.pol, enter=not free)
             for o, yl in zip(outs, y):
                 o.append(yl)
     return [torch.stack(o) for o in outs]
@@ -657,7 +712,7 @@ def _captured_forward(plan: _Plan, y: list[Tensor], tau: Tensor, h: Tensor) -> C
 
         def fn():
             with torch.no_grad():
-                return _rk_step(plan.fld, plan.tab, ts, hs, ys, plan.pol)
+                return _rk_step(plan.fld, plan.tab, _coeffs(plan.tab, ts, hs), ys, plan.pol)
 
         return fn
 
@@ -697,7 +752,8 @@ def _captured_backward(
                 names = dict(zip(plan.param_names, alias))
                 bind = plan.fld.rebound(plan.bind_module, names) if alias else None
                 with bind or contextlib.nullcontext():
-                    yout = _rk_step(plan.fld, plan.tab, ts, hs, yin, plan.pol)
+                    co = _coeffs(plan.tab, ts, hs)
+                    yout = _rk_step(plan.fld, plan.tab, co, yin, plan.pol)
                 g = torch.autograd.grad(yout, yin + alias, grad_outputs=sd, allow_unused=True)
             gy = [torch.zeros_like(v) if gv is None else gv for gv, v in zip(g[:nl], yin)]
             return gy + list(g[nl:])
@@ -721,9 +777,10 @@ class _AdjointFunction(torch.autograd.Function):
             entry.mutated += [b for b in plan.fld.mutated if id(b) not in known]
             plan.fld.mutated = entry.mutated
         if plan.graphs and not ctx.needs_input_grad[1]:  # (time gradients run eagerly)
-            tau, h = _times(t.detach(), 0, 0, plan.ms[0])
+            co = _grid(plan, t.detach())[0]
             seed = [torch.zeros(x.shape, dtype=plan.hdt, device=x.device) for x in store[0]]
-            _captured_backward(plan, store[0], seed, tau, h, list(tensors[plan.n_leaf :]), True)
+            live = list(tensors[plan.n_leaf :])
+            _captured_backward(plan, store[0], seed, co.tau, co.h, live, True)
         ctx.plan = plan
         ctx.store = store
         # y0 too: the first stored state may alias it, so an in-place change of y0 before
@@ -815,6 +872,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             scaled = False
     nfe0 = plan.fld.nfe
     td = t.detach()
+    grid = _grid(plan, td)  # the forward's (kept on the plan)
 
     def vjp_step(s, seed):
         i, j = steps[s]
@@ -826,12 +884,13 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 tb = td[i + 1].clone().requires_grad_()
                 h = (tb - ta) / m
                 tau = ta if j == 0 else ta + j * h
+                co = _coeffs(plan.tab, tau, h)  # the grid's values, as functions of t
                 tin = [ta, tb]
             else:
-                tau, h = _times(td, i, j, m)
+                co = grid[s]
                 tin = []
-            plan.fld.replay_rng(s * plan.tab.stages)
-            yout = _rk_step(plan.fld, plan.tab, tau, h, yin, plan.pol)
+            plan.fld.replay_rng(s)
+            yout = _rk_step(plan.fld, plan.tab, co, yin, plan.pol)
             inputs = yin + live + tin
             g = torch.autograd.grad(yout, inputs, grad_outputs=seed, allow_unused=True)
         gy = [torch.zeros_like(y) if x is None else x for x, y in zip(g[:nl], yin)]
@@ -841,8 +900,8 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
         return i, gy, gp, gt
 
     def vjp_graphed(s, seed):
-        i, j = steps[s]
-        tau, h = _times(td, i, j, plan.ms[i])
+        i = steps[s][0]
+        tau, h = grid[s].tau, grid[s].h
         replay = _captured_backward(plan, store[s], seed, tau, h, live, False)
         if replay is None:
             return vjp_step(s, seed)
@@ -881,18 +940,25 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
         (what autograd's cast backward would do)."""
         i, j = steps[s]
         m = plan.ms[i]
-        tau, h = _times(td, i, j, m)
+        co = grid[s]
+        h = co.h
 
         def state():  # y in H (a fresh copy when the store is 16-bit)
             return [x.detach().to(hdt) for x in store[s]]
+
+        def stage_input(q):  # Y_q without a graph, one fresh buffer per leaf (q >= 1)
+            return _axpy(store[s], ks, co.ca[q], hdt, fresh=True)
+
+        def stage_time(q):
+            return co.ts[q]
 
         ks: list[list[Tensor] | None] = [None] * n_st
         with torch.no_grad(), plan.pol.context(dev, cache=True):
             for q in range(n_st):
                 if feeds[q]:
-                    tq = _stage_time(tab, q, tau, h)
-                    yq = state() if q == 0 else _stage_state_lean(tab, q, h, store[s], ks, hdt)
-                    plan.fld.replay_rng(s * n_st + q)
+                    tq = stage_time(q)
+                    yq = state() if q == 0 else stage_input(q)
+                    plan.fld.replay_rng(s, q)
                     ks[q] = plan.fld.raw(tq, yq)
                     del yq
         gy = list(seed)
@@ -910,15 +976,14 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             mu = [_stage_seed(tab, q, h, lam, nus, leaf, kdt_seen) for leaf, lam in enumerate(seed)]
             for r in [r for r in nus if last_use[r] >= q]:
                 del nus[r]
+            yq = state() if q == 0 else stage_input(q)
+            incs = []
             if need_t:  # the increments sum_j a_qj k_j enter the time gradient
-                yq, incs = _stage_state(tab, q, h, state(), ks)
-            else:
-                incs = []
-                yq = state() if q == 0 else _stage_state_lean(tab, q, h, store[s], ks, hdt)
+                incs = [_lincomb(tab.a[q][:q], ks, leaf, hdt) for leaf in range(nl)]
             for r in range(q):
                 if first_reader[r] == q:
                     ks[r] = None  # no later-processed stage reads k_r
-            tq = _stage_time(tab, q, tau, h)
+            tq = stage_time(q)
             with torch.enable_grad():
                 if need_t:
                     tq = tq.detach().requires_grad_()
@@ -936,7 +1001,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 ]
                 del yq
                 x_in = [x if x.is_leaf else get_gradient_edge(x) for x in xs]
-                plan.fld.replay_rng(s * n_st + q)
+                plan.fld.replay_rng(s, q)
                 with plan.pol.context(dev):
                     k = plan.fld.raw(tq, xs)
                 del xs
@@ -1256,9 +1321,11 @@ def _prepare(
         )
     out_dtypes = [output_dtype or y.dtype for y in leaves]
     fld = _Field(func, spec, leaves, hdt)
+    fld.stages = tab.stages
     plan = _Plan(fld, tab, pol, ms, hdt, out_dtypes, scaler, len(leaves), AdjointStats())
     if isinstance(grad, DiscreteAdjoint):
         plan.recompute = grad.recompute
+        fld.per_call = grad.recompute == "stage"
         plan.graphs = grad.cuda_graphs and _graphs.enabled(dev)
         if plan.graphs:
             plan.bind_module, plan.param_names = _bind_target(func, plist)

@@ -79,8 +79,9 @@ class DiscreteAdjoint:
     gradient up to round-off.
 
     Stochastic fields (dropout in training mode) are differentiated exactly: the forward pass
-    notes the default generators' states before every evaluation of ``func`` (kept only if
-    ``func`` drew random numbers: about 5 KB per evaluation then), and the rebuild replays
+    notes the default generators' states before every step (``"step"``, whose rebuild repeats
+    the step's evaluations in order) or every evaluation of ``func`` (``"stage"``), kept only
+    if ``func`` drew random numbers (about 5 KB per entry then), and the rebuild replays
     them, so the backward pass differentiates the function the forward pass evaluated; the
     caller's random stream after ``backward`` is what it would be without the rebuild.
     Buffers the forward pass updates in place (batch norm's running statistics in training
@@ -1078,10 +1079,14 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
         for s in range(n_steps - 1, -1, -1):
             i, gy, gp, gt = vjp(s, a)
             a = inject(gy, s)
+            accs, adds = [], []
             for q, x in enumerate(gp):
                 if x is not None:
                     reached[q] = True
-                    p_acc[q].add_(x.to(p_acc[q].dtype))  # in place: no second accumulator
+                    accs.append(p_acc[q])
+                    adds.append(x if x.dtype == p_acc[q].dtype else x.to(p_acc[q].dtype))
+            if accs:  # in place (no second accumulator), one multi-tensor kernel on a GPU
+                torch._foreach_add_(accs, adds)
             if need_t:
                 g_t[i] = g_t[i] + gt[0].to(t.dtype)
                 g_t[i + 1] = g_t[i + 1] + gt[1].to(t.dtype)

@@ -467,13 +467,20 @@ class _Coeffs:
     cb: list[tuple[int, Tensor]]
 
 
+def _assemble(tab: ButcherTableau, tau: Tensor, h: Tensor, value: Callable) -> _Coeffs:
+    """:class:`_Coeffs` with ``value(kind, x)`` giving ``τ + x h`` (``kind`` "t", nonzero
+    c_i in order), then ``h x`` for the nonzero a_ij (``"a"``, row by row) and b_j (``"b"``)."""
+    ts = [tau if c == 0.0 else value("t", c) for c in tab.c]
+    ca = [[(j, value("a", a)) for j, a in enumerate(row[:i]) if a != 0.0]
+          for i, row in enumerate(tab.a)]  # fmt: skip
+    cb = [(j, value("b", b)) for j, b in enumerate(tab.b) if b != 0.0]
+    return _Coeffs(tau, h, ts, ca, cb)
+
+
 def _coeffs(tab: ButcherTableau, tau: Tensor, h: Tensor) -> _Coeffs:
     """One step's :class:`_Coeffs` by scalar ops (captured steps, differentiable times);
     bitwise the values :func:`_grid` forms for every step at once (tested)."""
-    ts = [tau if c == 0.0 else tau + c * h for c in tab.c]
-    ca = [[(j, h * a) for j, a in enumerate(row[:i]) if a != 0.0] for i, row in enumerate(tab.a)]
-    cb = [(j, h * b) for j, b in enumerate(tab.b) if b != 0.0]
-    return _Coeffs(tau, h, ts, ca, cb)
+    return _assemble(tab, tau, h, lambda kind, x: tau + x * h if kind == "t" else h * x)
 
 
 def _axpy(
@@ -556,18 +563,14 @@ def _grid(plan: _Plan, t: Tensor) -> list[_Coeffs]:
     steps = plan.steps
     js = torch.tensor([j for _, j in steps], dtype=dt, device=dev)
     taus = torch.where(js == 0, first, first + js * hs)
+    # the columns in _assemble's order, each the vectorised twin of _coeffs' scalar op
     cols = [taus, hs]
-    cols += [taus + c * hs for c in tab.c if c != 0.0]
-    cols += [hs * a for i, row in enumerate(tab.a) for a in row[:i] if a != 0.0]
-    cols += [hs * b for b in tab.b if b != 0.0]
+    _assemble(tab, taus, hs, lambda kind, x: cols.append(taus + x * hs if kind == "t" else hs * x))
     out = []
     for row in torch.stack(cols, 1).unbind(0):
         v = iter(row.unbind(0))
         tau, h = next(v), next(v)
-        ts = [tau if c == 0.0 else next(v) for c in tab.c]
-        ca = [[(j, next(v)) for j, a in enumerate(r[:i]) if a != 0.0] for i, r in enumerate(tab.a)]
-        cb = [(j, next(v)) for j, b in enumerate(tab.b) if b != 0.0]
-        out.append(_Coeffs(tau, h, ts, ca, cb))
+        out.append(_assemble(tab, tau, h, lambda kind, x, v=v: next(v)))
     if not t.requires_grad:
         plan.grid = out
     return out
@@ -603,9 +606,11 @@ class _Plan:
         return [(i, j) for i, m in enumerate(self.ms) for j in range(m)]
 
 
-def _times(t: Tensor, i: int, j: int, m: int) -> tuple[Tensor, Tensor]:
-    h = (t[i + 1] - t[i]) / m
-    return (t[i] if j == 0 else t[i] + j * h), h
+def _times(ta: Tensor, tb: Tensor, j: int, m: int) -> tuple[Tensor, Tensor]:
+    """Start and size of substep ``j`` of ``m`` on the interval ``[ta, tb]`` (scalar ops: the
+    values :func:`_grid` forms for all steps at once)."""
+    h = (tb - ta) / m
+    return (ta if j == 0 else ta + j * h), h
 
 
 def _integrate(plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None) -> list[Tensor]:
@@ -883,9 +888,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             if need_t:
                 ta = td[i].clone().requires_grad_()
                 tb = td[i + 1].clone().requires_grad_()
-                h = (tb - ta) / m
-                tau = ta if j == 0 else ta + j * h
-                co = _coeffs(plan.tab, tau, h)  # the grid's values, as functions of t
+                co = _coeffs(plan.tab, *_times(ta, tb, j, m))  # the grid's values, of t
                 tin = [ta, tb]
             else:
                 co = grid[s]
@@ -950,14 +953,11 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
         def stage_input(q):  # Y_q without a graph, one fresh buffer per leaf (q >= 1)
             return _axpy(store[s], ks, co.ca[q], hdt, fresh=True)
 
-        def stage_time(q):
-            return co.ts[q]
-
         ks: list[list[Tensor] | None] = [None] * n_st
         with torch.no_grad(), plan.pol.context(dev, cache=True):
             for q in range(n_st):
                 if feeds[q]:
-                    tq = stage_time(q)
+                    tq = co.ts[q]
                     yq = state() if q == 0 else stage_input(q)
                     plan.fld.replay_rng(s, q)
                     ks[q] = plan.fld.raw(tq, yq)
@@ -984,7 +984,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             for r in range(q):
                 if first_reader[r] == q:
                     ks[r] = None  # no later-processed stage reads k_r
-            tq = stage_time(q)
+            tq = co.ts[q]
             with torch.enable_grad():
                 if need_t:
                     tq = tq.detach().requires_grad_()

@@ -101,7 +101,9 @@ def _as_batches(data, dim: int, batch: int, seed: int, dtype, device, comm: Comm
     x = check_data(data, dim, name="training data")
     x = x.to(dtype=dtype, device=device)
     n = x.shape[0]
-    comm.same("the training data (rows, sum of entries)", [n, float(x.double().sum())])
+    if comm.active:  # (the sum is only worth computing when there are ranks to compare)
+        total = float(x.sum(dtype=torch.float64))
+        comm.same("the training data (rows, sum of entries)", [n, total])
     b = min(batch, n)
     _check_split(b, comm, "batch" if b == batch else "min(batch, rows of data)")
 

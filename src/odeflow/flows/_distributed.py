@@ -89,8 +89,9 @@ class Comm:
                 self.dist.broadcast(x.data, src=self.root, group=self.group)
 
     def average_grads_(self, params: list[Tensor]) -> None:
-        """Replace each ``.grad`` by its mean over the ranks (one flat all-reduce; a
-        missing gradient counts as zeros and stays missing)."""
+        """Replace each ``.grad`` by its mean over the ranks (one flat all-reduce). Parameters
+        without a gradient are skipped: every rank has the same ones (same model, same loss),
+        so the flat buffers line up."""
         if not self.active:
             return
         have = [p for p in params if p.grad is not None]

@@ -1,5 +1,6 @@
 """One rank of the data-parallel ``fit`` test (run as a script by test_distributed.py)."""
 
+import importlib
 import sys
 
 import torch
@@ -20,6 +21,8 @@ KW = dict(iters=4, batch=32, lr=0.02, val_every=2, verbose=False)
 
 
 def main(rank: int, world: int, store: str, out: str) -> None:
+    importlib.import_module("torch._dynamo")  # before the group: see fit's process_group
+
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     group = dist.group.WORLD
     torch.manual_seed(100 + rank)  # different initial weights: fit broadcasts rank 0's

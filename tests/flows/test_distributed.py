@@ -84,15 +84,23 @@ def test_process_group_needs_initialised_distributed():
 
 def test_cli_train_under_torchrun(tmp_path):
     """`torchrun --nproc-per-node 2 -m odeflow flow train ...`: the ranks train together and
-    rank 0 alone writes the outputs and reports."""
+    rank 0 alone writes the outputs and reports. Each rank's process group is really freed
+    when the command ends: no gloo thread runs on into interpreter exit (where its teardown
+    aborted a rank now and then, before the CLI imported torch._dynamo ahead of the group)."""
     out = tmp_path / "run"
+    rank_script = str(Path(__file__).with_name("_cli_rank.py"))  # `python -m odeflow` + threads
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "2", "-m", "odeflow", "flow", "train", "--data", "8gaussians", "--iters", "3",
+           "2", rank_script, "flow", "train", "--data", "8gaussians", "--iters", "3",
            "--batch", "64", "--n-test", "500", "--out", str(out), "--quiet"]  # fmt: skip
     env = _env()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("test NLL") == 1
+    counts = [tuple(map(int, line.split()[1:])) for line in p.stdout.splitlines()
+              if line.startswith("threads ")]  # fmt: skip
+    assert len(counts) == 2, p.stdout
+    for before, after in counts:
+        assert after <= before, f"native threads {before} -> {after}: the group outlived the run"
     import json
 
     m = json.loads((out / "metrics.json").read_text())

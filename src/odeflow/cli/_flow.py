@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 from pathlib import Path
@@ -67,6 +68,12 @@ def _process_group(device: str | None):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     joined = not dist.is_initialized()
     if joined:
+        # torch._dynamo (imported by torch.optim on its first use) keeps references to a
+        # process group that exists when it is imported, so destroy_process_group could not
+        # free it and gloo's threads would run on into interpreter exit, where their teardown
+        # aborts the process now and then ("terminate called without an active exception").
+        # Imported first, it holds none, and the group is freed where we destroy it.
+        importlib.import_module("torch._dynamo")
         if cuda:
             torch.cuda.set_device(torch.device(device))
         dist.init_process_group("nccl" if cuda else "gloo")
@@ -104,9 +111,10 @@ def _train(args: argparse.Namespace) -> int:
     res = fit(flow, train, preset=p, iters=args.iters, batch=args.batch, lr=args.lr,
               precision=args.precision, device=device, val_data=val, seed=args.seed,
               verbose=not args.quiet, process_group=group)  # fmt: skip
-    if joined:  # fit's collectives are over
+    if joined:  # fit's collectives are over: free the group (and gloo's threads) now
         import torch.distributed as dist
 
+        group = None
         dist.destroy_process_group()
     if rank != 0:  # the ranks hold the same weights: rank 0 evaluates and writes
         return 0

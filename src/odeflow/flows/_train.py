@@ -242,6 +242,11 @@ def fit(
             ``batch`` (up to summation order), each doing 1/W of the work. Toy data are
             sampled independently on each rank. Only rank 0 shows a progress bar; a
             ``callback`` runs on every rank and stops all of them if it stops one.
+            With gloo, ``import torch._dynamo`` before ``init_process_group``: imported
+            later (``fit``'s optimizer imports it), it keeps references to the group that
+            ``destroy_process_group`` cannot drop, and gloo's threads then run on into
+            interpreter exit, where their teardown occasionally aborts the process
+            (``odeflow flow train`` under ``torchrun`` does this for you).
 
     The flow's train/eval mode and ``precision`` are the caller's again when ``fit`` returns
     or raises.

@@ -1,12 +1,12 @@
 """One rank of the data-parallel ``fit`` test (run as a script by test_distributed.py)."""
 
-import importlib
 import sys
 
 import torch
 import torch.distributed as dist
 
 from odeflow.flows import OTFlow, fit
+from odeflow.flows._distributed import init_process_group
 
 
 def data():
@@ -21,9 +21,7 @@ KW = dict(iters=4, batch=32, lr=0.02, val_every=2, verbose=False)
 
 
 def main(rank: int, world: int, store: str, out: str) -> None:
-    importlib.import_module("torch._dynamo")  # before the group: see fit's process_group
-
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     group = dist.group.WORLD
     torch.manual_seed(100 + rank)  # different initial weights: fit broadcasts rank 0's
     flow = OTFlow(2, width=8, nt=2).double()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 from pathlib import Path
@@ -68,15 +67,11 @@ def _process_group(device: str | None):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     joined = not dist.is_initialized()
     if joined:
-        # torch._dynamo (imported by torch.optim on its first use) keeps references to a
-        # process group that exists when it is imported, so destroy_process_group could not
-        # free it and gloo's threads would run on into interpreter exit, where their teardown
-        # aborts the process now and then ("terminate called without an active exception").
-        # Imported first, it holds none, and the group is freed where we destroy it.
-        importlib.import_module("torch._dynamo")
+        from odeflow.flows._distributed import init_process_group  # freeable by destroy
+
         if cuda:
             torch.cuda.set_device(torch.device(device))
-        dist.init_process_group("nccl" if cuda else "gloo")
+        init_process_group("nccl" if cuda else "gloo")
     return dist.group.WORLD, device, dist.get_rank(), joined
 
 

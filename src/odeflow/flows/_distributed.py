@@ -16,6 +16,20 @@ import torch
 from torch import Tensor, nn
 
 
+def init_process_group(backend: str, **kwargs: Any) -> None:
+    """``torch.distributed.init_process_group(backend, **kwargs)``, after importing
+    ``torch._dynamo``: imported later (``torch.optim`` imports it on first use), it keeps
+    references to a group that exists then, so ``destroy_process_group`` cannot free the
+    group and gloo's threads run on into interpreter exit, where their teardown occasionally
+    aborts the process ("terminate called without an active exception")."""
+    import importlib
+
+    import torch.distributed as dist
+
+    importlib.import_module("torch._dynamo")
+    dist.init_process_group(backend, **kwargs)
+
+
 class Comm:
     """The collectives ``fit`` needs; with ``group=None`` every call is a local no-op."""
 

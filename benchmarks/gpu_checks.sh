@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The CUDA checks that CPU CI cannot run, in one short pass (about 3 minutes on an H100/H200,
-# plus up to 4 for part 4, which compiles): the GPU tests of the captured adjoint and OT-Flow,
+# The CUDA checks that CPU CI cannot run, in one short pass (at most 9 minutes on an H100/H200,
+# part 4 compiling): every GPU test of the suite (the slow training one aside),
 # then the side-by-side timings that the README quotes for CUDA graphs. Run from the
 # repository root on a machine with a GPU and torch + torchdiffeq installed (no install step):
 #     OUT=gpu-results bash benchmarks/gpu_checks.sh
@@ -11,22 +11,22 @@ mkdir -p "$OUT"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
-# 1. GPU tests: captured adjoint = eager adjoint, capture-unsafe and stochastic fields, running
-#    statistics under replay, CUDA generator replay in the eager adjoint, OT-Flow training step
-timeout 150 python -m pytest -q -p no:cacheprovider --device cuda tests/ode/test_adjoint.py \
-    tests/ode/test_graphs.py tests/flows/test_otflow.py -k "gpu or cuda_graphs" \
-    2>&1 | tee "$OUT/pytest_graphs.log"
+# 1. GPU tests (28): captured adjoint = eager adjoint, capture-unsafe and stochastic fields,
+#    running statistics under replay, CUDA generator replay in the eager adjoint, mixed precision
+#    against fp64, allocator bytes of the adjoint, OT-Flow training step, EPI and jets CUDA = CPU
+timeout 150 python -m pytest -q -p no:cacheprovider --device cuda -m "not slow" -k "gpu or cuda" \
+    tests 2>&1 | tee "$OUT/pytest_graphs.log"
 
 # 2. ODE engine, mlp (launch-bound: where CUDA graphs matter) and conv
-timeout 150 python benchmarks/ode_peers.py --device cuda --workloads mlp conv \
+timeout 170 python benchmarks/ode_peers.py --device cuda --workloads mlp conv \
     --solvers odeflow-adjoint odeflow-adjoint+graphs torchdiffeq \
     --precisions fp32 bf16 --repeats 5 --json "$OUT/ode_graphs.json" 2>&1 | tee "$OUT/ode.log"
 
 # 3. OT-Flow against the matched-step Hutchinson CNF at d = 43 (issue 5's goal)
-timeout 90 python benchmarks/flows_peers.py --device cuda --dims 43 --parts speed \
+timeout 80 python benchmarks/flows_peers.py --device cuda --dims 43 --parts speed \
     --models "OT-Flow,matched" --repeats 5 --json "$OUT/flows_graphs.json" 2>&1 | tee "$OUT/flows.log"
 
 # 4. OT-Flow with the compiled field inside the captured adjoint steps (compiles first: slower)
-timeout 240 python benchmarks/flows_peers.py --device cuda --dims 43 --parts speed --compile \
+timeout 150 python benchmarks/flows_peers.py --device cuda --dims 43 --parts speed --compile \
     --models "+compile+graphs" --repeats 5 --json "$OUT/flows_compile_graphs.json" \
     2>&1 | tee "$OUT/flows_compile.log"

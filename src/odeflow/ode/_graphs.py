@@ -54,10 +54,12 @@ class Captured:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.outputs: list = []
         dev = self.inputs[0].device
-        if dev.type != "cuda":
+        if dev.type != "cuda":  # the static path (tests): the warm-up calls a capture makes,
+            for _ in range(_WARMUP):  # so that their side effects are seen on CPU too
+                fn()
             return
         with torch.cuda.device(dev):  # streams and capture on the state's device
-            side = torch.cuda.Stream(device=dev)
+            side, capturing = _streams(dev)
             side.wait_stream(torch.cuda.current_stream(dev))
             # warm-up: plain eager runs, whose errors are the field's own and pass unchanged
             with torch.cuda.stream(side):
@@ -66,7 +68,7 @@ class Captured:
             torch.cuda.current_stream(dev).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph, pool=pool, stream=torch.cuda.Stream(device=dev)):
+                with torch.cuda.graph(graph, pool=pool, stream=capturing):
                     self.outputs = fn()
             except torch.cuda.OutOfMemoryError:
                 _end_generator_capture(dev)
@@ -94,6 +96,23 @@ class Captured:
             with torch.cuda.device(self.inputs[0].device):
                 self.graph.replay()
         return self.outputs
+
+
+def _streams(device: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
+    """The warm-up and the capture stream of ``device``, one pair per device for all captures.
+
+    The caching allocator reuses a freed block only on the stream that allocated it: captures
+    into a shared pool on one stream reuse each other's freed memory (the pool holds the
+    larger of the forward and the backward step's temporaries), on separate streams they
+    cannot (it held their sum). Warm-ups on one stream likewise reuse each other's cached
+    blocks."""
+    pair = _STREAMS.get(device)
+    if pair is None:
+        pair = _STREAMS[device] = (torch.cuda.Stream(device), torch.cuda.Stream(device))
+    return pair
+
+
+_STREAMS: dict[torch.device, tuple] = {}
 
 
 def _end_generator_capture(device: torch.device) -> None:

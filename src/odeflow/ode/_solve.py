@@ -697,9 +697,20 @@ def _replayer(
         if not capture:
             return None
         inputs = _graphs.static_like(values)
-        nfe = plan.fld.nfe  # warm-up and capture evaluations are not the solve's
-        cap = entry.capture(kind, build(inputs), inputs)
-        plan.fld.nfe = nfe
+        # the warm-up and capture evaluations are not the solve's: neither counted nor left
+        # in the buffers they update (batch-norm running statistics)
+        module = _owning_module(plan.fld.func)
+        bufs = list(module.buffers()) if module is not None else []
+        saved = [b.clone() for b in bufs]
+        nfe = plan.fld.nfe
+        try:
+            cap = entry.capture(kind, build(inputs), inputs)
+        finally:
+            plan.fld.nfe = nfe
+            with torch.no_grad():
+                for b, v in zip(bufs, saved):
+                    if not torch.equal(b, v):  # (copying every buffer would mark it mutated)
+                        b.copy_(v)
 
     def replay(*vals: Tensor) -> list:
         out = cap(vals, build(cap.inputs))

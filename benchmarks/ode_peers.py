@@ -366,12 +366,21 @@ def main() -> int:
                 row.update({k: v for k, v in r.items() if k != "grad_path"})
                 rows.append(row)
                 print(_fmt(row), flush=True)
+            if args.json:  # after every solver: a run stopped at a time limit keeps its rows
+                _write(args.json, dict(meta, complete=False), rows)
     _table(rows)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "results": rows}, fh, indent=2)
+        _write(args.json, dict(meta, complete=True), rows)
         print(f"wrote {args.json}")
     return 0
+
+
+def _write(path: str, meta: dict, rows: list[dict]) -> None:
+    """Write the results (through a temporary file: never a half-written JSON)."""
+    part = path + ".part"
+    with open(part, "w") as fh:
+        json.dump({"meta": meta, "results": rows}, fh, indent=2)
+    os.replace(part, path)
 
 
 def _child_env() -> dict:

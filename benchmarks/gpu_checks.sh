@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 # 1. GPU tests (28): captured adjoint = eager adjoint, capture-unsafe and stochastic fields,
 #    running statistics under replay, CUDA generator replay in the eager adjoint, mixed precision
 #    against fp64, allocator bytes of the adjoint, OT-Flow training step, EPI and jets CUDA = CPU
-timeout 150 python -m pytest -q -p no:cacheprovider --device cuda -m "not slow" -k "gpu or cuda" \
+timeout 100 python -m pytest -q -p no:cacheprovider --device cuda -m "not slow" -k "gpu or cuda" \
     tests 2>&1 | tee "$OUT/pytest_graphs.log"
 
 # 2. ODE engine, mlp (launch-bound: where CUDA graphs matter) and conv
@@ -26,7 +26,9 @@ timeout 170 python benchmarks/ode_peers.py --device cuda --workloads mlp conv \
 timeout 80 python benchmarks/flows_peers.py --device cuda --dims 43 --parts speed \
     --models "OT-Flow,matched" --repeats 5 --json "$OUT/flows_graphs.json" 2>&1 | tee "$OUT/flows.log"
 
-# 4. OT-Flow with the compiled field inside the captured adjoint steps (compiles first: slower)
-timeout 150 python benchmarks/flows_peers.py --device cuda --dims 43 --parts speed --compile \
-    --models "+compile+graphs" --repeats 5 --json "$OUT/flows_compile_graphs.json" \
+# 4. OT-Flow with the compiled field inside the captured adjoint steps (compiles first: slower),
+#    in the same run as the matched-step and the FFJORD-faithful (adaptive dopri5) Hutchinson CNF
+timeout 200 python benchmarks/flows_peers.py --device cuda --dims 43 --parts speed --compile \
+    --models "+compile+graphs,matched,FFJORD" --warm-iters 100 --repeats 5 \
+    --json "$OUT/flows_compile_graphs.json" \
     2>&1 | tee "$OUT/flows_compile.log"

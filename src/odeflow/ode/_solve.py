@@ -613,11 +613,14 @@ def _times(ta: Tensor, tb: Tensor, j: int, m: int) -> tuple[Tensor, Tensor]:
     return (ta if j == 0 else ta + j * h), h
 
 
-def _integrate(plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None) -> list[Tensor]:
+def _integrate(
+    plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None, record: bool = True
+) -> list[Tensor]:
     """March over the grid; return per-leaf stacked outputs (in H).
 
     ``store`` receives the input state of every step (the final state is not needed by the
-    backward pass), in the policy's storage dtype."""
+    backward pass), in the policy's storage dtype; the pass then notes the field's random
+    draws and buffer updates for the backward pass, unless ``record`` is false (a replay)."""
     y = [yl.to(plan.hdt) for yl in y0]
     sdt = plan.pol.storage
     outs = [[yl] for yl in y]
@@ -628,7 +631,7 @@ def _integrate(plan: _Plan, t: Tensor, y0: list[Tensor], store: list | None) -> 
     graphed = free and plan.graphs
     cached = free and not graphed  # a captured step enters its own (cache-free) context
     # the adjoint's forward pass notes the random draws and buffer updates of the field
-    record = store is not None
+    record = store is not None and record
     rng0 = _rng_state(plan.fld.device) if record and graphed else None
     with (
         # (captured steps: evaluations inside a capture must not read the generators, and a
@@ -816,6 +819,189 @@ class _AdjointFunction(torch.autograd.Function):
                 return None, *_backward_with_graph(plan, t, tensors, gouts, needs)
             need_t = ctx.needs_input_grad[1]
             return _adjoint_backward(plan, ctx.store, t, tensors[plan.n_leaf :], gouts, need_t)
+
+
+# --------------------------------------------------------------------------- torch.func
+def _func_adjoint(
+    plan: _Plan, func: Callable, t: Tensor, leaves: list[Tensor], plist: list[Tensor]
+) -> list[Tensor]:
+    """The discrete adjoint under a ``torch.func`` transform that differentiates."""
+    if plan.scaler is not None and plan.scaler.dynamic:
+        raise ValueError(
+            "precision='fp16' with the discrete adjoint under a torch.func transform (grad, "
+            "vjp, jacrev, ...) is not supported: fp16's dynamic adjoint scaling retries steps "
+            "after a host check, which a transform cannot batch. Use precision='bf16' or "
+            "'fp32', or gradient='backprop'"
+        )
+    plan.bind_module, plan.param_names = _bind_target(
+        func, plist, "the discrete adjoint under a torch.func transform", "use gradient='backprop'"
+    )
+    plan.graphs = False  # (captures read the module's own parameters: not a transform's)
+    # a tensor the transform differentiates for that func reads but that is not among its
+    # parameters would get a zero gradient without a word: evaluate func once with the
+    # parameters detached and see whether its output still depends on what is transformed
+    # (leaving no trace: the solve's random draws and the buffers, e.g. running statistics)
+    module = _owning_module(func)
+    bufs = list(module.buffers()) if module is not None else []
+    saved = [b.clone() for b in bufs]
+    cuda = [plan.fld.device] if plan.fld.device.type == "cuda" else []
+    nfe = plan.fld.nfe
+    with (
+        torch.enable_grad(),
+        _rebound(plan, [p.detach() for p in plist]),
+        torch.random.fork_rng(devices=cuda),
+    ):
+        ks = plan.fld(t[0].detach(), [y.detach().to(plan.hdt) for y in leaves])
+    plan.fld.nfe = nfe
+    with torch.no_grad():
+        for b, v in zip(bufs, saved):
+            b.copy_(v)
+    if any(k.requires_grad for k in ks):
+        _refuse_transformed_closure()
+    outs = _FuncAdjoint.apply(plan, t, *leaves, *plist)
+    return list(outs[: plan.n_leaf])
+
+
+def _rebound(plan: _Plan, params: Sequence[Tensor], scratch: bool = False):
+    """Evaluate ``func`` with its parameters (``plan.param_names``) bound to ``params`` and, if
+    ``scratch``, the buffers the forward pass updated (running statistics) bound to fresh
+    copies: a replay then updates those, inside the transformed function (a transform
+    refuses in-place updates of tensors from outside it), and leaves the buffers as the
+    forward pass left them."""
+    bound = dict(zip(plan.param_names, params))
+    if scratch and plan.bind_module is not None:
+        # (a transform may hide the version bump of a norm layer's batch counter)
+        norms = [m for m in plan.bind_module.modules() if isinstance(m, _NORM) and m.training]
+        ids = {id(b) for b in [*plan.fld.mutated, *(b for m in norms for b in m.buffers())]}
+        bound.update((n, b.clone()) for n, b in plan.bind_module.named_buffers() if id(b) in ids)
+    if not bound:
+        return contextlib.nullcontext()
+    return plan.fld.rebound(plan.bind_module, bound)
+
+
+class _FuncAdjoint(torch.autograd.Function):
+    """The discrete adjoint under ``torch.func`` transforms that differentiate (``grad``,
+    ``vjp``, ``jacrev``, ``hessian``, and ``vmap`` of these, e.g. per-sample gradients).
+
+    The same recursion and stages as :class:`_AdjointFunction` (bitwise its gradients in the
+    tests), written for transforms:
+
+    * a transform hands ``forward`` and ``backward`` its inputs unwrapped, so ``func`` is
+      evaluated with its parameters rebound by name to those inputs (never the module's own,
+      which the transform wraps);
+    * the stored step states are extra outputs, differentiable, so that an outer transform
+      sees how the backward pass (which reads them) depends on ``y0`` and θ: their
+      cotangents join the adjoint;
+    * each step's VJP is taken by ``torch.func.vjp`` and summed out of place, so that an
+      outer transform can batch (``generate_vmap_rule``) or differentiate the backward pass;
+      forward mode (``jvp``) solves again, pushing tangents.
+
+    Not on this path: fp16's dynamic scaling (refused), ``recompute="stage"`` and CUDA
+    graphs (the step VJP runs eagerly: the same gradients)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(plan: _Plan, t: Tensor, *tensors: Tensor):  # type: ignore[override]
+        return _func_solve(plan, t, tensors, record=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        plan, t, *tensors = inputs
+        stored = output[plan.n_leaf :]
+        ctx.plan, ctx.n_in = plan, len(tensors)
+        ctx.save_for_backward(t, *tensors, *stored)
+        ctx.save_for_forward(t, *tensors)
+
+    @staticmethod
+    def jvp(ctx, _plan, t_dot: Tensor | None, *dots: Tensor | None):  # type: ignore[override]
+        """Forward mode (``jacfwd``, ``jvp``, ``hessian``): the solve again, pushing tangents
+        through the same steps (and the forward pass's random draws)."""
+        plan: _Plan = ctx.plan
+        t, *tensors = ctx.saved_tensors
+
+        def solve(t, *tensors):
+            return _func_solve(plan, t, tensors, record=False, scratch=True)
+
+        dots = [torch.zeros_like(x) if d is None else d for d, x in zip(dots, tensors)]
+        t_dot = torch.zeros_like(t) if t_dot is None else t_dot
+        with plan.fld.replaying():
+            plan.fld.replay_rng(0)
+            _, out = torch.func.jvp(solve, (t, *tensors), (t_dot, *dots))
+        return out
+
+    @staticmethod
+    def backward(ctx, *gouts: Tensor | None):  # type: ignore[override]
+        plan: _Plan = ctx.plan
+        nl = plan.n_leaf
+        t, *rest = ctx.saved_tensors
+        tensors, stored = rest[: ctx.n_in], rest[ctx.n_in :]
+        with plan.fld.replaying():  # (random draws; the buffers: see _rebound's scratch)
+            gy, gp, gt = _func_backward(
+                plan, t, stored, tensors[nl:], gouts[:nl], gouts[nl:], ctx.needs_input_grad[1]
+            )
+        gy = [g.to(x.dtype) for g, x in zip(gy, tensors[:nl])]
+        gp = [torch.zeros_like(p) if g is None else g.to(p.dtype) for g, p in zip(gp, tensors[nl:])]
+        return None, gt, *gy, *gp
+
+
+def _func_solve(
+    plan: _Plan, t: Tensor, tensors, record: bool, scratch: bool = False
+) -> tuple[Tensor, ...]:
+    """The outputs of :class:`_FuncAdjoint`: the trajectory, then each leaf's stored step
+    states (stacked), ``func`` evaluated with its parameters bound to ``tensors[n_leaf:]``
+    (and scratch buffers: a replay, see :func:`_rebound`)."""
+    nl = plan.n_leaf
+    store: list[list[Tensor]] = []
+    with _rebound(plan, tensors[nl:], scratch):
+        outs = _integrate(plan, t, list(tensors[:nl]), store, record)
+    stored = [torch.stack([x[leaf] for x in store]) for leaf in range(nl)]
+    return (*[o.to(d) for o, d in zip(outs, plan.out_dtypes)], *stored)
+
+
+def _func_backward(plan: _Plan, t: Tensor, stored, params, gouts, gstored, need_t: bool):
+    """The adjoint recursion by ``torch.func.vjp`` of each step (see :class:`_FuncAdjoint`);
+    ``gstored``: cotangents of the stored states (an outer transform differentiating this
+    backward pass, which reads them), added to the adjoint of each step's input state."""
+    hdt, steps = plan.hdt, plan.steps
+    pos, acc = {0: 0}, 0  # state index of each output time
+    for k, m in enumerate(plan.ms):
+        acc += m
+        pos[acc] = k + 1
+
+    def inject(a: list[Tensor], state: int) -> list[Tensor]:
+        k = pos.get(state)
+        if k is not None:
+            a = [al if g is None else al + g[k].to(hdt) for al, g in zip(a, gouts)]
+        if state < len(steps):
+            a = [al if g is None else al + g[state].to(hdt) for al, g in zip(a, gstored)]
+        return a
+
+    grid = None if need_t else _grid(plan, t)
+    a = inject([torch.zeros(x.shape[1:], dtype=hdt, device=x.device) for x in stored], len(steps))
+    gp: list[Tensor | None] = [None] * len(params)
+    gt: list[Tensor | None] = [None] * t.shape[0]
+    nfe0 = plan.fld.nfe
+    for s in range(len(steps) - 1, -1, -1):
+        i, j = steps[s]
+
+        def step(ys, ps, ta, tb, s=s, i=i, j=j):
+            co = grid[s] if grid is not None else _coeffs(plan.tab, *_times(ta, tb, j, plan.ms[i]))
+            with _rebound(plan, ps, scratch=True):
+                return _rk_step(plan.fld, plan.tab, co, ys, plan.pol)
+
+        plan.fld.replay_rng(s)
+        ys = [x[s].to(hdt) for x in stored]
+        _, vjp = torch.func.vjp(step, ys, list(params), t[i], t[i + 1])
+        dy, dp, dta, dtb = vjp(a)
+        a = inject(list(dy), s)
+        gp = [g if prev is None else prev + g for prev, g in zip(gp, dp)]
+        if need_t:
+            for k, g in ((i, dta), (i + 1, dtb)):
+                gt[k] = g if gt[k] is None else gt[k] + g
+    plan.stats.nfe += plan.fld.nfe - nfe0
+    g_t = torch.stack([torch.zeros_like(t[0]) if g is None else g for g in gt]) if need_t else None
+    return a, gp, g_t
 
 
 def _backward_with_graph(plan: _Plan, t: Tensor, tensors: list[Tensor], gouts, needs):
@@ -1264,18 +1450,23 @@ def _bind_module(func: Callable) -> nn.Module | None:
     return _MethodModule(func) if _owning_module(func) is not None else None
 
 
-def _bind_target(func: Callable, plist: list[Tensor]) -> tuple[nn.Module | None, list[str]]:
-    """The module through which a captured backward step rebinds the parameters ``plist``
-    (aliases bound by name, see ``_captured_backward``), and their names in it."""
+def _bind_target(
+    func: Callable,
+    plist: list[Tensor],
+    who: str = "DiscreteAdjoint(cuda_graphs=True)",
+    instead: str = "use cuda_graphs=False",
+) -> tuple[nn.Module | None, list[str]]:
+    """The module through which the parameters ``plist`` are rebound by name (a captured
+    backward step's aliases, see ``_captured_backward``; the inputs of :class:`_FuncAdjoint`),
+    and their names in it."""
     bind = _bind_module(func)
     names = {} if bind is None else {id(p): n for n, p in bind.named_parameters()}
     missing = sum(id(p) not in names for p in plist)
     if missing:
         raise ValueError(
-            f"DiscreteAdjoint(cuda_graphs=True) needs the tensors it differentiates for to be "
-            f"parameters of func (an nn.Module, or a method of one); {missing} of the "
-            f"{len(plist)} tensors in params are not among them. Register them on the module "
-            "(nn.Parameter), or use cuda_graphs=False"
+            f"{who} needs the tensors it differentiates for to be parameters of func (an "
+            f"nn.Module, or a method of one); {missing} of the {len(plist)} tensors in params "
+            f"are not among them. Register them on the module (nn.Parameter), or {instead}"
         )
     return bind, [names[id(p)] for p in plist]
 
@@ -1400,11 +1591,8 @@ def _run(
         outs = [o.to(d) for o, d in zip(outs, plan.out_dtypes)]
     else:
         if _functorch_active():
-            raise ValueError(
-                "the discrete adjoint is an autograd.Function without torch.func rules; under "
-                "torch.func transforms that differentiate (grad, vjp, jacrev, hessian) use "
-                "gradient='backprop' (jacfwd and vmap of a no-grad solve work with either)"
-            )
+            outs = _func_adjoint(plan, func, t, leaves, plist)
+            return plan, spec, t, _tree.unflatten(spec, outs)
         _attribute_check(plan, t, leaves, plist)
         if closure_risk:
             _closure_check(plan, t, leaves)
@@ -1466,11 +1654,23 @@ def _closure_check(plan: _Plan, t: Tensor, leaves: list[Tensor]) -> None:
     with torch.enable_grad():
         ks = plan.fld(t[0].detach(), [y.detach().to(plan.hdt) for y in leaves])
     if any(k.requires_grad for k in ks):
+        if _functorch_active():
+            _refuse_transformed_closure()
         raise ValueError(
             "func depends on tensors that require grad but are not visible to the discrete "
             "adjoint; pass them as params=[...], make func an nn.Module, or use "
             "gradient='backprop'"
         )
+
+
+def _refuse_transformed_closure():
+    raise ValueError(
+        "func depends on a tensor that the torch.func transform differentiates for but that is "
+        "not one of its parameters (a closed-over tensor, or a tensor attribute); the discrete "
+        "adjoint would give it no gradient. Make it a parameter of an nn.Module func and pass "
+        "it through torch.func.functional_call(module, params, ...), or use "
+        "gradient='backprop'"
+    )
 
 
 def odeint(
@@ -1553,8 +1753,37 @@ def odeint(
 
     Higher-order gradients (``create_graph=True``) work with every gradient mode; through
     the discrete adjoint they replay the solve with a graph (see :class:`DiscreteAdjoint`).
-    ``torch.func``: ``vmap`` and ``jacfwd`` work with either gradient mode; ``grad``,
-    ``jacrev`` and ``hessian`` need ``gradient="backprop"`` (the adjoint says so).
+    ``torch.func``: every transform works with either gradient mode, ``grad``, ``vjp``,
+    ``jacrev``, ``jacfwd``, ``hessian`` and ``vmap`` of them (per-sample gradients). The
+    discrete adjoint then differentiates for the parameters of an ``nn.Module`` ``func``
+    handed to the transform by ``torch.func.functional_call``, with the same gradients as
+    without a transform; it refuses, naming the fix, a tensor being differentiated that
+    ``func`` reads but that is not among its parameters, and ``precision="fp16"`` (its
+    dynamic scaling retries steps after a host check). Under a transform it rebuilds whole
+    steps (``recompute="stage"`` and ``cuda_graphs`` do not apply).
+
+    Example (per-sample parameter gradients through the adjoint):
+        >>> import torch, odeflow
+        >>> from torch.func import functional_call, grad, vmap
+        >>> class Field(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.lin = torch.nn.Linear(2, 2).double()
+        ...     def forward(self, t, y):
+        ...         return torch.tanh(self.lin(y))
+        >>> class NeuralODE(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.field = Field()
+        ...     def forward(self, y0):
+        ...         t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        ...         return odeflow.odeint(self.field, y0, t)[-1]
+        >>> model = NeuralODE()
+        >>> params = {n: p.detach() for n, p in model.named_parameters()}
+        >>> loss = lambda p, y: functional_call(model, p, (y[None],)).square().sum()
+        >>> per_sample = vmap(grad(loss), in_dims=(None, 0))(params, torch.ones(5, 2).double())
+        >>> per_sample["field.lin.weight"].shape
+        torch.Size([5, 2, 2])
 
     Reference:
         Celledoni, Owren, Ruthotto, Yang, *Mixed precision training of neural ODEs*,

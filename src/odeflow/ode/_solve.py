@@ -99,9 +99,13 @@ class DiscreteAdjoint:
     optimizers do; a plain callable must not close over tensors that are later rebound); the
     tensors differentiated for are parameters of ``func``, an ``nn.Module`` or a method of one
     (the captured backward binds aliases of them by name); capture costs a few eager steps
-    once per (field, shapes, train/eval mode). The captures' private memory pool (one step's
-    activations) stays reserved between calls: see :func:`odeflow.ode.graph_memory_bytes`
-    and :func:`odeflow.ode.clear_cuda_graphs`.
+    once per (field, shapes, train/eval mode). The captures' private memory pool (the larger
+    of the forward and the backward step's temporaries, one step's activations included)
+    stays reserved between calls: see :func:`odeflow.ode.graph_memory_bytes` and
+    :func:`odeflow.ode.clear_cuda_graphs`. Graphs pay off where kernel launches bound the run
+    (on an H200, an MLP field on 4096 × 64 states: bf16 2.4× faster than torchdiffeq's
+    backprop, 3.5× faster than the eager adjoint); a large convolutional field is bound by
+    its arithmetic and gains little while the pool adds to its memory.
     Time gradients (``t.requires_grad``) run the backward eagerly; on other devices the option
     has no effect.
 

@@ -346,6 +346,24 @@ class _Field:
         self.mutated = [b for b in changed + norm if not (id(b) in seen or seen.add(id(b)))]
 
     @contextlib.contextmanager
+    def aside(self, changed_only: bool = True):
+        """Evaluations within the block are not the solve's: they are not counted, and the
+        buffers of ``func`` they update (batch-norm running statistics) are restored after
+        (only those that changed if ``changed_only``: a copy marks a buffer as updated)."""
+        module = _owning_module(self.func)
+        bufs = list(module.buffers()) if module is not None else []
+        saved = [b.clone() for b in bufs]
+        nfe = self.nfe
+        try:
+            yield
+        finally:
+            self.nfe = nfe
+            with torch.no_grad():
+                for b, v in zip(bufs, saved):
+                    if not changed_only or not torch.equal(b, v):
+                        b.copy_(v)
+
+    @contextlib.contextmanager
     def replaying(self):
         """Around a backward pass that re-evaluates ``func``: afterwards the caller's random
         stream and the buffers the forward pass updated are as the forward pass left them
@@ -704,20 +722,8 @@ def _replayer(
         if not capture:
             return None
         inputs = _graphs.static_like(values)
-        # the warm-up and capture evaluations are not the solve's: neither counted nor left
-        # in the buffers they update (batch-norm running statistics)
-        module = _owning_module(plan.fld.func)
-        bufs = list(module.buffers()) if module is not None else []
-        saved = [b.clone() for b in bufs]
-        nfe = plan.fld.nfe
-        try:
+        with plan.fld.aside():  # (the warm-up and capture evaluations are not the solve's)
             cap = entry.capture(kind, build(inputs), inputs)
-        finally:
-            plan.fld.nfe = nfe
-            with torch.no_grad():
-                for b, v in zip(bufs, saved):
-                    if not torch.equal(b, v):  # (copying every buffer would mark it mutated)
-                        b.copy_(v)
 
     def replay(*vals: Tensor) -> list:
         out = cap(vals, build(cap.inputs))
@@ -844,22 +850,16 @@ def _func_adjoint(
     # a tensor the transform differentiates for that func reads but that is not among its
     # parameters would get a zero gradient without a word: evaluate func once with the
     # parameters detached and see whether its output still depends on what is transformed
-    # (leaving no trace: the solve's random draws and the buffers, e.g. running statistics)
-    module = _owning_module(func)
-    bufs = list(module.buffers()) if module is not None else []
-    saved = [b.clone() for b in bufs]
+    # (leaving no trace: the solve's random draws and the buffers, e.g. running statistics;
+    # a transform's buffers may be batched, where no equality test is possible)
     cuda = [plan.fld.device] if plan.fld.device.type == "cuda" else []
-    nfe = plan.fld.nfe
     with (
+        plan.fld.aside(changed_only=False),
         torch.enable_grad(),
         _rebound(plan, [p.detach() for p in plist]),
         torch.random.fork_rng(devices=cuda),
     ):
         ks = plan.fld(t[0].detach(), [y.detach().to(plan.hdt) for y in leaves])
-    plan.fld.nfe = nfe
-    with torch.no_grad():
-        for b, v in zip(bufs, saved):
-            b.copy_(v)
     if any(k.requires_grad for k in ks):
         _refuse_transformed_closure()
     outs = _FuncAdjoint.apply(plan, t, *leaves, *plist)

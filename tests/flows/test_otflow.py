@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from torch.func import hessian, jacrev, vmap
+from torch.func import functional_call, grad, hessian, jacrev, vmap
 
 from odeflow.flows import OTFlow, TrainingDiverged, fit, get_preset, load_checkpoint
 from odeflow.flows._otflow import _Dynamics
@@ -347,3 +347,18 @@ def test_alpha_accepts_sequences_and_arrays_and_drives_the_loss():
     import pickle
 
     assert copy.deepcopy(flow).alpha == pickle.loads(pickle.dumps(flow)).alpha == (2.0, 3.0, 4.0)
+
+
+def test_functional_call_and_torch_func_grad():
+    """flow(x) is log_prob; torch.func.grad through functional_call (the discrete adjoint
+    under a transform) gives the eager backward's parameter gradients, bitwise."""
+    torch.manual_seed(0)
+    f = OTFlow(2, width=8, nt=3).double()
+    x = torch.randn(16, 2, dtype=torch.float64)
+    assert torch.equal(f(x), f.log_prob(x))
+    P = {n: p.detach() for n, p in f.named_parameters()}
+    g = grad(lambda P: functional_call(f, P, (x,)).mean())(P)
+    f.zero_grad()
+    f.log_prob(x).mean().backward()
+    for n, p in f.named_parameters():
+        assert torch.equal(g[n], torch.zeros_like(g[n]) if p.grad is None else p.grad), n

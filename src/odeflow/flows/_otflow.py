@@ -366,6 +366,12 @@ class OTFlow(nn.Module):
         Lm, Rm = L.mean(), R.mean()
         return OTFlowLoss(a0 * Lm + a1 * nll + a2 * Rm, nll, Lm, Rm)
 
+    def forward(self, x: Tensor, nt: int | None = None) -> Tensor:
+        """``flow(x)`` is :meth:`log_prob`: what calls a module, e.g.
+        ``torch.func.functional_call(flow, params, (x,))`` under ``torch.func.grad``, gets the
+        log-density (through the discrete adjoint, with its gradients)."""
+        return self.log_prob(x, nt)
+
     def log_prob(self, x: Tensor, nt: int | None = None) -> Tensor:
         """log p(x) = log N(z(1)) + ℓ(1) for ``x`` of shape ``(..., d)``; returns ``(...)``."""
         shape = x.shape[:-1] if isinstance(x, Tensor) else None

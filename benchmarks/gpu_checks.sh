@@ -11,6 +11,15 @@ mkdir -p "$OUT"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
+# 0. Wheels the GPU machine lacks (nibabel and nilearn, for the EPI GPU tests), carried in .whl/:
+#    fetched here with `python3 -m pip download --no-deps --only-binary=:all: --python-version
+#    3.12 --implementation cp --platform manylinux2014_x86_64 -d .whl nibabel nilearn`; the
+#    device call names .whl in its carry list. Without them the EPI GPU tests skip.
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+
 # 1. GPU tests (28): captured adjoint = eager adjoint, capture-unsafe and stochastic fields,
 #    running statistics under replay, CUDA generator replay in the eager adjoint, mixed precision
 #    against fp64, allocator bytes of the adjoint, OT-Flow training step, EPI and jets CUDA = CPU

@@ -866,21 +866,29 @@ def _func_adjoint(
     return list(outs[: plan.n_leaf])
 
 
-def _rebound(plan: _Plan, params: Sequence[Tensor], scratch: bool = False):
-    """Evaluate ``func`` with its parameters (``plan.param_names``) bound to ``params`` and, if
-    ``scratch``, the buffers the forward pass updated (running statistics) bound to fresh
-    copies: a replay then updates those, inside the transformed function (a transform
-    refuses in-place updates of tensors from outside it), and leaves the buffers as the
-    forward pass left them."""
+def _rebound(plan: _Plan, params: Sequence[Tensor], scratch: Sequence[str] = ()):
+    """Evaluate ``func`` with its parameters (``plan.param_names``) bound to ``params`` and
+    the buffers named in ``scratch`` (see :func:`_scratch_names`) bound to fresh copies: a
+    replay then updates those, inside the transformed function (a transform refuses in-place
+    updates of tensors from outside it), and leaves the buffers as the forward pass left
+    them."""
     bound = dict(zip(plan.param_names, params))
-    if scratch and plan.bind_module is not None:
-        # (a transform may hide the version bump of a norm layer's batch counter)
-        norms = [m for m in plan.bind_module.modules() if isinstance(m, _NORM) and m.training]
-        ids = {id(b) for b in [*plan.fld.mutated, *(b for m in norms for b in m.buffers())]}
-        bound.update((n, b.clone()) for n, b in plan.bind_module.named_buffers() if id(b) in ids)
+    if scratch:
+        buffers = dict(plan.bind_module.named_buffers())
+        bound.update((n, buffers[n].clone()) for n in scratch)
     if not bound:
         return contextlib.nullcontext()
     return plan.fld.rebound(plan.bind_module, bound)
+
+
+def _scratch_names(plan: _Plan) -> list[str]:
+    """Names of the buffers that a replay of the forward pass updates: those it updated, and
+    a training norm layer's (a transform may hide the version bump of its batch counter)."""
+    if plan.bind_module is None:
+        return []
+    norms = [m for m in plan.bind_module.modules() if isinstance(m, _NORM) and m.training]
+    ids = {id(b) for b in [*plan.fld.mutated, *(b for m in norms for b in m.buffers())]}
+    return [n for n, b in plan.bind_module.named_buffers() if id(b) in ids]
 
 
 class _FuncAdjoint(torch.autograd.Function):
@@ -924,8 +932,10 @@ class _FuncAdjoint(torch.autograd.Function):
         plan: _Plan = ctx.plan
         t, *tensors = ctx.saved_tensors
 
+        scratch = _scratch_names(plan)
+
         def solve(t, *tensors):
-            return _func_solve(plan, t, tensors, record=False, scratch=True)
+            return _func_solve(plan, t, tensors, record=False, scratch=scratch)
 
         dots = [torch.zeros_like(x) if d is None else d for d, x in zip(dots, tensors)]
         t_dot = torch.zeros_like(t) if t_dot is None else t_dot
@@ -950,7 +960,7 @@ class _FuncAdjoint(torch.autograd.Function):
 
 
 def _func_solve(
-    plan: _Plan, t: Tensor, tensors, record: bool, scratch: bool = False
+    plan: _Plan, t: Tensor, tensors, record: bool, scratch: Sequence[str] = ()
 ) -> tuple[Tensor, ...]:
     """The outputs of :class:`_FuncAdjoint`: the trajectory, then each leaf's stored step
     states (stacked), ``func`` evaluated with its parameters bound to ``tensors[n_leaf:]``
@@ -982,6 +992,7 @@ def _func_backward(plan: _Plan, t: Tensor, stored, params, gouts, gstored, need_
         return a
 
     grid = None if need_t else _grid(plan, t)
+    scratch = _scratch_names(plan)
     a = inject([torch.zeros(x.shape[1:], dtype=hdt, device=x.device) for x in stored], len(steps))
     gp: list[Tensor | None] = [None] * len(params)
     gt: list[Tensor | None] = [None] * t.shape[0]
@@ -991,7 +1002,7 @@ def _func_backward(plan: _Plan, t: Tensor, stored, params, gouts, gstored, need_
 
         def step(ys, ps, ta, tb, s=s, i=i, j=j):
             co = grid[s] if grid is not None else _coeffs(plan.tab, *_times(ta, tb, j, plan.ms[i]))
-            with _rebound(plan, ps, scratch=True):
+            with _rebound(plan, ps, scratch):
                 return _rk_step(plan.fld, plan.tab, co, ys, plan.pol)
 
         plan.fld.replay_rng(s)

@@ -106,3 +106,41 @@ def test_cli_train_under_torchrun(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["iterations"] == 3
     assert sorted(x.name for x in out.iterdir()) == ["flow.pt", "metrics.json", "samples.png"]
+
+
+_NCCL_RANK = """
+import sys, torch, torch.distributed as dist
+from odeflow.flows import OTFlow, fit
+from odeflow.flows._distributed import init_process_group
+sys.path.insert(0, {tests!r})
+from flows._dist_worker import KW, data
+torch.cuda.set_device(0)
+init_process_group("nccl", init_method="file://{store}", rank=0, world_size=1)
+torch.manual_seed(100)
+flow = OTFlow(2, width=8, nt=2).double()
+x, val = data()
+fit(flow, x, val_data=val, device="cuda", process_group=dist.group.WORLD, **KW)
+torch.save({{k: v.cpu() for k, v in flow.state_dict().items()}}, {out!r})
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.gpu
+def test_gpu_fit_over_nccl_equals_a_plain_fit(cuda, tmp_path):
+    """One rank over NCCL (the GPU backend: every collective on the rank's device) takes the
+    steps of a plain fit on that GPU."""
+    if not dist.is_nccl_available():
+        pytest.skip("this torch build has no NCCL")
+    out = tmp_path / "nccl.pt"
+    code = _NCCL_RANK.format(tests=str(Path(__file__).parents[1]), store=tmp_path / "store",
+                             out=str(out))  # fmt: skip
+    p = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                       text=True, timeout=240)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    got = torch.load(out)
+    torch.manual_seed(100)
+    flow = OTFlow(2, width=8, nt=2).double()
+    x, val = worker.data()
+    fit(flow, x, val_data=val, device=cuda, **worker.KW)
+    for k, v in flow.state_dict().items():
+        assert torch.allclose(got[k], v.cpu(), rtol=1e-12, atol=1e-14), k

@@ -116,6 +116,11 @@ class DiscreteAdjoint:
     pass costs what ``gradient="backprop"`` costs (one graph over all steps, no fp16 adjoint
     scaling); first-order backward passes keep the adjoint's memory.
 
+    ``torch.func`` transforms (``grad``, ``vjp``, ``jacrev``, ``jacfwd``, ``hessian``,
+    ``vmap`` of them) differentiate through the same recursion, one step's VJP at a time;
+    for second derivatives the outer transform records every step's VJP, which needs about
+    backprop's memory. See :func:`odeflow.odeint`.
+
     Args:
         recompute: ``"step"`` or ``"stage"``.
         cuda_graphs: capture and replay the per-step work as CUDA graphs (``"step"`` only).

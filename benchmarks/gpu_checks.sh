@@ -20,10 +20,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
 
-# 1. GPU tests (28): captured adjoint = eager adjoint, capture-unsafe and stochastic fields,
-#    running statistics under replay, CUDA generator replay in the eager adjoint, mixed precision
-#    against fp64, allocator bytes of the adjoint, OT-Flow training step, EPI and jets CUDA = CPU
-timeout 100 python -m pytest -q -p no:cacheprovider --device cuda -m "not slow" -k "gpu or cuda" \
+# 1. Every GPU test that is not slow: captured adjoint = eager adjoint, capture-unsafe and
+#    stochastic fields, running statistics under replay, CUDA generator replay in the eager
+#    adjoint, mixed precision against fp64, allocator bytes of the adjoint, per-sample gradients
+#    under torch.func, OT-Flow training step, fit over NCCL, EPI and jets CUDA = CPU
+timeout 150 python -m pytest -q -p no:cacheprovider --device cuda -m "not slow" -k "gpu or cuda" \
     tests 2>&1 | tee "$OUT/pytest_graphs.log"
 
 # 2. ODE engine, mlp (launch-bound: where CUDA graphs matter) and conv
@@ -37,7 +38,7 @@ timeout 80 python benchmarks/flows_peers.py --device cuda --dims 43 --parts spee
 
 # 4. OT-Flow with the compiled field inside the captured adjoint steps (compiles first: slower),
 #    in the same run as the matched-step and the FFJORD-faithful (adaptive dopri5) Hutchinson CNF
-timeout 200 python benchmarks/flows_peers.py --device cuda --dims 43 --parts speed --compile \
+timeout 180 python benchmarks/flows_peers.py --device cuda --dims 43 --parts speed --compile \
     --models "+compile+graphs,matched,FFJORD" --warm-iters 100 --repeats 5 \
     --json "$OUT/flows_compile_graphs.json" \
     2>&1 | tee "$OUT/flows_compile.log"

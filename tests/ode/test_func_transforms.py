@@ -27,20 +27,21 @@ def _field():
 
 
 class _Solve(nn.Module):
-    """``odeint`` of the field ``f`` as a module, to call with ``functional_call``."""
+    """``odeint`` (or, ``full``, ``odeflow.solve``) of the field ``f`` as a module, to call
+    with ``functional_call``."""
 
     def __init__(self, f: nn.Module):
         super().__init__()
         self.f = f
 
-    def forward(self, y0, t, kw):
-        return odeflow.odeint(self.f, y0, t, **kw)
+    def forward(self, y0, t, kw, full=False):
+        return (odeflow.solve if full else odeflow.odeint)(self.f, y0, t, **kw)
 
 
-def _solve(f, P, y0, t, **kw):
+def _solve(f, P, y0, t, full=False, **kw):
     """The solve with ``f``'s parameters given by ``P`` (name -> tensor), the usual way to
     hand a module's parameters to a torch.func transform."""
-    return functional_call(_Solve(f), {f"f.{n}": v for n, v in P.items()}, (y0, t, kw))
+    return functional_call(_Solve(f), {f"f.{n}": v for n, v in P.items()}, (y0, t, kw, full))
 
 
 def _loss(f, P, y0, t, gradient, **kw):
@@ -303,7 +304,7 @@ def test_function_evaluations_as_the_eager_adjoint():
     seen = []
 
     def run(P):
-        sol = functional_call(_SolveFull(f), {f"f.{n}": v for n, v in P.items()}, (y0, T))
+        sol = _solve(f, P, y0, T, full=True)
         seen.append(sol)  # (its stats are filled in by the backward pass)
         return (sol.ys[-1] ** 2).sum()
 
@@ -313,12 +314,3 @@ def test_function_evaluations_as_the_eager_adjoint():
     (ref.ys[-1] ** 2).sum().backward()
     assert got.nfe == ref.nfe == 2 * 4
     assert got.stats.nfe == ref.stats.nfe == 2 * 4
-
-
-class _SolveFull(nn.Module):
-    def __init__(self, f: nn.Module):
-        super().__init__()
-        self.f = f
-
-    def forward(self, y0, t):
-        return odeflow.solve(self.f, y0, t)

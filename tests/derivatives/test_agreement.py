@@ -22,6 +22,7 @@ def _check(out, ref, tol):
             continue
         assert a is not None, name
         assert a.shape == b.shape, (name, a.shape, b.shape)
+        assert a.is_contiguous(), name  # no strided views handed to the user
         if b.norm() == 0:
             assert float(a.norm()) <= tol
         else:

@@ -4,8 +4,10 @@ Every block is a stateless :class:`torch.nn.Module` mapping a batch ``u: (n, in_
 to ``(n, out_features)``. Beside ``forward`` each block implements three private sweeps used
 by :func:`odeflow.derivatives.compute`:
 
-* ``_jet(u, J, L, ctx)`` — forward jet: with ``J = ∂u/∂s`` (``(in, c)`` shared by the batch or
-  ``(n, in, c)``) and ``L = Σ_{a<p} ∂²u/∂s_a²`` (``(n, in)`` or None for zero) return the same
+* ``_jet(u, J, L, ctx)`` — forward jet: with the Jacobian ``∂u/∂s`` held transposed,
+  ``J: (c, in)`` shared by the batch or ``(n, c, in)`` (one row per seed column, so that a
+  layer is one GEMM ``(n·c, in) @ (in, out)`` and every elementwise op runs on contiguous
+  memory), and ``L = Σ_{a<p} ∂²u/∂s_a²`` (``(n, in)`` or None for zero) return the same
   three objects for the output (the "forward Laplacian").
 * ``_record(u, J, ctx)`` — forward sweep of the Jacobians of every preactivation, keeping only
   what the reverse sweep needs (row norms ``‖J_z[j,:p]‖²`` for a Laplacian, ``J_z`` for a Hessian).
@@ -59,13 +61,11 @@ def _no_autocast(t: torch.Tensor):
 
 
 def _unit_data(Jz: torch.Tensor | None, ctx: _Ctx):
-    """What the reverse sweep needs from a preactivation Jacobian Jz: (..., w, c)."""
+    """What the reverse sweep needs from a preactivation Jacobian Jz: (..., c, w)."""
     if Jz is None or ctx.kind == "grad":
         return None
     if ctx.kind == "lap":
-        with _no_autocast(Jz):
-            Jp = Jz[..., : ctx.p].to(ctx.acc)
-            return (Jp * Jp).sum(-1)
+        return _sq_rows(Jz, ctx)
     return Jz
 
 
@@ -81,11 +81,11 @@ def _unit_term(data, coef: torch.Tensor, ctx: _Ctx):
         coef = coef.to(ctx.acc)
         if ctx.kind == "lap":
             return (coef * data.unsqueeze(-2)).sum(-1)
-        Jz = data.to(ctx.acc).unsqueeze(-3)  # (n, 1, w, c) or (1, w, c)
-        W = (Jz * coef.unsqueeze(-1)).transpose(-1, -2)  # (n, s, c, w)
+        Jc = data.to(ctx.acc).unsqueeze(-3)  # (n, 1, c, w) or (1, c, w)
+        W = Jc * coef.unsqueeze(-2)  # (n, s, c, w)
         if ctx.kind == "hess":
-            return W @ Jz
-        return W @ (Jz @ ctx.V.to(ctx.acc))  # hvp: (n, s, c, k)
+            return W @ Jc.mT
+        return W @ (Jc.mT @ ctx.V.to(ctx.acc))  # hvp: (n, s, c, k)
 
 
 def _affine_second(M: torch.Tensor, Kt: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
@@ -108,9 +108,10 @@ def _affine_second(M: torch.Tensor, Kt: torch.Tensor, ctx: _Ctx) -> torch.Tensor
 
 
 def _sq_rows(Jz: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
+    """‖Jz[j, :p]‖² per unit j (the first p of the c columns, in ctx.acc): (..., c, w) ↦ (..., w)."""
     with _no_autocast(Jz):
-        Jp = Jz[..., : ctx.p].to(ctx.acc)
-        return (Jp * Jp).sum(-1)
+        Jp = Jz[..., : ctx.p, :].to(ctx.acc)
+        return (Jp * Jp).sum(-2)
 
 
 def _lin_L(L: torch.Tensor | None, K: torch.Tensor, ctx: _Ctx) -> torch.Tensor | None:
@@ -118,6 +119,28 @@ def _lin_L(L: torch.Tensor | None, K: torch.Tensor, ctx: _Ctx) -> torch.Tensor |
         return None
     with _no_autocast(L):
         return L.to(ctx.acc) @ K.to(ctx.acc).transpose(0, 1)
+
+
+def _lmul(K: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+    """Jacobian of u ↦ uKᵀ: J (c, in) or (..., c, in) ↦ (..., c, out), one GEMM over the batch."""
+    return F.linear(J, K)
+
+
+def _rows(d: torch.Tensor, Jz: torch.Tensor) -> torch.Tensor:
+    """Jacobian of σ(z) from that of z: d (..., w) = σ′(z), Jz (c, w) or (..., c, w)."""
+    return d.unsqueeze(-2) * Jz
+
+
+def _rows_add(J: torch.Tensor, d: torch.Tensor, Jz: torch.Tensor) -> torch.Tensor:
+    """J + diag(d) Jz in the transposed layout: J + d ⊙ (each of the c rows of Jz)."""
+    return torch.addcmul(J, d.unsqueeze(-2), Jz)
+
+
+def _scalar_jac(J: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Jacobian (n, c, 1) of a scalar with input gradient g (n, in), J (c, in) or (n, c, in)."""
+    if J.ndim == 2:  # shared by the batch: one GEMM
+        return (g @ J.mT).unsqueeze(-1)
+    return J @ g.unsqueeze(-1)
 
 
 def _uniform_(t: torch.Tensor, fan_in: int) -> torch.Tensor:
@@ -215,8 +238,8 @@ class Single(Block):
 
     def _jet(self, u, J, L, ctx):
         s, d1, d2 = self.act.derivatives(F.linear(u, self.K, self.b))
-        Jz = self.K @ J
-        Jv = d1.unsqueeze(-1) * Jz
+        Jz = _lmul(self.K, J)
+        Jv = _rows(d1, Jz)
         if ctx.kind != "lap":
             return s, Jv, None
         Lz = _lin_L(L, self.K, ctx)
@@ -229,8 +252,8 @@ class Single(Block):
         s, d1, d2 = self.act.derivatives(F.linear(u, self.K, self.b))
         if J is None:
             return s, None, (d1, d2, None)
-        Jz = self.K @ J
-        return s, d1.unsqueeze(-1) * Jz, (d1, d2, _unit_data(Jz, ctx))
+        Jz = _lmul(self.K, J)
+        return s, _rows(d1, Jz), (d1, d2, _unit_data(Jz, ctx))
 
     def _reverse(self, tape, g, ctx):
         d1, d2, data = tape
@@ -246,7 +269,7 @@ class Single(Block):
         M = torch.diag_embed(G * d2.unsqueeze(-2))
         if H is not None:
             M = M + d1[:, None, :, None] * H * d1[:, None, None, :]
-        return s, g_in, _affine_second(M, self.K @ seed, ctx)
+        return s, g_in, _affine_second(M, _lmul(self.K, seed).mT, ctx)
 
 
 class Linear(Block):
@@ -279,10 +302,10 @@ class Linear(Block):
 
     def _jet(self, u, J, L, ctx):
         Lv = _lin_L(L, self.K, ctx) if ctx.kind == "lap" else None
-        return self.forward(u), self.K @ J, Lv
+        return self.forward(u), _lmul(self.K, J), Lv
 
     def _record(self, u, J, ctx):
-        return self.forward(u), (None if J is None else self.K @ J), None
+        return self.forward(u), (None if J is None else _lmul(self.K, J)), None
 
     def _reverse(self, tape, g, ctx):
         return g @ self.K, None
@@ -292,7 +315,7 @@ class Linear(Block):
         v = self.forward(u)
         if ctx.kind == "grad" or H is None:
             return v, G @ self.K, None
-        return v, G @ self.K, _affine_second(H, self.K @ seed, ctx)
+        return v, G @ self.K, _affine_second(H, _lmul(self.K, seed).mT, ctx)
 
 
 class ResNet(Block):
@@ -349,7 +372,7 @@ class ResNet(Block):
         for i in range(self.depth):
             K = self.K[i]
             s, d1, d2 = self.act.derivatives(F.linear(u, K, self.b[i]))
-            Jz = K @ J
+            Jz = _lmul(K, J)
             if ctx.kind == "lap":
                 hd1 = h * d1
                 dL = (h * d2).to(ctx.acc) * _sq_rows(Jz, ctx)
@@ -357,7 +380,7 @@ class ResNet(Block):
                 if Lz is not None:
                     dL = torch.addcmul(dL, hd1.to(ctx.acc), Lz)
                 L = dL if L is None else L + dL
-            J = torch.addcmul(J, (h * d1).unsqueeze(-1), Jz)
+            J = _rows_add(J, h * d1, Jz)
             u = torch.add(u, s, alpha=h)
         return u, J, L
 
@@ -370,9 +393,9 @@ class ResNet(Block):
             if J is None:
                 tape.append((d1, d2, None))
             else:
-                Jz = K @ J
+                Jz = _lmul(K, J)
                 tape.append((d1, d2, _unit_data(Jz, ctx)))
-                J = torch.addcmul(J, (h * d1).unsqueeze(-1), Jz)
+                J = _rows_add(J, h * d1, Jz)
             u = torch.add(u, s, alpha=h)
         return u, J, tape
 
@@ -429,10 +452,10 @@ class Quadratic(Block):
 
     def _jet(self, u, J, L, ctx):
         v, gu = self._value_grad(u)
-        Jv = gu.unsqueeze(-2) @ J  # (n, 1, c)
+        Jv = _scalar_jac(J, gu)  # (n, c, 1)
         if ctx.kind != "lap":
             return v, Jv, None
-        AJ = self.A @ J
+        AJ = _lmul(self.A, J)
         Lv = _sq_rows(AJ, ctx).sum(-1)  # () or (n,)
         Lv = Lv.unsqueeze(-1).expand(u.shape[0], 1)
         if L is not None:
@@ -444,7 +467,7 @@ class Quadratic(Block):
         v, gu = self._value_grad(u)
         if J is None:
             return v, None, (gu, None)
-        return v, gu.unsqueeze(-2) @ J, (gu, _unit_data(self.A @ J, ctx))
+        return v, _scalar_jac(J, gu), (gu, _unit_data(_lmul(self.A, J), ctx))
 
     def _reverse(self, tape, g, ctx):
         gu, data = tape
@@ -520,23 +543,23 @@ class ICNN(Block):
         lap = ctx.kind == "lap"
         Lp = F.softplus(self.L)
         s, d1, d2 = self.act.derivatives(F.linear(u, self.K0, self.b0))
-        Jz = self.K0 @ J
+        Jz = _lmul(self.K0, J)
         Ly = None
         if lap:
             Ly = d2.to(ctx.acc) * _sq_rows(Jz, ctx)
             Lz = _lin_L(L, self.K0, ctx)
             Ly = Ly if Lz is None else Ly + d1.to(ctx.acc) * Lz
-        y, Jy = s, d1.unsqueeze(-1) * Jz
+        y, Jy = s, _rows(d1, Jz)
         for i in range(self.depth - 1):
             s, d1, d2 = self.act.derivatives(F.linear(y, Lp[i]) + F.linear(u, self.K[i], self.b[i]))
-            Jz = Lp[i] @ Jy + self.K[i] @ J
+            Jz = _lmul(Lp[i], Jy) + _lmul(self.K[i], J)
             if lap:
                 Lz = _add(_lin_L(Ly, Lp[i], ctx), _lin_L(L, self.K[i], ctx))
                 Ly = d2.to(ctx.acc) * _sq_rows(Jz, ctx) + d1.to(ctx.acc) * Lz
-            y, Jy = s, d1.unsqueeze(-1) * Jz
+            y, Jy = s, _rows(d1, Jz)
         Lo = F.softplus(self.L_out)
         v = F.linear(y, Lo) + F.linear(u, self.K_out, self.b_out)
-        Jv = Lo @ Jy + self.K_out @ J
+        Jv = _lmul(Lo, Jy) + _lmul(self.K_out, J)
         Lv = _add(_lin_L(Ly, Lo, ctx), _lin_L(L, self.K_out, ctx)) if lap else None
         return v, Jv, Lv
 
@@ -544,19 +567,19 @@ class ICNN(Block):
         Lp = F.softplus(self.L)
         tape = []
         s, d1, d2 = self.act.derivatives(F.linear(u, self.K0, self.b0))
-        Jz = None if J is None else self.K0 @ J
+        Jz = None if J is None else _lmul(self.K0, J)
         tape.append((d1, d2, _unit_data(Jz, ctx)))
         y = s
-        Jy = None if J is None else d1.unsqueeze(-1) * Jz
+        Jy = None if J is None else _rows(d1, Jz)
         for i in range(self.depth - 1):
             s, d1, d2 = self.act.derivatives(F.linear(y, Lp[i]) + F.linear(u, self.K[i], self.b[i]))
-            Jz = None if J is None else Lp[i] @ Jy + self.K[i] @ J
+            Jz = None if J is None else _lmul(Lp[i], Jy) + _lmul(self.K[i], J)
             tape.append((d1, d2, _unit_data(Jz, ctx)))
             y = s
-            Jy = None if J is None else d1.unsqueeze(-1) * Jz
+            Jy = None if J is None else _rows(d1, Jz)
         Lo = F.softplus(self.L_out)
         v = F.linear(y, Lo) + F.linear(u, self.K_out, self.b_out)
-        Jv = None if J is None else Lo @ Jy + self.K_out @ J
+        Jv = None if J is None else _lmul(Lo, Jy) + _lmul(self.K_out, J)
         return v, Jv, (tape, Lp, Lo)
 
     def _reverse(self, tape, g, ctx):

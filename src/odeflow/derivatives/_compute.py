@@ -105,7 +105,7 @@ def _backward(net: Block, x, seed, G, H, ctx: _Ctx):
             value = v if value is None else value
             G, a = b._reverse(tape, G, ci)
             if H is not None:
-                a = a + _sandwich(Jv, H, ci)
+                a = a + _sandwich(Jv.mT, H, ci)
             H = a
         _, g, second = _backward(chain[0], x, seed, G, H, ctx)
         return value, g, second
@@ -120,7 +120,7 @@ def _backward(net: Block, x, seed, G, H, ctx: _Ctx):
     v, Jv, tape = net._record(x, seed, ctx)
     g, second = net._reverse(tape, G, ctx)
     if H is not None and ctx.kind != "grad":
-        second = _add_t(second, _sandwich(Jv, H, ctx))
+        second = _add_t(second, _sandwich(Jv.mT, H, ctx))
     return v, g, second
 
 
@@ -301,11 +301,11 @@ def compute(
     eye_d = torch.eye(d, dtype=x.dtype, device=x.device)
 
     if mode == "forward":
-        seed = V if V is not None else eye_d
+        seed = V.mT if V is not None else eye_d  # the blocks hold Jacobians transposed
         p = V.shape[1] if V is not None else dp
         ctx = _Ctx("lap" if want == "laplacian" else "grad", p, acc)
         value, J, L = net._jet(x, seed, None, ctx)
-        grad = J.expand(n, m, J.shape[-1])
+        grad = J.mT.expand(n, m, J.shape[-2]).contiguous()  # (a no-op for m = 1)
         lap = None
         if want == "laplacian":
             lap = torch.zeros(n, m, dtype=acc, device=x.device) if L is None else L
@@ -315,10 +315,10 @@ def compute(
     if kind == "grad":
         seed = None
     elif V is not None and want != "hvp":
-        seed = V
+        seed = V.mT  # (c, d): the blocks hold Jacobians transposed
     else:
-        seed = eye_d[:, :dp]
-    p = 0 if seed is None else seed.shape[1]
+        seed = eye_d[:dp]
+    p = 0 if seed is None else seed.shape[0]
     ctx = _Ctx(kind, p, acc, None if want != "hvp" else V[:dp])
     g0 = torch.eye(m, dtype=x.dtype, device=x.device).expand(n, m, m)
 

@@ -347,13 +347,13 @@ def _plus(a, b):
 
 
 def laplacian_sweep(net: nn.Module, x: torch.Tensor, seed: torch.Tensor, acc: torch.dtype):
-    """Value (n, m), input adjoint ∂f/∂x (n, m, d) and Laplacian tr(seedᵀ H seed) (n, m).
+    """Value (n, m), input adjoint ∂f/∂x (n, m, d) and Laplacian tr(seed H seedᵀ) (n, m).
 
-    ``seed`` (d, p): the Laplacian coordinates (identity columns) or directions.
+    ``seed`` (p, d): the Laplacian coordinates (identity rows) or directions, one per row.
     """
     n = x.shape[0]
     m = net.out_features
-    J0 = _Jac(rows=seed.transpose(0, 1).contiguous())
+    J0 = _Jac(rows=seed.contiguous())
     value, _, tape = _record(net, x, J0, False, acc)
     g0 = torch.eye(m, dtype=x.dtype, device=x.device).expand(n, m, m)
     g, lap = _reverse(net, tape, g0, acc)

@@ -108,7 +108,7 @@ def _affine_second(M: torch.Tensor, Kt: torch.Tensor, ctx: _Ctx) -> torch.Tensor
 
 
 def _sq_rows(Jz: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
-    """‖Jz[j, :p]‖² per unit j (the first p of the c columns, in ctx.acc): (..., c, w) ↦ (..., w)."""
+    """Per unit j, ‖Jz[:p, j]‖² over the first p seed rows, in ctx.acc: (..., c, w) ↦ (..., w)."""
     with _no_autocast(Jz):
         Jp = Jz[..., : ctx.p, :].to(ctx.acc)
         return (Jp * Jp).sum(-2)

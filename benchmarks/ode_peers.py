@@ -23,9 +23,12 @@ What is measured, per (workload, solver, precision), each in a fresh subprocess:
   peak    extra memory of one forward+backward (after a warm-up call) over the set-up state:
           CUDA: torch.cuda.max_memory_allocated() - memory_allocated() before the call;
           CPU:  peak resident set size (VmHWM, reset through /proc/self/clear_refs just
-                before the call) - RSS before the call, with MALLOC_MMAP_THRESHOLD_=65536 so
-                freed blocks >= 64 KiB leave the process; smaller blocks and allocator slack
-                make it coarse, but it is the same for every solver;
+                before the call) - RSS before the call, measured in a second subprocess run
+                with MALLOC_MMAP_THRESHOLD_=65536 so that freed blocks >= 64 KiB leave the
+                process (smaller blocks and allocator slack make it coarse, but it is the same
+                for every solver); the times come from a subprocess with glibc's default
+                allocator, since the fixed threshold turns every large allocation into a fresh
+                mmap and its page faults (it doubled the CPU times of every solver);
   err32 / err64  relative 2-norm error of the parameter gradient vs the same solver in fp32 /
           fp64 (fp64 runs on CPU for the full-size conv workload only when --fp64-ref is set).
 
@@ -270,7 +273,8 @@ def child(spec: dict) -> dict:
         sync()
         times.append((time.perf_counter() - t0) * 1000)
     torch.save(g, spec["grad_path"])
-    out = {"ms": statistics.median(times), "ms_min": min(times), "first_ms": first_ms,
+    out = {"ms": statistics.median(times) if times else None,
+           "ms_min": min(times) if times else None, "first_ms": first_ms,
            "peak_mb": peak / 2**20, "loss": float(loss),
            "finite": bool(torch.isfinite(g).all())}  # fmt: skip
     if solver.startswith("odeflow") and scaler is not None:
@@ -344,15 +348,18 @@ def main() -> int:
                 gp = os.path.join(tmp, f"{wl}-{solver}-{prec}.pt")
                 spec = dict(workload=wl, solver=solver, precision=prec, device=dev, sizes=sz,
                             repeats=1 if prec == "fp64" else repeats, grad_path=gp)  # fmt: skip
-                p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                                   capture_output=True, text=True, env=_child_env())  # fmt: skip
-                line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-                if p.returncode or not line:
-                    err = (p.stderr.strip().splitlines() or ["?"])[-1][:120]
-                    res[prec] = {"error": err}
-                    print(f"{wl:5s} {solver:29s} {prec:5s} ERROR {err}")
+                # on a CPU, time and memory come from two children: the fixed mmap threshold
+                # that makes peak RSS track live tensors also makes every large allocation a
+                # fresh mmap (page faults), which doubled the measured times
+                r = _run_child(spec, memory=False)
+                if "error" not in r and dev == "cpu" and prec != "fp64":
+                    m = _run_child(dict(spec, repeats=0, grad_path=gp + ".mem"), memory=True)
+                    r = m if "error" in m else dict(r, peak_mb=m["peak_mb"])
+                if "error" in r:
+                    res[prec] = r
+                    print(f"{wl:5s} {solver:29s} {prec:5s} ERROR {r['error']}")
                     continue
-                res[prec] = json.loads(line[0][7:])
+                res[prec] = r
                 res[prec]["grad_path"] = gp
             for prec, r in res.items():
                 if "error" in r or prec == "fp64":
@@ -383,12 +390,23 @@ def _write(path: str, meta: dict, rows: list[dict]) -> None:
     os.replace(part, path)
 
 
-def _child_env() -> dict:
+def _child_env(memory: bool) -> dict:
     env = dict(os.environ)
-    # A fixed mmap threshold makes glibc serve every block >= 64 KiB by mmap and return it on
-    # free, so the CPU peak-RSS delta tracks live tensor memory instead of heap reuse.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    if memory:
+        # A fixed mmap threshold makes glibc serve every block >= 64 KiB by mmap and return it
+        # on free, so the CPU peak-RSS delta tracks live tensor memory instead of heap reuse.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     return env
+
+
+def _run_child(spec: dict, memory: bool) -> dict:
+    """One measurement in a fresh interpreter: its RESULT dict, or {"error": last stderr line}."""
+    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                       capture_output=True, text=True, env=_child_env(memory))  # fmt: skip
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    if p.returncode or not line:
+        return {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:120]}
+    return json.loads(line[0][7:])
 
 
 def _fmt(r: dict) -> str:

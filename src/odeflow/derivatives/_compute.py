@@ -305,7 +305,7 @@ def compute(
         p = V.shape[1] if V is not None else dp
         ctx = _Ctx("lap" if want == "laplacian" else "grad", p, acc)
         value, J, L = net._jet(x, seed, None, ctx)
-        grad = J.mT.expand(n, m, J.shape[-2]).contiguous()  # (a no-op for m = 1)
+        grad = J.mT.expand(n, m, J.shape[-2]).contiguous()  # (free for m = 1 and a batched J)
         lap = None
         if want == "laplacian":
             lap = torch.zeros(n, m, dtype=acc, device=x.device) if L is None else L

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._blocks import Linear, Quadratic, ResNet, Sequential, Single, Sum, _no_autocast
+from ._blocks import _rows as _scale_rows
 
 __all__ = ["laplacian_sweep", "supports", "weighted_row_norms"]
 
@@ -47,7 +48,7 @@ def _gemm_dtype(*ts: torch.Tensor) -> torch.dtype:
 
 def _rows(J: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """The Jacobian (n, p, w): J itself, or scale[:, None, :] * J for J shared (p, w)."""
-    return J if scale is None else scale.unsqueeze(-2) * J
+    return J if scale is None else _scale_rows(scale, J)
 
 
 def _sqsum(P: torch.Tensor, acc: torch.dtype) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,12 +68,51 @@ def test_rk4_is_classical_not_38():
         (dict(a=((), (1.0,)), b=(0.5, 0.5), c=(0.0, 1.0), order=3), "order-3 condition"),
         (dict(a=((0.5,), (1.0,)), b=(0.5, 0.5), c=(0.5, 1.0), order=1), "not explicit"),
         (dict(a=((),), b=(1.0,), c=(0.0, 1.0), order=1), "len\\(c\\)"),
-        (dict(a=((),), b=(1.0,), c=(0.0,), order=0), "positive int"),
+        (dict(a=((),), b=(1.0,), c=(0.0,), order=0), "an int from 1 to 8"),
+        (dict(a=((),), b=(1.0,), c=(0.0,), order=True), "an int from 1 to 8"),
+        (dict(a=((),), b=(1.0,), c=(0.0,), order=9), "an int from 1 to 8"),
+        (dict(a=((), ("x",)), b=(0.5, 0.5), c=(0.0, 1.0), order=1), "row 1 of a must hold real"),
+        (dict(a=((), None), b=(0.5, 0.5), c=(0.0, 1.0), order=1), "row 1 of a must be a seq"),
+        (dict(a=None, b=(1.0,), c=(0.0,), order=1), "a must be a sequence of rows"),
+        (dict(a=((),), b="1", c=(0.0,), order=1), "b must be a sequence"),
+        # an explicit s-stage method has order at most s: rk4's coefficients claiming 5
+        (
+            dict(a=TABLEAUS["rk4"].a, b=TABLEAUS["rk4"].b, c=TABLEAUS["rk4"].c, order=5),
+            "order-5 condition b.c\\^4 = 1/5",
+        ),
     ],
 )
 def test_invalid_tableau_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ButcherTableau("bad", **kwargs)
+
+
+def test_order_conditions_of_every_rooted_tree():
+    from odeflow.ode._tableaus import _order_residuals, _trees
+
+    # the number of rooted trees with n nodes (OEIS A000081): one condition each
+    assert [len(_trees(n)) for n in range(1, 9)] == [1, 1, 2, 4, 9, 20, 48, 115]
+    # Dormand–Prince's 5th-order weights satisfy all 17 conditions up to order 5, not order 6
+    a = (
+        (),
+        (1 / 5,),
+        (3 / 40, 9 / 40),
+        (44 / 45, -56 / 15, 32 / 9),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    )
+    b = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)
+    c = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
+    tab = ButcherTableau("dopri5", a=a, b=b, c=c, order=5)
+    res = _order_residuals(tab.a, tab.b, tab.c, 6)
+    assert len(res) == 1 + 1 + 2 + 4 + 9 + 20
+    assert max(abs(r) for p, _, r in res if p <= 5) < 1e-14
+    assert max(abs(r) for p, _, r in res if p == 6) > 1e-5
+    # the order-5 names follow the usual notation, e.g. b.(Ac)^2 = 1/20 and b.A(c*Ac) = 1/40
+    names = {name for p, name, _ in res if p == 5}
+    assert {"b.(Ac)^2 = 1/20", "b.Ac^3 = 1/20", "b.(A(c*Ac)) = 1/40", "b.AAAc = 1/120"} <= names
+    # integral orders of other types are accepted (stored as int)
+    assert ButcherTableau("e", a=((),), b=(1.0,), c=(0.0,), order=np.int64(1)).order == 1
 
 
 def test_tableau_is_frozen():

@@ -2,45 +2,113 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["TABLEAUS", "ButcherTableau", "get_tableau"]
 
 _TOL = 1e-12
 
 
+def _reals(name: str, what: str, xs: Any) -> tuple[float, ...]:
+    """``xs`` as a tuple of floats, else a ValueError naming the tableau and the entry."""
+    if isinstance(xs, str | bytes) or not isinstance(xs, Sequence):
+        raise ValueError(f"tableau {name!r}: {what} must be a sequence of numbers, got {xs!r}")
+    out = []
+    for x in xs:
+        try:
+            if isinstance(x, bool | str | bytes):
+                raise TypeError
+            out.append(float(x))
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"tableau {name!r}: {what} must hold real numbers, got {x!r}"
+            ) from None
+    return tuple(out)
+
+
 def _row_sums_ok(a: tuple[tuple[float, ...], ...], c: tuple[float, ...]) -> bool:
     return all(abs(sum(row) - ci) <= _TOL for row, ci in zip(a, c))
+
+
+_MAX_ORDER = 8  # 115 rooted trees of order 8; no explicit method of higher order is in use
+
+# A rooted tree is the sorted tuple of its children's trees; the single node is ().
+Tree = tuple
+
+
+@functools.cache
+def _trees(n: int) -> tuple[Tree, ...]:
+    """All rooted trees with ``n`` nodes, in a fixed order (1, 1, 2, 4, 9, 20, 48, 115, ...)."""
+    return () if n < 1 else tuple(sorted(_forests(n - 1)))
+
+
+@functools.cache
+def _forests(m: int) -> frozenset[Tree]:
+    """All multisets of rooted trees with ``m`` nodes in total, as sorted tuples."""
+    if m == 0:
+        return frozenset({()})
+    out = set()
+    for k in range(1, m + 1):
+        for t in _trees(k):
+            for f in _forests(m - k):
+                out.add(tuple(sorted((*f, t))))
+    return frozenset(out)
+
+
+def _density(t: Tree) -> int:
+    """γ(t) = |t| · Π γ(children)."""
+    return _size(t) * math.prod(_density(u) for u in t)
+
+
+def _size(t: Tree) -> int:
+    return 1 + sum(_size(u) for u in t)
+
+
+def _label(t: Tree) -> str:
+    """The stage vector of t in the notation of the order conditions: c for a leaf child
+    (A·1 = c), A(·) for a subtree, products with ``*`` and powers ``^``."""
+    parts: list[str] = []
+    for u in sorted(set(t)):
+        inner = _label(u)
+        f = "c" if not u else "A" + (f"({inner})" if "*" in inner else inner)
+        k = t.count(u)
+        parts.append(f if k == 1 else (f"{f}^{k}" if not u else f"({f})^{k}"))
+    return "*".join(parts)
 
 
 def _order_residuals(
     a: tuple[tuple[float, ...], ...], b: tuple[float, ...], c: tuple[float, ...], order: int
 ) -> list[tuple[int, str, float]]:
-    """Residuals of the rooted-tree order conditions up to ``min(order, 4)``."""
+    """Residuals Φ(t) − 1/γ(t) of every rooted-tree order condition up to ``order``.
+
+    Φ(t) = Σ_i b_i Φ_i(t), Φ_i(•) = 1, Φ_i([t₁, …, t_k]) = Π_j (A Φ(t_j))_i (Butcher 1963).
+    """
     s = len(b)
+    memo: dict[Tree, list[float]] = {}
 
-    def av(v: list[float]) -> list[float]:  # (A v)_i
-        return [sum(a[i][j] * v[j] for j in range(s)) for i in range(s)]
+    def phi(t: Tree) -> list[float]:  # the stage vector Φ_i(t)
+        if t not in memo:
+            v = [1.0] * s
+            for u in t:
+                w = phi(u)
+                v = [v[i] * sum(a[i][j] * w[j] for j in range(s)) for i in range(s)]
+            memo[t] = v
+        return memo[t]
 
-    def dot(u: list[float], v: list[float]) -> float:
-        return sum(x * y for x, y in zip(u, v))
-
-    bl, cl = list(b), list(c)
-    c2 = [x * x for x in cl]
-    c3 = [x**3 for x in cl]
-    ac = av(cl)
-    conds: list[tuple[int, str, float, float]] = [
-        (1, "sum b = 1", sum(bl), 1.0),
-        (2, "b.c = 1/2", dot(bl, cl), 1 / 2),
-        (3, "b.c^2 = 1/3", dot(bl, c2), 1 / 3),
-        (3, "b.Ac = 1/6", dot(bl, ac), 1 / 6),
-        (4, "b.c^3 = 1/4", dot(bl, c3), 1 / 4),
-        (4, "b.(c*Ac) = 1/8", dot(bl, [x * y for x, y in zip(cl, ac)]), 1 / 8),
-        (4, "b.Ac^2 = 1/12", dot(bl, av(c2)), 1 / 12),
-        (4, "b.AAc = 1/24", dot(bl, av(ac)), 1 / 24),
-    ]
-    return [(p, name, val - want) for p, name, val, want in conds if p <= order]
+    out = []
+    for p in range(1, order + 1):
+        for t in _trees(p):
+            val = sum(bi * x for bi, x in zip(b, phi(t)))
+            lab = _label(t)
+            name = "sum b" if not t else ("b." + (f"({lab})" if "*" in lab else lab))
+            g = _density(t)
+            out.append((p, f"{name} = 1/{g}" if g > 1 else f"{name} = 1", val - 1.0 / g))
+    return out
 
 
 @dataclass(frozen=True)
@@ -55,7 +123,7 @@ class ButcherTableau:
 
     Validation: ``a`` is ``s×s`` strictly lower triangular (explicit), ``b`` and ``c``
     have length ``s``, each row of ``a`` sums to ``c_i`` and the order conditions
-    (rooted trees, Butcher 1963) hold up to ``min(order, 4)`` to 1e-12.
+    (every rooted tree up to ``order``, Butcher 1963) hold to 1e-12.
 
     Args:
         name: a label.
@@ -63,7 +131,8 @@ class ButcherTableau:
             ``(), (a21,), (a31, a32), ...`` which are padded with zeros.
         b: ``s`` weights.
         c: ``s`` nodes.
-        order: the classical order ``p`` of the method (1 ≤ p).
+        order: the classical order ``p`` of the method, 1 ≤ p ≤ 8 (an explicit ``s``-stage
+            method has order at most ``s``: a higher claim fails an order condition).
 
     Raises:
         ValueError: on wrong sizes, a non-explicit ``a``, inconsistent ``c`` or a failed
@@ -91,8 +160,20 @@ class ButcherTableau:
     stages: int = field(init=False)
 
     def __post_init__(self) -> None:
-        b = tuple(float(x) for x in self.b)
-        c = tuple(float(x) for x in self.c)
+        if (
+            isinstance(self.order, bool)
+            or not isinstance(self.order, numbers.Integral)
+            or not 1 <= self.order <= _MAX_ORDER
+        ):
+            raise ValueError(
+                f"tableau {self.name!r}: order must be an int from 1 to {_MAX_ORDER} (the order "
+                f"conditions are checked exactly up to order {_MAX_ORDER}), got {self.order!r}"
+            )
+        b = _reals(self.name, "b", self.b)
+        c = _reals(self.name, "c", self.c)
+        if isinstance(self.a, str | bytes) or not isinstance(self.a, Sequence):
+            raise ValueError(f"tableau {self.name!r}: a must be a sequence of rows of numbers")
+        a_in = [_reals(self.name, f"row {i} of a", r) for i, r in enumerate(self.a)]
         s = len(b)
         if s == 0:
             raise ValueError(f"tableau {self.name!r}: b is empty; give at least one stage")
@@ -100,13 +181,12 @@ class ButcherTableau:
             raise ValueError(f"tableau {self.name!r}: len(c)={len(c)} but len(b)={s}")
         if len(self.a) != s:
             raise ValueError(f"tableau {self.name!r}: a has {len(self.a)} rows, expected {s}")
-        if not all(math.isfinite(float(x)) for x in (*b, *c, *(v for r in self.a for v in r))):
+        if not all(math.isfinite(x) for x in (*b, *c, *(v for r in a_in for v in r))):
             raise ValueError(
                 f"tableau {self.name!r}: every coefficient of a, b and c must be finite"
             )
         rows = []
-        for i, row in enumerate(self.a):
-            row = tuple(float(x) for x in row)
+        for i, row in enumerate(a_in):
             if len(row) > s:
                 raise ValueError(
                     f"tableau {self.name!r}: row {i} of a has {len(row)} > {s} entries"
@@ -119,10 +199,6 @@ class ButcherTableau:
                 )
             rows.append(row)
         a = tuple(rows)
-        if not isinstance(self.order, int) or self.order < 1:
-            raise ValueError(
-                f"tableau {self.name!r}: order must be a positive int, got {self.order!r}"
-            )
         if not _row_sums_ok(a, c):
             raise ValueError(
                 f"tableau {self.name!r}: rows of a must sum to c (consistency c_i = sum_j a_ij)"
@@ -136,6 +212,7 @@ class ButcherTableau:
         object.__setattr__(self, "a", a)
         object.__setattr__(self, "b", b)
         object.__setattr__(self, "c", c)
+        object.__setattr__(self, "order", int(self.order))
         object.__setattr__(self, "stages", s)
 
 

@@ -180,3 +180,72 @@ def test_dict_output_is_matched_by_key():
     assert all(torch.equal(ys[k], ref[k]) for k in y0)
     with pytest.raises(TypeError, match="expected a dict with keys"):
         odeflow.odeint(lambda t, y: {"a": y["a"]}, y0, T)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_step_size_grid_ignores_the_rounding_of_the_times(dtype):
+    # float32 0.1 is 0.1000000015: one step per interval, not two
+    t = torch.linspace(0, 1, 11, dtype=dtype)
+    sol = odeflow.solve(f, torch.ones(2, dtype=dtype), t, step_size=0.1)
+    assert sol.steps == 10
+    sol = odeflow.solve(f, torch.ones(2, dtype=dtype), t[[0, 3]], step_size=0.1)
+    assert sol.steps == 3
+    # a 0-d tensor step size is the number it holds
+    ref = odeflow.odeint(f, torch.ones(2, dtype=dtype), t, step_size=0.05)
+    got = odeflow.odeint(f, torch.ones(2, dtype=dtype), t, step_size=torch.tensor(0.05))
+    assert torch.equal(got, ref)
+
+
+def test_float64_times_reach_func_in_the_state_dtype():
+    # the common "concatenate t" field with a float64 grid (e.g. from numpy), as torchdiffeq
+    lin = torch.nn.Linear(3, 2)
+    seen = set()
+
+    def field(t, y):
+        seen.add(t.dtype)
+        return lin(torch.cat([y, t.expand(y.shape[0], 1)], 1))
+
+    t = torch.linspace(0, 1, 3, dtype=torch.float64, requires_grad=True)
+    y0 = torch.ones(4, 2)
+    ys = odeflow.odeint(field, y0, t, params=list(lin.parameters()))
+    assert ys.dtype == torch.float32 and seen == {torch.float32}
+    (g,) = torch.autograd.grad(ys[-1].sum(), t)  # the time gradient reaches the float64 t
+    assert g.dtype == torch.float64 and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("recompute", ["step", "stage"])
+def test_module_reading_an_unregistered_tensor_is_refused(recompute):
+    outside = torch.nn.Linear(2, 2)  # not a submodule: the adjoint cannot see its weights
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.held = [torch.randn(2, requires_grad=True)]  # a list hides it too
+
+        def forward(self, t, y):
+            return torch.tanh(self.lin(y)) + 0.1 * outside(y) * self.held[0]
+
+    func = Field()
+    y0 = torch.randn(3, 2, requires_grad=True)
+    grad = odeflow.DiscreteAdjoint(recompute=recompute)
+    ys = odeflow.odeint(func, y0, torch.linspace(0, 1, 3), gradient=grad)
+    with pytest.raises(ValueError, match="not among the parameters of func"):
+        ys[-1].sum().backward()
+    # naming the tensors is the fix: then the adjoint equals backprop
+    params = [*func.parameters(), *outside.parameters(), func.held[0]]
+    ys = odeflow.odeint(func, y0, torch.linspace(0, 1, 3), gradient=grad, params=params)
+    ga = torch.autograd.grad(ys[-1].sum(), params)
+    ys = odeflow.odeint(func, y0, torch.linspace(0, 1, 3), gradient="backprop")
+    gb = torch.autograd.grad(ys[-1].sum(), params)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+
+
+def test_16bit_state_with_16bit_module_names_the_precision():
+    func = torch.nn.Sequential(torch.nn.Linear(2, 2)).to(torch.bfloat16)
+    y0 = torch.randn(3, 2, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="precision='bf16'"):
+        odeflow.odeint(lambda t, y: func(y), y0, T, params=[])
+    ys = odeflow.odeint(lambda t, y: func(y), y0, T, params=[], precision="bf16")
+    assert ys.dtype == torch.bfloat16 and torch.isfinite(ys).all()

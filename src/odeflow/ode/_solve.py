@@ -285,6 +285,7 @@ class _Field:
         self.shapes = [r.shape for r in ref]
         self.device = ref[0].device
         self.hdt = hdt
+        self.in_dtype = ref[0].dtype  # y0's (16 bit: the state is held in float32)
         self.nfe = 0
         self.checked = False
         # generator states before each call of a recorded forward pass (None: the field drew
@@ -307,7 +308,10 @@ class _Field:
         if self.recording and self.per_call:
             self.note_rng()
         versions = _versions(leaves)
-        out = self.call(t, _tree.unflatten(self.spec, leaves))
+        if self.checked:
+            out = self.call(t, _tree.unflatten(self.spec, leaves))
+        else:
+            out = self._first_call(t, leaves)
         if versions is not None and versions != _versions(leaves):
             raise ValueError(
                 "func(t, y) modified its input y in place (e.g. nn.ReLU(inplace=True) or "
@@ -421,6 +425,29 @@ class _Field:
             yield self
         finally:
             self.call = self.func
+
+    def _first_call(self, t: Tensor, leaves: list[Tensor]) -> Any:
+        """``func``'s first evaluation; a dtype clash inside it from a 16-bit ``y0`` (held in
+        float32 by the solver) is explained, with the fix."""
+        try:
+            return self.call(t, _tree.unflatten(self.spec, leaves))
+        except RuntimeError as e:
+            widened = self.in_dtype.itemsize < 4 and leaves[0].dtype != self.in_dtype
+            if not widened or "dtype" not in str(e).lower():
+                raise
+            low = str(self.in_dtype).removeprefix("torch.")
+            name = {"bfloat16": "bf16", "float16": "fp16"}.get(low, low)
+            fix = (
+                "give func float32 weights (func.float()): an operation of func is outside "
+                "autocast's casts"
+                if torch.is_autocast_enabled(self.device.type)
+                else f"pass precision='{name}' (stages in {low} under autocast, state in "
+                "float32), or give func float32 weights (func.float())"
+            )
+            raise RuntimeError(
+                f"func failed on a {leaves[0].dtype} state: the solver holds a {self.in_dtype} "
+                f"y0 in {leaves[0].dtype}, and func's tensors seem to be {low} ({e}); {fix}"
+            ) from e
 
     def _check(self, ks: list[Tensor]) -> None:
         for i, (k, shp) in enumerate(zip(ks, self.shapes)):
@@ -627,6 +654,9 @@ class _Plan:
     graph_entry: _graphs.StepGraphs | None = None  # this solve's captures (looked up once)
     local_graphs: OrderedDict = field(default_factory=OrderedDict)  # a non-weakref-able func's
     grid: list[_Coeffs] | None = None  # every step's coefficients (t without gradient)
+    # the gradient's tensors were collected from a module (no params=[...]): the backward
+    # checks once that func's graph reaches no other tensor requiring grad
+    hidden_check: bool = False
 
     @property
     def steps(self) -> list[tuple[int, int]]:
@@ -1058,6 +1088,38 @@ def _backward_with_graph(plan: _Plan, t: Tensor, tensors: list[Tensor], gouts, n
     return out
 
 
+def _check_hidden(outs: list[Tensor], known: list[Tensor], edges: Sequence = ()) -> None:
+    """Raise if the graph of ``outs`` reaches a tensor requiring grad that is not ``known``.
+
+    ``known``: the VJP's input tensors (leaves are matched by identity, non-leaves stop the
+    walk at their ``grad_fn``); ``edges``: further inputs given as gradient edges. One walk of
+    one step's graph: the backward's first VJP calls it, so a module whose field reads a
+    tensor it does not register (a global layer, a tensor in a list attribute) gets an
+    error instead of a silent ``None`` gradient.
+    """
+    leaves = {id(x) for x in known if x.is_leaf}
+    stops = {x.grad_fn for x in known if not x.is_leaf} | {e.node for e in edges}
+    stack = [o.grad_fn for o in outs if o.grad_fn is not None]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or node in stops:
+            continue
+        seen.add(node)
+        var = getattr(node, "variable", None)  # an AccumulateGrad: a leaf tensor
+        if var is not None:
+            if id(var) not in leaves:
+                raise ValueError(
+                    f"func depends on a tensor that requires grad (shape {tuple(var.shape)}, "
+                    f"{var.dtype}) but is not among the parameters of func: the discrete "
+                    "adjoint differentiates for those only and would give it no gradient. "
+                    "Register it on func (an nn.Parameter or a submodule), pass "
+                    "params=[...] including it, or use gradient='backprop'"
+                )
+            continue
+        stack.extend(n for n, _ in node.next_functions)
+
+
 def _adjoint_backward(plan, store, t, params, gouts, need_t):
     hdt, nl = plan.hdt, plan.n_leaf
     dev = plan.fld.device
@@ -1096,6 +1158,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
     nfe0 = plan.fld.nfe
     td = t.detach()
     grid = _grid(plan, td)  # the forward's (kept on the plan)
+    unchecked = [True] if plan.hidden_check else []  # the first VJP walks its graph
 
     def vjp_step(s, seed):
         i, j = steps[s]
@@ -1113,6 +1176,9 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
             plan.fld.replay_rng(s)
             yout = _rk_step(plan.fld, plan.tab, co, yin, plan.pol)
             inputs = yin + live + tin
+            if unchecked:
+                _check_hidden(yout, inputs)
+                unchecked.clear()
             g = torch.autograd.grad(yout, inputs, grad_outputs=seed, allow_unused=True)
         gy = [torch.zeros_like(y) if x is None else x for x, y in zip(g[:nl], yin)]
         gp = list(g[nl : nl + len(live)])
@@ -1223,6 +1289,11 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 with plan.pol.context(dev):
                     k = plan.fld.raw(tq, xs)
                 del xs
+            if unchecked:
+                known = [x for x in x_in if isinstance(x, Tensor)] + live + [z]
+                _check_hidden(k, known + ([tq] if need_t else []),
+                              [x for x in x_in if not isinstance(x, Tensor)])  # fmt: skip
+                unchecked.clear()
             # leaves of f's output that depend on no input (e.g. constants) carry no graph
             kg = [leaf for leaf, kl in enumerate(k) if kl.requires_grad]
             k_out = [get_gradient_edge(k[leaf]) for leaf in kg]
@@ -1391,9 +1462,10 @@ def _check_t(t: Any, device: torch.device, hdt: torch.dtype) -> tuple[Tensor, li
         raise TypeError(f"t must be a real floating tensor, got {t.dtype}; use t.to(y0.dtype)")
     if t.device != device:
         raise ValueError(f"t is on {t.device} but y0 is on {device}; move them to one device")
-    if t.dtype.itemsize < torch.tensor([], dtype=hdt).element_size():
-        # step sizes and stage times are formed from t: never in less than the state's
-        # precision (a differentiable cast: time gradients still reach the caller's t)
+    if t.dtype != hdt:
+        # step sizes and stage times are formed from t in the state's precision, and func
+        # receives them so (as torchdiffeq does): a 16-bit t is widened, a float64 t for a
+        # float32 state narrowed (a differentiable cast: time gradients reach the caller's t)
         t = t.to(hdt)
     host = t.detach().to("cpu", torch.float64).tolist()  # the one sync of the setup
     if not all(math.isfinite(x) for x in host):
@@ -1429,7 +1501,10 @@ def _functorch_active() -> bool:
     return bool(active()) if active is not None else False
 
 
-def _steps_per_interval(host: list[float], spi: int, step_size: float | None) -> list[int]:
+def _steps_per_interval(
+    host: list[float], spi: int, step_size: Any, eps: float = 2.0**-52
+) -> list[int]:
+    """Steps per interval of ``host``; ``eps`` is the machine epsilon of the times' dtype."""
     n = len(host) - 1
     if isinstance(spi, bool) or not isinstance(spi, numbers.Integral) or spi < 1:
         raise ValueError(f"steps_per_interval must be a positive int, got {spi!r}")
@@ -1438,13 +1513,20 @@ def _steps_per_interval(host: list[float], spi: int, step_size: float | None) ->
     else:
         if spi != 1:
             raise ValueError("give either steps_per_interval or step_size, not both")
+        if isinstance(step_size, Tensor) and step_size.numel() == 1 and _tree.is_float(step_size):
+            step_size = float(step_size)  # (a 0-d tensor; the setup reads t to the host anyway)
         if (
             isinstance(step_size, bool)
             or not isinstance(step_size, numbers.Real)
             or not (math.isfinite(step_size) and step_size > 0)
         ):
             raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
-        ms = [max(1, math.ceil(abs(b - a) / step_size - 1e-9)) for a, b in itertools.pairwise(host)]
+        # |b − a| carries the rounding of the times (float32 0.1 is 0.1000000015): a ratio
+        # within that rounding (or 1e-9) of an integer is that integer, not one step more
+        ms = []
+        for a, b in itertools.pairwise(host):
+            tol = max(1e-9, 4 * eps * max(abs(a), abs(b)) / step_size)
+            ms.append(max(1, math.ceil(abs(b - a) / step_size - tol)))
     if sum(ms) > _MAX_STEPS:
         raise ValueError(
             f"this grid needs {sum(ms):,} RK steps (more than {_MAX_STEPS:,}); check "
@@ -1518,7 +1600,7 @@ def _prepare(
     tab = get_tableau(method)
     grad = _get_gradient(gradient)
     pol = get_precision(precision, dev)
-    ms = _steps_per_interval(host, steps_per_interval, step_size)
+    ms = _steps_per_interval(host, steps_per_interval, step_size, torch.finfo(t.dtype).eps)
     if params is None:
         plist = (
             [p for p in func.parameters() if p.requires_grad] if isinstance(func, nn.Module) else []
@@ -1550,6 +1632,7 @@ def _prepare(
     fld = _Field(func, spec, leaves, hdt)
     fld.stages = tab.stages
     plan = _Plan(fld, tab, pol, ms, hdt, out_dtypes, scaler, len(leaves), AdjointStats())
+    plan.hidden_check = params is None and _owning_module(func) is not None
     if isinstance(grad, DiscreteAdjoint):
         plan.recompute = grad.recompute
         fld.per_call = grad.recompute == "stage"

@@ -1812,9 +1812,10 @@ def odeint(
             step or call.
         y0: initial state: a tensor ``(*shape)``, a tuple/list or a dict of tensors (any
             shapes, one floating dtype).
-        t: ``(n,)`` output times, ``n >= 2``, strictly increasing or decreasing, finite; a
-            16-bit ``t`` is widened to the state's precision (differentiably) before steps
-            and stage times are formed from it.
+        t: ``(n,)`` output times, ``n >= 2``, strictly increasing or decreasing, finite;
+            converted to the state's precision (differentiably; float32 for a 16-bit state)
+            before steps and stage times are formed from it, so ``func`` receives ``t`` in
+            the state's dtype, as with torchdiffeq.
         method: a name (``euler, midpoint, heun, ralston, rk3, ssprk3, rk4, rk38``) or a
             :class:`ButcherTableau`. ``rk4`` is the classical method; torchdiffeq's ``rk4`` is
             the 3/8 rule (``rk38`` here).
@@ -1831,7 +1832,9 @@ def odeint(
             default: the parameters of an ``nn.Module`` func that require grad. A plain
             callable that closes over tensors requiring grad, or a module holding such a
             tensor as a plain attribute (e.g. a conditioning input), must list them here
-            (else a ``ValueError`` says so). Parameters no step depends on get ``None``.
+            (else a ``ValueError`` says so; for a module whose field reaches such a tensor
+            some other way, e.g. a layer that is not a submodule, the backward pass raises
+            it). Parameters no step depends on get ``None``.
         scaler: an :class:`AdjointScaler` persisting the fp16 adjoint scale across calls
             (default: a fresh one per call); ``AdjointScaler(dynamic=False)`` turns internal
             scaling off to pair with ``torch.amp.GradScaler``. Used only for fp16 + adjoint.

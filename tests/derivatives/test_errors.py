@@ -72,6 +72,32 @@ def test_directions_wrong_shape(phi):
 def test_exclude_last_out_of_range(phi):
     with pytest.raises(ValueError, match="exclude_last"):
         D.compute(phi, torch.randn(4, 3, dtype=torch.float64), exclude_last=3)
+    with pytest.raises(ValueError, match="exclude_last must be an int"):
+        D.compute(phi, torch.randn(4, 3, dtype=torch.float64), exclude_last=True)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_directions(phi, bad):
+    x = torch.randn(4, 3, dtype=torch.float64)
+    V = torch.randn(3, 2, dtype=torch.float64)
+    V[0, 1] = bad
+    with pytest.raises(ValueError, match="directions contains NaN or infinite"):
+        D.compute(phi, x, want="hessian", directions=V)
+    with pytest.raises(TypeError, match="directions must be real"):
+        D.compute(phi, x, want="hessian", directions=V.to(torch.complex128))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_input_dtype_other_than_the_weights(phi, dtype):
+    with pytest.raises(
+        TypeError, match=r"x is torch\.(float32|bfloat16) but the network's weights"
+    ):
+        D.compute(phi, torch.randn(4, 3, dtype=dtype), want="laplacian")
+    # under autocast the mixed dtypes are autocast's to reconcile
+    net = otflow_phi(2).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = D.compute(net, torch.randn(4, 3), want="laplacian")
+    assert out.laplacian.dtype == torch.float32 and out.laplacian.isfinite().all()
 
 
 def test_mismatched_chain():

@@ -160,13 +160,24 @@ def _validate(net, x, want, mode, directions, exclude_last, check_finite=True):
             f"derivatives: x has trailing size {d} but the network expects in_features="
             f"{net.in_features}; pass x of shape (n, {net.in_features})."
         )
-    if not isinstance(exclude_last, int) or not 0 <= exclude_last < d:
+    if isinstance(net, Block) and not _is_traced(x):
+        w = next((p for p in net.parameters() if p.is_floating_point()), None)
+        dev = x.device.type
+        if w is not None and w.dtype != x.dtype and not torch.is_autocast_enabled(dev):
+            raise TypeError(
+                f"derivatives: x is {x.dtype} but the network's weights are {w.dtype}; convert "
+                f"one to the other (x.to({w.dtype}) or net.to({x.dtype})), or run under "
+                "torch.autocast for mixed precision."
+            )
+    if (
+        isinstance(exclude_last, bool)
+        or not isinstance(exclude_last, int)
+        or not 0 <= exclude_last < d
+    ):
         raise ValueError(
             f"derivatives: exclude_last must be an int in [0, {d - 1}] (the number of trailing "
             f"inputs left out of the Hessian/Laplacian), got {exclude_last!r}."
         )
-    if check_finite and not _is_traced(x) and not bool(torch.isfinite(x).all()):
-        raise ValueError("derivatives: x contains NaN or infinite values; clean the input first.")
     if want == "hvp" and directions is None:
         raise ValueError("derivatives: want='hvp' needs directions V of shape (d, k).")
     if directions is not None:
@@ -184,6 +195,17 @@ def _validate(net, x, want, mode, directions, exclude_last, check_finite=True):
             raise ValueError(
                 "derivatives: directions already choose the coordinates; set exclude_last=0 and "
                 "zero the rows of V for the excluded inputs instead."
+            )
+        if directions.is_complex():
+            raise TypeError("derivatives: directions must be real, got a complex tensor.")
+    if check_finite and not _is_traced(x):
+        ok = torch.isfinite(x).all()
+        if directions is not None and directions.is_floating_point():
+            ok = ok & torch.isfinite(directions).all()  # (one host synchronisation for both)
+        if not bool(ok):
+            bad = "x" if not bool(torch.isfinite(x).all()) else "directions"
+            raise ValueError(
+                f"derivatives: {bad} contains NaN or infinite values; clean the input first."
             )
 
 

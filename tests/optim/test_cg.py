@@ -83,6 +83,32 @@ def test_x0_and_zero_rhs():
     assert res.iterations == 0 and res.status.ok
     res = cg(A, torch.zeros_like(b))
     assert res.iterations == 0 and float(res.x.abs().max()) == 0
+    # b = 0 with a nonzero guess: x = 0 at once, converged (as scipy)
+    res = cg(A, torch.zeros_like(b), x0=torch.ones_like(b))
+    assert res.status.ok and res.iterations == 0 and float(res.x.abs().max()) == 0
+
+
+@pytest.mark.parametrize("where", ["A", "M", "inf"])
+def test_non_finite_operator_is_a_breakdown_never_converged(where):
+    A, b = _spd(n=4, seed=5)
+    nan = float("nan")
+    if where == "A":
+        res = cg(lambda x: A @ x * nan, b)
+    elif where == "M":
+        res = cg(A, b, M=lambda r: r * nan)
+    else:
+        res = cg(lambda x: A @ x * float("inf"), b)
+    assert res.status is Status.BREAKDOWN and not bool(res.converged)
+
+
+def test_dense_matrix_with_batched_vectors():
+    A, _ = _spd(n=3, seed=6)
+    B = torch.randn(5, 3, dtype=F64)
+    res = cg(A, B, batch_dims=1, rtol=1e-12)
+    assert res.status.ok and bool(res.converged.all())
+    torch.testing.assert_close(res.x, torch.linalg.solve(A, B.T).T)
+    with pytest.raises(ValueError, match="acts on vectors"):
+        cg(A, torch.randn(3, 3, dtype=F64))  # one system whose state is a 3×3 tensor
 
 
 def test_breakdown_on_indefinite():
@@ -101,6 +127,8 @@ def test_bad_input():
         cg(A, b, rtol=-1.0)
     with pytest.raises(ValueError, match="x0"):
         cg(A, b, x0=torch.zeros(3, dtype=F64))
+    with pytest.raises(ValueError, match="x0 contains NaN"):
+        cg(A, b, x0=torch.full((4,), float("nan"), dtype=F64))
     with pytest.raises(ValueError, match="square"):
         cg(torch.ones(3, 4, dtype=F64), b)
     with pytest.raises(TypeError):

@@ -47,13 +47,19 @@ class CGResult:
     converged: torch.Tensor
 
 
-def _as_apply(A, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _as_apply(A, name: str, state: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
     if isinstance(A, LinearOperator):
         return A.mv
     if isinstance(A, torch.Tensor):
         if A.ndim != 2 or A.shape[0] != A.shape[1]:
             raise ValueError(f"cg: dense {name} must be a square 2-D tensor, got {tuple(A.shape)}.")
-        return lambda x: A @ x
+        if state != (A.shape[0],):
+            raise ValueError(
+                f"cg: a dense {A.shape[0]}×{A.shape[0]} {name} acts on vectors, but each system's "
+                f"state has shape {state}; pass b of shape (*batch, {A.shape[0]}) with batch_dims "
+                "= b.ndim − 1, or a LinearOperator / callable for other state shapes."
+            )
+        return lambda x: x @ A.mT  # each system's vector is the last dimension
     if callable(A):
         return A
     raise TypeError(f"cg: {name} must be a LinearOperator, a square tensor or a callable.")
@@ -88,7 +94,8 @@ def cg(
 
     Args:
         A: SPD operator on tensors shaped like ``b`` (a :class:`LinearOperator`, a callable,
-            or a dense square matrix for vector ``b``).
+            or a dense ``n×n`` matrix when each system is a vector: ``b`` of shape
+            ``(*batch, n)`` with ``batch_dims = b.ndim − 1``).
         b: right-hand side, shape ``(*batch, *state)``.
         x0: initial guess (default zeros), shape of ``b``.
         rtol, atol: relative and absolute tolerances of the stopping rule.
@@ -99,11 +106,14 @@ def cg(
 
     Returns:
         :class:`CGResult` with ``x``, ``status``, ``iterations``, ``residual_norms``, ``converged``.
-        ``status`` is BREAKDOWN when a non-positive curvature ``pᵀAp ≤ 0`` was met (A not SPD).
+        ``status`` is BREAKDOWN when a non-positive curvature ``pᵀAp ≤ 0`` was met (A not SPD)
+        or a NaN/Inf appeared (from ``A`` or ``M``); a system with a non-finite residual never
+        counts as converged.
 
     Raises:
-        ValueError: on shape mismatch, negative tolerances, non-finite ``b``, or an operator
-            tagged non-symmetric.
+        ValueError: on shape mismatch (a dense ``A`` needs each system's state to be a
+            vector), negative tolerances, non-finite ``b`` or ``x0``, or an operator tagged
+            non-symmetric.
 
     Reference:
         Hestenes & Stiefel, "Methods of conjugate gradients for solving linear systems" (1952);
@@ -133,8 +143,11 @@ def cg(
         raise ValueError("cg: b contains NaN or Inf.")
     if x0 is not None and x0.shape != b.shape:
         raise ValueError(f"cg: x0 has shape {tuple(x0.shape)}, b has {tuple(b.shape)}.")
-    apply_a = _as_apply(A, "A")
-    apply_m = (lambda r: r) if M is None else _as_apply(M, "M")
+    if x0 is not None and not bool(torch.isfinite(x0).all()):
+        raise ValueError("cg: x0 contains NaN or Inf.")
+    state = tuple(b.shape[batch_dims:])
+    apply_a = _as_apply(A, "A", state)
+    apply_m = (lambda r: r) if M is None else _as_apply(M, "M", state)
     state_dims = tuple(range(batch_dims, b.ndim))
     n_state = 1
     for d in state_dims:
@@ -155,6 +168,10 @@ def cg(
     r = b - apply_a(x) if x0 is not None else b.clone()
     bnorm = torch.sqrt(dot(b, b))
     tol = torch.clamp(rtol * bnorm, min=atol)
+    if x0 is not None:  # b = 0 has the solution x = 0 (scipy returns it at once)
+        zero_b = expand(bnorm == 0)
+        x = torch.where(zero_b, 0.0, x)
+        r = torch.where(zero_b, b, r)
     rnorm = torch.sqrt(dot(r, r))
     history = [rnorm]
     active = rnorm > tol
@@ -170,7 +187,8 @@ def cg(
         while it < maxiter:
             Ap = apply_a(p)
             pAp = dot(p, Ap)
-            bad = active & (pAp <= 0)
+            # non-positive curvature (A not SPD), or a NaN/Inf from A or M: no CG step
+            bad = active & ~((pAp > 0) & torch.isfinite(pAp))
             breakdown = breakdown | bad
             step_ok = active & ~bad
             alpha = torch.where(step_ok, rz / torch.where(step_ok, pAp, torch.ones_like(pAp)), 0.0)
@@ -179,7 +197,9 @@ def cg(
             r.addcmul_(ae, Ap, value=-1.0)
             rnorm = torch.sqrt(dot(r, r))
             history.append(rnorm)
-            active = step_ok & (rnorm > tol)
+            blown = step_ok & ~torch.isfinite(rnorm)
+            breakdown = breakdown | blown
+            active = step_ok & ~blown & (rnorm > tol)
             it += 1
             z = apply_m(r)
             rz_new = dot(r, z)
@@ -193,7 +213,7 @@ def cg(
             status = Status.BREAKDOWN
         elif not bool(active.any()):
             status = Status.CONVERGED
-    converged = ~(torch.sqrt(dot(r, r)) > tol)
+    converged = torch.sqrt(dot(r, r)) <= tol  # (False for a NaN residual)
     return CGResult(
         x=x, status=status, iterations=it, residual_norms=torch.stack(history), converged=converged
     )

@@ -134,12 +134,19 @@ def _unpack(out) -> tuple:
     return out
 
 
-def _converged(it, f_prev, f, f_first, dx, x_first, g, g_first, ftol, xtol, gtol) -> bool:
+def _stop(it, f_prev, f, f_first, dx, x_first, g, g_first, ftol, xtol, gtol) -> Status | None:
+    """CONVERGED by one of the three tests (``ftol = 0`` / ``xtol = 0`` turn theirs off),
+    STAGNATED when an accepted step left f unchanged (no decrease representable in the
+    objective's precision) without meeting them, else None (go on)."""
     if g <= gtol * max(g_first, 1e-300):
-        return True
-    if it > 0 and abs(f_prev - f) <= ftol * (1.0 + abs(f_first)):
-        return True
-    return it > 0 and dx <= xtol * (1.0 + x_first)
+        return Status.CONVERGED
+    if it > 0 and ftol > 0 and abs(f_prev - f) <= ftol * (1.0 + abs(f_first)):
+        return Status.CONVERGED
+    if it > 0 and xtol > 0 and dx <= xtol * (1.0 + x_first):
+        return Status.CONVERGED
+    if it > 0 and not f < f_prev:
+        return Status.STAGNATED
+    return None
 
 
 def gauss_newton(
@@ -167,8 +174,11 @@ def gauss_newton(
     preconditioned when ``H`` knows its diagonal), then :func:`armijo` chooses ``t``.
 
     Stops (status CONVERGED) when ``‖g_k‖ ≤ gtol·‖g_0‖``, or
-    ``|f_{k} − f_{k−1}| ≤ ftol·(1 + |f_0|)``, or ``‖x_k − x_{k−1}‖ ≤ xtol·(1 + ‖x_0‖)``;
-    MAX_ITERATIONS after ``maxiter`` steps; LINE_SEARCH_FAILED if no decrease is found.
+    ``|f_{k} − f_{k−1}| ≤ ftol·(1 + |f_0|)``, or ``‖x_k − x_{k−1}‖ ≤ xtol·(1 + ‖x_0‖)``
+    (``ftol = 0`` or ``xtol = 0`` turns that test off); STAGNATED when an accepted step left
+    ``f`` unchanged otherwise (the decrease is below the objective's round-off: the gradient
+    test cannot be met in this precision); MAX_ITERATIONS after ``maxiter`` steps;
+    LINE_SEARCH_FAILED if no decrease is found.
 
     Args:
         fn: ``x ↦ (f, g, H)`` or ``(f, g, H, info)`` with ``H`` a :class:`LinearOperator`
@@ -246,8 +256,10 @@ def gauss_newton(
         )
         bar.update(1)
         bar.set_postfix(f=f"{f:.4g}", g=f"{gn:.2e}")
-        if _converged(it, f_prev, f, f0, dx, x0n, gn, g0, ftol, xtol, gtol):
-            status = Status.CONVERGED
+        stop = _stop(it, f_prev, f, f0, dx, x0n, gn, g0, ftol, xtol, gtol)
+        if stop is not None:
+            status = stop
+            break
     bar.close()
     return OptimizeResult(
         x=x, status=status, iterations=it, value=f, grad_norm=gn, history=history, evaluations=evals
@@ -366,8 +378,10 @@ def lbfgs(
         history.append({"value": f, "grad_norm": gn, "step": ls.step, **info})
         bar.update(1)
         bar.set_postfix(f=f"{f:.4g}", g=f"{gn:.2e}")
-        if _converged(it, f_prev, f, f0, dx, x0n, gn, g0, ftol, xtol, gtol):
-            status = Status.CONVERGED
+        stop = _stop(it, f_prev, f, f0, dx, x0n, gn, g0, ftol, xtol, gtol)
+        if stop is not None:
+            status = stop
+            break
     bar.close()
     return OptimizeResult(
         x=x, status=status, iterations=it, value=f, grad_norm=gn, history=history, evaluations=evals

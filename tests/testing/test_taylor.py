@@ -109,3 +109,46 @@ def test_taylor_test_bad_input(xv):
         taylor_test(f_scalar, x, v, grad=torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="either grad"):
         taylor_test(f_scalar, x, v, grad=grad_scalar, jvp=torch.zeros(()))
+
+
+def test_exact_derivatives_pass():
+    """Remainders at round-off mean the expansion is exact to that order: a pass."""
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    A = A + A.T
+    x = torch.randn(4, generator=g, dtype=torch.float64)
+    v = torch.randn(4, generator=g, dtype=torch.float64)
+    # a quadratic: E2 is round-off (its hvp is exact), E1 is O(h^2)
+    r = taylor_test(lambda z: 0.5 * z @ A @ z, x, v, grad=A @ x, hvp=A @ v)
+    assert abs(r.order1 - 2) < 0.2 and r.exact(2) and r.passed()
+    # a linear function: E1 is round-off
+    r = taylor_test(lambda z: (z * x).sum(), x, v, grad=x, second=False)
+    assert r.exact(1) and r.passed()
+    # at a critical point E0 falls as h^2: still a pass
+    r = taylor_test(lambda z: (z**2).sum() + (z**3).sum(), torch.zeros(4, dtype=torch.float64), v)
+    assert abs(r.order0 - 2) < 0.2 and r.passed()
+    # but a wrong Hessian-vector product of that quadratic is not exact
+    r = taylor_test(lambda z: 0.5 * z @ A @ z, x, v, grad=A @ x, hvp=1.01 * (A @ v))
+    assert not r.exact(2) and abs(r.order2 - 2) < 0.2 and not r.passed()
+
+
+def test_bad_input_is_refused(xv):
+    x, v = xv
+    with pytest.raises(ValueError, match="v is zero"):
+        taylor_test(f_scalar, x, torch.zeros_like(x))
+    with pytest.raises(ValueError, match=r"f\(x\) is not finite"):
+        taylor_test(lambda z: torch.log(z).sum(), -x.abs() - 1, v)
+    with pytest.raises(ValueError, match="asymptotic must be an int >= 2"):
+        taylor_test(f_scalar, x, v, asymptotic=1)
+    with pytest.raises(ValueError, match="jvp must be a tensor with the shape of f"):
+        taylor_test(lambda z: torch.sin(z), x, v, jvp=torch.zeros(3, dtype=x.dtype))
+    with pytest.raises(ValueError, match="grad and hvp are for a scalar f"):
+        taylor_test(lambda z: torch.sin(z), x, v, grad=torch.cos(x))
+
+
+def test_large_steps_outside_the_domain_are_skipped():
+    # log(x + h v) is undefined for the largest steps; the fit uses the small ones
+    x = torch.tensor([0.5, 0.7], dtype=torch.float64)
+    v = torch.tensor([-1.0, -1.0], dtype=torch.float64)
+    r = taylor_test(lambda z: torch.log(z).sum(), x, v, grad=1 / x, hvp=-v / x**2)
+    assert r.passed(), (r.order0, r.order1, r.order2)

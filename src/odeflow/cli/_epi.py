@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 __all__ = ["register"]
@@ -24,9 +25,12 @@ examples:
 
 outputs (PREFIX = --out): PREFIXup_corrected, down_corrected, corrected (mean), fieldmap (Hz),
 displacement_mm, displacement_vox, jacobian_up/down (.nii.gz + .json, the input's affine and
-header), <apply>_corrected, qc.png, qc.html, metrics.json.  Field sign: an image with PE sign s
-(+1 for 'j', -1 for 'j-') and readout time T is displaced by s*field*T voxels along the axis.
-Outputs are written atomically: on any error nothing is left behind and the exit code is 1.
+header), <apply>_corrected, qc.png, qc.html, metrics.json.  Every output gets its own file:
+an --apply series named like another output (e.g. up.nii.gz -> up_corrected) is refused.
+Field sign: an image with PE sign s (+1 for 'j', -1 for 'j-') and readout time T is displaced
+by s*field*T voxels along the axis.  Outputs are written atomically: on any error nothing is
+left behind and the exit code is 1.  A solve that stops unconverged is still written, with a
+warning and "NOT CONVERGED (...)" in the summary line.
 """
 
 
@@ -52,31 +56,43 @@ def _positive(text: str) -> float:
 
 
 def _correct(args: argparse.Namespace) -> int:
-    from odeflow.imaging.epi._pipeline import correct_files
+    from odeflow.imaging.epi._pipeline import EPIConvergenceWarning, correct_files
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        # a convergence warning is a plain stderr line for the user, not a Python traceback
+        if issubclass(category, EPIConvergenceWarning):
+            print(f"odeflow epi: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
 
     try:
-        out = correct_files(
-            args.up,
-            args.down,
-            args.out,
-            pe_dir=args.pe_dir,
-            pe_dir_down=args.pe_dir_down,
-            readout_time=args.readout_time,
-            up_volume=args.up_volume,
-            down_volume=args.down_volume,
-            ignore_sidecars=args.ignore_sidecars,
-            apply=args.apply or (),
-            apply_pe_dir=args.apply_pe_dir,
-            alpha=args.alpha,
-            beta=args.beta,
-            solver=args.solver,
-            levels=args.levels,
-            max_iter=args.max_iter,
-            device=args.device,
-            qc=not args.no_qc,
-            overwrite=args.overwrite,
-            verbose=not args.quiet,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", EPIConvergenceWarning)
+            warnings.showwarning = show
+            out = correct_files(
+                args.up,
+                args.down,
+                args.out,
+                pe_dir=args.pe_dir,
+                pe_dir_down=args.pe_dir_down,
+                readout_time=args.readout_time,
+                up_volume=args.up_volume,
+                down_volume=args.down_volume,
+                ignore_sidecars=args.ignore_sidecars,
+                apply=args.apply or (),
+                apply_pe_dir=args.apply_pe_dir,
+                alpha=args.alpha,
+                beta=args.beta,
+                solver=args.solver,
+                levels=args.levels,
+                max_iter=args.max_iter,
+                device=args.device,
+                qc=not args.no_qc,
+                overwrite=args.overwrite,
+                verbose=not args.quiet,
+            )
     except (OSError, ImportError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
@@ -88,6 +104,7 @@ def _correct(args: argparse.Namespace) -> int:
         f"down {acq['pe_down']}, readout {acq['readout_time_s']:.4g} s "
         f"({acq['sources']['readout_time']})"
     )
+    # the summary ends with "NOT CONVERGED (...)" when the solver did not converge
     print(f"odeflow epi: {out.summary} -> {args.out}*")
     return 0
 
@@ -216,10 +233,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--solver",
         choices=("gn", "lbfgs"),
         default="gn",
-        help="gn = Gauss-Newton-PCG (default), lbfgs = L-BFGS",
+        help="gn = Gauss-Newton-PCG (default), lbfgs = L-BFGS (needs far more iterations; "
+        "warns when it stops unconverged)",
     )
     sol.add_argument("--levels", type=int, default=1, help="coarse-to-fine levels (1)")
-    sol.add_argument("--max-iter", type=int, default=10, help="outer iterations (10)")
+    sol.add_argument(
+        "--max-iter", type=int, default=10, help="outer iterations (10; L-BFGS runs 5x as many)"
+    )
     sol.add_argument(
         "--device",
         default="auto",

@@ -147,6 +147,47 @@ def test_bad_input_exits_nonzero_without_outputs(tmp_path, capsys, case, extra, 
         assert not out.exists()
 
 
+def _correct_args(up, down, out, *extra):
+    return ["epi", "correct", "--up", str(up), "--down", str(down), "--out", str(out), *extra]
+
+
+def test_unconverged_solve_is_reported(tmp_path, capsys):
+    ph = phantom(-1)
+    up, down = write_pair(tmp_path / "in", ph)
+    rc = main(_correct_args(up, down, tmp_path / "o_", "--quiet", "--no-qc", "--solver", "lbfgs"))
+    assert rc == 0  # the outputs are written; the status is stated, not hidden
+    captured = capsys.readouterr()
+    line = captured.out.strip().splitlines()[-1]
+    assert line.startswith("odeflow epi: RMS distance")
+    assert "NOT CONVERGED (lbfgs stopped with status MAX_ITERATIONS after 50 iterations)" in line
+    err = captured.err
+    assert err.startswith("odeflow epi: warning: ") and err.count("\n") == 1
+    assert "--solver gn" in err and "--max-iter (now 10" in err and "Traceback" not in err
+    m = json.loads((tmp_path / "o_metrics.json").read_text())
+    assert m["result"]["status"] == "MAX_ITERATIONS"
+    # a converged solve prints neither
+    rc = main(_correct_args(up, down, tmp_path / "g_", "--quiet", "--no-qc"))
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert json.loads((tmp_path / "g_metrics.json").read_text())["result"]["status"] == (
+        "CONVERGED"
+    )
+    assert "NOT CONVERGED" not in captured.out and "warning" not in captured.err
+
+
+def test_apply_series_named_up_is_refused(tmp_path, capsys):
+    ph = phantom(-1)
+    up, down = write_pair(tmp_path / "in", ph)
+    series = tmp_path / "in" / "up.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack([ph.up.numpy()] * 2, -1), ph.affine), str(series))
+    before = snapshot(tmp_path)
+    rc = main(_correct_args(up, down, f"{tmp_path / 'out'}/", "--apply", str(series), "--quiet"))
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert f"--apply series '{series}'" in err and "'up_corrected'" in err
+    assert snapshot(tmp_path) == before
+
+
 def test_console_exit_code_in_a_subprocess(tmp_path):
     ph = phantom(-1)
     up, down = write_pair(tmp_path / "in", ph, up_pe="j", down_pe="j")

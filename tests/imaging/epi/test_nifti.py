@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import warnings
 
 import numpy as np
 import pytest
@@ -113,6 +114,25 @@ def test_non_finite_voxels_are_refused(tmp_path):
     with pytest.raises(EPIInputError, match="2 non-finite"):
         load_nifti(p)
     assert np.isnan(load_nifti(p, check_finite=False).data[1, 2, 3])
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_data_is_refused_with_a_magnitude_hint(tmp_path, dtype):
+    rng = np.random.default_rng(2)
+    z = (rng.standard_normal((4, 5, 6)) + 1j * rng.standard_normal((4, 5, 6))).astype(dtype)
+    p = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image(z, np.eye(4)), str(p))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ComplexWarning: the data are not cast at all
+        with pytest.raises(EPIInputError, match=r"complex-valued.*magnitude.*np\.abs"):
+            load_nifti(p)
+    # the suggested recipe gives a magnitude image that loads as |z|
+    img = nib.load(str(p))
+    mag = tmp_path / "magnitude.nii.gz"
+    nib.save(
+        nib.Nifti1Image(np.abs(np.asanyarray(img.dataobj)).astype(np.float32), img.affine), mag
+    )
+    np.testing.assert_allclose(load_nifti(mag).data, np.abs(z), rtol=1e-6)
 
 
 def test_unreadable_and_missing_files(tmp_path):

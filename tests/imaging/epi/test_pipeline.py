@@ -4,6 +4,7 @@ invariance, --apply, 4-D pairs, and atomic failure on every kind of bad input.""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +14,11 @@ pytest.importorskip("nilearn")
 
 from odeflow.imaging.epi import _pipeline  # noqa: E402
 from odeflow.imaging.epi._nifti import EPIInputError  # noqa: E402
-from odeflow.imaging.epi._pipeline import correct_files, output_paths  # noqa: E402
+from odeflow.imaging.epi._pipeline import (  # noqa: E402
+    EPIConvergenceWarning,
+    correct_files,
+    output_paths,
+)
 
 from ._epi_files import (  # noqa: E402
     SHAPE,
@@ -254,6 +259,10 @@ def _bad_case(tmp_path, case):
         up, down = write_pair(d, ph)
         down.unlink()
         return up, down, kw, FileNotFoundError, "does not exist"
+    if case == "complex":
+        up, down = write_pair(d, ph)
+        nib.save(nib.Nifti1Image(ph.down.numpy().astype(np.complex64), ph.affine), str(down))
+        return up, down, kw, EPIInputError, "complex-valued"
     if case == "estimator_fails":
         up, down = write_pair(d, ph)
         return up, down, {"alpha": -1.0}, ValueError, "alpha"
@@ -269,6 +278,7 @@ BAD_CASES = [
     "two_d",
     "unreadable",
     "missing",
+    "complex",
     "estimator_fails",
 ]
 
@@ -369,6 +379,102 @@ def test_output_names():
     assert output_paths("res/")["corrected"].as_posix() == "res/corrected.nii.gz"
     with pytest.raises(EPIInputError, match="share the name"):
         output_paths("res/", ["a/dwi.nii.gz", "b/dwi.nii"])
+
+
+@pytest.mark.parametrize("prefix", ["res/", "res/sub-01_"])
+def test_every_output_gets_its_own_file(prefix):
+    apply = ["a/dwi.nii.gz", "b/up_series.nii", "c/corrected.nii.gz", "d/fieldmap.nii.gz"]
+    for qc in (True, False):
+        p = output_paths(prefix, apply, qc=qc)
+        names = [q.as_posix().casefold() for q in p.values()]
+        assert len(set(names)) == len(names) == 2 * (8 + len(apply)) + (3 if qc else 1)
+
+
+@pytest.mark.parametrize(
+    "apply, clash",
+    [
+        ("x/up.nii.gz", "up_corrected.nii.gz"),
+        ("x/down.nii", "down_corrected.nii.gz"),
+        ("x/Up.nii.gz", "up_corrected.nii.gz"),  # same file on a case-insensitive system
+    ],
+)
+def test_apply_series_named_like_an_own_output_is_refused(apply, clash):
+    with pytest.raises(EPIInputError) as e:
+        output_paths("res/sub-01_", [apply])
+    msg = str(e.value)
+    # the message names both owners of the file and how to rename
+    assert f"--apply series '{apply}'" in msg and "own output" in msg
+    assert f"res/sub-01_{clash}" in msg and "_series.nii.gz" in msg
+
+
+def test_apply_series_named_up_does_not_replace_the_corrected_pair(tmp_path):
+    # the audit's case: a 4-D series whose file is called up.nii.gz
+    ph = phantom(-1)
+    up, down = write_pair(tmp_path / "in", ph)
+    series = save(
+        tmp_path / "in" / "up.nii.gz",
+        np.stack([ph.up.numpy()] * 3, -1),
+        ph.affine,
+        {"PhaseEncodingDirection": "j-", "TotalReadoutTime": TRT},
+    )
+    before = snapshot(tmp_path)
+    with pytest.raises(EPIInputError, match=r"up_corrected.*would both be written"):
+        correct_files(up, down, f"{tmp_path / 'out'}/", apply=[series], **FAST)
+    assert snapshot(tmp_path) == before  # nothing written, inputs untouched
+    # two series whose names differ only in letter case are refused as well
+    other = save(tmp_path / "in" / "UP_b.nii.gz", ph.up, ph.affine)
+    with pytest.raises(EPIInputError, match="share the name"):
+        output_paths(tmp_path / "out", [tmp_path / "in" / "up_b.nii.gz", other])
+
+
+@pytest.mark.parametrize("as_type", [str, lambda p: p])
+def test_a_single_apply_path_is_one_series(tmp_path, as_type):
+    ph = phantom(-1)
+    up, down = write_pair(tmp_path / "in", ph)
+    w = np.array([1.0, 0.5], np.float32)
+    dwi = save(
+        tmp_path / "in" / "dwi.nii.gz",
+        ph.up.numpy()[..., None] * w,
+        ph.affine,
+        {"PhaseEncodingDirection": "j-", "TotalReadoutTime": TRT},
+    )
+    out = correct_files(up, down, tmp_path / "o_", apply=as_type(dwi), **FAST)
+    assert [k for k in out.paths if k.startswith("apply:") and not k.endswith("_json")] == [
+        "apply:dwi"
+    ]
+    assert [a["path"] for a in out.metrics["inputs"]["apply"]] == [str(dwi)]
+    cu = nib.load(str(out.paths["up_corrected"])).get_fdata()
+    got = nib.load(str(out.paths["apply:dwi"])).get_fdata()
+    assert np.abs(got - cu[..., None] * w).max() <= 1e-5 * float(np.abs(cu).max())
+
+
+def test_unconverged_solve_warns_and_the_summary_says_so(tmp_path):
+    ph = phantom(-1)
+    up, down = write_pair(tmp_path / "in", ph)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EPIConvergenceWarning)  # converged: no warning
+        ok = correct_files(up, down, tmp_path / "gn_", **FAST)
+    assert ok.metrics["result"]["status"] == "CONVERGED"
+    assert "NOT CONVERGED" not in ok.summary
+    with pytest.warns(EPIConvergenceWarning, match=r"MAX_ITERATIONS.*--solver gn.*--max-iter"):
+        lb = correct_files(up, down, tmp_path / "lb_", solver="lbfgs", **FAST)
+    assert lb.metrics["result"]["status"] == "MAX_ITERATIONS"
+    assert "NOT CONVERGED (lbfgs stopped with status MAX_ITERATIONS after 50 iterations)" in (
+        lb.summary
+    )
+    assert lb.paths["fieldmap"].is_file()  # the outputs are still written
+
+
+@pytest.mark.parametrize("solver", ["gn", "lbfgs"])
+def test_convergence_warning_names_the_status_and_a_remedy(solver):
+    from odeflow.optim import Status
+
+    for status in Status:
+        if status is Status.CONVERGED:
+            continue
+        msg = _pipeline._not_converged(solver, status, 7, 10)
+        assert f"({solver})" in msg and "7 iterations" in msg and status.name in msg
+        assert "--max-iter (now 10" in msg or "--solver" in msg, msg
 
 
 def test_unavailable_or_unknown_device_is_refused(tmp_path):

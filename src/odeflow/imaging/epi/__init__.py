@@ -23,13 +23,14 @@ from ._model import EPIObjective
 from ._nifti import EPIInputError, NiftiImage, load_nifti, save_nifti
 from ._ot1d import ot_displacement
 from ._phantom import Phantom, make_phantom
-from ._pipeline import CorrectionOutputs, correct_files
+from ._pipeline import CorrectionOutputs, EPIConvergenceWarning, correct_files
 from ._qc import write_qc_report
 from ._solve import EPIResult, estimate_field
 
 __all__ = [
     "Acquisition",
     "CorrectionOutputs",
+    "EPIConvergenceWarning",
     "EPIInputError",
     "EPIObjective",
     "EPIResult",

@@ -3,7 +3,8 @@
 Every image odeflow writes for an input scan carries that scan's affine, its qform and sform
 codes and the rest of its header (units, slice timing, TR), with the data type set to float32
 and the scaling reset.  Reading validates what the correction needs: a readable NIfTI-1/2 file,
-3-D data (or one chosen volume of a 4-D series), finite voxels.
+real-valued (magnitude, not complex) 3-D data (or one chosen volume of a 4-D series), finite
+voxels.
 """
 
 from __future__ import annotations
@@ -128,9 +129,9 @@ def load_nifti(
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        EPIInputError: if the file is not a readable NIfTI image, has fewer than 3 or more than
-            4 dimensions, is 4-D without ``volume``/``allow_4d``, ``volume`` is out of range,
-            or it holds non-finite voxels.
+        EPIInputError: if the file is not a readable NIfTI image, holds complex values (pass
+            the magnitude image), has fewer than 3 or more than 4 dimensions, is 4-D without
+            ``volume``/``allow_4d``, ``volume`` is out of range, or it holds non-finite voxels.
 
     Example:
         >>> import tempfile, numpy as np, nibabel as nib
@@ -156,9 +157,19 @@ def load_nifti(
         img = nib.load(str(p))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise TypeError(f"read as {type(img).__name__}, not NIfTI")
+        stored = np.dtype(img.get_data_dtype())
+        if stored.kind == "c":  # get_fdata would drop the imaginary part with a mere warning
+            raise EPIInputError(
+                f"{_describe(p)} holds complex-valued data ({stored}); the correction needs real "
+                "magnitude images. Pass the magnitude instead, e.g. with nibabel and numpy: "
+                "img = nib.load(path); nib.save(nib.Nifti1Image(np.abs(np.asanyarray("
+                "img.dataobj)).astype(np.float32), img.affine), 'magnitude.nii.gz')"
+            )
         data = np.asarray(img.get_fdata(dtype=np.float32))
         affine = np.asarray(img.affine, dtype=np.float64)
         header = img.header.copy()
+    except EPIInputError:
+        raise
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise EPIInputError(
             f"cannot read {_describe(p)} as a NIfTI image ({type(exc).__name__}: {exc}); "

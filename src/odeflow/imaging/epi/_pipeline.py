@@ -10,6 +10,7 @@ import platform
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from ._bids import (
 )
 from ._nifti import EPIInputError, NiftiImage, load_nifti, save_nifti
 
-__all__ = ["CorrectionOutputs", "correct_files", "output_paths"]
+__all__ = ["CorrectionOutputs", "EPIConvergenceWarning", "correct_files", "output_paths"]
 
 #: affines of up and down may differ by this much (mm, or relative for the 3x3 part)
 _AFFINE_ATOL = 1e-3
@@ -50,6 +51,10 @@ _REPORT: dict[str, str] = {
 }
 
 
+class EPIConvergenceWarning(UserWarning):
+    """Issued by :func:`correct_files` when the field estimation stopped without converging."""
+
+
 @dataclass
 class CorrectionOutputs:
     """What :func:`correct_files` wrote and measured.
@@ -62,7 +67,7 @@ class CorrectionOutputs:
         result: the array-level :class:`~odeflow.imaging.epi.EPIResult`.
         acquisition: the resolved :class:`~odeflow.imaging.epi._bids.Acquisition`.
         summary: the one-line summary the CLI prints (RMS distance before → after, field
-            range in Hz, seconds).
+            range in Hz, seconds, and the solver status when it did not converge).
     """
 
     paths: dict[str, Path]
@@ -90,9 +95,16 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _as_path_list(apply: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """``apply`` as a list of paths; a single path (``str`` or ``os.PathLike``) is one series."""
+    if isinstance(apply, (str, os.PathLike)):
+        return [Path(apply)]
+    return [Path(a) for a in apply]
+
+
 def output_paths(
     out_prefix: str | os.PathLike[str],
-    apply: Sequence[str | os.PathLike[str]] = (),
+    apply: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] = (),
     *,
     qc: bool = True,
 ) -> dict[str, Path]:
@@ -100,30 +112,82 @@ def output_paths(
 
     Every NIfTI ``<prefix><kind>.nii.gz`` has a sidecar ``<prefix><kind>.json`` (key
     ``"<kind>_json"``); each ``--apply`` series ``X.nii.gz`` gives ``<prefix>X_corrected.nii.gz``
-    (key ``"apply:X"``).
+    (key ``"apply:X"``).  ``apply`` is one path or a sequence of paths.
+
+    Every output must get a file of its own.  The planned paths are compared, ignoring letter
+    case (as case-insensitive file systems do), and a collision is refused: two ``apply``
+    series with the same name stem, or an ``apply`` series named like one of odeflow's own
+    outputs (``up.nii.gz`` → ``up_corrected``, ``down.nii.gz`` → ``down_corrected``).
+
+    Raises:
+        EPIInputError: if two outputs would be written to the same file (the message names
+            both and how to rename).
 
     Example:
         >>> sorted(output_paths("out/sub-01_", qc=False))[:3]
         ['corrected', 'corrected_json', 'displacement_mm']
+        >>> output_paths("out/", "dwi.nii.gz")["apply:dwi"].as_posix()
+        'out/dwi_corrected.nii.gz'
     """
     directory, name = _split_prefix(out_prefix)
+    # (key, path, what writes it, the --apply input or None)
+    planned: list[tuple[str, Path, str, Path | None]] = []
+
+    def plan(key: str, suffix: str, what: str, source: Path | None) -> None:
+        planned.append((key, directory / f"{name}{suffix}", what, source))
+        if suffix.endswith(".nii.gz"):
+            json_suffix = suffix[: -len(".nii.gz")] + ".json"
+            planned.append((f"{key}_json", directory / f"{name}{json_suffix}", what, source))
+
+    for key, suffix in _OUTPUTS.items():
+        plan(key, suffix, f"odeflow's own output '{key}'", None)
+    for a in _as_path_list(apply):
+        stem = _stem(a)
+        plan(f"apply:{stem}", f"{stem}_corrected.nii.gz", f"the --apply series '{a}'", a)
+    for key, suffix in _REPORT.items():
+        if qc or key == "metrics":
+            plan(key, suffix, f"odeflow's own output '{key}'", None)
+
     paths: dict[str, Path] = {}
-    kinds = dict(_OUTPUTS)
-    for a in apply:
-        stem = _stem(Path(a))
-        key = f"apply:{stem}"
-        if key in kinds:
-            raise EPIInputError(f"two --apply series share the name '{stem}'; rename one")
-        kinds[key] = f"{stem}_corrected.nii.gz"
-    for key, suffix in kinds.items():
-        paths[key] = directory / f"{name}{suffix}"
-        paths[f"{key}_json"] = directory / f"{name}{suffix[: -len('.nii.gz')]}.json"
-    if qc:
-        for key, suffix in _REPORT.items():
-            paths[key] = directory / f"{name}{suffix}"
-    else:
-        paths["metrics"] = directory / f"{name}{_REPORT['metrics']}"
+    seen: dict[str, tuple[Path, str, Path | None]] = {}
+    for key, path, what, source in planned:
+        folded = os.path.normcase(os.fspath(path)).casefold()
+        if folded in seen:
+            other_path, other_what, other_source = seen[folded]
+            raise EPIInputError(
+                _collision(path, what, source, other_path, other_what, other_source)
+            )
+        seen[folded] = (path, what, source)
+        paths[key] = path
     return paths
+
+
+def _collision(
+    path: Path,
+    what: str,
+    source: Path | None,
+    other_path: Path,
+    other_what: str,
+    other_source: Path | None,
+) -> str:
+    where = (
+        f"'{path}'"
+        if path == other_path
+        else f"'{other_path}' and '{path}' (same name up to letter case)"
+    )
+    if source is None:
+        # odeflow's own names are distinct; reaching this is a bug, not a user error
+        return f"{what} and {other_what} would both be written to {where} (please report this)"
+    rename = f"(and its .json sidecar) under another name, e.g. '{_stem(source)}_series.nii.gz'"
+    if other_source is not None:
+        head = (
+            f"two --apply series share the name '{_stem(source)}': '{other_source}' and '{source}'"
+        )
+        fix = f"rename or link one of them {rename}"
+    else:
+        head = f"{what} and {other_what}"
+        fix = f"the names of odeflow's own outputs are fixed, so rename or link the series {rename}"
+    return f"{head} would both be written to {where}; {fix}"
 
 
 def _sha256(path: Path) -> str:
@@ -244,7 +308,7 @@ def correct_files(
     up_volume: int | Literal["mean"] | None = None,
     down_volume: int | Literal["mean"] | None = None,
     ignore_sidecars: bool = False,
-    apply: Sequence[str | os.PathLike[str]] = (),
+    apply: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] = (),
     apply_pe_dir: str | None = None,
     alpha: float = 300.0,
     beta: float = 1e-4,
@@ -291,7 +355,10 @@ def correct_files(
         pe_dir, pe_dir_down, readout_time, ignore_sidecars: explicit acquisition metadata,
             see :func:`~odeflow.imaging.epi._bids.resolve_acquisition`.
         up_volume, down_volume: volume of a 4-D input (index or ``"mean"``).
-        apply: further series to correct with the estimated field.
+        apply: further series to correct with the estimated field: one path or a sequence
+            of paths.  Each is written as ``<prefix><stem>_corrected.nii.gz``; a stem that
+            would reuse another output's file (two series named alike, or ``up``/``down``,
+            which would replace ``up_corrected``/``down_corrected``) is refused.
         apply_pe_dir: PE direction of the ``apply`` series without a sidecar.
         alpha, beta, solver, levels, max_iter: passed to ``estimate_field``.
         device: torch device for the estimation and the ``apply`` series (``"cpu"``,
@@ -306,9 +373,16 @@ def correct_files(
     Raises:
         FileNotFoundError: for a missing input.
         EPIInputError: (a ``ValueError``) for any unusable input or metadata, outputs that
-            exist (without ``overwrite``) or that would overwrite an input.
+            exist (without ``overwrite``), that would overwrite an input or that would share
+            a file (see :func:`output_paths`).
         OSError: if the output folder cannot be written.
         ImportError: if ``qc`` is requested and matplotlib is not installed.
+
+    Warns:
+        EPIConvergenceWarning: if the optimizer stopped without converging (e.g. at
+            ``max_iter``); the outputs are written, ``summary`` and ``metrics["result"]
+            ["status"]`` state the status, and the message says how to fix it (the default
+            Gauss–Newton solver, a larger ``max_iter``).
 
     Reference:
         Julian, Ruthotto et al., "PyHySCO: GPU-enabled susceptibility artifact distortion
@@ -336,7 +410,7 @@ def correct_files(
             "(--no-qc)"
         )
     up_p, down_p = Path(up), Path(down)
-    apply_p = [Path(a) for a in apply]
+    apply_p = _as_path_list(apply)
     paths = output_paths(out_prefix, apply_p, qc=qc)
     inputs = [up_p, down_p, *apply_p]
     inputs += [sidecar_path(p) for p in inputs]
@@ -611,8 +685,47 @@ def correct_files(
         f"{metrics['result']['field_hz_min']:.1f} .. {metrics['result']['field_hz_max']:.1f} Hz, "
         f"{timings['total']:.1f} s"
     )
+    if status is not None and not status.ok:
+        summary += (
+            f", NOT CONVERGED ({solver} stopped with status {status.name} after "
+            f"{metrics['result']['iterations']} iterations)"
+        )
+        warnings.warn(
+            _not_converged(solver, status, metrics["result"]["iterations"], max_iter),
+            EPIConvergenceWarning,
+            stacklevel=2,
+        )
     return CorrectionOutputs(
         paths=paths, metrics=metrics, result=result, acquisition=acq, summary=summary
+    )
+
+
+def _not_converged(solver: str, status: Any, iterations: int, max_iter: int) -> str:
+    """The warning for a solve that stopped without converging, with what to do about it."""
+    head = (
+        f"the field estimation ({solver}) stopped after {iterations} iterations without "
+        f"converging (status {status.name}); the field and corrected images may be far from "
+        "the optimum. "
+    )
+    if status.name == "MAX_ITERATIONS":
+        if solver == "lbfgs":
+            return head + (
+                "Use the default Gauss-Newton solver (--solver gn), which converges in a few "
+                f"iterations, or raise --max-iter (now {max_iter}; L-BFGS runs 5 x max-iter "
+                "iterations and may need several hundred)"
+            )
+        return head + f"Raise --max-iter (now {max_iter})"
+    other = "gn" if solver == "lbfgs" else "lbfgs"
+    if status.name == "STAGNATED":
+        return (
+            f"the field estimation ({solver}) stopped after {iterations} iterations because a "
+            "step no longer changed the objective at the working precision (status STAGNATED), "
+            "before its convergence test was met; the field is usually optimal up to round-off. "
+            f"If the QC looks wrong, compare with --solver {other}"
+        )
+    return head + (
+        f"Try --solver {other} or a coarse-to-fine start (--levels 2), and check that the two "
+        "images are a matching blip-up/blip-down pair"
     )
 
 

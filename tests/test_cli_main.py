@@ -37,3 +37,43 @@ def test_bench_unknown_name_lists_the_valid_ones(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'odes'" in err and "'derivatives'" in err
+
+
+def _failing_sample(exc):
+    def run(args):
+        raise exc
+
+    return run
+
+
+@pytest.mark.parametrize("exc", [
+    ValueError("bad value"),
+    FileNotFoundError("checkpoint x.pt does not exist"),
+    ImportError("plots need matplotlib: pip install 'odeflow[viz]'"),
+    FloatingPointError("the fp16 state overflowed"),
+])  # fmt: skip
+def test_known_errors_are_one_line_naming_the_subcommand(capsys, monkeypatch, exc):
+    from odeflow.cli import _flow
+
+    monkeypatch.setattr(_flow, "_sample", _failing_sample(exc))
+    assert main(["flow", "sample", "--checkpoint", "x.pt"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"odeflow flow sample: error: {exc}\n"
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """An exception odeflow does not raise on purpose (a bug) is not turned into a tidy
+    one-line error that would hide it."""
+    from odeflow.cli import _flow
+
+    monkeypatch.setattr(_flow, "_sample", _failing_sample(IndexError("index 0 is out of bounds")))
+    with pytest.raises(IndexError, match="out of bounds"):
+        main(["flow", "sample", "--checkpoint", "x.pt"])
+
+
+def test_error_prefix_of_a_command_without_subcommand(capsys, monkeypatch):
+    from odeflow.cli import _bench
+
+    monkeypatch.setattr(_bench, "benchmarks_dir", lambda: None)
+    assert main(["bench", "flows", "--quick"]) == 1
+    assert capsys.readouterr().err.startswith("odeflow bench: error:")

@@ -127,7 +127,7 @@ def test_flow_cli_file_data_keep_float64(tmp_path):
         assert np.array_equal(np.sort(rows, axis=0), np.sort(big, axis=0))
 
 
-def test_flow_cli_sample_out_gets_npy_suffix_and_bad_out_is_an_error(tmp_path, capsys):
+def test_flow_cli_sample_out_gets_npy_suffix_or_goes_into_a_folder(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["flow", "train", "--data", "8gaussians", "--out", str(out), "--iters", "1",
                  "--batch", "32", "--width", "4", "--n-test", "50", "--quiet"]) == 0  # fmt: skip
@@ -143,15 +143,20 @@ def test_flow_cli_sample_out_gets_npy_suffix_and_bad_out_is_an_error(tmp_path, c
     lp = np.load(tmp_path / "y.log_prob.npy")
     assert lp.shape == (5,) and np.isfinite(lp).all()
     assert np.array_equal(np.load(tmp_path / "y.npy"), np.load(tmp_path / "x.npy"))
-    (tmp_path / "adir.npy").mkdir()  # --out names a folder
-    assert main(["flow", "sample", "--checkpoint", ck, "-n", "5", "--out",
-                 str(tmp_path / "adir.npy")]) == 1  # fmt: skip
-    assert "odeflow flow: error:" in capsys.readouterr().err
+    for folder in ("adir", "adir.npy"):  # --out names an existing folder: write into it
+        (tmp_path / folder).mkdir()
+        assert main(["flow", "sample", "--checkpoint", ck, "-n", "5", "--out",
+                     str(tmp_path / folder), "--log-prob"]) == 0  # fmt: skip
+        assert str(tmp_path / folder / "samples.npy") in capsys.readouterr().out
+        assert np.array_equal(np.load(tmp_path / folder / "samples.npy"),
+                              np.load(tmp_path / "x.npy"))  # fmt: skip
+        assert np.array_equal(np.load(tmp_path / folder / "samples.log_prob.npy"), lp)
+    assert not (tmp_path / "adir.npy.npy").exists() and (tmp_path / "adir.npy").is_dir()
     (tmp_path / "afile").write_text("x")  # train --out names a file
     assert main(["flow", "train", "--data", "8gaussians", "--out", str(tmp_path / "afile"),
                  "--iters", "1", "--quiet"]) == 1  # fmt: skip
     err = capsys.readouterr().err
-    assert "odeflow flow: error:" in err and "afile" in err and "Traceback" not in err
+    assert "odeflow flow train: error:" in err and "afile" in err and "Traceback" not in err
 
 
 def test_flow_cli_train_precision_is_recorded_not_kept(tmp_path):
@@ -193,3 +198,116 @@ def test_demo_writes_picture_and_metrics(tmp_path):
     assert res["iterations"] == 4 and 2.7 < res["true_entropy"] < 2.9
     assert (tmp_path / "demo" / "otflow_8gaussians.png").stat().st_size > 1000
     assert (tmp_path / "demo" / "otflow_8gaussians.pt").is_file()
+
+
+_TINY = ["--iters", "1", "--batch", "16", "--width", "4", "--quiet"]
+
+
+def _with_bad_row(tmp_path, split, n=60, seed=0):
+    """A data file whose ``split`` (as `flow train` cuts it: a seeded permutation, then
+    test, validation, train rows) holds one NaN row."""
+    x = np.random.RandomState(0).randn(n, 2)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    n_te = n // 10
+    row = {"test": 0, "validation": n_te, "train": 2 * n_te}[split]
+    x[perm[row]] = np.nan
+    path = tmp_path / f"nan_{split}.npy"
+    np.save(path, x)
+    return path
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_flow_cli_train_checks_every_split_before_training(tmp_path, capsys, monkeypatch, split):
+    """A NaN row in any split stops `flow train` before training (fit is never called) and
+    the message names the split; no output folder is left."""
+    from odeflow.flows import _train
+
+    monkeypatch.setattr(_train, "fit", lambda *a, **k: pytest.fail("training started"))
+    data = _with_bad_row(tmp_path, split)
+    out = tmp_path / "run"
+    assert main(["flow", "train", "--data", str(data), "--out", str(out), *_TINY]) == 1
+    err = capsys.readouterr().err
+    assert (f"odeflow flow train: error: the {split} split of --data {data} contains NaN or "
+            "inf in 1 row(s)") in err  # fmt: skip
+    assert "evaluation data" not in err and not out.exists()
+
+
+def _checkpoint(tmp_path):
+    from odeflow.flows import OTFlow
+
+    path = tmp_path / "flow.pt"
+    OTFlow(2, width=4, nt=2).save(path, seed=0)
+    return str(path)
+
+
+def test_flow_cli_eval_names_the_test_split(tmp_path, capsys):
+    ck = _checkpoint(tmp_path)
+    data = _with_bad_row(tmp_path, "test")
+    assert main(["flow", "eval", "--checkpoint", ck, "--data", str(data)]) == 1
+    assert (f"odeflow flow eval: error: the test split of --data {data} contains NaN"
+            in capsys.readouterr().err)  # fmt: skip
+    ok = _with_bad_row(tmp_path, "train")  # eval reads only the test split
+    assert main(["flow", "eval", "--checkpoint", ck, "--data", str(ok)]) == 0
+    assert _last_json(capsys)["n"] == 6
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["train", "--width", "0"], "--width must be >= 1, got 0"),
+    (["train", "--width", "-3"], "--width must be >= 1, got -3"),
+    (["train", "--iters", "0"], "--iters must be >= 1, got 0"),
+    (["train", "--batch", "0"], "--batch must be >= 1, got 0"),
+    (["train", "--n-test", "0"], "--n-test must be >= 1, got 0"),
+    (["train", "--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["train", "--lr", "0"], "--lr must be a finite number > 0"),
+    (["train", "--device", "bogus"], "--device bogus: not a torch device"),
+    (["train", "--device", "cuda"], "--device cuda asks for CUDA, but CUDA is not available"),
+    (["train", "--preset", "power"], "preset 'power' is for dim=6, but the flow has dim=2"),
+])  # fmt: skip
+def test_flow_cli_train_refuses_bad_options(tmp_path, capsys, monkeypatch, argv, msg):
+    """Refused with one line naming the option (0 is not taken for "the default"), and no
+    output folder is left behind, even when fit itself refuses (the preset case)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    np.save("d.npy", np.random.RandomState(0).randn(40, 2))
+    cmd = ["flow", argv[0], "--data", "d.npy", "--out", "o/nested", "--quiet",
+           "--iters", "1", "--batch", "16", "--width", "4", *argv[1:]]  # fmt: skip
+    assert main(cmd) == 1
+    err = capsys.readouterr().err
+    assert f"odeflow flow train: error: {msg}" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("option,msg", [
+    (["--nt", "0"], "--nt must be >= 1, got 0"),
+    (["--n-test", "0"], "--n-test must be >= 1, got 0"),
+])  # fmt: skip
+def test_flow_cli_eval_refuses_bad_options(tmp_path, capsys, option, msg):
+    ck = _checkpoint(tmp_path)
+    assert main(["flow", "eval", "--checkpoint", ck, "--data", "8gaussians", *option]) == 1
+    assert f"odeflow flow eval: error: {msg}" in capsys.readouterr().err
+
+
+def test_flow_cli_reads_whitespace_separated_txt(tmp_path):
+    from odeflow.cli._flow import _load_data
+
+    x = np.random.RandomState(0).randn(30, 3)
+    np.savetxt(tmp_path / "ws.txt", x)  # spaces, as np.savetxt writes by default
+    np.savetxt(tmp_path / "tab.txt", x, delimiter="\t")
+    np.savetxt(tmp_path / "comma.txt", x, delimiter=",")
+    for name in ("ws.txt", "tab.txt", "comma.txt"):
+        tr, va, te, _ = _load_data(str(tmp_path / name), None, 0, 10)
+        rows = np.concatenate([tr.numpy(), va.numpy(), te.numpy()])
+        assert np.allclose(np.sort(rows, axis=0), np.sort(x, axis=0), rtol=1e-15, atol=0)
+    (tmp_path / "bad.txt").write_text("a b\n1 2\n3 4\n")
+    with pytest.raises(ValueError, match=r"not a readable \.txt file"):
+        _load_data(str(tmp_path / "bad.txt"), None, 0, 10)
+
+
+def test_flow_cli_sample_from_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    assert main(["flow", "sample", "--checkpoint", str(tmp_path / "notes.pt"), "-n", "5",
+                 "--out", str(tmp_path / "s.npy")]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "odeflow flow sample: error:" in err and "is not an odeflow checkpoint" in err
+    assert "weights_only" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s.npy").exists()

@@ -31,6 +31,25 @@ def test_toys_seeded_shape_finite(name):
     assert float(a.abs().max()) < 12.0  # the toys live in a box of a few units
 
 
+@pytest.mark.parametrize("name", list(TOYS))
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_toys_draw_any_small_number_of_samples(name, n):
+    """Every toy returns (n, 2) finite samples for every n >= 1 (2spirals crashed for n = 1,
+    with no point on either arm)."""
+    x = make_toy(name, n, seed=5, dtype=torch.float64)
+    assert x.shape == (n, 2) and bool(torch.isfinite(x).all())
+    assert torch.equal(x, make_toy(name, n, seed=5, dtype=torch.float64))
+
+
+def test_two_spirals_odd_n_draws_distinct_points():
+    """Odd n: the first arm gets the extra point (drawn, not a copy of another one)."""
+    x = make_toy("2spirals", 5, seed=0, dtype=torch.float64)
+    assert torch.unique(x, dim=0).shape[0] == 5
+    big = make_toy("2spirals", 20001, seed=0, dtype=torch.float64)
+    # the two arms mirror each other: the sample is symmetric about the origin
+    assert float(big.mean(0).abs().max()) < 0.05
+
+
 def test_toy_unknown_lists_valid():
     with pytest.raises(ValueError, match=r"8gaussians.*checkerboard"):
         make_toy("banana", 10)
@@ -79,6 +98,24 @@ def test_check_data_errors():
         check_data(torch.zeros(0, 2), 2)
     with pytest.raises(ValueError, match="2-D"):
         check_data(torch.zeros(4), 2)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([["a", "b"], ["c", "d"]], r"x must hold real numbers, got an array of dtype <U1"),
+    (np.array([[None, 1.0]], dtype=object), r"x must hold real numbers, got .* dtype object"),
+    ([[1.0, 2.0], [3.0]], r"x is not a rectangular \(n, d\) array of numbers"),
+    (np.ones((3, 2), dtype=np.complex128), r"x is complex"),
+    (torch.ones(3, 2, dtype=torch.complex64), r"x is complex"),
+])  # fmt: skip
+def test_check_data_refuses_non_numeric_data(bad, match):
+    with pytest.raises(ValueError, match=match):
+        check_data(bad, 2, name="x")
+
+
+def test_check_data_accepts_lists_and_integer_arrays():
+    assert check_data([[1, 2], [3, 4]], 2).dtype == torch.get_default_dtype()
+    x = check_data(np.arange(6, dtype=np.int16).reshape(3, 2), 2)
+    assert x.is_floating_point() and x.tolist() == [[0, 1], [2, 3], [4, 5]]
 
 
 # ----------------------------------------------------------------- MAF-format loaders

@@ -163,6 +163,29 @@ def test_bad_input_errors(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
+@pytest.mark.parametrize("nt", [0, -1, 2.5, True, "4"])
+def test_step_counts_are_checked_and_named(nt):
+    flow = OTFlow(2, width=4, nt=2)
+    x = torch.randn(3, 2)
+    calls = [lambda: flow.log_prob(x, nt=nt), lambda: flow.loss(x, nt=nt),
+             lambda: flow.transform(x, nt=nt), lambda: flow.inverse(x, nt=nt),
+             lambda: flow.sample(3, nt=nt), lambda: flow.sample_and_log_prob(3, nt=nt),
+             lambda: flow(x, nt)]  # fmt: skip
+    for call in calls:
+        with pytest.raises(ValueError, match=r"nt must be an integer >= 1 \(the number of RK4"):
+            call()
+
+
+def test_step_counts_accept_integer_types():
+    import numpy as np
+
+    flow = OTFlow(2, width=4, nt=2).double()
+    x = torch.randn(3, 2, dtype=torch.float64)
+    ref = flow.log_prob(x, nt=3)
+    assert torch.equal(flow.log_prob(x, nt=np.int64(3)), ref)
+    assert torch.equal(flow.log_prob(x, nt=torch.tensor(3)), ref)
+
+
 def test_nonfinite_loss_stops_with_clear_message():
     flow = OTFlow(2, width=4, nt=2).double()
     huge = torch.full((16, 2), 1e200, dtype=torch.float64)

@@ -236,8 +236,9 @@ def test_fit_restores_precision_and_mode(mode):
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_fit_restores_precision_and_mode_after_divergence(mode):
-    flow = OTFlow(2, width=4, nt=2, precision="tf32").double().train(mode == "train")
-    huge = torch.full((16, 2), 1e200, dtype=torch.float64)
+    # float32: bf16 training needs a float32 flow (a float64 one is refused)
+    flow = OTFlow(2, width=4, nt=2, precision="tf32").train(mode == "train")
+    huge = torch.full((16, 2), 1e30)  # finite in float32, overflows inside the solve
     with pytest.raises(TrainingDiverged):
         fit(flow, huge, iters=2, batch=8, precision="bf16", verbose=False)
     assert flow.precision == "tf32" and flow.training == (mode == "train")
@@ -258,3 +259,153 @@ def test_minibatches_are_full_and_cover_the_data():
     assert {r for b in batches for r in b[:, 0].tolist()} == {0.0, 2.0, 4.0, 6.0, 8.0}
     small = _as_batches(x, 2, 64, 0, torch.float64, "cpu")
     assert next(small).shape == (5, 2)  # batch > n: the whole (shuffled) data set
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def _snapshot(flow):
+    return (flow.config(), {k: v.clone() for k, v in flow.state_dict().items()},
+            next(flow.parameters()).dtype, flow.training)  # fmt: skip
+
+
+def _unchanged(flow, snap):
+    cfg, state, dtype, training = snap
+    return (flow.config() == cfg and next(flow.parameters()).dtype == dtype
+            and flow.training == training
+            and all(torch.equal(state[k], v) for k, v in flow.state_dict().items()))  # fmt: skip
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_fit_refuses_reduced_precision_on_a_float64_flow(precision):
+    """autocast leaves float64 alone: bf16/fp16 on a float64 flow would silently train in
+    float64 while FitResult.precision claimed bf16/fp16; it is refused, naming the fix."""
+    flow = OTFlow.from_preset("8gaussians", width=4, nt=2, nt_eval=2)  # float64
+    snap = _snapshot(flow)
+    with pytest.raises(ValueError, match=rf"precision='{precision}' needs a float32 flow.*"
+                       r"flow\.float\(\)"):  # fmt: skip
+        fit(flow, _data(), iters=1, batch=64, precision=precision, verbose=False)
+    assert _unchanged(flow, snap)
+    own = OTFlow(2, width=4, nt=2, precision=precision).double()  # the flow's own setting
+    with pytest.raises(ValueError, match="the flow's own precision"):
+        fit(own, _data(), iters=1, batch=64, verbose=False)
+    res = fit(flow.float(), _data().float(), iters=1, batch=64, precision=precision,
+              verbose=False)  # fmt: skip
+    assert (res.precision, res.dtype) == (precision, "float32")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"iters": 2.7}, r"iters must be an integer >= 1 .* got 2\.7"),
+    ({"iters": 0}, r"iters must be an integer >= 1"),
+    ({"batch": 1.5}, r"batch must be an integer >= 1 .* got 1\.5"),
+    ({"batch": 0}, r"batch must be an integer >= 1"),
+    ({"lr": float("inf")}, r"lr must be a finite number > 0 .* got inf"),
+    ({"lr": float("nan")}, r"lr must be a finite number > 0"),
+    ({"lr": 0.0}, r"lr must be a finite number > 0"),
+    ({"val_nt": 0}, r"val_nt must be an integer >= 1 .* got 0"),
+    ({"val_nt": -3}, r"val_nt must be an integer >= 1"),
+    ({"val_nt": 2.5}, r"val_nt must be an integer >= 1"),
+    ({"seed": None}, r"seed must be an integer .* got None"),
+    ({"seed": 1.5}, r"seed must be an integer"),
+    ({"device": "bogus"}, r"device='bogus': not a torch device"),
+])  # fmt: skip
+def test_fit_rejects_bad_arguments_before_training(kwargs, match):
+    flow = OTFlow(2, width=4, nt=2).double()
+    snap = _snapshot(flow)
+    calls = []
+    with pytest.raises(ValueError, match=match):
+        fit(flow, _data(), val_data=_data(16, seed=1), iters=kwargs.pop("iters", 3),
+            batch=kwargs.pop("batch", 64), verbose=False,
+            callback=lambda it, info: calls.append(it), **kwargs)  # fmt: skip
+    assert calls == [] and _unchanged(flow, snap)  # refused before the first step
+
+
+def test_fit_refuses_cuda_when_it_is_not_available(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    flow = OTFlow(2, width=4, nt=2).double()
+    with pytest.raises(ValueError, match="device='cuda' asks for CUDA, but CUDA is not available"):
+        fit(flow, _data(), iters=1, batch=64, device="cuda", verbose=False)
+    assert next(flow.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.full((10, 2), float("nan"), dtype=torch.float64), "training data contains NaN"),
+    ([["a", "b"], ["c", "d"]], "training data must hold real numbers, got an array of dtype <U1"),
+    ([[1.0, 2.0], [3.0]], "training data is not a rectangular"),
+    (torch.zeros(4, 2, dtype=torch.complex64), "training data is complex"),
+])  # fmt: skip
+def test_failed_fit_with_a_preset_leaves_the_flow_unchanged(bad, match):
+    """The data are checked before the preset's α and step counts are applied."""
+    flow = OTFlow(2, width=4, nt=2, alpha=(1.0, 1.0, 1.0)).double()
+    snap = _snapshot(flow)
+    with pytest.raises(ValueError, match=match):
+        fit(flow, bad, preset="8gaussians", iters=1, verbose=False)
+    assert _unchanged(flow, snap)
+    assert (flow.alpha, flow.nt, flow.nt_eval) == ((1.0, 1.0, 1.0), 2, 4)
+    with pytest.raises(ValueError, match="validation data contains NaN"):
+        fit(flow, _data(), val_data=_data(8).fill_(float("inf")), preset="8gaussians",
+            iters=1, verbose=False)  # fmt: skip
+    assert _unchanged(flow, snap)
+
+
+def test_fit_accepts_numpy_integer_settings():
+    flow = OTFlow(2, width=4, nt=2).double()
+    res = fit(flow, _data(), iters=np.int64(2), batch=np.int32(64), seed=np.int64(3),
+              val_data=_data(16, seed=1), val_nt=np.int64(2), verbose=False)  # fmt: skip
+    assert res.iterations == 2 and math.isfinite(res.best_val_nll)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"batch": -1}, r"batch must be an integer >= 1 .* got -1"),
+    ({"batch": 0}, r"batch must be an integer >= 1 .* got 0"),
+    ({"batch": 2.5}, r"batch must be an integer >= 1"),
+    ({"nt": 0}, r"nt must be an integer >= 1 .* got 0"),
+])  # fmt: skip
+def test_evaluate_nll_rejects_bad_batch_and_nt(kwargs, match):
+    flow = OTFlow(2, width=4, nt=2).double()
+    with pytest.raises(ValueError, match=match):
+        evaluate_nll(flow, _data(50), **kwargs)
+
+
+def test_evaluate_nll_is_independent_of_the_chunk_size():
+    flow = OTFlow(2, width=4, nt=2).double()
+    x = _data(50)
+    whole = evaluate_nll(flow, x)
+    assert whole == pytest.approx(evaluate_nll(flow, x, batch=1), rel=1e-12)
+    assert whole == pytest.approx(evaluate_nll(flow, x, batch=7), rel=1e-12)
+    assert whole == pytest.approx(-float(flow.log_prob(x).detach().mean()), rel=1e-12)
+
+
+# ---------------------------------------------------------------- loading other files
+
+
+def test_load_a_file_that_is_not_a_checkpoint(tmp_path):
+    """The message is short and never suggests weights_only=False (unsafe on a foreign
+    file)."""
+    (tmp_path / "garbage.pt").write_bytes(b"garbage")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a pickled object, not data
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    for name in ("garbage.pt", "module.pt", "array.npy"):
+        with pytest.raises(ValueError) as err:
+            load_checkpoint(tmp_path / name)
+        msg = str(err.value)
+        assert f"{tmp_path / name} is not an odeflow checkpoint (torch.load failed: " in msg
+        assert "weights_only" not in msg and len(msg) < 400
+        assert err.value.__cause__ is None and err.value.__suppress_context__
+    with pytest.raises(FileNotFoundError, match="is a folder; pass the checkpoint file in it"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("payload,match", [
+    ({"format": "odeflow.otflow/1"}, "lacks a valid 'config' and 'state_dict'"),
+    ({"format": "odeflow.otflow/1", "state_dict": {}}, "lacks a valid 'config' \\(a dict\\)"),
+    ({"format": "odeflow.otflow/1", "config": [2], "state_dict": {}}, "lacks a valid 'config'"),
+    ({"format": "odeflow.otflow/1", "config": {"width": 4}, "state_dict": {}},
+     "has an invalid config .*dim"),
+    ({"format": "odeflow.otflow/1", "config": {"dim": 2, "width": 0}, "state_dict": {}},
+     "has an invalid config \\(width must be >= 1"),
+])  # fmt: skip
+def test_load_an_incomplete_checkpoint(tmp_path, payload, match):
+    torch.save(payload, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match=match):
+        load_checkpoint(tmp_path / "c.pt")

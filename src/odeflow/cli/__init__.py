@@ -3,6 +3,10 @@
 Each subcommand lives in its own module (``_demo``, ``_flow``, ``_epi``, …) that exposes
 ``register(subparsers)``; ``main`` builds the parser from the modules listed in
 ``_COMMANDS`` and dispatches to the ``func`` each subparser sets.
+
+The errors odeflow raises on bad input (:data:`USER_ERRORS`) are reported as one line,
+``odeflow COMMAND [SUBCOMMAND]: error: MESSAGE``, with exit code 1; any other exception is
+a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +16,18 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["build_parser", "main"]
+__all__ = ["USER_ERRORS", "build_parser", "main"]
+
+#: what odeflow raises for bad input, a missing optional dependency or a failed run
+#: (TrainingDiverged is a RuntimeError, FileNotFoundError an OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    OSError,
+    RuntimeError,
+    ImportError,
+    FloatingPointError,
+)
 
 #: modules providing ``register(subparsers)``; order is the order shown in ``--help``.
 _COMMANDS: tuple[str, ...] = (
@@ -50,7 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("odeflow: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError, TypeError) as exc:
-        print(f"odeflow {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(f"{_command_name(args)}: error: {exc}", file=sys.stderr)
         return 1
     return int(rc or 0)
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """``odeflow COMMAND`` plus the subcommand, if the command has one (stored as
+    ``COMMAND_command`` by convention, e.g. ``flow_command``)."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return f"odeflow {args.command}" + (f" {sub}" if isinstance(sub, str) else "")

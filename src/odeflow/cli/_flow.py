@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -31,8 +32,7 @@ def _load_data(spec: str, root: str | None, seed: int, n_toy: int):
         if not path.is_file():
             raise FileNotFoundError(f"--data {spec}: no such file")
         try:
-            arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",",
-                                                                         ndmin=2)  # fmt: skip
+            arr = np.load(path) if path.suffix == ".npy" else _load_text(path)
         except (OSError, ValueError) as exc:
             raise ValueError(f"--data {spec}: not a readable {path.suffix} file ({exc})") from exc
         if arr.ndim != 2 or arr.shape[0] < 3 or not np.issubdtype(arr.dtype, np.number):
@@ -49,8 +49,62 @@ def _load_data(spec: str, root: str | None, seed: int, n_toy: int):
         return x[n_te + n_va :], x[n_te : n_te + n_va], x[:n_te], path.name
     raise ValueError(
         f"unknown --data {spec!r}: give a toy ({', '.join(TOYS)}), sklearn:breast_cancer, "
-        f"sklearn:digits, a MAF set ({', '.join(TABULAR_FILES)}) with --root, or a .npy/.csv file"
+        f"sklearn:digits, a MAF set ({', '.join(TABULAR_FILES)}) with --root, or a "
+        ".npy/.csv/.txt file"
     )
+
+
+def _load_text(path: Path) -> np.ndarray:
+    """A .csv file (comma-separated) or a .txt file (separated by spaces or tabs, as
+    ``np.savetxt`` writes; comma-separated .txt files are read too) as a 2-D array."""
+    if path.suffix == ".csv":
+        return np.loadtxt(path, delimiter=",", ndmin=2)
+    try:
+        return np.loadtxt(path, ndmin=2)
+    except ValueError as exc:
+        try:
+            return np.loadtxt(path, delimiter=",", ndmin=2)
+        except ValueError:
+            raise exc from None  # the whitespace reading's complaint
+
+
+def _check_splits(spec: str, dim: int, splits: dict) -> None:
+    """Refuse NaN/inf (or malformed) data in any split before any work is done, naming the
+    split (a toy name stands for fresh samples and is skipped)."""
+    from odeflow.flows import check_data
+
+    for split, x in splits.items():
+        if not isinstance(x, str):
+            check_data(x, dim, name=f"the {split} split of --data {spec}")
+
+
+def _check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Each integer option in ``names`` (attribute names) that was given must be >= 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            flag = "-n" if name == "n" else "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+
+
+def _check_device(spec: str | None) -> None:
+    """Refuse a --device this process cannot use before any data are loaded."""
+    if spec is not None:
+        from odeflow.flows._train import _check_device as check
+
+        check(spec, what=f"--device {spec}")
+
+
+def _remove_if_empty(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents up to ``top`` while they are empty."""
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone)
+            return
+        if folder == top:
+            return
+        folder = folder.parent
 
 
 def _process_group(device: str | None):
@@ -79,14 +133,20 @@ def _train(args: argparse.Namespace) -> int:
     from odeflow.flows import PRESETS, OTFlow, evaluate_nll, fit, get_preset
     from odeflow.flows._plot import plot_flow_2d
 
+    _check_positive(args, "iters", "batch", "width", "n_test")
+    if args.lr is not None and not 0 < args.lr < math.inf:
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    _check_device(args.device)
     args.seed = 0 if args.seed is None else args.seed
     args.n_test = 10_000 if args.n_test is None else args.n_test
 
     train, val, test, name = _load_data(args.data, args.root, args.seed, args.n_test)
-    preset_name = args.preset or (name if name in PRESETS else None)
-    p = get_preset(preset_name) if preset_name else None
+    preset_name = args.preset if args.preset is not None else (name if name in PRESETS else None)
+    p = get_preset(preset_name) if preset_name is not None else None
     dim = 2 if isinstance(train, str) else int(train.shape[1])
-    width = args.width or (p.width if p else 32)
+    # every split is checked now: a bad test row must not surface only after training
+    _check_splits(args.data, dim, {"train": train, "validation": val, "test": test})
+    width = args.width if args.width is not None else (p.width if p else 32)
     # dtype: --dtype, else --double, else the preset's (float64 for the 2-D toys) unless a
     # reduced --precision asks for mixed precision (an fp32 model), else float32
     if args.dtype is not None:
@@ -101,46 +161,56 @@ def _train(args: argparse.Namespace) -> int:
     flow = OTFlow(dim, width=width, depth=p.depth if p else 2, compile=args.compile).to(dtype)
     out = Path(args.out)
     group, device, rank, joined = _process_group(args.device)
+    top = out  # the outermost folder this run creates (removed if a failure leaves it empty)
+    while not top.parent.exists():
+        top = top.parent
+    created = rank == 0 and not out.exists()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    res = fit(flow, train, preset=p, iters=args.iters, batch=args.batch, lr=args.lr,
-              precision=args.precision, device=device, val_data=val, seed=args.seed,
-              verbose=not args.quiet, process_group=group)  # fmt: skip
-    if joined:  # fit's collectives are over: free the group (and gloo's threads) now
-        import torch.distributed as dist
+    try:
+        res = fit(flow, train, preset=p, iters=args.iters, batch=args.batch, lr=args.lr,
+                  precision=args.precision, device=device, val_data=val, seed=args.seed,
+                  verbose=not args.quiet, process_group=group)  # fmt: skip
+        if joined:  # fit's collectives are over: free the group (and gloo's threads) now
+            import torch.distributed as dist
 
-        group = None
-        dist.destroy_process_group()
-    if rank != 0:  # the ranks hold the same weights: rank 0 evaluates and writes
+            group = None
+            dist.destroy_process_group()
+        if rank != 0:  # the ranks hold the same weights: rank 0 evaluates and writes
+            return 0
+        nll = evaluate_nll(flow, test.to(next(flow.parameters())), nt=p.nt_test if p else None)
+        # what `flow eval` needs to rebuild the same test split and step count by default
+        flow.save(out / "flow.pt", data=name, preset=preset_name, seed=args.seed,
+                  n_test=args.n_test, nt_test=p.nt_test if p else None)  # fmt: skip
+        # config: the flow's own (its precision is not changed by fit); precision: training's
+        metrics = {"data": name, "dim": dim, "preset": preset_name, "dtype": res.dtype,
+                   "precision": res.precision, "test_nll": nll,
+                   "best_val_nll": res.best_val_nll, "iterations": res.iterations,
+                   "status": res.status, "seconds": res.seconds, "world_size": res.world_size,
+                   "config": flow.config(),
+                   "history": res.history}  # fmt: skip
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if dim == 2:
+            plot_flow_2d(flow, test, out / "samples.png")
+        print(f"test NLL {nll:.4f} nats after {res.iterations} iterations ({res.status}); "
+              f"wrote {out / 'flow.pt'}, {out / 'metrics.json'}")  # fmt: skip
         return 0
-    nll = evaluate_nll(flow, test.to(next(flow.parameters())), nt=p.nt_test if p else None)
-    # what `flow eval` needs to rebuild the same test split and step count by default
-    flow.save(out / "flow.pt", data=name, preset=preset_name, seed=args.seed,
-              n_test=args.n_test, nt_test=p.nt_test if p else None)  # fmt: skip
-    # config: the flow's own (its precision is not changed by fit); precision: training's
-    metrics = {"data": name, "dim": dim, "preset": preset_name, "dtype": res.dtype,
-               "precision": res.precision, "test_nll": nll,
-               "best_val_nll": res.best_val_nll, "iterations": res.iterations,
-               "status": res.status, "seconds": res.seconds, "world_size": res.world_size,
-               "config": flow.config(),
-               "history": res.history}  # fmt: skip
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if dim == 2:
-        plot_flow_2d(flow, test, out / "samples.png")
-    print(f"test NLL {nll:.4f} nats after {res.iterations} iterations ({res.status}); "
-          f"wrote {out / 'flow.pt'}, {out / 'metrics.json'}")  # fmt: skip
-    return 0
+    except BaseException:  # (interrupts too) no empty output folder is left behind
+        if created:
+            _remove_if_empty(out, top)
+        raise
 
 
 def _sample(args: argparse.Namespace) -> int:
     from odeflow.flows import load_checkpoint
 
+    _check_positive(args, "n")
     flow = load_checkpoint(args.checkpoint)
-    if args.n < 1:
-        raise ValueError(f"-n must be >= 1, got {args.n}")
     gen = torch.Generator().manual_seed(args.seed)
     out = Path(args.out)
-    if out.suffix != ".npy":
+    if out.is_dir():  # an existing folder: write the default file name into it
+        out = out / "samples.npy"
+    elif out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")  # what np.save writes
     if args.log_prob:
         xs, lp = flow.sample_and_log_prob(args.n, generator=gen)
@@ -160,6 +230,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from odeflow.flows import evaluate_nll, load_checkpoint
 
+    _check_positive(args, "n_test", "nt")
     flow = load_checkpoint(args.checkpoint)
     # defaults from the training run: its seed (the split and standardisation of sklearn and
     # file data depend on it), test-set size and test step count
@@ -171,6 +242,7 @@ def _eval(args: argparse.Namespace) -> int:
     if test.shape[1] != flow.dim:
         raise ValueError(f"--data {name} has dimension {test.shape[1]} but the checkpoint "
                          f"holds a flow of dim={flow.dim}")  # fmt: skip
+    _check_splits(args.data, flow.dim, {"test": test})
     nll = evaluate_nll(flow, test.to(next(flow.parameters())), nt=nt)
     print(
         json.dumps(
@@ -196,7 +268,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def data_args(q):
         q.add_argument("--data", required=True, help="toy name, sklearn:NAME, MAF set name "
-                       "(with --root), or a .npy/.csv file")  # fmt: skip
+                       "(with --root), or a .npy, .csv (comma-separated) or .txt "
+                       "(whitespace-separated) file")  # fmt: skip
         q.add_argument("--root", default=None, help="folder with the MAF-format data")
         q.add_argument(
             "--seed",
@@ -227,7 +300,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--width", type=int, default=None)
     t.add_argument("--precision", default=None, choices=["fp32", "tf32", "bf16", "fp16"])
-    t.add_argument("--device", default=None)
+    t.add_argument(
+        "--device",
+        default=None,
+        help="torch device to train on, e.g. cpu, cuda, cuda:1 (default: cpu; refused at "
+        "once if it is not available)",
+    )
     t.add_argument(
         "--dtype",
         default=None,
@@ -248,7 +326,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = fs.add_parser("sample", help="draw samples from a checkpoint into a .npy file")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("-n", type=int, default=10_000)
-    s.add_argument("--out", default="samples.npy")
+    s.add_argument(
+        "--out",
+        default="samples.npy",
+        help="output .npy file (.npy is appended if missing), or an existing folder to "
+        "write samples.npy into (default: samples.npy)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
         "--log-prob",

@@ -87,6 +87,20 @@ def _check_alpha(alpha: Any) -> tuple[float, float, float]:
     return out  # type: ignore[return-value]
 
 
+def _check_steps(value: Any, name: str = "nt") -> int:
+    """A number of RK4 steps as an ``int`` >= 1, else a ValueError naming ``name``."""
+    if not isinstance(value, bool):
+        try:
+            steps = operator.index(value)  # ints, NumPy integers, 0-d integer tensors
+        except TypeError:
+            steps = 0
+        if steps >= 1:
+            return steps
+    raise ValueError(
+        f"{name} must be an integer >= 1 (the number of RK4 steps from t = 0 to 1), got {value!r}"
+    )
+
+
 class OTFlowLoss(NamedTuple):
     """Terms of the OT-Flow objective J = α₀ L + α₁ C + α₂ R (batch means, scalars)."""
 
@@ -353,13 +367,17 @@ class OTFlow(nn.Module):
 
         Args:
             x: ``(n, d)`` data batch.
-            nt: RK4 steps (default ``self.nt``).
+            nt: RK4 steps, an integer >= 1 (default ``self.nt``).
 
         Returns:
             :class:`OTFlowLoss` ``(total, nll, transport, hjb)`` of scalars.
+
+        Raises:
+            ValueError: ``x`` of the wrong last dimension or not finite, or ``nt`` < 1.
         """
+        steps = self.nt if nt is None else _check_steps(nt)
         x = self._check(x, "x")
-        y = self._forward_state(x, self.nt if nt is None else int(nt), full=True)
+        y = self._forward_state(x, steps, full=True)
         z, ell, L, R = y[:, : self.dim], y[:, self.dim], y[:, self.dim + 1], y[:, self.dim + 2]
         nll = -(self._log_normal(z) + ell).mean()
         a0, a1, a2 = self.alpha
@@ -373,10 +391,14 @@ class OTFlow(nn.Module):
         return self.log_prob(x, nt)
 
     def log_prob(self, x: Tensor, nt: int | None = None) -> Tensor:
-        """log p(x) = log N(z(1)) + ℓ(1) for ``x`` of shape ``(..., d)``; returns ``(...)``."""
+        """log p(x) = log N(z(1)) + ℓ(1) for ``x`` of shape ``(..., d)``; returns ``(...)``.
+
+        ``nt``: RK4 steps, an integer >= 1 (default ``self.nt_eval``); a ValueError names
+        it otherwise."""
+        steps = self.nt_eval if nt is None else _check_steps(nt)
         shape = x.shape[:-1] if isinstance(x, Tensor) else None
         x = self._check(x, "x")
-        y = self._forward_state(x, self.nt_eval if nt is None else int(nt), full=False)
+        y = self._forward_state(x, steps, full=False)
         lp = self._log_normal(y[:, : self.dim]) + y[:, self.dim]
         return lp.reshape(shape)
 
@@ -386,7 +408,8 @@ class OTFlow(nn.Module):
         """Data → latent map x ↦ z(1), ``(..., d) -> (..., d)``.
 
         With ``return_trajectory=True`` the result is the whole RK4 path
-        ``(nt+1, ..., d)`` (its last entry is z(1)).
+        ``(nt+1, ..., d)`` (its last entry is z(1)). ``nt``: RK4 steps, an integer >= 1
+        (default ``self.nt_eval``).
         """
         return self._map(x, nt, False, return_trajectory, "x")
 
@@ -396,15 +419,15 @@ class OTFlow(nn.Module):
         """Latent → data map by RK4 backward in time from t = 1 to 0, ``(..., d)``.
 
         With ``return_trajectory=True`` the result is ``(nt+1, ..., d)`` ordered from t = 1
-        down to t = 0.
+        down to t = 0. ``nt``: RK4 steps, an integer >= 1 (default ``self.nt_eval``).
         """
         return self._map(z, nt, True, return_trajectory, "z")
 
     def _map(self, x: Tensor, nt: int | None, backward: bool, traj: bool, name: str) -> Tensor:
+        n_steps = self.nt_eval if nt is None else _check_steps(nt)
         shape = x.shape if isinstance(x, Tensor) else None
         x = self._check(x, name)
         y0 = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1)
-        n_steps = self.nt_eval if nt is None else int(nt)
         ys = self._integrate(y0, n_steps, False, backward, traj, self.gradient)
         if traj:
             return ys[..., : self.dim].reshape(ys.shape[0], *shape)
@@ -477,13 +500,11 @@ class OTFlow(nn.Module):
                 f"sample_shape must be an int >= 0 or a sequence of them (e.g. 1000 or "
                 f"(10, 100)), got {sample_shape!r}"
             )
-        if nt is not None and (isinstance(nt, bool) or int(nt) < 1):
-            raise ValueError(f"nt must be an integer >= 1, got {nt!r}")
+        n_steps = self.nt_eval if nt is None else _check_steps(nt)
         ref = self._ref
         z = torch.randn((*shape, self.dim), generator=generator, device=ref.device, dtype=ref.dtype)
         zf = z.reshape(-1, self.dim)
         y0 = torch.cat([zf, zf.new_zeros(zf.shape[0], 1)], dim=1)
-        n_steps = self.nt_eval if nt is None else int(nt)
         y = self._integrate(y0, n_steps, False, True, False, self.gradient)
         x = y[:, : self.dim].reshape(z.shape)
         if not with_log_prob:

@@ -46,15 +46,38 @@ class TabularData:
 def check_data(x, dim: int | None = None, *, name: str = "data") -> Tensor:
     """Validate a data matrix at the public boundary and return it as a tensor.
 
+    ``x`` is a tensor, a NumPy array or nested lists of real numbers (integers and bools
+    become the default float dtype).
+
     Raises:
-        ValueError: not 2-D, empty, wrong number of columns, or contains NaN/inf.
+        ValueError: not a rectangular array of real numbers (strings, objects, ragged
+            lists, complex values), not 2-D, empty, wrong number of columns, or contains
+            NaN/inf; ``name`` says which data.
 
     Example:
         >>> check_data(torch.zeros(3, 2), 2).shape
         torch.Size([3, 2])
     """
     if not isinstance(x, Tensor):
-        x = torch.as_tensor(np.asarray(x))
+        try:
+            arr = np.asarray(x)
+        except ValueError as exc:  # ragged nested lists
+            why = str(exc).split(". ")[0]
+            raise ValueError(
+                f"{name} is not a rectangular (n, d) array of numbers ({why}); give every row "
+                "the same number of entries"
+            ) from None
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise ValueError(
+                f"{name} must hold real numbers, got an array of dtype {arr.dtype} (e.g. "
+                "strings or mixed objects); convert it first, e.g. np.asarray(data, dtype=float)"
+            )
+        x = torch.as_tensor(arr)
+    if x.is_complex():
+        raise ValueError(
+            f"{name} is complex ({x.dtype}); a flow models real data: pass the real and "
+            "imaginary parts as separate columns"
+        )
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (n, d) array, got shape {tuple(x.shape)}")
     if x.shape[0] == 0:

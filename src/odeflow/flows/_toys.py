@@ -157,14 +157,12 @@ def _pinwheel(n: int, g: torch.Generator) -> Tensor:
 
 
 def _two_spirals(n: int, g: torch.Generator) -> Tensor:
-    m = n // 2
+    m = n - n // 2  # points drawn on the first arm (one more than the second for odd n)
     r = torch.sqrt(torch.rand(m, generator=g, dtype=torch.float64)) * 540 * (2 * math.pi) / 360
     dx = -torch.cos(r) * r + 0.5 * torch.rand(m, generator=g, dtype=torch.float64)
     dy = torch.sin(r) * r + 0.5 * torch.rand(m, generator=g, dtype=torch.float64)
     arm = torch.stack([dx, dy], 1)
-    pts = torch.cat([arm, -arm])
-    if pts.shape[0] < n:  # odd n: one more point on the first arm
-        pts = torch.cat([pts, arm[:1]])
+    pts = torch.cat([arm, -arm[: n // 2]])  # the second arm mirrors the first
     pts = pts[torch.randperm(n, generator=g)] / 3.0
     return pts + 0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._distributed import Comm
-from ._otflow import OTFlow
+from ._otflow import OTFlow, _check_alpha, _check_steps
 from ._presets import FlowPreset, get_preset
 from ._tabular import TabularData, check_data
 from ._toys import TOYS, make_toy
@@ -83,10 +83,7 @@ def _as_batches(data, dim: int, batch: int, seed: int, dtype, device, comm: Comm
     comm = comm if comm is not None else Comm(None, torch.device(device))
     g = torch.Generator()
     if isinstance(data, str):
-        if data not in TOYS:
-            raise ValueError(f"unknown toy {data!r}; valid toys are: {', '.join(TOYS)}")
-        if dim != 2:
-            raise ValueError(f"toy {data!r} is 2-D but the flow has dim={dim}")
+        _check_toy(data, dim)
         _check_split(batch, comm, "batch")
         # fresh samples: each rank draws its own share from its own stream
         g.manual_seed(int(seed) + 1_000_003 * comm.rank)
@@ -98,8 +95,7 @@ def _as_batches(data, dim: int, batch: int, seed: int, dtype, device, comm: Comm
 
         return toy()
     g.manual_seed(int(seed))
-    x = check_data(data, dim, name="training data")
-    x = x.to(dtype=dtype, device=device)
+    x = check_data(data, dim, name="training data").to(dtype=dtype, device=device)
     n = x.shape[0]
     if comm.active:  # (the sum is only worth computing when there are ranks to compare)
         total = float(x.sum(dtype=torch.float64))
@@ -114,6 +110,13 @@ def _as_batches(data, dim: int, batch: int, seed: int, dtype, device, comm: Comm
                 yield x[comm.shard(perm[i : i + b])]
 
     return epochs()
+
+
+def _check_toy(name: str, dim: int) -> None:
+    if name not in TOYS:
+        raise ValueError(f"unknown toy {name!r}; valid toys are: {', '.join(TOYS)}")
+    if dim != 2:
+        raise ValueError(f"toy {name!r} is 2-D but the flow has dim={dim}")
 
 
 def _check_split(b: int, comm: Comm, what: str) -> None:
@@ -131,11 +134,11 @@ def evaluate_nll(flow: OTFlow, data: Tensor, *, nt: int | None = None, batch: in
     Args:
         flow: the flow.
         data: ``(n, d)`` samples.
-        nt: RK4 steps (default ``flow.nt_eval``).
-        batch: evaluation chunk size.
+        nt: RK4 steps, an integer >= 1 (default ``flow.nt_eval``).
+        batch: evaluation chunk size, an integer >= 1 (rows per ``log_prob`` call).
 
     Raises:
-        ValueError: wrong dimension, empty, or non-finite data.
+        ValueError: wrong dimension, empty, or non-finite data; ``nt`` or ``batch`` < 1.
 
     Example:
         >>> import torch
@@ -144,6 +147,9 @@ def evaluate_nll(flow: OTFlow, data: Tensor, *, nt: int | None = None, batch: in
         >>> isinstance(nll, float)
         True
     """
+    if nt is not None:
+        nt = _check_steps(nt, "nt")
+    batch = _check_int("batch", batch, 1, "rows evaluated per log_prob call")
     x = check_data(data, flow.dim, name="evaluation data")
     return _nll_sum(flow, x, nt, batch) / x.shape[0]
 
@@ -212,22 +218,25 @@ def fit(
         data: ``(n, d)`` tensor/array, a :class:`TabularData` (its ``val`` split is used
             for validation), or a toy name (fresh samples every iteration).
         preset: preset name or object.
-        iters, batch, lr: iterations, minibatch size, Adam learning rate. Data tensors
-            are reshuffled every epoch and cut into full minibatches of
-            ``min(batch, n)`` rows (the remainder differs from epoch to epoch).
+        iters, batch, lr: iterations and minibatch size (integers >= 1), Adam learning
+            rate (finite, > 0). Data tensors are reshuffled every epoch and cut into full
+            minibatches of ``min(batch, n)`` rows (the remainder differs from epoch to
+            epoch).
         precision: ODE precision policy for this training run ("fp32", "tf32", "bf16",
             "fp16"; default the flow's own), used by the training steps and the validations;
-            the flow's own ``precision`` is restored afterwards.
-        device: where to train (default: the flow's device).
+            the flow's own ``precision`` is restored afterwards. "bf16" and "fp16" need a
+            float32 flow (autocast does not touch float64): on a float64 flow they are
+            refused; convert it with ``flow.float()`` first.
+        device: where to train (default: the flow's device); CUDA must be available.
         val_data: validation samples ``(n_val, d)`` (default: ``data.val``, a fresh toy
             sample, or none).
         val_every: validate every this many iterations, ≥ 1 (default
             ``max(1, iters // 20)``).
-        val_nt: RK4 steps for validation (default ``flow.nt_eval``).
+        val_nt: RK4 steps for validation, an integer >= 1 (default ``flow.nt_eval``).
         patience: validations without improvement before the learning rate drops (≥ 1).
         lr_drop, max_drops: drop factor (> 1) and number of drops before stopping (≥ 0).
         clip: clamp parameters to [−clip, clip] before every step (clip > 0, or None).
-        seed: seed of the batch generator.
+        seed: seed of the batch generator (an integer; also seeds toy samples).
         callback: ``callback(iteration, info)``; returning True stops training.
         verbose: show a tqdm progress bar.
         restore_best: load the weights with the best validation NLL at the end.
@@ -255,8 +264,11 @@ def fit(
         :class:`FitResult`.
 
     Raises:
-        ValueError: bad data (NaN/inf, wrong dimension, empty), unknown preset/toy, or a
-            setting out of range (the argument and its valid range are named).
+        ValueError: bad data (NaN/inf, wrong dimension, empty, not numeric), unknown
+            preset/toy, a setting out of range (the argument and its valid range are
+            named), "bf16"/"fp16" on a float64 flow, or an unusable ``device``. All of
+            these are checked before the flow is touched, so a refused call leaves it
+            (weights, α, step counts, device) as it was.
         TrainingDiverged: the loss became NaN/inf (with ``restore_best`` the best validated
             weights are restored first; the message says which weights the flow holds).
 
@@ -272,17 +284,28 @@ def fit(
     """
     if not isinstance(flow, OTFlow):
         raise TypeError(f"flow must be an OTFlow, got {type(flow).__name__}")
+    # Every argument and the data are checked before the flow is touched: a refused call
+    # leaves its weights, α, step counts, device, precision and mode as they were.
     p = get_preset(preset) if preset is not None else None
-    if p is not None and p.dim is not None and p.dim != flow.dim:
-        raise ValueError(f"preset {p.name!r} is for dim={p.dim}, but the flow has dim={flow.dim}")
-    iters = int(iters if iters is not None else (p.iters if p else 1000))
-    batch = int(batch if batch is not None else (p.batch if p else 1024))
-    lr = float(lr if lr is not None else (p.lr if p else 1e-2))
+    if p is not None:
+        if p.dim is not None and p.dim != flow.dim:
+            raise ValueError(
+                f"preset {p.name!r} is for dim={p.dim}, but the flow has dim={flow.dim}"
+            )
+        p_alpha = _check_alpha(p.alpha)
+        p_nt = _check_steps(p.nt, f"preset {p.name!r}: nt")
+        p_nt_val = _check_steps(p.nt_val, f"preset {p.name!r}: nt_val")
+    iters = _check_int("iters", iters if iters is not None else (p.iters if p else 1000), 1,
+                       "training iterations")  # fmt: skip
+    batch = _check_int("batch", batch if batch is not None else (p.batch if p else 1024), 1,
+                       "rows per minibatch")  # fmt: skip
+    lr = lr if lr is not None else (p.lr if p else 1e-2)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (0 < lr < math.inf):
+        raise ValueError(f"lr must be a finite number > 0 (Adam's learning rate), got {lr!r}")
+    lr = float(lr)
     clip = clip if clip is not None else (p.clip if p else None)
     lr_drop = lr_drop if lr_drop is not None else (p.lr_drop if p else 10.0)
     max_drops = max_drops if max_drops is not None else (p.max_drops if p else 3)
-    if iters < 1 or batch < 1 or not lr > 0:
-        raise ValueError(f"need iters >= 1, batch >= 1, lr > 0; got {iters}, {batch}, {lr}")
     if clip is not None:
         if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not clip > 0:
             raise ValueError(f"clip must be a number > 0 (the parameters are clamped to "
@@ -302,30 +325,53 @@ def fit(
                            "stops")  # fmt: skip
     if val_every is not None:
         val_every = _check_int("val_every", val_every, 1, "iterations between validations")
+    if val_nt is not None:
+        val_nt = _check_steps(val_nt, "val_nt")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer (it seeds the minibatch shuffling and "
+                         f"the toy samples), got {seed!r}; e.g. seed=0")  # fmt: skip
+    seed = int(seed)
     if precision is not None and precision not in ("fp32", "tf32", "bf16", "fp16"):
         raise ValueError(f"precision must be fp32, tf32, bf16 or fp16, got {precision!r}")
-    if p is not None:
-        flow.alpha = tuple(p.alpha)
-        flow.nt = p.nt
-        flow.nt_eval = p.nt_val
-    if device is not None:
-        flow.to(device)
     ref = next(flow.parameters())
-    dtype, dev = ref.dtype, ref.device
+    dtype = ref.dtype
+    train_precision = precision if precision is not None else flow.precision
+    if train_precision in ("bf16", "fp16") and dtype == torch.float64:
+        given = "" if precision is not None else " (the flow's own precision)"
+        raise ValueError(
+            f"precision={train_precision!r}{given} needs a float32 flow, but this flow's "
+            "parameters are float64, which autocast leaves untouched: training would run in "
+            "float64. Convert the flow with flow.float() (or build it with "
+            "OTFlow.from_preset(..., dtype=torch.float32)), or train with precision='fp32'"
+        )
+    dev = _check_device(device) if device is not None else ref.device
     comm = Comm(process_group, dev)
-    comm.same("fit's settings (iters, batch, lr, seed, dim)",
-              [iters, batch, lr, float(seed), flow.dim])  # fmt: skip
-    comm.broadcast_(flow)
-
     if isinstance(data, TabularData):
         if val_data is None:
             val_data = data.val
         data = data.train
+    if isinstance(data, str):
+        _check_toy(data, flow.dim)
+    else:
+        data = check_data(data, flow.dim, name="training data")
+    if val_data is not None:
+        val_data = check_data(val_data, flow.dim, name="validation data")
+
+    # all checked: now set up the flow
+    if p is not None:
+        flow.alpha = p_alpha
+        flow.nt = p_nt
+        flow.nt_eval = p_nt_val
+    if device is not None:
+        flow.to(dev)
+    comm.same("fit's settings (iters, batch, lr, seed, dim)",
+              [iters, batch, lr, float(seed), flow.dim])  # fmt: skip
+    comm.broadcast_(flow)
     if isinstance(data, str) and val_data is None:
-        val_data = make_toy(data, min(batch, 10_000), seed=int(seed) + 10_007)
+        val_data = make_toy(data, min(batch, 10_000), seed=seed + 10_007)
     batches = _as_batches(data, flow.dim, batch, seed, dtype, dev, comm)
     if val_data is not None:
-        val_data = check_data(val_data, flow.dim, name="validation data").to(dev, dtype)
+        val_data = val_data.to(dev, dtype)
     val_every = val_every if val_every is not None else max(1, iters // 20)
 
     opt = torch.optim.Adam(flow.parameters(), lr=lr)
@@ -340,7 +386,6 @@ def fit(
         bar = tqdm(total=iters, desc="OT-Flow", leave=False)
     # the training precision and train mode last for this call only
     was_training, own_precision = flow.training, flow.precision
-    train_precision = precision if precision is not None else own_precision
     flow.precision = train_precision
     flow.train()
     it = 0
@@ -430,6 +475,33 @@ def fit(
                      str(dtype).removeprefix("torch."), train_precision, comm.world)  # fmt: skip
 
 
+def _check_device(device: torch.device | str, what: str | None = None) -> torch.device:
+    """``device`` as a ``torch.device`` this process can use, else a ValueError that names
+    it as ``what`` (default ``device=...``)."""
+    what = what if what is not None else f"device={device!r}"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"{what}: not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'"
+        ) from None
+    if dev.type == "cuda":
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n_gpus == 0:
+            raise ValueError(
+                f"{what} asks for CUDA, but CUDA is not available (this PyTorch build: CUDA "
+                f"{torch.version.cuda or 'not compiled in'}; no GPU visible); use the CPU "
+                "('cpu'), or a CUDA build of PyTorch on a machine with a GPU"
+            )
+        if dev.index is None:  # what .to("cuda") means: the current GPU
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= n_gpus:
+            raise ValueError(
+                f"{what}: only {n_gpus} GPU(s) are visible (cuda:0 to cuda:{n_gpus - 1})"
+            )
+    return dev
+
+
 def _check_int(name: str, value: Any, low: int, meaning: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an integer >= {low} ({meaning}), got {value!r}")
@@ -482,6 +554,18 @@ def save_checkpoint(flow: OTFlow, path: str | Path, **extra: Any) -> None:
         raise
 
 
+def _load_reason(exc: Exception) -> str:
+    """The gist of a ``torch.load`` failure in one short line (without torch's advice to
+    retry with ``weights_only=False``, which would run arbitrary code from the file)."""
+    msg = str(exc)
+    if "WeightsUnpickler error:" in msg:  # the cause, after torch's paragraph of advice
+        msg = msg.split("WeightsUnpickler error:", 1)[1]
+    line = next((ln.strip() for ln in msg.splitlines() if ln.strip()), "")
+    line = line.split(". ", 1)[0].rstrip(".")
+    reason = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return reason if len(reason) <= 160 else reason[:157] + "..."
+
+
 def _jsonable(obj: Any, key: str) -> Any:
     """``obj`` as plain Python data that ``torch.load(weights_only=True)`` reads back."""
     if obj is None:
@@ -517,30 +601,56 @@ def load_checkpoint(path: str | Path, *, dim: int | None = None, map_location=No
             where the returned flow lives. Other mappings (dict, callable) only steer
             ``torch.load``; the flow is then on the CPU.
 
+    The file is read with ``torch.load(weights_only=True)``: only plain data are unpickled.
+
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: not an odeflow OT-Flow checkpoint, or of another dimension.
+        FileNotFoundError: no such file (or a folder was given).
+        ValueError: not an odeflow OT-Flow checkpoint (unreadable by ``torch.load``, or
+            without the format tag, a ``config`` or a ``state_dict``), or of another
+            dimension.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint {path} is a folder; pass the checkpoint file in it (e.g. "
+            f"{path / 'flow.pt'})"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         ck = torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+        raise ValueError(
+            f"{path} is not an odeflow checkpoint (torch.load failed: {_load_reason(exc)}); "
+            "pass a file written by OTFlow.save, save_checkpoint or `odeflow flow train`"
+        ) from None
     if not isinstance(ck, dict) or ck.get("format") != _FORMAT:
         raise ValueError(f"{path} is not an odeflow OT-Flow checkpoint (format {_FORMAT})")
-    cfg = dict(ck["config"])
-    if dim is not None and int(cfg["dim"]) != int(dim):
+    cfg, state = ck.get("config"), ck.get("state_dict")
+    if not isinstance(cfg, dict) or not isinstance(state, dict):
+        missing = " and ".join(repr(k) for k, v in (("config", cfg), ("state_dict", state))
+                               if not isinstance(v, dict))  # fmt: skip
         raise ValueError(
-            f"checkpoint {path} holds a flow of dim={cfg['dim']}, but dim={dim} was expected; "
+            f"checkpoint {path} is incomplete: it has the {_FORMAT} tag but lacks a valid "
+            f"{missing} (a dict); the file is damaged or was not written by "
+            "save_checkpoint. Save the flow again with OTFlow.save"
+        )
+    try:
+        flow = OTFlow(**cfg)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"checkpoint {path} has an invalid config ({exc}); the file is damaged or was "
+            "edited. Save the flow again with OTFlow.save"
+        ) from None
+    if dim is not None and flow.dim != int(dim):
+        raise ValueError(
+            f"checkpoint {path} holds a flow of dim={flow.dim}, but dim={dim} was expected; "
             "use a checkpoint trained on data of this dimension"
         )
-    flow = OTFlow(**cfg)
     flow.to(getattr(torch, ck.get("dtype", "float32")))
     if isinstance(map_location, str | torch.device):
         flow.to(torch.device(map_location))
-    flow.load_state_dict(ck["state_dict"])
+    flow.load_state_dict(state)
     flow.eval()
     flow.checkpoint_extra = ck.get("extra", {})
     return flow

@@ -274,3 +274,9 @@ def test_power_matches_maf_preprocessing(tmp_path):
     d = load_tabular("power", tmp_path, dtype=torch.float64)
     for got, want in ((d.train, tr), (d.val, va), (d.test, te)):
         assert np.allclose(got.numpy(), (want - mu) / s, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [0, 2.5, True, "3"])
+def test_make_toy_refuses_a_non_integer_count(n):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        make_toy("moons", n)

@@ -176,6 +176,23 @@ def test_step_counts_are_checked_and_named(nt):
             call()
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dim=2.7), "dim must be an integer >= 1"),
+        (dict(dim=0), "dim must be an integer >= 1"),
+        (dict(dim=2, width=8.5), "width must be an integer >= 1"),
+        (dict(dim=2, depth=1), "depth must be an integer >= 2"),
+        (dict(dim=2, rank=0), "rank must be an integer >= 1"),
+        (dict(dim=2, nt=2.5), "nt must be an integer >= 1"),
+        (dict(dim=2, nt_eval=True), "nt_eval must be an integer >= 1"),
+    ],
+)
+def test_constructor_refuses_non_integer_sizes(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        OTFlow(**kwargs)
+
+
 def test_step_counts_accept_integer_types():
     import numpy as np
 

@@ -87,18 +87,22 @@ def _check_alpha(alpha: Any) -> tuple[float, float, float]:
     return out  # type: ignore[return-value]
 
 
-def _check_steps(value: Any, name: str = "nt") -> int:
-    """A number of RK4 steps as an ``int`` >= 1, else a ValueError naming ``name``."""
+def _check_int(name: str, value: Any, low: int, meaning: str) -> int:
+    """``value`` as an ``int`` >= ``low`` (ints, NumPy integers, 0-d integer tensors; not
+    bools or floats), else a ValueError naming ``name`` and what it means."""
     if not isinstance(value, bool):
         try:
-            steps = operator.index(value)  # ints, NumPy integers, 0-d integer tensors
+            out = operator.index(value)
         except TypeError:
-            steps = 0
-        if steps >= 1:
-            return steps
-    raise ValueError(
-        f"{name} must be an integer >= 1 (the number of RK4 steps from t = 0 to 1), got {value!r}"
-    )
+            out = None
+        if out is not None and out >= low:
+            return out
+    raise ValueError(f"{name} must be an integer >= {low} ({meaning}), got {value!r}")
+
+
+def _check_steps(value: Any, name: str = "nt") -> int:
+    """A number of RK4 steps as an ``int`` >= 1, else a ValueError naming ``name``."""
+    return _check_int(name, value, 1, "the number of RK4 steps from t = 0 to 1")
 
 
 class OTFlowLoss(NamedTuple):
@@ -219,13 +223,15 @@ class OTFlow(nn.Module):
         cuda_graphs: bool = False,
     ):
         super().__init__()
-        if int(dim) < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        if int(width) < 1:
-            raise ValueError(f"width must be >= 1, got {width}")
+        dim = _check_int("dim", dim, 1, "the data dimension")
+        width = _check_int("width", width, 1, "the ResNet width m")
+        depth = _check_int("depth", depth, 2, "the opening layer plus the residual layers")
+        if rank is not None:
+            rank = _check_int("rank", rank, 1, "the rank of the quadratic term")
         alpha = _check_alpha(alpha)
-        if int(nt) < 1 or (nt_eval is not None and int(nt_eval) < 1):
-            raise ValueError(f"nt and nt_eval must be >= 1, got nt={nt}, nt_eval={nt_eval}")
+        nt = _check_steps(nt, "nt")
+        if nt_eval is not None:
+            nt_eval = _check_steps(nt_eval, "nt_eval")
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
         if gradient not in ("backprop", "adjoint"):
@@ -235,13 +241,13 @@ class OTFlow(nn.Module):
                 "cuda_graphs=True replays the discrete adjoint's per-step work; use it with "
                 "gradient='adjoint' (backprop through all steps cannot be captured per step)"
             )
-        self.dim = int(dim)
-        self.width = int(width)
-        self.depth = int(depth)
-        self.rank = min(10, self.dim + 1) if rank is None else int(rank)
+        self.dim = dim
+        self.width = width
+        self.depth = depth
+        self.rank = min(10, self.dim + 1) if rank is None else rank
         self.alpha = alpha
-        self.nt = int(nt)
-        self.nt_eval = 2 * self.nt if nt_eval is None else int(nt_eval)
+        self.nt = nt
+        self.nt_eval = 2 * self.nt if nt_eval is None else nt_eval
         self.precision = precision
         self.gradient = gradient
         self.potential = build_potential(self.dim, self.width, self.depth, self.rank)

@@ -9,6 +9,7 @@ from their mathematical description with ``torch.Generator`` for reproducibility
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -216,7 +217,7 @@ def make_toy(
     """
     if name not in TOYS:
         raise ValueError(f"unknown toy {name!r}; valid toys are: {', '.join(TOYS)}")
-    if int(n) < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be an integer >= 1 (the number of samples), got {n!r}")
     x = TOYS[name](int(n), _gen(seed, generator))
     return x.to(dtype=dtype, device=device)

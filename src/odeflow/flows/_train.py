@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._distributed import Comm
-from ._otflow import OTFlow, _check_alpha, _check_steps
+from ._otflow import OTFlow, _check_alpha, _check_int, _check_steps
 from ._presets import FlowPreset, get_preset
 from ._tabular import TabularData, check_data
 from ._toys import TOYS, make_toy
@@ -500,12 +500,6 @@ def _check_device(device: torch.device | str, what: str | None = None) -> torch.
                 f"{what}: only {n_gpus} GPU(s) are visible (cuda:0 to cuda:{n_gpus - 1})"
             )
     return dev
-
-
-def _check_int(name: str, value: Any, low: int, meaning: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low} ({meaning}), got {value!r}")
-    return int(value)
 
 
 def save_checkpoint(flow: OTFlow, path: str | Path, **extra: Any) -> None:

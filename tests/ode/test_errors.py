@@ -249,3 +249,10 @@ def test_16bit_state_with_16bit_module_names_the_precision():
         odeflow.odeint(lambda t, y: func(y), y0, T, params=[])
     ys = odeflow.odeint(lambda t, y: func(y), y0, T, params=[], precision="bf16")
     assert ys.dtype == torch.bfloat16 and torch.isfinite(ys).all()
+
+
+def test_times_that_coincide_in_the_state_precision_are_named():
+    t = torch.tensor([1e8, 1e8 + 1], dtype=torch.float64)  # equal in float32
+    with pytest.raises(ValueError, match=r"in torch\.float32, the state.s precision"):
+        odeflow.odeint(f, torch.ones(2), t)
+    assert odeflow.odeint(f, torch.ones(2, dtype=torch.float64), t).shape == (2, 2)

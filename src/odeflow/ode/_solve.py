@@ -1462,6 +1462,7 @@ def _check_t(t: Any, device: torch.device, hdt: torch.dtype) -> tuple[Tensor, li
         raise TypeError(f"t must be a real floating tensor, got {t.dtype}; use t.to(y0.dtype)")
     if t.device != device:
         raise ValueError(f"t is on {t.device} but y0 is on {device}; move them to one device")
+    given = t.dtype
     if t.dtype != hdt:
         # step sizes and stage times are formed from t in the state's precision, and func
         # receives them so (as torchdiffeq does): a 16-bit t is widened, a float64 t for a
@@ -1472,7 +1473,10 @@ def _check_t(t: Any, device: torch.device, hdt: torch.dtype) -> tuple[Tensor, li
         raise ValueError("t contains inf or NaN; all times must be finite")
     d = [b - a for a, b in itertools.pairwise(host)]
     if not (all(x > 0 for x in d) or all(x < 0 for x in d)):
-        raise ValueError("t must be strictly increasing or strictly decreasing (no repeats)")
+        hint = ""
+        if given.itemsize > t.dtype.itemsize:
+            hint = f" in {t.dtype}, the state's precision (give y0 as {given} to resolve them)"
+        raise ValueError(f"t must be strictly increasing or strictly decreasing (no repeats){hint}")
     return t, host
 
 

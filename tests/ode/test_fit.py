@@ -49,16 +49,56 @@ def test_fit_rejects_bad_shapes():
         fit_trajectory(func, torch.zeros(5), torch.zeros(5, 2), batch_time=9, verbose=False)
 
 
+def test_fit_rejects_non_uniform_t():
+    """Every window is integrated on the first window's grid: a non-uniform t would fit the
+    wrong times silently."""
+    t, ys = spiral_data(40, 2.0)
+    t = t.clone()
+    t[20:] += 1.0  # one gap
+    func = AutonomousField(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="uniformly spaced"):
+        fit_trajectory(func, t, ys, iters=1, batch_time=4, verbose=False)
+
+
+def test_uniform_check_tolerates_round_off():
+    from odeflow.ode._fit import _check_uniform
+
+    # float32 samples of a uniform grid: spacings differ by ~1e-2 relative (ulps of t_end)
+    t = torch.linspace(0.0, 25.0, 100_000)
+    assert (t.diff().max() - t.diff().min()) / t.diff().mean() > 1e-3
+    _check_uniform(t)
+    _check_uniform(torch.linspace(3.0, -1.0, 50, dtype=torch.float64))  # decreasing
+    with pytest.raises(ValueError, match="uniformly spaced"):
+        _check_uniform(torch.tensor([0.0, 1.0, 2.0, 3.1]))
+
+
+@pytest.mark.parametrize("kw", [{"iters": 0}, {"iters": -2}, {"batch_size": 0}, {"batch_size": -1}])
+def test_fit_rejects_empty_settings(kw):
+    """iters < 1 returned no losses (callers index losses[0]); batch_size 0 trained on NaN
+    losses; batch_size < 0 failed deep inside torch."""
+    t, ys = spiral_data(20, 1.0)
+    func = AutonomousField(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="iters >= 1 and batch_size >= 1"):
+        fit_trajectory(func, t, ys, batch_time=4, verbose=False, **kw)
+
+
 def test_demo_writes_png(tmp_path, monkeypatch):
     from odeflow.ode import _demo, _fit
 
     real = _fit.fit_trajectory
 
+    results = []
+
     def short(*a, **k):
         k["iters"] = 5
-        return real(*a, **k)
+        results.append(real(*a, **k))
+        return results[-1]
 
     monkeypatch.setattr(_demo, "fit_trajectory", short)
     out = _demo.run_demo(tmp_path / "d", verbose=False)
     assert (tmp_path / "d" / "spiral.png").stat().st_size > 1000
     assert set(out) >= {"loss_first", "loss_last", "rollout_mse", "png"}
+    # the last loss is the mean of the final (up to 20) losses, not their sum over 20
+    losses = results[0].losses
+    assert out["loss_first"] == losses[0]
+    assert out["loss_last"] == pytest.approx(sum(losses) / len(losses), rel=1e-12)

@@ -84,7 +84,7 @@ def _run(out_dir: Path, verbose: bool) -> dict:
     plt.close(fig)
     return {
         "loss_first": res.losses[0],
-        "loss_last": sum(res.losses[-20:]) / 20,
+        "loss_last": sum(res.losses[-20:]) / len(res.losses[-20:]),
         "rollout_mse": res.final_mse,
         "train_seconds": round(secs, 2),
         "png": str(png),

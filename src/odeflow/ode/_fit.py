@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ._precision import PrecisionPolicy
 from ._solve import odeint
 
 __all__ = ["AutonomousField", "FitResult", "fit_trajectory", "spiral_data"]
@@ -67,7 +68,7 @@ def fit_trajectory(
     batch_size: int = 16,
     lr: float = 1e-2,
     method: str = "rk4",
-    precision: str = "fp32",
+    precision: str | PrecisionPolicy = "fp32",
     seed: int = 0,
     verbose: bool = True,
     callback: Callable[[int, float], None] | None = None,
@@ -81,9 +82,11 @@ def fit_trajectory(
 
     Args:
         func: the vector field, an ``nn.Module`` taking ``(t, y)`` with ``y: (batch, d)``.
-        t: ``(n,)`` uniformly spaced sample times.
+        t: ``(n,)`` uniformly spaced sample times (every window is integrated on the grid of
+            the first one, ``t[:batch_time] - t[0]``).
         ys: ``(n, d)`` observations.
-        iters, batch_time, batch_size, lr: optimisation settings.
+        iters, batch_time, batch_size, lr: optimisation settings (``iters >= 1``,
+            ``batch_size >= 1``).
         method, precision: passed to :func:`odeflow.odeint`.
         seed: seed of the window sampler.
         verbose: show a tqdm progress bar with the loss.
@@ -94,7 +97,8 @@ def fit_trajectory(
         from ``ys[0]``.
 
     Raises:
-        ValueError: if shapes disagree or ``batch_time`` is not in ``[2, n]``.
+        ValueError: if shapes disagree, ``t`` is not uniformly spaced, ``batch_time`` is not
+            in ``[2, n]``, or ``iters`` or ``batch_size`` is below 1.
 
     Reference:
         Chen, Rubanova, Bettencourt, Duvenaud, *Neural Ordinary Differential Equations*,
@@ -112,6 +116,9 @@ def fit_trajectory(
     n = t.shape[0]
     if not 2 <= batch_time <= n:
         raise ValueError(f"batch_time must be in [2, {n}], got {batch_time}")
+    if iters < 1 or batch_size < 1:
+        raise ValueError(f"need iters >= 1 and batch_size >= 1, got {iters} and {batch_size}")
+    _check_uniform(t)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(func.parameters(), lr=lr)
     res = FitResult()
@@ -135,6 +142,22 @@ def fit_trajectory(
         full = odeint(func, ys[0:1], t, method=method)[:, 0]
     res.final_mse = float(((full - ys) ** 2).mean())
     return res
+
+
+def _check_uniform(t: Tensor) -> None:
+    """Raise unless ``t`` is uniformly spaced up to round-off (windows share one grid)."""
+    dt = t.detach().diff().double()
+    if not torch.isfinite(dt).all():
+        raise ValueError("t contains inf or NaN")
+    h = dt.mean()
+    # round-off of the samples themselves: a few ulps of the largest |t|, plus 0.1 % of h
+    tol = 1e-3 * h.abs() + 8 * torch.finfo(t.dtype).eps * t.detach().abs().max().double()
+    if h == 0 or (dt - h).abs().max() > tol:
+        raise ValueError(
+            "t must be uniformly spaced: every window is integrated on the grid "
+            f"t[:batch_time] - t[0]; got spacings from {dt.min().item():.6g} to "
+            f"{dt.max().item():.6g} (resample the observations onto a uniform grid)"
+        )
 
 
 class AutonomousField(nn.Module):

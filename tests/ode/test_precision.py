@@ -334,3 +334,30 @@ def test_stage_recompute_stress_fp16_within_1e_2_of_fp64():
     assert _rel(gy, gy64) < 1e-2 and _rel(gp, gp64) < 1e-2
     assert torch.equal(sol.scale_history, sol_step.scale_history)
     assert sol.stats.syncs <= 4 + 1
+
+
+@pytest.mark.parametrize("limit", [dict(min_headroom=6), dict(max_retries=0)])
+def test_unrecoverable_overflow_raises_and_leaves_the_scaler_as_it_was(limit):
+    """The backward through w = 2^11·I overflows fp16 unless the headroom is about 5 or less:
+    with min_headroom 6, or no retries allowed, the fp16 adjoint cannot recover. Either way
+    the call raises FloatingPointError naming the fix and the scaler is left as it was."""
+
+    class Big(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.eye(8) / 2**12)
+            self.w = torch.nn.Parameter(torch.eye(8) * 2**11)
+
+        def forward(self, t, y):
+            return torch.mm(torch.mm(y, self.a), self.w)
+
+    sc = odeflow.AdjointScaler(headroom=8, growth_interval=16, **limit)
+    sc.clean_passes = 15
+    before = (sc.headroom, sc.clean_passes, sc.total_overflows)
+    y0 = torch.ones(4, 8, requires_grad=True)
+    ys = odeflow.odeint(
+        Big(), y0, torch.tensor([0.0, 1.0]), precision="fp16", scaler=sc, steps_per_interval=4
+    )
+    with pytest.raises(FloatingPointError, match="precision='bf16'"):
+        ys[-1].sum().backward()
+    assert (sc.headroom, sc.clean_passes, sc.total_overflows) == before

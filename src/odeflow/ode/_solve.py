@@ -1380,7 +1380,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 g_t[i + 1] = g_t[i + 1] + gt[1].to(t.dtype)
     else:
         sc = plan.scaler
-        headroom0 = sc.headroom
+        saved = (sc.headroom, sc.clean_passes, sc.total_overflows)  # restored on failure
         scales = torch.zeros(n_steps, dtype=torch.float32, device=dev)
         ok = torch.ones((), dtype=torch.bool, device=dev)
         fail_at = torch.full((), -1, dtype=torch.long, device=dev)
@@ -1418,7 +1418,8 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 if not bool(ok):
                     retries += 1
                     if retries > sc.max_retries:
-                        sc.headroom = headroom0  # this call's halvings do not persist
+                        # a failed call leaves the scaler as it found it (either way out)
+                        sc.headroom, sc.clean_passes, sc.total_overflows = saved
                         raise FloatingPointError(
                             f"fp16 adjoint still overflows after {sc.max_retries} halvings of "
                             "the scale; use precision='bf16' or 'fp32'"
@@ -1426,7 +1427,7 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                     try:
                         sc._overflow()
                     except FloatingPointError:
-                        sc.headroom = headroom0
+                        sc.headroom, sc.clean_passes, sc.total_overflows = saved
                         raise
                     s = int(fail_at)
                     stats.syncs += 1

@@ -47,11 +47,13 @@ class Activation(nn.Module):
 
 
 class LogCosh(Activation):
-    r"""σ(z) = log(2 cosh z) in the stable form ``|z| + log1p(exp(−2|z|))``.
+    r"""σ(z) = log(2 cosh z) = log(e^z + e^{−z}), computed as ``logaddexp(z, −z)``.
 
-    σ′(z) = tanh z, σ″(z) = 1 − tanh² z. This is OT-Flow's activation (the antiderivative of
-    tanh); see Onken et al., "OT-Flow: Fast and Accurate Continuous Normalizing Flows via
-    Optimal Transport", arXiv:2006.00104.
+    σ′(z) = tanh z, σ″(z) = 1 − tanh² z. ``logaddexp`` is stable for large |z| and, unlike
+    the form ``|z| + log1p(exp(−2|z|))``, smooth under autograd at z = 0 (the kink of |z|
+    gave autograd σ″(0) = 0 instead of 1, so torch.func through ``forward`` was wrong there).
+    This is OT-Flow's activation (the antiderivative of tanh); see Onken et al., "OT-Flow:
+    Fast and Accurate Continuous Normalizing Flows via Optimal Transport", arXiv:2006.00104.
 
     Example:
         >>> round(float(LogCosh()(torch.tensor(0.0))), 6) == round(math.log(2.0), 6)
@@ -59,8 +61,7 @@ class LogCosh(Activation):
     """
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        a = z.abs()
-        return a + torch.log1p(torch.exp(-2.0 * a))
+        return torch.logaddexp(z, -z)
 
     def derivatives(self, z):
         t = torch.tanh(z)
@@ -85,10 +86,12 @@ class Tanh(Activation):
 
 
 class Softplus(Activation):
-    r"""σ(z) = log(1 + e^z) in the stable form ``max(z, 0) + log1p(exp(−|z|))``.
+    r"""σ(z) = log(1 + e^z), computed as ``logaddexp(z, 0)``.
 
     σ′ = sigmoid s, σ″ = s(1 − s). (torch's ``softplus`` switches to z above a threshold, which
-    is not the function whose derivatives are σ′, σ″; this form is exact everywhere.) Convex
+    is not the function whose derivatives are σ′, σ″; ``logaddexp`` is stable and exact
+    everywhere, and smooth under autograd at z = 0, where the form
+    ``max(z, 0) + log1p(exp(−|z|))`` gave autograd σ′(0) = 1 and σ″(0) = 0.) Convex
     and nondecreasing: the default activation of :class:`ICNN`.
 
     Example:
@@ -97,7 +100,7 @@ class Softplus(Activation):
     """
 
     def forward(self, z):
-        return torch.clamp_min(z, 0.0) + torch.log1p(torch.exp(-z.abs()))
+        return torch.logaddexp(z, torch.zeros_like(z))
 
     def derivatives(self, z):
         s = torch.sigmoid(z)

@@ -117,8 +117,9 @@ def _demo(args: argparse.Namespace) -> int:
     kwargs = quick if args.quick else {}
     res = run_demo(Path(args.out), verbose=not args.quiet, **kwargs)
     print(
-        f"odeflow epi demo: field RMSE {res['field_rmse_vox']:.3f} voxel in the brain, relative "
-        f"distance {100 * res['relative_rms_distance']:.1f} %, "
+        # the RMS ratio ‖T₊ − T₋‖/‖I₊ − I₋‖, not PyHySCO's squared "relative distance"
+        f"odeflow epi demo: field RMSE {res['field_rmse_vox']:.3f} voxel in the brain, "
+        f"relative RMS distance {100 * res['relative_rms_distance']:.1f} %, "
         f"{time.perf_counter() - t0:.1f} s -> {args.out}"
     )
     return 0

@@ -88,3 +88,22 @@ def test_bad_inputs():
     bad[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         apply_correction(vol, bad, pe_axis=0)
+
+
+@pytest.mark.parametrize("chunk", [0, -2, 2.5, True])
+def test_chunk_must_be_a_positive_integer(chunk):
+    # chunk=0 or < 0 used to skip every batch and return uninitialized memory (NaN/garbage)
+    series = torch.rand(4, 5, 6, 3)
+    with pytest.raises(ValueError, match="chunk"):
+        apply_correction(series, torch.zeros(4, 5, 6), pe_axis=1, chunk=chunk)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, np.int64(3), 64])
+def test_any_positive_chunk_gives_the_volume_by_volume_result(chunk):
+    rho, b = _pair(ax=1, shape=(6, 20, 5))
+    series = torch.stack([rho * (1 + 0.1 * t) for t in range(5)], -1)
+    out = apply_correction(series, b, pe_axis=1, polarity=-1, chunk=chunk)
+    for t in range(5):
+        torch.testing.assert_close(
+            out[..., t], apply_correction(series[..., t], b, pe_axis=1, polarity=-1)
+        )

@@ -257,3 +257,25 @@ def test_readout_time_rules():
 def test_pe_axis_too_short_is_refused():
     with pytest.raises(EPIInputError, match="at least 2 voxels"):
         resolve_acquisition((40, 1, 30), RAS, _meta("j"), _meta("j-"))
+
+
+@pytest.mark.parametrize("bad", [96.7, "96.5", float("nan"), True])
+def test_recon_matrix_pe_must_be_a_whole_number(bad):
+    # int() used to truncate 96.7 to 96 and return a silently wrong readout time
+    with pytest.raises(EPIInputError, match="ReconMatrixPE"):
+        readout_time_from_sidecar({"EffectiveEchoSpacing": 0.0005, "ReconMatrixPE": bad})
+    t, _ = readout_time_from_sidecar({"EffectiveEchoSpacing": 0.0005, "ReconMatrixPE": 97.0})
+    assert t == pytest.approx(0.048)
+
+
+def test_explicit_readout_time_records_the_sidecar_it_overrides():
+    acq = resolve_acquisition(SHAPE, RAS, _meta("j", 0.062), _meta("j-", 0.062), readout_time=0.031)
+    assert acq.readout_time == 0.031
+    src = acq.sources["readout_time"]
+    assert src.startswith("--readout-time") and "0.062" in src and "up" in src and "down" in src
+    # agreeing sidecars (within 1 %): nothing is overridden
+    acq = resolve_acquisition(SHAPE, RAS, _meta("j", 0.0502), _meta("j-", None), readout_time=0.05)
+    assert acq.sources["readout_time"] == "--readout-time"
+    # a malformed sidecar value does not block an explicit override, and is named
+    acq = resolve_acquisition(SHAPE, RAS, _meta("j", 50), _meta("j-", None), readout_time=0.05)
+    assert acq.readout_time == 0.05 and "invalid" in acq.sources["readout_time"]

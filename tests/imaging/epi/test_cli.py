@@ -220,8 +220,11 @@ def test_console_exit_code_in_a_subprocess(tmp_path):
 def test_demo_quick(tmp_path, capsys):
     rc = main(["epi", "demo", "--out", str(tmp_path / "demo"), "--quick", "--quiet"])
     assert rc == 0
-    assert "field RMSE" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "field RMSE" in printed
     m = json.loads((tmp_path / "demo" / "demo_metrics.json").read_text())
+    # the printed percentage is the RMS ratio and says so (README's "rel. distance" is squared)
+    assert f"relative RMS distance {100 * m['relative_rms_distance']:.1f} %" in printed
     assert m["jacobian_min"] > 0 and m["field_rmse_vox"] < 0.5
     assert (tmp_path / "demo" / "corrected" / "sub-phantom_qc.html").is_file()
     assert (

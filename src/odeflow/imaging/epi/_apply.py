@@ -71,8 +71,9 @@ def apply_correction(
         Tensor with the shape of ``volumes``: the corrected (Jacobian-modulated) images.
 
     Raises:
-        ValueError: on a bad ``pe_axis``/``polarity``, shapes that do not match, non-finite
-            values, or a volume that is not 3-D or 4-D.
+        ValueError: on a bad ``pe_axis``/``polarity``, a ``chunk`` that is not a positive
+            integer, shapes that do not match, non-finite values, or a volume that is not 3-D
+            or 4-D.
 
     Reference:
         Chang & Fitzpatrick, IEEE TMI 11 (1992); Julian et al., PyHySCO, arXiv:2403.10706.
@@ -86,6 +87,10 @@ def apply_correction(
     ax = _check_axis(pe_axis)
     if polarity not in (1, -1):
         raise ValueError(f"polarity must be +1 (up) or -1 (down), got {polarity!r}.")
+    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
+        # a zero or negative chunk would leave the output uninitialized (silent garbage)
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}.")
+    chunk = int(chunk)
     vol = _as_tensor(volumes, "volumes")
     if vol.ndim not in (3, 4):
         raise ValueError(
@@ -118,7 +123,7 @@ def apply_correction(
         return one(vol.movedim(ax, -1)).movedim(-1, ax)
     series = vol.movedim(3, 0).movedim(ax + 1, -1)  # (T, ..., n)
     out = torch.empty_like(series)
-    for s in range(0, series.shape[0], max(1, int(chunk))):
+    for s in range(0, series.shape[0], chunk):
         out[s : s + chunk] = one(series[s : s + chunk])
     return out.movedim(-1, ax + 1).movedim(0, 3)
 

@@ -244,12 +244,16 @@ def readout_time_from_sidecar(
             else:
                 continue
             try:
-                n = int(n)
+                n_f = float(n)
                 ees_f = float(ees)
             except (TypeError, ValueError):
                 raise EPIInputError(
                     f"{key}={ees!r} / ReconMatrixPE={n!r} are not numbers"
                 ) from None
+            if isinstance(n, bool) or not (math.isfinite(n_f) and n_f.is_integer()):
+                # int() would silently truncate 96.7 to 96 (a wrong readout time)
+                raise EPIInputError(f"ReconMatrixPE must be a whole number of voxels, got {n!r}")
+            n = int(n_f)
             if n < 2:
                 raise EPIInputError(f"ReconMatrixPE must be at least 2, got {n}")
             return _check_readout(round(ees_f * (n - 1), 12), src), src
@@ -313,11 +317,15 @@ def resolve_acquisition(
     * ``up``: ``pe_dir`` if given, else the up sidecar's ``PhaseEncodingDirection``.
     * ``down``: ``pe_dir_down`` if given, else the down sidecar's, else — only when ``pe_dir``
       was given explicitly — the opposite of ``pe_dir``.
-    * An explicit option that contradicts a sidecar is an error unless ``ignore_sidecars``
-      (use it when the sidecars are known to be wrong); with ``ignore_sidecars`` the sidecars'
-      PE fields are not used at all.
+    * An explicit direction (``pe_dir``, ``pe_dir_down``) that contradicts a sidecar's
+      ``PhaseEncodingDirection`` is an error unless ``ignore_sidecars`` (use it when the
+      sidecars are known to be wrong); with ``ignore_sidecars`` the sidecars' PE fields are not
+      used at all.
     * Both must share the PE axis and have opposite signs (a same-polarity pair is refused).
-    * Readout time: ``readout_time`` if given, else from the sidecars (both must agree to 1 %).
+    * Readout time: ``readout_time`` if given — it overrides the sidecars even where they
+      disagree with it (a wrong readout time only rescales the field in Hz, never the
+      correction), and the overridden sidecar value is named in ``sources["readout_time"]`` —
+      else from the sidecars (both must agree to 1 %).
 
     Args:
         shape: spatial shape (X, Y, Z) of the pair.
@@ -405,6 +413,17 @@ def resolve_acquisition(
     if readout_time is not None:
         trt = _check_readout(readout_time, "--readout-time")
         sources["readout_time"] = "--readout-time"
+        differ = []
+        for w, m in (("up", meta_up), ("down", meta_down)):
+            try:  # an explicit value also overrides a malformed sidecar field
+                side = readout_time_from_sidecar(m, n_pe)
+            except EPIInputError:
+                differ.append(f"the {w} sidecar's invalid value")
+                continue
+            if side is not None and abs(side[0] - trt) > 0.01 * max(side[0], trt):
+                differ.append(f"the {w} sidecar's {side[0]:g} s")
+        if differ:
+            sources["readout_time"] += " (overrides " + " and ".join(differ) + ")"
     else:
         got = {
             w: readout_time_from_sidecar(m, n_pe) for w, m in (("up", meta_up), ("down", meta_down))

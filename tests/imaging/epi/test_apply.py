@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -107,3 +108,18 @@ def test_any_positive_chunk_gives_the_volume_by_volume_result(chunk):
         torch.testing.assert_close(
             out[..., t], apply_correction(series[..., t], b, pe_axis=1, polarity=-1)
         )
+
+
+def test_a_folding_displacement_warns():
+    # dB/dy = 1.5 on part of each line: 1 - 1.5 < 0 for polarity -1 (a field scaled from a
+    # short readout time to a much longer one folds the image)
+    b = torch.zeros(2, 2, 10, dtype=torch.float64)
+    b[..., 3:7] = 1.5 * torch.arange(4, dtype=torch.float64)
+    b[..., 7:] = 4.5
+    vol = torch.ones(2, 2, 10, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="folds the image"):
+        out = apply_correction(vol, b, pe_axis=2, polarity=-1)
+    assert float(out.min()) < 0  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_correction(vol, 0.1 * b, pe_axis=2, polarity=-1)  # no fold: silent

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -75,6 +77,10 @@ def apply_correction(
             integer, shapes that do not match, non-finite values, or a volume that is not 3-D
             or 4-D.
 
+    Warns:
+        RuntimeWarning: if the displacement folds the image (``1 ± ∂b ≤ 0`` somewhere), e.g.
+            a field scaled to a series with a much longer readout time.
+
     Reference:
         Chang & Fitzpatrick, IEEE TMI 11 (1992); Julian et al., PyHySCO, arXiv:2403.10706.
 
@@ -114,6 +120,16 @@ def apply_correction(
     shift, jac = _cell_shift_and_jacobian(bl, n)
     pos = torch.arange(n, dtype=vol.dtype, device=vol.device) + shift
     jac = 1.0 + jac
+    folded = int((jac <= 0).sum())
+    if folded:  # e.g. a field scaled from a short readout time to a much longer one
+        warnings.warn(
+            f"the displacement folds the image along the phase-encoding axis: the Jacobian "
+            f"1 ± ∂b is ≤ 0 in {folded} voxel(s) (min {float(jac.min()):.3g}), where the "
+            "corrected intensities are negative or zero and not meaningful; check the field's "
+            "readout time and polarity for this series",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     def one(v3: torch.Tensor) -> torch.Tensor:  # (B, *spatial-with-PE-last)
         val, _ = interp_lines(v3, pos.expand_as(v3))

@@ -403,7 +403,7 @@ def test_load_a_file_that_is_not_a_checkpoint(tmp_path):
     ({"format": "odeflow.otflow/1", "config": {"width": 4}, "state_dict": {}},
      "has an invalid config .*dim"),
     ({"format": "odeflow.otflow/1", "config": {"dim": 2, "width": 0}, "state_dict": {}},
-     "has an invalid config \\(width must be >= 1"),
+     "has an invalid config \\(width must be an integer >= 1"),
 ])  # fmt: skip
 def test_load_an_incomplete_checkpoint(tmp_path, payload, match):
     torch.save(payload, tmp_path / "c.pt")

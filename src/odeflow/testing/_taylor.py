@@ -156,7 +156,10 @@ def taylor_test(
         second: whether to compute the second-order remainder ``E_2``.
         h0, factor, n: steps ``h0·factor^k`` for ``k = 0..n−1``.
         asymptotic: how many of the smallest steps above the round-off floor the orders
-            are fitted on (the asymptotic regime).
+            are fitted on (the asymptotic regime). The floor is
+            ``100·eps·max(‖f(x)‖, ‖f(x+hv)‖, 1)``; a function that cancels much larger terms
+            inside itself (``g(x) − C`` with ``C ≈ g(x)``) has more round-off than that, so
+            give it fewer, larger steps (a smaller ``n``).
 
     Returns:
         A :class:`TaylorResult` with the remainders and the observed orders

@@ -361,3 +361,34 @@ def test_unrecoverable_overflow_raises_and_leaves_the_scaler_as_it_was(limit):
     with pytest.raises(FloatingPointError, match="precision='bf16'"):
         ys[-1].sum().backward()
     assert (sc.headroom, sc.clean_passes, sc.total_overflows) == before
+
+
+def test_scaler_state_round_trips_through_a_checkpoint(tmp_path):
+    """A scaler that learned a lower exponent (an overflow) and some clean passes is saved
+    and restored with torch.save/torch.load(weights_only=True): the restored one continues
+    exactly as the original (same gradients, same state after the next solve)."""
+    sc = AdjointScaler(headroom=22, max_headroom=22)  # the first solve overflows and halves
+    _stress(torch.float32, "fp16", scaler=sc)
+    assert sc.headroom < 22 and sc.total_overflows >= 1
+    torch.save(sc.state_dict(), tmp_path / "scaler.pt")
+    restored = AdjointScaler()
+    restored.load_state_dict(torch.load(tmp_path / "scaler.pt", weights_only=True))
+    assert restored.state_dict() == sc.state_dict()
+    ga, pa, _ = _stress(torch.float32, "fp16", scaler=sc)
+    gb, pb, _ = _stress(torch.float32, "fp16", scaler=restored)
+    assert torch.equal(ga, gb) and torch.equal(pa, pb)
+    assert restored.state_dict() == sc.state_dict()
+
+
+def test_scaler_load_state_dict_refuses_bad_states():
+    good = AdjointScaler().state_dict()
+    with pytest.raises(ValueError, match="expected the keys"):
+        AdjointScaler().load_state_dict({"headroom": 8})
+    with pytest.raises(ValueError, match="min_headroom <= headroom <= max_headroom"):
+        AdjointScaler().load_state_dict({**good, "headroom": 99})
+    with pytest.raises(ValueError, match="clean_passes"):
+        AdjointScaler().load_state_dict({**good, "clean_passes": 16})
+    s = AdjointScaler(headroom=5)
+    with pytest.raises(ValueError):
+        s.load_state_dict({**good, "checks": 0})
+    assert s.headroom == 5  # a refused state changes nothing

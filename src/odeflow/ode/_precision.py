@@ -242,6 +242,51 @@ class AdjointScaler:
             f"total_overflows={self.total_overflows})"
         )
 
+    _STATE = ("headroom", "growth_interval", "max_headroom", "min_headroom", "max_retries",
+              "checks", "dynamic", "clean_passes", "total_overflows")  # fmt: skip
+
+    def state_dict(self) -> dict[str, int | bool]:
+        """The scaler's settings and learned state (the exponent ``e``, the clean passes
+        towards its next growth, the overflow count), plain Python values: save it with a
+        training checkpoint, as ``torch.amp.GradScaler.state_dict``.
+
+        Example:
+            >>> s = AdjointScaler(headroom=6); s.clean_passes = 3
+            >>> t = AdjointScaler(); t.load_state_dict(s.state_dict())
+            >>> (t.headroom, t.clean_passes)
+            (6, 3)
+        """
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def load_state_dict(self, state: dict[str, int | bool]) -> None:
+        """Restore :meth:`state_dict`'s values (checked as the constructor checks them).
+
+        Raises:
+            ValueError: a missing or unknown key, or values the constructor would refuse.
+        """
+        if not isinstance(state, dict) or set(state) != set(self._STATE):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(
+                f"not an AdjointScaler state: expected the keys {list(self._STATE)}, got {got}"
+            )
+        new = AdjointScaler(
+            state["headroom"],
+            growth_interval=state["growth_interval"],
+            max_headroom=state["max_headroom"],
+            min_headroom=state["min_headroom"],
+            max_retries=state["max_retries"],
+            checks=state["checks"],
+            dynamic=state["dynamic"],
+        )
+        passes, overflows = int(state["clean_passes"]), int(state["total_overflows"])
+        if not 0 <= passes < new.growth_interval or overflows < 0:
+            raise ValueError(
+                f"not an AdjointScaler state: clean_passes={passes} must be in "
+                f"[0, {new.growth_interval}) and total_overflows={overflows} >= 0"
+            )
+        new.clean_passes, new.total_overflows = passes, overflows
+        self.__dict__.update(new.__dict__)
+
     def scale_for(self, amax: torch.Tensor) -> torch.Tensor:
         """The power-of-two scale ``2^(e - ceil(log2 amax))`` as a device tensor (no sync)."""
         tiny = torch.finfo(torch.float32).tiny

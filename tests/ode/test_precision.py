@@ -392,3 +392,18 @@ def test_scaler_load_state_dict_refuses_bad_states():
     with pytest.raises(ValueError):
         s.load_state_dict({**good, "checks": 0})
     assert s.headroom == 5  # a refused state changes nothing
+
+
+def test_reduced_precision_on_a_float64_state_warns():
+    """Autocast does not cast float64: bf16 on a float64 state would silently run in float64."""
+    y0 = torch.ones(3, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.warns(UserWarning, match="autocast leaves float64 operations alone"):
+        ys = odeflow.odeint(lambda t, y: -y, y0, t, precision="bf16")
+    assert ys.dtype == torch.float64
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        odeflow.odeint(lambda t, y: -y, y0.float(), t, precision="bf16")  # float32: no warning
+        odeflow.odeint(lambda t, y: -y, y0, t, precision="fp64")

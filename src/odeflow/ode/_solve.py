@@ -7,6 +7,7 @@ import enum
 import itertools
 import math
 import numbers
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -1605,6 +1606,14 @@ def _prepare(
     tab = get_tableau(method)
     grad = _get_gradient(gradient)
     pol = get_precision(precision, dev)
+    if pol.compute is not None and hdt == torch.float64:
+        warnings.warn(
+            f"precision={precision!r} on a float64 state: autocast leaves float64 operations "
+            f"alone, so the stages run in float64 ({pol.compute} only reaches float32 tensors). "
+            "For mixed precision use a float32 state and func (y0.float(), func.float())",
+            UserWarning,
+            stacklevel=4,
+        )
     ms = _steps_per_interval(host, steps_per_interval, step_size, torch.finfo(t.dtype).eps)
     if params is None:
         plist = (
@@ -1829,6 +1838,8 @@ def odeint(
             rebuilds one stage's graph at a time (less memory when a step's graph dominates,
             ``s − 1`` extra evaluations of ``func`` per step).
         precision: ``"fp32" | "tf32" | "bf16" | "fp16" | "fp64"`` or a :class:`PrecisionPolicy`.
+            A 16-bit compute dtype needs a float32 state and ``func`` (autocast does not cast
+            float64; on a float64 state a ``UserWarning`` says so).
         steps_per_interval: RK steps between consecutive output times (intermediate states
             are not returned).
         step_size: alternatively, the largest step; each interval gets

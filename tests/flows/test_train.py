@@ -250,14 +250,14 @@ def test_minibatches_are_full_and_cover_the_data():
     from odeflow.flows._train import _as_batches
 
     x = torch.arange(10, dtype=torch.float64).reshape(5, 2)
-    it = _as_batches(x, 2, 2, 0, torch.float64, "cpu")
+    it = _as_batches(x, 2, 0, torch.float64, "cpu")
     batches = [next(it) for _ in range(40)]  # 20 epochs of 2 batches
     assert all(b.shape == (2, 2) for b in batches)
     for k in range(0, 40, 2):  # within an epoch no row repeats
         rows = torch.cat(batches[k : k + 2])[:, 0].tolist()
         assert len(set(rows)) == 4
     assert {r for b in batches for r in b[:, 0].tolist()} == {0.0, 2.0, 4.0, 6.0, 8.0}
-    small = _as_batches(x, 2, 64, 0, torch.float64, "cpu")
+    small = _as_batches(x, 64, 0, torch.float64, "cpu")
     assert next(small).shape == (5, 2)  # batch > n: the whole (shuffled) data set
 
 

@@ -78,12 +78,14 @@ class FitResult:
     world_size: int = 1
 
 
-def _as_batches(data, dim: int, batch: int, seed: int, dtype, device, comm: Comm | None = None):
-    """An infinite iterator over this rank's share of the global minibatches."""
+def _as_batches(data, batch: int, seed: int, dtype, device, comm: Comm | None = None):
+    """An infinite iterator over this rank's share of the global minibatches.
+
+    ``data``: a toy name or an ``(n, d)`` tensor, both already checked by :func:`fit`
+    (``_check_toy`` / :func:`check_data`)."""
     comm = comm if comm is not None else Comm(None, torch.device(device))
     g = torch.Generator()
     if isinstance(data, str):
-        _check_toy(data, dim)
         _check_split(batch, comm, "batch")
         # fresh samples: each rank draws its own share from its own stream
         g.manual_seed(int(seed) + 1_000_003 * comm.rank)
@@ -95,7 +97,7 @@ def _as_batches(data, dim: int, batch: int, seed: int, dtype, device, comm: Comm
 
         return toy()
     g.manual_seed(int(seed))
-    x = check_data(data, dim, name="training data").to(dtype=dtype, device=device)
+    x = data.to(dtype=dtype, device=device)
     n = x.shape[0]
     if comm.active:  # (the sum is only worth computing when there are ranks to compare)
         total = float(x.sum(dtype=torch.float64))
@@ -369,7 +371,7 @@ def fit(
     comm.broadcast_(flow)
     if isinstance(data, str) and val_data is None:
         val_data = make_toy(data, min(batch, 10_000), seed=seed + 10_007)
-    batches = _as_batches(data, flow.dim, batch, seed, dtype, dev, comm)
+    batches = _as_batches(data, batch, seed, dtype, dev, comm)
     if val_data is not None:
         val_data = val_data.to(dev, dtype)
     val_every = val_every if val_every is not None else max(1, iters // 20)

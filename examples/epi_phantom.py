@@ -11,8 +11,8 @@ Run:  python examples/epi_phantom.py [OUT_DIR] [--quick]
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -52,6 +52,10 @@ def main(out_dir: Path, quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    target = Path(args[0]) if args else Path(tempfile.mkdtemp(prefix="odeflow-epi-"))
-    main(target, quick="--quick" in sys.argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "out_dir", nargs="?", type=Path, help="output folder (default: a new temp folder)"
+    )
+    ap.add_argument("--quick", action="store_true", help="a small 4 mm phantom (seconds)")
+    a = ap.parse_args()
+    main(a.out_dir or Path(tempfile.mkdtemp(prefix="odeflow-epi-")), quick=a.quick)

@@ -280,3 +280,104 @@ def test_power_matches_maf_preprocessing(tmp_path):
 def test_make_toy_refuses_a_non_integer_count(n):
     with pytest.raises(ValueError, match="n must be an integer >= 1"):
         make_toy("moons", n)
+
+
+_FLOAT_DTYPE = r"dtype must be a floating-point torch\.dtype"
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64, "float32"])
+def test_non_floating_dtypes_are_refused(dtype):
+    """make_toy, load_tabular and load_sklearn refuse a dtype that is not a real
+    floating-point torch.dtype (make_toy and load_sklearn truncated the samples to
+    integers; load_tabular ignored the request and returned float32)."""
+    with pytest.raises(ValueError, match=_FLOAT_DTYPE):
+        make_toy("moons", 5, dtype=dtype)
+    with pytest.raises(ValueError, match=_FLOAT_DTYPE):
+        load_tabular("miniboone", ".", dtype=dtype)
+    pytest.importorskip("sklearn")
+    with pytest.raises(ValueError, match=_FLOAT_DTYPE):
+        load_sklearn("digits", dtype=dtype)
+
+
+def test_eight_gaussians_entropy_needs_two_samples():
+    """n = 1 gave a NaN standard error."""
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        eight_gaussians_entropy(1)
+    h, se = eight_gaussians_entropy(2)
+    assert math.isfinite(h) and math.isfinite(se)
+
+
+def _npy(root, sub, arr):
+    (root / sub).mkdir()
+    np.save(root / sub / "data.npy", arr)
+
+
+def _truncated(root):
+    _npy(root, "miniboone", np.zeros((100, 43)))
+    f = root / "miniboone" / "data.npy"
+    f.write_bytes(f.read_bytes()[:2000])
+
+
+def _nan_row(root):
+    a = np.random.default_rng(0).normal(size=(100, 43))
+    a[7, 3] = np.nan
+    _npy(root, "miniboone", a)
+
+
+def _constant_column(root):
+    a = np.random.default_rng(0).normal(size=(100, 43))
+    a[:, 5] = 2.0
+    _npy(root, "miniboone", a)
+
+
+def _hepmass_without_mass_column(root):
+    (root / "hepmass").mkdir()
+    rng = np.random.default_rng(0)
+    for f in ("1000_train.csv", "1000_test.csv"):  # both files label + 4 features
+        tab = np.column_stack([np.ones(50), rng.normal(size=(50, 4))])
+        np.savetxt(root / "hepmass" / f, tab, delimiter=",", header="l,a,b,c,d", comments="")
+
+
+def _bsds_missing_split(root):
+    h5py = pytest.importorskip("h5py")
+    (root / "BSDS300").mkdir()
+    with h5py.File(root / "BSDS300" / "BSDS300.hdf5", "w") as h:
+        h["train"] = h["test"] = np.zeros((20, 63))
+
+
+def _gas_series(root):
+    pd = pytest.importorskip("pandas")
+    (root / "gas").mkdir()
+    pd.Series([1.0, 2.0]).to_pickle(root / "gas" / "ethylene_CO.pickle")
+
+
+@pytest.mark.parametrize("name,make,match", [
+    ("miniboone", lambda r: _npy(r, "miniboone", np.zeros((100, 50))),
+     r"miniboone/data\.npy holds an array of shape \(100, 50\), not \(n, 43\)"),
+    ("miniboone", lambda r: _npy(r, "miniboone", np.zeros(100)), r"shape \(100,\), not \(n, 43\)"),
+    ("power", lambda r: _npy(r, "power", np.zeros((100, 7))), r"power/data\.npy .*not \(n, 8\)"),
+    ("miniboone", _truncated, r"miniboone/data\.npy is not a readable \.npy array"),
+    ("miniboone", _nan_row, r"data\.npy has NaN or inf in 1 row\(s\) \(the first is row 7\)"),
+    ("miniboone", _constant_column, r"data\.npy has constant column\(s\) \[5\]"),
+    ("miniboone", lambda r: _npy(r, "miniboone", np.ones((10, 43))),
+     r"data\.npy has 10 rows; the 10 %/10 % split needs >= 11"),
+    ("hepmass", _hepmass_without_mass_column,
+     r"1000_test\.csv holds an array of shape \(50, 5\), not \(n, 6\)"),
+    ("bsds300", _bsds_missing_split, r"BSDS300\.hdf5 lacks the dataset\(s\) \['validation'\]"),
+    ("gas", _gas_series, r"ethylene_CO\.pickle holds a Series, not a pandas DataFrame"),
+], ids=["wide", "1-D", "power-width", "truncated", "nan-row", "constant-column", "few-rows",
+        "hepmass-no-mass-column", "bsds-no-validation", "gas-series"])  # fmt: skip
+def test_maf_loaders_name_the_file_that_is_not_the_maf_file(tmp_path, name, make, match):
+    """A file of the wrong shape, damaged, with NaN rows or constant columns, or too short
+    for the splits is a ValueError naming the file and what is wrong. Before: NumPy/pandas
+    broadcasting errors, a 50-column "MINIBOONE" accepted, and "miniboone train contains
+    NaN or inf in 81 row(s)" for one NaN row (or for a constant column) of the file."""
+    make(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        load_tabular(name, tmp_path)
+
+
+def test_maf_loader_root_that_is_a_file(tmp_path):
+    _npy(tmp_path, "miniboone", np.zeros((100, 43)))
+    with pytest.raises(FileNotFoundError, match=r"data\.npy is a file; pass the folder"):
+        load_tabular("miniboone", tmp_path / "miniboone" / "data.npy")

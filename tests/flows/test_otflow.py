@@ -402,3 +402,40 @@ def test_functional_call_and_torch_func_grad():
     f.log_prob(x).mean().backward()
     for n, p in f.named_parameters():
         assert torch.equal(g[n], torch.zeros_like(g[n]) if p.grad is None else p.grad), n
+
+
+def test_methods_refuse_complex_input():
+    """A complex tensor is refused, as check_data refuses it (its imaginary part used to be
+    dropped silently by the cast to the flow's dtype, returning the density of Re x)."""
+    flow = OTFlow(2, width=4, nt=2).double()
+    x = torch.ones(3, 2, dtype=torch.complex128)
+    for method in (flow.log_prob, flow.transform, flow.inverse):
+        with pytest.raises(ValueError, match=r"x is complex|z is complex"):
+            method(x)
+
+
+def test_load_of_a_damaged_checkpoint_is_a_value_error(tmp_path):
+    """A checkpoint whose state_dict or dtype does not fit its config is refused with the
+    documented ValueError naming the file (it raised RuntimeError / AttributeError), and a
+    non-integer expected dim is refused (it was truncated by int())."""
+    flow = OTFlow(3, width=4, nt=2).double()
+    flow.save(tmp_path / "c.pt")
+    ck = torch.load(tmp_path / "c.pt", weights_only=True)
+    other = OTFlow(4, width=4, nt=2).double()
+    first = next(iter(ck["state_dict"]))
+    damaged = {
+        "shapes.pt": {**ck, "state_dict": other.state_dict()},
+        "missing.pt": {**ck, "state_dict": {k: v for k, v in ck["state_dict"].items()
+                                            if k != first}},
+        "dtype.pt": {**ck, "dtype": "nonsense"},
+        "size.pt": {**ck, "dtype": "Size"},
+        "int.pt": {**ck, "dtype": "int64"},
+    }  # fmt: skip
+    for name, payload in damaged.items():
+        torch.save(payload, tmp_path / name)
+        with pytest.raises(ValueError, match=rf"checkpoint .*{name} .*(damaged|invalid dtype)"):
+            OTFlow.load(tmp_path / name)
+    for bad in ("3", 3.5, 0):
+        with pytest.raises(ValueError, match="dim must be an integer >= 1"):
+            OTFlow.load(tmp_path / "c.pt", dim=bad)
+    assert OTFlow.load(tmp_path / "c.pt", dim=3).config() == flow.config()

@@ -192,7 +192,7 @@ class OTFlow(nn.Module):
 
     Raises:
         ValueError: on invalid sizes, α, step counts or precision, and (in the methods)
-            on inputs with the wrong last dimension or non-finite values.
+            on inputs with the wrong last dimension, complex or non-finite values.
 
     Reference: Onken et al., AAAI 2021, arXiv 2006.00104.
 
@@ -324,6 +324,11 @@ class OTFlow(nn.Module):
             raise ValueError(
                 f"{name} must have shape (..., {self.dim}) for this flow (dim={self.dim}), "
                 f"got {tuple(x.shape)}"
+            )
+        if x.is_complex():
+            raise ValueError(
+                f"{name} is complex ({x.dtype}); the flow models real data: pass the real "
+                "and imaginary parts as separate coordinates"
             )
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or inf; the flow needs finite inputs")

@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ._toys import _check_dtype
 
 __all__ = ["TABULAR_FILES", "TabularData", "check_data", "load_sklearn", "load_tabular"]
 
@@ -96,34 +99,82 @@ def check_data(x, dim: int | None = None, *, name: str = "data") -> Tensor:
 
 
 def _require(root: Path, name: str) -> list[Path]:
+    layout = ", ".join(TABULAR_FILES[name])
+    if root.is_file():
+        raise FileNotFoundError(
+            f"{root} is a file; pass the folder that holds {layout} (MAF data, Zenodo "
+            "record 1161203)"
+        )
     paths = [root / f for f in TABULAR_FILES[name]]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(
             f"{name.upper()} files not found: {', '.join(missing)}. Expected layout under "
-            f"{root}: {', '.join(TABULAR_FILES[name])} (MAF data, Zenodo record 1161203; "
-            "odeflow never downloads)"
+            f"{root}: {layout} (MAF data, Zenodo record 1161203; odeflow never downloads)"
         )
     return paths
 
 
-def _split(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _bad_file(path: Path, why: str) -> ValueError:
+    return ValueError(f"{path} {why}; expected the MAF file (Zenodo record 1161203) unchanged")
+
+
+def _matrix(arr: Any, path: Path, cols: int | None = None) -> np.ndarray:
+    """``arr`` (read from ``path``) as a finite float64 ``(n, cols)`` matrix, else a
+    ValueError naming the file."""
+    arr = np.asarray(arr)
+    if np.iscomplexobj(arr) or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise _bad_file(path, f"holds values of dtype {arr.dtype}, not real numbers")
+    if arr.ndim != 2 or arr.shape[1] == 0 or (cols is not None and arr.shape[1] != cols):
+        raise _bad_file(
+            path, f"holds an array of shape {arr.shape}, not (n, {cols or 'd'}) with n rows"
+        )
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr).all(1)
+    if bad.any():
+        raise _bad_file(
+            path,
+            f"has NaN or inf in {int(bad.sum())} row(s) (the first is row {int(bad.argmax())})",
+        )
+    return arr
+
+
+def _load_npy(path: Path, cols: int) -> np.ndarray:
+    try:
+        arr = np.load(path)
+    except Exception as exc:  # truncated, pickled, text, ...: numpy's reason, named file
+        raise _bad_file(path, f"is not a readable .npy array ({exc})") from None
+    return _matrix(arr, path, cols)
+
+
+def _split(data: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n_test = int(0.1 * data.shape[0])
+    n_val = int(0.1 * (data.shape[0] - n_test))
+    if n_val < 1:  # (data[-0:] would be every row)
+        raise _bad_file(path, f"has {data.shape[0]} rows; the 10 %/10 % split needs >= 11")
     test, rest = data[-n_test:], data[:-n_test]
-    n_val = int(0.1 * rest.shape[0])
     return rest[:-n_val], rest[-n_val:], test
 
 
-def _whiten_trainval(tr, va, te):
-    both = np.vstack([tr, va])
-    mu, sd = both.mean(0), both.std(0)
+def _scale(x: np.ndarray, path: Path, names=None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) standard deviation of the columns of ``x``; a constant column
+    is a ValueError naming the file (and the column, by index or by ``names``)."""
+    mu, sd = x.mean(0), x.std(0)
+    if (sd == 0).any():
+        const = [names[i] if names is not None else i for i in np.flatnonzero(sd == 0).tolist()]
+        raise _bad_file(path, f"has constant column(s) {const}, which cannot be standardised")
+    return mu, sd
+
+
+def _whiten_trainval(tr, va, te, path: Path):
+    mu, sd = _scale(np.vstack([tr, va]), path)
     return (tr - mu) / sd, (va - mu) / sd, (te - mu) / sd
 
 
 def _power(root: Path):
     (f,) = _require(root, "power")
     rng = np.random.RandomState(42)
-    data = np.load(f).astype(np.float64)
+    data = _load_npy(f, 8)
     rng.shuffle(data)
     n = data.shape[0]
     data = np.delete(data, 3, axis=1)
@@ -132,47 +183,64 @@ def _power(root: Path):
     voltage = 0.01 * rng.rand(n, 1)
     gap = 0.001 * rng.rand(n, 1)
     noise = np.hstack([gap, voltage, rng.rand(n, 3), np.zeros((n, 1))])
-    return _whiten_trainval(*_split(data + noise))
+    return _whiten_trainval(*_split(data + noise, f), f)
 
 
 def _gas(root: Path):
     (f,) = _require(root, "gas")
     import pandas as pd
 
-    df = pd.read_pickle(f)
+    try:
+        df = pd.read_pickle(f)
+    except Exception as exc:
+        raise _bad_file(f, f"is not a readable pickle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(df, pd.DataFrame):
+        raise _bad_file(f, f"holds a {type(df).__name__}, not a pandas DataFrame")
     df = df.drop(columns=[c for c in ("Meth", "Eth", "Time") if c in df.columns])
+    _matrix(df.to_numpy(), f)  # real, finite numbers before the correlations
     while True:  # drop one of every pair of columns with correlation > 0.98
         over = (df.corr() > 0.98).to_numpy().sum(1)
         if not (over > 1).any():
             break
         df = df.drop(columns=df.columns[int(np.where(over > 1)[0][0])])
     data = df.to_numpy(np.float64)
-    data = (data - data.mean(0)) / data.std(0)
-    return _split(data)
+    mu, sd = _scale(data, f, list(df.columns))
+    return _split((data - mu) / sd, f)
 
 
 def _hepmass(root: Path):
     ftr, fte = _require(root, "hepmass")
     import pandas as pd
 
-    tr = pd.read_csv(ftr, index_col=False)
-    te = pd.read_csv(fte, index_col=False)
-    tr = tr[tr[tr.columns[0]] == 1].drop(columns=tr.columns[0])  # signal only, drop label
-    te = te[te[te.columns[0]] == 1].drop(columns=te.columns[0])
-    te = te.drop(columns=te.columns[-1])  # the test file has an extra (mass) column
-    tr, te = tr.to_numpy(np.float64), te.to_numpy(np.float64)
-    mu, sd = tr.mean(0), tr.std(0)
+    def read(path: Path, cols: int | None = None) -> np.ndarray:
+        try:
+            df = pd.read_csv(path, index_col=False)
+        except Exception as exc:
+            raise _bad_file(path, f"is not a readable CSV ({type(exc).__name__}: {exc})") from None
+        return _matrix(df.to_numpy(), path, cols)
+
+    tr = read(ftr)
+    te = read(fte, tr.shape[1] + 1)  # the test file has an extra (mass) column
+    if tr.shape[1] < 2:
+        raise _bad_file(ftr, f"has {tr.shape[1]} column(s), not a label and features")
+    tr = tr[tr[:, 0] == 1, 1:]  # signal only, drop the label
+    te = te[te[:, 0] == 1, 1:-1]  # ... and the test file's extra last column
+    mu, sd = _scale(tr, ftr)
     tr, te = (tr - mu) / sd, (te - mu) / sd
     # drop features whose smallest value recurs more than 5 times (discrete-valued columns)
     keep = [i for i in range(tr.shape[1]) if Counter(tr[:, i])[tr[:, i].min()] <= 5]
     tr, te = tr[:, keep], te[:, keep]
     n_val = int(0.1 * tr.shape[0])
+    if n_val < 1:  # (tr[:-0] would be no rows)
+        raise _bad_file(
+            ftr, f"has {tr.shape[0]} signal rows; the 10 % validation split needs >= 10"
+        )
     return tr[:-n_val], tr[-n_val:], te
 
 
 def _miniboone(root: Path):
     (f,) = _require(root, "miniboone")
-    return _whiten_trainval(*_split(np.load(f).astype(np.float64)))
+    return _whiten_trainval(*_split(_load_npy(f, 43), f), f)
 
 
 def _bsds300(root: Path):
@@ -181,8 +249,14 @@ def _bsds300(root: Path):
         import h5py
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("BSDS300 is stored as HDF5; install h5py (pip install h5py)") from exc
-    with h5py.File(f, "r") as h:
-        return (np.asarray(h["train"]), np.asarray(h["validation"]), np.asarray(h["test"]))
+    try:
+        with h5py.File(f, "r") as h:
+            missing = [k for k in ("train", "validation", "test") if k not in h]
+            if missing:
+                raise _bad_file(f, f"lacks the dataset(s) {missing}")
+            return tuple(_matrix(h[k][()], f, 63) for k in ("train", "validation", "test"))
+    except OSError as exc:  # not HDF5, truncated
+        raise _bad_file(f, f"is not a readable HDF5 file ({exc})") from None
 
 
 _LOADERS = {
@@ -213,8 +287,11 @@ def load_tabular(name: str, root: str | Path, *, dtype: torch.dtype = torch.floa
         :class:`TabularData` with ``train``, ``val``, ``test`` of shape ``(n, d)``.
 
     Raises:
-        ValueError: unknown name (valid names listed).
-        FileNotFoundError: a required file is absent (the expected paths are named).
+        ValueError: unknown name (valid names listed), a non-floating ``dtype``, or a file
+            that is not the MAF file (unreadable, wrong shape, NaN/inf, a constant column,
+            too few rows for the splits; the file is named).
+        FileNotFoundError: a required file is absent (the expected paths are named), or
+            ``root`` is a file.
 
     Example:
         >>> load_tabular("mnist", ".")  # doctest: +ELLIPSIS
@@ -225,6 +302,7 @@ def load_tabular(name: str, root: str | Path, *, dtype: torch.dtype = torch.floa
     key = str(name).lower()
     if key not in _LOADERS:
         raise ValueError(f"unknown tabular set {name!r}; valid names are: {', '.join(_LOADERS)}")
+    _check_dtype(dtype)
     tr, va, te = _LOADERS[key](Path(root))
     out = [check_data(torch.as_tensor(np.ascontiguousarray(a)).to(dtype), name=f"{key} {s}")
            for a, s in ((tr, "train"), (va, "val"), (te, "test"))]  # fmt: skip
@@ -242,7 +320,7 @@ def load_sklearn(
     training statistics.
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name, or a non-floating ``dtype``.
         ImportError: scikit-learn is not installed.
 
     Example:
@@ -254,6 +332,7 @@ def load_sklearn(
         from sklearn import datasets
     except ImportError as exc:  # pragma: no cover
         raise ImportError("load_sklearn needs scikit-learn (pip install scikit-learn)") from exc
+    _check_dtype(dtype)
     rng = np.random.RandomState(seed)
     if name == "breast_cancer":
         x = datasets.load_breast_cancer().data.astype(np.float64)

@@ -81,17 +81,35 @@ def eight_gaussians_log_prob(x: Tensor) -> Tensor:
     return torch.logsumexp(log_comp, dim=1) - math.log(8.0)
 
 
+def _check_dtype(dtype) -> None:
+    """A real floating-point ``torch.dtype``, else ValueError (integer samples would be
+    truncated)."""
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(
+            f"dtype must be a floating-point torch.dtype (e.g. torch.float32), got {dtype!r}"
+        )
+
+
 def eight_gaussians_entropy(n: int = 200_000, seed: int = 0) -> tuple[float, float]:
     """Monte-Carlo entropy H = −E[log p(x)] of the 8gaussians toy (nats).
 
+    Args:
+        n: number of samples, an integer >= 2 (the standard error needs two).
+        seed: seed of the draw.
+
     Returns:
         ``(estimate, standard_error)`` from ``n`` exact samples.
+
+    Raises:
+        ValueError: ``n`` < 2.
 
     Example:
         >>> h, se = eight_gaussians_entropy(20_000)
         >>> 2.7 < h < 2.9 and se < 0.01
         True
     """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+        raise ValueError(f"n must be an integer >= 2 (the number of samples), got {n!r}")
     x = make_toy("8gaussians", n, seed=seed, dtype=torch.float64)
     lp = eight_gaussians_log_prob(x)
     return float(-lp.mean()), float(lp.std() / math.sqrt(n))
@@ -206,7 +224,8 @@ def make_toy(
         ``(n, 2)`` tensor.
 
     Raises:
-        ValueError: unknown name (the valid ones are listed) or ``n < 1``.
+        ValueError: unknown name (the valid ones are listed), ``n < 1``, or a ``dtype``
+            that is not a real floating-point type.
 
     Example:
         >>> x = make_toy("8gaussians", 500, seed=1)
@@ -219,5 +238,6 @@ def make_toy(
         raise ValueError(f"unknown toy {name!r}; valid toys are: {', '.join(TOYS)}")
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n must be an integer >= 1 (the number of samples), got {n!r}")
+    _check_dtype(dtype)
     x = TOYS[name](int(n), _gen(seed, generator))
     return x.to(dtype=dtype, device=device)

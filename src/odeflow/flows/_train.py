@@ -602,9 +602,12 @@ def load_checkpoint(path: str | Path, *, dim: int | None = None, map_location=No
     Raises:
         FileNotFoundError: no such file (or a folder was given).
         ValueError: not an odeflow OT-Flow checkpoint (unreadable by ``torch.load``, or
-            without the format tag, a ``config`` or a ``state_dict``), or of another
-            dimension.
+            without the format tag, a ``config`` or a ``state_dict``), damaged (a dtype,
+            config or ``state_dict`` that do not fit together), or of another dimension;
+            ``dim`` not an integer >= 1.
     """
+    if dim is not None:
+        dim = _check_int("dim", dim, 1, "the expected data dimension")
     path = Path(path)
     if path.is_dir():
         raise FileNotFoundError(
@@ -638,15 +641,29 @@ def load_checkpoint(path: str | Path, *, dim: int | None = None, map_location=No
             f"checkpoint {path} has an invalid config ({exc}); the file is damaged or was "
             "edited. Save the flow again with OTFlow.save"
         ) from None
-    if dim is not None and flow.dim != int(dim):
+    if dim is not None and flow.dim != dim:
         raise ValueError(
             f"checkpoint {path} holds a flow of dim={flow.dim}, but dim={dim} was expected; "
             "use a checkpoint trained on data of this dimension"
         )
-    flow.to(getattr(torch, ck.get("dtype", "float32")))
+    dt = ck.get("dtype", "float32")
+    dtype = getattr(torch, dt, None) if isinstance(dt, str) else None
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(
+            f"checkpoint {path} has an invalid dtype {dt!r} (not a floating-point torch "
+            "dtype); the file is damaged or was edited. Save the flow again with OTFlow.save"
+        )
+    flow.to(dtype)
     if isinstance(map_location, str | torch.device):
         flow.to(torch.device(map_location))
-    flow.load_state_dict(state)
+    try:
+        flow.load_state_dict(state)
+    except RuntimeError as exc:  # missing/unexpected keys, shapes of another config
+        why = " ".join(str(exc).split())
+        raise ValueError(
+            f"checkpoint {path} is damaged: its state_dict does not fit its config "
+            f"({why[:300]}). Save the flow again with OTFlow.save"
+        ) from None
     flow.eval()
     flow.checkpoint_extra = ck.get("extra", {})
     return flow

@@ -77,3 +77,25 @@ def test_error_prefix_of_a_command_without_subcommand(capsys, monkeypatch):
     monkeypatch.setattr(_bench, "benchmarks_dir", lambda: None)
     assert main(["bench", "flows", "--quick"]) == 1
     assert capsys.readouterr().err.startswith("odeflow bench: error:")
+
+
+def test_demo_unknown_name_is_refused_before_any_output(tmp_path, capsys, monkeypatch):
+    """`demo --only` with a misspelt name is refused (not silently skipped next to a valid
+    one), and no --out folder is created."""
+    import sys
+    import types
+
+    from odeflow.cli import _demo
+
+    ran = []
+    fake = types.SimpleNamespace(run_demo=lambda out, verbose: ran.append(out) or {})
+    monkeypatch.setitem(sys.modules, "fake_demo", fake)
+    monkeypatch.setattr(_demo, "DEMOS", (("spiral", "fake_demo", "run_demo"),))
+    out = tmp_path / "demos"
+    for only in (["sprial"], ["sprial", "spiral"]):
+        assert main(["demo", "--out", str(out), "--only", *only, "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert err == "odeflow demo: error: unknown demo sprial; valid names are: spiral\n"
+        assert not out.exists() and ran == []
+    assert main(["demo", "--out", str(out), "--only", "spiral", "--quiet"]) == 0
+    assert ran == [out / "spiral"] and (out / "summary.json").is_file()

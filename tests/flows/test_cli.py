@@ -180,12 +180,21 @@ def test_flow_cli_train_precision_is_recorded_not_kept(tmp_path):
      "--data one_d.npy: need a numeric (n, d) array with n >= 3 rows"),
     (["flow", "train", "--data", "words.npy", "--out", "o"], "dtype <U"),
     (["flow", "train", "--data", "two.csv", "--out", "o"], "got shape (2, 2)"),
+    (["flow", "train", "--data", "complex.npy", "--out", "o", "--iters", "1", "--quiet"],
+     "real-valued columns, got shape (5, 2) and dtype complex128"),
+    (["flow", "train", "--data", "no_cols.npy", "--out", "o"], "got shape (5, 0)"),
+    (["flow", "train", "--data", "archive.npy", "--out", "o"],
+     "--data archive.npy: an .npz archive, not a .npy file"),
 ])  # fmt: skip
 def test_flow_cli_errors(tmp_path, capsys, monkeypatch, argv, msg):
     monkeypatch.chdir(tmp_path)
     np.save("one_d.npy", np.random.RandomState(0).randn(100))
     np.save("words.npy", np.array([["a", "b"]] * 5))
     np.savetxt("two.csv", np.ones((2, 2)), delimiter=",")
+    np.save("complex.npy", np.ones((5, 2)) + 1j)  # the imaginary part would be dropped
+    np.save("no_cols.npy", np.ones((5, 0)))
+    np.savez("archive.npz", x=np.ones((5, 2)))
+    (tmp_path / "archive.npz").rename("archive.npy")
     assert main(argv) == 1
     assert msg in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before any output
@@ -220,9 +229,10 @@ def _with_bad_row(tmp_path, split, n=60, seed=0):
 def test_flow_cli_train_checks_every_split_before_training(tmp_path, capsys, monkeypatch, split):
     """A NaN row in any split stops `flow train` before training (fit is never called) and
     the message names the split; no output folder is left."""
-    from odeflow.flows import _train
+    import odeflow.flows
 
-    monkeypatch.setattr(_train, "fit", lambda *a, **k: pytest.fail("training started"))
+    # `flow train` looks fit up in odeflow.flows when it runs
+    monkeypatch.setattr(odeflow.flows, "fit", lambda *a, **k: pytest.fail("training started"))
     data = _with_bad_row(tmp_path, split)
     out = tmp_path / "run"
     assert main(["flow", "train", "--data", str(data), "--out", str(out), *_TINY]) == 1
@@ -262,6 +272,10 @@ def test_flow_cli_eval_names_the_test_split(tmp_path, capsys):
     (["train", "--device", "bogus"], "--device bogus: not a torch device"),
     (["train", "--device", "cuda"], "--device cuda asks for CUDA, but CUDA is not available"),
     (["train", "--preset", "power"], "preset 'power' is for dim=6, but the flow has dim=2"),
+    (["train", "--seed", "-1"], "--seed must be an integer from 0 to 2**32 - 1, got -1"),
+    (["train", "--out", ""], "--out is empty"),  # not the current folder
+    (["train", "--precision", "fp16", "--double"],
+     "--precision fp16 needs float32 parameters; drop --double / --dtype float64"),
 ])  # fmt: skip
 def test_flow_cli_train_refuses_bad_options(tmp_path, capsys, monkeypatch, argv, msg):
     """Refused with one line naming the option (0 is not taken for "the default"), and no
@@ -280,6 +294,7 @@ def test_flow_cli_train_refuses_bad_options(tmp_path, capsys, monkeypatch, argv,
 @pytest.mark.parametrize("option,msg", [
     (["--nt", "0"], "--nt must be >= 1, got 0"),
     (["--n-test", "0"], "--n-test must be >= 1, got 0"),
+    (["--seed", "-1"], "--seed must be an integer from 0 to 2**32 - 1, got -1"),
 ])  # fmt: skip
 def test_flow_cli_eval_refuses_bad_options(tmp_path, capsys, option, msg):
     ck = _checkpoint(tmp_path)
@@ -311,3 +326,53 @@ def test_flow_cli_sample_from_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     assert "odeflow flow sample: error:" in err and "is not an odeflow checkpoint" in err
     assert "weights_only" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "s.npy").exists()
+
+
+def test_flow_cli_train_refuses_dtype_and_double_together(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["flow", "train", "--data", "8gaussians", "--out", str(tmp_path / "o"),
+              "--dtype", "float32", "--double", "--n-test", "50", *_TINY])  # fmt: skip
+    assert e.value.code == 2
+    assert "argument --double: not allowed with argument --dtype" in capsys.readouterr().err
+
+
+def test_flow_cli_outputs_of_an_earlier_run_are_kept(tmp_path, capsys, monkeypatch):
+    """`flow train` and `flow sample` refuse to replace existing outputs (checked before any
+    training or sampling) unless --overwrite; the checkpoint itself is never replaced."""
+    import odeflow.flows
+
+    monkeypatch.chdir(tmp_path)
+    np.save("d.npy", np.random.RandomState(0).randn(40, 2))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text("earlier")
+    train = ["flow", "train", "--data", "d.npy", "--out", "run", *_TINY]
+    with monkeypatch.context() as m:
+        m.setattr(odeflow.flows, "fit", lambda *a, **k: pytest.fail("training started"))
+        assert main(train) == 1
+    err = capsys.readouterr().err
+    assert err == ("odeflow flow train: error: 1 output(s) already exist (e.g. "
+                   "run/metrics.json); choose another --out or pass --overwrite\n")  # fmt: skip
+    assert (tmp_path / "run" / "metrics.json").read_text() == "earlier"
+    assert main([*train, "--overwrite"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["iterations"] == 1
+    ck = "run/flow.pt"
+    sample = ["flow", "sample", "--checkpoint", ck, "-n", "5", "--log-prob"]
+    np.save("d.log_prob.npy", np.zeros(3))  # only the log-density file exists
+    before = (tmp_path / "d.npy").read_bytes()
+    assert main([*sample, "--out", "d.npy"]) == 1
+    assert "2 output(s) already exist (e.g. d.npy)" in capsys.readouterr().err
+    assert (tmp_path / "d.npy").read_bytes() == before
+    assert np.load("d.log_prob.npy").shape == (3,)
+    assert main([*sample, "--out", "d.npy", "--overwrite"]) == 0
+    assert np.load("d.npy").shape == (5, 2) and np.load("d.log_prob.npy").shape == (5,)
+    (tmp_path / "ck.npy").write_bytes((tmp_path / ck).read_bytes())
+    assert main(["flow", "sample", "--checkpoint", "ck.npy", "--out", "ck.npy",
+                 "--overwrite"]) == 1  # fmt: skip
+    assert "--out ck.npy is the checkpoint itself" in capsys.readouterr().err
+    assert (tmp_path / "ck.npy").read_bytes() == (tmp_path / ck).read_bytes()
+    # a 3-D run over the 2-D one leaves no picture that seems to be its own
+    assert (tmp_path / "run" / "samples.png").is_file()
+    np.save("d3.npy", np.random.RandomState(1).randn(40, 3))
+    assert main(["flow", "train", "--data", "d3.npy", "--out", "run", *_TINY, "--overwrite"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["dim"] == 3
+    assert not (tmp_path / "run" / "samples.png").exists()

@@ -18,11 +18,13 @@ DEMOS: tuple[tuple[str, str, str], ...] = (
 
 def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     chosen = [d for d in DEMOS if args.only is None or d[0] in args.only]
-    if not chosen:
+    unknown = [n for n in args.only or () if n not in {d[0] for d in DEMOS}]
+    if not chosen or unknown:
         valid = ", ".join(d[0] for d in DEMOS) or "(none yet)"
-        raise ValueError(f"no demo selected; valid names are: {valid}")
+        what = f"unknown demo {', '.join(unknown)}" if unknown else "no demo selected"
+        raise ValueError(f"{what}; valid names are: {valid}")
+    out.mkdir(parents=True, exist_ok=True)
     summary = {}
     for name, module, func in chosen:
         print(f"== odeflow demo: {name}")
@@ -45,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "their plots and metrics under --out.",
     )
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    p.add_argument("--only", nargs="+", default=None, help="run only these demos by name")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help="run only these demos by name: " + ", ".join(d[0] for d in DEMOS),
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)

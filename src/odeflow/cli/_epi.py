@@ -67,37 +67,31 @@ def _correct(args: argparse.Namespace) -> int:
         else:
             shown(message, category, filename, lineno, file, line)
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", EPIConvergenceWarning)
-            warnings.showwarning = show
-            out = correct_files(
-                args.up,
-                args.down,
-                args.out,
-                pe_dir=args.pe_dir,
-                pe_dir_down=args.pe_dir_down,
-                readout_time=args.readout_time,
-                up_volume=args.up_volume,
-                down_volume=args.down_volume,
-                ignore_sidecars=args.ignore_sidecars,
-                apply=args.apply or (),
-                apply_pe_dir=args.apply_pe_dir,
-                alpha=args.alpha,
-                beta=args.beta,
-                solver=args.solver,
-                levels=args.levels,
-                max_iter=args.max_iter,
-                device=args.device,
-                qc=not args.no_qc,
-                overwrite=args.overwrite,
-                verbose=not args.quiet,
-            )
-    except (OSError, ImportError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        print(f"odeflow epi: error: {exc}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EPIConvergenceWarning)
+        warnings.showwarning = show
+        out = correct_files(
+            args.up,
+            args.down,
+            args.out,
+            pe_dir=args.pe_dir,
+            pe_dir_down=args.pe_dir_down,
+            readout_time=args.readout_time,
+            up_volume=args.up_volume,
+            down_volume=args.down_volume,
+            ignore_sidecars=args.ignore_sidecars,
+            apply=args.apply or (),
+            apply_pe_dir=args.apply_pe_dir,
+            alpha=args.alpha,
+            beta=args.beta,
+            solver=args.solver,
+            levels=args.levels,
+            max_iter=args.max_iter,
+            device=args.device,
+            qc=not args.no_qc,
+            overwrite=args.overwrite,
+            verbose=not args.quiet,
+        )
     acq = out.metrics["acquisition"]
     print(
         f"odeflow epi: up {acq['pe_up']} ({acq['pe_up_anatomical']}, {acq['sources']['pe_up']}), "

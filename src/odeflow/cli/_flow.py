@@ -35,10 +35,16 @@ def _load_data(spec: str, root: str | None, seed: int, n_toy: int):
             arr = np.load(path) if path.suffix == ".npy" else _load_text(path)
         except (OSError, ValueError) as exc:
             raise ValueError(f"--data {spec}: not a readable {path.suffix} file ({exc})") from exc
-        if arr.ndim != 2 or arr.shape[0] < 3 or not np.issubdtype(arr.dtype, np.number):
+        if not isinstance(arr, np.ndarray):  # an .npz archive under a .npy name
+            arr.close()
+            raise ValueError(f"--data {spec}: an .npz archive, not a .npy file; save the one "
+                             "(n, d) array with np.save")  # fmt: skip
+        # real numbers only: complex values would lose their imaginary part in the cast
+        if arr.ndim != 2 or arr.shape[0] < 3 or arr.shape[1] < 1 or arr.dtype.kind not in "iuf":
             raise ValueError(
                 f"--data {spec}: need a numeric (n, d) array with n >= 3 rows (split into "
-                f"train/val/test), got shape {arr.shape} and dtype {arr.dtype}"
+                f"train/val/test) and d >= 1 real-valued columns, got shape {arr.shape} and "
+                f"dtype {arr.dtype}"
             )
         # float64 data stay float64 (the flow casts them once to its own dtype)
         x = torch.as_tensor(np.asarray(arr, dtype=np.float64 if arr.dtype == np.float64
@@ -87,6 +93,28 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
             raise ValueError(f"{flag} must be >= 1, got {value}")
 
 
+def _check_seed(seed: int | None) -> None:
+    """A given --seed must fit numpy's generators (which split and standardise the data)."""
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ValueError(f"--seed must be an integer from 0 to 2**32 - 1, got {seed}")
+
+
+def _check_out(out: str) -> None:
+    """An empty --out would write into the current folder."""
+    if not out:
+        raise ValueError("--out is empty; give the output path, e.g. --out runs/8gaussians")
+
+
+def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    """Refuse to replace outputs of an earlier run unless --overwrite was given."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{len(existing)} output(s) already exist (e.g. {existing[0]}); choose another "
+            "--out or pass --overwrite"
+        )
+
+
 def _check_device(spec: str | None) -> None:
     """Refuse a --device this process cannot use before any data are loaded."""
     if spec is not None:
@@ -129,6 +157,10 @@ def _process_group(device: str | None):
     return dist.group.WORLD, device, dist.get_rank(), joined
 
 
+#: the files `flow train` writes into --out (samples.png only for 2-D data)
+_TRAIN_OUTPUTS: tuple[str, ...] = ("flow.pt", "metrics.json", "samples.png")
+
+
 def _train(args: argparse.Namespace) -> int:
     from odeflow.flows import PRESETS, OTFlow, evaluate_nll, fit, get_preset
     from odeflow.flows._plot import plot_flow_2d
@@ -136,7 +168,10 @@ def _train(args: argparse.Namespace) -> int:
     _check_positive(args, "iters", "batch", "width", "n_test")
     if args.lr is not None and not 0 < args.lr < math.inf:
         raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    _check_seed(args.seed)
+    _check_out(args.out)
     _check_device(args.device)
+    _refuse_existing([Path(args.out) / n for n in _TRAIN_OUTPUTS], args.overwrite)
     args.seed = 0 if args.seed is None else args.seed
     args.n_test = 10_000 if args.n_test is None else args.n_test
 
@@ -157,6 +192,9 @@ def _train(args: argparse.Namespace) -> int:
         dtype = p.dtype
     else:
         dtype = torch.float32
+    if dtype == torch.float64 and args.precision in ("bf16", "fp16"):  # autocast skips float64
+        raise ValueError(f"--precision {args.precision} needs float32 parameters; drop "
+                         "--double / --dtype float64")  # fmt: skip
     torch.manual_seed(args.seed)
     flow = OTFlow(dim, width=width, depth=p.depth if p else 2, compile=args.compile).to(dtype)
     out = Path(args.out)
@@ -192,6 +230,8 @@ def _train(args: argparse.Namespace) -> int:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if dim == 2:
             plot_flow_2d(flow, test, out / "samples.png")
+        elif (out / "samples.png").exists():  # (--overwrite) an earlier 2-D run's picture
+            (out / "samples.png").unlink()
         print(f"test NLL {nll:.4f} nats after {res.iterations} iterations ({res.status}); "
               f"wrote {out / 'flow.pt'}, {out / 'metrics.json'}")  # fmt: skip
         return 0
@@ -205,6 +245,8 @@ def _sample(args: argparse.Namespace) -> int:
     from odeflow.flows import load_checkpoint
 
     _check_positive(args, "n")
+    _check_seed(args.seed)
+    _check_out(args.out)
     flow = load_checkpoint(args.checkpoint)
     gen = torch.Generator().manual_seed(args.seed)
     out = Path(args.out)
@@ -212,6 +254,12 @@ def _sample(args: argparse.Namespace) -> int:
         out = out / "samples.npy"
     elif out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")  # what np.save writes
+    lp_out = out.with_name(out.stem + ".log_prob.npy")
+    targets = [out, lp_out] if args.log_prob else [out]
+    for target in targets:
+        if target.exists() and target.samefile(args.checkpoint):
+            raise ValueError(f"--out {target} is the checkpoint itself; choose another --out")
+    _refuse_existing(targets, args.overwrite)
     if args.log_prob:
         xs, lp = flow.sample_and_log_prob(args.n, generator=gen)
     else:
@@ -220,7 +268,6 @@ def _sample(args: argparse.Namespace) -> int:
     np.save(out, xs.cpu().numpy())
     msg = f"wrote {args.n} samples of dimension {flow.dim} to {out}"
     if args.log_prob:
-        lp_out = out.with_name(out.stem + ".log_prob.npy")
         np.save(lp_out, lp.cpu().numpy())
         msg += f" and their log-densities to {lp_out}"
     print(msg)
@@ -231,6 +278,7 @@ def _eval(args: argparse.Namespace) -> int:
     from odeflow.flows import evaluate_nll, load_checkpoint
 
     _check_positive(args, "n_test", "nt")
+    _check_seed(args.seed)
     flow = load_checkpoint(args.checkpoint)
     # defaults from the training run: its seed (the split and standardisation of sklearn and
     # file data depend on it), test-set size and test step count
@@ -295,25 +343,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     data_args(t)
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--preset", default=None, help="preset name (default: the dataset's, if any)")
-    t.add_argument("--iters", type=int, default=None)
-    t.add_argument("--batch", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--width", type=int, default=None)
-    t.add_argument("--precision", default=None, choices=["fp32", "tf32", "bf16", "fp16"])
+    t.add_argument(
+        "--iters", type=int, default=None, help="training iterations (default: preset's, else 1000)"
+    )
+    t.add_argument(
+        "--batch", type=int, default=None, help="global batch size (default: preset's, else 1024)"
+    )
+    t.add_argument(
+        "--lr", type=float, default=None, help="Adam learning rate (default: preset's, else 0.01)"
+    )
+    t.add_argument(
+        "--width", type=int, default=None, help="ResNet width m of Φ (default: preset's, else 32)"
+    )
+    t.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "tf32", "bf16", "fp16"],
+        help="ODE precision: bf16/fp16 run the stages in 16 bits with fp32 accumulation "
+        "(default: fp32)",
+    )
     t.add_argument(
         "--device",
         default=None,
         help="torch device to train on, e.g. cpu, cuda, cuda:1 (default: cpu; refused at "
         "once if it is not available)",
     )
-    t.add_argument(
+    dt = t.add_mutually_exclusive_group()  # --dtype float32 --double would contradict
+    dt.add_argument(
         "--dtype",
         default=None,
         choices=["float32", "float64"],
         help="parameter dtype (default: the preset's, float64 for the 2-D toys as "
         "in the paper; float32 without a preset or with a reduced --precision)",
     )
-    t.add_argument("--double", action="store_true", help="same as --dtype float64")
+    dt.add_argument("--double", action="store_true", help="same as --dtype float64")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier run in --out (refused otherwise)",
+    )
     t.add_argument(
         "--compile",
         action="store_true",
@@ -324,25 +392,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_train)
 
     s = fs.add_parser("sample", help="draw samples from a checkpoint into a .npy file")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("-n", type=int, default=10_000)
+    s.add_argument("--checkpoint", required=True, help="flow.pt written by `flow train`")
+    s.add_argument("-n", type=int, default=10_000, help="number of samples (default: 10000)")
     s.add_argument(
         "--out",
         default="samples.npy",
         help="output .npy file (.npy is appended if missing), or an existing folder to "
         "write samples.npy into (default: samples.npy)",
     )
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default: 0)")
     s.add_argument(
         "--log-prob",
         action="store_true",
         help="also write log p of each sample (integrated along the sampling path) to "
         "OUT_STEM.log_prob.npy",
     )
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files (refused otherwise; never the checkpoint)",
+    )
     s.set_defaults(func=_sample)
 
     e = fs.add_parser("eval", help="test NLL of a checkpoint on a dataset")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="flow.pt written by `flow train`")
     data_args(e)
     e.add_argument(
         "--nt",

@@ -270,3 +270,45 @@ def test_unwritable_output_location_exits_nonzero(tmp_path, capsys):
         blocker,
         tmp_path / "in",
     ]
+
+
+def test_same_volume_by_a_negative_index_is_refused(tmp_path, capsys):
+    """--up-volume -1 and --down-volume 1 of a two-volume file are one volume: refused, not
+    "corrected" to a zero field."""
+    ph = phantom(-1)
+    b0s = tmp_path / "b0s.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack([ph.up.numpy(), ph.down.numpy()], -1), ph.affine), b0s)
+    args = ["--pe-dir", "j-", "--readout-time", "0.05", "--quiet", "--no-qc"]
+    rc = main([*_correct_args(b0s, b0s, tmp_path / "o_", *args), "--up-volume", "-1",
+               "--down-volume", "1"])  # fmt: skip
+    assert rc == 1
+    assert capsys.readouterr().err == (
+        "odeflow epi correct: error: --up-volume -1 and --down-volume 1 are the same volume "
+        f"(1) of '{b0s}'; pick two different volumes (e.g. 0 and 1)\n"
+    )
+    assert not list(tmp_path.glob("o_*"))
+    rc = main([*_correct_args(b0s, b0s, tmp_path / "o_", *args), "--up-volume", "0",
+               "--down-volume", "-1"])  # fmt: skip
+    assert rc == 0
+    assert json.loads((tmp_path / "o_metrics.json").read_text())["inputs"]["down"]["volume"] == 1
+
+
+def test_output_under_a_file_is_refused_before_the_solve(tmp_path, capsys, monkeypatch):
+    """An --out whose folder cannot exist (a file is in the way) is refused at once, naming
+    --out and the file, not after the solve with the name of a hidden temporary folder."""
+    import odeflow.imaging.epi
+
+    monkeypatch.setattr(
+        odeflow.imaging.epi, "estimate_field", lambda *a, **k: pytest.fail("solve started")
+    )
+    ph = phantom(-1)
+    up, down = write_pair(tmp_path / "in", ph)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder should be")
+    out = f"{blocker}/sub/s_"
+    assert main(_correct_args(up, down, out, "--quiet", "--no-qc")) == 1
+    assert capsys.readouterr().err == (
+        f"odeflow epi correct: error: --out '{out}': '{blocker}' is a file, not a folder; "
+        "choose another --out prefix\n"
+    )
+    assert blocker.read_text().startswith("a file")

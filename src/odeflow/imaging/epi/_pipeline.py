@@ -428,6 +428,7 @@ def correct_files(
                 f"{len(existing)} output(s) already exist (e.g. '{existing[0]}'); choose another "
                 "--out prefix or pass --overwrite"
             )
+    _check_out_folder(paths["metrics"].parent, out_prefix)
     for p in (up_p, down_p, *apply_p):
         if not p.exists():
             raise FileNotFoundError(f"input image '{p}' does not exist")
@@ -448,6 +449,11 @@ def correct_files(
             )
     img_up = load_nifti(up_p, volume=up_volume)
     img_down = load_nifti(down_p, volume=down_volume)
+    if same_file and img_up.volume == img_down.volume:  # e.g. -1 and 1 of two volumes
+        raise EPIInputError(
+            f"--up-volume {up_volume} and --down-volume {down_volume} are the same volume "
+            f"({img_up.volume}) of '{up_p}'; pick two different volumes (e.g. 0 and 1)"
+        )
     _check_pair(img_up, img_down)
     meta_up, meta_down = read_sidecar(up_p), read_sidecar(down_p)
     acq = resolve_acquisition(
@@ -752,6 +758,23 @@ def _resolve_device(device: Any) -> Any:
     elif dev.type != "cpu":
         raise EPIInputError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
     return dev
+
+
+def _check_out_folder(directory: Path, out_prefix: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written to."""
+    d = directory.absolute()
+    while not d.exists():
+        d = d.parent
+    if not d.is_dir():
+        raise EPIInputError(
+            f"--out {os.fspath(out_prefix)!r}: '{d}' is a file, not a folder; choose another "
+            "--out prefix"
+        )
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise EPIInputError(
+            f"--out {os.fspath(out_prefix)!r}: the folder '{d}' is not writable; choose another "
+            "--out prefix"
+        )
 
 
 def _make_dirs(directory: Path) -> list[Path]:

@@ -611,7 +611,7 @@ def bench_time_to_target(cap_s, batch, val_every, have_tdq, tol=0.1, compile_row
         def cb(it, info, f=f, trace=trace, clock=clock):
             clock["train"] += time.perf_counter() - clock["t"]
             stop = clock["train"] > cap_s
-            if it % val_every == 0:
+            if it % val_every == 0 or stop:  # (the last iteration is always validated)
                 v = evaluate_nll(f, val)
                 trace.append({"iter": it, "train_s": clock["train"], "val_nll": v})
                 stop = stop or v <= target
@@ -638,7 +638,7 @@ def bench_time_to_target(cap_s, batch, val_every, have_tdq, tol=0.1, compile_row
             opt.step()
             train_s += time.perf_counter() - t0
             it += 1
-            if it % val_every == 0:
+            if it % val_every == 0 or train_s > cap_s:  # (the last iteration is always validated)
                 with torch.no_grad():
                     v = nll_fn(val)
                 trace.append({"iter": it, "train_s": train_s, "val_nll": v})

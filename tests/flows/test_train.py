@@ -63,6 +63,12 @@ def test_checkpoint_extra_not_json_like_is_refused_before_writing(tmp_path, extr
     assert list(tmp_path.iterdir()) == []  # nothing written, no temporary file left
 
 
+def test_save_to_a_folder_names_the_fix(tmp_path):
+    with pytest.raises(IsADirectoryError, match=r"is a folder; give the checkpoint's file name"):
+        OTFlow(2, width=4).save(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_failed_save_keeps_the_existing_checkpoint(tmp_path, monkeypatch):
     flow = OTFlow(2, width=4, nt=2).double()
     path = tmp_path / "flow.pt"

@@ -521,6 +521,7 @@ def save_checkpoint(flow: OTFlow, path: str | Path, **extra: Any) -> None:
     Raises:
         TypeError: an ``extra`` value is not JSON-like (the key is named); nothing is
             written.
+        IsADirectoryError: ``path`` is an existing folder.
 
     Example:
         >>> import tempfile, os
@@ -532,6 +533,10 @@ def save_checkpoint(flow: OTFlow, path: str | Path, **extra: Any) -> None:
         True
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder; give the checkpoint's file name, e.g. {path / 'flow.pt'}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in flow.state_dict().items()}
     dt = str(next(flow.parameters()).dtype).removeprefix("torch.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import math
 import types
 
 import pytest
@@ -657,6 +659,54 @@ def test_grid_coefficients_equal_per_step_scalar_ops_bitwise(method, dtype):
                 assert [j for j, _ in row] == [j for j, _ in rrow]
                 same += [torch.equal(a, b) for (_, a), (_, b) in zip(row, rrow)]
             assert all(same), (method, dtype, i, j)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grid_chunks_equal_per_step_scalar_ops_bitwise(dtype, monkeypatch):
+    """The grid is formed a chunk of steps at a time (chunks crossing intervals here); any
+    access order (the backward walks it in reverse) gives bitwise the per-step scalar ops."""
+    from odeflow.ode._solve import _coeffs, _Grid, _grid, _times
+
+    monkeypatch.setattr(_Grid, "CHUNK", 4)
+    tab = odeflow.ode.get_tableau("rk4")
+    t = -torch.cumsum(torch.rand(5, generator=torch.Generator().manual_seed(4), dtype=dtype), 0)
+    plan = types.SimpleNamespace(tab=tab, ms=[1, 3, 2, 7], grid=None)
+    steps = [(i, j) for i, m in enumerate(plan.ms) for j in range(m)]
+    grid = _grid(plan, t)
+    assert len(grid) == 13 and plan.grid is grid
+    for s in [12, 3, 4, 0, 11, 7, 8, -1, 5]:
+        i, j = steps[s]
+        co, ref = grid[s], _coeffs(tab, *_times(t[i], t[i + 1], j, plan.ms[i]))
+        vals = [co.tau, co.h, *co.ts, *(c for row in [*co.ca, co.cb] for _, c in row)]
+        refs = [ref.tau, ref.h, *ref.ts, *(c for row in [*ref.ca, ref.cb] for _, c in row)]
+        assert all(torch.equal(a, b) for a, b in zip(vals, refs, strict=True)), s
+        assert grid.chunk[1].shape[0] <= 4  # only the chunk in use is kept
+    with pytest.raises(IndexError):
+        grid[13]
+
+
+def test_no_grad_solve_keeps_no_per_step_tensors():
+    """A long no-grad solve stores nothing per step (it kept a dozen 0-d tensors of step
+    coefficients for every step: some 9 KB per step, gigabytes for 10⁶ steps)."""
+    n = 20_000
+    live = []
+
+    def tensors():
+        return sum(type(o) is torch.Tensor for o in gc.get_objects())
+
+    def f(t, y):
+        live.append(None)
+        if len(live) == 4 * n:  # the last stage of the last step
+            live[-1] = tensors() - before
+        return -y
+
+    before = tensors()
+
+    with torch.no_grad():
+        ys = odeflow.odeint(f, torch.ones(2, dtype=D64), torch.tensor([0.0, 1.0], dtype=D64),
+                            steps_per_interval=n)  # fmt: skip
+    assert torch.allclose(ys[-1], torch.full((2,), math.exp(-1), dtype=D64))
+    assert live[-1] < n  # (old: > 12 n)
 
 
 def test_a_tensor_listed_twice_gets_its_gradient_once():

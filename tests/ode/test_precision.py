@@ -407,3 +407,28 @@ def test_reduced_precision_on_a_float64_state_warns():
         warnings.simplefilter("error")
         odeflow.odeint(lambda t, y: -y, y0.float(), t, precision="bf16")  # float32: no warning
         odeflow.odeint(lambda t, y: -y, y0, t, precision="fp64")
+
+
+@pytest.mark.parametrize("recompute", ["step", "stage"])
+def test_fp16_adjoint_with_an_empty_leaf(recompute):
+    """A zero-size leaf (an empty batch) has no maximum for the adjoint scale: it counts as 0,
+    and the other leaf's gradient is the one it gets when solved alone."""
+    torch.manual_seed(5)
+    lin = nn.Linear(3, 3)
+    grad = odeflow.DiscreteAdjoint(recompute=recompute)
+    t = torch.tensor([0.0, 0.5, 1.0])
+    full = torch.randn(4, 3)
+
+    def f(t, y):
+        return lin(y[0]), lin(y[1])
+
+    y0 = (torch.zeros(0, 3, requires_grad=True), full.clone().requires_grad_())
+    ps = list(lin.parameters())
+    ys = odeflow.odeint(f, y0, t, precision="fp16", gradient=grad, params=ps)
+    assert ys[0].shape == (3, 0, 3)
+    gs = torch.autograd.grad(ys[1].square().sum(), [*y0, *lin.parameters()])
+    y1 = full.clone().requires_grad_()
+    ref = odeflow.odeint(lambda t, y: lin(y), y1, t, precision="fp16", gradient=grad, params=ps)
+    refs = torch.autograd.grad(ref.square().sum(), [y1, *lin.parameters()])
+    assert gs[0].shape == (0, 3)
+    assert all(torch.equal(a, b) for a, b in zip(gs[1:], refs))

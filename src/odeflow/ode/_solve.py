@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import enum
 import itertools
@@ -603,32 +604,76 @@ def _rk_step(
     return _axpy(y, ks, co.cb, hdt)
 
 
-def _grid(plan: _Plan, t: Tensor) -> list[_Coeffs]:
-    """Every step's :class:`_Coeffs`, formed with a few vectorised ops per solve instead of a
-    dozen scalar ops per step (the same IEEE operations elementwise as :func:`_times` and
-    :func:`_coeffs`, so bitwise their values). Differentiable in ``t``; kept on the plan
-    when ``t`` needs no gradient, so that the backward pass reuses the forward's."""
+def _grid(plan: _Plan, t: Tensor) -> _Grid:
+    """Every step's :class:`_Coeffs` (a :class:`_Grid`: ``grid[s]``, ``len``, iteration),
+    formed with a few vectorised ops per chunk of steps instead of a dozen scalar ops per
+    step (the same IEEE operations elementwise as :func:`_times` and :func:`_coeffs`, so
+    bitwise their values). Differentiable in ``t``; kept on the plan when ``t`` needs no
+    gradient, so that the backward pass reuses the forward's."""
     if plan.grid is not None and not t.requires_grad:
         return plan.grid
-    tab = plan.tab
-    dt, dev = t.dtype, t.device
-    mt = torch.tensor(plan.ms, device=dev)
-    hs = ((t[1:] - t[:-1]) / mt.to(dt)).repeat_interleave(mt)
-    first = t[:-1].repeat_interleave(mt)
-    steps = plan.steps
-    js = torch.tensor([j for _, j in steps], dtype=dt, device=dev)
-    taus = torch.where(js == 0, first, first + js * hs)
-    # the columns in _assemble's order, each the vectorised twin of _coeffs' scalar op
-    cols = [taus, hs]
-    _assemble(tab, taus, hs, lambda kind, x: cols.append(taus + x * hs if kind == "t" else hs * x))
-    out = []
-    for row in torch.stack(cols, 1).unbind(0):
-        v = iter(row.unbind(0))
-        tau, h = next(v), next(v)
-        out.append(_assemble(tab, tau, h, lambda kind, x, v=v: next(v)))
+    out = _Grid(plan.tab, plan.ms, t)
     if not t.requires_grad:
         plan.grid = out
     return out
+
+
+class _Grid:
+    """The steps' :class:`_Coeffs`, formed :attr:`CHUNK` steps at a time and only the chunk
+    in use kept (a few values per step): memory does not grow with the number of steps, as
+    it would with a :class:`_Coeffs` of 0-d tensors kept for every step (some 9 KB per step:
+    gigabytes for a no-grad solve of 10⁶ steps). ``grid[s]`` forms step ``s``'s; walking the
+    steps forwards or backwards forms each chunk once."""
+
+    CHUNK = 1024
+
+    def __init__(self, tab: ButcherTableau, ms: list[int], t: Tensor):
+        self.tab, self.ms, self.t = tab, ms, t
+        self.offsets = [0, *itertools.accumulate(ms)]  # first step of each interval
+        self.chunk: tuple[int, Tensor] | None = None  # (index, rows of its steps)
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __iter__(self):
+        return (self[s] for s in range(len(self)))
+
+    def __getitem__(self, s: int) -> _Coeffs:
+        if not -len(self) <= s < len(self):
+            raise IndexError(f"step {s} of a grid of {len(self)}")
+        s %= len(self)
+        k = s // self.CHUNK
+        if self.chunk is None or self.chunk[0] != k:
+            self.chunk = (k, self._rows(k * self.CHUNK, min(len(self), (k + 1) * self.CHUNK)))
+        v = iter(self.chunk[1][s - k * self.CHUNK].unbind(0))
+        tau, h = next(v), next(v)
+        return _assemble(self.tab, tau, h, lambda kind, x: next(v))
+
+    def _rows(self, s0: int, s1: int) -> Tensor:
+        """``(s1 - s0, columns)``: each step's values in :func:`_assemble`'s order."""
+        t, off = self.t, self.offsets
+        dt, dev = t.dtype, t.device
+        i0 = bisect.bisect_right(off, s0) - 1
+        i1 = bisect.bisect_left(off, s1) - 1  # the last interval with a step in the chunk
+        counts = [min(off[i + 1], s1) - max(off[i], s0) for i in range(i0, i1 + 1)]
+        js = [s - off[i] for i, n in zip(range(i0, i1 + 1), counts)
+              for s in range(max(off[i], s0), max(off[i], s0) + n)]  # fmt: skip
+        mt = torch.tensor(self.ms[i0 : i1 + 1], device=dev)
+        reps = torch.tensor(counts, device=dev)
+        tt = t[i0 : i1 + 2]
+        n = s1 - s0
+        hs = ((tt[1:] - tt[:-1]) / mt.to(dt)).repeat_interleave(reps, output_size=n)
+        first = tt[:-1].repeat_interleave(reps, output_size=n)
+        jt = torch.tensor(js, dtype=dt, device=dev)
+        taus = torch.where(jt == 0, first, first + jt * hs)
+        # the columns in _assemble's order, each the vectorised twin of _coeffs' scalar op
+        cols = [taus, hs]
+
+        def column(kind: str, x: float) -> None:
+            cols.append(taus + x * hs if kind == "t" else hs * x)
+
+        _assemble(self.tab, taus, hs, column)
+        return torch.stack(cols, 1)
 
 
 @dataclass
@@ -654,7 +699,7 @@ class _Plan:
     graph_key: tuple = ()  # what else the captures depend on (structure, t dtype, modes)
     graph_entry: _graphs.StepGraphs | None = None  # this solve's captures (looked up once)
     local_graphs: OrderedDict = field(default_factory=OrderedDict)  # a non-weakref-able func's
-    grid: list[_Coeffs] | None = None  # every step's coefficients (t without gradient)
+    grid: _Grid | None = None  # every step's coefficients (t without gradient)
     # the gradient's tensors were collected from a module (no params=[...]): the backward
     # checks once that func's graph reaches no other tensor requiring grad
     hidden_check: bool = False
@@ -1390,7 +1435,9 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
         s = n_steps - 1
         since = 0
         while s >= 0:
-            amax = torch.stack([al.abs().amax() for al in a]).amax()
+            # (an empty leaf, e.g. a zero-size batch, has no maximum: it counts as 0)
+            amax = torch.stack([al.abs().amax() if al.numel() else al.new_zeros(()) for al in a])
+            amax = amax.amax()
             S = sc.scale_for(amax)
             i, gy, gp, gt = vjp(s, [al * S.to(hdt) for al in a])
             inv = (1.0 / S).to(hdt)

@@ -4,6 +4,9 @@ polarity validation with explicit overrides."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -279,3 +282,42 @@ def test_explicit_readout_time_records_the_sidecar_it_overrides():
     # a malformed sidecar value does not block an explicit override, and is named
     acq = resolve_acquisition(SHAPE, RAS, _meta("j", 50), _meta("j-", None), readout_time=0.05)
     assert acq.readout_time == 0.05 and "invalid" in acq.sources["readout_time"]
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"TotalReadoutTime": True},
+        {"EstimatedTotalReadoutTime": True},
+        {"EffectiveEchoSpacing": True, "ReconMatrixPE": 2},
+    ],
+)
+def test_boolean_readout_fields_are_refused(meta):
+    # float(True) used to give a silent 1 s readout time (the field in Hz off by ~20x)
+    with pytest.raises(EPIInputError, match="number"):
+        readout_time_from_sidecar(meta, n_pe=64)
+    with pytest.raises(EPIInputError, match="number"):
+        resolve_acquisition(SHAPE, RAS, _meta("j"), _meta("j-"), readout_time=True)
+
+
+def test_sidecar_is_read_as_utf8_whatever_the_locale(tmp_path):
+    # JSON is UTF-8; reading with the locale's encoding refused a valid dcm2niix sidecar
+    # (e.g. "InstitutionName": "Universität") under an ASCII/Latin-1 locale
+    text = '{"PhaseEncodingDirection": "j-", "InstitutionName": "Universität München"}'
+    (tmp_path / "a.json").write_bytes(text.encode("utf-8"))
+    code = (
+        "import sys; from odeflow.imaging.epi._bids import read_sidecar; "
+        "m = read_sidecar(sys.argv[1]); "
+        "assert m['InstitutionName'] == 'Universit\\xe4t M\\xfcnchen'"
+    )
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "a.nii.gz")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    # a byte-order mark (written by some Windows editors) is not a reason to refuse it
+    (tmp_path / "b.json").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert read_sidecar(tmp_path / "b.nii.gz")["PhaseEncodingDirection"] == "j-"

@@ -176,3 +176,30 @@ def test_save_refuses_wrong_grid_and_non_finite(tmp_path):
     with pytest.raises(EPIInputError, match="non-finite"):
         save_nifti(np.full((3, 4, 5), np.nan), ref, tmp_path / "x.nii.gz")
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_single_volume_four_d_accepts_any_valid_index(tmp_path):
+    # a (X, Y, Z, 1) file is 4-D with one volume: -1 is its last volume, 1 is out of range
+    # (both used to be refused as "requested but ... is 3-D")
+    data = np.arange(60, dtype=np.float32).reshape(3, 4, 5, 1)
+    p = _write(tmp_path / "one.nii.gz", data, np.eye(4))
+    for v in (0, -1, "mean"):
+        got = load_nifti(p, volume=v)
+        assert got.shape == (3, 4, 5) and np.array_equal(got.data, data[..., 0])
+    assert load_nifti(p, volume=-1).volume == 0
+    with pytest.raises(EPIInputError, match="out of range"):
+        load_nifti(p, volume=1)
+
+
+@pytest.mark.parametrize("unit, factor", [("mm", 1.0), ("micron", 1000.0), ("meter", 1e-3)])
+def test_voxel_size_is_in_mm_whatever_the_spatial_unit(tmp_path, unit, factor):
+    # the affine is in the header's unit: a micron file used to give voxel sizes 1000x too large
+    # (displacement_mm off by 1000), a metre file stopped the solver at its start
+    affine = _oblique_affine()
+    affine[:3] *= factor
+    img = nib.Nifti1Image(np.ones((3, 4, 5), np.float32), affine)
+    img.header.set_xyzt_units(unit, "sec")
+    nib.save(img, str(tmp_path / "u.nii.gz"))
+    got = load_nifti(tmp_path / "u.nii.gz")
+    assert np.allclose(got.voxel_size, (2.0, 2.5, 3.0))
+    assert np.allclose(got.affine, affine)  # the file's geometry itself is kept as is

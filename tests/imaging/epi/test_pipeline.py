@@ -528,3 +528,48 @@ def test_single_slice_volume_is_corrected(tmp_path):
     assert out.paths["qc_png"].stat().st_size > 0
     r = out.metrics["result"]
     assert r["rms_distance_after"] < r["rms_distance_before"]
+
+
+@pytest.mark.parametrize("unit, factor", [("micron", 1000.0), ("meter", 1e-3)])
+def test_spatial_unit_of_the_header_is_honoured(tmp_path, unit, factor):
+    # an affine in microns used to give displacement_mm 1000x too large; one in metres gave a
+    # voxel volume ~1e-8 that stopped the solver at the OT start (a different field in Hz)
+    ph = phantom(-1)
+    ref = correct_files(*write_pair(tmp_path / "mm", ph), tmp_path / "mm_", **FAST)
+    affine = ph.affine.copy()
+    affine[:3] *= factor
+    paths = []
+    for name, data, pe in (("up", ph.up, "j-"), ("down", ph.down, "j")):
+        img = nib.Nifti1Image(data.numpy(), affine)
+        img.header.set_xyzt_units(unit, "sec")
+        nib.save(img, str(tmp_path / f"{name}.nii.gz"))
+        (tmp_path / f"{name}.json").write_text(
+            json.dumps({"PhaseEncodingDirection": pe, "TotalReadoutTime": TRT})
+        )
+        paths.append(tmp_path / f"{name}.nii.gz")
+    out = correct_files(*paths, tmp_path / "u_", **FAST)
+    assert out.metrics["inputs"]["voxel_size_mm"] == pytest.approx(
+        ref.metrics["inputs"]["voxel_size_mm"]
+    )
+    for key in ("displacement_mm", "fieldmap"):
+        got = nib.load(str(out.paths[key])).get_fdata()
+        want = nib.load(str(ref.paths[key])).get_fdata()
+        assert np.allclose(got, want, atol=1e-3 * np.abs(want).max())
+
+
+def test_affine_mismatch_is_judged_in_mm_whatever_the_unit(tmp_path):
+    # with affines in metres the 1e-3 tolerance was a quarter of a voxel: a pair shifted by
+    # 0.5 mm was accepted as the same grid
+    ph = phantom(-1)
+    affine = ph.affine.copy()
+    affine[:3] *= 1e-3
+    shifted = affine.copy()
+    shifted[1, 3] += 0.5e-3
+    paths = []
+    for name, data, aff in (("up", ph.up, affine), ("down", ph.down, shifted)):
+        img = nib.Nifti1Image(data.numpy(), aff)
+        img.header.set_xyzt_units("meter", "sec")
+        nib.save(img, str(tmp_path / f"{name}.nii.gz"))
+        paths.append(tmp_path / f"{name}.nii.gz")
+    with pytest.raises(EPIInputError, match="different affines"):
+        correct_files(*paths, tmp_path / "o_", pe_dir="j-", readout_time=TRT, **FAST)

@@ -128,3 +128,17 @@ def test_pipeline_writes_report_and_metrics(tmp_path):
     for key in ("read", "estimate", "write", "total"):
         assert m["timings_s"][key] >= 0
     assert m["inputs"]["up"]["sha256"] and m["acquisition"]["readout_time_s"] == 0.05
+
+
+def test_report_html_is_utf8_even_for_undecodable_file_names(tmp_path):
+    # a folder named in Latin-1 ("Müller" as b"M\xfcller") is decoded by Python with surrogate
+    # escapes; the report used to crash with UnicodeEncodeError after the whole estimation
+    # (and, under a non-UTF-8 locale, any non-ASCII path did the same)
+    latin1 = "/data/sub-M\udcfcller/up.nii.gz"
+    metrics = {"inputs": {"up": {"path": latin1}, "down": {"path": "/data/sub-Müller/dn.nii"}}}
+    out = write_qc_report(
+        tmp_path / "q.png", tmp_path / "q.html", pe_axis=1, metrics=metrics, **_volumes()
+    )
+    raw = out["html"].read_bytes()
+    assert b"/data/sub-M\xfcller/up.nii.gz" in raw
+    assert "/data/sub-Müller/dn.nii".encode() in raw

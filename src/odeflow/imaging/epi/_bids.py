@@ -184,7 +184,8 @@ def read_sidecar(image: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        meta = json.loads(path.read_text())
+        # JSON is UTF-8 (RFC 8259), whatever the locale; "-sig" also accepts a BOM
+        meta = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EPIInputError(f"cannot read the BIDS sidecar '{path}': {exc}") from exc
     if not isinstance(meta, dict):
@@ -193,6 +194,8 @@ def read_sidecar(image: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _check_readout(value: Any, what: str) -> float:
+    if isinstance(value, bool):  # float(True) would silently read as a 1 s readout
+        raise EPIInputError(f"{what} must be a number in seconds, got {value!r}")
     try:
         t = float(value)
     except (TypeError, ValueError):
@@ -244,6 +247,8 @@ def readout_time_from_sidecar(
             else:
                 continue
             try:
+                if isinstance(ees, bool):  # float(True) = 1 s per echo, not a spacing
+                    raise TypeError
                 n_f = float(n)
                 ees_f = float(ees)
             except (TypeError, ValueError):

@@ -95,8 +95,25 @@ class NiftiImage:
 
     @property
     def voxel_size(self) -> tuple[float, float, float]:
-        """Voxel edge lengths (mm) along the three array axes, from the affine."""
-        return voxel_sizes(self.affine)
+        """Voxel edge lengths (mm) along the three array axes, from the affine.
+
+        The affine is in the header's spatial unit (``xyzt_units``): metres and microns are
+        converted to mm; an unknown unit is taken as mm (the NIfTI default in practice).
+        """
+        f = _mm_per_unit(self.header)
+        return tuple(f * h for h in voxel_sizes(self.affine))  # type: ignore[return-value]
+
+
+#: millimetres per NIfTI spatial unit
+_MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3}
+
+
+def _mm_per_unit(header: Any) -> float:
+    try:
+        unit = header.get_xyzt_units()[0]
+    except Exception:  # no header (an in-memory image) or not a NIfTI header
+        return 1.0
+    return _MM_PER_UNIT.get(unit, 1.0)
 
 
 def _describe(path: Path | None) -> str:
@@ -191,7 +208,9 @@ def _validated(
     check_finite: bool,
 ) -> NiftiImage:
     name = _describe(path)
-    if data.ndim == 4 and data.shape[3] == 1:
+    if data.ndim == 4 and data.shape[3] == 1 and volume is None:
+        # one volume and none asked for: a 3-D image (a chosen index goes through the 4-D
+        # path below, so that -1 picks it and 1 is out of range)
         data = data[..., 0]
     if data.ndim < 3 or (data.ndim == 3 and min(data.shape) < 1):
         raise EPIInputError(

@@ -26,7 +26,7 @@ from ._bids import (
     resolve_acquisition,
     sidecar_path,
 )
-from ._nifti import EPIInputError, NiftiImage, load_nifti, save_nifti
+from ._nifti import EPIInputError, NiftiImage, _mm_per_unit, load_nifti, save_nifti
 
 __all__ = ["CorrectionOutputs", "EPIConvergenceWarning", "correct_files", "output_paths"]
 
@@ -224,13 +224,20 @@ def _check_affines(a: np.ndarray, b: np.ndarray, what: str) -> None:
         )
 
 
+def _affine_mm(img: NiftiImage) -> np.ndarray:
+    """``img``'s affine with the world coordinates in mm (the header's unit converted)."""
+    a = np.array(img.affine, dtype=np.float64)
+    a[:3] *= _mm_per_unit(img.header)
+    return a
+
+
 def _check_pair(up: NiftiImage, down: NiftiImage) -> None:
     if up.shape != down.shape:
         raise EPIInputError(
             f"up {up.shape} and down {down.shape} differ in shape; both must be on the same voxel "
             "grid (they are normally acquired with the same protocol)"
         )
-    _check_affines(up.affine, down.affine, "up and down")
+    _check_affines(_affine_mm(up), _affine_mm(down), "up and down")
 
 
 def _versions() -> dict[str, str]:
@@ -479,7 +486,7 @@ def correct_files(
                 f"--apply '{a}' has the spatial shape {img.shape[:3]}, not the pair's "
                 f"{img_up.shape}; it must be on the same grid"
             )
-        _check_affines(img.affine, img_up.affine, f"--apply '{a}' and the pair")
+        _check_affines(_affine_mm(img), _affine_mm(img_up), f"--apply '{a}' and the pair")
         meta = read_sidecar(a)
         side = None if ignore_sidecars else meta.get("PhaseEncodingDirection")
         if apply_pe_dir is not None:

@@ -235,7 +235,13 @@ def write_qc_report(
     out = {"png": png}
     if html_path is not None:
         out["html"] = Path(html_path)
-        out["html"].write_text(_html_page(png.read_bytes(), metrics or {}, title))
+        # the page declares UTF-8: write UTF-8 whatever the locale; file names that are not
+        # valid UTF-8 (decoded by Python with surrogate escapes) go back to their own bytes
+        out["html"].write_text(
+            _html_page(png.read_bytes(), metrics or {}, title),
+            encoding="utf-8",
+            errors="surrogateescape",
+        )
     return out
 
 

@@ -87,8 +87,12 @@ def test_bad_inputs():
         apply_correction(torch.rand(4, 5), torch.zeros(4, 5), pe_axis=0)
     bad = torch.zeros(4, 5, 6)
     bad[0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=r"^displacement contain.* NaN"):
         apply_correction(vol, bad, pe_axis=0)
+    series = torch.rand(4, 5, 6, 3)
+    series[1, 2, 3, 2] = float("inf")  # it would spread along the PE axis of volume 2
+    with pytest.raises(ValueError, match=r"^volumes contain.* NaN or Inf"):
+        apply_correction(series, torch.zeros(4, 5, 6), pe_axis=1)
 
 
 @pytest.mark.parametrize("chunk", [0, -2, 2.5, True])

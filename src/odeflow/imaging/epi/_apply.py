@@ -74,8 +74,8 @@ def apply_correction(
 
     Raises:
         ValueError: on a bad ``pe_axis``/``polarity``, a ``chunk`` that is not a positive
-            integer, shapes that do not match, non-finite values, or a volume that is not 3-D
-            or 4-D.
+            integer, shapes that do not match, non-finite values in ``volumes`` or
+            ``displacement``, or a volume that is not 3-D or 4-D.
 
     Warns:
         RuntimeWarning: if the displacement folds the image (``1 ± ∂b ≤ 0`` somewhere), e.g.
@@ -113,8 +113,12 @@ def apply_correction(
             f"displacement has shape {tuple(b.shape)}; expected the image shape {spatial} "
             f"(or the face field {tuple(faces)})."
         )
-    if not bool(torch.isfinite(b).all()):
-        raise ValueError("displacement contains NaN or Inf.")
+    if not bool(torch.isfinite(b).all() & torch.isfinite(vol).all()):  # (one host sync)
+        bad = "displacement" if not bool(torch.isfinite(b).all()) else "volumes"
+        raise ValueError(
+            f"{bad} contain(s) NaN or Inf; a non-finite voxel would spread to its neighbours "
+            "along the phase-encoding axis. Clean or mask the input first."
+        )
     n = spatial[ax]
     bl = b.movedim(ax, -1) * polarity
     shift, jac = _cell_shift_and_jacobian(bl, n)

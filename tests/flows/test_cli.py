@@ -295,11 +295,36 @@ def test_flow_cli_train_refuses_bad_options(tmp_path, capsys, monkeypatch, argv,
     (["--nt", "0"], "--nt must be >= 1, got 0"),
     (["--n-test", "0"], "--n-test must be >= 1, got 0"),
     (["--seed", "-1"], "--seed must be an integer from 0 to 2**32 - 1, got -1"),
+    (["--device", "cuda"], "--device cuda asks for CUDA, but CUDA is not available"),
+    (["--device", "bogus"], "--device bogus: not a torch device"),
 ])  # fmt: skip
-def test_flow_cli_eval_refuses_bad_options(tmp_path, capsys, option, msg):
+def test_flow_cli_eval_refuses_bad_options(tmp_path, capsys, monkeypatch, option, msg):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     ck = _checkpoint(tmp_path)
     assert main(["flow", "eval", "--checkpoint", ck, "--data", "8gaussians", *option]) == 1
     assert f"odeflow flow eval: error: {msg}" in capsys.readouterr().err
+
+
+def test_flow_cli_sample_and_eval_take_a_device(tmp_path, capsys, monkeypatch):
+    """--device cpu gives what the default gives; an unusable device is one line, before
+    any output."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ck = _checkpoint(tmp_path)
+    base = ["flow", "sample", "--checkpoint", ck, "-n", "5", "--log-prob"]
+    assert main([*base, "--out", str(tmp_path / "a.npy")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b.npy"), "--device", "cpu"]) == 0
+    for suffix in (".npy", ".log_prob.npy"):
+        assert np.array_equal(np.load(tmp_path / f"a{suffix}"), np.load(tmp_path / f"b{suffix}"))
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "c.npy"), "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("odeflow flow sample: error: --device cuda asks for CUDA")
+    assert not (tmp_path / "c.npy").exists()
+    ev = ["flow", "eval", "--checkpoint", ck, "--data", "8gaussians", "--n-test", "64"]
+    assert main(ev) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert main([*ev, "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out) == default
 
 
 def test_flow_cli_reads_whitespace_separated_txt(tmp_path):

@@ -247,8 +247,9 @@ def _sample(args: argparse.Namespace) -> int:
     _check_positive(args, "n")
     _check_seed(args.seed)
     _check_out(args.out)
-    flow = load_checkpoint(args.checkpoint)
-    gen = torch.Generator().manual_seed(args.seed)
+    _check_device(args.device)
+    flow = load_checkpoint(args.checkpoint, map_location=args.device)
+    gen = torch.Generator(device=next(flow.parameters()).device).manual_seed(args.seed)
     out = Path(args.out)
     if out.is_dir():  # an existing folder: write the default file name into it
         out = out / "samples.npy"
@@ -279,7 +280,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     _check_positive(args, "n_test", "nt")
     _check_seed(args.seed)
-    flow = load_checkpoint(args.checkpoint)
+    _check_device(args.device)
+    flow = load_checkpoint(args.checkpoint, map_location=args.device)
     # defaults from the training run: its seed (the split and standardisation of sklearn and
     # file data depend on it), test-set size and test step count
     extra = getattr(flow, "checkpoint_extra", {}) or {}
@@ -412,6 +414,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace existing output files (refused otherwise; never the checkpoint)",
     )
+    s.add_argument(
+        "--device",
+        default=None,
+        help="torch device to sample on, e.g. cuda (default: cpu; the draws of a seed depend "
+        "on the device's generator)",
+    )
     s.set_defaults(func=_sample)
 
     e = fs.add_parser("eval", help="test NLL of a checkpoint on a dataset")
@@ -423,4 +431,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="RK4 steps (default: the training run's test steps, else nt_eval)",
     )
+    e.add_argument("--device", default=None, help="torch device to evaluate on (default: cpu)")
     e.set_defaults(func=_eval)

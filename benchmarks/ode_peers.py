@@ -320,6 +320,14 @@ def main() -> int:
         "quick": args.quick,
         "repeats": repeats,
     }
+    if dev == "cpu":  # > 4: this CPU emulates 16-bit products, so bf16/fp16 rows are slow
+        from odeflow.ode._precision import _cpu_slowdown
+
+        meta["cpu_16bit_slowdown"] = {
+            k: round(_cpu_slowdown(v), 1)
+            for k, v in (("bf16", torch.bfloat16), ("fp16", torch.float16))
+        }
+        print(f"16-bit matrix products on this CPU, time / fp32 time: {meta['cpu_16bit_slowdown']}")
     for mod in ("odeflow", "torchdiffeq", "torchode"):
         try:
             meta[mod] = __import__(mod).__version__

@@ -1,7 +1,7 @@
 """odeflow: continuous-time deep learning and scientific machine learning on PyTorch.
 
 Mixed-precision neural ODEs with an exact discrete adjoint, exact network derivatives
-(gradient, Hessian, Laplacian), OT-Flow normalizing flows, neural optimal control and
+(gradient, Hessian, Laplacian), OT-Flow normalizing flows and
 EPI susceptibility distortion correction.
 """
 
@@ -11,6 +11,7 @@ from .ode import (
     Backprop,
     ButcherTableau,
     DiscreteAdjoint,
+    PerformanceWarning,
     PrecisionPolicy,
     Solution,
     odeint,
@@ -24,6 +25,7 @@ __all__ = [
     "Backprop",
     "ButcherTableau",
     "DiscreteAdjoint",
+    "PerformanceWarning",
     "PrecisionPolicy",
     "Solution",
     "__version__",

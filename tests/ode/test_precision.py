@@ -405,6 +405,8 @@ def test_reduced_precision_on_a_float64_state_warns():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        # (a CPU without native bf16 says so with a PerformanceWarning, tested below)
+        warnings.filterwarnings("ignore", category=odeflow.PerformanceWarning)
         odeflow.odeint(lambda t, y: -y, y0.float(), t, precision="bf16")  # float32: no warning
         odeflow.odeint(lambda t, y: -y, y0, t, precision="fp64")
 
@@ -432,3 +434,50 @@ def test_fp16_adjoint_with_an_empty_leaf(recompute):
     refs = torch.autograd.grad(ref.square().sum(), [y1, *lin.parameters()])
     assert gs[0].shape == (0, 3)
     assert all(torch.equal(a, b) for a, b in zip(gs[1:], refs))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_emulated_16_bit_products_on_cpu_warn_once_at_the_callers_line(monkeypatch, precision):
+    """A CPU that emulates 16-bit matrix products makes bf16/fp16 slower than fp32, not
+    faster: the first such solve in a process says so, naming the user's line, and the
+    result is the same as without the warning."""
+    import warnings
+
+    from odeflow.ode import _precision
+
+    monkeypatch.setattr(_precision, "_warned", set())
+    monkeypatch.setattr(_precision, "_cpu_slowdown", lambda dtype: 30.0)
+    y0, t = torch.ones(3), torch.tensor([0.0, 1.0])
+    with pytest.warns(odeflow.PerformanceWarning, match=r"emulated .*30x.*precision='fp32'") as w:
+        ys = odeflow.odeint(lambda t, y: -y, y0, t, precision=precision)
+    assert [r.filename for r in w if r.category is odeflow.PerformanceWarning] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = odeflow.odeint(lambda t, y: -y, y0, t, precision=precision)  # once per process
+    assert torch.equal(ys, again)
+    # through a model's method, the warning still names the caller's line
+    monkeypatch.setattr(_precision, "_warned", set())
+    flow = odeflow.flows.OTFlow(2, width=4, precision=precision)
+    with pytest.warns(odeflow.PerformanceWarning) as w:
+        flow.log_prob(torch.zeros(2, 2))
+    assert [r.filename for r in w if r.category is odeflow.PerformanceWarning] == [__file__]
+
+
+def test_native_16_bit_products_on_cpu_do_not_warn(monkeypatch):
+    import warnings
+
+    from odeflow.ode import _precision
+
+    monkeypatch.setattr(_precision, "_warned", set())
+    monkeypatch.setattr(_precision, "_cpu_slowdown", lambda dtype: 1.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        odeflow.odeint(lambda t, y: -y, torch.ones(3), torch.tensor([0.0, 1.0]), precision="bf16")
+
+
+def test_cpu_slowdown_probe_measures_a_positive_ratio():
+    from odeflow.ode._precision import _cpu_slowdown
+
+    ratio = _cpu_slowdown(torch.bfloat16)
+    assert 0 < ratio < float("inf")
+    assert _cpu_slowdown(torch.bfloat16) == ratio  # measured once per process

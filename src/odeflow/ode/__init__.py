@@ -4,7 +4,7 @@ dynamic adjoint scaling for fp16."""
 
 from ._fit import AutonomousField, FitResult, fit_trajectory, spiral_data
 from ._graphs import clear_cuda_graphs, graph_memory_bytes
-from ._precision import AdjointScaler, PrecisionPolicy, get_precision
+from ._precision import AdjointScaler, PerformanceWarning, PrecisionPolicy, get_precision
 from ._solve import (
     AdjointStats,
     Backprop,
@@ -25,6 +25,7 @@ __all__ = [
     "ButcherTableau",
     "DiscreteAdjoint",
     "FitResult",
+    "PerformanceWarning",
     "PrecisionPolicy",
     "Solution",
     "SolveStatus",

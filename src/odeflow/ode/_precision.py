@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import sys
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["AdjointScaler", "PrecisionPolicy", "get_precision"]
+__all__ = ["AdjointScaler", "PerformanceWarning", "PrecisionPolicy", "get_precision"]
+
+
+class PerformanceWarning(UserWarning):
+    """A request that works but will run far slower than its alternative on this machine.
+
+    Silence it with ``warnings.filterwarnings("ignore", category=odeflow.PerformanceWarning)``.
+    """
 
 
 @dataclass(frozen=True)
@@ -138,10 +148,62 @@ def get_precision(precision: str | PrecisionPolicy, device: torch.device) -> Pre
             f"autocast to {pol.compute} is not available on {device.type} in this torch build; "
             "falling back to the state dtype (precision='fp32')",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=_outside_stacklevel(),
         )
         return _POLICIES["fp32"]
+    if pol.compute is not None and device.type == "cpu":
+        _warn_if_emulated(pol.compute)
     return pol
+
+
+_EMULATION_RATIO = 4.0  # native 16-bit products take at most about as long as fp32 ones
+_warned: set[torch.dtype] = set()
+
+
+@functools.cache
+def _cpu_slowdown(dtype: torch.dtype) -> float:
+    """How many times longer a 128×128 matrix product takes in ``dtype`` than in float32
+    on this CPU (best of three each, after one untimed call; a few ms, once per process)."""
+    a = torch.randn(128, 128, generator=torch.Generator().manual_seed(0))
+
+    def best(x: torch.Tensor) -> float:
+        x @ x
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            x @ x
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(a.to(dtype)) / max(best(a), 1e-9)
+
+
+def _warn_if_emulated(dtype: torch.dtype) -> None:
+    if dtype in _warned:
+        return
+    _warned.add(dtype)
+    ratio = _cpu_slowdown(dtype)
+    if ratio > _EMULATION_RATIO:
+        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        warnings.warn(
+            f"precision={name!r} on this CPU: its {dtype} matrix products look emulated (a "
+            f"128x128 product took {ratio:.0f}x as long as in float32), so the solve will be "
+            f"slower than with precision='fp32', not faster. Native {name} needs a CPU with "
+            f"{'AVX512-BF16 or AMX' if name == 'bf16' else 'AVX512-FP16 or AMX-FP16'}, or a GPU. "
+            "The results are correct; to silence this, filter odeflow.PerformanceWarning",
+            PerformanceWarning,
+            stacklevel=_outside_stacklevel(),
+        )
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function name the first
+    frame outside odeflow (the user's line), however deep inside odeflow the call is."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @functools.cache

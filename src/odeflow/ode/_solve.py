@@ -1886,7 +1886,9 @@ def odeint(
             ``s − 1`` extra evaluations of ``func`` per step).
         precision: ``"fp32" | "tf32" | "bf16" | "fp16" | "fp64"`` or a :class:`PrecisionPolicy`.
             A 16-bit compute dtype needs a float32 state and ``func`` (autocast does not cast
-            float64; on a float64 state a ``UserWarning`` says so).
+            float64; on a float64 state a ``UserWarning`` says so). On a CPU that emulates
+            16-bit matrix products, the first such solve warns with a
+            :class:`~odeflow.PerformanceWarning`: there fp32 is the faster choice.
         steps_per_interval: RK steps between consecutive output times (intermediate states
             are not returned).
         step_size: alternatively, the largest step; each interval gets

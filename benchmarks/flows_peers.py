@@ -878,10 +878,10 @@ def main(argv=None) -> int:
             "ttt_cap_s": ttt_cap, "ot_width": OT_WIDTH, "peer_width": PEER_WIDTH,
             "rk4_steps": OT_STEPS, "ffjord_tol": FFJORD_TOL,
             "have": {"torchdiffeq": have_tdq, "zuko": have_zuko}}  # fmt: skip
-    if not args.device.startswith("cuda"):  # > 4: bf16 products are emulated, its rows slow
-        from odeflow.ode._precision import _cpu_slowdown
+    if not args.device.startswith("cuda"):  # False: bf16 products are emulated, its rows slow
+        from odeflow.ode._precision import _cpu_native
 
-        info["cpu_bf16_slowdown"] = round(_cpu_slowdown(torch.bfloat16), 1)
+        info["cpu_native_bf16"] = _cpu_native(torch.bfloat16)
     print(json.dumps(info))
     print(
         "== time per training iteration (min over repeats), log-density throughput, NFE "

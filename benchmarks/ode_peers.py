@@ -320,14 +320,12 @@ def main() -> int:
         "quick": args.quick,
         "repeats": repeats,
     }
-    if dev == "cpu":  # > 4: this CPU emulates 16-bit products, so bf16/fp16 rows are slow
-        from odeflow.ode._precision import _cpu_slowdown
+    if dev == "cpu":  # False: this CPU emulates 16-bit products, so its bf16/fp16 rows are slow
+        from odeflow.ode._precision import _cpu_native
 
-        meta["cpu_16bit_slowdown"] = {
-            k: round(_cpu_slowdown(v), 1)
-            for k, v in (("bf16", torch.bfloat16), ("fp16", torch.float16))
-        }
-        print(f"16-bit matrix products on this CPU, time / fp32 time: {meta['cpu_16bit_slowdown']}")
+        meta["cpu_native_16bit"] = {"bf16": _cpu_native(torch.bfloat16),
+                                    "fp16": _cpu_native(torch.float16)}  # fmt: skip
+        print(f"native 16-bit matrix products on this CPU: {meta['cpu_native_16bit']}")
     for mod in ("odeflow", "torchdiffeq", "torchode"):
         try:
             meta[mod] = __import__(mod).__version__

@@ -446,9 +446,9 @@ def test_emulated_16_bit_products_on_cpu_warn_once_at_the_callers_line(monkeypat
     from odeflow.ode import _precision
 
     monkeypatch.setattr(_precision, "_warned", set())
-    monkeypatch.setattr(_precision, "_cpu_slowdown", lambda dtype: 30.0)
+    monkeypatch.setattr(_precision, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
     y0, t = torch.ones(3), torch.tensor([0.0, 1.0])
-    with pytest.warns(odeflow.PerformanceWarning, match=r"emulated .*30x.*precision='fp32'") as w:
+    with pytest.warns(odeflow.PerformanceWarning, match=r"AMX-.* emulated.*precision='fp32'") as w:
         ys = odeflow.odeint(lambda t, y: -y, y0, t, precision=precision)
     assert [r.filename for r in w if r.category is odeflow.PerformanceWarning] == [__file__]
     with warnings.catch_warnings():
@@ -463,21 +463,37 @@ def test_emulated_16_bit_products_on_cpu_warn_once_at_the_callers_line(monkeypat
     assert [r.filename for r in w if r.category is odeflow.PerformanceWarning] == [__file__]
 
 
-def test_native_16_bit_products_on_cpu_do_not_warn(monkeypatch):
+@pytest.mark.parametrize(
+    "flags", [{"avx2", "avx512_bf16", "avx512_fp16"}, {"amx_bf16", "amx_fp16"}, None]
+)
+def test_native_or_unknown_16_bit_products_on_cpu_do_not_warn(monkeypatch, flags):
+    """A CPU with the hardware (or one whose flags are not known: not Linux on x86) is
+    trusted; only a known lack warns."""
     import warnings
 
     from odeflow.ode import _precision
 
     monkeypatch.setattr(_precision, "_warned", set())
-    monkeypatch.setattr(_precision, "_cpu_slowdown", lambda dtype: 1.3)
+    monkeypatch.setattr(
+        _precision, "_cpu_flags", lambda: None if flags is None else frozenset(flags)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        odeflow.odeint(lambda t, y: -y, torch.ones(3), torch.tensor([0.0, 1.0]), precision="bf16")
+        for precision in ("bf16", "fp16"):
+            odeflow.odeint(lambda t, y: -y, torch.ones(3), torch.tensor([0.0, 1.0]),
+                           precision=precision)  # fmt: skip
 
 
-def test_cpu_slowdown_probe_measures_a_positive_ratio():
-    from odeflow.ode._precision import _cpu_slowdown
+def test_cpu_flags_of_this_machine():
+    """On Linux x86 the flags come from /proc/cpuinfo (they include sse2, in every x86-64);
+    elsewhere they are not known."""
+    import platform
 
-    ratio = _cpu_slowdown(torch.bfloat16)
-    assert 0 < ratio < float("inf")
-    assert _cpu_slowdown(torch.bfloat16) == ratio  # measured once per process
+    from odeflow.ode._precision import _cpu_flags, _cpu_native
+
+    flags = _cpu_flags()
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        assert "sse2" in flags
+        assert _cpu_native(torch.bfloat16) == bool({"avx512_bf16", "amx_bf16"} & flags)
+    else:
+        assert flags is None and _cpu_native(torch.bfloat16) is None

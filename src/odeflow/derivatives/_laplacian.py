@@ -205,7 +205,8 @@ class _Jac:
     """Transposed Jacobian: ``full`` (n, p, w), or ``scale[:, None, :] * rows`` (rows (p, w)),
     or shared ``rows`` (p, w) (scale None, full None)."""
 
-    __slots__ = ("full", "rows", "scale")
+    # (no __slots__: torch 2.4's dynamo cannot read slot attributes of an object made inside
+    # a compiled region, and fullgraph=True then fails on `J.full is None`)
 
     def __init__(self, full=None, rows=None, scale=None):
         self.full, self.rows, self.scale = full, rows, scale

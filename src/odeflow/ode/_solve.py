@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import enum
+import functools
 import itertools
 import math
 import numbers
@@ -1342,7 +1343,8 @@ def _adjoint_backward(plan, store, t, params, gouts, need_t):
                 unchecked.clear()
             # leaves of f's output that depend on no input (e.g. constants) carry no graph
             kg = [leaf for leaf, kl in enumerate(k) if kl.requires_grad]
-            k_out = [get_gradient_edge(k[leaf]) for leaf in kg]
+            # (as edges, so that k can be freed before the VJP; torch < 2.5 takes tensors only)
+            k_out = [get_gradient_edge(k[leaf]) if _edge_outputs() else k[leaf] for leaf in kg]
             mm = [mu[leaf] if mu[leaf].dtype == k[leaf].dtype else mu[leaf].to(k[leaf].dtype)
                   for leaf in kg]  # fmt: skip
             del mu
@@ -1517,7 +1519,7 @@ def _check_t(t: Any, device: torch.device, hdt: torch.dtype) -> tuple[Tensor, li
         # receives them so (as torchdiffeq does): a 16-bit t is widened, a float64 t for a
         # float32 state narrowed (a differentiable cast: time gradients reach the caller's t)
         t = t.to(hdt)
-    host = t.detach().to("cpu", torch.float64).tolist()  # the one sync of the setup
+    host = _host(t.to("cpu", torch.float64))  # the one sync of the setup
     if not all(math.isfinite(x) for x in host):
         raise ValueError("t contains inf or NaN; all times must be finite")
     d = [b - a for a, b in itertools.pairwise(host)]
@@ -1546,6 +1548,33 @@ def _check_y0(leaves: list[Tensor]) -> torch.device:
     if not bool(fin):
         raise ValueError("y0 contains inf or NaN; the initial state must be finite")
     return dev
+
+
+@functools.cache
+def _edge_outputs() -> bool:
+    """Whether ``torch.autograd.grad`` takes gradient edges as outputs (torch >= 2.5)."""
+    x = torch.ones((), requires_grad=True)
+    with torch.enable_grad():
+        y = x * 2.0
+    try:
+        torch.autograd.grad([get_gradient_edge(y)], [x], grad_outputs=[torch.ones(())])
+    except (AttributeError, TypeError, RuntimeError):
+        return False
+    return True
+
+
+def _host(x: Tensor) -> Any:
+    """``x.tolist()`` (a Python number for a 0-d tensor), also inside a torch.func grad, vjp
+    or jacrev transform: torch < 2.5 refuses ``.tolist()``/``.item()`` there, even for a
+    tensor the transform does not track."""
+    x = x.detach()
+    if not _functorch_active():
+        return x.tolist()
+    ft = torch._C._functorch
+    while ft.is_gradtrackingtensor(x):
+        x = ft.get_unwrapped(x)
+    with torch._C._DisableFuncTorch():
+        return x.tolist()
 
 
 def _functorch_active() -> bool:
@@ -2041,7 +2070,7 @@ def solve(
         output_dtype,
     )
     leaves = _tree.flatten(ys)[0]
-    fin = bool(torch.stack([torch.isfinite(x.detach()).all() for x in leaves]).all())
+    fin = _host(torch.stack([torch.isfinite(x.detach()).all() for x in leaves]).all())
     return Solution(
         ts=tt,
         ys=ys,

@@ -1519,7 +1519,7 @@ def _check_t(t: Any, device: torch.device, hdt: torch.dtype) -> tuple[Tensor, li
         # receives them so (as torchdiffeq does): a 16-bit t is widened, a float64 t for a
         # float32 state narrowed (a differentiable cast: time gradients reach the caller's t)
         t = t.to(hdt)
-    host = _host(t.to("cpu", torch.float64))  # the one sync of the setup
+    host = _host(t.detach().to("cpu", torch.float64))  # the one sync of the setup
     if not all(math.isfinite(x) for x in host):
         raise ValueError("t contains inf or NaN; all times must be finite")
     d = [b - a for a, b in itertools.pairwise(host)]

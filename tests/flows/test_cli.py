@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -170,6 +171,22 @@ def test_flow_cli_train_precision_is_recorded_not_kept(tmp_path):
     assert metrics["precision"] == "bf16"  # what training ran in
     assert metrics["config"]["precision"] == "fp32"  # the flow's own setting
     assert load_checkpoint(out / "flow.pt").precision == "fp32"
+
+
+def test_flow_cli_states_an_emulated_precision_in_one_line(tmp_path, capsys, monkeypatch):
+    """odeflow's own warnings reach a command-line user as one "odeflow flow: warning:" line,
+    not as Python's file:line report of the console script."""
+    from odeflow.ode import _precision
+
+    monkeypatch.setattr(_precision, "_warned", set())
+    monkeypatch.setattr(_precision, "_cpu_flags", lambda: frozenset({"avx2"}))
+    warnings.simplefilter("default", _precision.PerformanceWarning)  # (pytest's config ignores it)
+    assert main(["flow", "train", "--data", "8gaussians", "--out", str(tmp_path / "run"),
+                 "--iters", "1", "--batch", "16", "--width", "4", "--n-test", "20",
+                 "--precision", "bf16", "--quiet"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("odeflow flow: warning: precision='bf16' on this CPU: it has no")
+    assert err.count("\n") == 1 and "PerformanceWarning:" not in err
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -6,7 +6,8 @@ Each subcommand lives in its own module (``_demo``, ``_flow``, ``_epi``, …) th
 
 The errors odeflow raises on bad input (:data:`USER_ERRORS`) are reported as one line,
 ``odeflow COMMAND [SUBCOMMAND]: error: MESSAGE``, with exit code 1; any other exception is
-a bug and keeps its traceback.
+a bug and keeps its traceback. odeflow's own warnings (e.g. a convergence or performance
+warning) are one line too, ``odeflow COMMAND: warning: MESSAGE``; others keep Python's format.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 __all__ = ["USER_ERRORS", "build_parser", "main"]
@@ -61,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        rc = args.func(args)
+        with warnings.catch_warnings():  # (restores showwarning on the way out)
+            warnings.showwarning = _plain_warnings(f"odeflow {args.command}", warnings.showwarning)
+            rc = args.func(args)
     except KeyboardInterrupt:
         print("odeflow: interrupted", file=sys.stderr)
         return 130
@@ -69,6 +73,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{_command_name(args)}: error: {exc}", file=sys.stderr)
         return 1
     return int(rc or 0)
+
+
+def _plain_warnings(prefix: str, shown):
+    """A ``warnings.showwarning`` printing odeflow's own warnings as one stderr line (the
+    file and line of the code that warned mean nothing to a command-line user)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.partition(".")[0] == "odeflow":
+            print(f"{prefix}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def _command_name(args: argparse.Namespace) -> str:

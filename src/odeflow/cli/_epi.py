@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -58,18 +57,8 @@ def _positive(text: str) -> float:
 def _correct(args: argparse.Namespace) -> int:
     from odeflow.imaging.epi._pipeline import EPIConvergenceWarning, correct_files
 
-    shown = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        # a convergence warning is a plain stderr line for the user, not a Python traceback
-        if issubclass(category, EPIConvergenceWarning):
-            print(f"odeflow epi: warning: {message}", file=sys.stderr)
-        else:
-            shown(message, category, filename, lineno, file, line)
-
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # (main prints it as one "odeflow epi: warning:" line)
         warnings.simplefilter("always", EPIConvergenceWarning)
-        warnings.showwarning = show
         out = correct_files(
             args.up,
             args.down,

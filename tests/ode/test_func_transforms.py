@@ -314,3 +314,33 @@ def test_function_evaluations_as_the_eager_adjoint():
     (ref.ys[-1] ** 2).sum().backward()
     assert got.nfe == ref.nfe == 2 * 4
     assert got.stats.nfe == ref.stats.nfe == 2 * 4
+
+
+def test_solve_under_vmap_reports_the_batch_status():
+    """``odeflow.solve`` under vmap returns each sample's trajectory, as one call per sample
+    does, and a status for the whole batch: one non-finite sample makes it NONFINITE (the
+    entry check of y0 cannot run per sample under vmap)."""
+    f = MLPField().to(D64)
+    y0 = torch.randn(3, 4, 3, dtype=D64)
+    status = []
+
+    def one(y):
+        sol = odeflow.solve(f, y, T, steps_per_interval=2)
+        status.append(sol.status)
+        return sol.ys
+
+    got = vmap(one)(y0)
+    for k in range(3):
+        torch.testing.assert_close(got[k], odeflow.odeint(f, y0[k], T, steps_per_interval=2),
+                                   rtol=1e-12, atol=1e-12)  # fmt: skip
+    assert status == [odeflow.ode.SolveStatus.SUCCESS]
+    bad = y0.clone()
+    bad[1, 0, 0] = float("nan")
+    vmap(one)(bad)
+    assert status[-1] == odeflow.ode.SolveStatus.NONFINITE
+
+
+def test_a_time_grid_batched_by_vmap_is_refused():
+    ts = torch.tensor([[0.0, 1.0], [0.0, 2.0]], dtype=D64)
+    with pytest.raises(ValueError, match=r"t is batched by torch\.func\.vmap; all samples share"):
+        vmap(lambda t: odeflow.odeint(lambda s, y: -y, torch.ones(3, dtype=D64), t))(ts)

@@ -1520,6 +1520,11 @@ def _check_t(t: Any, device: torch.device, hdt: torch.dtype) -> tuple[Tensor, li
         # float32 state narrowed (a differentiable cast: time gradients reach the caller's t)
         t = t.to(hdt)
     host = _host(t.detach().to("cpu", torch.float64))  # the one sync of the setup
+    if any(isinstance(x, list) for x in host):
+        raise ValueError(
+            "t is batched by torch.func.vmap; all samples share one time grid: vmap over y0 "
+            "or the parameters, or make one call per grid"
+        )
     if not all(math.isfinite(x) for x in host):
         raise ValueError("t contains inf or NaN; all times must be finite")
     d = [b - a for a, b in itertools.pairwise(host)]
@@ -1564,17 +1569,23 @@ def _edge_outputs() -> bool:
 
 
 def _host(x: Tensor) -> Any:
-    """``x.tolist()`` (a Python number for a 0-d tensor), also inside a torch.func grad, vjp
-    or jacrev transform: torch < 2.5 refuses ``.tolist()``/``.item()`` there, even for a
-    tensor the transform does not track."""
+    """``x.tolist()`` (a Python number for a 0-d tensor), also inside torch.func transforms:
+    torch < 2.5 refuses ``.tolist()``/``.item()`` under ``grad``, ``vjp`` or ``jacrev``, even
+    for a tensor the transform does not track, and ``vmap`` refuses it for a batched tensor,
+    which here gives the values of its whole batch (one more list level per ``vmap``)."""
     x = x.detach()
     if not _functorch_active():
         return x.tolist()
     ft = torch._C._functorch
-    while ft.is_gradtrackingtensor(x):
+    while ft.is_gradtrackingtensor(x) or ft.is_batchedtensor(x):
         x = ft.get_unwrapped(x)
     with torch._C._DisableFuncTorch():
         return x.tolist()
+
+
+def _flat(v: Any) -> list:
+    """The scalars of a nested list (``_host`` of a batched tensor), or ``[v]``."""
+    return [w for u in v for w in _flat(u)] if isinstance(v, list) else [v]
 
 
 def _functorch_active() -> bool:
@@ -2070,7 +2081,8 @@ def solve(
         output_dtype,
     )
     leaves = _tree.flatten(ys)[0]
-    fin = _host(torch.stack([torch.isfinite(x.detach()).all() for x in leaves]).all())
+    # (under vmap: the status of the whole batch)
+    fin = all(_flat(_host(torch.stack([torch.isfinite(x.detach()).all() for x in leaves]).all())))
     return Solution(
         ts=tt,
         ys=ys,

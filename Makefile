@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 STAMP  := $(VENV)/.odeflow-installed
 DOCTEST := --doctest-modules src tests --ignore=src/odeflow/cli/__main__.py --ignore=src/odeflow/__main__.py
 
-.PHONY: setup demo test test-all bench bench-setup lint clean
+.PHONY: setup demo test test-all test-oldest bench bench-setup lint clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 $(DOCTEST) $(PYTEST_ARGS)
+
+# The whole suite with the oldest versions pyproject allows (constraints/oldest.txt), in its
+# own .venv-oldest. Not part of CI: PyPI's torch 2.4.1 is a CUDA build of about 5 GB.
+OLDEST_PYTHON ?= python3.10
+test-oldest:
+	PIP_CONSTRAINT=$(CURDIR)/constraints/oldest.txt $(MAKE) test-all VENV=.venv-oldest \
+		PYTHON=$(OLDEST_PYTHON) TORCH=torch==2.4.1
 
 $(VENV)/.odeflow-bench: $(STAMP)
 	$(PY) -m pip install -q "$(TORCH)" torchdiffeq torchode hessquik zuko pyhysco h5py

@@ -213,6 +213,10 @@ def _train(args: argparse.Namespace) -> int:
             import torch.distributed as dist
 
             group = None
+            # every rank first reaches this point: a rank tearing the group down while the
+            # other's last collective is still in flight left that rank's destroy hanging
+            # now and then (seen with torch 2.4's gloo)
+            dist.barrier()
             dist.destroy_process_group()
         if rank != 0:  # the ranks hold the same weights: rank 0 evaluates and writes
             return 0

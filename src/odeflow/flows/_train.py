@@ -256,8 +256,10 @@ def fit(
             With gloo, ``import torch._dynamo`` before ``init_process_group``: imported
             later (``fit``'s optimizer imports it), it keeps references to the group that
             ``destroy_process_group`` cannot drop, and gloo's threads then run on into
-            interpreter exit, where their teardown occasionally aborts the process
-            (``odeflow flow train`` under ``torchrun`` does this for you).
+            interpreter exit, where their teardown occasionally aborts the process. And call
+            ``dist.barrier()`` before ``destroy_process_group()``: with torch 2.4's gloo a
+            rank whose peer tears the group down first hung in its own destroy now and then
+            (``odeflow flow train`` under ``torchrun`` does both for you).
 
     The flow's train/eval mode and ``precision`` are the caller's again when ``fit`` returns
     or raises.

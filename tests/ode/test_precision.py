@@ -398,9 +398,10 @@ def test_reduced_precision_on_a_float64_state_warns():
     """Autocast does not cast float64: bf16 on a float64 state would silently run in float64."""
     y0 = torch.ones(3, dtype=torch.float64)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    with pytest.warns(UserWarning, match="autocast leaves float64 operations alone"):
+    with pytest.warns(UserWarning, match="autocast leaves float64 operations alone") as w:
         ys = odeflow.odeint(lambda t, y: -y, y0, t, precision="bf16")
     assert ys.dtype == torch.float64
+    assert {r.filename for r in w if "float64" in str(r.message)} == {__file__}  # caller's line
     import warnings
 
     with warnings.catch_warnings():

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 
 from . import _graphs, _tree
-from ._precision import AdjointScaler, PrecisionPolicy, get_precision
+from ._precision import AdjointScaler, PrecisionPolicy, _outside_stacklevel, get_precision
 from ._tableaus import ButcherTableau, get_tableau
 
 __all__ = [
@@ -1699,7 +1699,7 @@ def _prepare(
             f"alone, so the stages run in float64 ({pol.compute} only reaches float32 tensors). "
             "For mixed precision use a float32 state and func (y0.float(), func.float())",
             UserWarning,
-            stacklevel=4,
+            stacklevel=_outside_stacklevel(),  # the caller's line, also through OTFlow etc.
         )
     ms = _steps_per_interval(host, steps_per_interval, step_size, torch.finfo(t.dtype).eps)
     if params is None:

@@ -15,6 +15,7 @@ import torch
 def _load_data(spec: str, root: str | None, seed: int, n_toy: int):
     """Return (train, val, test, name) for a toy name, sklearn:NAME, a MAF set or a file."""
     from odeflow.flows import TABULAR_FILES, TOYS, load_sklearn, load_tabular, make_toy
+    from odeflow.flows._tabular import read_npy
 
     if spec in TOYS:
         return (spec, make_toy(spec, 5000, seed=seed + 1),
@@ -31,14 +32,15 @@ def _load_data(spec: str, root: str | None, seed: int, n_toy: int):
     if path.suffix in (".npy", ".csv", ".txt"):
         if not path.is_file():
             raise FileNotFoundError(f"--data {spec}: no such file")
-        try:
-            arr = np.load(path) if path.suffix == ".npy" else _load_text(path)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"--data {spec}: not a readable {path.suffix} file ({exc})") from exc
-        if not isinstance(arr, np.ndarray):  # an .npz archive under a .npy name
-            arr.close()
-            raise ValueError(f"--data {spec}: an .npz archive, not a .npy file; save the one "
-                             "(n, d) array with np.save")  # fmt: skip
+        if path.suffix == ".npy":  # never unpickles (allow_pickle=False), never suggests it
+            arr = read_npy(path, f"--data {spec}")
+        else:
+            try:
+                arr = _load_text(path)
+            except (OSError, ValueError) as exc:
+                raise ValueError(
+                    f"--data {spec}: not a readable {path.suffix} file ({exc})"
+                ) from None
         # real numbers only: complex values would lose their imaginary part in the cast
         if arr.ndim != 2 or arr.shape[0] < 3 or arr.shape[1] < 1 or arr.dtype.kind not in "iuf":
             raise ValueError(
@@ -312,6 +314,14 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_gas(args: argparse.Namespace) -> int:
+    from odeflow.flows import convert_gas
+
+    out = convert_gas(args.root, args.out, overwrite=args.overwrite)
+    print(f"wrote {out}; `--data gas --root {args.root}` now reads it instead of the pickle")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "flow",
@@ -437,3 +447,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--device", default=None, help="torch device to evaluate on (default: cpu)")
     e.set_defaults(func=_eval)
+
+    c = fs.add_parser(
+        "convert-gas",
+        help="convert MAF's gas/ethylene_CO.pickle once into gas/ethylene_CO.npy",
+        description="Read MAF's GAS pickle with a restricted reader (only the numpy/pandas "
+        "classes a DataFrame of numbers needs; nothing else in the file is run) and save "
+        "its data columns as gas/ethylene_CO.npy, which `--data gas` then reads instead.",
+    )
+    c.add_argument("--root", required=True, help="the MAF data folder (holding gas/)")
+    c.add_argument("--out", default=None, help="the .npy to write (default: "
+                   "ROOT/gas/ethylene_CO.npy, the file `--data gas` looks for)")  # fmt: skip
+    c.add_argument("--overwrite", action="store_true", help="replace an existing .npy")
+    c.set_defaults(func=_convert_gas)

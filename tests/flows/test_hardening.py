@@ -250,3 +250,24 @@ def test_flow_sample_in_chunks_is_deterministic(in_tmp, monkeypatch):
     assert len(np.unique(a[:, 0])) == 10  # ten different draws, not one chunk repeated
     lp = np.load("a.log_prob.npy")
     assert lp.shape == (10,) and np.array_equal(lp, np.load("b.log_prob.npy"))
+
+
+def test_flow_train_keeps_the_weights_but_writes_no_metrics_for_a_non_finite_nll(
+    tmp_path, capsys, monkeypatch
+):
+    import odeflow.flows
+
+    def nll(*a, **k):
+        raise FloatingPointError("log_prob is not finite for 1 of 20 values (1 NaN)")
+
+    monkeypatch.setattr(odeflow.flows, "evaluate_nll", nll)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")  # an earlier run's, replaced with --overwrite
+    assert main(["flow", "train", "--data", "8gaussians", "--out", str(out), "--iters", "1",
+                 "--batch", "16", "--width", "4", "--n-test", "20", "--quiet",
+                 "--overwrite"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "error: test NLL: log_prob is not finite" in err and "no metrics.json" in err
+    assert load_checkpoint(out / "flow.pt").dim == 2
+    assert not (out / "metrics.json").exists()

@@ -110,7 +110,7 @@ def run_demo(
         True
     """
     from . import make_phantom
-    from ._pipeline import correct_files
+    from ._pipeline import _finite_only, correct_files
 
     out = _check_out(out_dir, overwrite)
     inputs = out / "inputs"
@@ -168,5 +168,7 @@ def run_demo(
         "fieldmap": str(res.paths["fieldmap"]),
         "truth_fieldmap": str(truth_field),
     }
-    (out / "demo_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # strict JSON: a non-finite figure is written as null, never as a NaN literal
+    text = json.dumps(_finite_only(summary), indent=2, allow_nan=False)
+    (out / "demo_metrics.json").write_text(text + "\n")
     return summary

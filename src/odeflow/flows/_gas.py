@@ -61,7 +61,8 @@ _allow([("pandas.core.internals.managers", "SingleBlockManager"),
        ("pandas.core.internals.managers", "SingleBlockManager"))  # fmt: skip
 _allow([("pandas._libs.internals", "_unpickle_block"),
         ("pandas.core.internals.blocks", "new_block")],
-       ("pandas._libs.internals", "_unpickle_block"))  # fmt: skip
+       ("pandas._libs.internals", "_unpickle_block"),
+       ("pandas.core.internals.blocks", "new_block"))  # fmt: skip
 _allow([("pandas._libs.internals", "BlockPlacement")], ("pandas._libs.internals", "BlockPlacement"))
 # string column labels as pandas >= 3 stores them
 _allow([("pandas", "StringDtype"), ("pandas.core.arrays.string_", "StringDtype")],

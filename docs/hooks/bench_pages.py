@@ -336,8 +336,13 @@ def _derivatives_section(datas: list[dict], stem: str):
         table.append(line)
         speed.append((k, _ratio(tf, ours), _ratio(hq, ours)))
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    labels = [f"{k[0][:3]} {k[1][:4]} n{k[2]} d{k[3]} m{k[4]}" for k, _, _ in speed]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    nets = {"hessquik": "hessQuik net", "otflow": "OT-Flow Φ"}
+    labels = [
+        f"{nets.get(k[0], k[0])}, {'Hessian' if k[1] == 'hessian' else 'Laplacian'}, "
+        f"n={k[2]} d={k[3]} m={k[4]}"
+        for k, _, _ in speed
+    ]
     x = range(len(speed))
     ax.bar([i - 0.2 for i in x], [s or 0 for _, s, _ in speed], width=0.4, label="vs torch.func")
     ax.bar([i + 0.2 for i in x], [s or 0 for _, _, s in speed], width=0.4, label="vs hessQuik")

@@ -7,23 +7,33 @@ import numbers
 
 import torch
 
-__all__ = ["check_device", "check_finite_real", "check_positive_int"]
+__all__ = ["check_device", "check_finite_real", "check_int", "check_positive_int"]
 
 
 def _prefix(who: str | None) -> str:
     return f"{who}: " if who else ""
 
 
+def check_int(name: str, value, *, minimum: int = 0, who: str | None = None) -> int:
+    """``int(value)`` if it is an integer ≥ ``minimum`` (not a bool), else ``ValueError``.
+
+    >>> check_int("maxiter", 0)
+    0
+    """
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+    if not ok:
+        need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{_prefix(who)}{name} must be {need}, got {value!r}.")
+    return int(value)
+
+
 def check_positive_int(name: str, value, *, who: str | None = None) -> int:
-    """``value`` if it is an integer ≥ 1 (not a bool), else ``ValueError`` naming ``name``.
+    """``int(value)`` if it is an integer ≥ 1 (not a bool), else ``ValueError`` naming ``name``.
 
     >>> check_positive_int("depth", 3)
     3
     """
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-    if not ok:
-        raise ValueError(f"{_prefix(who)}{name} must be a positive integer, got {value!r}.")
-    return int(value)
+    return check_int(name, value, minimum=1, who=who)
 
 
 def check_finite_real(

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from ._activations import Activation
@@ -26,6 +27,7 @@ from ._activations import Activation
 __all__ = [
     "Ctx",
     "Kind",
+    "affine_parameters",
     "affine_second",
     "check_act",
     "input_second_by_record",
@@ -199,6 +201,16 @@ def uniform_(t: torch.Tensor, fan_in: int) -> torch.Tensor:
     bound = 1.0 / math.sqrt(max(fan_in, 1))
     with torch.no_grad():
         return t.uniform_(-bound, bound)
+
+
+def affine_parameters(module: nn.Module, out_features, in_features, bias: bool, fk) -> None:
+    """Register ``K (out, in)`` and ``b (out,)`` on ``module`` with ``nn.Linear``'s
+    initialisation; without ``bias``, ``b`` is a zero buffer."""
+    module.K = nn.Parameter(uniform_(torch.empty(out_features, in_features, **fk), in_features))
+    if bias:
+        module.b = nn.Parameter(uniform_(torch.empty(out_features, **fk), in_features))
+    else:
+        module.register_buffer("b", torch.zeros(out_features, **fk))
 
 
 def check_act(act) -> Activation:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
 from torch.nn import functional as F
 
 from ..._utils import check_positive_int
 from .._laplacian import wrap
-from .._sweep import Kind, affine_second, lin_L, lmul, uniform_
+from .._sweep import Kind, affine_parameters, affine_second, lin_L, lmul
 from ._base import Block
 
 __all__ = ["Linear"]
@@ -21,6 +19,7 @@ class Linear(Block):
     ``wᵀN(s)`` use ``Linear(m, 1, bias=False)`` and set ``K`` to ``wᵀ`` (OT-Flow starts from w = 1).
 
     Example:
+        >>> import torch
         >>> lin = Linear(4, 1)
         >>> lin(torch.randn(2, 4)).shape
         torch.Size([2, 1])
@@ -33,11 +32,7 @@ class Linear(Block):
         self.in_features = check_positive_int("in_features", in_features)
         self.out_features = check_positive_int("out_features", out_features)
         fk = {"device": device, "dtype": dtype}
-        self.K = nn.Parameter(uniform_(torch.empty(out_features, in_features, **fk), in_features))
-        if bias:
-            self.b = nn.Parameter(uniform_(torch.empty(out_features, **fk), in_features))
-        else:
-            self.register_buffer("b", torch.zeros(out_features, **fk))
+        affine_parameters(self, out_features, in_features, bias, fk)
 
     def forward(self, u):
         return F.linear(u, self.K, self.b)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from ..._utils import check_positive_int
@@ -11,13 +10,13 @@ from .._activations import Activation, Tanh
 from .._laplacian import Jac, lap_unit, lap_unit_term
 from .._sweep import (
     Kind,
+    affine_parameters,
     affine_second,
     check_act,
     lin_L,
     lmul,
     rows,
     sq_rows,
-    uniform_,
     unit_data,
     unit_term,
 )
@@ -62,11 +61,7 @@ class Single(Block):
         self.out_features = check_positive_int("out_features", out_features)
         self.act = check_act(act if act is not None else Tanh())
         fk = {"device": device, "dtype": dtype}
-        self.K = nn.Parameter(uniform_(torch.empty(out_features, in_features, **fk), in_features))
-        if bias:
-            self.b = nn.Parameter(uniform_(torch.empty(out_features, **fk), in_features))
-        else:
-            self.register_buffer("b", torch.zeros(out_features, **fk))
+        affine_parameters(self, out_features, in_features, bias, fk)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.act(F.linear(u, self.K, self.b))

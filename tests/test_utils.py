@@ -83,6 +83,7 @@ def test_json_is_strict(tmp_path):
     with pytest.raises(ValueError, match=r"value\['m'\]\[1\] is nan"):
         U.jsonable({"m": [1.0, float("nan")]})
     assert U.jsonable({"m": [math.inf]}, nonfinite="null") == {"m": [None]}
+    assert math.isnan(U.jsonable([np.nan], nonfinite="keep")[0])  # (torch.save payloads)
     with pytest.raises(TypeError, match="not JSON-like"):
         U.jsonable({"f": object()})
     U.write_json(tmp_path / "m.json", {"x": np.arange(3), "y": -math.inf}, nonfinite="null")

@@ -47,14 +47,15 @@ def jsonable(obj: Any, key: str = "value", *, nonfinite: str = "error") -> Any:
 
     NumPy scalars/arrays and tensors become (nested) Python numbers via ``tolist()``, paths
     become ``str``, tuples become lists. A NaN or infinite float raises ``ValueError`` naming
-    where it is (``nonfinite="error"``, the default) or becomes ``None``
-    (``nonfinite="null"``). Anything else raises ``TypeError`` naming ``key``.
+    where it is (``nonfinite="error"``, the default), becomes ``None`` (``nonfinite="null"``)
+    or stays (``nonfinite="keep"``: plain data for ``torch.save``, not for JSON). Anything
+    else raises ``TypeError`` naming ``key``.
 
     >>> jsonable({"a": (1, 2.5), "p": PurePath("x")})
     {'a': [1, 2.5], 'p': 'x'}
     """
-    if nonfinite not in ("error", "null"):
-        raise ValueError(f"nonfinite must be 'error' or 'null', got {nonfinite!r}.")
+    if nonfinite not in ("error", "null", "keep"):
+        raise ValueError(f"nonfinite must be 'error', 'null' or 'keep', got {nonfinite!r}.")
     if obj is None:
         return None
     if isinstance(obj, (np.generic, np.ndarray, torch.Tensor)):  # NumPy scalars/arrays, tensors
@@ -64,7 +65,7 @@ def jsonable(obj: Any, key: str = "value", *, nonfinite: str = "error") -> Any:
     if isinstance(obj, int):
         return int(obj)
     if isinstance(obj, float):
-        if math.isfinite(obj):
+        if math.isfinite(obj) or nonfinite == "keep":
             return float(obj)
         if nonfinite == "null":
             return None
@@ -87,7 +88,8 @@ def jsonable(obj: Any, key: str = "value", *, nonfinite: str = "error") -> Any:
 
 
 def dumps_json(obj: Any, *, nonfinite: str = "error", indent: int | None = 2) -> str:
-    """Strict JSON text of ``jsonable(obj)`` (``allow_nan=False``)."""
+    """Strict JSON text of ``jsonable(obj)`` (``allow_nan=False``; ``nonfinite`` is "error"
+    or "null")."""
     return json.dumps(jsonable(obj, nonfinite=nonfinite), indent=indent, allow_nan=False)
 
 

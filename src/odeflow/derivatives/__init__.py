@@ -4,7 +4,9 @@ Networks are built from blocks that declare their affine maps and elementwise ac
 (σ, σ′, σ″): :class:`Single`, :class:`ResNet`, :class:`ICNN`, :class:`Quadratic`,
 :class:`Linear`, combined with :class:`Sequential` and :class:`Sum`. The entry function
 :func:`compute` propagates exact jets through them (forward, mixed or backward mode) and
-falls back to vmapped torch.func for any other ``nn.Module``.
+falls back to vmapped torch.func for any other ``nn.Module``. Every block subclasses the
+abstract :class:`Block`, which declares all the sweeps a block provides; each block is one
+file under ``_blocks/`` (see ``docs/extending.md`` to add one).
 
 The package module itself is callable: ``odeflow.derivatives(net, x, want=...)`` is
 ``odeflow.derivatives.compute(net, x, want=...)`` (its module class is a

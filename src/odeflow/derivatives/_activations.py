@@ -7,6 +7,7 @@ autograd through them (weight gradients of ∇f and Δf) is exact.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -26,7 +27,7 @@ __all__ = [
 _LOG2 = math.log(2.0)
 
 
-class Activation(nn.Module):
+class Activation(nn.Module, abc.ABC):
     r"""Base class of the elementwise activations σ used by the derivative blocks.
 
     Subclasses implement :meth:`derivatives` returning ``(σ(z), σ′(z), σ″(z))``; ``forward``
@@ -38,9 +39,9 @@ class Activation(nn.Module):
         [1.0, 1.0]
     """
 
+    @abc.abstractmethod
     def derivatives(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(σ(z), σ′(z), σ″(z))``, each with the shape of ``z``."""
-        raise NotImplementedError
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.derivatives(z)[0]

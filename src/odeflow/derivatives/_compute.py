@@ -7,14 +7,16 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ._blocks import Block, Linear, Quadratic, Sequential, Single, Sum, _Ctx, _no_autocast
+from ._blocks import Block
 from ._fallback import func_derivatives
 from ._laplacian import laplacian_sweep, supports
+from ._sweep import Ctx, Kind
 
 __all__ = ["Derivatives", "compute"]
 
 _WANTS = ("gradient", "hessian", "laplacian", "hvp")
 _MODES = ("auto", "forward", "mixed", "backward", "func")
+_KINDS = {"gradient": Kind.GRAD, "hessian": Kind.HESS, "laplacian": Kind.LAP, "hvp": Kind.HVP}
 
 
 class Derivatives(NamedTuple):
@@ -36,35 +38,13 @@ class Derivatives(NamedTuple):
     laplacian: torch.Tensor | None
 
 
-def _chain(net: Block) -> list[Block]:
-    if isinstance(net, Sequential):
-        out: list[Block] = []
-        for b in net.blocks:
-            out.extend(_chain(b))
-        return out
-    return [net]
-
-
-def _entry_width(net: Block) -> float:
-    """Width right after the first affine map on every path (inf where nothing narrows)."""
-    if isinstance(net, Sequential):
-        chain = _chain(net)
-        return chain[0].out_features if len(chain) > 1 else _entry_width(chain[0])
-    if isinstance(net, Sum):
-        widths = [_entry_width(b) for b in net.blocks if not isinstance(b, Quadratic)]
-        return max(widths) if widths else 0
-    if isinstance(net, Quadratic):
-        return 0
-    return float("inf")
-
-
 def _select(net: Block, want: str, n: int, m: int, d: int, c: int) -> str:
     """Auto mode: the cheapest path by a flop model (documented in :func:`compute`)."""
     if want == "gradient":
         return "forward" if d < m else "mixed"
     # backward contracts the input seed only at the first affine map of every path; it wins when
     # that map narrows the input (d ≫ width), e.g. hessQuik's d → 16 network.
-    w = _entry_width(net)
+    w = net._entry_width()
     if want == "laplacian":
         # backward contracts the input seed only at the entry layer (width w, m seeds); its
         # width×width sweeps have a fixed cost that small batches do not amortise
@@ -80,48 +60,6 @@ def _select(net: Block, want: str, n: int, m: int, d: int, c: int) -> str:
 
 
 _SWEEP_MIN_WORK = 3e6  # multiply-adds below which the forward jet's lower overhead wins (CPU)
-
-
-def _backward(net: Block, x, seed, G, H, ctx: _Ctx):
-    """Reverse second-order sweep; returns (value, input adjoint, second-order term at x).
-
-    G: (n, s, out) adjoints and H: (n, s, out, out) second-order adjoints (None = 0) at the
-    output of ``net``. Blocks after the first of a chain are handled in their own input space
-    (identity seeds, Hessians of width × width); the input seed enters only at the first
-    affine map (fused in ``Single``/``Linear``), so the cost of the second-order terms does not
-    grow with the number of layers times d².
-    """
-    if isinstance(net, Sequential) and len(_chain(net)) > 1:
-        chain = _chain(net)
-        us = [x]
-        for b in chain[:-1]:
-            us.append(b(us[-1]))
-        value = None
-        for i in reversed(range(1, len(chain))):
-            b = chain[i]
-            I_in = torch.eye(b.in_features, dtype=x.dtype, device=x.device)
-            ci = _Ctx("hess" if ctx.kind != "grad" else "grad", b.in_features, ctx.acc)
-            v, Jv, tape = b._record(us[i], I_in if ctx.kind != "grad" else None, ci)
-            value = v if value is None else value
-            G, a = b._reverse(tape, G, ci)
-            if H is not None:
-                a = a + _sandwich(Jv.mT, H, ci)
-            H = a
-        _, g, second = _backward(chain[0], x, seed, G, H, ctx)
-        return value, g, second
-    if isinstance(net, Sum) and H is None:
-        value = g = second = None
-        for b in net.blocks:
-            vb, gb, sb = _backward(b, x, seed, G, None, ctx)
-            value, g, second = _add_t(value, vb), _add_t(g, gb), _add_t(second, sb)
-        return value, g, second
-    if isinstance(net, (Single, Linear)):
-        return net._input_second(x, seed, G, H, ctx)
-    v, Jv, tape = net._record(x, seed, ctx)
-    g, second = net._reverse(tape, G, ctx)
-    if H is not None and ctx.kind != "grad":
-        second = _add_t(second, _sandwich(Jv.mT, H, ctx))
-    return v, g, second
 
 
 def _is_traced(x: torch.Tensor) -> bool:
@@ -325,7 +263,7 @@ def compute(
     if mode == "forward":
         seed = V.mT if V is not None else eye_d  # the blocks hold Jacobians transposed
         p = V.shape[1] if V is not None else dp
-        ctx = _Ctx("lap" if want == "laplacian" else "grad", p, acc)
+        ctx = Ctx(Kind.LAP if want == "laplacian" else Kind.GRAD, p, acc)
         value, J, L = net._jet(x, seed, None, ctx)
         grad = J.mT.expand(n, m, J.shape[-2]).contiguous()  # (free for m = 1 and a batched J)
         lap = None
@@ -333,57 +271,43 @@ def compute(
             lap = torch.zeros(n, m, dtype=acc, device=x.device) if L is None else L
         return _finish(value, grad, None, lap, want)
 
-    kind = {"gradient": "grad", "hessian": "hess", "laplacian": "lap", "hvp": "hvp"}[want]
-    if kind == "grad":
+    kind = _KINDS[want]
+    if kind is Kind.GRAD:
         seed = None
     elif V is not None and want != "hvp":
         seed = V.mT  # (c, d): the blocks hold Jacobians transposed
     else:
         seed = eye_d[:dp]
     p = 0 if seed is None else seed.shape[0]
-    ctx = _Ctx(kind, p, acc, None if want != "hvp" else V[:dp])
+    ctx = Ctx(kind, p, acc, None if want != "hvp" else V[:dp])
     g0 = torch.eye(m, dtype=x.dtype, device=x.device).expand(n, m, m)
 
-    if mode == "mixed" and kind == "lap" and supports(net):
+    if mode == "mixed" and kind is Kind.LAP and supports(net):
         value, g, second = laplacian_sweep(net, x, seed, acc)
-    elif mode == "mixed" or kind == "grad":
+    elif mode == "mixed" or kind is Kind.GRAD:
         value, _, tape = net._record(x, seed, ctx)
         g, second = net._reverse(tape, g0, ctx)
-    else:  # backward
-        value, g, second = _backward(net, x, seed, g0, None, ctx)
+    else:  # backward: the reverse second-order sweep, the input seed contracted last
+        value, g, second = net._input_second(x, seed, g0, None, ctx)
 
     if V is not None and want != "hvp":
         grad = g @ V
     else:
         grad = g
     lap = None
-    if second is None and kind != "grad":
-        shape = {"lap": (n, m), "hess": (n, m, p, p), "hvp": (n, m, dp, V.shape[1])}[kind]
+    if second is None and kind is not Kind.GRAD:
+        if kind is Kind.LAP:
+            shape = (n, m)
+        elif kind is Kind.HESS:
+            shape = (n, m, p, p)
+        else:
+            shape = (n, m, dp, V.shape[1])
         second = torch.zeros(shape, dtype=acc, device=x.device)
-    if kind == "lap":
+    if kind is Kind.LAP:
         lap, second = second, None
-    elif kind == "hess":
+    elif kind is Kind.HESS:
         lap = second.diagonal(dim1=-2, dim2=-1).sum(-1)
     return _finish(value, grad, second, lap, want)
-
-
-def _add_t(a, b):
-    if a is None:
-        return b
-    return a if b is None else a + b
-
-
-def _sandwich(Jv: torch.Tensor, H: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
-    """Jvᵀ H Jv in the form ctx asks for; Jv (n, w, c) or (w, c), H (n, s, w, w)."""
-    with _no_autocast(H):
-        Jb = Jv.to(ctx.acc).unsqueeze(-3)
-        H = H.to(ctx.acc)
-        if ctx.kind == "hess":
-            return Jb.transpose(-1, -2) @ (H @ Jb)
-        if ctx.kind == "lap":
-            Jp = Jb[..., : ctx.p]
-            return ((H @ Jp) * Jp).sum((-1, -2))
-        return Jb.transpose(-1, -2) @ (H @ (Jb @ ctx.V.to(ctx.acc)))
 
 
 def _finish(value, grad, second, lap, want) -> Derivatives:

@@ -1,4 +1,4 @@
-r"""The Laplacian sweep: exact Δf for chains of Single / ResNet / Linear / Quadratic blocks.
+r"""The Laplacian sweep: exact Δf for networks of blocks, one GEMM per layer.
 
 For elementwise units with preactivations z_ℓ, input Jacobians J_ℓ = ∂z_ℓ/∂x' (x' the p
 Laplacian coordinates, or the directions V) and adjoints λ_ℓ = ∂f/∂σ(z_ℓ) (ResNet step h
@@ -11,13 +11,17 @@ The sweep runs the value forward, the Jacobians forward over the p Laplacian col
 seed per output, which also gives the full gradient), and contracts the row norms with
 σ″ ⊙ λ. Jacobians are laid out transposed, ``(n, p, width)``, so the width × width product
 of a layer is one contiguous ``(n·p, width) × (width, width)`` GEMM. Until the first
-nonlinearity the Jacobian is shared by the batch (``(p, width)``). The Jacobian of the last
-unit of a chain is never formed: its term Σ_k c_k ‖row_k(K J)‖² is :func:`weighted_row_norms`,
-a custom autograd function whose backward costs exactly two GEMMs (dJ = dP·K, dK = dPᵀJ).
+nonlinearity the Jacobian is shared by the batch (``(p, width)``, a :class:`Jac` with a row
+scale). The Jacobian of the last unit of a chain is never formed: its term
+Σ_k c_k ‖row_k(K J)‖² is :func:`weighted_row_norms`, a custom autograd function whose backward
+costs exactly two GEMMs (dJ = dP·K, dK = dPᵀJ).
 
-Supported: :class:`Single`, :class:`ResNet`, :class:`Linear`, :class:`Quadratic` composed with
-:class:`Sequential` and :class:`Sum`; :func:`supports` says whether a network qualifies (others
-use the generic mixed sweep of ``_blocks``).
+Each block carries its own part of the sweep (``Block._lap_record`` / ``Block._lap_reverse``,
+built from :func:`lap_unit` and :func:`lap_unit_term` below); this module only drives it.
+:func:`supports` says whether every block of a network has a specialised sweep (Single,
+ResNet, Linear, Quadratic in Sequential/Sum); the others (ICNN) delegate to their generic
+record/reverse sweeps through :func:`lap_record_generic`, and ``compute`` uses the forward
+jet for them instead.
 
 Reference: Onken et al., "OT-Flow", arXiv:2006.00104 (exact trace of a ResNet potential).
 """
@@ -26,12 +30,22 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ._blocks import Linear, Quadratic, ResNet, Sequential, Single, Sum, _no_autocast
-from ._blocks import _rows as _scale_rows
+from ._sweep import Ctx, Kind, no_autocast
+from ._sweep import rows as _scale_rows
 
-__all__ = ["laplacian_sweep", "supports", "weighted_row_norms"]
+__all__ = [
+    "Jac",
+    "lap_record_generic",
+    "lap_reverse_generic",
+    "lap_unit",
+    "lap_unit_term",
+    "laplacian_sweep",
+    "sum_jacs",
+    "supports",
+    "weighted_row_norms",
+    "wrap",
+]
 
 
 # ---------------------------------------------------------------------------- custom function
@@ -76,7 +90,7 @@ class _WeightedRowNorms(torch.autograd.Function):
     @staticmethod
     def forward(J, K, c, scale, acc):
         gd = _gemm_dtype(J, K) if scale is None else _gemm_dtype(J, K, scale)
-        with _no_autocast(J):
+        with no_autocast(J):
             Jn = _rows(J.to(gd), None if scale is None else scale.to(gd))
             P = torch.matmul(Jn, K.to(gd).transpose(0, 1))
             out, Q = _weighted(P, c, acc)
@@ -98,7 +112,7 @@ class _WeightedRowNorms(torch.autograd.Function):
             return None, None, None, None, None
         acc, gd = ctx.acc, P.dtype
         create_graph = torch.is_grad_enabled()
-        with _no_autocast(J):
+        with no_autocast(J):
             # the scaled rows are recomputed (one elementwise pass) rather than kept alive
             # from the forward to here
             Jn = _rows(J.to(gd), None if scale is None else scale.to(gd))
@@ -184,24 +198,8 @@ def weighted_row_norms(
     return _WeightedRowNorms.apply(J, K, c, scale, acc)[0]
 
 
-# ---------------------------------------------------------------------------- the sweep
-_SUPPORTED = (Single, ResNet, Linear, Quadratic)
-
-
-def supports(net: nn.Module) -> bool:
-    """Whether the Laplacian sweep handles ``net`` (the blocks above, nested in Sum/Sequential)."""
-    if isinstance(net, (Sum, Sequential)):
-        return all(supports(b) for b in net.blocks)
-    return isinstance(net, _SUPPORTED)
-
-
-def _nonlinear(net: nn.Module) -> bool:
-    if isinstance(net, (Sum, Sequential)):
-        return any(_nonlinear(b) for b in net.blocks)
-    return not isinstance(net, Linear)
-
-
-class _Jac:
+# ---------------------------------------------------------------------------- block helpers
+class Jac:
     """Transposed Jacobian: ``full`` (n, p, w), or ``scale[:, None, :] * rows`` (rows (p, w)),
     or shared ``rows`` (p, w) (scale None, full None)."""
 
@@ -226,8 +224,27 @@ class _Jac:
         return torch.matmul(self.tensor(), K.transpose(0, 1))
 
 
-def _unit(J: _Jac, K: torch.Tensor, need_P: bool, acc):
-    """Row-norm data of z = (·)Kᵀ: returns (unit, P or None)."""
+def wrap(t: torch.Tensor) -> Jac:
+    """A Jacobian tensor, (n, p, w) or shared (p, w), as a :class:`Jac`."""
+    return Jac(full=t) if t.ndim == 3 else Jac(rows=t)
+
+
+def sum_jacs(parts: list[Jac]) -> Jac:
+    """The Jacobian of a sum of blocks: the sum of theirs."""
+    out = None
+    for p in parts:
+        t = p.tensor()
+        out = t if out is None else out + t
+    return wrap(out)
+
+
+def lap_unit(J: Jac, K: torch.Tensor, need_P: bool, acc):
+    """Row-norm data of the units z = (·)Kᵀ: returns (unit, P = J Kᵀ or None).
+
+    The product P is formed only when the Jacobian is shared or ``need_P`` (the next layer
+    needs it); otherwise the unit keeps (J, K) and :func:`weighted_row_norms` fuses the
+    product with its row norms.
+    """
     if J.shared or need_P:
         P = J.times_kt(K)
         return ("q", _sqsum(P, acc)), P
@@ -236,8 +253,8 @@ def _unit(J: _Jac, K: torch.Tensor, need_P: bool, acc):
     return ("fused", J.rows, K, J.scale), None
 
 
-def _unit_lap(unit, coef: torch.Tensor, acc) -> torch.Tensor:
-    """Σ_k coef[n, s, k] ‖row k‖² → (n, s)."""
+def lap_unit_term(unit, coef: torch.Tensor, acc) -> torch.Tensor:
+    """Σ_k coef[n, s, k] ‖row k‖² → (n, s), for a unit made by :func:`lap_unit`."""
     if unit[0] == "q":
         Q = unit[1]
         return (coef.to(acc) @ Q.unsqueeze(-1)).squeeze(-1)
@@ -245,107 +262,30 @@ def _unit_lap(unit, coef: torch.Tensor, acc) -> torch.Tensor:
     return weighted_row_norms(J, K, coef.to(acc), scale)
 
 
-def _record(net, u, J: _Jac, need: bool, acc):
-    """Forward: (value, output Jacobian or None, tape). ``need``: the output Jacobian is used."""
-    if isinstance(net, Sequential):
-        blocks = list(net.blocks)
-        tapes = []
-        for i, b in enumerate(blocks):
-            nb = need or any(_nonlinear(c) for c in blocks[i + 1 :])
-            u, J, t = _record(b, u, J, nb, acc)
-            tapes.append(t)
-        return u, J, tapes
-    if isinstance(net, Sum):
-        v, parts, tapes = None, [], []
-        for b in net.blocks:
-            vb, Jb, tb = _record(b, u, J, need, acc)
-            v = vb if v is None else v + vb
-            parts.append(Jb)
-            tapes.append(tb)
-        return v, (_sum_jacs(parts) if need else None), tapes
-    if isinstance(net, Linear):
-        return net(u), (_wrap(J.times_kt(net.K)) if need else None), None
-    if isinstance(net, Single):
-        s, d1, d2 = net.act.derivatives(F.linear(u, net.K, net.b))
-        unit, P = _unit(J, net.K, need, acc)
-        Jo = None
-        if need:
-            Jo = _Jac(rows=P, scale=d1) if P.ndim == 2 else _Jac(full=d1.unsqueeze(-2) * P)
-        return s, Jo, (d1, d2, unit)
-    if isinstance(net, ResNet):
-        h, tape = net.h, []
-        for i in range(net.depth):
-            K = net.K[i]
-            s, d1, d2 = net.act.derivatives(F.linear(u, K, net.b[i]))
-            last = i == net.depth - 1 and not need
-            unit, P = _unit(J, K, not last, acc)
-            if not last:  # J ← J + h σ′ ⊙ P (a shared J broadcasts to the batch here)
-                J = _Jac(full=torch.addcmul(J.tensor(), (h * d1).unsqueeze(-2), P))
-            tape.append((d1, d2, unit))
-            u = torch.add(u, s, alpha=h)
-        return u, (J if need else None), tape
-    if isinstance(net, Quadratic):
-        v, gu = net._value_grad(u)
-        unit, _ = _unit(J, net.A, False, acc)
-        Jo = None
-        if need:
-            Jt = J.tensor()  # (p, in) or (n, p, in)
-            Jo = _Jac(full=(gu @ Jt.transpose(0, 1)).unsqueeze(-1) if Jt.ndim == 2
-                      else Jt @ gu.unsqueeze(-1))  # fmt: skip
-        return v, Jo, (gu, unit)
-    raise TypeError(f"Laplacian sweep: unsupported block {type(net).__name__}")  # pragma: no cover
+def lap_record_generic(block, u, J: Jac, need: bool, acc):
+    """A block's Laplacian record through its generic record sweep (no specialised kernels).
+
+    For blocks without a specialised sweep (``_lap_supported()`` False); exact, but it forms
+    every preactivation Jacobian.
+    """
+    Jt = J.tensor()
+    ctx = Ctx(Kind.LAP, Jt.shape[-2], acc)
+    v, Jv, tape = block._record(u, Jt, ctx)
+    return v, (wrap(Jv) if need else None), (tape, ctx)
 
 
-def _wrap(t: torch.Tensor) -> _Jac:
-    return _Jac(full=t) if t.ndim == 3 else _Jac(rows=t)
+def lap_reverse_generic(block, tape, g: torch.Tensor, acc):
+    """The reverse half of :func:`lap_record_generic`: (input adjoint, Laplacian (n, s))."""
+    t, ctx = tape
+    return block._reverse(t, g, ctx)
 
 
-def _sum_jacs(parts: list[_Jac]) -> _Jac:
-    out = None
-    for p in parts:
-        t = p.tensor()
-        out = t if out is None else out + t
-    return _wrap(out)
-
-
-def _reverse(net, tape, g: torch.Tensor, acc):
-    """Backward: adjoint g (n, s, out) → (input adjoint (n, s, in), Laplacian (n, s) or None)."""
-    if isinstance(net, Sequential):
-        lap = None
-        for b, t in zip(reversed(net.blocks), reversed(tape)):
-            g, lb = _reverse(b, t, g, acc)
-            lap = _plus(lap, lb)
-        return g, lap
-    if isinstance(net, Sum):
-        gin = lap = None
-        for b, t in zip(net.blocks, tape):
-            gb, lb = _reverse(b, t, g, acc)
-            gin, lap = _plus(gin, gb), _plus(lap, lb)
-        return gin, lap
-    if isinstance(net, Linear):
-        return g @ net.K, None
-    if isinstance(net, Single):
-        d1, d2, unit = tape
-        lap = _unit_lap(unit, g * d2.unsqueeze(-2), acc)
-        return (g * d1.unsqueeze(-2)) @ net.K, lap
-    if isinstance(net, ResNet):
-        lap = None
-        for i in reversed(range(net.depth)):
-            d1, d2, unit = tape[i]
-            lap = _plus(lap, _unit_lap(unit, g * (net.h * d2).unsqueeze(-2), acc))
-            g = g + (g * (net.h * d1).unsqueeze(-2)) @ net.K[i]
-        return g, lap
-    if isinstance(net, Quadratic):
-        gu, unit = tape
-        coef = g.expand(*g.shape[:-1], net.rank)  # σ = ½z² on z = Au: σ″ = 1, λ = g
-        return g * gu.unsqueeze(-2), _unit_lap(unit, coef, acc)
-    raise TypeError(f"Laplacian sweep: unsupported block {type(net).__name__}")  # pragma: no cover
-
-
-def _plus(a, b):
-    if a is None:
-        return b
-    return a if b is None else a + b
+# ---------------------------------------------------------------------------- the sweep
+def supports(net: nn.Module) -> bool:
+    """Whether every block of ``net`` has a specialised Laplacian sweep (Single, ResNet,
+    Linear, Quadratic, nested in Sum/Sequential); ``compute``'s auto mode uses the sweep only
+    then."""
+    return net._lap_supported()
 
 
 def laplacian_sweep(net: nn.Module, x: torch.Tensor, seed: torch.Tensor, acc: torch.dtype):
@@ -355,10 +295,10 @@ def laplacian_sweep(net: nn.Module, x: torch.Tensor, seed: torch.Tensor, acc: to
     """
     n = x.shape[0]
     m = net.out_features
-    J0 = _Jac(rows=seed.contiguous())
-    value, _, tape = _record(net, x, J0, False, acc)
+    J0 = Jac(rows=seed.contiguous())
+    value, _, tape = net._lap_record(x, J0, False, acc)
     g0 = torch.eye(m, dtype=x.dtype, device=x.device).expand(n, m, m)
-    g, lap = _reverse(net, tape, g0, acc)
+    g, lap = net._lap_reverse(tape, g0, acc)
     if lap is None:
         lap = torch.zeros(n, m, dtype=acc, device=x.device)
     return value, g, lap

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import platform
-import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from .._utils import outside_stacklevel as _outside_stacklevel  # re-exported for ode/_solve
 
 __all__ = ["AdjointScaler", "PerformanceWarning", "PrecisionPolicy", "get_precision"]
 
@@ -200,16 +200,6 @@ def _warn_if_emulated(dtype: torch.dtype) -> None:
             PerformanceWarning,
             stacklevel=_outside_stacklevel(),
         )
-
-
-def _outside_stacklevel() -> int:
-    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function name the first
-    frame outside odeflow (the user's line), however deep inside odeflow the call is."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 @functools.cache

@@ -1,11 +1,24 @@
-"""Matrix-free linear algebra and optimization: operators, (P)CG, Gauss–Newton, L-BFGS, Armijo.
+"""Matrix-free linear algebra and optimization: operators, (P)CG, one minimization loop.
 
 Generic building blocks (no application knowledge) shared by odeflow's solvers, e.g. the
 EPI distortion correction in :mod:`odeflow.imaging.epi`.
+
+* Linear solves: :func:`cg` on a :class:`LinearOperator` (or a dense matrix / callable),
+  returning a :class:`CGResult`.
+* Minimization: :func:`minimize` is one loop over an objective ``fn(x) -> Evaluation``,
+  parameterized by a descent (:class:`NewtonCG` — Gauss–Newton with a model Hessian —,
+  :class:`LBFGS`) and a line search (:class:`Armijo`, :class:`FixedStep`), as optimistix
+  splits them. :func:`gauss_newton` and :func:`lbfgs` are that loop with a fixed pair, for
+  objectives that return tuples.
+* Both report a :class:`Status` (CG: CONVERGED, MAX_ITERATIONS, BREAKDOWN; minimization:
+  CONVERGED, MAX_ITERATIONS, LINE_SEARCH_FAILED, STAGNATED).
 """
 
 from ._cg import CGResult, Status, cg
-from ._minimize import LineSearchResult, OptimizeResult, armijo, gauss_newton, lbfgs
+from ._descents import LBFGS, AbstractDescent, DescentStep, NewtonCG
+from ._line_search import AbstractLineSearch, Armijo, FixedStep, LineSearchResult, armijo
+from ._minimize import OptimizeResult, minimize
+from ._objective import Evaluation
 from ._operators import (
     DiagonalOperator,
     IdentityOperator,
@@ -13,14 +26,23 @@ from ._operators import (
     MatrixOperator,
     jacobi_preconditioner,
 )
+from ._solvers import gauss_newton, lbfgs
 
 __all__ = [
+    "LBFGS",
+    "AbstractDescent",
+    "AbstractLineSearch",
+    "Armijo",
     "CGResult",
+    "DescentStep",
     "DiagonalOperator",
+    "Evaluation",
+    "FixedStep",
     "IdentityOperator",
     "LineSearchResult",
     "LinearOperator",
     "MatrixOperator",
+    "NewtonCG",
     "OptimizeResult",
     "Status",
     "armijo",
@@ -28,4 +50,5 @@ __all__ = [
     "gauss_newton",
     "jacobi_preconditioner",
     "lbfgs",
+    "minimize",
 ]

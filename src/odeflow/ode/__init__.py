@@ -2,9 +2,11 @@
 mixed precision (bf16/fp16 stages, fp32 accumulation, 16-bit storage) and sync-free
 dynamic adjoint scaling for fp16."""
 
+from ._brownian import BrownianPath
 from ._fit import AutonomousField, FitResult, fit_trajectory, spiral_data
 from ._graphs import clear_cuda_graphs, graph_memory_bytes
 from ._precision import AdjointScaler, PerformanceWarning, PrecisionPolicy, get_precision
+from ._sde import SDE, SDESolution, sdeint, sdesolve
 from ._solve import (
     AdjointStats,
     Backprop,
@@ -17,16 +19,19 @@ from ._solve import (
 from ._tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = [
+    "SDE",
     "TABLEAUS",
     "AdjointScaler",
     "AdjointStats",
     "AutonomousField",
     "Backprop",
+    "BrownianPath",
     "ButcherTableau",
     "DiscreteAdjoint",
     "FitResult",
     "PerformanceWarning",
     "PrecisionPolicy",
+    "SDESolution",
     "Solution",
     "SolveStatus",
     "clear_cuda_graphs",
@@ -35,6 +40,8 @@ __all__ = [
     "get_tableau",
     "graph_memory_bytes",
     "odeint",
+    "sdeint",
+    "sdesolve",
     "solve",
     "spiral_data",
 ]

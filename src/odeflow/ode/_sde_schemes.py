@@ -47,7 +47,8 @@ class Problem:
         """``(∂g/∂y)·g`` (one forward-mode JVP of ``g`` at ``y`` in the direction ``g``), the
         Milstein correction's factor; for diagonal noise its entries are ``g_i ∂g_i/∂y_i``."""
         v = g if self.noise_type == "diagonal" else g[..., 0]
-        with fwAD.dual_level():
+        # (forward AD is switched off inside autograd.Function.forward: switch it on)
+        with fwAD._set_fwd_grad_enabled(True), fwAD.dual_level():
             out = self.g(t, fwAD.make_dual(y, v))
             tangent = fwAD.unpack_dual(out).tangent
         if tangent is None:  # g does not depend on y

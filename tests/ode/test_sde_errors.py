@@ -136,3 +136,11 @@ def test_bad_names_and_sde():
         sdeint((DRIFT,), Y0, TS)
     with pytest.raises(TypeError, match="params must be a sequence of tensors"):
         sdeint((DRIFT, DIAG), Y0, TS, params=[1.0])
+
+
+def test_torch_func_transforms_refused():
+    def final(y):
+        return sdeint((DRIFT, DIAG), y[None], TS)[-1, 0]
+
+    with pytest.raises(ValueError, match=r"torch\.func transforms"):
+        torch.func.vmap(final)(Y0)

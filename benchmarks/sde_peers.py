@@ -6,14 +6,17 @@ SDEs (Itô, diagonal noise, Euler–Maruyama, T = 1, loss = mean of the squared 
   neural: drift MLP [y, t] → 256 → 256 → d (tanh), diffusion 0.1·sigmoid(MLP y → 256 → d),
           d = 32, batch 1024, width 256 (both modes)
 Solvers: odeflow-adjoint (sdeint's exact discrete adjoint: step states stored, increments
-regenerated from the Brownian tree, one step's graph rebuilt at a time), odeflow-backprop,
+regenerated from the Brownian tree, one step's graph rebuilt at a time), odeflow-adjoint-ckpt
+(the same with checkpoint_every = ceil(√steps): about 2√steps stored states, the others
+recomputed in the backward pass), odeflow-backprop,
 torchsde (sdeint, backprop through the solver), torchsde-adjoint (sdeint_adjoint, its
 continuous stochastic adjoint with its default adjoint method). Each library drives its own
 Brownian motion (odeflow.BrownianPath / torchsde.BrownianInterval), created inside the
 timed call as each library's sdeint does by default.
 
 What is measured per (SDE, solver):
-  fwd_ms   forward time per step, no graph (median of --repeats);
+  fwd_ms   forward time per step, no graph (median of --repeats; the solvers are timed in
+           turn, one call each per round, so that load changes hit them alike);
   fb_ms    forward+backward time per step (gradient for the parameters and y0);
   grad_rel relative 2-norm difference of the parameter gradient from odeflow-backprop on the
            same path (odeflow rows; exact adjoint → round-off) — torchsde drives other paths;
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -46,7 +50,13 @@ from torch import nn
 
 import odeflow
 
-SOLVERS = ("odeflow-adjoint", "odeflow-backprop", "torchsde", "torchsde-adjoint")
+SOLVERS = (
+    "odeflow-adjoint",
+    "odeflow-adjoint-ckpt",
+    "odeflow-backprop",
+    "torchsde",
+    "torchsde-adjoint",
+)
 
 
 class GBM(nn.Module):
@@ -109,8 +119,10 @@ def solve(solver, sde, y0, ts, dt, bm=None, grad=True):
     import torchsde
 
     if solver.startswith("odeflow"):
-        gradient = "adjoint" if solver == "odeflow-adjoint" else "backprop"
-        return odeflow.sdeint(sde, y0, ts, bm=bm, dt=dt, method="euler", gradient=gradient)
+        gradient = "backprop" if solver == "odeflow-backprop" else "adjoint"
+        every = math.ceil(math.sqrt(round(1 / dt))) if solver.endswith("-ckpt") else 1
+        return odeflow.sdeint(sde, y0, ts, bm=bm, dt=dt, method="euler", gradient=gradient,
+                              checkpoint_every=every)  # fmt: skip
     if solver == "torchsde-adjoint" and grad:
         return torchsde.sdeint_adjoint(sde, y0, ts, bm=bm, dt=dt, method="euler")
     return torchsde.sdeint(sde, y0, ts, bm=bm, dt=dt, method="euler")
@@ -131,16 +143,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, repeats, device):
-    fn()  # warm-up
-    out = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
+def timed_round_robin(fns: dict, repeats: int, device) -> dict:
+    """Median time of each callable, the callables timed in turn (one call of each per
+    round, after a warm-up round) so that a change of load on a shared machine hits every
+    solver alike."""
+    for fn in fns.values():
         fn()
-        sync(device)
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
+    times: dict = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def fwd_bwd(solver, sde, y0, ts, dt, bm=None):
@@ -195,30 +212,38 @@ def strong_error(solver, name, sde, y0, dt, seed=123) -> float:
     return (yT - ref).abs().mean().item()
 
 
-def run_one(name, solver, args, device, dtype) -> dict:
+def run_sde(name, args, device, dtype) -> list[dict]:
     sde, y0 = problem(name, args.quick, device, dtype)
     steps = args.steps
     dt = 1.0 / steps
     ts = torch.tensor([0.0, 1.0], dtype=dtype, device=device)
-    row = {"sde": name, "solver": solver, "steps": steps, "batch": list(y0.shape)}
 
-    def fwd():
+    def fwd(solver):
         with torch.no_grad():
             solve(solver, sde, y0, ts, dt, grad=False)
 
-    row["fwd_ms"] = 1e3 * timed(fwd, args.repeats, device) / steps
-    row["fb_ms"] = 1e3 * timed(lambda: fwd_bwd(solver, sde, y0, ts, dt), args.repeats,
-                               device) / steps  # fmt: skip
-    if solver.startswith("odeflow"):
-        bm = brownian(solver, y0, 1.0, 7, dt)
-        g = torch.cat([x.flatten() for x in fwd_bwd(solver, sde, y0, ts, dt, bm)[1:]])
-        bm = brownian(solver, y0, 1.0, 7, dt)
-        r = torch.cat([x.flatten() for x in fwd_bwd("odeflow-backprop", sde, y0, ts, dt, bm)[1:]])
-        row["grad_rel"] = ((g - r).norm() / r.norm()).item()
-    row["strong"] = strong_error(solver, name, sde, y0[: args.error_batch], dt)
-    if name == "neural" and args.memory_steps:
-        row["saved"] = {n: saved_bytes(solver, sde, y0, ts, 1.0 / n) for n in args.memory_steps}
-    return row
+    fns = {}
+    for solver in args.solvers:
+        fns[(solver, "fwd_ms")] = lambda solver=solver: fwd(solver)
+        fns[(solver, "fb_ms")] = lambda solver=solver: fwd_bwd(solver, sde, y0, ts, dt)
+    times = timed_round_robin(fns, args.repeats, device)
+    rows = []
+    for solver in args.solvers:
+        row = {"sde": name, "solver": solver, "steps": steps, "batch": list(y0.shape)}
+        row["fwd_ms"] = 1e3 * times[(solver, "fwd_ms")] / steps
+        row["fb_ms"] = 1e3 * times[(solver, "fb_ms")] / steps
+        if solver.startswith("odeflow"):
+            bm = brownian(solver, y0, 1.0, 7, dt)
+            g = torch.cat([x.flatten() for x in fwd_bwd(solver, sde, y0, ts, dt, bm)[1:]])
+            bm = brownian(solver, y0, 1.0, 7, dt)
+            r = fwd_bwd("odeflow-backprop", sde, y0, ts, dt, bm)[1:]
+            r = torch.cat([x.flatten() for x in r])
+            row["grad_rel"] = ((g - r).norm() / r.norm()).item()
+        row["strong"] = strong_error(solver, name, sde, y0[: args.error_batch], dt)
+        if name == "neural" and args.memory_steps:
+            row["saved"] = {n: saved_bytes(solver, sde, y0, ts, 1.0 / n) for n in args.memory_steps}
+        rows.append(row)
+    return rows
 
 
 def decimal_dt(device, dtype) -> dict:
@@ -232,8 +257,8 @@ def decimal_dt(device, dtype) -> dict:
             with torch.no_grad():
                 solve(solver, sde, y0, ts, 0.01, grad=False)
 
-        out[solver] = 1e3 * timed(fwd, 3, device) / 100
-    return out
+        out[solver] = fwd
+    return {k: 1e3 * v / 100 for k, v in timed_round_robin(out, 3, device).items()}
 
 
 def table(rows: list[dict]) -> str:
@@ -280,10 +305,9 @@ def main() -> int:
     }
     rows = []
     for name in args.sdes:
-        for solver in args.solvers:
-            t = time.perf_counter()
-            rows.append(run_one(name, solver, args, device, dtype))
-            print(f"{name:7s} {solver:18s} {time.perf_counter() - t:6.1f}s", flush=True)
+        t = time.perf_counter()
+        rows.extend(run_sde(name, args, device, dtype))
+        print(f"{name:7s} {time.perf_counter() - t:6.1f}s", flush=True)
     print(table(rows))
     decimal = decimal_dt(device, dtype) if "gbm" in args.sdes else {}
     print("forward ms/step on gbm with dt = 0.01 (100 steps):", decimal)

@@ -134,6 +134,8 @@ def test_bad_names_and_sde():
         sdeint(DRIFT, Y0, TS)
     with pytest.raises(TypeError, match="pair"):
         sdeint((DRIFT,), Y0, TS)
+    with pytest.raises(ValueError, match="checkpoint_every must be a positive int"):
+        sdeint((DRIFT, DIAG), Y0, TS, checkpoint_every=0)
     with pytest.raises(TypeError, match="params must be a sequence of tensors"):
         sdeint((DRIFT, DIAG), Y0, TS, params=[1.0])
 

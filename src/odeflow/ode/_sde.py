@@ -86,46 +86,52 @@ class _Run:
     tgrid: Tensor  # the same on the device, in the state's dtype
     outs: list[int]  # grid index of each output time
     bm: BrownianPath
-    nfe_bwd: int = 0
+    every: int = 1  # the adjoint stores the state before every `every`-th step
+
+    def one(self, n: int, y: Tensor) -> Tensor:
+        """Step ``n``: ``y_n → y_{n+1}`` with the increment ``W(t_{n+1}) − W(t_n)``."""
+        g = self.grid
+        dw = self.bm(g[n], g[n + 1])
+        return self.step(self.prob, self.tgrid[n], self.tgrid[n + 1], g[n + 1] - g[n], y, dw)
 
     def forward(self, y0: Tensor, store: bool) -> tuple[list[Tensor], list[Tensor]]:
-        """The outputs, and every step state when ``store`` (else ``[]``)."""
+        """The outputs, and (``store``) the states ``y_0, y_k, y_2k, …`` (``k = every``)."""
         want = set(self.outs)
-        y, states, outs = y0, [y0] if store else [], [y0]
-        g, tg = self.grid, self.tgrid
-        for n in range(len(g) - 1):
-            dw = self.bm(g[n], g[n + 1])
-            y = self.step(self.prob, tg[n], tg[n + 1], g[n + 1] - g[n], y, dw)
-            if store:
-                states.append(y)
+        y, saved, outs = y0, [], [y0]
+        for n in range(len(self.grid) - 1):
+            if store and n % self.every == 0:
+                saved.append(y)
+            y = self.one(n, y)
             if n + 1 in want:
                 outs.append(y)
-        return outs, states
+        return outs, saved
 
-    def backward(self, states, gout: Tensor, params: list[Tensor]):
+    def backward(self, saved, gout: Tensor, params: list[Tensor]):
         """The discrete adjoint: ``a_n = (∂Φ_n/∂y_n)^T a_{n+1}`` (plus the output gradients),
         ``∂θ = Σ_n (∂Φ_n/∂θ)^T a_{n+1}``, one step's graph rebuilt at a time with the
-        increments regenerated from the Brownian path."""
+        increments regenerated from the Brownian path; the states between two stored ones
+        are recomputed (without a graph) segment by segment."""
         at = {n: k for k, n in enumerate(self.outs)}
-        g, tg = self.grid, self.tgrid
-        a = torch.zeros_like(states[-1])
+        steps, k = len(self.grid) - 1, self.every
+        a = torch.zeros_like(saved[0])
         gp: list[Tensor | None] = [None] * len(params)
-        f0, g0 = self.prob.nfe_f, self.prob.nfe_g
-        for n in range(len(g) - 1, 0, -1):
-            if n in at:
-                a = a + gout[at[n]]
-            dw = self.bm(g[n - 1], g[n])
-            with torch.enable_grad():
-                y = states[n - 1].detach().requires_grad_(True)
-                yn = self.step(self.prob, tg[n - 1], tg[n], g[n] - g[n - 1], y, dw)
-                vjp = torch.autograd.grad(yn, [y, *params], a, allow_unused=True)
-            a = vjp[0] if vjp[0] is not None else torch.zeros_like(a)
-            for i, v in enumerate(vjp[1:]):
-                if v is not None:
-                    gp[i] = v if gp[i] is None else gp[i] + v
+        for j in reversed(range(len(saved))):
+            s, e = j * k, min(j * k + k, steps)
+            seg = [saved[j]]
+            for n in range(s, e - 1):
+                seg.append(self.one(n, seg[-1]))
+            for n in range(e - 1, s - 1, -1):
+                if n + 1 in at:
+                    a = a + gout[at[n + 1]]
+                with torch.enable_grad():
+                    y = seg.pop().detach().requires_grad_(True)
+                    vjp = torch.autograd.grad(self.one(n, y), [y, *params], a, allow_unused=True)
+                a = vjp[0] if vjp[0] is not None else torch.zeros_like(a)
+                for i, v in enumerate(vjp[1:]):
+                    if v is not None:
+                        gp[i] = v if gp[i] is None else gp[i] + v
         if 0 in at:
             a = a + gout[at[0]]
-        self.nfe_bwd += self.prob.nfe_f - f0 + self.prob.nfe_g - g0
         return a, gp
 
 
@@ -150,7 +156,9 @@ class _Adjoint(torch.autograd.Function):
         return (None, a, *gp)
 
 
-def _setup(sde, y0, ts, bm, method, dt, noise_type, sde_type, gradient, params):
+def _setup(
+    sde, y0, ts, *, bm, method, dt, noise_type, sde_type, gradient, params, checkpoint_every
+):
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     if active is not None and active():
         raise ValueError(
@@ -169,6 +177,7 @@ def _setup(sde, y0, ts, bm, method, dt, noise_type, sde_type, gradient, params):
     checks.check_y0(y0)
     ts, host = checks.check_ts(ts, y0)
     dt = checks.check_dt(dt)
+    every = checks.check_every(checkpoint_every)
     if params is None:
         plist = default_params(sde, f, g)
     else:
@@ -199,13 +208,11 @@ def _setup(sde, y0, ts, bm, method, dt, noise_type, sde_type, gradient, params):
         bm = BrownianPath(grid[0], grid[-1], shape, dtype=y0.dtype, device=y0.device, dt=align)
     else:
         checks.check_bm(bm, y0, shape, grid)
-    return _Run(prob, STEPS[method], grid, tgrid, outs, bm), ts, plist, gradient
+    return _Run(prob, STEPS[method], grid, tgrid, outs, bm, every), ts, plist, gradient
 
 
-def _solve(sde, y0, ts, bm, method, dt, noise_type, sde_type, gradient, params):
-    run, ts, plist, gradient = _setup(
-        sde, y0, ts, bm, method, dt, noise_type, sde_type, gradient, params
-    )
+def _solve(sde, y0, ts, **options):
+    run, ts, plist, gradient = _setup(sde, y0, ts, **options)
     needs = torch.is_grad_enabled() and (y0.requires_grad or len(plist) > 0)
     if gradient == "backprop":
         ys = torch.stack(run.forward(y0, store=False)[0])
@@ -229,6 +236,7 @@ def sdeint(
     sde_type: str | None = None,
     gradient: str = "adjoint",
     params: Sequence[Tensor] | None = None,
+    checkpoint_every: int = 1,
 ) -> Tensor:
     r"""Solve the SDE ``dY = f(t, Y) dt + g(t, Y) dW`` on a fixed grid, differentiably.
 
@@ -279,6 +287,10 @@ def sdeint(
             grad) of the sde, ``f`` or ``g`` where they are ``nn.Module``\ s or their methods.
             A callable that closes over other tensors requiring grad must list them
             (otherwise a ``ValueError`` says so).
+        checkpoint_every: the adjoint stores the state before every ``k``-th step only and
+            recomputes the others (without a graph, increments regenerated) one segment at a
+            time in the backward pass: ``N/k + k`` stored states instead of ``N``, at one more
+            evaluation of each step; ``k ≈ √N`` minimizes the memory. Default 1: every state.
 
     Returns:
         The trajectory ``(n, *y0.shape)`` at ``ts``; ``ys[0]`` equals ``y0``.
@@ -289,7 +301,8 @@ def sdeint(
             dtype or shape, or not covering ``ts``; a non-positive ``dt``; a method for the
             other SDE type (``"euler"`` on a Stratonovich, ``"heun"`` on an Itô SDE) or
             ``"milstein"`` with general noise; ``ts`` not 1-D, not strictly increasing,
-            non-finite or requiring grad; non-finite ``y0``; unknown names; hidden tensors
+            non-finite or requiring grad; non-finite ``y0``; unknown names; a
+            ``checkpoint_every`` that is not a positive int; hidden tensors
             requiring grad (see ``params``); a call under a ``torch.func`` transform.
         TypeError: a non-tensor or integer ``y0``; an ``sde`` without ``f``/``g``; ``f`` or
             ``g`` returning a non-tensor or another dtype; ``bm`` not a
@@ -320,7 +333,19 @@ def sdeint(
         >>> bool(torch.allclose(ys[-1] - ys[0], bm(0.0, 1.0), rtol=0, atol=1e-14))
         True
     """
-    return _solve(sde, y0, ts, bm, method, dt, noise_type, sde_type, gradient, params)[2]
+    return _solve(
+        sde,
+        y0,
+        ts,
+        bm=bm,
+        method=method,
+        dt=dt,
+        noise_type=noise_type,
+        sde_type=sde_type,
+        gradient=gradient,
+        params=params,
+        checkpoint_every=checkpoint_every,
+    )[2]
 
 
 def sdesolve(
@@ -335,6 +360,7 @@ def sdesolve(
     sde_type: str | None = None,
     gradient: str = "adjoint",
     params: Sequence[Tensor] | None = None,
+    checkpoint_every: int = 1,
 ) -> SDESolution:
     r"""Like :func:`sdeint` but return an :class:`SDESolution` (trajectory, Brownian path,
     evaluations, steps, status).
@@ -342,8 +368,8 @@ def sdesolve(
     The status check costs one host sync.
 
     Args:
-        sde, y0, ts, bm, method, dt, noise_type, sde_type, gradient, params: as in
-        :func:`sdeint`.
+        sde, y0, ts, bm, method, dt, noise_type, sde_type, gradient, params,
+        checkpoint_every: as in :func:`sdeint`.
 
     Returns:
         An :class:`SDESolution`; its ``bm`` is the path that drove the solve (the one
@@ -365,7 +391,19 @@ def sdesolve(
     """
     from . import SolveStatus  # (the status enum shared with odeint's Solution)
 
-    run, ts, ys = _solve(sde, y0, ts, bm, method, dt, noise_type, sde_type, gradient, params)
+    run, ts, ys = _solve(
+        sde,
+        y0,
+        ts,
+        bm=bm,
+        method=method,
+        dt=dt,
+        noise_type=noise_type,
+        sde_type=sde_type,
+        gradient=gradient,
+        params=params,
+        checkpoint_every=checkpoint_every,
+    )
     fin = bool(torch.isfinite(ys.detach()).all())
     return SDESolution(
         ts=ts,

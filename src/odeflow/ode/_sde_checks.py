@@ -164,3 +164,11 @@ def check_bm(bm: Any, y0: Tensor, shape: tuple[int, ...], grid: list[float]) -> 
 def uniform(host: list[float]) -> float | None:
     d = [b - a for a, b in itertools.pairwise(host)]
     return d[0] if max(d) - min(d) <= 1e-9 * d[0] else None
+
+
+def check_every(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(
+            f"checkpoint_every must be a positive int (1: store every state), got {k!r}"
+        )
+    return int(k)

@@ -187,3 +187,20 @@ def test_no_graph_without_gradients_and_second_order_refused():
     (g1,) = torch.autograd.grad(ys.sum(), y, create_graph=True)
     (g2,) = torch.autograd.grad(g1.sum(), y)
     assert torch.isfinite(g2).all()
+
+
+@pytest.mark.gpu
+def test_cuda_adjoint_equals_backprop(cuda):
+    sde, ts, _, y0, w = _setup("diagonal", seed=4)
+    sde = sde.to(cuda)
+    bm = BrownianPath(0.0, 1.0, (BATCH, D), seed=1, dtype=F64, device=cuda, dt=0.1)
+    assert torch.equal(bm(0.3, 0.7), BrownianPath(0.0, 1.0, (BATCH, D), seed=1, dtype=F64,
+                                                   device=cuda, dt=0.1)(0.3, 0.7))  # fmt: skip
+    grads = []
+    for gradient in ["adjoint", "backprop"]:
+        y = y0.to(cuda).requires_grad_(True)
+        ys = sdeint(sde, y, ts.to(cuda), bm=bm, dt=0.1, method="milstein", gradient=gradient)
+        assert ys.device.type == "cuda"
+        grads.append(torch.autograd.grad((ys * w.to(cuda)).sum(), [y, *sde.drift.parameters()]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -159,6 +159,21 @@ def test_checkpointed_adjoint_equals_backprop_and_stores_fewer_states(every):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("dt", [None, 0.07])
+def test_default_brownian_path_is_regenerated(dt):
+    """With no bm given, the path sdeint creates (seeded from torch's generator) drives the
+    backward pass too: the adjoint equals backprop on the path of the same seed."""
+    sde, ts, _, y0, w = _setup("general", seed=5)
+    grads = []
+    for gradient in ["adjoint", "backprop"]:
+        torch.manual_seed(11)
+        y = y0.clone().requires_grad_(True)
+        ys = sdeint(sde, y, ts, dt=dt, gradient=gradient)
+        grads.append(torch.autograd.grad((ys * w).sum(), [y, *sde.parameters()]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_closure_params_and_hidden_tensors():
     scale = torch.tensor(0.4, dtype=F64, requires_grad=True)
     f = lambda t, y: -scale * y  # noqa: E731

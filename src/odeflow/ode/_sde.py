@@ -11,6 +11,11 @@ from torch import Tensor
 
 from . import _sde_checks as checks
 from ._brownian import BrownianPath
+
+try:  # the status enum shared with odeint's Solution (in _solution once the engine is split)
+    from ._solution import SolveStatus
+except ImportError:  # pragma: no cover (the engine before its split)
+    from ._solve import SolveStatus
 from ._sde_schemes import (
     NOISE_TYPES,
     SDE_TYPES,
@@ -389,8 +394,6 @@ def sdesolve(
         >>> sol.steps, sol.nfe, sol.status.value, sol.bm.shape  # 10 × (f, g) + the check
         (10, 22, 'success', (4, 2))
     """
-    from . import SolveStatus  # (the status enum shared with odeint's Solution)
-
     run, ts, ys = _solve(
         sde,
         y0,

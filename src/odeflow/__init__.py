@@ -9,12 +9,15 @@ from . import derivatives, flows, imaging, ode, optim, testing
 from .ode import (
     AdjointScaler,
     Backprop,
+    BrownianPath,
     ButcherTableau,
     DiscreteAdjoint,
     PerformanceWarning,
     PrecisionPolicy,
     Solution,
     odeint,
+    sdeint,
+    sdesolve,
     solve,
 )
 
@@ -23,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdjointScaler",
     "Backprop",
+    "BrownianPath",
     "ButcherTableau",
     "DiscreteAdjoint",
     "PerformanceWarning",
@@ -35,6 +39,8 @@ __all__ = [
     "ode",
     "odeint",
     "optim",
+    "sdeint",
+    "sdesolve",
     "solve",
     "testing",
 ]

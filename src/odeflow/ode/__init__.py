@@ -2,25 +2,30 @@
 mixed precision (bf16/fp16 stages, fp32 accumulation, 16-bit storage) and sync-free
 dynamic adjoint scaling for fp16."""
 
+from ._brownian import BrownianPath
 from ._fit import AutonomousField, FitResult, fit_trajectory, spiral_data
 from ._gradient import Backprop, DiscreteAdjoint
 from ._graphs import clear_cuda_graphs, graph_memory_bytes
 from ._odeint import odeint, solve
 from ._precision import AdjointScaler, PerformanceWarning, PrecisionPolicy, get_precision
+from ._sde import SDE, SDESolution, sdeint, sdesolve
 from ._solution import AdjointStats, Solution, SolveStatus
 from ._tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = [
+    "SDE",
     "TABLEAUS",
     "AdjointScaler",
     "AdjointStats",
     "AutonomousField",
     "Backprop",
+    "BrownianPath",
     "ButcherTableau",
     "DiscreteAdjoint",
     "FitResult",
     "PerformanceWarning",
     "PrecisionPolicy",
+    "SDESolution",
     "Solution",
     "SolveStatus",
     "clear_cuda_graphs",
@@ -29,6 +34,8 @@ __all__ = [
     "get_tableau",
     "graph_memory_bytes",
     "odeint",
+    "sdeint",
+    "sdesolve",
     "solve",
     "spiral_data",
 ]

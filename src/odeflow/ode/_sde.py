@@ -11,8 +11,6 @@ from torch import Tensor
 
 from . import _sde_checks as checks
 from ._brownian import BrownianPath
-
-from ._solution import SolveStatus
 from ._sde_schemes import (
     NOISE_TYPES,
     SDE_TYPES,
@@ -21,6 +19,7 @@ from ._sde_schemes import (
     default_params,
     hidden_leaves,
 )
+from ._solution import SolveStatus
 
 __all__ = ["SDE", "SDESolution", "sdeint", "sdesolve"]
 

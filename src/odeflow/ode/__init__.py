@@ -3,7 +3,7 @@ mixed precision (bf16/fp16 stages, fp32 accumulation, 16-bit storage) and sync-f
 dynamic adjoint scaling for fp16."""
 
 from ._fit import AutonomousField, FitResult, fit_trajectory, spiral_data
-from ._gradient import Backprop, DiscreteAdjoint
+from ._gradient import Backprop, DiscreteAdjoint, MemoryBudget
 from ._graphs import clear_cuda_graphs, graph_memory_bytes
 from ._odeint import odeint, solve
 from ._precision import AdjointScaler, PerformanceWarning, PrecisionPolicy, get_precision
@@ -19,6 +19,7 @@ __all__ = [
     "ButcherTableau",
     "DiscreteAdjoint",
     "FitResult",
+    "MemoryBudget",
     "PerformanceWarning",
     "PrecisionPolicy",
     "Solution",

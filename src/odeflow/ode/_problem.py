@@ -57,6 +57,14 @@ class _Problem:
         return [o.to(d) for o, d in zip(outs, self.out_dtypes)]
 
 
+class _Tape(Protocol):
+    """Steps run with their graph kept for the backward pass (see ``_gradient._checkpoint``)."""
+
+    def keeps(self, s: int) -> bool: ...
+
+    def step(self, s: int, co: _Coeffs, y: list[Tensor]) -> list[Tensor]: ...
+
+
 class _Captured(Protocol):
     """A captured forward step (see ``_gradient._cuda_graphs``)."""
 
@@ -72,6 +80,7 @@ def _integrate(
     store: Any | None,
     record: bool = True,
     captured: _Captured | None = None,
+    tape: _Tape | None = None,
 ) -> list[Tensor]:
     """March over the grid; return per-leaf stacked outputs (in H).
 
@@ -79,7 +88,8 @@ def _integrate(
     needed by the backward pass), in the policy's storage dtype; the pass then notes the
     field's random draws and buffer updates for the backward pass, unless ``record`` is false
     (a replay). ``captured``: replay a captured forward step instead of evaluating it (grad
-    mode off only)."""
+    mode off only). ``tape``: the steps it :meth:`~_Tape.keeps` run through it with their
+    graph (their states are not stored)."""
     y = [yl.to(pb.hdt) for yl in y0]
     sdt = pb.pol.storage
     outs = [[yl] for yl in y]
@@ -100,20 +110,25 @@ def _integrate(
     ):
         grid = iter(_grid(pb, t))
         per_step = record and not graphed and not pb.fld.per_call
+        s = 0
         for m in pb.ms:
             for _ in range(m):
-                if store is not None:
+                kept = tape is not None and tape.keeps(s)
+                if store is not None and not kept:
                     store.append([yl if sdt is None else yl.to(sdt) for yl in y])
                 if per_step:
                     pb.fld.note_rng()
                 co = next(grid)
-                if graphed:
+                if kept:
+                    y = tape.step(s, co, y)
+                elif graphed:
                     y = captured.forward_step(y, co)
                     if rng0 is not None:
                         captured.check_deterministic(rng0)
                         rng0 = None
                 else:
                     y = _rk_step(pb.fld, pb.tab, co, y, pb.pol, enter=not free)
+                s += 1
             for o, yl in zip(outs, y):
                 o.append(yl)
     return [torch.stack(o) for o in outs]

@@ -29,12 +29,23 @@ class AdjointStats:
         retries: overflow recoveries (each recomputes the failed step with half the scale).
         syncs: host synchronisations made by the backward pass.
         nfe: function evaluations of the backward pass (recomputation for the VJPs).
+        stored_states: the most step records the discrete adjoint held at once (step
+            states, checkpoints and the working state, kept step graphs), forward and
+            backward pass.
+        recomputed_steps: steps the backward pass recomputed without a graph to regain
+            states between checkpoints (``checkpoints=K``), beyond rebuilding each step's
+            graph once.
+        kept_graphs: steps whose graph the forward pass kept (``checkpoints="all"``, or a
+            memory budget), so that the backward pass did not rebuild them.
     """
 
     scales: Tensor | None = None
     retries: int = 0
     syncs: int = 0
     nfe: int = 0
+    stored_states: int = 0
+    recomputed_steps: int = 0
+    kept_graphs: int = 0
 
 
 @dataclass

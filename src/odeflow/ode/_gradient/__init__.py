@@ -7,8 +7,9 @@ from __future__ import annotations
 from ._adjoint import DiscreteAdjoint
 from ._backprop import Backprop
 from ._base import GradientPolicy
+from ._checkpoint import MemoryBudget
 
-__all__ = ["Backprop", "DiscreteAdjoint", "GradientPolicy", "_get_gradient"]
+__all__ = ["Backprop", "DiscreteAdjoint", "GradientPolicy", "MemoryBudget", "_get_gradient"]
 
 
 def _get_gradient(gradient: str | GradientPolicy) -> GradientPolicy:

@@ -51,14 +51,15 @@ def _rel(a, b) -> float:
 
 
 # (10 steps) every kind: all states, revolve with 1, 3 and more checkpoints than steps, every
-# graph, and budgets that choose every graph, all states + the last graphs, and revolve
+# graph, and budgets that choose every graph, all states + the last graphs, and revolve (one
+# checkpoint: the budget holds no step graph besides) + the last graph
 CHECKPOINTS = ["steps", 1, 3, 50, "all", MemoryBudget("1GiB"), "budget-kept", "budget-revolve"]
 
 
 def _budget(option, state_bytes: int, graph_bytes: int):
     if option == "budget-kept":  # every state and two graphs, not all graphs
         return MemoryBudget(10 * state_bytes + 2 * graph_bytes)
-    if option == "budget-revolve":  # four states
+    if option == "budget-revolve":  # four states, less than a step graph
         return MemoryBudget(4 * state_bytes + 1)
     return option
 
@@ -79,10 +80,12 @@ def test_gradients_equal_backprop(checkpoints, method):
         if checkpoints in ("all", "budget-kept") or isinstance(checkpoints, MemoryBudget):
             assert stats.kept_graphs >= (10 if checkpoints != "budget-kept" else 1)
             assert checkpoints != "budget-kept" or stats.kept_graphs < 10
-        if checkpoints in (1, 3, "budget-revolve"):
-            k = {1: 1, 3: 3, "budget-revolve": 4}[checkpoints]
-            assert stats.stored_states <= k + 1 and stats.kept_graphs == 0
-            assert stats.recomputed_steps == optimal_cost(10, k) - 9
+        if checkpoints in (1, 3):
+            assert stats.stored_states <= checkpoints + 1 and stats.kept_graphs == 0
+            assert stats.recomputed_steps == optimal_cost(10, checkpoints) - 9
+        if checkpoints == "budget-revolve":  # K = 1 for the first 9 steps, the last one kept
+            assert stats.stored_states <= 1 + 1 + 1 and stats.kept_graphs == 1
+            assert stats.recomputed_steps == optimal_cost(9, 1) - 8
 
 
 @pytest.mark.parametrize("checkpoints", [2, "all", "budget-kept", "budget-revolve"], ids=str)

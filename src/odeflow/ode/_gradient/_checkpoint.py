@@ -17,7 +17,7 @@ from torch import Tensor
 from .._field import _owning_module
 from .._problem import _Problem
 from .._rk import _Coeffs, _coeffs, _grid, _rk_step, _times
-from ._revolve import _Revolve, optimal_cost
+from ._revolve import _Revolve
 
 __all__ = ["MemoryBudget", "_Checkpoints", "_check_checkpoints"]
 
@@ -33,15 +33,17 @@ class MemoryBudget:
     ``B``, the bytes of one step state ``b_s`` (in the storage dtype) and of one step's
     autograd graph ``b_g`` (its saved tensors, measured on the first step), for ``n`` steps:
 
-    * ``n b_g ≤ B``: every step's graph (as ``checkpoints="all"``: no recomputation);
-    * ``n b_s ≤ B``: every step's state, and the graphs of the last
-      ``m = ⌊(B - n b_s) / (b_g - b_s)⌋`` steps kept from the forward pass instead of
-      rebuilt (``m = 0``: as ``checkpoints="steps"``);
-    * ``b_s ≤ B < n b_s``: binomial checkpointing with ``K = ⌊B / b_s⌋`` checkpoints, or
-      ``⌊(B - b_g) / b_s⌋`` and the last step's graph kept where that recomputes no more.
+    * ``n b_g ≤ B``: every step's graph (as ``checkpoints="all"``: nothing is rebuilt);
+    * ``(n - 1) b_s + b_g ≤ B``: the states of the first steps and the graphs of the last
+      ``m = min(n - 1, ⌊(B - n b_s) / (b_g - b_s)⌋) ≥ 1`` steps, kept from the forward pass
+      instead of rebuilt;
+    * otherwise binomial checkpointing of the first ``n - 1`` steps with
+      ``K = max(1, ⌊(B - b_g) / b_s⌋)`` checkpoints, and the last step's graph kept.
 
-    The budget bounds what is kept between the forward and the backward pass; the working
-    state and the one step graph the backward pass rebuilds at a time come on top.
+    The backward pass consumes (and frees) the kept graphs before it rebuilds its first
+    step graph, so what the adjoint holds between and during the passes, records plus the
+    one step graph it works on, stays within ``B`` (the working state aside) whenever
+    ``B ≥ b_s + b_g``; below that the one step graph goes over the budget.
 
     Args:
         nbytes: the budget, a positive number of bytes or a string with a unit:
@@ -228,20 +230,17 @@ class _Checkpoints:
             raise ValueError(
                 f"the memory budget of {budget:,} bytes is below one step state ({b_s:,} "
                 f"bytes): binomial checkpointing needs at least one. Give a budget of at least "
-                f"{b_s:,} bytes, or checkpoints=1"
+                f"{b_s:,} bytes (one state and one step's graph: {b_s + b_g:,}), or "
+                "checkpoints=1"
             )
         if n * b_g <= budget:
             self.keep_from = 0
-        elif n * b_s <= budget:
-            m = n if b_g <= b_s else (budget - n * b_s) // (b_g - b_s)
-            self.keep_from = n - min(n, m)
-        else:
-            # forward steps plus rebuilt steps: t(n, K) + 1 either way (see _revolve)
-            k0, k1 = budget // b_s, (budget - b_g) // b_s
-            cost0 = optimal_cost(n, k0)
-            cost1 = optimal_cost(n - 1, k1) if k1 >= 1 and n > 1 else math.inf
-            self.keep_from = n - 1 if cost1 <= cost0 else n
-            self._use_revolve(self.keep_from, k1 if cost1 <= cost0 else k0)
+        elif (n - 1) * b_s + b_g <= budget:  # every state, and the last m >= 1 graphs
+            m = n - 1 if b_g <= b_s else (budget - n * b_s) // (b_g - b_s)
+            self.keep_from = n - max(1, min(n - 1, m))
+        else:  # the last graph is kept: consumed before the first rebuild, it costs nothing
+            self.keep_from = n - 1
+            self._use_revolve(n - 1, max(1, (budget - b_g) // b_s))
 
 
 class _SavedBytes:

@@ -3,8 +3,10 @@ grid of one call (:class:`_Problem`), and the forward march over that grid."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,13 +50,30 @@ class _Problem:
         return self.fld.func
 
     @property
-    def steps(self) -> list[tuple[int, int]]:
-        """``(interval, substep)`` of every RK step, in order."""
-        return [(i, j) for i, m in enumerate(self.ms) for j in range(m)]
+    def steps(self) -> _Steps:
+        """``(interval, substep)`` of every RK step, in order (a sequence: ``steps[s]``,
+        ``len``, iteration), formed on demand: nothing is kept per step."""
+        return _Steps(self.ms)
 
     def outputs(self, outs: list[Tensor]) -> list[Tensor]:
         """The trajectory leaves in the dtypes returned to the caller."""
         return [o.to(d) for o, d in zip(outs, self.out_dtypes)]
+
+
+class _Steps(Sequence):
+    """The ``(interval, substep)`` of every step, computed from the interval offsets."""
+
+    def __init__(self, ms: list[int]):
+        self.offsets = [0, *itertools.accumulate(ms)]  # first step of each interval
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, s: int) -> tuple[int, int]:
+        if not 0 <= s < len(self):
+            raise IndexError(f"step {s} of {len(self)}")
+        i = bisect.bisect_right(self.offsets, s) - 1
+        return i, s - self.offsets[i]
 
 
 class _Tape(Protocol):

@@ -39,7 +39,7 @@ def repetitions(n: int, k: int) -> int:
     return r
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=4096)
 def optimal_cost(n: int, k: int) -> int:
     """``t(n, k)``: the fewest forward steps (advances) that reverse ``n`` steps with ``k``
     checkpoint slots, the first sweep to step ``n - 1`` included."""
@@ -51,7 +51,7 @@ def optimal_cost(n: int, k: int) -> int:
     return r * n - math.comb(k + r, k + 1)  # β(k + 1, r - 1) = C(k + r, k + 1)
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=4096)
 def _split(n: int, k: int) -> int:
     """The optimal first advance ``j`` for ``n >= 2`` steps and ``k >= 2`` slots."""
 

@@ -104,6 +104,32 @@ def _end_slope(f: Field, tab: ButcherTableau, ks, t: float, h: float, y1) -> lis
     return f(t + h, y1)
 
 
+def dense_output(
+    f: Field,
+    tab: ButcherTableau,
+    t: float,
+    h: float,
+    y: list[Tensor],
+    y1: list[Tensor],
+    ks: list[list[Tensor]],
+    theta: float,
+    slope: list,
+) -> list[Tensor]:
+    """The state at ``t + θh`` inside an accepted step ``y → y1`` with stages ``ks``:
+    ``y1`` at ``θ = 1``; else the pair's own interpolant; else, for a method of order ≤ 3,
+    the cubic Hermite interpolant (its end slope cached in ``slope``); else a partial step
+    of the method of size ``θh`` from ``y`` (``s − 1`` evaluations, the method's order: a
+    cubic would cap a high-order method's outputs at ``O(h⁴)``). The step sizes are never
+    shortened for an output."""
+    if theta == 1.0:
+        return y1
+    if getattr(tab, "dense", None) is not None or tab.order <= 3:
+        if not slope and getattr(tab, "dense", None) is None:
+            slope.append(_end_slope(f, tab, ks, t, h, y1))
+        return interpolate(tab, y, y1, ks, slope[0] if slope else None, h, theta)
+    return rk_stages(f, tab, t, theta * h, y, ks[0])[1]
+
+
 def integrate_adaptive(
     f: Field,
     tab: EmbeddedTableau,
@@ -148,19 +174,17 @@ def integrate_adaptive(
         if r <= 1.0:  # (NaN compares false: rejected)
             t1 = t_end if last else t + hs
             step = Step(t, hs)
-            f1 = None
+            slope: list = []
             while j < n_out and (t_out[j] - t1) * d <= 0:
                 theta = 1.0 if t_out[j] == t1 else (t_out[j] - t) / hs
-                if f1 is None and theta != 1.0 and getattr(tab, "dense", None) is None:
-                    f1 = _end_slope(fc, tab, ks, t, hs, y1)
-                run.outs[j] = interpolate(tab, y, y1, ks, f1, hs, theta)
+                run.outs[j] = dense_output(fc, tab, t, hs, y, y1, ks, theta, slope)
                 step.outputs.append((j, theta))
                 j += 1
             if store:
                 run.states.append(y)
             run.steps.append(step)
             run.accepted += 1
-            f0 = _end_slope(fc, tab, ks, t, hs, y1) if f1 is None else f1
+            f0 = slope[0] if slope else _end_slope(fc, tab, ks, t, hs, y1)
             fac = ctrl.factor(r, prev, k, accepted=True, grow=grow)
             prev, grow = r, True
             t, y = t1, y1
@@ -208,10 +232,6 @@ def rebuild_step(
     """Recompute one accepted step from its start state (under the caller's grad mode):
     the end state and the outputs it produced, in ``step.outputs`` order."""
     ks, y1 = rk_stages(f, tab, step.t, step.h, y)
-    outs = []
-    f1 = None
-    for _, theta in step.outputs:
-        if f1 is None and theta != 1.0 and getattr(tab, "dense", None) is None:
-            f1 = _end_slope(f, tab, ks, step.t, step.h, y1)
-        outs.append(interpolate(tab, y, y1, ks, f1, step.h, theta))
+    slope: list = []
+    outs = [dense_output(f, tab, step.t, step.h, y, y1, ks, th, slope) for _, th in step.outputs]
     return y1, outs

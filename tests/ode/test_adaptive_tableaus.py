@@ -157,3 +157,9 @@ def test_get_embedded_lists_the_pairs():
     with pytest.raises(TypeError):
         get_embedded(5)
     assert isinstance(EMBEDDED_TABLEAUS["dopri8"], EmbeddedTableau)
+
+
+def test_get_tableau_knows_the_pairs():
+    assert odeflow.ode.get_tableau("dopri5") is EMBEDDED_TABLEAUS["dopri5"]
+    with pytest.raises(ValueError, match="rk38, bosh3, dopri5, tsit5, dopri8"):
+        odeflow.ode.get_tableau("dopri6")

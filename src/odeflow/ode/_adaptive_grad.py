@@ -3,35 +3,16 @@ backprop through them. Step sizes are constants of the solve (chosen without a g
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import _tree
 from ._adaptive import Field, Run, StepOptions, integrate_adaptive, integrate_fixed, rebuild_step
 from ._tableaus import ButcherTableau
 
 __all__: list[str] = []
-
-
-def make_field(func: Callable, spec: _tree.Spec, tdt: torch.dtype, device) -> Field:
-    """``func(t, y)`` on the state's leaves, ``t`` a host float handed over as a 0-d tensor in
-    ``tdt`` (the state's precision, as :func:`odeflow.odeint` does)."""
-
-    def f(t: float, leaves: list[Tensor]) -> list[Tensor]:
-        out = func(torch.tensor(t, dtype=tdt, device=device), _tree.unflatten(spec, leaves))
-        ks = _tree.flatten_like(spec, out, "func")
-        for k, y in zip(ks, leaves):
-            if k.shape != y.shape:
-                raise ValueError(
-                    f"func returned shape {tuple(k.shape)} for a state of shape "
-                    f"{tuple(y.shape)}; dy/dt must have the state's shape"
-                )
-        return [k if k.dtype == y.dtype else k.to(y.dtype) for k, y in zip(ks, leaves)]
-
-    return f
 
 
 def forward_run(

@@ -5,27 +5,26 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import _tree
-from ._adaptive import Run, StepOptions
-from ._adaptive_grad import (
-    DiscreteAdjointOfSteps,
-    backprop_run,
-    check_no_time_grad,
-    make_field,
-)
-from ._backsolve import BacksolveAdjoint, BacksolveFunction
+from ._adaptive import MAX_STEPS, SUCCESS, Field, Run, StepOptions
+from ._adaptive_grad import DiscreteAdjointOfSteps, backprop_run, check_no_time_grad
+from ._compat import functorch_active
+from ._continuous import BacksolveFunction
 from ._controller import PIController, check_tolerance
+from ._embedded import EmbeddedTableau, get_embedded
+from ._per_sample import integrate_per_sample
 from ._tableaus import ButcherTableau
+from ._walk import _attribute_check, _closure_check
 
 __all__: list[str] = []
 
 DEFAULT_MAX_STEPS = 10_000
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-7, 1e-9  # torchdiffeq's
 
 # torchdiffeq's `options` for its adaptive solvers -> odeflow (None: refused, with a reason)
 TORCHDIFFEQ_OPTIONS: dict[str, str | None] = {
@@ -59,15 +58,16 @@ def step_options(
     options: dict | None,
     leaves: list[Tensor],
     keys: Sequence[Any] | None,
-) -> StepOptions:
+) -> tuple[StepOptions, bool]:
     """Validated :class:`StepOptions` from odeint's ``rtol, atol, max_steps, options``
-    (``options`` takes odeflow's ``controller``, ``first_step``, ``max_step`` and the names of
-    torchdiffeq's options listed in :data:`TORCHDIFFEQ_OPTIONS`)."""
+    (``options`` takes odeflow's ``controller``, ``first_step``, ``max_step``,
+    ``per_sample_steps`` and the names of torchdiffeq's options listed in
+    :data:`TORCHDIFFEQ_OPTIONS`), and whether steps are chosen per sample."""
     rt = check_tolerance("rtol", rtol, len(leaves), keys)
     at = check_tolerance("atol", atol, len(leaves), keys)
-    opts = dict(options or {})
     if not isinstance(options, dict | None):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    opts = dict(options or {})
     ctrl = opts.pop("controller", PIController())
     if not isinstance(ctrl, PIController):
         raise TypeError(f"options['controller'] must be an odeflow.PIController, got {ctrl!r}")
@@ -82,6 +82,16 @@ def step_options(
         max_steps = opts.pop("max_num_steps")
     max_steps = check_max_steps(max_steps)
     opts.pop("dtype", None)
+    per_sample = opts.pop("per_sample_steps", False)
+    if not isinstance(per_sample, bool):
+        raise TypeError(f"options['per_sample_steps'] must be True or False, got {per_sample!r}")
+    if per_sample:
+        shapes = [tuple(y.shape[:1]) for y in leaves]
+        if any(len(s) == 0 for s in shapes) or len(set(shapes)) != 1:
+            raise ValueError(
+                "options['per_sample_steps'] needs every leaf of y0 batched along dim 0 with "
+                f"one batch size, got leading shapes {shapes}"
+            )
     first = _length(opts.pop("first_step", None), "first_step", allow_none=True)
     max_step = _length(opts.pop("max_step", math.inf), "max_step")
     for k in list(opts):
@@ -89,10 +99,11 @@ def step_options(
         raise ValueError(
             f"unknown option {k!r} for an adaptive solve"
             + (" (torchdiffeq's, not supported by odeflow)" if why is None else "")
-            + "; valid: controller, first_step, max_step, and torchdiffeq's first_step, "
-            "safety, ifactor, dfactor, max_num_steps, dtype (see docs/ode-torchdiffeq.md)"
+            + "; valid: controller, first_step, max_step, per_sample_steps, and torchdiffeq's "
+            "first_step, safety, ifactor, dfactor, max_num_steps, dtype (see "
+            "docs/ode-torchdiffeq.md)"
         )
-    return StepOptions(rt, at, ctrl, first, max_step, max_steps)
+    return StepOptions(rt, at, ctrl, first, max_step, max_steps), per_sample
 
 
 def _length(x: Any, name: str, allow_none: bool = False) -> Any:
@@ -107,36 +118,197 @@ def _length(x: Any, name: str, allow_none: bool = False) -> Any:
     return float(x)
 
 
-def run_steps(
-    func: Callable,
-    leaves: list[Tensor],
-    spec: _tree.Spec,
-    t: Tensor,
-    host: Sequence[float],
-    tab: ButcherTableau,
-    gradient: Any,
-    plist: list[Tensor],
-    opts: StepOptions | None,
-    ms: Sequence[int] | None = None,
-) -> tuple[list[Tensor], Run]:
-    """Solve on the accepted steps of an adaptive run (``opts``) or on a fixed grid (``ms``
-    steps per interval) and attach the gradient ``gradient`` asks for: the discrete adjoint
-    of the accepted steps (:class:`~odeflow.DiscreteAdjoint`), backprop through them
-    (:class:`~odeflow.Backprop`) or the continuous adjoint (:class:`BacksolveAdjoint`).
-    Returns the stacked outputs per leaf and the :class:`Run` (steps, NFE, status)."""
-    f = make_field(func, spec, t.dtype, t.device)
-    needs = torch.is_grad_enabled() and (any(y.requires_grad for y in leaves) or bool(plist))
+def _setup(pb: Any, t: Tensor, leaves: list[Tensor]) -> tuple[Field, list[float], list[Tensor]]:
+    """The loop's field (``pb``'s bound field under its precision context), the output times
+    as host floats and the state in the solve's precision ``H``."""
+    fld, pol, dev = pb.fld, pb.pol, pb.fld.device
+
+    def f(tt: float | Tensor, ys: list[Tensor]) -> list[Tensor]:
+        if not isinstance(tt, Tensor):
+            tt = torch.tensor(tt, dtype=t.dtype, device=dev)
+        elif tt.dtype != t.dtype:
+            tt = tt.to(t.dtype)
+        with pol.context(dev):
+            return fld(tt, ys)
+
+    host = [float(x) for x in t.detach().to("cpu", torch.float64).tolist()]
+    return f, host, [y.to(pb.hdt) for y in leaves]
+
+
+def _needs(t: Tensor, leaves: list[Tensor], plist: list[Tensor]) -> bool:
+    return torch.is_grad_enabled() and (any(y.requires_grad for y in leaves) or bool(plist))
+
+
+def _per_sample(pb: Any, f: Field, host: list[float], y: list[Tensor]) -> list[Tensor]:
+    run = integrate_per_sample(f, pb.tab, host, y, pb.adaptive)
+    pb.run = run
+    return [torch.stack([o[i] for o in run.outs]) for i in range(len(y))]
+
+
+def _refuse_per_sample(pb: Any, needs: bool, who: str) -> None:
+    if needs and pb.per_sample:
+        raise ValueError(
+            f"{who} does not differentiate per-sample steps (options={{'per_sample_steps': "
+            "True}); pass gradient='backprop' (autograd through the masked steps), or solve "
+            "the batch as one system"
+        )
+
+
+def _guard(pb: Any, t: Tensor, leaves: list[Tensor], plist: list[Tensor], who: str) -> bool:
+    """Checks shared by the adjoints; whether a gradient is needed."""
+    needs = _needs(t, leaves, plist)
+    if needs and functorch_active():
+        raise ValueError(
+            f"{who} with steps chosen by the solver does not run under torch.func transforms "
+            "(its step sizes are host decisions); use fixed steps (step_size=), or call "
+            "odeint outside the transform"
+        )
     if needs:
-        check_no_time_grad(t, f"gradient={type(gradient).__name__}() on steps chosen by "
-                              "the solver" if opts is not None else "BacksolveAdjoint")  # fmt: skip
-    info = {"f": f, "tab": tab, "t_out": list(host), "opts": opts, "ms": ms,
-            "n_leaf": len(leaves), "policy": gradient}  # fmt: skip
-    kind = type(gradient).__name__
-    if kind == "Backprop" or not needs:
-        run, outs = backprop_run(f, tab, host, list(leaves), opts, ms)
-        return outs, run
-    if isinstance(gradient, BacksolveAdjoint):
-        outs = list(BacksolveFunction.apply(info, *leaves, *plist))
-    else:
-        outs = list(DiscreteAdjointOfSteps.apply(info, *leaves, *plist))
-    return outs, info["run"]
+        check_no_time_grad(t, who + " on steps chosen by the solver")
+    if torch.is_grad_enabled():
+        _attribute_check(pb, t, leaves, plist)
+        if pb.closure_risk:
+            _closure_check(pb, t, leaves)
+    return needs
+
+
+def steps_backprop(pb: Any, t: Tensor, leaves: list[Tensor]) -> list[Tensor]:
+    """An adaptive solve (``pb.adaptive``) differentiated by autograd through the accepted
+    steps (the controller's decisions carry no graph)."""
+    if _needs(t, leaves, []):
+        check_no_time_grad(t, "gradient='backprop' on steps chosen by the solver")
+    f, host, y = _setup(pb, t, leaves)
+    if pb.per_sample:
+        return pb.outputs(_per_sample(pb, f, host, y))
+    run, outs = backprop_run(f, pb.tab, host, y, pb.adaptive, None)
+    pb.run = run
+    return pb.outputs(outs)
+
+
+def steps_adjoint(pb: Any, t: Tensor, leaves: list[Tensor], plist: list[Tensor]) -> list[Tensor]:
+    """An adaptive solve differentiated by the exact discrete adjoint of its accepted steps."""
+    needs = _guard(pb, t, leaves, plist, "the discrete adjoint")
+    _refuse_per_sample(pb, needs, "the discrete adjoint")
+    f, host, y = _setup(pb, t, leaves)
+    if pb.per_sample:
+        with torch.no_grad():
+            return pb.outputs(_per_sample(pb, f, host, y))
+    if not needs:
+        with torch.no_grad():
+            run, outs = backprop_run(f, pb.tab, host, y, pb.adaptive, None)
+        pb.run = run
+        return pb.outputs(outs)
+    info = {"f": f, "tab": pb.tab, "t_out": host, "opts": pb.adaptive, "ms": None,
+            "n_leaf": len(y), "policy": None}  # fmt: skip
+    outs = list(DiscreteAdjointOfSteps.apply(info, *y, *plist))
+    pb.run = info["run"]
+    return pb.outputs(outs)
+
+
+def steps_backsolve(
+    pb: Any, t: Tensor, leaves: list[Tensor], plist: list[Tensor], policy: Any, adaptive: bool
+) -> list[Tensor]:
+    """A solve (adaptive, or on ``pb``'s fixed grid) differentiated by the continuous
+    adjoint ``policy`` (a :class:`~odeflow.ode.BacksolveAdjoint`)."""
+    needs = _guard(pb, t, leaves, plist, "BacksolveAdjoint")
+    _refuse_per_sample(pb, needs, "BacksolveAdjoint")
+    f, host, y = _setup(pb, t, leaves)
+    opts, ms = (pb.adaptive, None) if adaptive else (None, pb.ms)
+    if pb.per_sample:
+        with torch.no_grad():
+            return pb.outputs(_per_sample(pb, f, host, y))
+    if not needs:
+        with torch.no_grad():
+            run, outs = backprop_run(f, pb.tab, host, y, opts, ms)
+        pb.run = run
+        return pb.outputs(outs)
+    info = {"f": f, "tab": pb.tab, "t_out": host, "opts": opts, "ms": ms,
+            "n_leaf": len(y), "policy": policy, "stats": pb.stats}  # fmt: skip
+    outs = list(BacksolveFunction.apply(info, *y, *plist))
+    pb.run = info["run"]
+    return pb.outputs(outs)
+
+
+def choose_steps(
+    method: Any,
+    tab: ButcherTableau,
+    rtol: Any,
+    atol: Any,
+    max_steps: Any,
+    options: Any,
+    steps_per_interval: Any,
+    step_size: Any,
+    leaves: list[Tensor],
+    spec: Any,
+    fp16: bool,
+) -> tuple[StepOptions | None, bool, Any]:
+    """Fixed or adaptive steps from :func:`odeflow.odeint`'s arguments: the step-size rule
+    (``None``: the fixed grid), per-sample steps, and ``step_size`` (torchdiffeq's
+    ``options={"step_size": h}`` moved to the keyword)."""
+    if not isinstance(options, dict | None):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    options = dict(options or {})
+    if "step_size" in options:
+        if step_size is not None:
+            raise ValueError("give step_size once: as the keyword or in options, not both")
+        step_size = options.pop("step_size")
+    fixed = step_size is not None or steps_per_interval != 1
+    asked = any(x is not None for x in (rtol, atol, max_steps)) or bool(options)
+    if asked and fixed:
+        raise ValueError(
+            "rtol/atol/max_steps/options ask for adaptive steps but step_size or "
+            "steps_per_interval ask for fixed ones; give one or the other"
+        )
+    if asked:
+        tab = get_embedded(method if isinstance(method, str) else tab)
+    if fixed or not isinstance(tab, EmbeddedTableau):
+        return None, False, step_size
+    if fp16:
+        raise ValueError(
+            "precision='fp16' is not available with adaptive steps (its dynamic adjoint "
+            "scaling works on fixed grids); use precision='bf16' or 'fp32', or fixed steps"
+        )
+    keys = spec[1] if spec[0] == "dict" else None
+    opts, per_sample = step_options(
+        DEFAULT_RTOL if rtol is None else rtol,
+        DEFAULT_ATOL if atol is None else atol,
+        DEFAULT_MAX_STEPS if max_steps is None else max_steps,
+        options,
+        leaves,
+        keys,
+    )
+    return opts, per_sample, step_size
+
+
+def run_status(pb: Any) -> tuple[str, int, int]:
+    """``(status, accepted steps, rejected steps)`` of the adaptive run a solve left in
+    ``pb.run`` (per-sample runs: the largest count of one sample)."""
+    run = pb.run
+    if isinstance(run, Run):
+        return run.status, run.accepted, run.rejected
+    done = bool(run.done.all())
+    return ((SUCCESS if done else MAX_STEPS), int(run.accepted.max()), int(run.rejected.max()))
+
+
+def raise_unfinished(pb: Any) -> None:
+    """:func:`odeflow.odeint` has no status to report: an adaptive solve that stopped early
+    raises, naming the fix."""
+    status, accepted, rejected = run_status(pb)
+    if status == SUCCESS:
+        return
+    where = ""
+    if isinstance(pb.run, Run) and pb.run.steps:
+        last = pb.run.steps[-1]
+        where = f" at t = {last.t + last.h:.6g}"
+    if status == MAX_STEPS:
+        raise RuntimeError(
+            f"the adaptive solve stopped after max_steps={pb.adaptive.max_steps} attempted "
+            f"steps ({accepted} accepted, {rejected} rejected){where}; raise max_steps, loosen "
+            "rtol/atol, or call odeflow.solve for the partial trajectory (status "
+            "MAX_STEPS_REACHED)"
+        )
+    raise RuntimeError(
+        f"the adaptive solve's step size fell to the round-off of t{where} (a blow-up or a "
+        "stiff region?); check func, loosen rtol/atol, or call odeflow.solve for the partial "
+        "trajectory (status STEP_SIZE_TOO_SMALL)"
+    )

@@ -11,11 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from . import _tree
+from ._adaptive_solve import choose_steps, raise_unfinished, run_status
 from ._checks import _check_output_dtype, _check_params, _check_t, _check_y0, _steps_per_interval
 from ._compat import flat as _flat
 from ._compat import host as _host
 from ._field import _Field, _owning_module
-from ._gradient import Backprop, DiscreteAdjoint, GradientPolicy, _get_gradient
+from ._gradient import GradientPolicy, _get_gradient
 from ._precision import AdjointScaler, PrecisionPolicy, _outside_stacklevel, get_precision
 from ._problem import _Problem
 from ._solution import AdjointStats, Solution, SolveStatus
@@ -36,6 +37,10 @@ def _prepare(
     params,
     scaler,
     output_dtype,
+    rtol=None,
+    atol=None,
+    max_steps=None,
+    options=None,
 ) -> tuple[_Problem, list[Tensor], Tensor, GradientPolicy, list[Tensor]]:
     """Validate the inputs; the solve's problem, state leaves, times, policy and the tensors
     the gradient is taken for."""
@@ -61,7 +66,14 @@ def _prepare(
             UserWarning,
             stacklevel=_outside_stacklevel(),  # the caller's line, also through OTFlow etc.
         )
-    ms = _steps_per_interval(host, steps_per_interval, step_size, torch.finfo(t.dtype).eps)
+    adaptive, per_sample, step_size = choose_steps(
+        method, tab, rtol, atol, max_steps, options, steps_per_interval, step_size, leaves, spec,
+        pol.compute is torch.float16,
+    )  # fmt: skip
+    if adaptive is None:
+        ms = _steps_per_interval(host, steps_per_interval, step_size, torch.finfo(t.dtype).eps)
+    else:
+        ms = [1] * (len(host) - 1)  # (unused: the solver chooses the steps)
     plist = _check_params(func, params)
     if scaler is not None and not isinstance(scaler, AdjointScaler):
         raise TypeError(
@@ -84,6 +96,8 @@ def _prepare(
         scaler=scaler,
         hidden_check=params is None and _owning_module(func) is not None,
         closure_risk=params is None and not isinstance(func, nn.Module),
+        adaptive=adaptive,
+        per_sample=per_sample,
     )
     return pb, leaves, t, grad, plist
 
@@ -91,7 +105,7 @@ def _prepare(
 def _run(*args) -> tuple[_Problem, Tensor, Any]:
     """The problem, the times and the trajectory (the structure of ``y0``)."""
     pb, leaves, t, grad, plist = _prepare(*args)
-    outs = grad.solve(pb, t, leaves, plist)
+    outs = (grad.solve if pb.adaptive is None else grad.solve_steps)(pb, t, leaves, plist)
     return pb, t, _tree.unflatten(pb.spec, outs)
 
 
@@ -101,13 +115,17 @@ def odeint(
     t: Tensor,
     *,
     method: str | ButcherTableau = "rk4",
-    gradient: str | DiscreteAdjoint | Backprop = "adjoint",
+    gradient: str | GradientPolicy = "adjoint",
     precision: str | PrecisionPolicy = "fp32",
     steps_per_interval: int = 1,
     step_size: float | None = None,
     params: Sequence[Tensor] | None = None,
     scaler: AdjointScaler | None = None,
     output_dtype: torch.dtype | None = None,
+    rtol: float | Sequence | None = None,
+    atol: float | Sequence | None = None,
+    max_steps: int | None = None,
+    options: dict | None = None,
 ) -> Any:
     r"""Solve ``dy/dt = func(t, y)`` on a fixed grid, differentiable by the discrete adjoint.
 
@@ -228,7 +246,7 @@ def odeint(
         >>> ys[-1].sum().backward(); round(y0.grad.item(), 6)
         0.367879
     """
-    return _run(
+    pb, _, ys = _run(
         func,
         y0,
         t,
@@ -240,7 +258,14 @@ def odeint(
         params,
         scaler,
         output_dtype,
-    )[2]
+        rtol,
+        atol,
+        max_steps,
+        options,
+    )
+    if pb.run is not None:
+        raise_unfinished(pb)
+    return ys
 
 
 def solve(
@@ -249,13 +274,17 @@ def solve(
     t: Tensor,
     *,
     method: str | ButcherTableau = "rk4",
-    gradient: str | DiscreteAdjoint | Backprop = "adjoint",
+    gradient: str | GradientPolicy = "adjoint",
     precision: str | PrecisionPolicy = "fp32",
     steps_per_interval: int = 1,
     step_size: float | None = None,
     params: Sequence[Tensor] | None = None,
     scaler: AdjointScaler | None = None,
     output_dtype: torch.dtype | None = None,
+    rtol: float | Sequence | None = None,
+    atol: float | Sequence | None = None,
+    max_steps: int | None = None,
+    options: dict | None = None,
 ) -> Solution:
     r"""Like :func:`odeint` but return a :class:`Solution` (trajectory, NFE, steps, status).
 
@@ -297,15 +326,25 @@ def solve(
         params,
         scaler,
         output_dtype,
+        rtol,
+        atol,
+        max_steps,
+        options,
     )
     leaves = _tree.flatten(ys)[0]
     # (under vmap: the status of the whole batch)
     fin = all(_flat(_host(torch.stack([torch.isfinite(x.detach()).all() for x in leaves]).all())))
+    status = SolveStatus.SUCCESS if fin else SolveStatus.NONFINITE
+    steps, rejected = sum(pb.ms), 0
+    if pb.run is not None:  # adaptive: the solver's record
+        code, steps, rejected = run_status(pb)
+        status = SolveStatus(code) if code != "success" else status
     return Solution(
         ts=tt,
         ys=ys,
         nfe=pb.fld.nfe,
-        steps=sum(pb.ms),
-        status=SolveStatus.SUCCESS if fin else SolveStatus.NONFINITE,
+        steps=steps,
+        status=status,
         stats=pb.stats,
+        rejected=rejected,
     )

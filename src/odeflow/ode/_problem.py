@@ -44,6 +44,11 @@ class _Problem:
     # a plain callable without params=[...]: it may close over tensors requiring grad
     closure_risk: bool = False
     grid: _Grid | None = None
+    # adaptive steps: the step-size rule (a StepOptions; None: the fixed grid ``ms``), steps
+    # per sample of a batch, and the run's record (accepted steps, status) left by the solve
+    adaptive: Any = None
+    per_sample: bool = False
+    run: Any = None
 
     @property
     def func(self) -> Callable:

@@ -13,10 +13,15 @@ __all__ = ["AdjointStats", "Solution", "SolveStatus"]
 
 
 class SolveStatus(enum.Enum):
-    """Outcome of a fixed-grid solve."""
+    """Outcome of a solve: ``SUCCESS``; ``NONFINITE`` (inf/NaN in the trajectory);
+    ``MAX_STEPS_REACHED`` (an adaptive solve stopped after ``max_steps`` attempted steps, the
+    outputs it did not reach are NaN); ``STEP_SIZE_TOO_SMALL`` (an adaptive solve's step fell
+    to round-off of t, e.g. at a blow-up or a stiff transient)."""
 
     SUCCESS = "success"
     NONFINITE = "nonfinite"
+    MAX_STEPS_REACHED = "max_steps_reached"
+    STEP_SIZE_TOO_SMALL = "step_size_too_small"
 
 
 @dataclass
@@ -56,7 +61,9 @@ class Solution:
         ts: the output times ``(n,)``.
         ys: the trajectory, ``(n, *y0.shape)`` per leaf, same structure as ``y0``.
         nfe: function evaluations of the forward pass.
-        steps: RK steps taken.
+        steps: RK steps taken (adaptive: accepted steps; per-sample steps: the most
+            accepted by one sample).
+        rejected: rejected steps of an adaptive solve (per-sample: the most of one sample).
         status: :class:`SolveStatus` (``NONFINITE`` if the trajectory has inf/NaN).
         stats: :class:`AdjointStats`, filled when ``backward`` runs through ``ys``.
     """
@@ -67,6 +74,7 @@ class Solution:
     steps: int
     status: SolveStatus
     stats: AdjointStats = field(default_factory=AdjointStats)
+    rejected: int = 0
 
     @property
     def scale_history(self) -> Tensor | None:

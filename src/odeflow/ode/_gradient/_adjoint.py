@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .. import _graphs
+from .._adaptive_solve import steps_adjoint
 from .._compat import functorch_active
 from .._precision import AdjointScaler
 from .._problem import _integrate, _Problem
@@ -232,3 +233,14 @@ class DiscreteAdjoint(GradientPolicy):
                 return pb.outputs(_integrate(pb, t, leaves, None))
         run = _AdjointRun(pb, self.recompute, captured, scaler, self.checkpoints)
         return list(_AdjointFunction.apply(run, t, *leaves, *plist))
+
+    def solve_steps(self, pb: _Problem, t: Tensor, leaves: list[Tensor], plist: list[Tensor]):
+        """An adaptive solve, differentiable by the exact adjoint of its accepted steps
+        (whole steps rebuilt: ``recompute="stage"`` and ``cuda_graphs`` are fixed-grid
+        options)."""
+        if self != DiscreteAdjoint():
+            raise ValueError(
+                f"{self} applies to fixed grids; an adaptive solve's adjoint rebuilds whole "
+                "steps: pass gradient='adjoint' (or fixed steps with step_size=)"
+            )
+        return steps_adjoint(pb, t, leaves, plist)

@@ -1,11 +1,10 @@
-"""The continuous adjoint (optimize-then-discretize): the adjoint ODE solved backward."""
+"""The continuous adjoint (optimize-then-discretize): the adjoint ODE solved backward, with
+the state re-integrated backward (backsolve) or from per-step checkpoints; the policy is
+:class:`odeflow.ode.BacksolveAdjoint`."""
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -16,79 +15,7 @@ from ._embedded import EmbeddedTableau
 from ._interp import interpolate
 from ._tableaus import ButcherTableau
 
-__all__ = ["BacksolveAdjoint"]
-
-
-@dataclass(frozen=True)
-class BacksolveAdjoint:
-    r"""Gradient by the continuous adjoint: solve the adjoint ODE backward in time
-    (optimize-then-discretize, Pontryagin; the neural-ODE paper's adjoint method).
-
-    For ``y' = f(t, y, θ)`` and a loss ``L(y(t_0), …, y(t_N))`` the adjoint ``a(t) = ∂L/∂y(t)``
-    and the parameter gradient solve, backward from ``t_N`` with ``a(t_N) = ∂L/∂y_N`` and
-    ``g(t_N) = 0``,
-
-    .. math::
-        a' = -\Big(\frac{∂f}{∂y}\Big)^T a, \qquad g' = -\Big(\frac{∂f}{∂θ}\Big)^T a,
-        \qquad a(t_j^-) = a(t_j^+) + ∂L/∂y_j,
-
-    and ``∂L/∂y_0 = a(t_0)``, ``∂L/∂θ = g(t_0)``. The vector–Jacobian products are one
-    autograd call per evaluation; the forward pass keeps no graph. This gradient is not the
-    exact gradient of the computed solution (that is :class:`DiscreteAdjoint`): it converges
-    to the true gradient at the method's order (for fixed steps the difference from the
-    discrete adjoint falls as ``h^p``, tested).
-
-    Two ways to know the state on the way back:
-
-    * ``checkpoints=False`` (*backsolve*): ``y`` is re-integrated backward together with
-      ``(a, g)`` as one augmented system ``(y, a, g)``, with the forward's method and, for
-      an adaptive method, its tolerances (or ``rtol``/``atol`` here) on all three parts.
-      Memory: ``O(1)`` in the number of steps. The backward ``y`` is not the forward's: for
-      dissipative or stiff fields it can drift far from it (reconstruction error).
-    * ``checkpoints=True``: the forward pass stores the state at the start of each step;
-      the backward pass re-integrates each step forward from its checkpoint and solves the
-      adjoint ODE backward across it with the same method, reading ``y`` from the step's
-      dense output (the pair's interpolant, else cubic Hermite: one more evaluation per
-      step). No backward reconstruction of ``y``: the stable variant, at the memory of the
-      discrete adjoint (one state per step).
-
-    Args:
-        checkpoints: re-integrate the state from stored step states (``True``) or backward
-            with the adjoint (``False``, default).
-        rtol, atol: tolerances of the adjoint solve of the backsolve variant with an
-            adaptive method (default: the forward's).
-
-    Raises:
-        ValueError: for a non-positive or non-finite ``rtol``/``atol``.
-
-    Reference:
-        Chen, Rubanova, Bettencourt, Duvenaud, *Neural Ordinary Differential Equations*,
-        arXiv:1806.07366; Gholami, Keutzer, Biros, *ANODE*, arXiv:1902.10298 (the
-        reconstruction error and checkpointing); Zhuang et al., *Adaptive Checkpoint Adjoint*,
-        arXiv:2006.02493.
-
-    Example:
-        >>> BacksolveAdjoint(checkpoints=True)
-        BacksolveAdjoint(checkpoints=True, rtol=None, atol=None)
-    """
-
-    checkpoints: bool = False
-    rtol: float | None = None
-    atol: float | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.checkpoints, bool):
-            raise TypeError(f"checkpoints must be True or False, got {self.checkpoints!r}")
-        for name in ("rtol", "atol"):
-            v = getattr(self, name)
-            if v is not None and (
-                isinstance(v, bool)
-                or not isinstance(v, numbers.Real)
-                or not (math.isfinite(v) and v > 0)
-            ):
-                raise ValueError(
-                    f"BacksolveAdjoint: {name} must be a positive finite number, got {v!r}"
-                )
+__all__: list[str] = []
 
 
 def _vjp_field(f: Field, params: list[Tensor], n_leaf: int, with_y: bool):
@@ -122,7 +49,8 @@ def _seed(a: list[Tensor], gouts, j: int) -> list[Tensor]:
 
 
 class BacksolveFunction(torch.autograd.Function):
-    """Forward without a graph; backward by :class:`BacksolveAdjoint`."""
+    """Forward without a graph; backward by the continuous adjoint (``info["policy"]``: a
+    :class:`~odeflow.ode.BacksolveAdjoint`)."""
 
     @staticmethod
     def forward(ctx, info: dict, *tensors: Tensor):  # type: ignore[override]
@@ -157,7 +85,7 @@ def _backsolve(info: dict, run: Run, params: list[Tensor], gouts) -> tuple[list,
     a = _seed([torch.zeros_like(v) for v in y], gouts, last)
     g = [torch.zeros_like(p) for p in params]
     opts: StepOptions | None = info["opts"]
-    pol: BacksolveAdjoint = info["policy"]
+    pol = info["policy"]  # BacksolveAdjoint
     nfe = 0
     for j in range(last, 0, -1):
         z0 = y + a + g

@@ -72,6 +72,7 @@ class DiscreteAdjointOfSteps(torch.autograd.Function):
         run: Run = info["run"]
         f, tab, n_leaf = info["f"], info["tab"], info["n_leaf"]
         params = list(ctx.saved_tensors)
+        nfe0 = info["fld"].nfe
         first = run.outs[0]
         g = [torch.zeros_like(y) if go is None else go for go, y in zip(gouts, first)]
         lam = [torch.zeros_like(y) for y in first]
@@ -97,6 +98,7 @@ class DiscreteAdjointOfSteps(torch.autograd.Function):
                 if gp is not None:
                     pg[i] = gp if pg[i] is None else pg[i] + gp
         lam = [a + gl[0] for a, gl in zip(lam, g)]
+        info["stats"].nfe += info["fld"].nfe - nfe0
         return (None, *lam, *pg)
 
 

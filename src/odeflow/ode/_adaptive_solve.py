@@ -199,7 +199,7 @@ def steps_adjoint(pb: Any, t: Tensor, leaves: list[Tensor], plist: list[Tensor])
         pb.run = run
         return pb.outputs(outs)
     info = {"f": f, "tab": pb.tab, "t_out": host, "opts": pb.adaptive, "ms": None,
-            "n_leaf": len(y), "policy": None}  # fmt: skip
+            "n_leaf": len(y), "policy": None, "fld": pb.fld, "stats": pb.stats}  # fmt: skip
     outs = list(DiscreteAdjointOfSteps.apply(info, *y, *plist))
     pb.run = info["run"]
     return pb.outputs(outs)
@@ -223,7 +223,7 @@ def steps_backsolve(
         pb.run = run
         return pb.outputs(outs)
     info = {"f": f, "tab": pb.tab, "t_out": host, "opts": opts, "ms": ms,
-            "n_leaf": len(y), "policy": policy, "stats": pb.stats}  # fmt: skip
+            "n_leaf": len(y), "policy": policy, "fld": pb.fld, "stats": pb.stats}  # fmt: skip
     outs = list(BacksolveFunction.apply(info, *y, *plist))
     pb.run = info["run"]
     return pb.outputs(outs)

@@ -69,11 +69,13 @@ class BacksolveFunction(torch.autograd.Function):
         info = ctx.info
         params = list(ctx.saved_tensors)
         run: Run = info["run"]
+        nfe0 = info["fld"].nfe
         with torch.no_grad():
             if info["policy"].checkpoints:
                 a, g = _checkpointed(info, run, params, gouts)
             else:
                 a, g = _backsolve(info, run, params, gouts)
+        info["stats"].nfe += info["fld"].nfe - nfe0
         return (None, *a, *[gi if p.requires_grad else None for gi, p in zip(g, params)])
 
 
@@ -86,7 +88,6 @@ def _backsolve(info: dict, run: Run, params: list[Tensor], gouts) -> tuple[list,
     g = [torch.zeros_like(p) for p in params]
     opts: StepOptions | None = info["opts"]
     pol = info["policy"]  # BacksolveAdjoint
-    nfe = 0
     for j in range(last, 0, -1):
         z0 = y + a + g
         seg = [t_out[j], t_out[j - 1]]
@@ -102,11 +103,9 @@ def _backsolve(info: dict, run: Run, params: list[Tensor], gouts) -> tuple[list,
                 )
         else:
             r = integrate_fixed(aug, tab, seg, [info["ms"][j - 1]], z0)
-        nfe += r.nfe
         z = r.outs[-1]
         y, a, g = z[:n_leaf], z[n_leaf : 2 * n_leaf], z[2 * n_leaf :]
         a = _seed(a, gouts, j - 1)
-    info["backward_nfe"] = nfe
     return a, g
 
 

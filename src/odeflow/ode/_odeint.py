@@ -127,7 +127,8 @@ def odeint(
     max_steps: int | None = None,
     options: dict | None = None,
 ) -> Any:
-    r"""Solve ``dy/dt = func(t, y)`` on a fixed grid, differentiable by the discrete adjoint.
+    r"""Solve ``dy/dt = func(t, y)`` on a fixed grid or with adaptive steps, differentiable by
+    the discrete adjoint.
 
     Each step of size ``h`` is an explicit Runge–Kutta step
     ``y_{k+1} = y_k + h Σ_i b_i f(t_k + c_i h, y_k + h Σ_j a_ij k_j)``. With the default
@@ -135,6 +136,20 @@ def odeint(
     scheme, ``λ_k = λ_{k+1} + (∂Φ_k/∂y_k)^T λ_{k+1}`` (Φ_k the step map) with parameter and
     time gradients ``Σ_k (∂Φ_k/∂θ)^T λ_{k+1}``, ``(∂Φ_k/∂t)^T λ_{k+1}``; in exact arithmetic
     it equals backpropagation through the same steps.
+
+    Adaptive steps (``method="dopri5"``, ``"tsit5"``, ``"bosh3"``, ``"dopri8"`` or an
+    :class:`~odeflow.EmbeddedTableau`, torchdiffeq's calling convention: see
+    ``docs/ode-torchdiffeq.md``): each step's local error ``e = h Σ_i (b_i − b̂_i) k_i`` is
+    measured by the RMS norm of ``e / (atol + rtol·max(|y_n|, |y_{n+1}|))`` over all elements
+    of all leaves; a step with norm ``r ≤ 1`` is accepted and the next size comes from a
+    :class:`~odeflow.PIController` (``h_{n+1} = h_n · 0.9 r_n^{-0.17} r_{n-1}^{0.04}`` for a
+    5(4) pair, Hairer's DOPRI5 rule); the first step is Hairer's automatic choice. The times
+    ``t`` never shorten a step: outputs inside a step come from the pair's dense output
+    (``dopri5``, ``tsit5``: order 4), cubic Hermite (``bosh3``), or a partial step of the
+    method (``dopri8``). Step sizes are constants for the gradient: ``gradient="adjoint"``
+    is the exact adjoint of the accepted steps (backprop through the same steps, to
+    round-off), ``"backprop"`` autograd through them, :class:`~odeflow.BacksolveAdjoint`
+    the continuous adjoint. Times are host floats (float64); the loop syncs once per step.
 
     Mixed precision (``bf16``/``fp16``): stages run under ``torch.autocast`` on the state's
     device; the state update, adjoint and accumulators stay in the state dtype (fp32);
@@ -153,11 +168,14 @@ def odeint(
             converted to the state's precision (differentiably; float32 for a 16-bit state)
             before steps and stage times are formed from it, so ``func`` receives ``t`` in
             the state's dtype, as with torchdiffeq.
-        method: a name (``euler, midpoint, heun, ralston, rk3, ssprk3, rk4, rk38``) or a
-            :class:`ButcherTableau`. ``rk4`` is the classical method; torchdiffeq's ``rk4`` is
-            the 3/8 rule (``rk38`` here).
+        method: a fixed-step name (``euler, midpoint, heun, ralston, rk3, ssprk3, rk4,
+            rk38``), an embedded pair for adaptive steps (``bosh3, dopri5, tsit5, dopri8``) or a
+            :class:`ButcherTableau` / :class:`~odeflow.EmbeddedTableau`. ``rk4`` is the classical
+            method; torchdiffeq's ``rk4`` is the 3/8 rule (``rk38`` here). An embedded pair
+            with ``step_size`` or ``steps_per_interval`` takes fixed steps.
         gradient: ``"adjoint"`` (exact discrete adjoint, default), ``"backprop"``, or
-            :class:`DiscreteAdjoint` / :class:`Backprop`; ``DiscreteAdjoint(recompute="stage")``
+            :class:`DiscreteAdjoint` / :class:`Backprop` / :class:`~odeflow.BacksolveAdjoint`
+            (the continuous adjoint); ``DiscreteAdjoint(recompute="stage")``
             rebuilds one stage's graph at a time (less memory when a step's graph dominates,
             ``s − 1`` extra evaluations of ``func`` per step).
         precision: ``"fp32" | "tf32" | "bf16" | "fp16" | "fp64"`` or a :class:`PrecisionPolicy`.
@@ -180,13 +198,29 @@ def odeint(
             (default: a fresh one per call); ``AdjointScaler(dynamic=False)`` turns internal
             scaling off to pair with ``torch.amp.GradScaler``. Used only for fp16 + adjoint.
         output_dtype: dtype of the returned trajectory (default: ``y0``'s dtype).
+        rtol, atol: relative and absolute tolerances of adaptive steps (default ``1e-7`` and
+            ``1e-9``, torchdiffeq's): positive finite numbers, one per leaf (a tuple, or a dict
+            for a dict state), or tensors broadcast against a leaf. Giving them with a
+            fixed-step method is an error (the message lists the embedded pairs).
+        max_steps: the most attempted (accepted + rejected) adaptive steps, ``>= 1``
+            (default 10 000); beyond it ``odeint`` raises and :func:`solve` returns status
+            ``MAX_STEPS_REACHED``.
+        options: adaptive options: ``controller`` (a :class:`~odeflow.PIController`),
+            ``first_step``, ``max_step``, ``per_sample_steps`` (``True``: each sample along
+            dim 0 of every leaf takes its own steps, torchode-style, ``func`` then receives
+            ``t`` of shape ``(batch,)``; differentiable with ``gradient="backprop"``), and
+            torchdiffeq's ``first_step, safety, ifactor, dfactor, max_num_steps, dtype`` and
+            ``step_size`` (fixed steps).
 
     Returns:
         The trajectory ``(n, *y0.shape)`` (per leaf, same structure as ``y0``), ``ys[0]``
         equal to ``y0``, in ``output_dtype`` or ``y0``'s dtype.
 
     Raises:
-        ValueError: ``t`` not 1-D, fewer than two points, not strictly monotone, non-finite,
+        ValueError: ``rtol``/``atol`` non-positive or non-finite, ``max_steps < 1``, adaptive
+            arguments with a method without an embedded error estimate, an unknown option, or
+            ``t`` requiring grad in an adaptive solve (time gradients: fixed steps);
+            ``t`` not 1-D, fewer than two points, not strictly monotone, non-finite,
             or on another device than ``y0``; ``y0`` non-finite; ``func`` output of the wrong
             shape, or ``func`` modifying its input ``y`` in place; tensors requiring grad
             that the adjoint cannot see (see ``params``); a grid of more than 10⁷ steps;
@@ -196,7 +230,8 @@ def odeint(
             ``output_dtype``.
         FloatingPointError: fp16 adjoint overflow that scaling cannot recover.
         RuntimeError: (autograd's) ``y0`` or a parameter changed in place between the solve
-            and its backward pass.
+            and its backward pass; an adaptive solve that reached ``max_steps`` or whose step
+            fell to round-off (use :func:`solve` for the partial trajectory and its status).
 
     Higher-order gradients (``create_graph=True``) work with every gradient mode; through
     the discrete adjoint they replay the solve with a graph (see :class:`DiscreteAdjoint`).
@@ -245,6 +280,15 @@ def odeint(
         (0.367879, torch.Size([3, 1]))
         >>> ys[-1].sum().backward(); round(y0.grad.item(), 6)
         0.367879
+
+        Adaptive steps, torchdiffeq's way (the gradient: the adjoint of the accepted steps):
+
+        >>> y0 = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+        >>> ys = odeflow.odeint(lambda t, y: -y, y0, t, method="dopri5", rtol=1e-8, atol=1e-10)
+        >>> round(ys[-1].item(), 8)
+        0.36787944
+        >>> ys[-1].sum().backward(); round(y0.grad.item(), 8)
+        0.36787944
     """
     pb, _, ys = _run(
         func,
@@ -288,6 +332,8 @@ def solve(
 ) -> Solution:
     r"""Like :func:`odeint` but return a :class:`Solution` (trajectory, NFE, steps, status).
 
+    ``steps`` counts the RK steps (adaptive: the accepted ones, ``rejected`` the others) and
+    ``status`` says how an adaptive solve ended (:class:`SolveStatus`).
     ``nfe`` counts every call of ``func`` in the forward pass, including the one extra call
     made when ``func`` is a plain callable (not an ``nn.Module``), ``params`` is not given and
     grad mode is on: it checks that ``func`` does not close over tensors requiring grad.
@@ -296,7 +342,7 @@ def solve(
 
     Args:
         func, y0, t, method, gradient, precision, steps_per_interval, step_size, params,
-        scaler, output_dtype: exactly as in :func:`odeint`.
+        scaler, output_dtype, rtol, atol, max_steps, options: exactly as in :func:`odeint`.
 
     Returns:
         A :class:`Solution`.
@@ -313,6 +359,10 @@ def solve(
         ...                     steps_per_interval=4)
         >>> sol.nfe, sol.steps, sol.status.value  # 4 steps x 4 stages + 1 closure check
         (17, 4, 'success')
+        >>> sol = odeflow.solve(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0]),
+        ...                     method="dopri5", rtol=1e-6, atol=1e-6, max_steps=3)
+        >>> sol.status.value, sol.steps, bool(sol.ys[-1].isnan().all())
+        ('max_steps_reached', 3, True)
     """
     pb, tt, ys = _run(
         func,

@@ -136,7 +136,8 @@ def integrate_per_sample(
     if opts.first_step is not None:
         h = torch.full_like(t, min(opts.first_step, abs(t_end - t0)))
     else:
-        h = _first_step(fb, tab, t, y, f0, d, opts)
+        with torch.no_grad():  # (step sizes are constants for the gradient)
+            h = _first_step(fb, tab, t, y, f0, d, opts)
     h = h.clamp(max=min(opts.max_step, abs(t_end - t0)))
     outs = [list(y0)] + [[torch.full_like(v, float("nan")) for v in y0] for _ in t_out[1:]]
     done = torch.zeros(B, dtype=torch.bool, device=dev)

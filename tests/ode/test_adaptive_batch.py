@@ -30,7 +30,7 @@ def test_each_sample_as_if_solved_alone(method):
         alone = odeflow.solve(lambda t, y: _field(t.expand(1), y), Y0[b : b + 1], T,
                               method=method, rtol=1e-5, atol=1e-7)  # fmt: skip
         steps.append(alone.steps)
-        assert (batch.ys[:, b] - alone.ys[:, 0]).abs().max() < 1e-12
+        assert (batch.ys[:, b] - alone.ys[:, 0]).abs().max() < 1e-10  # the same steps: round-off
     assert batch.steps == max(steps)
     joint = odeflow.solve(lambda t, y: _field(t.expand(len(Y0)), y), Y0, T, method=method,
                           rtol=1e-5, atol=1e-7)  # fmt: skip

@@ -84,3 +84,27 @@ def test_time_gradients_are_refused_with_adaptive_steps():
     y0 = torch.ones(1, dtype=D64, requires_grad=True)
     with pytest.raises(ValueError, match="output times t"):
         odeflow.odeint(lambda t, y: -y, y0, t, method="dopri5")
+
+
+def test_random_fields_are_refused_by_the_rebuilding_adjoints():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)).double()
+    y0 = torch.ones(3, 2, dtype=D64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5], dtype=D64)
+    for gradient in ("adjoint", odeflow.BacksolveAdjoint()):
+        with pytest.raises(ValueError, match="drew random numbers"):
+            odeflow.odeint(lambda t, y: net(y), y0, t, method="dopri5", gradient=gradient,
+                           params=list(net.parameters()))  # fmt: skip
+    net.eval()  # deterministic: fine
+    ys = odeflow.odeint(lambda t, y: net(y), y0, t, method="dopri5",
+                        params=list(net.parameters()))  # fmt: skip
+    assert ys.requires_grad
+
+
+def test_tensor_tolerances_must_broadcast_to_their_leaf():
+    y0 = torch.ones(4, 2, dtype=D64)
+    t = torch.tensor([0.0, 1.0], dtype=D64)
+    ys = odeflow.odeint(lambda t, y: -y, y0, t, method="dopri5",
+                        atol=torch.tensor([1e-9, 1e-3], dtype=D64))  # fmt: skip
+    assert (ys[-1] - math.exp(-1)).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="does not broadcast"):
+        odeflow.odeint(lambda t, y: -y, y0, t, method="dopri5", atol=torch.full((3,), 1e-6))

@@ -17,6 +17,7 @@ from ._compat import functorch_active
 from ._continuous import BacksolveFunction
 from ._controller import PIController, check_tolerance
 from ._embedded import EmbeddedTableau, get_embedded
+from ._field import _rng_state
 from ._per_sample import integrate_per_sample
 from ._tableaus import ButcherTableau
 from ._walk import _attribute_check, _closure_check
@@ -63,8 +64,8 @@ def step_options(
     (``options`` takes odeflow's ``controller``, ``first_step``, ``max_step``,
     ``per_sample_steps`` and the names of torchdiffeq's options listed in
     :data:`TORCHDIFFEQ_OPTIONS`), and whether steps are chosen per sample."""
-    rt = check_tolerance("rtol", rtol, len(leaves), keys)
-    at = check_tolerance("atol", atol, len(leaves), keys)
+    rt = _on_leaves("rtol", check_tolerance("rtol", rtol, len(leaves), keys), leaves)
+    at = _on_leaves("atol", check_tolerance("atol", atol, len(leaves), keys), leaves)
     if not isinstance(options, dict | None):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
     opts = dict(options or {})
@@ -104,6 +105,25 @@ def step_options(
             "docs/ode-torchdiffeq.md)"
         )
     return StepOptions(rt, at, ctrl, first, max_step, max_steps), per_sample
+
+
+def _on_leaves(name: str, tols: list, leaves: list[Tensor]) -> list:
+    """Tensor tolerances on their leaf's device and dtype, checked to broadcast to it."""
+    out = []
+    for i, (v, y) in enumerate(zip(tols, leaves)):
+        if isinstance(v, Tensor):
+            try:
+                ok = torch.broadcast_shapes(v.shape, y.shape) == y.shape
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"{name} for leaf {i} has shape {tuple(v.shape)}, which does not broadcast "
+                    f"to the leaf's shape {tuple(y.shape)}"
+                )
+            v = v.to(y.device, torch.float32 if y.dtype.itemsize < 4 else y.dtype)
+        out.append(v)
+    return out
 
 
 def _length(x: Any, name: str, allow_none: bool = False) -> Any:
@@ -154,6 +174,18 @@ def _refuse_per_sample(pb: Any, needs: bool, who: str) -> None:
         )
 
 
+def _refuse_draws(pb: Any, before: Any, who: str) -> None:
+    """These adjoints re-evaluate ``func`` without replaying its random draws: a field that
+    draws (dropout in training mode) would get the gradient of another function."""
+    if _rng_state(pb.fld.device) != before:
+        raise ValueError(
+            f"func drew random numbers (e.g. dropout in training mode), but {who} re-evaluates "
+            "it without replaying them and would differentiate another function: use "
+            "gradient='backprop', func.eval(), or fixed steps (whose discrete adjoint replays "
+            "the draws)"
+        )
+
+
 def _guard(pb: Any, t: Tensor, leaves: list[Tensor], plist: list[Tensor], who: str) -> bool:
     """Checks shared by the adjoints; whether a gradient is needed."""
     needs = _needs(t, leaves, plist)
@@ -200,7 +232,9 @@ def steps_adjoint(pb: Any, t: Tensor, leaves: list[Tensor], plist: list[Tensor])
         return pb.outputs(outs)
     info = {"f": f, "tab": pb.tab, "t_out": host, "opts": pb.adaptive, "ms": None,
             "n_leaf": len(y), "policy": None, "fld": pb.fld, "stats": pb.stats}  # fmt: skip
+    rng = _rng_state(pb.fld.device)
     outs = list(DiscreteAdjointOfSteps.apply(info, *y, *plist))
+    _refuse_draws(pb, rng, "the discrete adjoint of an adaptive solve")
     pb.run = info["run"]
     return pb.outputs(outs)
 
@@ -224,7 +258,9 @@ def steps_backsolve(
         return pb.outputs(outs)
     info = {"f": f, "tab": pb.tab, "t_out": host, "opts": opts, "ms": ms,
             "n_leaf": len(y), "policy": policy, "fld": pb.fld, "stats": pb.stats}  # fmt: skip
+    rng = _rng_state(pb.fld.device)
     outs = list(BacksolveFunction.apply(info, *y, *plist))
+    _refuse_draws(pb, rng, "BacksolveAdjoint")
     pb.run = info["run"]
     return pb.outputs(outs)
 

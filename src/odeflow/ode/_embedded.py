@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -152,7 +153,7 @@ class EmbeddedTableau(ButcherTableau):
         """``b − b̂``: the local error estimate is ``h Σ_i (b_i − b̂_i) k_i``."""
         return tuple(x - y for x, y in zip(self.b, self.b_low))
 
-    @property
+    @functools.cached_property
     def fsal(self) -> bool:
         """First same as last: the last stage is ``f(t + h, y_+)``, reused by the next step."""
         s = self.stages

@@ -18,7 +18,7 @@ def combine(y: list[Tensor], ks: Sequence[list[Tensor]], h: float, w: Sequence[f
         acc = yl
         for j, wj in enumerate(w):
             if wj != 0.0 and j < len(ks):
-                acc = acc + (h * wj) * ks[j][leaf]
+                acc = acc.add(ks[j][leaf], alpha=h * wj)  # (one fused kernel per term)
         out.append(acc)
     return out
 

@@ -92,3 +92,14 @@ def test_bad_backsolve_arguments():
         BacksolveAdjoint(atol=float("nan"))
     with pytest.raises(TypeError, match="checkpoints must be True or False"):
         BacksolveAdjoint(checkpoints="yes")
+
+
+def test_refusals_time_gradients_and_torch_func():
+    y0 = torch.ones(2, dtype=D64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=D64, requires_grad=True)
+    with pytest.raises(ValueError, match="output times t"):
+        odeflow.odeint(lambda t, y: -y, y0, t, steps_per_interval=4, gradient=BacksolveAdjoint())
+    with pytest.raises(ValueError, match=r"torch\.func transforms"):
+        torch.func.grad(
+            lambda y: odeflow.odeint(lambda t, y: -y, y, t.detach(), method="dopri5")[-1].sum()
+        )(torch.ones(2, dtype=D64))

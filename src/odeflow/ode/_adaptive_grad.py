@@ -120,6 +120,6 @@ def check_no_time_grad(t: Any, what: str) -> None:
     if isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled():
         raise ValueError(
             f"{what} does not differentiate with respect to the output times t; pass "
-            "t.detach(), or use fixed steps (step_size= or steps_per_interval=), whose "
-            "discrete adjoint gives time gradients"
+            "t.detach(), or use gradient='adjoint' (or 'backprop') on fixed steps "
+            "(step_size= or steps_per_interval=), which differentiates in t"
         )

@@ -191,12 +191,11 @@ def _guard(pb: Any, t: Tensor, leaves: list[Tensor], plist: list[Tensor], who: s
     needs = _needs(t, leaves, plist)
     if needs and functorch_active():
         raise ValueError(
-            f"{who} with steps chosen by the solver does not run under torch.func transforms "
-            "(its step sizes are host decisions); use fixed steps (step_size=), or call "
-            "odeint outside the transform"
+            f"{who} does not run under torch.func transforms (adaptive step sizes are host "
+            "decisions); use gradient='adjoint' on fixed steps (step_size=), or call odeint "
+            "outside the transform"
         )
-    if needs:
-        check_no_time_grad(t, who + " on steps chosen by the solver")
+    check_no_time_grad(t, who)
     if torch.is_grad_enabled():
         _attribute_check(pb, t, leaves, plist)
         if pb.closure_risk:
@@ -207,8 +206,7 @@ def _guard(pb: Any, t: Tensor, leaves: list[Tensor], plist: list[Tensor], who: s
 def steps_backprop(pb: Any, t: Tensor, leaves: list[Tensor]) -> list[Tensor]:
     """An adaptive solve (``pb.adaptive``) differentiated by autograd through the accepted
     steps (the controller's decisions carry no graph)."""
-    if _needs(t, leaves, []):
-        check_no_time_grad(t, "gradient='backprop' on steps chosen by the solver")
+    check_no_time_grad(t, "gradient='backprop' on steps chosen by the solver")
     f, host, y = _setup(pb, t, leaves)
     if pb.per_sample:
         return pb.outputs(_per_sample(pb, f, host, y))
@@ -219,7 +217,7 @@ def steps_backprop(pb: Any, t: Tensor, leaves: list[Tensor]) -> list[Tensor]:
 
 def steps_adjoint(pb: Any, t: Tensor, leaves: list[Tensor], plist: list[Tensor]) -> list[Tensor]:
     """An adaptive solve differentiated by the exact discrete adjoint of its accepted steps."""
-    needs = _guard(pb, t, leaves, plist, "the discrete adjoint")
+    needs = _guard(pb, t, leaves, plist, "the discrete adjoint on steps chosen by the solver")
     _refuse_per_sample(pb, needs, "the discrete adjoint")
     f, host, y = _setup(pb, t, leaves)
     if pb.per_sample:
@@ -244,7 +242,7 @@ def steps_backsolve(
 ) -> list[Tensor]:
     """A solve (adaptive, or on ``pb``'s fixed grid) differentiated by the continuous
     adjoint ``policy`` (a :class:`~odeflow.ode.BacksolveAdjoint`)."""
-    needs = _guard(pb, t, leaves, plist, "BacksolveAdjoint")
+    needs = _guard(pb, t, leaves, plist, "BacksolveAdjoint")  # (also on fixed grids)
     _refuse_per_sample(pb, needs, "BacksolveAdjoint")
     f, host, y = _setup(pb, t, leaves)
     opts, ms = (pb.adaptive, None) if adaptive else (None, pb.ms)

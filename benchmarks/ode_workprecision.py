@@ -15,7 +15,10 @@ warm-up solve (no gradients).
 Solvers: odeflow bosh3 / dopri5 / tsit5 / dopri8 (odeflow.solve(method=..., rtol, atol));
 torchdiffeq dopri5 / dopri8 (odeint); torchode tsit5 / dopri5 (AutoDiffAdjoint with an
 IntegralController; skipped when torchode does not import); scipy solve_ivp RK45 / DOP853
-(the neural ODE as numpy calls of the same network).
+(the neural ODE as numpy calls of the same network). On the batched neural ODE also
+per-sample steps: odeflow tsit5 with options={"per_sample_steps": True} against torchode
+tsit5 solving the 256 samples as independent problems (its batch semantics).
+Quick mode: rtol = atol in {1e-4, 1e-6, 1e-8} (bosh3 not below 1e-6), one timed repeat.
 
 Usage:
   python benchmarks/ode_workprecision.py --quick                 # ~1-2 minutes on a CPU
@@ -114,11 +117,13 @@ class Counted:
         return self.f(t, y)
 
 
-def run_odeflow(method):
+def run_odeflow(method, per_sample=False):
+    opts = {"per_sample_steps": True} if per_sample else None
+
     def go(f, y0, T, tol):
         fc = Counted(f)
         sol = odeflow.solve(fc, y0, torch.tensor([0.0, T], dtype=D64), method=method,
-                            rtol=tol, atol=tol, max_steps=10**6)  # fmt: skip
+                            rtol=tol, atol=tol, max_steps=10**6, options=opts)  # fmt: skip
         return sol.ys[-1], fc.n
 
     return go
@@ -136,19 +141,23 @@ def run_torchdiffeq(method):
     return go
 
 
-def run_torchode(method):
+def run_torchode(method, per_sample=False):
     import torchode as to
 
     def go(f, y0, T, tol):
         fc = Counted(f)
-        flat = y0.reshape(1, -1)  # one system (torchode's batch is independent problems)
-        term = to.ODETerm(lambda t, y: fc(t, y.reshape(y0.shape)).reshape(1, -1))
+        # one system, or (per_sample) torchode's batch of independent problems
+        flat = y0 if per_sample else y0.reshape(1, -1)
+        if per_sample:
+            term = to.ODETerm(lambda t, y: fc(t, y))
+        else:
+            term = to.ODETerm(lambda t, y: fc(t, y.reshape(y0.shape)).reshape(1, -1))
         step = {"tsit5": to.Tsit5, "dopri5": to.Dopri5}[method](term=term)
         ctrl = to.IntegralController(atol=tol, rtol=tol, term=term)
         solver = to.AutoDiffAdjoint(step, ctrl)
-        sol = solver.solve(to.InitialValueProblem(
-            y0=flat, t_eval=torch.tensor([[0.0, T]], dtype=D64)))  # fmt: skip
-        return sol.ys[0, -1].reshape(y0.shape), fc.n
+        t_eval = torch.tensor([[0.0, T]], dtype=D64).expand(flat.shape[0], 2)
+        sol = solver.solve(to.InitialValueProblem(y0=flat, t_eval=t_eval))
+        return sol.ys[:, -1].reshape(y0.shape), fc.n
 
     return go
 
@@ -169,6 +178,7 @@ def run_scipy(method):
 
 def solvers() -> dict:
     out = {f"odeflow-{m}": run_odeflow(m) for m in ("bosh3", "dopri5", "tsit5", "dopri8")}
+    out["odeflow-tsit5-per-sample"] = run_odeflow("tsit5", per_sample=True)
     try:
         import torchdiffeq  # noqa: F401
 
@@ -179,6 +189,7 @@ def solvers() -> dict:
         import torchode  # noqa: F401
 
         out |= {f"torchode-{m}": run_torchode(m) for m in ("tsit5", "dopri5")}
+        out["torchode-tsit5-per-sample"] = run_torchode("tsit5", per_sample=True)
     except Exception as e:  # torchode's dependencies (torchtyping, ...) may be missing
         print(f"torchode not importable ({type(e).__name__}: {e}): skipped", file=sys.stderr)
     out |= {f"scipy-{m}": run_scipy(m) for m in ("RK45", "DOP853")}
@@ -232,7 +243,8 @@ def nfe_table(rows) -> list[dict]:
     """odeflow's NFE over each peer's at the same problem and tolerance."""
     pairs = [("odeflow-dopri5", "torchdiffeq-dopri5"), ("odeflow-dopri8", "torchdiffeq-dopri8"),
              ("odeflow-tsit5", "torchode-tsit5"), ("odeflow-dopri5", "torchode-dopri5"),
-             ("odeflow-dopri5", "scipy-RK45"), ("odeflow-dopri8", "scipy-DOP853")]  # fmt: skip
+             ("odeflow-dopri5", "scipy-RK45"), ("odeflow-dopri8", "scipy-DOP853"),
+             ("odeflow-tsit5-per-sample", "torchode-tsit5-per-sample")]  # fmt: skip
     index = {(r["problem"], r["solver"], r["rtol"]): r for r in rows}
     out = []
     for ours, peer in pairs:
@@ -264,7 +276,11 @@ def main() -> int:
         f, y0, T = probs[name]
         ref = reference(name, f, y0, T)
         for sol, go in runners.items():
+            if sol.endswith("per-sample") and name != "node":
+                continue  # (per-sample steps: the batched problem only)
             for tol in tols:
+                if args.quick and sol == "odeflow-bosh3" and tol < 1e-6:
+                    continue  # (thousands of steps; bosh3 has no peer here)
                 r = measure(go, f, y0, T, tol, ref, repeats)
                 rows.append({"problem": name, "solver": sol, "rtol": tol, "atol": tol, **r})
                 print(f"{name:10s} {sol:20s} tol={tol:.0e}  err={r['error']:.2e}  "

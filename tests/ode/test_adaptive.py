@@ -134,6 +134,10 @@ BAD = [
     (dict(max_steps=2.5), TypeError, "max_steps must be an int"),
     (dict(method="rk4", rtol=1e-6), ValueError, "bosh3, dopri5, tsit5, dopri8"),
     (dict(method="euler", atol=1e-6), ValueError, "no embedded error estimate"),
+    (dict(method=odeflow.ode.TABLEAUS["rk4"], max_steps=10), ValueError, "bosh3, dopri5"),
+    (dict(rtol=1e-6, step_size=0.1), ValueError, "give one or the other"),
+    (dict(options={"step_size": 0.1}, step_size=0.1), ValueError, "give step_size once"),
+    (dict(options=[("first_step", 0.1)]), TypeError, "options must be a dict"),
     (dict(options={"norm": max}), ValueError, "torchdiffeq's, not supported"),
     (dict(options={"grid": 1}), ValueError, "unknown option 'grid'"),
     (dict(options={"first_step": -0.1}), ValueError, "first_step"),
@@ -163,3 +167,12 @@ def test_bad_input(kwargs, err, match):
 def test_bad_controller(kw, match):
     with pytest.raises(ValueError, match=match):
         PIController(**kw)
+
+
+def test_embedded_pair_with_fixed_steps_and_torchdiffeq_step_size_option():
+    # an embedded pair given step_size takes fixed steps (torchdiffeq's options spelling too)
+    t = torch.tensor([0.0, 1.0], dtype=D64)
+    a = odeflow.solve(_expsin, torch.ones(1, dtype=D64), t, method="dopri5", step_size=0.25)
+    b = odeflow.solve(_expsin, torch.ones(1, dtype=D64), t, method="dopri5",
+                      options={"step_size": 0.25})  # fmt: skip
+    assert a.steps == b.steps == 4 and torch.equal(a.ys, b.ys)

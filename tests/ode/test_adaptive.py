@@ -115,6 +115,8 @@ def test_torchdiffeq_options_and_controller():
     a = odeflow.solve(_vdp, y0, t, method="dopri5", options={"first_step": 1e-6})
     b = odeflow.solve(_vdp, y0, t, method="dopri5")
     assert a.steps > b.steps  # a tiny first step takes steps to grow (at most 10x per step)
+    big = odeflow.solve(_vdp, y0, t, method="dopri5", options={"first_step": 3.0})
+    assert big.rejected >= 1 and big.status is odeflow.ode.SolveStatus.SUCCESS
     c = odeflow.solve(_vdp, y0, t, method="dopri5", options={"ifactor": 1.2, "safety": 0.5})
     assert c.steps > b.steps  # a shy controller takes more steps
     pi = odeflow.solve(_vdp, y0, t, method="dopri5", options={"controller": PIController(0.0, 1.0)})
@@ -176,3 +178,13 @@ def test_embedded_pair_with_fixed_steps_and_torchdiffeq_step_size_option():
     b = odeflow.solve(_expsin, torch.ones(1, dtype=D64), t, method="dopri5",
                       options={"step_size": 0.25})  # fmt: skip
     assert a.steps == b.steps == 4 and torch.equal(a.ys, b.ys)
+
+
+def test_blow_up_ends_with_step_size_too_small():
+    # y' = y², y(0) = 1 blows up at t = 1: the steps shrink to the round-off of t there
+    t = torch.tensor([0.0, 0.5, 2.0], dtype=D64)
+    sol = odeflow.solve(lambda t, y: y * y, torch.ones(1, dtype=D64), t, method="dopri5")
+    assert sol.status is odeflow.ode.SolveStatus.STEP_SIZE_TOO_SMALL
+    assert abs(sol.ys[1].item() - 2.0) < 1e-6 and torch.isnan(sol.ys[2]).all()
+    with pytest.raises(RuntimeError, match="round-off of t at t = 1"):
+        odeflow.odeint(lambda t, y: y * y, torch.ones(1, dtype=D64), t, method="dopri5")

@@ -94,6 +94,8 @@ def _backsolve(info: dict, run: Run, params: list[Tensor], gouts) -> tuple[list,
         if opts is not None:
             rt = [pol.rtol] * len(z0) if pol.rtol is not None else _extend(opts.rtol, n_leaf, z0)
             at = [pol.atol] * len(z0) if pol.atol is not None else _extend(opts.atol, n_leaf, z0)
+            if pol.seminorm:  # the error norm over (y, a) only: g never feeds back
+                rt, at = rt[: 2 * n_leaf], at[: 2 * n_leaf]
             bo = StepOptions(rt, at, opts.controller, None, opts.max_step, opts.max_steps)
             r = integrate_adaptive(aug, tab, seg, z0, bo)  # type: ignore[arg-type]
             if r.status != "success":

@@ -145,11 +145,12 @@ def error_ratio(
     err: list[Tensor], y0: list[Tensor], y1: list[Tensor], rtol: list[Tol], atol: list[Tol]
 ) -> Tensor:
     r"""``sqrt(mean_i (e_i / (atol + rtol·max(|y0_i|, |y1_i|)))²)`` over the elements of all
-    leaves (one RMS norm over the whole state), a 0-d tensor (no gradient)."""
+    leaves that have tolerances (one RMS norm over the whole state; fewer tolerances than
+    leaves leave the trailing leaves out: a seminorm), a 0-d tensor (no gradient)."""
     total = None
     count = 0
     with torch.no_grad():
-        for e, a, b, rt, at in zip(err, y0, y1, rtol, atol):
+        for e, a, b, rt, at in zip(err, y0, y1, rtol, atol):  # (stops at the tolerances)
             sc = torch.maximum(a.abs(), b.abs()).mul_(rt).add_(at)
             q = (e / sc).square().sum()
             total = q if total is None else total + q
@@ -158,10 +159,11 @@ def error_ratio(
 
 
 def rms_scaled(x: list[Tensor], scale: list[Tensor]) -> float:
-    """``‖x / scale‖_RMS`` over all elements of all leaves, as a float (one sync)."""
+    """``‖x / scale‖_RMS`` over all elements of the leaves that have a scale, as a float (one
+    sync)."""
     with torch.no_grad():
         tot = sum((u / s).square().sum() for u, s in zip(x, scale))
-        n = sum(u.numel() for u in x)
+        n = sum(u.numel() for u, _ in zip(x, scale))
         return math.sqrt(float(tot) / max(n, 1))
 
 

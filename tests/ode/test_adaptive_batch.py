@@ -57,10 +57,28 @@ def test_backprop_through_per_sample_steps():
     assert abs(gw - sum(g[1] for g in grads)) < 1e-10 * abs(gw)
 
 
+@pytest.mark.parametrize("method", ["tsit5", "dopri8"])  # (dense output; partial steps)
+def test_discrete_adjoint_of_per_sample_steps_equals_backprop(method):
+    w = torch.tensor(0.7, dtype=D64, requires_grad=True)
+
+    def grads(gradient):
+        y0 = Y0.clone().requires_grad_()
+        ys = odeflow.odeint(lambda t, y: _field(t, y) * w, y0, T, method=method, rtol=1e-3,
+                            atol=1e-5, gradient=gradient, params=[w],
+                            options=PER_SAMPLE)  # fmt: skip
+        wts = torch.linspace(-1, 1, ys.numel(), dtype=D64).reshape(ys.shape)
+        gs = torch.autograd.grad((ys * wts).sum() + ys[-1].square().sum(), [y0, w])
+        return torch.cat([g.flatten() for g in gs])
+
+    ga, gb = grads("adjoint"), grads("backprop")
+    assert (ga - gb).abs().max() <= 1e-10 * gb.abs().max()
+
+
 def test_per_sample_refusals():
     y0 = Y0.clone().requires_grad_()
-    with pytest.raises(ValueError, match="gradient='backprop'"):
-        odeflow.odeint(_field, y0, T, method="dopri5", options=PER_SAMPLE)
+    with pytest.raises(ValueError, match="gradient='adjoint'"):
+        odeflow.odeint(_field, y0, T, method="dopri5", options=PER_SAMPLE,
+                       gradient=odeflow.BacksolveAdjoint())  # fmt: skip
     with pytest.raises(ValueError, match="batched along dim 0 with one batch size"):
         odeflow.odeint(lambda t, y: (-y[0], -y[1]), (torch.ones(3), torch.ones(2)), T,
                        method="dopri5", options=PER_SAMPLE)  # fmt: skip

@@ -18,7 +18,7 @@ from ._continuous import BacksolveFunction
 from ._controller import PIController, check_tolerance
 from ._embedded import EmbeddedTableau, get_embedded
 from ._field import _rng_state
-from ._per_sample import integrate_per_sample
+from ._per_sample import PerSampleAdjoint, integrate_per_sample
 from ._tableaus import ButcherTableau
 from ._walk import _attribute_check, _closure_check
 
@@ -169,8 +169,8 @@ def _refuse_per_sample(pb: Any, needs: bool, who: str) -> None:
     if needs and pb.per_sample:
         raise ValueError(
             f"{who} does not differentiate per-sample steps (options={{'per_sample_steps': "
-            "True}); pass gradient='backprop' (autograd through the masked steps), or solve "
-            "the batch as one system"
+            "True}); pass gradient='adjoint' (the exact adjoint of the masked steps) or "
+            "'backprop', or solve the batch as one system"
         )
 
 
@@ -218,8 +218,15 @@ def steps_backprop(pb: Any, t: Tensor, leaves: list[Tensor]) -> list[Tensor]:
 def steps_adjoint(pb: Any, t: Tensor, leaves: list[Tensor], plist: list[Tensor]) -> list[Tensor]:
     """An adaptive solve differentiated by the exact discrete adjoint of its accepted steps."""
     needs = _guard(pb, t, leaves, plist, "the discrete adjoint on steps chosen by the solver")
-    _refuse_per_sample(pb, needs, "the discrete adjoint")
     f, host, y = _setup(pb, t, leaves)
+    if pb.per_sample and needs:
+        info = {"f": f, "tab": pb.tab, "t_out": host, "opts": pb.adaptive, "n_leaf": len(y),
+                "fld": pb.fld, "stats": pb.stats}  # fmt: skip
+        rng = _rng_state(pb.fld.device)
+        outs = list(PerSampleAdjoint.apply(info, *y, *plist))
+        _refuse_draws(pb, rng, "the discrete adjoint of an adaptive solve")
+        pb.run = info["run"]
+        return pb.outputs(outs)
     if pb.per_sample:
         with torch.no_grad():
             return pb.outputs(_per_sample(pb, f, host, y))

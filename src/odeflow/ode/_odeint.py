@@ -208,7 +208,8 @@ def odeint(
         options: adaptive options: ``controller`` (a :class:`~odeflow.PIController`),
             ``first_step``, ``max_step``, ``per_sample_steps`` (``True``: each sample along
             dim 0 of every leaf takes its own steps, torchode-style, ``func`` then receives
-            ``t`` of shape ``(batch,)``; differentiable with ``gradient="backprop"``), and
+            ``t`` of shape ``(batch,)``; differentiable by the exact adjoint of the masked
+            steps, ``"adjoint"``, or by ``"backprop"``), and
             torchdiffeq's ``first_step, safety, ifactor, dfactor, max_num_steps, dtype`` and
             ``step_size`` (fixed steps).
 

@@ -31,6 +31,79 @@ class BatchRun:
     done: Tensor  # (batch,) bool: reached the end
 
 
+@dataclass
+class Iteration:
+    """One pass of the per-sample loop: per-sample start times and (signed) steps, which
+    samples accepted, the outputs it set as ``(index, mask, θ)``, and its start state."""
+
+    t: Tensor
+    hs: Tensor
+    acc: Tensor
+    outputs: list[tuple[int, Tensor, Tensor]]
+    y: list[Tensor]
+
+
+def rebuild_iteration(f: BField, tab, it: Iteration, y: list[Tensor]):
+    """The iteration's map from its start state (the first stage recomputed: it equals the
+    reused one), as ``(new state, [output values])``."""
+    ks, y1 = _stages(f, tab, it.t, it.hs, y)
+    outs = [_output(f, tab, it.t, it.hs, y, y1, ks, theta) for _, _, theta in it.outputs]
+    return [torch.where(_col(it.acc, a).bool(), b, a) for a, b in zip(y, y1)], outs
+
+
+class PerSampleAdjoint(torch.autograd.Function):
+    """The exact adjoint of the per-sample iterations (masked steps, step sizes constant):
+    the forward pass keeps each iteration's start state, the backward pass rebuilds the
+    iterations in reverse and applies their VJPs, output cotangents entering at the
+    iteration (and samples) that set them."""
+
+    @staticmethod
+    def forward(ctx, info: dict, *tensors: Tensor):  # type: ignore[override]
+        n = info["n_leaf"]
+        y0 = [v.detach() for v in tensors[:n]]
+        iters: list[Iteration] = []
+        with torch.no_grad():
+            run = integrate_per_sample(info["f"], info["tab"], info["t_out"], y0, info["opts"],
+                                       record=iters)  # fmt: skip
+        info["run"], info["iters"] = run, iters
+        ctx.info = info
+        ctx.save_for_backward(*tensors[n:])
+        return tuple(torch.stack([o[i] for o in run.outs]) for i in range(n))
+
+    @staticmethod
+    def backward(ctx, *gouts: Tensor | None):  # type: ignore[override]
+        info = ctx.info
+        n, params = info["n_leaf"], list(ctx.saved_tensors)
+        nfe0 = info["fld"].nfe
+        first = info["run"].outs[0]
+        n_out = len(info["t_out"])
+        g = [v.new_zeros((n_out, *v.shape)) if go is None else go for go, v in zip(gouts, first)]
+        lam = [torch.zeros_like(v) for v in first]
+        pg: list[Tensor | None] = [None] * len(params)
+        for it in reversed(info["iters"]):
+            with torch.enable_grad():
+                yv = [v.detach().requires_grad_() for v in it.y]
+                y_new, outs = rebuild_iteration(info["f"], info["tab"], it, yv)
+                outputs, seeds = list(y_new), list(lam)
+                for (j, hit, _), o in zip(it.outputs, outs):
+                    outputs += o
+                    seeds += [gl[j] * _col(hit, gl[j]) for gl in g]
+                keep = [i for i, o in enumerate(outputs) if o.requires_grad]
+                grads = torch.autograd.grad(
+                    [outputs[i] for i in keep],
+                    [*yv, *params],
+                    [seeds[i] for i in keep],
+                    allow_unused=True,
+                )
+            lam = [torch.zeros_like(v) if gr is None else gr for gr, v in zip(grads, yv)]
+            for i, gp in enumerate(grads[n:]):
+                if gp is not None:
+                    pg[i] = gp if pg[i] is None else pg[i] + gp
+        lam = [a + gl[0] for a, gl in zip(lam, g)]
+        info["stats"].nfe += info["fld"].nfe - nfe0
+        return (None, *lam, *pg)
+
+
 def _col(x: Tensor, like: Tensor) -> Tensor:
     """A ``(batch,)`` tensor shaped to broadcast against a leaf ``(batch, ...)``."""
     return x.reshape(x.shape[0], *([1] * (like.ndim - 1))).to(like.dtype)
@@ -111,10 +184,16 @@ def _output(f, tab, t, h, y, y1, ks, theta):
 
 
 def integrate_per_sample(
-    f: BField, tab: EmbeddedTableau, t_out: Sequence[float], y0: list[Tensor], opts: StepOptions
+    f: BField,
+    tab: EmbeddedTableau,
+    t_out: Sequence[float],
+    y0: list[Tensor],
+    opts: StepOptions,
+    record: list | None = None,
 ) -> BatchRun:
     """Solve every sample with its own steps; outputs by dense output at the shared ``t_out``.
-    One host sync per iteration (whether all samples are done)."""
+    One host sync per iteration (whether all samples are done). ``record`` receives each
+    iteration's :class:`Iteration` (for the discrete adjoint)."""
     B, dev = y0[0].shape[0], y0[0].device
     tdt = y0[0].dtype
     T = torch.tensor(list(t_out), dtype=torch.float64, device=dev)
@@ -158,6 +237,7 @@ def integrate_per_sample(
             r = _rms(err, _scale(y, y1, opts.rtol, opts.atol))
         acc = (r <= 1.0) & ~done
         t1 = torch.where(last, torch.full_like(t, t_end), t + hs)
+        it = Iteration(t, hs, acc, [], y)
         for j in range(1, len(t_out)):
             hit = acc & ((T[j] - t1) * d <= 0) & ((T[j] - t) * d > 0)
             if bool(hit.any()):
@@ -166,6 +246,9 @@ def integrate_per_sample(
                 theta = torch.where(T[j] == t1, torch.ones_like(theta), theta)
                 val = _output(fb, tab, t, hs, y, y1, ks, theta)
                 outs[j] = [torch.where(_col(hit, o).bool(), v, o) for v, o in zip(val, outs[j])]
+                it.outputs.append((j, hit, theta))
+        if record is not None:
+            record.append(it)
         y = [torch.where(_col(acc, a).bool(), b, a) for a, b in zip(y, y1)]
         nxt = ks[-1] if tab.fsal else None
         t = torch.where(acc, t1, t)

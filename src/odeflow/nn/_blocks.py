@@ -129,7 +129,7 @@ class ExplicitBlock(_Block):
 class _ReversibleBlock(_Block):
     def __init__(self, layers, n_steps, memory_free, drift_tol, checkpoint_every):
         super().__init__(layers, n_steps, reversible=True)
-        if not drift_tol >= 0:
+        if drift_tol is not None and not drift_tol >= 0:
             raise ValueError(f"{type(self).__name__}: drift_tol must be >= 0, got {drift_tol!r}.")
         if checkpoint_every is not None and (
             isinstance(checkpoint_every, bool)
@@ -141,7 +141,7 @@ class _ReversibleBlock(_Block):
                 f"got {checkpoint_every!r}."
             )
         self.memory_free = bool(memory_free)
-        self.drift_tol = float(drift_tol)
+        self.drift_tol = None if drift_tol is None else float(drift_tol)
         self.checkpoint_every = checkpoint_every
 
     def _run(self, stepper, u, v):
@@ -149,9 +149,10 @@ class _ReversibleBlock(_Block):
             u.requires_grad or v.requires_grad or any(p.requires_grad for p in stepper.params)
         )
         if self.memory_free and needs_grad:
-            return ReversibleFunction.apply(
-                stepper, self.checkpoint_every, self.drift_tol, u, v, *stepper.params
-            )
+            tol = self.drift_tol
+            if tol is None:
+                tol = 1e3 * torch.finfo(u.dtype).eps
+            return ReversibleFunction.apply(stepper, self.checkpoint_every, tol, u, v, *stepper.params)
         for k in range(stepper.n_steps):
             u, v = stepper.step(k, u, v)
         return u, v
@@ -167,7 +168,8 @@ _REV_DOC = """
     backward pass reconstructs the states from the last two by the exact inverse of the scheme
     (O(1) memory in depth, one extra layer evaluation per step). Round-off drift check: at the
     block's input (and every ``checkpoint_every`` steps, if set) the reconstructed pair is
-    compared in float64 with the stored one; if the relative drift exceeds ``drift_tol`` that
+    compared in float64 with the stored one; if the relative drift exceeds ``drift_tol``
+    (default ``1000·eps`` of the state's dtype: 2.2e-13 in float64, 1.2e-4 in float32) that
     segment's gradient is recomputed from the stored checkpoint with its states kept. Double
     backward is not supported in this mode (use ``memory_free=False``: plain autograd).
 """
@@ -178,7 +180,8 @@ class LeapfrogBlock(_ReversibleBlock):
         r"""The hyperbolic (second-order) block ``y'' = f(t, y)``, ``y'(0) = 0``, by leapfrog:
 
     ``y_{k+1} = 2 y_k − y_{k−1} + h² f(t_k, y_k)``, ``y_{−1} = y_0 = x``; the inverse is
-    ``y_{k−1} = 2 y_k − y_{k+1} + h² f(t_k, y_k)``, exact in exact arithmetic.
+    ``y_{k−1} = 2 y_k − y_{k+1} + h² f(t_k, y_k)``, exact in exact arithmetic. It is run on
+    ``(y_k, y_k − y_{k−1})`` (no cancellation in ``2 y_k − y_{k−1}``).
     """
         + _REV_DOC
         + r"""
@@ -206,7 +209,7 @@ class LeapfrogBlock(_ReversibleBlock):
     """
     )
 
-    def __init__(self, layer, n_steps, *, memory_free=True, drift_tol=1e-6, checkpoint_every=None):
+    def __init__(self, layer, n_steps, *, memory_free=True, drift_tol=None, checkpoint_every=None):
         super().__init__([layer], n_steps, memory_free, drift_tol, checkpoint_every)
         self.layer = layer
 
@@ -219,24 +222,28 @@ class LeapfrogBlock(_ReversibleBlock):
         _check_finite(y, "LeapfrogBlock")
         self.layer.check(y_prev)
         self.layer.check(y)
-        return self._run(self._stepper(), y_prev, y)
+        y, d = self._run(self._stepper(), y, y - y_prev)
+        return y - d, y
 
     def inverse_pair(self, y_prev: torch.Tensor, y: torch.Tensor):
         """The inverse: from ``(y_{N−1}, y_N)`` back to ``(y_{−1}, y_0)``."""
         self.layer.check(y)
-        return self._invert(self._stepper(), y_prev, y)
+        y, d = self._invert(self._stepper(), y, y - y_prev)
+        return y - d, y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_pair(x, x)[1]
+        _check_finite(x, "LeapfrogBlock")
+        self.layer.check(x)
+        return self._run(self._stepper(), x, torch.zeros_like(x))[0]
 
     def trajectory(self, x: torch.Tensor) -> torch.Tensor:
         """All states ``y_0 … y_N`` stacked, ``(n_steps + 1, *x.shape)`` (kept in memory)."""
         _check_finite(x, "LeapfrogBlock")
         self.layer.check(x)
-        st, u, v, out = self._stepper(), x, x, [x]
+        st, y, d, out = self._stepper(), x, torch.zeros_like(x), [x]
         for k in range(self.n_steps):
-            u, v = st.step(k, u, v)
-            out.append(v)
+            y, d = st.step(k, y, d)
+            out.append(y)
         return torch.stack(out)
 
 
@@ -276,7 +283,7 @@ class HamiltonianBlock(_ReversibleBlock):
     )
 
     def __init__(
-        self, layer_y, layer_z, n_steps, *, memory_free=True, drift_tol=1e-6, checkpoint_every=None
+        self, layer_y, layer_z, n_steps, *, memory_free=True, drift_tol=None, checkpoint_every=None
     ):
         super().__init__([layer_y, layer_z], n_steps, memory_free, drift_tol, checkpoint_every)
         if layer_y.width != layer_z.width:

@@ -55,6 +55,8 @@ class TimeBasis:
     def _eval(self, s: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    _pieces = 1  # intervals on which every φ_k is a polynomial (for exact quadrature)
+
     def sample_points(self) -> torch.Tensor:
         """Points of [0, 1] where the weights are compared by the time regularizers (float64)."""
         return torch.linspace(0.0, 1.0, 2 * self.size + 1, dtype=torch.float64)
@@ -68,7 +70,7 @@ class TimeBasis:
             phi = self(s)
             return phi.T @ phi / n_steps
         nodes, weights = np.polynomial.legendre.leggauss(self.size + 2)
-        pieces = max(self.size, 1)
+        pieces = self._pieces
         s, w = [], []
         for j in range(pieces):  # exact for the piecewise bases and for polynomials
             s.append((j + (nodes + 1) / 2) / pieces)
@@ -99,6 +101,10 @@ class PiecewiseConstant(TimeBasis):
     name = "constant"
     partition_of_unity = True
 
+    @property
+    def _pieces(self):
+        return self.size
+
     def _eval(self, s):
         n = self.size
         slack = 8 * n * torch.finfo(s.dtype).eps  # a step time on a piece boundary
@@ -119,6 +125,10 @@ class PiecewiseLinear(TimeBasis):
 
     name = "linear"
     partition_of_unity = True
+
+    @property
+    def _pieces(self):
+        return self.size - 1
 
     def __init__(self, size: int):
         super().__init__(size)

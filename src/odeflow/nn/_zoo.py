@@ -82,20 +82,31 @@ class Connector(nn.Module):
 
 
 class Classifier(nn.Module):
-    """The head: global average pooling (images) and a dense map to ``n_classes`` logits.
+    """The head: a dense map to ``n_classes`` logits from the flattened features (``pixels``
+    given: images of ``pixels`` pixels) or from their global average over the pixels.
 
     Example:
         >>> Classifier(8, 10)(torch.zeros(2, 8, 4, 4)).shape
         torch.Size([2, 10])
+        >>> Classifier(8, 10, pixels=16)(torch.zeros(2, 8, 4, 4)).shape
+        torch.Size([2, 10])
     """
 
-    def __init__(self, width: int, n_classes: int):
+    def __init__(self, width: int, n_classes: int, pixels: int | None = None):
         super().__init__()
-        self.linear = nn.Linear(width, n_classes)
+        self.pixels = pixels
+        self.linear = nn.Linear(width * (pixels or 1), n_classes)
 
     def forward(self, x):
         if x.ndim == 4:
-            x = x.mean(dim=(2, 3))
+            if self.pixels is None:
+                x = x.mean(dim=(2, 3))
+            elif x.shape[2] * x.shape[3] != self.pixels:
+                raise ValueError(
+                    f"Classifier: built for {self.pixels} pixels, got {tuple(x.shape[2:])}."
+                )
+            else:
+                x = x.flatten(1)
         return self.linear(x)
 
 
@@ -152,6 +163,7 @@ def build_network(
     basis: str = "constant",
     basis_size: int | None = None,
     activation: str = "tanh",
+    image_size: int | None = None,
     **block_kw,
 ) -> nn.Sequential:
     r"""A classifier ``Connector → (block → Connector with pooling)* → block → Classifier``.
@@ -168,6 +180,8 @@ def build_network(
         basis, basis_size: the weights' time basis (default: one weight per step,
             ``basis_size = n_steps`` pieces, i.e. the plain ResNet parameterization).
         activation: of the layers.
+        image_size: side of the input images; given, the head flattens the last block's
+            output (``widths[-1] · side²`` features), else it averages over the pixels.
         block_kw: passed to the blocks (e.g. ``memory_free=False``, ``method="rk4"``).
 
     Returns:
@@ -197,14 +211,18 @@ def build_network(
         if i > 0:
             mods.append(Connector(widths[i - 1], w, image=image, pool=True))
         mods.append(_block(kind, w, n_steps, image, lkw, block_kw))
-    mods.append(Classifier(widths[-1], n_classes))
+    pixels = None
+    if image and image_size is not None:
+        side = image_size // 2 ** (len(widths) - 1)
+        pixels = side * side
+    mods.append(Classifier(widths[-1], n_classes, pixels))
     return nn.Sequential(*mods)
 
 
 _DOC = """
     Defaults: ``widths=(16,)``, ``n_steps=8``, ``horizon=1.0``, ``image=True``, one weight per
     step (``basis="constant"``, ``basis_size=n_steps``), ``activation="tanh"``; every keyword
-    of :func:`build_network` is accepted.
+    of :func:`build_network` is accepted (e.g. ``image_size=8``: a flattening head).
 """
 
 

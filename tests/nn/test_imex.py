@@ -65,8 +65,15 @@ def test_imex_taylor_in_input_and_weight(boundary):
         z = z.detach().requires_grad_(True)
         return torch.autograd.grad((layer(z) * w).sum(), z)[0]
 
-    r = taylor_test(lambda z: (layer(z) * w).sum(), x, torch.randn_like(x), grad=grad_x,
-                    second=False, n=8, h0=0.5)
+    r = taylor_test(
+        lambda z: (layer(z) * w).sum(),
+        x,
+        torch.randn_like(x),
+        grad=grad_x,
+        second=False,
+        n=8,
+        h0=0.5,
+    )
     assert r.passed()
 
     base = layer.weight.detach().clone()

@@ -15,7 +15,9 @@ from odeflow.nn import (
 from ._helpers import F64
 
 
-@pytest.mark.parametrize("operator,shape", [("dense", (7,)), ("conv", (2, 4, 4)), ("lean", (2, 4, 4))])
+@pytest.mark.parametrize(
+    "operator,shape", [("dense", (7,)), ("conv", (2, 4, 4)), ("lean", (2, 4, 4))]
+)
 def test_antisymmetric_jacobian_spectrum_is_imaginary(operator, shape):
     torch.manual_seed(0)
     layer = AntisymmetricLayer(shape[0], operator=operator).double()

@@ -22,7 +22,10 @@ LAYERS = {
     "standard-dense-norm": (lambda: StandardLayer(4, norm=True, **KW), (3, 4)),
     "standard-conv": (lambda: StandardLayer(2, operator="conv", **KW), (2, 2, 4, 4)),
     "standard-lean": (lambda: StandardLayer(3, operator="lean", **KW), (2, 3, 4, 4)),
-    "standard-mgic": (lambda: StandardLayer(8, operator=MultigridChannelOperator(8, 2)), (1, 8, 3, 3)),
+    "standard-mgic": (
+        lambda: StandardLayer(8, operator=MultigridChannelOperator(8, 2)),
+        (1, 8, 3, 3),
+    ),
     "antisymmetric-dense": (lambda: AntisymmetricLayer(4, gamma=0.1, **KW), (3, 4)),
     "antisymmetric-conv": (lambda: AntisymmetricLayer(2, operator="conv", **KW), (2, 2, 4, 4)),
     "parabolic-dense": (lambda: ParabolicLayer(4, hidden=5, **KW), (3, 4)),

@@ -152,7 +152,9 @@ class _ReversibleBlock(_Block):
             tol = self.drift_tol
             if tol is None:
                 tol = 1e3 * torch.finfo(u.dtype).eps
-            return ReversibleFunction.apply(stepper, self.checkpoint_every, tol, u, v, *stepper.params)
+            return ReversibleFunction.apply(
+                stepper, self.checkpoint_every, tol, u, v, *stepper.params
+            )
         for k in range(stepper.n_steps):
             u, v = stepper.step(k, u, v)
         return u, v

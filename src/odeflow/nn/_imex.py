@@ -146,16 +146,22 @@ class IMEXLayer(nn.Module):
         self.channels, self.h, self.boundary = channels, float(h), boundary
         self.rtol, self.maxiter = rtol, maxiter
         self.layer = StandardLayer(channels, operator="conv") if layer is None else layer
-        if not isinstance(self.layer, VectorFieldLayer) or self.layer.width != channels:
-            raise ValueError(f"IMEXLayer: layer must be a VectorFieldLayer of width {channels}.")
+        if (
+            not isinstance(self.layer, VectorFieldLayer)
+            or self.layer.width != channels
+            or not self.layer.operator.image
+        ):
+            raise ValueError(
+                f"IMEXLayer: layer must be a convolutional VectorFieldLayer of width {channels}."
+            )
         fan_in = channels * kernel_size * kernel_size
         self.weight = nn.Parameter(
             torch.randn(channels, channels, kernel_size, kernel_size) / math.sqrt(fan_in)
         )
 
     def _check(self, y: torch.Tensor) -> None:
+        self.layer.operator.check(y, "IMEXLayer", self.channels)
         _check_finite(y, "IMEXLayer")
-        self.layer.check(y)
         k = self.weight.shape[-1]
         if y.shape[2] < k or y.shape[3] < k:
             raise ValueError(

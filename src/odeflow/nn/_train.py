@@ -24,6 +24,24 @@ __all__ = [
 ]
 
 
+def _digits_array() -> np.ndarray:
+    """The ``(1797, 65)`` digits table (64 pixels in 0…16, then the label) that scikit-learn
+    ships; read from its package data without importing scikit-learn (a slow import)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("digits_data needs scikit-learn installed (it ships the data set).")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():  # another layout: use the public loader
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return np.concatenate([d.data, d.target[:, None]], axis=1)
+    return np.loadtxt(path, delimiter=",")
+
+
 def digits_data(
     size: int = 8,
     *,
@@ -48,11 +66,9 @@ def digits_data(
         >>> xtr.shape[1:], int(ytr.max())
         (torch.Size([1, 8, 8]), 9)
     """
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.as_tensor(d.images, dtype=dtype).unsqueeze(1) / 16.0
-    y = torch.as_tensor(d.target, dtype=torch.long)
+    raw = _digits_array()
+    x = torch.as_tensor(raw[:, :64], dtype=dtype).reshape(-1, 1, 8, 8) / 16.0
+    y = torch.as_tensor(raw[:, 64], dtype=torch.long)
     if size != 8:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     if not image:

@@ -28,6 +28,16 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+# σ'(u) from u and σ(u), for the hand-written vector–Jacobian products
+_DERIVATIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "tanh": lambda u, s: 1.0 - s * s,
+    "relu": lambda u, s: (u > 0).to(u.dtype),
+    "softplus": lambda u, s: torch.sigmoid(u),
+    "sigmoid": lambda u, s: s * (1.0 - s),
+    "identity": lambda u, s: torch.ones_like(u),
+}
+
+
 def _activation(act: str | Callable) -> Callable[[torch.Tensor], torch.Tensor]:
     if callable(act):
         return act
@@ -81,6 +91,9 @@ class VectorFieldLayer(nn.Module):
         self.basis = get_basis(basis, basis_size)
         self.horizon = float(horizon)
         self.activation = _activation(activation)
+        self._activation_derivative = (
+            _DERIVATIVES.get(activation) if isinstance(activation, str) else None
+        )
         self._weight_names: list[str] = []
 
     def _add_weight(self, name: str, value: torch.Tensor) -> None:
@@ -252,3 +265,25 @@ class ParabolicLayer(VectorFieldLayer):
         z = self.operator.apply(y, w) + w["bias"]
         z = self.activation(normalize(z) if self.norm else z)
         return self.sign * self.operator.adjoint(z, w)
+
+    def field_vjp(self, y, w, a):
+        r"""Hand-written VJP of ``f = s Kᵀσ(u)``, ``u = K y + b``: with ``g_u = s (K a) ⊙ σ'(u)``,
+        ``(∂f/∂y)ᵀa = Kᵀ g_u``, ``∂⟨a, f⟩/∂K = s ∂⟨σ, K a⟩/∂K + ∂⟨g_u, K y⟩/∂K``,
+        ``∂⟨a, f⟩/∂b = Σ g_u`` (no normalization; dense or conv operator)."""
+        op, deriv = self.operator, self._activation_derivative
+        if self.norm or deriv is None:
+            return None
+        u = op.apply(y, w) + w["bias"]
+        s = self.activation(u)
+        ka = op.apply(a, w)
+        g_u = self.sign * ka * deriv(u, s)
+        g1, g2 = op.weight_grad(a, s, w), op.weight_grad(y, g_u, w)
+        if g1 is None or g2 is None:
+            return None
+        grads = {k: self.sign * g1[k] + g2[k] for k in g1}
+        grads["bias"] = (
+            g_u.sum(dim=0).reshape(w["bias"].shape)
+            if g_u.ndim == 2
+            else (g_u.sum(dim=(0, 2, 3)).reshape(w["bias"].shape))
+        )
+        return self.sign * op.adjoint(s, w), op.adjoint(g_u, w), grads

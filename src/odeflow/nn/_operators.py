@@ -57,6 +57,10 @@ class Operator:
     ) -> torch.Tensor:  # pragma: no cover
         raise TypeError(f"{type(self).__name__} has no adjoint; use a dense or conv operator.")
 
+    def weight_grad(self, x: torch.Tensor, g: torch.Tensor, w) -> dict[str, torch.Tensor] | None:
+        """``∂⟨g, K x⟩/∂W`` for each weight (``None``: not available, autograd is used)."""
+        return None
+
     def bias_shape(self, width: int) -> tuple[int, ...]:
         """Shape that broadcasts a ``(width,)`` bias against the state."""
         return (width, 1, 1) if self.image else (width,)
@@ -93,6 +97,9 @@ class DenseOperator(Operator):
     def adjoint(self, x, w):
         return x @ w["weight"]
 
+    def weight_grad(self, x, g, w):
+        return {"weight": g.mT @ x}
+
 
 class ConvOperator(Operator):
     """2-D convolution ``k × k`` with zero padding ``k // 2`` (same size); ``Kᵀ`` is the
@@ -119,6 +126,11 @@ class ConvOperator(Operator):
 
     def adjoint(self, x, w):
         return F.conv_transpose2d(x, w["weight"], padding=self.kernel_size // 2)
+
+    def weight_grad(self, x, g, w):
+        shape = w["weight"].shape
+        pad = self.kernel_size // 2
+        return {"weight": torch.nn.grad.conv2d_weight(x, shape, g, padding=pad)}
 
 
 # the 5-point stencil's positions in a 3×3 kernel: centre, north, south, west, east

@@ -28,6 +28,36 @@ def _acc(grads: list[torch.Tensor], new, offset: int) -> None:
             grads[offset + i].add_(g)
 
 
+def _fast_names(layer) -> list[str] | None:
+    """The weight names whose coefficients get gradients, when the layer's parameters are
+    exactly its time-parameterized weights (so the hand-written VJP covers all of them)."""
+    params = list(layer.parameters())
+    coeffs = [getattr(layer, n) for n in layer._weight_names]
+    if len(params) != len(coeffs) or any(p is not c for p, c in zip(params, coeffs)):
+        return None
+    return [n for n in layer._weight_names if getattr(layer, n).requires_grad]
+
+
+def field_and_vjp(layer, params, names, phi, x, a, grads, offset):
+    """``f(x)`` at the step with basis values ``phi`` and ``(∂f/∂x)ᵀa``; the parameter part
+    ``(∂f/∂θ)ᵀa`` is added to ``grads[offset:]`` (by hand where the layer has
+    ``field_vjp``, else by autograd)."""
+    w = layer.weights_from(phi)
+    res = layer.field_vjp(x, w, a) if names is not None else None
+    if res is not None:
+        f, gx, gw = res
+        for i, n in enumerate(names):
+            g = gw[n].reshape(1, -1)
+            grads[offset + i].add_((phi[:, None] * g).reshape(grads[offset + i].shape))
+        return f, gx
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        f = layer.field(xg, layer.weights_from(phi))
+    out = torch.autograd.grad(f, [xg, *params], a, allow_unused=True)
+    _acc(grads, out[1:], offset)
+    return f.detach(), out[0]
+
+
 class LeapfrogStepper:
     """Leapfrog ``y_{k+1} = 2 y_k − y_{k−1} + h² f(t_k, y_k)`` on the pair ``(y_k, d_k)``,
     ``d_k = y_k − y_{k−1}``: ``d_{k+1} = d_k + h² f(t_k, y_k)``, ``y_{k+1} = y_k + d_{k+1}``.
@@ -40,6 +70,7 @@ class LeapfrogStepper:
     def __init__(self, layer, n_steps: int, h: float):
         self.layer, self.n_steps, self.h = layer, n_steps, h
         self.params = [p for p in layer.parameters() if p.requires_grad]
+        self.names = _fast_names(layer)
         self.phi = layer.basis_table([k * h for k in range(n_steps)])
 
     def _w(self, k):
@@ -60,14 +91,12 @@ class LeapfrogStepper:
         h2 = self.h * self.h
         a_d = adn + ayn
         y = (yn - dn) if prev is None else prev[0]
-        with torch.enable_grad():
-            x = y.detach().requires_grad_(True)
-            f = self.layer.field(x, self._w(k))
-        out = torch.autograd.grad(f, [x, *self.params], h2 * a_d, allow_unused=True)
-        _acc(grads, out[1:], 0)
+        f, gy = field_and_vjp(
+            self.layer, self.params, self.names, self.phi[k], y, h2 * a_d, grads, 0
+        )
         if prev is None:
-            prev = (y, (dn - h2 * f).detach())
-        return prev, (ayn + out[0], a_d)
+            prev = (y, dn - h2 * f)
+        return prev, (ayn + gy, a_d)
 
 
 class VerletStepper:
@@ -78,6 +107,7 @@ class VerletStepper:
         self.params_y = [p for p in layer_y.parameters() if p.requires_grad]
         self.params_z = [p for p in layer_z.parameters() if p.requires_grad]
         self.params = self.params_y + self.params_z
+        self.names_y, self.names_z = _fast_names(layer_y), _fast_names(layer_z)
         times = [k * h for k in range(n_steps)]
         self.phi_y, self.phi_z = layer_y.basis_table(times), layer_z.basis_table(times)
 
@@ -98,21 +128,16 @@ class VerletStepper:
     def reverse(self, k, nxt, adj, grads, prev=None):
         yn, zn = nxt
         ayn, azn = adj
-        h = self.h
-        with torch.enable_grad():
-            yp = yn.detach().requires_grad_(True)
-            g = self.layer_z.field(yp, self._wz(k))
-        out = torch.autograd.grad(g, [yp, *self.params_z], h * azn, allow_unused=True)
-        _acc(grads, out[1:], len(self.params_y))
-        ay = ayn + out[0]
-        z = (zn - h * g).detach() if prev is None else prev[1]
-        with torch.enable_grad():
-            zp = z.detach().requires_grad_(True)
-            f = self.layer_y.field(zp, self._wy(k))
-        out = torch.autograd.grad(f, [zp, *self.params_y], h * ay, allow_unused=True)
-        _acc(grads, out[1:], 0)
-        y = (yn - h * f).detach() if prev is None else prev[0]
-        return (y, z), (ay, azn + out[0])
+        h, ny = self.h, len(self.params_y)
+        lz, ly = self.layer_z, self.layer_y
+        g, gy = field_and_vjp(
+            lz, self.params_z, self.names_z, self.phi_z[k], yn, h * azn, grads, ny
+        )
+        ay = ayn + gy
+        z = (zn - h * g) if prev is None else prev[1]
+        f, gz = field_and_vjp(ly, self.params_y, self.names_y, self.phi_y[k], z, h * ay, grads, 0)
+        y = (yn - h * f) if prev is None else prev[0]
+        return (y, z), (ay, azn + gz)
 
 
 def _drift(rec, stored) -> float:

@@ -63,8 +63,13 @@ class TorchdiffeqBlock(nn.Module):
 
 def make_model(kind: str, depth: int, width: int = 32, features: int = 64) -> nn.Sequential:
     """Connector → block → classifier for flattened digits."""
-    kw = {"image": False, "widths": (width,), "n_steps": depth, "basis": "constant",
-          "basis_size": PIECES}
+    kw = {
+        "image": False,
+        "widths": (width,),
+        "n_steps": depth,
+        "basis": "constant",
+        "basis_size": PIECES,
+    }
     if kind == "torchdiffeq":
         net = onn.build_network("plain", features, 10, **kw)
         net[1] = TorchdiffeqBlock(net[1].layer, depth)
@@ -86,7 +91,7 @@ def _available(kind):
 
 
 def depth_sweep(depths, repeats, data):
-    xtr, ytr = data[0][:64], data[1][:64]
+    xtr, ytr = data[0][:64].clone(), data[1][:64].clone()  # own storage, not the data set
     rows = []
     for kind in KINDS:
         if not _available(kind):
@@ -109,10 +114,19 @@ def depth_sweep(depths, repeats, data):
                 t0 = time.perf_counter()
                 step()
                 times.append(time.perf_counter() - t0)
-            rows.append({"model": kind, "depth": depth, "activation_bytes": mem,
-                         "seconds_per_iteration": statistics.median(times)})
-            print(f"  depth  {kind:13s} {depth:5d}  {mem / 2**20:8.3f} MiB  "
-                  f"{statistics.median(times) * 1e3:8.1f} ms/it", flush=True)
+            rows.append(
+                {
+                    "model": kind,
+                    "depth": depth,
+                    "activation_bytes": mem,
+                    "seconds_per_iteration": statistics.median(times),
+                }
+            )
+            print(
+                f"  depth  {kind:13s} {depth:5d}  {mem / 2**20:8.3f} MiB  "
+                f"{statistics.median(times) * 1e3:8.1f} ms/it",
+                flush=True,
+            )
     return rows
 
 
@@ -129,12 +143,21 @@ def accuracy_sweep(train_depth, depths, epochs, data):
         for d in depths:
             set_depth(net, d)
             cont[str(d)] = onn.accuracy(net, data[2], data[3])
-        rows.append({"model": kind, "train_depth": train_depth, "epochs": epochs,
-                     "test_accuracy": res.test_accuracy,
-                     "train_seconds_per_iteration": res.seconds_per_iteration,
-                     "test_accuracy_at_depth": cont})
-        print(f"  acc    {kind:13s} trained at {train_depth}: {res.test_accuracy:.4f}; at depth "
-              + ", ".join(f"{d}: {a:.4f}" for d, a in cont.items()), flush=True)
+        rows.append(
+            {
+                "model": kind,
+                "train_depth": train_depth,
+                "epochs": epochs,
+                "test_accuracy": res.test_accuracy,
+                "train_seconds_per_iteration": res.seconds_per_iteration,
+                "test_accuracy_at_depth": cont,
+            }
+        )
+        print(
+            f"  acc    {kind:13s} trained at {train_depth}: {res.test_accuracy:.4f}; at depth "
+            + ", ".join(f"{d}: {a:.4f}" for d, a in cont.items()),
+            flush=True,
+        )
     return rows
 
 
@@ -148,15 +171,33 @@ def lean_vs_plain(sizes, epochs):
         data = onn.digits_data(size)
         for kind in ("plain", "lean"):
             torch.manual_seed(0)
-            net = onn.build_network(kind, 1, 10, widths=(16, 32), n_steps=4, basis="constant",
-                                    basis_size=4, image_size=size)
+            net = onn.build_network(
+                kind,
+                1,
+                10,
+                widths=(16, 32),
+                n_steps=4,
+                basis="constant",
+                basis_size=4,
+                image_size=size,
+            )
             res = onn.train_classifier(net, data, epochs=epochs, lr=5e-3)
             blocks = sum(_params(m) for m in net if isinstance(m, onn.ExplicitBlock))
-            rows.append({"model": kind, "size": size, "test_accuracy": res.test_accuracy,
-                         "parameters": _params(net), "block_parameters": blocks,
-                         "seconds_per_iteration": res.seconds_per_iteration})
-            print(f"  lean   {kind:6s} {size:2d}×{size:<2d} acc {res.test_accuracy:.4f}  params "
-                  f"{_params(net):7d} (blocks {blocks:6d})", flush=True)
+            rows.append(
+                {
+                    "model": kind,
+                    "size": size,
+                    "test_accuracy": res.test_accuracy,
+                    "parameters": _params(net),
+                    "block_parameters": blocks,
+                    "seconds_per_iteration": res.seconds_per_iteration,
+                }
+            )
+            print(
+                f"  lean   {kind:6s} {size:2d}×{size:<2d} acc {res.test_accuracy:.4f}  params "
+                f"{_params(net):7d} (blocks {blocks:6d})",
+                flush=True,
+            )
     return rows
 
 
@@ -168,8 +209,9 @@ def toy_tasks(epochs):
         data = (x[:2000], y[:2000], x[2000:], y[2000:])
         for kind in ("plain", "hamiltonian", "parabolic", "antisymmetric"):
             torch.manual_seed(0)
-            net = onn.build_network(kind, 2, n_classes, image=False, widths=(8,), n_steps=8,
-                                    horizon=4.0)
+            net = onn.build_network(
+                kind, 2, n_classes, image=False, widths=(8,), n_steps=8, horizon=4.0
+            )
             res = onn.train_classifier(net, data, epochs=epochs, batch_size=100, lr=1e-2)
             rows.append({"task": name, "model": kind, "test_accuracy": res.test_accuracy})
             print(f"  toy    {name:10s} {kind:13s} acc {res.test_accuracy:.4f}", flush=True)
@@ -185,14 +227,17 @@ def goals(depth_rows, acc_rows, lean_rows):
     if "plain" in at and "hamiltonian" in at:
         out["depth"] = dmax
         out["hamiltonian_memory_fraction_of_plain"] = (
-            at["hamiltonian"]["activation_bytes"] / at["plain"]["activation_bytes"])
+            at["hamiltonian"]["activation_bytes"] / at["plain"]["activation_bytes"]
+        )
         out["hamiltonian_time_ratio_to_plain"] = (
-            at["hamiltonian"]["seconds_per_iteration"] / at["plain"]["seconds_per_iteration"])
+            at["hamiltonian"]["seconds_per_iteration"] / at["plain"]["seconds_per_iteration"]
+        )
         a_h = acc["hamiltonian"]["test_accuracy_at_depth"][str(dmax)]
         a_p = acc["plain"]["test_accuracy_at_depth"][str(dmax)]
         out["accuracy_difference_hamiltonian_minus_plain_at_depth"] = a_h - a_p
-        out["memory_goal_met"] = out["hamiltonian_memory_fraction_of_plain"] <= 0.05 and abs(
-            a_h - a_p) <= 0.01
+        out["memory_goal_met"] = (
+            out["hamiltonian_memory_fraction_of_plain"] <= 0.05 and abs(a_h - a_p) <= 0.01
+        )
         out["time_goal_met"] = out["hamiltonian_time_ratio_to_plain"] <= 1.5
     lean = {}
     for size in sorted({r["size"] for r in lean_rows}):
@@ -217,8 +262,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
-        depths, repeats, train_depth, epochs = (8, 64, 256, 1024), 2, 16, 6
-        sizes, lean_epochs, toy_epochs = (8, 16), 4, 15
+        depths, repeats, train_depth, epochs = (8, 64, 256, 1024), 2, 16, 5
+        sizes, lean_epochs, toy_epochs = (8, 16), 3, 10
     else:
         depths, repeats, train_depth, epochs = (8, 16, 32, 64, 128, 256, 512, 1024), 3, 64, 15
         sizes, lean_epochs, toy_epochs = (8, 16, 32), 10, 40
@@ -235,9 +280,13 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "nn_peers",
         "mode": "quick" if args.quick else "full",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": sys.version.split()[0], "torch": torch.__version__,
-                    "threads": args.threads},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "threads": args.threads,
+        },
         "torchdiffeq": TORCHDIFFEQ or "available",
         "memory_measure": "bytes of distinct tensors saved for backward (parameters excluded)",
         "depth": depth_rows,

@@ -57,8 +57,9 @@ class TorchdiffeqBlock(nn.Module):
         self.layer, self.n_steps = layer, n_steps
 
     def forward(self, x):
-        t = torch.linspace(0.0, 1.0, self.n_steps + 1, dtype=x.dtype)
-        return odeint_adjoint(self.layer, x, t, method="euler")[-1]
+        t = torch.tensor([0.0, 1.0], dtype=x.dtype)  # output at T only; n_steps Euler steps
+        opts = {"step_size": 1.0 / self.n_steps}
+        return odeint_adjoint(self.layer, x, t, method="euler", options=opts)[-1]
 
 
 def make_model(kind: str, depth: int, width: int = 32, features: int = 64) -> nn.Sequential:
@@ -262,7 +263,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
-        depths, repeats, train_depth, epochs = (8, 64, 256, 1024), 2, 16, 5
+        depths, repeats, train_depth, epochs = (8, 64, 256, 1024), 2, 16, 10
         sizes, lean_epochs, toy_epochs = (8, 16), 3, 10
     else:
         depths, repeats, train_depth, epochs = (8, 16, 32, 64, 128, 256, 512, 1024), 3, 64, 15

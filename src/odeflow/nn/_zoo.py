@@ -131,9 +131,9 @@ def _block(kind, width, n_steps, image, lkw, bkw):
         if width % 2:
             raise ValueError(f"hamiltonian_resnet: widths must be even (two streams), got {width}.")
         half = width // 2
-        return HamiltonianBlock(
-            ParabolicLayer(half, operator=op, sign=1.0, **lkw),
-            ParabolicLayer(half, operator=op, **lkw),
+        return HamiltonianBlock(  # hidden = width: as many weights as the plain layer
+            ParabolicLayer(half, width, operator=op, sign=1.0, **lkw),
+            ParabolicLayer(half, width, operator=op, **lkw),
             n_steps,
             **bkw,
         )
@@ -220,6 +220,9 @@ def build_network(
 
 
 _DOC = """
+    Returns an ``nn.Sequential`` classifier (see :func:`build_network`, whose references,
+    errors and example apply).
+
     Defaults: ``widths=(16,)``, ``n_steps=8``, ``horizon=1.0``, ``image=True``, one weight per
     step (``basis="constant"``, ``basis_size=n_steps``), ``activation="tanh"``; every keyword
     of :func:`build_network` is accepted (e.g. ``image_size=8``: a flattening head).

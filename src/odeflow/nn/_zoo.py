@@ -250,7 +250,9 @@ def hyperbolic_resnet(in_channels: int, n_classes: int, **kw) -> nn.Sequential:
 
 
 def hamiltonian_resnet(in_channels: int, n_classes: int, **kw) -> nn.Sequential:
-    """The two-stream Hamiltonian network by Verlet (reversible, memory-free by default).
+    """The two-stream Hamiltonian network by Verlet (reversible, memory-free by default): each
+    stage's channels split in halves ``(y, z)``, ``y' = K_yᵀσ(K_y z + b_y)``,
+    ``z' = −K_zᵀσ(K_z y + b_z)``, ``K: width/2 → width`` (as many weights as the plain layer).
 
     Example:
         >>> net = hamiltonian_resnet(64, 10, image=False, widths=(8,), n_steps=4)

@@ -43,11 +43,11 @@ def _euler_step(layer, h):
     return lambda y: y + h * layer(0.0, y)
 
 
+@torch.no_grad()
 def test_parabolic_euler_step_is_non_expansive():
     torch.manual_seed(2)
     layer = ParabolicLayer(8, hidden=12).double()
-    with torch.no_grad():
-        layer.bias.normal_()
+    layer.bias.normal_()
     knorm2 = float(torch.linalg.matrix_norm(layer.weight[0].detach(), 2)) ** 2
     x = torch.randn(10_000, 8, dtype=F64)
     y = x + torch.randn(10_000, 8, dtype=F64) * torch.rand(10_000, 1, dtype=F64)
@@ -58,8 +58,7 @@ def test_parabolic_euler_step_is_non_expansive():
         assert float(ratio.max()) <= 1 + 1e-12
     # the bound is sharp: at h = 3/‖K‖², near the origin along K's top singular vector, it expands
     v = torch.linalg.svd(layer.weight[0].detach())[2][0]
-    with torch.no_grad():
-        layer.bias.zero_()
+    layer.bias.zero_()
     step = _euler_step(layer, 3.0 / knorm2)
     a, b = 1e-4 * v[None], -1e-4 * v[None]
     assert float((step(a) - step(b)).norm() / (a - b).norm()) > 1.5

@@ -28,7 +28,8 @@ def _conv_t(y, w, boundary):
         x = torch.zeros_like(y).requires_grad_(True)
         with torch.enable_grad():
             out = _conv(x, w, boundary)
-        return torch.autograd.grad(out, x, y, create_graph=torch.is_grad_enabled())[0]
+        graph = torch.is_grad_enabled() and (w.requires_grad or y.requires_grad)
+        return torch.autograd.grad(out, x, y, create_graph=graph)[0]
     return F.conv_transpose2d(y, w, padding=w.shape[-1] // 2)
 
 

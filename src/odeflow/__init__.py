@@ -5,7 +5,7 @@ Mixed-precision neural ODEs with an exact discrete adjoint, exact network deriva
 EPI susceptibility distortion correction.
 """
 
-from . import derivatives, flows, imaging, ode, optim, testing
+from . import derivatives, flows, imaging, nn, ode, optim, testing
 from .ode import (
     AdjointScaler,
     Backprop,
@@ -42,6 +42,7 @@ __all__ = [
     "derivatives",
     "flows",
     "imaging",
+    "nn",
     "ode",
     "odeint",
     "optim",

@@ -1,6 +1,7 @@
 # odeflow — two commands do everything on a fresh machine with only Python:
 #   make demo    set up .venv and run the main demo on built-in data
 #   make test    set up .venv and run the test suite
+# make docs builds the documentation site into site/ (installs the docs extra when missing).
 # Override the torch build with e.g. `make test TORCH="torch==2.5.1"` (the default
 # pins the CPU build that installs from local disk here; a bare `torch` would pull CUDA).
 
@@ -13,7 +14,7 @@ PYTEST_ARGS ?=
 STAMP  := $(VENV)/.odeflow-installed
 DOCTEST := --doctest-modules src tests --ignore=src/odeflow/cli/__main__.py --ignore=src/odeflow/__main__.py
 
-.PHONY: setup demo test test-all test-oldest bench bench-setup lint clean
+.PHONY: setup demo test test-all test-oldest bench bench-setup docs lint clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,10 +54,20 @@ bench: $(VENV)/.odeflow-bench
 	  $(PY) $$b --quick --json bench-results/$$(basename $$b .py).json || exit 1; \
 	done
 
+$(VENV)/.odeflow-docs: $(STAMP)
+	$(PY) -m pip install -q -e ".[$(EXTRAS),docs]"
+	@touch $@
+
+# --strict: a broken link, a missing reference or a docstring griffe cannot read fails the
+# build. The CLI reference and the benchmark pages are generated at build time
+# (docs/hooks/); nothing is downloaded (theme.font: false).
+docs: $(VENV)/.odeflow-docs
+	NO_MKDOCS_2_WARNING=1 MPLBACKEND=Agg $(PY) -m mkdocs build --strict --site-dir site
+
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff
 	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m ruff format --check src tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info bench-results demo-output
+	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info bench-results demo-output site

@@ -1,4 +1,10 @@
-"""Test options: ``--device`` (cpu/cuda) and ``--dtype`` (float32/float64) are test axes."""
+"""Test options: ``--device`` (cpu/cuda) and ``--dtype`` (float32/float64) are test axes.
+
+Tests that take the ``device`` fixture run there (``pytest --device cuda`` moves them onto a
+GPU, or skips them cleanly without one): the fp16 stress figure (tests/ode/test_stress_figure.py)
+and the EPI forward-model checks (tests/imaging/epi/test_forward_independent.py), which also
+take ``dtype``. Tests that need CUDA whatever the option take ``cuda`` or are marked ``gpu``.
+"""
 
 from __future__ import annotations
 

@@ -106,8 +106,9 @@ def test_otflow_variational(tmp_path):
 
 def test_per_sample_gradients(tmp_path):
     script = str(ROOT / "examples/per_sample_gradients.py")
-    out = _run([script, "--iters", "2", "--batch", "8"], cwd=tmp_path)
-    assert 0.0 <= _number(r"test accuracy ([0-9.]+)", out) <= 1.0
+    out = _run([script, "--iters", "30", "--batch", "32"], cwd=tmp_path)
+    # untrained 0.75, 30 clipped steps 0.88 (on two moons)
+    assert _number(r"test accuracy ([0-9.]+)", out) >= 0.85
     assert not any(tmp_path.iterdir())
 
 

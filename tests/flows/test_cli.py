@@ -273,7 +273,13 @@ def test_flow_cli_eval_names_the_test_split(tmp_path, capsys):
     assert main(["flow", "eval", "--checkpoint", ck, "--data", str(data)]) == 1
     assert (f"odeflow flow eval: error: the test split of --data {data} contains NaN"
             in capsys.readouterr().err)  # fmt: skip
-    ok = _with_bad_row(tmp_path, "train")  # eval reads only the test split
+    # a NaN row of the training split is refused too, as `flow train` refuses it (issue 21)
+    bad = _with_bad_row(tmp_path, "train")
+    assert main(["flow", "eval", "--checkpoint", ck, "--data", str(bad)]) == 1
+    assert (f"odeflow flow eval: error: the train split of --data {bad} contains NaN"
+            in capsys.readouterr().err)  # fmt: skip
+    ok = tmp_path / "ok.npy"
+    np.save(ok, np.random.RandomState(0).randn(60, 2))
     assert main(["flow", "eval", "--checkpoint", ck, "--data", str(ok)]) == 0
     assert _last_json(capsys)["n"] == 6
 

@@ -616,7 +616,7 @@ def test_stage_inputs_rebuilt_bitwise(method, kdt):
     """The stage recompute forms Y_i = y + Σ_j (h a_ij) k_j in place (one fresh buffer) from
     16-bit stages and a 16-bit stored state; it must equal the forward's out-of-place sum
     (on the widened values) bit for bit."""
-    from odeflow.ode._solve import _axpy, _coeffs
+    from odeflow.ode._rk import _axpy, _coeffs
 
     tab = odeflow.ode.get_tableau(method)
     g = torch.Generator().manual_seed(9)
@@ -640,7 +640,7 @@ def test_stage_inputs_rebuilt_bitwise(method, kdt):
 def test_grid_coefficients_equal_per_step_scalar_ops_bitwise(method, dtype):
     """The times and coefficients formed for all steps at once (vectorised) equal, bit for
     bit, the per-step scalar ops used by captured steps and by differentiable times."""
-    from odeflow.ode._solve import _coeffs, _grid, _times
+    from odeflow.ode._rk import _coeffs, _grid, _times
 
     tab = odeflow.ode.get_tableau(method)
     g = torch.Generator().manual_seed(3)
@@ -665,7 +665,7 @@ def test_grid_coefficients_equal_per_step_scalar_ops_bitwise(method, dtype):
 def test_grid_chunks_equal_per_step_scalar_ops_bitwise(dtype, monkeypatch):
     """The grid is formed a chunk of steps at a time (chunks crossing intervals here); any
     access order (the backward walks it in reverse) gives bitwise the per-step scalar ops."""
-    from odeflow.ode._solve import _coeffs, _Grid, _grid, _times
+    from odeflow.ode._rk import _coeffs, _Grid, _grid, _times
 
     monkeypatch.setattr(_Grid, "CHUNK", 4)
     tab = odeflow.ode.get_tableau("rk4")

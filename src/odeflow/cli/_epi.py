@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from pathlib import Path
 
 __all__ = ["register"]
 
@@ -54,6 +53,11 @@ def _positive(text: str) -> float:
     return v
 
 
+def _range(values: list[float] | None) -> dict[str, tuple[float, ...]]:
+    """``--readout-time-range`` as correct_files' keyword (the library default if absent)."""
+    return {} if values is None else {"readout_time_range": tuple(values)}
+
+
 def _correct(args: argparse.Namespace) -> int:
     from odeflow.imaging.epi._pipeline import EPIConvergenceWarning, correct_files
 
@@ -80,6 +84,8 @@ def _correct(args: argparse.Namespace) -> int:
             qc=not args.no_qc,
             overwrite=args.overwrite,
             verbose=not args.quiet,
+            negative=args.negative,
+            **_range(args.readout_time_range),
         )
     acq = out.metrics["acquisition"]
     print(
@@ -98,7 +104,7 @@ def _demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     quick = {"voxel_size": 4.0, "shape": (32, 40, 32), "peak_displacement": 2.0}
     kwargs = quick if args.quick else {}
-    res = run_demo(Path(args.out), verbose=not args.quiet, **kwargs)
+    res = run_demo(args.out, verbose=not args.quiet, overwrite=args.overwrite, **kwargs)
     print(
         # the RMS ratio ‖T₊ − T₋‖/‖I₊ − I₋‖, not PyHySCO's squared "relative distance"
         f"odeflow epi demo: field RMSE {res['field_rmse_vox']:.3f} voxel in the brain, "
@@ -199,6 +205,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "EffectiveEchoSpacing*(ReconMatrixPE-1) from the sidecars)",
     )
     meta.add_argument(
+        "--readout-time-range",
+        type=_positive,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="plausible total readout times in seconds (default: 0.0001 1); a readout time "
+        "outside is refused as a likely unit error; widen it for an unusual but correct value",
+    )
+    meta.add_argument(
         "--apply-pe-dir",
         default=None,
         metavar="DIR",
@@ -211,8 +226,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
 
     sol = p.add_argument_group("solver")
-    sol.add_argument("--alpha", type=float, default=300.0, help="smoothness weight (300)")
-    sol.add_argument("--beta", type=float, default=1e-4, help="Jacobian barrier weight (1e-4)")
+    sol.add_argument(
+        "--alpha", type=float, default=300.0, help="smoothness weight, 0 .. 1e10 (300)"
+    )
+    sol.add_argument(
+        "--beta", type=float, default=1e-4, help="Jacobian barrier weight, > 0 .. 1e10 (1e-4)"
+    )
+    sol.add_argument(
+        "--negative",
+        choices=("error", "clip", "shift"),
+        default="error",
+        help="negative intensities, which the mass-preserving model does not allow: error "
+        "(default; refused when over 0.1 %% of an image's mass, stating the fraction), clip "
+        "(set to 0: noise around a zero background) or shift (subtract the pair's common "
+        "minimum: a constant offset)",
+    )
     sol.add_argument(
         "--solver",
         choices=("gn", "lbfgs"),
@@ -239,6 +267,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "NIfTIs, correct it with `odeflow epi correct`'s pipeline and write the QC report.",
     )
     d.add_argument("--out", default="epi-demo", help="output folder (default: epi-demo)")
+    d.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier demo in --out (refused otherwise)",
+    )
     d.add_argument(
         "--quick",
         action="store_true",

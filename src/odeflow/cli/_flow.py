@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from pathlib import Path
@@ -15,8 +14,13 @@ import torch
 def _load_data(spec: str, root: str | None, seed: int, n_toy: int):
     """Return (train, val, test, name) for a toy name, sklearn:NAME, a MAF set or a file."""
     from odeflow.flows import TABULAR_FILES, TOYS, load_sklearn, load_tabular, make_toy
+    from odeflow.flows._tabular import read_npy
+
+    from ._checks import check_memory
 
     if spec in TOYS:
+        # (float64 draws, with their temporaries; the evaluation itself runs in chunks)
+        check_memory(4 * 8 * 2 * n_toy, f"--n-test {n_toy}", "give a smaller --n-test")
         return (spec, make_toy(spec, 5000, seed=seed + 1),
                 make_toy(spec, n_toy, seed=seed + 2), spec)  # fmt: skip
     if spec.startswith("sklearn:"):
@@ -31,14 +35,15 @@ def _load_data(spec: str, root: str | None, seed: int, n_toy: int):
     if path.suffix in (".npy", ".csv", ".txt"):
         if not path.is_file():
             raise FileNotFoundError(f"--data {spec}: no such file")
-        try:
-            arr = np.load(path) if path.suffix == ".npy" else _load_text(path)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"--data {spec}: not a readable {path.suffix} file ({exc})") from exc
-        if not isinstance(arr, np.ndarray):  # an .npz archive under a .npy name
-            arr.close()
-            raise ValueError(f"--data {spec}: an .npz archive, not a .npy file; save the one "
-                             "(n, d) array with np.save")  # fmt: skip
+        if path.suffix == ".npy":  # never unpickles (allow_pickle=False), never suggests it
+            arr = read_npy(path, f"--data {spec}")
+        else:
+            try:
+                arr = _load_text(path)
+            except (OSError, ValueError) as exc:
+                raise ValueError(
+                    f"--data {spec}: not a readable {path.suffix} file ({exc})"
+                ) from None
         # real numbers only: complex values would lose their imaginary part in the cast
         if arr.ndim != 2 or arr.shape[0] < 3 or arr.shape[1] < 1 or arr.dtype.kind not in "iuf":
             raise ValueError(
@@ -82,6 +87,22 @@ def _check_splits(spec: str, dim: int, splits: dict) -> None:
     for split, x in splits.items():
         if not isinstance(x, str):
             check_data(x, dim, name=f"the {split} split of --data {spec}")
+
+
+def _check_fits(spec: str, dtype: torch.dtype, splits: dict) -> None:
+    """Refuse data whose finite values overflow the flow's dtype (e.g. 1e300 in float64
+    data for a float32 flow), naming the split, rather than report them as NaN/inf later."""
+    big = torch.finfo(dtype).max
+    for split, x in splits.items():
+        if isinstance(x, str) or x.dtype == dtype:
+            continue
+        top = float(x.abs().max()) if x.numel() else 0.0
+        if top > big:
+            raise ValueError(
+                f"the {split} split of --data {spec} holds values up to {top:.3g} in "
+                f"magnitude, which overflow {str(dtype).removeprefix('torch.')} (largest "
+                f"finite {big:.3g}); rescale the data, or train with --dtype float64"
+            )
 
 
 def _check_positive(args: argparse.Namespace, *names: str) -> None:
@@ -165,11 +186,14 @@ def _train(args: argparse.Namespace) -> int:
     from odeflow.flows import PRESETS, OTFlow, evaluate_nll, fit, get_preset
     from odeflow.flows._plot import plot_flow_2d
 
+    from ._checks import check_out_path, dumps, finite_json
+
     _check_positive(args, "iters", "batch", "width", "n_test")
     if args.lr is not None and not 0 < args.lr < math.inf:
         raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
     _check_seed(args.seed)
     _check_out(args.out)
+    check_out_path(Path(args.out), "--out", folder=True)
     _check_device(args.device)
     _refuse_existing([Path(args.out) / n for n in _TRAIN_OUTPUTS], args.overwrite)
     args.seed = 0 if args.seed is None else args.seed
@@ -195,6 +219,7 @@ def _train(args: argparse.Namespace) -> int:
     if dtype == torch.float64 and args.precision in ("bf16", "fp16"):  # autocast skips float64
         raise ValueError(f"--precision {args.precision} needs float32 parameters; drop "
                          "--double / --dtype float64")  # fmt: skip
+    _check_fits(args.data, dtype, {"train": train, "validation": val, "test": test})
     torch.manual_seed(args.seed)
     flow = OTFlow(dim, width=width, depth=p.depth if p else 2, compile=args.compile).to(dtype)
     out = Path(args.out)
@@ -220,10 +245,21 @@ def _train(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
         if rank != 0:  # the ranks hold the same weights: rank 0 evaluates and writes
             return 0
-        nll = evaluate_nll(flow, test.to(next(flow.parameters())), nt=p.nt_test if p else None)
+        try:
+            nll = evaluate_nll(flow, test.to(next(flow.parameters())),
+                               nt=p.nt_test if p else None)  # fmt: skip
+        except FloatingPointError as exc:
+            nll = exc
         # what `flow eval` needs to rebuild the same test split and step count by default
         flow.save(out / "flow.pt", data=name, preset=preset_name, seed=args.seed,
                   n_test=args.n_test, nt_test=p.nt_test if p else None)  # fmt: skip
+        if isinstance(nll, FloatingPointError):  # the weights are kept for inspection
+            if (out / "metrics.json").exists():  # (--overwrite) an earlier run's metrics
+                (out / "metrics.json").unlink()
+            raise FloatingPointError(
+                f"test NLL: {nll}. Wrote the trained flow to {out / 'flow.pt'} for "
+                "inspection, but no metrics.json"
+            )
         # config: the flow's own (its precision is not changed by fit); precision: training's
         metrics = {"data": name, "dim": dim, "preset": preset_name, "dtype": res.dtype,
                    "precision": res.precision, "test_nll": nll,
@@ -231,7 +267,7 @@ def _train(args: argparse.Namespace) -> int:
                    "status": res.status, "seconds": res.seconds, "world_size": res.world_size,
                    "config": flow.config(),
                    "history": res.history}  # fmt: skip
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (out / "metrics.json").write_text(dumps(finite_json(metrics), indent=2))
         if dim == 2:
             plot_flow_2d(flow, test, out / "samples.png")
         elif (out / "samples.png").exists():  # (--overwrite) an earlier 2-D run's picture
@@ -248,6 +284,8 @@ def _train(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from odeflow.flows import load_checkpoint
 
+    from ._checks import check_disk, check_memory, check_out_path, save_npy
+
     _check_positive(args, "n")
     _check_seed(args.seed)
     _check_out(args.out)
@@ -259,28 +297,71 @@ def _sample(args: argparse.Namespace) -> int:
         out = out / "samples.npy"
     elif out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")  # what np.save writes
+    check_out_path(out, "--out", folder=False)
     lp_out = out.with_name(out.stem + ".log_prob.npy")
     targets = [out, lp_out] if args.log_prob else [out]
     for target in targets:
         if target.exists() and target.samefile(args.checkpoint):
             raise ValueError(f"--out {target} is the checkpoint itself; choose another --out")
     _refuse_existing(targets, args.overwrite)
-    if args.log_prob:
-        xs, lp = flow.sample_and_log_prob(args.n, generator=gen)
-    else:
-        xs = flow.sample(args.n, generator=gen)
+    itemsize = next(flow.parameters()).element_size()
+    nbytes = args.n * (flow.dim + int(args.log_prob)) * itemsize
+    fix = "draw fewer samples (-n), e.g. in several runs with different --seed"
+    check_memory(nbytes, f"-n {args.n}", fix)
+    check_disk(out.parent, nbytes, f"-n {args.n}")
+    xs, lp = _draw(flow, args.n, gen, args.log_prob)
+    for arr, what in ((xs, "samples"), (lp, "log-densities")):
+        if arr is not None and not np.isfinite(arr).all():
+            raise FloatingPointError(_nonfinite_draws(flow, arr, what))
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, xs.cpu().numpy())
+    save_npy(out, xs)
     msg = f"wrote {args.n} samples of dimension {flow.dim} to {out}"
     if args.log_prob:
-        np.save(lp_out, lp.cpu().numpy())
+        save_npy(lp_out, lp)
         msg += f" and their log-densities to {lp_out}"
     print(msg)
     return 0
 
 
+#: rows per solve when `flow sample` draws many samples (bounds the ODE's working memory)
+_SAMPLE_CHUNK = 1 << 16
+
+
+def _draw(flow, n: int, gen, log_prob: bool):
+    """``n`` samples (and log-densities) as NumPy arrays, drawn in chunks of
+    :data:`_SAMPLE_CHUNK` rows from one generator (one draw when ``n`` fits a chunk)."""
+    dt = {torch.float32: np.float32, torch.float64: np.float64}.get(
+        next(flow.parameters()).dtype, np.float32
+    )
+    xs = np.empty((n, flow.dim), dtype=dt)
+    lp = np.empty(n, dtype=dt) if log_prob else None
+    for i in range(0, n, _SAMPLE_CHUNK):
+        k = min(_SAMPLE_CHUNK, n - i)
+        if log_prob:
+            x, p = flow.sample_and_log_prob(k, generator=gen)
+            lp[i : i + k] = p.cpu().numpy()
+        else:
+            x = flow.sample(k, generator=gen)
+        xs[i : i + k] = x.cpu().numpy()
+    return xs, lp
+
+
+def _nonfinite_draws(flow, arr: np.ndarray, what: str) -> str:
+    from odeflow.flows._finite import nonfinite_report
+
+    dt = str(next(flow.parameters()).dtype).removeprefix("torch.")
+    return (
+        f"the flow gave non-finite {what}: {nonfinite_report(torch.from_numpy(arr))}. Its "
+        f"weights are finite, so the ODE solution overflowed in {dt} with "
+        f"nt={flow.nt_eval} RK4 steps (the flow's map is too steep where these latent draws "
+        "lead); nothing was written. Retrain the flow, or check the checkpoint"
+    )
+
+
 def _eval(args: argparse.Namespace) -> int:
     from odeflow.flows import evaluate_nll, load_checkpoint
+
+    from ._checks import dumps
 
     _check_positive(args, "n_test", "nt")
     _check_seed(args.seed)
@@ -292,14 +373,17 @@ def _eval(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else int(extra.get("seed", 0) or 0)
     n_test = args.n_test if args.n_test is not None else int(extra.get("n_test", 10_000))
     nt = args.nt if args.nt is not None else extra.get("nt_test")
-    _, _, test, name = _load_data(args.data, args.root, seed, n_test)
+    train, val, test, name = _load_data(args.data, args.root, seed, n_test)
     if test.shape[1] != flow.dim:
         raise ValueError(f"--data {name} has dimension {test.shape[1]} but the checkpoint "
                          f"holds a flow of dim={flow.dim}")  # fmt: skip
-    _check_splits(args.data, flow.dim, {"test": test})
-    nll = evaluate_nll(flow, test.to(next(flow.parameters())), nt=nt)
+    # every split, as `flow train` checks them: a NaN row anywhere in the file is refused
+    splits = {"train": train, "validation": val, "test": test}
+    _check_splits(args.data, flow.dim, splits)
+    _check_fits(args.data, next(flow.parameters()).dtype, splits)
+    nll = evaluate_nll(flow, test.to(next(flow.parameters())), nt=nt)  # (finite, or raises)
     print(
-        json.dumps(
+        dumps(
             {
                 "data": name,
                 "n": int(test.shape[0]),
@@ -309,6 +393,14 @@ def _eval(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+def _convert_gas(args: argparse.Namespace) -> int:
+    from odeflow.flows import convert_gas
+
+    out = convert_gas(args.root, args.out, overwrite=args.overwrite)
+    print(f"wrote {out}; `--data gas --root {args.root}` now reads it instead of the pickle")
     return 0
 
 
@@ -437,3 +529,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--device", default=None, help="torch device to evaluate on (default: cpu)")
     e.set_defaults(func=_eval)
+
+    c = fs.add_parser(
+        "convert-gas",
+        help="convert MAF's gas/ethylene_CO.pickle once into gas/ethylene_CO.npy",
+        description="Read MAF's GAS pickle with a restricted reader (only the numpy/pandas "
+        "classes a DataFrame of numbers needs; nothing else in the file is run) and save "
+        "its data columns as gas/ethylene_CO.npy, which `--data gas` then reads instead.",
+    )
+    c.add_argument("--root", required=True, help="the MAF data folder (holding gas/)")
+    c.add_argument("--out", default=None, help="the .npy to write (default: "
+                   "ROOT/gas/ethylene_CO.npy, the file `--data gas` looks for)")  # fmt: skip
+    c.add_argument("--overwrite", action="store_true", help="replace an existing .npy")
+    c.set_defaults(func=_convert_gas)

@@ -4,6 +4,7 @@ OT-Flow (Onken, Wu Fung, Li, Ruthotto, AAAI 2021, arXiv 2006.00104) drives the f
 the gradient of a potential Φ(x, t) whose Laplacian gives an exact log-determinant.
 """
 
+from ._gas import convert_gas
 from ._otflow import OTFlow, OTFlowLoss, build_potential
 from ._plot import plot_flow_2d
 from ._presets import PRESETS, FlowPreset, get_preset
@@ -36,6 +37,7 @@ __all__ = [
     "TrainingDiverged",
     "build_potential",
     "check_data",
+    "convert_gas",
     "eight_gaussians_entropy",
     "eight_gaussians_log_prob",
     "eight_gaussians_means",

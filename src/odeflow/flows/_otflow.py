@@ -405,13 +405,24 @@ class OTFlow(nn.Module):
         """log p(x) = log N(z(1)) + ℓ(1) for ``x`` of shape ``(..., d)``; returns ``(...)``.
 
         ``nt``: RK4 steps, an integer >= 1 (default ``self.nt_eval``); a ValueError names
-        it otherwise."""
-        steps = self.nt_eval if nt is None else _check_steps(nt)
+        it otherwise. A NaN/inf log-density at finite ``x`` (non-finite weights, or an ODE
+        solution that overflowed) is a FloatingPointError naming the cause, never a silent
+        NaN (one check after the solve)."""
         shape = x.shape[:-1] if isinstance(x, Tensor) else None
+        lp = self._log_prob(x, nt)
+        if not bool(torch.isfinite(lp).all()):
+            from ._finite import log_prob_error
+
+            raise log_prob_error(self, lp, self.nt_eval if nt is None else nt)
+        return lp.reshape(shape)
+
+    def _log_prob(self, x: Tensor, nt: int | None) -> Tensor:
+        """log p of the rows of ``x`` as a flat ``(n,)`` tensor, unchecked for NaN/inf (the
+        training loop's validation reads a non-finite value as "no improvement")."""
+        steps = self.nt_eval if nt is None else _check_steps(nt)
         x = self._check(x, "x")
         y = self._forward_state(x, steps, full=False)
-        lp = self._log_normal(y[:, : self.dim]) + y[:, self.dim]
-        return lp.reshape(shape)
+        return self._log_normal(y[:, : self.dim]) + y[:, self.dim]
 
     def transform(
         self, x: Tensor, *, return_trajectory: bool = False, nt: int | None = None

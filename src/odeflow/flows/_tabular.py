@@ -139,11 +139,46 @@ def _matrix(arr: Any, path: Path, cols: int | None = None) -> np.ndarray:
     return arr
 
 
-def _load_npy(path: Path, cols: int) -> np.ndarray:
+def read_npy(path: str | Path, name: str | None = None) -> np.ndarray:
+    """Read one array from a ``.npy`` file without ever unpickling (``allow_pickle=False``).
+
+    Raises:
+        ValueError: the file is empty, not in NumPy's ``.npy`` format (e.g. an ``.npz``
+            archive or other bytes), truncated, or holds Python objects (dtype object,
+            which would need unpickling: save a numeric array instead). The message starts
+            with ``name`` (``"NAME: ..."``), else with the path (``"PATH is ..."``).
+    """
+    path = Path(path)
+
+    def bad(reason: str) -> ValueError:
+        return ValueError(f"{name}: {reason}" if name else f"{path} is {reason}")
+
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if not head:
+        raise bad("empty (0 bytes), not a .npy array; save the array with np.save")
+    if head.startswith(b"PK"):
+        raise bad("an .npz archive, not a .npy file; save the one (n, d) array with np.save")
+    if head != b"\x93NUMPY":
+        raise bad("not a .npy file (it lacks NumPy's .npy header); save the array with np.save")
     try:
-        arr = np.load(path)
-    except Exception as exc:  # truncated, pickled, text, ...: numpy's reason, named file
-        raise _bad_file(path, f"is not a readable .npy array ({exc})") from None
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):  # object arrays: never unpickled, never suggested
+            raise bad(
+                "an array of Python objects (pickled), which odeflow never loads; save a "
+                "numeric array, e.g. np.save(path, np.asarray(x, dtype=float))"
+            ) from None
+        raise bad(f"not a readable .npy array ({exc})") from None
+    except Exception as exc:  # truncated, damaged header, ...
+        raise bad(f"not a readable .npy array ({type(exc).__name__}: {exc})") from None
+
+
+def _load_npy(path: Path, cols: int | None) -> np.ndarray:
+    try:
+        arr = read_npy(path)
+    except ValueError as exc:  # (the message starts with the path)
+        raise ValueError(f"{exc}; expected the MAF file (Zenodo record 1161203)") from None
     return _matrix(arr, path, cols)
 
 
@@ -187,24 +222,32 @@ def _power(root: Path):
 
 
 def _gas(root: Path):
-    (f,) = _require(root, "gas")
-    import pandas as pd
+    """GAS from ``gas/ethylene_CO.npy`` (written by :func:`convert_gas`) if present, else
+    from MAF's pickle through the restricted reader (no code from the file runs)."""
+    from ._gas import GAS_DROPPED, read_dataframe_pickle
 
-    try:
-        df = pd.read_pickle(f)
-    except Exception as exc:
-        raise _bad_file(f, f"is not a readable pickle ({type(exc).__name__}: {exc})") from None
-    if not isinstance(df, pd.DataFrame):
-        raise _bad_file(f, f"holds a {type(df).__name__}, not a pandas DataFrame")
-    df = df.drop(columns=[c for c in ("Meth", "Eth", "Time") if c in df.columns])
-    _matrix(df.to_numpy(), f)  # real, finite numbers before the correlations
+    npy = root / "gas" / "ethylene_CO.npy"
+    if npy.is_file():
+        f, data, names = npy, _load_npy(npy, None), None
+    else:
+        (f,) = _require(root, "gas")
+        try:
+            columns, values = read_dataframe_pickle(f)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; expected the MAF file (Zenodo record 1161203)") from None
+        keep = [i for i, c in enumerate(columns) if c not in GAS_DROPPED]
+        names = [columns[i] for i in keep]
+        data = _matrix(values[:, keep], f)  # real, finite numbers before the correlations
+    idx = list(range(data.shape[1]))
+    with np.errstate(invalid="ignore", divide="ignore"):  # (constant columns: named below)
+        corr = np.corrcoef(data, rowvar=False).reshape(len(idx), len(idx))
     while True:  # drop one of every pair of columns with correlation > 0.98
-        over = (df.corr() > 0.98).to_numpy().sum(1)
+        over = (corr[np.ix_(idx, idx)] > 0.98).sum(1)
         if not (over > 1).any():
             break
-        df = df.drop(columns=df.columns[int(np.where(over > 1)[0][0])])
-    data = df.to_numpy(np.float64)
-    mu, sd = _scale(data, f, list(df.columns))
+        del idx[int(np.where(over > 1)[0][0])]
+    data = data[:, idx]
+    mu, sd = _scale(data, f, [names[i] for i in idx] if names is not None else idx)
     return _split((data - mu) / sd, f)
 
 
@@ -274,7 +317,10 @@ def load_tabular(name: str, root: str | Path, *, dtype: torch.dtype = torch.floa
     Preprocessing (MAF, arXiv 1705.07057): POWER drops two columns, adds the published
     dequantisation noise (seed 42), splits 10 % test / 10 % of the rest validation, and
     whitens with train+validation statistics; GAS drops the label/time columns and one of
-    each pair of columns correlated above 0.98, then standardises; HEPMASS keeps the
+    each pair of columns correlated above 0.98, then standardises (GAS is read from
+    ``gas/ethylene_CO.npy`` if :func:`convert_gas` wrote one, else from MAF's pickle by a
+    restricted reader that refuses anything but a DataFrame of numbers: no code from the
+    file runs); HEPMASS keeps the
     signal rows, standardises with train statistics and drops discrete-valued features;
     MINIBOONE splits and whitens like POWER; BSDS300 is read as stored.
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ._distributed import Comm
+from ._finite import nonfinite_report, nonfinite_tensors, state_shapes
 from ._otflow import OTFlow, _check_alpha, _check_int, _check_steps
 from ._presets import FlowPreset, get_preset
 from ._tabular import TabularData, check_data
@@ -141,6 +142,8 @@ def evaluate_nll(flow: OTFlow, data: Tensor, *, nt: int | None = None, batch: in
 
     Raises:
         ValueError: wrong dimension, empty, or non-finite data; ``nt`` or ``batch`` < 1.
+        FloatingPointError: the NLL is not finite (non-finite weights or an overflowing
+            ODE solution; the message says which).
 
     Example:
         >>> import torch
@@ -153,7 +156,13 @@ def evaluate_nll(flow: OTFlow, data: Tensor, *, nt: int | None = None, batch: in
         nt = _check_steps(nt, "nt")
     batch = _check_int("batch", batch, 1, "rows evaluated per log_prob call")
     x = check_data(data, flow.dim, name="evaluation data")
-    return _nll_sum(flow, x, nt, batch) / x.shape[0]
+    nll = _nll_sum(flow, x, nt, batch) / x.shape[0]
+    if not math.isfinite(nll):  # name the cause (log_prob's check) rather than return NaN
+        with torch.no_grad():
+            for i in range(0, x.shape[0], batch):  # raises at the first bad chunk
+                flow.log_prob(x[i : i + batch], nt=nt)
+        raise FloatingPointError(f"the mean NLL over {x.shape[0]} rows overflowed ({nll})")
+    return nll
 
 
 @torch.no_grad()
@@ -164,7 +173,7 @@ def _nll_sum(flow: OTFlow, x: Tensor, nt: int | None, batch: int = 4096) -> floa
     try:
         tot = 0.0
         for i in range(0, x.shape[0], batch):
-            tot += float(flow.log_prob(x[i : i + batch], nt=nt).double().sum())
+            tot += float(flow._log_prob(x[i : i + batch], nt).double().sum())
     finally:
         flow.train(was)
     return -tot
@@ -523,6 +532,7 @@ def save_checkpoint(flow: OTFlow, path: str | Path, **extra: Any) -> None:
     Raises:
         TypeError: an ``extra`` value is not JSON-like (the key is named); nothing is
             written.
+        ValueError: the flow's weights hold NaN or inf (named); nothing is written.
         IsADirectoryError: ``path`` is an existing folder.
 
     Example:
@@ -538,6 +548,13 @@ def save_checkpoint(flow: OTFlow, path: str | Path, **extra: Any) -> None:
     if path.is_dir():
         raise IsADirectoryError(
             f"{path} is a folder; give the checkpoint's file name, e.g. {path / 'flow.pt'}"
+        )
+    bad = nonfinite_tensors(flow.state_dict().items())
+    if bad:
+        raise ValueError(
+            f"the flow's weights hold NaN or inf ({', '.join(bad[:4])}); load_checkpoint "
+            "would refuse this checkpoint, so it is not written. Retrain the flow (e.g. a "
+            "lower learning rate, or fit(restore_best=True))"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in flow.state_dict().items()}
@@ -594,6 +611,40 @@ def _jsonable(obj: Any, key: str) -> Any:
     )
 
 
+def _check_state(path: Path, shapes: dict[str, tuple[int, ...]], state: dict) -> None:
+    """Refuse a ``state_dict`` whose keys or shapes differ from what its config builds
+    (checked before the flow is built: a config edited to ``width=200000`` must not
+    allocate), or whose weights hold NaN/inf."""
+    missing = [k for k in shapes if k not in state]
+    unexpected = [k for k in state if k not in shapes]
+    wrong = [f"{k}: a {type(state[k]).__name__}, not a tensor" if not isinstance(state[k], Tensor)
+             else f"{k}: {tuple(state[k].shape)} in the file, {shapes[k]} from the config"
+             for k in shapes if k in state and (not isinstance(state[k], Tensor)
+                                                or tuple(state[k].shape) != shapes[k])]  # fmt: skip
+    if missing or unexpected or wrong:
+        why = "; ".join(
+            f"{label} {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
+            for label, items in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape mismatch", wrong),
+            )
+            if items
+        )
+        raise ValueError(
+            f"checkpoint {path} is damaged: its state_dict does not fit its config ({why}). "
+            "Save the flow again with OTFlow.save"
+        )
+    bad = nonfinite_tensors(state.items())
+    if bad:
+        where = "; ".join(f"{k}: {nonfinite_report(state[k])}" for k in bad[:3])
+        raise ValueError(
+            f"checkpoint {path} holds non-finite weights ({where}"
+            f"{'; ...' if len(bad) > 3 else ''}); a flow with NaN/inf weights gives NaN "
+            "samples and densities. Use a checkpoint of a run that did not diverge"
+        )
+
+
 def load_checkpoint(path: str | Path, *, dim: int | None = None, map_location=None) -> OTFlow:
     """Rebuild an :class:`OTFlow` from a checkpoint written by :func:`save_checkpoint`.
 
@@ -610,8 +661,9 @@ def load_checkpoint(path: str | Path, *, dim: int | None = None, map_location=No
         FileNotFoundError: no such file (or a folder was given).
         ValueError: not an odeflow OT-Flow checkpoint (unreadable by ``torch.load``, or
             without the format tag, a ``config`` or a ``state_dict``), damaged (a dtype,
-            config or ``state_dict`` that do not fit together), or of another dimension;
-            ``dim`` not an integer >= 1.
+            config or ``state_dict`` that do not fit together: the config's shapes are
+            checked against the file's tensors before anything is allocated), holding NaN
+            or inf weights, or of another dimension; ``dim`` not an integer >= 1.
     """
     if dim is not None:
         dim = _check_int("dim", dim, 1, "the expected data dimension")
@@ -641,13 +693,15 @@ def load_checkpoint(path: str | Path, *, dim: int | None = None, map_location=No
             f"{missing} (a dict); the file is damaged or was not written by "
             "save_checkpoint. Save the flow again with OTFlow.save"
         )
-    try:
-        flow = OTFlow(**cfg)
-    except (TypeError, ValueError) as exc:
+    try:  # the config's shapes on the meta device (nothing allocated) against the file's
+        shapes = state_shapes(OTFlow, cfg)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # (sizes overflow)
         raise ValueError(
             f"checkpoint {path} has an invalid config ({exc}); the file is damaged or was "
             "edited. Save the flow again with OTFlow.save"
         ) from None
+    _check_state(path, shapes, state)
+    flow = OTFlow(**cfg)
     if dim is not None and flow.dim != dim:
         raise ValueError(
             f"checkpoint {path} holds a flow of dim={flow.dim}, but dim={dim} was expected; "
@@ -665,7 +719,7 @@ def load_checkpoint(path: str | Path, *, dim: int | None = None, map_location=No
         flow.to(torch.device(map_location))
     try:
         flow.load_state_dict(state)
-    except RuntimeError as exc:  # missing/unexpected keys, shapes of another config
+    except RuntimeError as exc:  # (values that are not tensors, ...)
         why = " ".join(str(exc).split())
         raise ValueError(
             f"checkpoint {path} is damaged: its state_dict does not fit its config "

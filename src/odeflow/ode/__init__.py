@@ -3,17 +3,11 @@ mixed precision (bf16/fp16 stages, fp32 accumulation, 16-bit storage) and sync-f
 dynamic adjoint scaling for fp16."""
 
 from ._fit import AutonomousField, FitResult, fit_trajectory, spiral_data
+from ._gradient import Backprop, DiscreteAdjoint
 from ._graphs import clear_cuda_graphs, graph_memory_bytes
+from ._odeint import odeint, solve
 from ._precision import AdjointScaler, PerformanceWarning, PrecisionPolicy, get_precision
-from ._solve import (
-    AdjointStats,
-    Backprop,
-    DiscreteAdjoint,
-    Solution,
-    SolveStatus,
-    odeint,
-    solve,
-)
+from ._solution import AdjointStats, Solution, SolveStatus
 from ._tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = [

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ._fit import AutonomousField, fit_trajectory, spiral_data
-from ._solve import odeint
+from ._odeint import odeint
 
 __all__ = ["run_demo"]
 

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ._odeint import odeint
 from ._precision import PrecisionPolicy
-from ._solve import odeint
 
 __all__ = ["AutonomousField", "FitResult", "fit_trajectory", "spiral_data"]
 

@@ -264,7 +264,7 @@ class AdjointScaler:
         >>> s = AdjointScaler(growth_interval=2)
         >>> s.headroom
         8
-        >>> s._end_of_backward(retries=0); s._end_of_backward(retries=0); s.headroom
+        >>> s.end_of_backward(retries=0); s.end_of_backward(retries=0); s.headroom
         9
     """
 
@@ -351,7 +351,13 @@ class AdjointScaler:
         ex = self.headroom - torch.ceil(torch.log2(amax.float().clamp_min(tiny)))
         return torch.exp2(ex.clamp(-120.0, 120.0))
 
-    def _overflow(self) -> None:
+    def overflow(self) -> None:
+        """Note an overflow of the backward pass: the headroom ``e`` drops by one (the
+        failed step is then recomputed with half the scale) and the clean-pass count restarts.
+
+        Raises:
+            FloatingPointError: the headroom is already at ``min_headroom``.
+        """
         self.total_overflows += 1
         self.clean_passes = 0
         if self.headroom <= self.min_headroom:
@@ -361,7 +367,9 @@ class AdjointScaler:
             )
         self.headroom -= 1
 
-    def _end_of_backward(self, retries: int) -> None:
+    def end_of_backward(self, retries: int) -> None:
+        """Note a finished backward pass that needed ``retries`` overflow recoveries: after
+        ``growth_interval`` clean passes in a row the headroom grows by one."""
         if retries:
             return
         self.clean_passes += 1

@@ -16,13 +16,18 @@ def _rmse(res, ph) -> float:
     return float(((res.displacement.float() - ph.displacement)[m] ** 2).mean().sqrt())
 
 
-def _check_acceptance(res, ph, rmse_max=0.25, dist_max=0.15):
+def _check_acceptance(res, ph, rmse_max=0.05, dist_max=0.15):
+    # rmse_max lies between the OT start's error and the optimized one (max_iter=0 vs 10: 2 mm
+    # brain 0.070 vs 0.039, 4 mm 0.062 vs 0.036), so a broken optimizer fails
     assert _rmse(res, ph) <= rmse_max
     assert float(res.jacobian_up.min()) > 0 and float(res.jacobian_down.min()) > 0
     assert res.params["relative_distance"] <= dist_max
-    torch.testing.assert_close(
-        res.jacobian_up + res.jacobian_down, 2 * torch.ones_like(res.jacobian_up)
-    )
+    # the Jacobian matches the truth's 1 + ∂b (central differences) to 0.03; that of "no
+    # distortion" (J = 1) is off by 0.03-0.05 and a sign error by twice that
+    b = ph.displacement.movedim(ph.pe_axis, -1).double()
+    db = torch.gradient(b, dim=-1)[0].movedim(-1, ph.pe_axis)
+    jac_err = (res.jacobian_up.double() - 1 - db)[ph.mask].square().mean().sqrt()
+    assert float(jac_err) <= 0.03
 
 
 @pytest.fixture(scope="module")
@@ -68,20 +73,22 @@ def test_whole_brain_2mm_acceptance(brain2mm):
 
 # reduced size: the whole brain at 4 mm (the field's steepness in mm limits the peak in voxels;
 # along z, next to the sphenoid sinus, the field is steepest)
-@pytest.mark.parametrize("pe_axis, polarity, peak", [(0, 1, 2.0), (2, -1, 1.0)])
-def test_other_axes_and_polarity_reduced(pe_axis, polarity, peak):
+@pytest.mark.parametrize(
+    "pe_axis, polarity, peak, rmse_max", [(0, 1, 2.0, 0.05), (2, -1, 1.0, 0.04)]
+)  # OT start alone: 0.062 and 0.043
+def test_other_axes_and_polarity_reduced(pe_axis, polarity, peak, rmse_max):
     ph = make_phantom(
         voxel_size=4.0, pe_axis=pe_axis, polarity=polarity, peak_displacement=peak, snr=30
     )
     res = estimate_field(ph.up, ph.down, pe_axis=pe_axis, voxel_size=ph.voxel_size, verbose=False)
-    _check_acceptance(res, ph, rmse_max=0.25 * peak / 4.0)
+    _check_acceptance(res, ph, rmse_max=rmse_max)
 
 
 @pytest.mark.parametrize("kw", [{"solver": "lbfgs"}, {"levels": 2}])
 def test_lbfgs_and_multilevel_reach_the_same_accuracy(kw, brain4mm):
     ph = brain4mm
     res = estimate_field(ph.up, ph.down, pe_axis=1, voxel_size=4.0, verbose=False, **kw)
-    _check_acceptance(res, ph, rmse_max=0.125)
+    _check_acceptance(res, ph)
 
 
 def test_lbfgs_reports_convergence_only_near_the_optimum(crop4mm):

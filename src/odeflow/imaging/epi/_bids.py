@@ -35,6 +35,7 @@ import numpy as np
 from ._nifti import EPIInputError
 
 __all__ = [
+    "READOUT_TIME_RANGE",
     "Acquisition",
     "PhaseEncoding",
     "parse_pe_direction",
@@ -57,8 +58,10 @@ _ANATOMICAL = {
 #: smallest |cos| between an anatomical direction and an array axis accepted as "along it"
 #: (40°: clearly closer to one axis than to any other; typical obliquities are 10–30°)
 _MIN_ALIGNMENT = math.cos(math.radians(40.0))
-#: readout times above this (s) are almost surely given in milliseconds
-_MAX_READOUT = 1.0
+#: plausible total readout times (s), the default ``readout_time_range``: above 1 s a time
+#: is almost surely given in milliseconds, below 0.1 ms the field in Hz would be absurd
+#: (a 2-voxel shift at 1e-9 s is 2e9 Hz)
+READOUT_TIME_RANGE = (1e-4, 1.0)
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,23 @@ def read_sidecar(image: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def _check_readout(value: Any, what: str) -> float:
+def _check_range(bounds: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise EPIInputError(
+            f"readout_time_range must be two numbers (min, max) in seconds, got {bounds!r}"
+        ) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 < lo < hi):
+        raise EPIInputError(
+            f"readout_time_range must satisfy 0 < min < max (seconds), got {bounds!r}"
+        )
+    return lo, hi
+
+
+def _check_readout(
+    value: Any, what: str, bounds: tuple[float, float] = READOUT_TIME_RANGE
+) -> float:
     if isinstance(value, bool):  # float(True) would silently read as a 1 s readout
         raise EPIInputError(f"{what} must be a number in seconds, got {value!r}")
     try:
@@ -202,16 +221,30 @@ def _check_readout(value: Any, what: str) -> float:
         raise EPIInputError(f"{what} must be a number in seconds, got {value!r}") from None
     if not math.isfinite(t) or t <= 0.0:
         raise EPIInputError(f"{what} must be a positive number of seconds, got {value!r}")
-    if t > _MAX_READOUT:
+    lo, hi = bounds
+    widen = (
+        "; if it is right, widen the accepted range with --readout-time-range MIN MAX "
+        f"(readout_time_range=(min, max); now {lo:g} .. {hi:g} s)"
+    )
+    if t > hi:
         raise EPIInputError(
-            f"{what} = {t} s is implausibly long for an EPI readout (typical 0.02–0.15 s); "
-            "BIDS times are in seconds, not milliseconds"
+            f"{what} = {t:g} s is implausibly long for an EPI readout (typical 0.02–0.15 s); "
+            "BIDS times are in seconds, not milliseconds" + widen
+        )
+    if t < lo:
+        raise EPIInputError(
+            f"{what} = {t:g} s is implausibly short for an EPI readout (typical 0.02–0.15 s; "
+            f"the field in Hz scales as 1/time, so it would be ~{1.0 / t:.2g} Hz per voxel of "
+            "displacement)" + widen
         )
     return t
 
 
 def readout_time_from_sidecar(
-    meta: dict[str, Any], n_pe: int | None = None
+    meta: dict[str, Any],
+    n_pe: int | None = None,
+    *,
+    readout_time_range: tuple[float, float] = READOUT_TIME_RANGE,
 ) -> tuple[float, str] | None:
     """Total readout time (s) from BIDS metadata, and the fields it came from.
 
@@ -222,12 +255,14 @@ def readout_time_from_sidecar(
     Args:
         meta: the sidecar dictionary.
         n_pe: number of voxels along the PE axis (used when ``ReconMatrixPE`` is absent).
+        readout_time_range: ``(min, max)`` plausible seconds (default 1e-4 .. 1).
 
     Returns:
         ``(seconds, source)`` or ``None`` if the metadata do not determine it.
 
     Raises:
-        EPIInputError: if a present field is not a positive, plausible number of seconds.
+        EPIInputError: if a present field is not a positive number of seconds within
+            ``readout_time_range``.
 
     Example:
         >>> readout_time_from_sidecar({"EffectiveEchoSpacing": 0.0005, "ReconMatrixPE": 101})
@@ -236,7 +271,7 @@ def readout_time_from_sidecar(
     for prefix in ("", "Estimated"):
         key = prefix + "TotalReadoutTime"
         if key in meta:
-            return _check_readout(meta[key], key), key
+            return _check_readout(meta[key], key, _check_range(readout_time_range)), key
         key = prefix + "EffectiveEchoSpacing"
         if key in meta:
             ees = meta[key]
@@ -261,7 +296,8 @@ def readout_time_from_sidecar(
             n = int(n_f)
             if n < 2:
                 raise EPIInputError(f"ReconMatrixPE must be at least 2, got {n}")
-            return _check_readout(round(ees_f * (n - 1), 12), src), src
+            trt = round(ees_f * (n - 1), 12)
+            return _check_readout(trt, src, _check_range(readout_time_range)), src
     return None
 
 
@@ -314,6 +350,7 @@ def resolve_acquisition(
     pe_dir_down: str | None = None,
     readout_time: float | None = None,
     ignore_sidecars: bool = False,
+    readout_time_range: tuple[float, float] = READOUT_TIME_RANGE,
 ) -> Acquisition:
     """Decide the PE directions and readout time of a pair, refusing to guess.
 
@@ -330,7 +367,9 @@ def resolve_acquisition(
     * Readout time: ``readout_time`` if given — it overrides the sidecars even where they
       disagree with it (a wrong readout time only rescales the field in Hz, never the
       correction), and the overridden sidecar value is named in ``sources["readout_time"]`` —
-      else from the sidecars (both must agree to 1 %).
+      else from the sidecars (both must agree to 1 %).  Either way it must lie in
+      ``readout_time_range`` (default 1e-4 .. 1 s: a value outside is almost surely in the
+      wrong unit); widen the range to accept an unusual but correct value.
 
     Args:
         shape: spatial shape (X, Y, Z) of the pair.
@@ -339,6 +378,7 @@ def resolve_acquisition(
         pe_dir, pe_dir_down: explicit directions (BIDS letters or anatomical codes).
         readout_time: explicit total readout time (s).
         ignore_sidecars: do not use the sidecars' PE fields.
+        readout_time_range: ``(min, max)`` plausible readout times in seconds.
 
     Returns:
         The :class:`Acquisition`.
@@ -415,13 +455,14 @@ def resolve_acquisition(
         )
 
     n_pe = int(shape[pe_up.axis])
+    bounds = _check_range(readout_time_range)
     if readout_time is not None:
-        trt = _check_readout(readout_time, "--readout-time")
+        trt = _check_readout(readout_time, "--readout-time", bounds)
         sources["readout_time"] = "--readout-time"
         differ = []
         for w, m in (("up", meta_up), ("down", meta_down)):
             try:  # an explicit value also overrides a malformed sidecar field
-                side = readout_time_from_sidecar(m, n_pe)
+                side = readout_time_from_sidecar(m, n_pe, readout_time_range=bounds)
             except EPIInputError:
                 differ.append(f"the {w} sidecar's invalid value")
                 continue
@@ -431,7 +472,8 @@ def resolve_acquisition(
             sources["readout_time"] += " (overrides " + " and ".join(differ) + ")"
     else:
         got = {
-            w: readout_time_from_sidecar(m, n_pe) for w, m in (("up", meta_up), ("down", meta_down))
+            w: readout_time_from_sidecar(m, n_pe, readout_time_range=bounds)
+            for w, m in (("up", meta_up), ("down", meta_down))
         }
         vals = {w: v for w, v in got.items() if v is not None}
         if not vals:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,37 @@ def _save(data: Any, affine: np.ndarray, path: Path, meta: dict[str, Any] | None
     return path
 
 
+#: the demo's inputs (under ``inputs/``), its correction prefix and its summary
+_INPUTS = tuple(f"sub-phantom_{n}" for n in ("dir-AP_epi", "dir-PA_epi", "dir-AP_dwi",
+                                            "truth_fieldmap", "truth_image"))  # fmt: skip
+_PREFIX = "corrected/sub-phantom_"
+
+
+def _check_out(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Refuse an empty ``out_dir`` and, without ``overwrite``, one holding a demo's files."""
+    from ._nifti import EPIInputError
+    from ._pipeline import output_paths
+
+    if not os.fspath(out_dir):
+        raise EPIInputError("--out is empty; give the demo's output folder, e.g. --out epi-demo")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise EPIInputError(f"--out {out} is an existing file; give a folder for the demo")
+    if overwrite:
+        return out
+    planned = [out / "demo_metrics.json"]
+    for stem in _INPUTS:
+        planned += [out / "inputs" / f"{stem}.nii.gz", out / "inputs" / f"{stem}.json"]
+    planned += output_paths(out / _PREFIX, [Path(f"{_INPUTS[2]}.nii.gz")]).values()
+    existing = [p for p in planned if p.exists() or p.is_symlink()]
+    if existing:
+        raise EPIInputError(
+            f"--out {out} holds the files of an earlier demo ({len(existing)}, e.g. "
+            f"{existing[0]}); choose another --out or pass --overwrite"
+        )
+    return out
+
+
 def run_demo(
     out_dir: Path,
     verbose: bool = True,
@@ -39,6 +71,7 @@ def run_demo(
     peak_displacement: float = 4.0,
     snr: float | None = 30.0,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Correct the MNI152 phantom end to end: BIDS NIfTIs in, corrected NIfTIs + QC report out.
 
@@ -56,6 +89,7 @@ def run_demo(
         verbose: progress bars.
         voxel_size, shape, peak_displacement, snr, seed: phantom parameters (see
             :func:`~odeflow.imaging.epi.make_phantom`); ``shape`` crops for quick runs.
+        overwrite: replace the files of an earlier demo in ``out_dir`` (refused otherwise).
 
     Returns:
         Metrics: ``field_rmse_vox`` / ``field_rmse_hz`` / ``field_p95_vox`` (in the mask),
@@ -65,6 +99,8 @@ def run_demo(
 
     Raises:
         ImportError: without nibabel/nilearn (the ``epi`` extra).
+        EPIInputError: ``out_dir`` is empty (it would write into the current folder), or
+            holds an earlier demo's files and ``overwrite`` is false.
 
     Example:
         >>> import tempfile
@@ -74,9 +110,9 @@ def run_demo(
         True
     """
     from . import make_phantom
-    from ._pipeline import correct_files
+    from ._pipeline import _finite_only, correct_files
 
-    out = Path(out_dir)
+    out = _check_out(out_dir, overwrite)
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
     ph = make_phantom(
@@ -108,9 +144,7 @@ def run_demo(
     )
     _save(ph.truth, ph.affine, Path(f"{base}_truth_image.nii.gz"))
 
-    res = correct_files(
-        up, down, out / "corrected" / "sub-phantom_", apply=[dwi], verbose=verbose, overwrite=True
-    )
+    res = correct_files(up, down, out / _PREFIX, apply=[dwi], verbose=verbose, overwrite=overwrite)
     import nibabel as nib
 
     field = np.asarray(nib.load(str(res.paths["fieldmap"])).get_fdata())
@@ -134,5 +168,7 @@ def run_demo(
         "fieldmap": str(res.paths["fieldmap"]),
         "truth_fieldmap": str(truth_field),
     }
-    (out / "demo_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # strict JSON: a non-finite figure is written as null, never as a NaN literal
+    text = json.dumps(_finite_only(summary), indent=2, allow_nan=False)
+    (out / "demo_metrics.json").write_text(text + "\n")
     return summary

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._bids import (
+    READOUT_TIME_RANGE,
     Acquisition,
     parse_pe_direction,
     read_sidecar,
@@ -82,9 +83,28 @@ def _split_prefix(out_prefix: str | os.PathLike[str]) -> tuple[Path, str]:
     if not s:
         raise EPIInputError("the output prefix is empty; give e.g. --out results/sub-01_")
     if s.endswith(("/", os.sep)) or Path(s).is_dir():
-        return Path(s), ""
+        return _resolvable(Path(s)), ""
     p = Path(s)
-    return p.parent, p.name
+    return _resolvable(p.parent), p.name
+
+
+def _resolvable(directory: Path) -> Path:
+    """``directory`` with the ``..``/``.`` after its first missing folder resolved by name.
+
+    The OS cannot resolve ``new/..`` while ``new`` does not exist (creating the folders one
+    by one then failed with ``[Errno 17]`` and left ``new/`` behind); a missing folder has no
+    symbolic links to follow, so its ``..`` is resolved lexically. Existing parts are kept
+    as given (their ``..`` follows links as the OS does).
+    """
+    parts = directory.parts
+    k = len(parts)
+    while k > 0 and not Path(*parts[:k]).exists():
+        k -= 1
+    if k == len(parts):
+        return directory
+    head = Path(*parts[:k]) if k else Path(".")
+    rest = os.path.normpath(os.path.join(*parts[k:]))
+    return head if rest == "." else head / rest
 
 
 def _stem(path: Path) -> str:
@@ -112,7 +132,10 @@ def output_paths(
 
     Every NIfTI ``<prefix><kind>.nii.gz`` has a sidecar ``<prefix><kind>.json`` (key
     ``"<kind>_json"``); each ``--apply`` series ``X.nii.gz`` gives ``<prefix>X_corrected.nii.gz``
-    (key ``"apply:X"``).  ``apply`` is one path or a sequence of paths.
+    (key ``"apply:X"``), where a name that already starts with the prefix's name part keeps
+    it once (``sub-01_dwi.nii.gz`` with ``dir/sub-01_`` gives ``dir/sub-01_dwi_corrected``).
+    ``apply`` is one path or a sequence of paths.  A ``..`` after a folder that does not
+    exist yet is resolved by name (``new/../res/r_`` is ``res/r_``).
 
     Every output must get a file of its own.  The planned paths are compared, ignoring letter
     case (as case-insensitive file systems do), and a collision is refused: two ``apply``
@@ -128,6 +151,8 @@ def output_paths(
         ['corrected', 'corrected_json', 'displacement_mm']
         >>> output_paths("out/", "dwi.nii.gz")["apply:dwi"].as_posix()
         'out/dwi_corrected.nii.gz'
+        >>> output_paths("out/sub-01_", "sub-01_dwi.nii.gz")["apply:sub-01_dwi"].as_posix()
+        'out/sub-01_dwi_corrected.nii.gz'
     """
     directory, name = _split_prefix(out_prefix)
     # (key, path, what writes it, the --apply input or None)
@@ -143,7 +168,10 @@ def output_paths(
         plan(key, suffix, f"odeflow's own output '{key}'", None)
     for a in _as_path_list(apply):
         stem = _stem(a)
-        plan(f"apply:{stem}", f"{stem}_corrected.nii.gz", f"the --apply series '{a}'", a)
+        # a series already named with the prefix (sub-01_dwi with --out dir/sub-01_) is not
+        # given it twice
+        short = stem[len(name) :] if name and stem.startswith(name) and stem != name else stem
+        plan(f"apply:{stem}", f"{short}_corrected.nii.gz", f"the --apply series '{a}'", a)
     for key, suffix in _REPORT.items():
         if qc or key == "metrics":
             plan(key, suffix, f"odeflow's own output '{key}'", None)
@@ -326,6 +354,8 @@ def correct_files(
     qc: bool = True,
     overwrite: bool = False,
     verbose: bool = True,
+    negative: str = "error",
+    readout_time_range: tuple[float, float] = READOUT_TIME_RANGE,
 ) -> CorrectionOutputs:
     r"""Correct a blip-up/blip-down NIfTI pair and write every output with the input's geometry.
 
@@ -370,9 +400,15 @@ def correct_files(
         alpha, beta, solver, levels, max_iter: passed to ``estimate_field``.
         device: torch device for the estimation and the ``apply`` series (``"cpu"``,
             ``"cuda"``, ``"cuda:1"``); ``None`` or ``"auto"``: CUDA when available, else CPU.
-        qc: also write the PNG/HTML report.
+        qc: also write the PNG/HTML report (with ``qc=False`` and ``overwrite``, the report
+            of an earlier run under the same prefix is removed rather than left stale).
         overwrite: replace existing outputs (never inputs).
         verbose: progress bars.
+        negative: negative intensities, which the model does not allow: ``"error"``
+            (refused, stating the fraction of negative mass), ``"clip"`` or ``"shift"``;
+            see :func:`~odeflow.imaging.epi.estimate_field`.
+        readout_time_range: ``(min, max)`` plausible total readout times in seconds
+            (default 1e-4 .. 1 s), for ``readout_time`` and the sidecars' values alike.
 
     Returns:
         :class:`CorrectionOutputs`.
@@ -428,8 +464,12 @@ def correct_files(
                     f"output '{out}' ({key}) would overwrite the input '{inp}'; choose another "
                     "--out prefix"
                 )
+    # without a report, an earlier run's report would sit stale beside the new outputs
+    stale = [] if qc else [p for p in output_paths(out_prefix, (), qc=True).values()
+                           if p.name.endswith(("qc.png", "qc.html"))]  # fmt: skip
+    stale = [p for p in stale if p.exists() or p.is_symlink()]
     if not overwrite:
-        existing = [str(p) for p in paths.values() if p.exists() or p.is_symlink()]
+        existing = [str(p) for p in [*paths.values(), *stale] if p.exists() or p.is_symlink()]
         if existing:
             raise EPIInputError(
                 f"{len(existing)} output(s) already exist (e.g. '{existing[0]}'); choose another "
@@ -472,6 +512,7 @@ def correct_files(
         pe_dir_down=pe_dir_down,
         readout_time=readout_time,
         ignore_sidecars=ignore_sidecars or same_file,
+        readout_time_range=readout_time_range,
     )
     if img_up.shape[acq.pe_axis] < 4:
         raise EPIInputError(
@@ -508,7 +549,9 @@ def correct_files(
         got = (
             None
             if readout_time is not None
-            else readout_time_from_sidecar(meta, img.shape[acq.pe_axis])
+            else readout_time_from_sidecar(
+                meta, img.shape[acq.pe_axis], readout_time_range=readout_time_range
+            )
         )
         trt = got[0] if got is not None else acq.readout_time
         applied.append((a, img, pe.sign, trt, meta))
@@ -528,6 +571,7 @@ def correct_files(
         solver=solver,
         levels=levels,
         max_iter=max_iter,
+        negative=negative,
         device=dev,
         verbose=verbose,
     )
@@ -598,6 +642,8 @@ def correct_files(
             "solver": solver,
             "levels": levels,
             "max_iter": max_iter,
+            "negative": negative,
+            "readout_time_range_s": list(readout_time_range),
             "device": str(dev),
             "estimator": dict(getattr(result, "params", {}) or {}),
         },
@@ -681,7 +727,7 @@ def correct_files(
         metrics = _finite_only(metrics)
         _write_json(tmp / paths["metrics"].name, metrics)
         staged[paths["metrics"]] = tmp / paths["metrics"].name
-        _commit(staged, tmp, overwrite=overwrite)
+        _commit(staged, tmp, overwrite=overwrite, remove=stale)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -792,16 +838,33 @@ def _make_dirs(directory: Path) -> list[Path]:
         missing.append(d)
         d = d.parent
     missing.reverse()
-    for m in missing:
-        m.mkdir()
+    made: list[Path] = []
+    try:
+        for m in missing:
+            m.mkdir()
+            made.append(m)
+    except BaseException:  # no empty folder is left behind
+        for m in reversed(made):
+            try:
+                m.rmdir()
+            except OSError:
+                pass
+        raise
     return missing
 
 
-def _commit(staged: dict[Path, Path], tmp: Path, *, overwrite: bool) -> None:
-    """Rename every staged file into place; on failure undo (restoring replaced files)."""
+def _commit(
+    staged: dict[Path, Path], tmp: Path, *, overwrite: bool, remove: Sequence[Path] = ()
+) -> None:
+    """Rename every staged file into place and move ``remove`` (stale outputs) away; on
+    failure undo (restoring replaced and removed files)."""
     done: list[Path] = []
     backups: list[tuple[Path, Path]] = []
     try:
+        for stale in remove:
+            backup = tmp / f".backup-{len(backups)}-{stale.name}"
+            os.replace(stale, backup)
+            backups.append((stale, backup))
         for final, temp in staged.items():
             if final.exists() or final.is_symlink():
                 if not overwrite:

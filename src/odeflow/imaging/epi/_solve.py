@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ...optim import Status, gauss_newton, lbfgs
 from ._apply import _as_tensor, _check_axis
+from ._intensity import check_weights, prepare_intensities
 from ._model import EPIObjective, face_average, face_diff, interp_lines
 from ._ot1d import gaussian_smooth, ot_lines
 
@@ -88,6 +89,7 @@ def _validate(up, down, pe_axis, voxel_size, alpha, beta, solver, levels, max_it
         raise ValueError(
             f"beta must be finite and > 0 (the barrier keeps Jacobians positive), got {beta!r}."
         )
+    check_weights(alpha, beta)
     if solver not in ("gn", "lbfgs"):
         raise ValueError(f"solver must be 'gn' (Gauss-Newton-PCG) or 'lbfgs', got {solver!r}.")
     if not (isinstance(levels, int | np.integer) and levels >= 1):
@@ -132,6 +134,7 @@ def estimate_field(
     levels: int = 1,
     max_iter: int = 10,
     smoothing: float = 1.0,
+    negative: str = "error",
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     verbose: bool = True,
@@ -165,6 +168,13 @@ def estimate_field(
             times Gauss–Newton's time), so at the default it stops with ``MAX_ITERATIONS``
             (check ``status``) and ``"gn"`` is the better choice.
         smoothing: Gaussian sigma (voxels) applied to the OT start.
+        negative: what to do with negative intensities, which the model (a mass density)
+            does not allow: ``"error"`` (default) refuses a pair whose negative mass
+            ``Σ max(−I, 0) / Σ |I|`` exceeds 0.1 % in either image (the message gives both
+            fractions); ``"clip"`` sets negative values to 0 (noise around a zero
+            background); ``"shift"`` subtracts the pair's common minimum from both (a
+            constant offset; ``params["intensity_shift"]`` records it). The corrected images
+            are of the clipped / shifted intensities.
         device: where to compute (default: the device of ``up``).
         dtype: compute dtype (default float32, float64 if ``up`` is float64).
         verbose: tqdm progress bars.
@@ -173,8 +183,10 @@ def estimate_field(
         :class:`EPIResult` (tensors on ``device``, in ``dtype``).
 
     Raises:
-        ValueError: for non-3-D or mismatched inputs, non-finite voxels, a bad ``pe_axis``,
-            ``voxel_size``, ``alpha``, ``beta``, ``solver``, ``levels`` or ``max_iter``.
+        ValueError: for non-3-D or mismatched inputs, non-finite voxels, an image that is
+            zero everywhere, negative intensities (with ``negative="error"``), a bad
+            ``pe_axis``, ``voxel_size``, ``alpha`` or ``beta`` (each at most 1e10),
+            ``solver``, ``levels``, ``max_iter`` or ``negative``.
 
     Reference:
         Julian, Ruthotto et al., "PyHySCO: GPU-enabled susceptibility artifact distortion
@@ -198,6 +210,7 @@ def estimate_field(
         dtype = torch.float64 if u_in.dtype == torch.float64 else torch.float32
     up_l = u_in.to(device=dev, dtype=dtype).movedim(ax, -1)
     dn_l = d_in.to(device=dev, dtype=dtype).movedim(ax, -1)
+    up_l, dn_l, intensity = prepare_intensities(up_l, dn_l, negative)
     spacing = (*(vs[i] for i in range(3) if i != ax), vs[ax])
     top = float(torch.maximum(up_l.abs().max(), dn_l.abs().max()))
     if top <= 0:
@@ -278,6 +291,7 @@ def estimate_field(
         "device": str(dev),
         "dtype": str(dtype).replace("torch.", ""),
         "intensity_scale": scale,
+        **intensity,
         "relative_distance": d1 / d0 if d0 > 0 else 0.0,
         "relative_distance_norm": (d1 / d0) ** 0.5 if d0 > 0 else 0.0,
     }

@@ -1,0 +1,96 @@
+"""One step's vector–Jacobian product for the discrete adjoint's backward recursion:
+rebuild the whole step's graph from its stored state (``recompute="step"``), or replay the
+captured rebuild + VJP (``cuda_graphs=True``). ``recompute="stage"`` is in ``_stage``.
+
+Every strategy is called as ``vjp(s, seed) -> (interval, state adjoint, parameter
+gradients, [∂/∂t_i, ∂/∂t_{i+1}])`` for step ``s`` seeded with the adjoint ``seed`` of its
+output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._problem import _Problem
+from .._rk import _coeffs, _grid, _rk_step, _times
+from .._walk import _check_hidden
+from ._cuda_graphs import _CapturedSteps
+
+__all__ = ["_CapturedVJP", "_StepVJP", "_VJPBase"]
+
+StepGrads = tuple[int, list[Tensor], list[Tensor | None], list[Tensor]]
+
+
+class _VJPBase:
+    """What every step VJP reads: the problem, the stored states (``store[s]``: step ``s``'s
+    input state, in the storage dtype), the tensors differentiated for, the detached times
+    and whether their gradient is needed. The first VJP walks its graph once for tensors
+    requiring grad that are not differentiated for (``pb.hidden_check``)."""
+
+    def __init__(self, pb: _Problem, store: Any, live: list[Tensor], td: Tensor, need_t: bool):
+        self.pb, self.store, self.live, self.td, self.need_t = pb, store, live, td, need_t
+        self.steps = pb.steps
+        self.grid = _grid(pb, td)  # the forward's (kept on the problem)
+        self.unchecked = pb.hidden_check
+
+    def check_once(self, outs: list[Tensor], known: list[Tensor], edges=()) -> None:
+        if self.unchecked:
+            _check_hidden(outs, known, edges)
+            self.unchecked = False
+
+
+class _StepVJP(_VJPBase):
+    """Rebuild step ``s``'s graph from its stored state (replaying its random draws) and
+    differentiate it at once: ``s`` evaluations of ``f`` and their VJPs per step."""
+
+    def __call__(self, s: int, seed: list[Tensor]) -> StepGrads:
+        pb, td, hdt = self.pb, self.td, self.pb.hdt
+        i, j = self.steps[s]
+        with torch.enable_grad():
+            yin = [x.detach().to(hdt).requires_grad_() for x in self.store[s]]
+            if self.need_t:
+                ta = td[i].clone().requires_grad_()
+                tb = td[i + 1].clone().requires_grad_()
+                co = _coeffs(pb.tab, *_times(ta, tb, j, pb.ms[i]))  # the grid's values, of t
+                tin = [ta, tb]
+            else:
+                co = self.grid[s]
+                tin = []
+            pb.fld.replay_rng(s)
+            yout = _rk_step(pb.fld, pb.tab, co, yin, pb.pol)
+            return i, *self.differentiate(yin, yout, tin, seed)
+
+    def differentiate(self, yin: list[Tensor], yout: list[Tensor], tin: list[Tensor], seed):
+        """The VJP of the step graph ``yin -> yout`` (and times ``tin``) seeded by ``seed``."""
+        nl, live = self.pb.n_leaf, self.live
+        with torch.enable_grad():
+            inputs = yin + live + tin
+            self.check_once(yout, inputs)
+            g = torch.autograd.grad(yout, inputs, grad_outputs=seed, allow_unused=True)
+        gy = [torch.zeros_like(y) if x is None else x for x, y in zip(g[:nl], yin)]
+        gp = list(g[nl : nl + len(live)])
+        gt = [torch.zeros_like(self.td[0]) if x is None else x for x in g[nl + len(live) :]]
+        return gy, gp, gt
+
+
+class _CapturedVJP(_StepVJP):
+    """Replay the captured rebuild + VJP of a step (the eager rebuild if the capture was
+    evicted since the forward pass)."""
+
+    def __init__(self, captured: _CapturedSteps, *args: Any):
+        super().__init__(*args)
+        self.captured = captured
+
+    def __call__(self, s: int, seed: list[Tensor]) -> StepGrads:
+        nl = self.pb.n_leaf
+        i = self.steps[s][0]
+        tau, h = self.grid[s].tau, self.grid[s].h
+        x = self.store[s]
+        replay = self.captured.backward_step(x, seed, tau, h, self.live, False)
+        if replay is None:
+            return super().__call__(s, seed)
+        out = replay(*x, *seed, tau, h)
+        # the state adjoint outlives the next replay; parameter gradients are consumed first
+        return i, [v.clone() for v in out[:nl]], out[nl:], []

@@ -10,12 +10,17 @@ EPI distortion correction in :mod:`odeflow.imaging.epi`.
   :class:`LBFGS`) and a line search (:class:`Armijo`, :class:`FixedStep`), as optimistix
   splits them. :func:`gauss_newton` and :func:`lbfgs` are that loop with a fixed pair, for
   objectives that return tuples.
+* Ill-posed least squares: :func:`hybrid_lsqr` (Golub–Kahan :func:`golub_kahan` +
+  Tikhonov on the projected problem, λ by GCV, weighted GCV or the discrepancy principle)
+  and :func:`solve_tikhonov` (``min ‖Ax − b‖² + λ²‖Lx‖²``).
 * Both report a :class:`Status` (CG: CONVERGED, MAX_ITERATIONS, BREAKDOWN; minimization:
   CONVERGED, MAX_ITERATIONS, LINE_SEARCH_FAILED, STAGNATED).
 """
 
+from ._bidiag import Bidiagonalization, Reorthogonalization, golub_kahan
 from ._cg import CGResult, Status, cg
 from ._descents import LBFGS, AbstractDescent, DescentStep, NewtonCG
+from ._hybrid import HybridResult, HybridStatus, hybrid_lsqr
 from ._line_search import AbstractLineSearch, Armijo, FixedStep, LineSearchResult, armijo
 from ._minimize import OptimizeResult, minimize
 from ._objective import Evaluation
@@ -27,28 +32,37 @@ from ._operators import (
     jacobi_preconditioner,
 )
 from ._solvers import gauss_newton, lbfgs
+from ._tikhonov import TikhonovResult, solve_tikhonov
 
 __all__ = [
     "LBFGS",
     "AbstractDescent",
     "AbstractLineSearch",
     "Armijo",
+    "Bidiagonalization",
     "CGResult",
     "DescentStep",
     "DiagonalOperator",
     "Evaluation",
     "FixedStep",
+    "HybridResult",
+    "HybridStatus",
     "IdentityOperator",
     "LineSearchResult",
     "LinearOperator",
     "MatrixOperator",
     "NewtonCG",
     "OptimizeResult",
+    "Reorthogonalization",
     "Status",
+    "TikhonovResult",
     "armijo",
     "cg",
     "gauss_newton",
+    "golub_kahan",
+    "hybrid_lsqr",
     "jacobi_preconditioner",
     "lbfgs",
     "minimize",
+    "solve_tikhonov",
 ]

@@ -13,6 +13,8 @@ EPI distortion correction in :mod:`odeflow.imaging.epi`.
 * Ill-posed least squares: :func:`hybrid_lsqr` (Golub–Kahan :func:`golub_kahan` +
   Tikhonov on the projected problem, λ by GCV, weighted GCV or the discrepancy principle)
   and :func:`solve_tikhonov` (``min ‖Ax − b‖² + λ²‖Lx‖²``).
+* Separable models: :class:`VarPro` (a feature extractor + a last layer solved for,
+  :func:`solve_last_layer`) and :func:`gnvpro` (Gauss–Newton on the reduced objective).
 * Both report a :class:`Status` (CG: CONVERGED, MAX_ITERATIONS, BREAKDOWN; minimization:
   CONVERGED, MAX_ITERATIONS, LINE_SEARCH_FAILED, STAGNATED).
 """
@@ -20,6 +22,7 @@ EPI distortion correction in :mod:`odeflow.imaging.epi`.
 from ._bidiag import Bidiagonalization, Reorthogonalization, golub_kahan
 from ._cg import CGResult, Status, cg
 from ._descents import LBFGS, AbstractDescent, DescentStep, NewtonCG
+from ._gnvpro import gnvpro, varpro_objective
 from ._hybrid import HybridResult, HybridStatus, hybrid_lsqr
 from ._line_search import AbstractLineSearch, Armijo, FixedStep, LineSearchResult, armijo
 from ._minimize import OptimizeResult, minimize
@@ -33,6 +36,7 @@ from ._operators import (
 )
 from ._solvers import gauss_newton, lbfgs
 from ._tikhonov import TikhonovResult, solve_tikhonov
+from ._varpro import LastLayer, VarPro, VarProLoss, solve_last_layer
 
 __all__ = [
     "LBFGS",
@@ -48,6 +52,7 @@ __all__ = [
     "HybridResult",
     "HybridStatus",
     "IdentityOperator",
+    "LastLayer",
     "LineSearchResult",
     "LinearOperator",
     "MatrixOperator",
@@ -56,13 +61,18 @@ __all__ = [
     "Reorthogonalization",
     "Status",
     "TikhonovResult",
+    "VarPro",
+    "VarProLoss",
     "armijo",
     "cg",
     "gauss_newton",
+    "gnvpro",
     "golub_kahan",
     "hybrid_lsqr",
     "jacobi_preconditioner",
     "lbfgs",
     "minimize",
+    "solve_last_layer",
     "solve_tikhonov",
+    "varpro_objective",
 ]

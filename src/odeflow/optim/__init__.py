@@ -14,7 +14,8 @@ EPI distortion correction in :mod:`odeflow.imaging.epi`.
   Tikhonov on the projected problem, λ by GCV, weighted GCV or the discrepancy principle)
   and :func:`solve_tikhonov` (``min ‖Ax − b‖² + λ²‖Lx‖²``).
 * Separable models: :class:`VarPro` (a feature extractor + a last layer solved for,
-  :func:`solve_last_layer`) and :func:`gnvpro` (Gauss–Newton on the reduced objective).
+  :func:`solve_last_layer`) and :func:`gnvpro` (Gauss–Newton on the reduced objective);
+  :class:`RandomFeatures` (ReLU random features fitted by :func:`hybrid_lsqr` or min-norm).
 * Both report a :class:`Status` (CG: CONVERGED, MAX_ITERATIONS, BREAKDOWN; minimization:
   CONVERGED, MAX_ITERATIONS, LINE_SEARCH_FAILED, STAGNATED).
 """
@@ -34,6 +35,7 @@ from ._operators import (
     MatrixOperator,
     jacobi_preconditioner,
 )
+from ._random_features import RandomFeatures, RandomFeaturesFit
 from ._solvers import gauss_newton, lbfgs
 from ._tikhonov import TikhonovResult, solve_tikhonov
 from ._varpro import LastLayer, VarPro, VarProLoss, solve_last_layer
@@ -58,6 +60,8 @@ __all__ = [
     "MatrixOperator",
     "NewtonCG",
     "OptimizeResult",
+    "RandomFeatures",
+    "RandomFeaturesFit",
     "Reorthogonalization",
     "Status",
     "TikhonovResult",

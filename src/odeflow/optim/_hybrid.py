@@ -139,34 +139,35 @@ def _criterion(rule, proj: _Projected, lam, m, k, omega):
     return r2.sqrt()  # discrepancy: the residual norm
 
 
-def _grid(proj: _Projected, eps: float):
+def _grid(proj: _Projected, eps: float, floor_at_smin: bool):
+    """Log grid for λ per row: from ``max(s_min, 16ε·s_max)`` (GCV; Hansen's range, which
+    avoids GCV's spurious minimum at λ → 0 when ``B_k`` is square-like) or
+    ``max(100ε, 1e-12)·s_max`` (discrepancy) up to ``10·s_max``."""
     smax = proj.s[:, 0].clamp_min(1e-300)
-    decades = math.ceil(-math.log10(max(100 * eps, 1e-12))) + 1
-    t = torch.linspace(-decades + 1.0, 1.0, decades * _GRID_PER_DECADE + 1, dtype=smax.dtype)
-    return smax[:, None] * 10.0 ** t.to(smax.device)[None, :]
+    lo = smax * max(100 * eps, 1e-12)
+    if floor_at_smin:
+        lo = torch.maximum(smax * 16 * eps, proj.s[:, -1].clamp_max(smax))
+    hi = 10 * smax
+    decades = float((hi / lo).log10().max())
+    points = max(int(decades * _GRID_PER_DECADE), 20) + 1
+    t = torch.linspace(0.0, 1.0, points, dtype=smax.dtype, device=smax.device)
+    return (lo.log()[:, None] + t[None, :] * (hi / lo).log()[:, None]).exp()
 
 
 def _minimize_on_grid(f, grid):
-    """Argmin of ``f`` (vectorized over rows) on the grid, refined by golden section."""
+    """Argmin of ``f`` (vectorized over rows) on the grid, refined by three zooms: each
+    evaluates 33 points across the two grid cells around the current best."""
     vals = f(grid)
-    i = vals.argmin(dim=1)
+    i = vals.argmin(dim=1, keepdim=True)
     L = grid.shape[1]
-    lo = torch.gather(grid, 1, (i - 1).clamp(0, L - 1)[:, None]).log()
-    hi = torch.gather(grid, 1, (i + 1).clamp(0, L - 1)[:, None]).log()
-    g = (math.sqrt(5) - 1) / 2
-    c, d = hi - g * (hi - lo), lo + g * (hi - lo)
-    fc, fd = f(c.exp()), f(d.exp())
-    for _ in range(30):  # golden section, one evaluation per step
-        left = fc <= fd
-        lo, hi = torch.where(left, lo, c), torch.where(left, d, hi)
-        new = torch.where(left, hi - g * (hi - lo), lo + g * (hi - lo))
-        fn = f(new.exp())
-        c, fc, d, fd = (
-            torch.where(left, new, d),
-            torch.where(left, fn, fd),
-            torch.where(left, c, new),
-            torch.where(left, fc, fn),
-        )
+    lo = torch.gather(grid, 1, (i - 1).clamp(0, L - 1)).log()
+    hi = torch.gather(grid, 1, (i + 1).clamp(0, L - 1)).log()
+    t = torch.linspace(0.0, 1.0, 33, dtype=grid.dtype, device=grid.device)[None, :]
+    for _ in range(3):
+        pts = lo + t * (hi - lo)
+        j = f(pts.exp()).argmin(dim=1, keepdim=True)
+        lo = torch.gather(pts, 1, (j - 1).clamp(0, 32))
+        hi = torch.gather(pts, 1, (j + 1).clamp(0, 32))
     return ((lo + hi) / 2).exp()[:, 0], vals
 
 
@@ -175,10 +176,12 @@ def _discrepancy(proj: _Projected, grid, target):
     lo, hi = grid[:, :1].log(), grid[:, -1:].log()
     r_lo = proj.residual2(lo.exp())[:, 0].sqrt()
     r_hi = proj.residual2(hi.exp())[:, 0].sqrt()
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        below = proj.residual2(mid.exp()) <= target[:, None] ** 2
-        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    t = torch.linspace(0.0, 1.0, 33, dtype=lo.dtype, device=lo.device)[None, :]
+    for _ in range(8):  # multisection: 32 subintervals per pass
+        pts = lo + t * (hi - lo)
+        below = (proj.residual2(pts.exp()) <= target[:, None] ** 2).sum(1, keepdim=True)
+        j = (below - 1).clamp(0, 31)  # residual increases with λ: the last point below
+        lo, hi = torch.gather(pts, 1, j), torch.gather(pts, 1, j + 1)
     lam = ((lo + hi) / 2).exp()[:, 0]
     lam = torch.where(r_lo > target, grid[:, 0], lam)
     lam = torch.where(r_hi < target, grid[:, -1], lam)
@@ -207,7 +210,7 @@ def _choose(rule, proj, k, m, state, fixed_lam, target, eps):
     """λ per right-hand side at iteration k, and the curve (or None)."""
     if rule == "fixed":
         return torch.full_like(proj.s[:, 0], fixed_lam), None, None, True
-    grid = _grid(proj, eps)
+    grid = _grid(proj, eps, floor_at_smin=rule != "discrepancy")
     if rule == "discrepancy":
         lam, ok = _discrepancy(proj, grid, target)
         return lam, grid, _criterion(rule, proj, grid, m, k, None), bool(ok.all())

@@ -16,11 +16,13 @@ EPI distortion correction in :mod:`odeflow.imaging.epi`.
 * Separable models: :class:`VarPro` (a feature extractor + a last layer solved for,
   :func:`solve_last_layer`) and :func:`gnvpro` (Gauss–Newton on the reduced objective);
   :class:`RandomFeatures` (ReLU random features fitted by :func:`hybrid_lsqr` or min-norm).
+* Bounds: :func:`minimize_bounded` (projected Newton–Krylov, PNKH-B style).
 * Both report a :class:`Status` (CG: CONVERGED, MAX_ITERATIONS, BREAKDOWN; minimization:
   CONVERGED, MAX_ITERATIONS, LINE_SEARCH_FAILED, STAGNATED).
 """
 
 from ._bidiag import Bidiagonalization, Reorthogonalization, golub_kahan
+from ._bounds import minimize_bounded
 from ._cg import CGResult, Status, cg
 from ._descents import LBFGS, AbstractDescent, DescentStep, NewtonCG
 from ._gnvpro import gnvpro, varpro_objective
@@ -76,6 +78,7 @@ __all__ = [
     "jacobi_preconditioner",
     "lbfgs",
     "minimize",
+    "minimize_bounded",
     "solve_last_layer",
     "solve_tikhonov",
     "varpro_objective",

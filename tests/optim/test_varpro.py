@@ -85,7 +85,7 @@ def test_reduced_loss_is_the_full_loss_at_the_inner_optimum(loss):
     else:
         full = nn.functional.cross_entropy(logits, Y, reduction="sum") / len(X)
     full = full + 0.5 * lam**2 / len(X) * (W.detach() ** 2).sum()
-    assert float(out.value) == pytest.approx(float(full), rel=1e-12)
+    assert float(out.value.detach()) == pytest.approx(float(full.detach()), rel=1e-12)
     # and W* is the inner optimum: the full loss's gradient in W vanishes there
     Z = model.feature_matrix(X).detach()
     val = reduced_loss_value(Z, Y, W, torch.full((W.shape[1],), lam, dtype=F64), loss)

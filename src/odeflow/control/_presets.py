@@ -158,7 +158,12 @@ class HJB(QuadraticControlProblem):
         self.target = _vec(target, self.dim, "target")
         self.x0 = _vec(initial_state, self.dim, "initial_state")
         self.weights = LossWeights(
-            objective=0.0, hjb=0.0, terminal_value=1.0, terminal_gradient=1.0, bsde=1.0
+            objective=0.0,
+            hjb=0.0,
+            terminal_value=1.0,
+            terminal_gradient=1.0,
+            bsde=1.0,
+            value_match=1.0,
         )
 
     def dynamics(self, x, u, t):

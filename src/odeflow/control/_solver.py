@@ -35,7 +35,8 @@ class LossWeights:
             solver both terminal terms are squared (FBSNN).
         bsde: stochastic solver only, the BSDE consistency
             E Σ_k |Φ(X_{k+1}) − Φ(X_k) + L_k h − ∇Φ(X_k)ᵀσΔW_k|² (1).
-        value_match: stochastic solver only, E|Φ(X₀, 0) − pathwise cost|² (0).
+        value_match: stochastic solver only, E|Φ(X₀, 0) − (pathwise cost − ∑∇ΦᵀσΔW)|²
+            (DeepBSDE's loss; 0).
 
     The weights α₁, α₂, α₃ of the PNAS paper (on L, F and G) are part of the problem's
     costs (see the presets). Reference: Ruthotto et al., arXiv 1912.01825, eq. (12);

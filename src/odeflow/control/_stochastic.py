@@ -140,7 +140,11 @@ def stochastic_loss(
         \text{terminal} = \mathbb{E}|\Phi_N - G|^2,\ \mathbb{E}|\nabla\Phi_N - \nabla G|^2,\quad
         \text{hjb} = \mathbb{E}\sum_k h\,|-\partial_t\Phi - \tfrac12\operatorname{tr}
         (\sigma\sigma^\top\nabla^2\Phi) + H - Q|,\quad
-        \text{value\_match} = \mathbb{E}|\Phi_0 - \text{cost}|^2.
+        \text{value\_match} = \mathbb{E}\Big|\Phi_0 - \Big(\sum_k (L_k + Q_k)h + G(X_N)
+        - \sum_k \nabla\Phi_k^\top\sigma\Delta W_k\Big)\Big|^2
+
+    (value_match is DeepBSDE's loss with Z = σᵀ∇Φ: the pathwise cost with its martingale
+    part removed, an estimate of Φ(X₀, 0) with vanishing variance at the optimum).
 
     The HJB term needs ∂ₜΦ and the Laplacian (or Hessian for a matrix σ) at every step;
     it is computed only when its weight is non-zero.
@@ -178,7 +182,7 @@ def stochastic_loss(
     noise = problem.noise_matrix()
     second = _second_for(noise) if w.hjb else None
     k_noise = _noise_dim(problem)
-    xk, cost = x, x.new_zeros(x.shape[0])
+    xk, cost, mart = x, x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0])
     bsde = hjb = x.new_zeros(x.shape[0])
     phi0 = prev = None
     for k in range(nt + 1):
@@ -202,7 +206,9 @@ def stochastic_loss(
         dW = sq * torch.randn(xk.shape[0], k_noise, generator=generator, dtype=x.dtype)
         sdW = _noise(problem, dW.to(xk.device))
         cost = cost + step
-        prev = (jet.value, step - (jet.grad * sdW).sum(-1))
+        dm = (jet.grad * sdW).sum(-1)
+        mart = mart + dm
+        prev = (jet.value, step - dm)
         xk = xk + h * problem.dynamics(xk, u, t) + sdW
     G = problem.terminal_cost(xk)
     cost = cost + G
@@ -212,7 +218,7 @@ def stochastic_loss(
     if w.terminal_gradient:
         tg = ((jet.grad - problem.terminal_gradient(xk)) ** 2).sum(-1).mean()
     objective = cost.mean()
-    vm = ((phi0 - cost) ** 2).mean() if w.value_match else zero
+    vm = ((phi0 - (cost - mart)) ** 2).mean() if w.value_match else zero
     bs, hj = bsde.mean(), hjb.mean()
     total = (
         w.objective * objective

@@ -228,7 +228,7 @@ def _lbfgs_stage(problem, loss_fn, params, ref, gen, b, iterations, K, opt, hist
                 ]
             )
             last.update(_terms(out))
-            return float(out.total), g.detach()
+            return float(out.total.detach()), g.detach()
 
         def value_only(theta, x=x, block_seed=block_seed):
             vector_to_parameters(theta, params)

@@ -19,6 +19,7 @@ References: Ruthotto et al., PNAS 2020, arXiv 1912.01825; Onken et al., arXiv 21
 Li, Verma, Ruthotto, arXiv 2209.13104.
 """
 
+from ._plot import plot_solution
 from ._presets import HJB, LQR, PRESETS, CrowdMotion, GaussianOT, PnasOT, make_problem
 from ._problem import ControlProblem, QuadraticControlProblem
 from ._reference import (
@@ -28,6 +29,7 @@ from ._reference import (
     cole_hopf_value,
     gaussian_ot_reference,
 )
+from ._simulate import Rollout, rollout
 from ._solver import (
     Characteristics,
     ControlLoss,
@@ -56,6 +58,7 @@ __all__ = [
     "MonteCarloEstimate",
     "PnasOT",
     "QuadraticControlProblem",
+    "Rollout",
     "StochasticLoss",
     "ValueFunction",
     "ValueJet",
@@ -69,6 +72,8 @@ __all__ = [
     "hjb_residual",
     "load_checkpoint",
     "make_problem",
+    "plot_solution",
+    "rollout",
     "save_checkpoint",
     "simulate",
     "solve_characteristics",

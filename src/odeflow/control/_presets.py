@@ -79,7 +79,9 @@ class LQR(QuadraticControlProblem):
         self.std0 = _check_positive("initial_std", initial_std, "the spread s₀ of ρ₀")
         self.A = None if A is None else self._mat(A, "A")
         self.Q = None if Q is None else self._mat(Q, "Q")
-        self.weights = LossWeights(hjb=1.0, terminal_value=1.0)
+        # the objective alone: with the default network the HJB/terminal penalties bias the
+        # closed-loop cost (2-3 % at d = 10 after 300 L-BFGS steps, 0.1 % without them)
+        self.weights = LossWeights(hjb=0.0, terminal_value=0.0)
 
     def _mat(self, M, name: str) -> Tensor:
         if isinstance(M, int | float):

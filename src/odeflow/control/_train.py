@@ -67,6 +67,8 @@ def fit(
     iterations: int = 500,
     batch: int | Sequence[int] = 256,
     lr: float = 1e-2,
+    lr_drops: Sequence[int] = (),
+    lr_factor: float = 0.1,
     resample_every: int = 25,
     nt: int | None = None,
     weights: LossWeights | None = None,
@@ -90,8 +92,9 @@ def fit(
         problem, value: the problem and a value function of the same dimension.
         solver: ``"auto"`` (by the problem's diffusion), ``"deterministic"``, ``"stochastic"``.
         optimizer: ``"adam"`` or ``"lbfgs"``. iterations: per stage. batch: int or sizes.
-        lr: Adam's learning rate. resample_every: K. nt: time steps (default the preset's
-            ``steps``, else 8). weights: :class:`LossWeights` (default: the problem's).
+        lr: Adam's learning rate, multiplied by ``lr_factor`` at each iteration count in
+            ``lr_drops`` (counted over all stages). resample_every: K. nt: time steps
+            (default the preset's ``steps``, else 8). weights: :class:`LossWeights` (default: the problem's).
         seed: seeds the sampling and noise generator (the run is deterministic given the
             network's initial weights). gradient: ODE gradient (``"adjoint"``/``"backprop"``).
         verbose: tqdm progress bar. checkpoint: path written at the end (and after each
@@ -133,6 +136,9 @@ def fit(
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    drops = sorted(_check_count("lr_drops", int(k)) for k in lr_drops)
+    if not (isinstance(lr_factor, int | float) and 0 < lr_factor <= 1):
+        raise ValueError(f"lr_factor must be in (0, 1], got {lr_factor!r}")
     loss_fn = _loss_fn(problem, value, solver, weights, nt, gradient)
     params = [p for p in value.parameters() if p.requires_grad]
     ref = params[0]
@@ -142,6 +148,8 @@ def fit(
     status = "completed"
     bar = tqdm(total=iterations * len(stages), desc="control fit", disable=not verbose)
     opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else None
+    if opt is not None and drops:
+        opt = (opt, torch.optim.lr_scheduler.MultiStepLR(opt, drops, gamma=lr_factor))
     try:
         for b in stages:
             run = _adam_stage if optimizer == "adam" else _lbfgs_stage
@@ -187,6 +195,7 @@ def _terms(out) -> dict[str, float]:
 
 
 def _adam_stage(problem, loss_fn, params, ref, gen, b, iterations, K, opt, history, bar, cb):
+    opt, sched = opt if isinstance(opt, tuple) else (opt, None)
     x = None
     for it in range(iterations):
         if it % K == 0:
@@ -195,6 +204,8 @@ def _adam_stage(problem, loss_fn, params, ref, gen, b, iterations, K, opt, histo
         out = loss_fn(x, gen)
         out.total.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         terms = _terms(out)
         history.append(terms)
         bar.update(1)

@@ -94,7 +94,8 @@ def fit(
         optimizer: ``"adam"`` or ``"lbfgs"``. iterations: per stage. batch: int or sizes.
         lr: Adam's learning rate, multiplied by ``lr_factor`` at each iteration count in
             ``lr_drops`` (counted over all stages). resample_every: K. nt: time steps
-            (default the preset's ``steps``, else 8). weights: :class:`LossWeights` (default: the problem's).
+            (default the preset's ``steps``, else 8). weights: :class:`LossWeights`
+            (default: the problem's).
         seed: seeds the sampling and noise generator (the run is deterministic given the
             network's initial weights). gradient: ODE gradient (``"adjoint"``/``"backprop"``).
         verbose: tqdm progress bar. checkpoint: path written at the end (and after each

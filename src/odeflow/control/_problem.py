@@ -207,6 +207,10 @@ class ControlProblem:
             "QuadraticControlProblem subclasses"
         )
 
+    def control_gain(self) -> float | Tensor | None:
+        """The matrix M with tr(∂f/∂x) = div a − tr(M∇²Φ), if the problem has one (None)."""
+        return None
+
     def noise_matrix(self) -> float | Tensor | None:
         """σσᵀ as a number s² (for σ = s·I) or a ``(d, d)`` tensor; None if deterministic."""
         s = self.diffusion

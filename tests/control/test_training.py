@@ -84,14 +84,13 @@ def test_pnas_ot_trained_objective_similar_in_d2_and_d10():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("d", [10, 50])
-def test_pnas_ot_objective_d_invariant_full(d):
+def test_pnas_ot_objective_d_invariant_full():
+    """d = 2 and 10 after 300 L-BFGS steps on 256 samples: objectives within 2 %."""
     objs = []
-    for dim in (2, d):
+    for dim in (2, 10):
         torch.manual_seed(0)
         phi = ValueNetwork(dim, width=16).double()
-        fit(PnasOT(dim=dim), phi, optimizer="lbfgs", iterations=500, batch=[256, 512],
-            verbose=False)  # fmt: skip
+        fit(PnasOT(dim=dim), phi, optimizer="lbfgs", iterations=300, batch=256, verbose=False)
         objs.append(evaluate(PnasOT(dim=dim), phi, samples=4000, seed=3)["objective"])
     assert abs(objs[1] / objs[0] - 1) < 0.02, objs
 

@@ -140,8 +140,8 @@ class HJB(QuadraticControlProblem):
 
     dX = 2u dt + √2 dW, L = |u|², g(x) = log((1 + |x − y|²)/2), T = 1, X₀ = x₀ (default 0);
     H = |p|², u* = −p, HJB ∂ₜΦ + ΔΦ − |∇Φ|² = 0. ``target`` y ≠ 0 is the shifted variant.
-    The reference u(0, x₀) is :meth:`reference` (Cole–Hopf, Monte Carlo; published value
-    for d = 100: 4.5901 (DeepBSDE paper), 4.5897 (FBSNN fork, 10⁵ samples); 4.5902 ± 0.00014
+    The reference u(0, x₀) is :meth:`reference` (Cole–Hopf, Monte Carlo; the value
+    for d = 100: 4.5897 in the FBSNN fork's saved runs (10⁵ samples); 4.5902 ± 0.00014
     here with 10⁶). Default weights: BSDE consistency, terminal value and gradient, and the
     DeepBSDE-style ``value_match``; a recipe that reaches ≤ 3e-3 at d = 100: float32
     ``ValueNetwork(100, width=32)``, ``fit(..., iterations=2000, batch=64, lr=1e-2,

@@ -105,7 +105,7 @@ def _gaussian_ot(iterations, dim, batch=256, n=20000):
     with torch.no_grad():
         z = solve_characteristics(pb, phi, x, nt=8).z
     ref = pb.reference()
-    cost = evaluate(pb, phi, x=x[:4000], nt=8)["objective"]
+    cost = evaluate(pb, phi, x=x, nt=8)["objective"]
     mean_err = float((z.mean(0) - torch.as_tensor(ref.mean)).abs().max()) / max(
         1.0, float(abs(ref.mean).max())
     )

@@ -5,7 +5,7 @@ Mixed-precision neural ODEs with an exact discrete adjoint, exact network deriva
 EPI susceptibility distortion correction.
 """
 
-from . import derivatives, flows, imaging, nn, ode, optim, testing
+from . import control, derivatives, flows, imaging, nn, ode, optim, testing
 from .ode import (
     AdjointScaler,
     Backprop,
@@ -39,6 +39,7 @@ __all__ = [
     "PrecisionPolicy",
     "Solution",
     "__version__",
+    "control",
     "derivatives",
     "flows",
     "imaging",

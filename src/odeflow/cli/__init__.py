@@ -36,6 +36,7 @@ _COMMANDS: tuple[str, ...] = (
     "odeflow.cli._demo",
     "odeflow.cli._epi",
     "odeflow.cli._flow",
+    "odeflow.cli._control",
     "odeflow.cli._bench",
 )
 

@@ -1,0 +1,81 @@
+r"""Neural optimal control and mean-field games.
+
+One network Φ(x, t) is the value function; its gradient gives the feedback control
+u*(x, ∇Φ); particles follow the characteristics by RK4 (:func:`solve_characteristics`,
+deterministic problems and potential mean-field games, with exact densities through the
+log-determinant) or Euler–Maruyama paths under the feedback (:func:`stochastic_loss`);
+the loss adds HJB penalties. Problems are :class:`ControlProblem` subclasses; presets
+(:func:`make_problem`) come with exact references (Riccati, Cole–Hopf, Gaussian OT).
+
+>>> import torch
+>>> from odeflow.control import LQR, ValueNetwork, fit
+>>> pb = LQR(dim=2)
+>>> phi = ValueNetwork(2, width=8).double()
+>>> result = fit(pb, phi, iterations=3, batch=32, verbose=False, seed=0)
+>>> len(result.history)
+3
+
+References: Ruthotto et al., PNAS 2020, arXiv 1912.01825; Onken et al., arXiv 2104.03270;
+Li, Verma, Ruthotto, arXiv 2209.13104.
+"""
+
+from ._plot import plot_solution
+from ._presets import HJB, LQR, PRESETS, CrowdMotion, GaussianOT, PnasOT, make_problem
+from ._problem import ControlProblem, QuadraticControlProblem
+from ._reference import (
+    GaussianOTReference,
+    LQRValue,
+    MonteCarloEstimate,
+    cole_hopf_value,
+    gaussian_ot_reference,
+)
+from ._simulate import Rollout, rollout
+from ._solver import (
+    Characteristics,
+    ControlLoss,
+    LossWeights,
+    control_loss,
+    hjb_residual,
+    solve_characteristics,
+)
+from ._stochastic import StochasticLoss, simulate, stochastic_loss
+from ._train import FitResult, evaluate, fit, load_checkpoint, save_checkpoint
+from ._value import ValueFunction, ValueJet, ValueNetwork, hessian_trace
+
+__all__ = [
+    "HJB",
+    "LQR",
+    "PRESETS",
+    "Characteristics",
+    "ControlLoss",
+    "ControlProblem",
+    "CrowdMotion",
+    "FitResult",
+    "GaussianOT",
+    "GaussianOTReference",
+    "LQRValue",
+    "LossWeights",
+    "MonteCarloEstimate",
+    "PnasOT",
+    "QuadraticControlProblem",
+    "Rollout",
+    "StochasticLoss",
+    "ValueFunction",
+    "ValueJet",
+    "ValueNetwork",
+    "cole_hopf_value",
+    "control_loss",
+    "evaluate",
+    "fit",
+    "gaussian_ot_reference",
+    "hessian_trace",
+    "hjb_residual",
+    "load_checkpoint",
+    "make_problem",
+    "plot_solution",
+    "rollout",
+    "save_checkpoint",
+    "simulate",
+    "solve_characteristics",
+    "stochastic_loss",
+]

@@ -141,7 +141,9 @@ def odeint(
         gradient: ``"adjoint"`` (exact discrete adjoint, default), ``"backprop"``, or
             :class:`DiscreteAdjoint` / :class:`Backprop`; ``DiscreteAdjoint(recompute="stage")``
             rebuilds one stage's graph at a time (less memory when a step's graph dominates,
-            ``s − 1`` extra evaluations of ``func`` per step).
+            ``s − 1`` extra evaluations of ``func`` per step); ``DiscreteAdjoint(checkpoints=K)``
+            stores at most ``K`` states (binomial checkpointing), ``checkpoints="all"`` keeps
+            every step's graph, ``checkpoints=MemoryBudget(...)`` fits a memory budget.
         precision: ``"fp32" | "tf32" | "bf16" | "fp16" | "fp64"`` or a :class:`PrecisionPolicy`.
             A 16-bit compute dtype needs a float32 state and ``func`` (autocast does not cast
             float64; on a float64 state a ``UserWarning`` says so). On a CPU that emulates

@@ -4,6 +4,7 @@ and buffer updates that lets the adjoint rebuild exactly what the forward pass e
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections.abc import Callable
 from types import MethodType
@@ -49,8 +50,12 @@ class _Field:
         self.nfe = 0
         self.checked = False
         # generator states before each call of a recorded forward pass (None: the field drew
-        # no random numbers); a stochastic field (dropout) is re-evaluated with the same draws
+        # no random numbers); a stochastic field (dropout) is re-evaluated with the same draws.
+        # Run-length encoded: entry k holds from note rng_at[k] on (a deterministic field
+        # holds one entry however many steps: nothing per step)
         self.rng_log: list[RngState] | None = None
+        self.rng_at: list[int] = []
+        self.notes = 0
         self.recording = False
         # what a log entry precedes: every call (a rebuild that evaluates stages out of order,
         # recompute="stage"), or every RK step of ``stages`` calls (a rebuild that repeats a
@@ -93,13 +98,13 @@ class _Field:
         module = _owning_module(self.func)
         bufs = list(module.buffers()) if module is not None else []
         versions = [version(b) for b in bufs]
-        self.rng_log, self.recording = [], rng
+        self.rng_log, self.rng_at, self.notes, self.recording = [], [], 0, rng
         try:
             yield
         finally:
             self.recording = False
         log = self.rng_log
-        if not log or (all(e is log[0] for e in log) and log[0] == _rng_state(self.device)):
+        if not log or (len(log) == 1 and log[0] == _rng_state(self.device)):
             self.rng_log = None
         # in-place updates bump a buffer's version, except batch norm's running statistics,
         # which its kernels update directly
@@ -161,16 +166,18 @@ class _Field:
     def note_rng(self) -> None:
         """Log the generators' state (before a call, or before a step's calls)."""
         st = _rng_state(self.device)
-        log = self.rng_log
-        # consecutive equal states share one entry (a deterministic field holds one)
-        log.append(log[-1] if log and log[-1] == st else st)
+        if not self.rng_log or self.rng_log[-1] != st:  # (equal consecutive states: one entry)
+            self.rng_log.append(st)
+            self.rng_at.append(self.notes)
+        self.notes += 1
 
     def replay_rng(self, step: int, stage: int = 0) -> None:
         """Set the generators to their state before the forward pass's call ``stage`` of
         step ``step`` (a no-op for a field that drew no random numbers; ``stage`` must be 0
         when steps, not calls, were logged)."""
         if self.rng_log is not None:
-            cpu, cuda = self.rng_log[step * self.stages + stage if self.per_call else step]
+            note = step * self.stages + stage if self.per_call else step
+            cpu, cuda = self.rng_log[bisect.bisect_right(self.rng_at, note) - 1]
             torch.set_rng_state(_as_state(cpu))
             if cuda is not None:
                 torch.cuda.set_rng_state(_as_state(cuda), self.device)

@@ -178,7 +178,9 @@ def odeint(
             :class:`DiscreteAdjoint` / :class:`Backprop` / :class:`~odeflow.BacksolveAdjoint`
             (the continuous adjoint); ``DiscreteAdjoint(recompute="stage")``
             rebuilds one stage's graph at a time (less memory when a step's graph dominates,
-            ``s − 1`` extra evaluations of ``func`` per step).
+            ``s − 1`` extra evaluations of ``func`` per step); ``DiscreteAdjoint(checkpoints=K)``
+            stores at most ``K`` states (binomial checkpointing), ``checkpoints="all"`` keeps
+            every step's graph, ``checkpoints=MemoryBudget(...)`` fits a memory budget.
         precision: ``"fp32" | "tf32" | "bf16" | "fp16" | "fp64"`` or a :class:`PrecisionPolicy`.
             A 16-bit compute dtype needs a float32 state and ``func`` (autocast does not cast
             float64; on a float64 state a ``UserWarning`` says so). On a CPU that emulates

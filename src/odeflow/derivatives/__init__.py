@@ -44,6 +44,8 @@ from ._activations import (
 from ._blocks import ICNN, Block, Linear, Quadratic, ResNet, Sequential, Single, Sum
 from ._compute import Derivatives, compute
 from ._fallback import hutchinson
+from ._fl_jet import UnsupportedOpError
+from ._forward_laplacian import forward_laplacian
 
 __all__ = [
     "ICNN",
@@ -63,7 +65,9 @@ __all__ = [
     "Square",
     "Sum",
     "Tanh",
+    "UnsupportedOpError",
     "compute",
+    "forward_laplacian",
     "hutchinson",
 ]
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from ._blocks import Block
 from ._fallback import func_derivatives
+from ._forward_laplacian import fl_compute
 from ._laplacian import laplacian_sweep, supports
 from ._sweep import Ctx, Kind
 
@@ -237,6 +238,11 @@ def compute(
     V = None if directions is None else directions.to(device=x.device, dtype=x.dtype)
     acc = torch.promote_types(x.dtype, torch.float32)
 
+    if not isinstance(net, Block) and want == "laplacian" and mode in ("auto", "forward"):
+        # any traceable module of supported ops: the forward Laplacian (torch.func otherwise)
+        res = fl_compute(net, x, V, exclude_last, strict=mode == "forward")
+        if res is not None:
+            return _finish(res[0], res[1], None, res[2], want)
     if not isinstance(net, Block) or mode == "func":
         if mode not in ("auto", "func"):
             raise ValueError(

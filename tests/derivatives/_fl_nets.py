@@ -82,9 +82,7 @@ class Siren(nn.Module):
 
     def __init__(self, d: int, width: int = 16, depth: int = 3, w0: float = 3.0):
         super().__init__()
-        self.lin = nn.ModuleList(
-            nn.Linear(d if i == 0 else width, width) for i in range(depth)
-        )
+        self.lin = nn.ModuleList(nn.Linear(d if i == 0 else width, width) for i in range(depth))
         self.out = nn.Linear(width, 1)
         self.w0 = w0
 

@@ -305,7 +305,7 @@ def matmul(a, b, ctx: FLCtx) -> Jet:
         c = val(a)
         if c.ndim == 1:
             raise UnsupportedOpError(
-                "forward Laplacian: vector @ batched tensor contracts the batch; use a 2-D constant."
+                "forward Laplacian: vector @ batched tensor contracts the batch; use a 2-D vector."
             )
         cl = lift(c, out.ndim)
         J = fit(cl @ b.J, out)
@@ -413,7 +413,9 @@ def cat(parts, dim: int, ctx: FLCtx, stack: bool = False) -> Jet:
     for p, v in zip(parts, vals, strict=True):
         if isinstance(p, Jet) and p.J is not None:
             Js.append(p.J.expand(nJ, *p.J.shape[1:]))
-            Ls.append(p.L if p.L is not None else torch.zeros(v.shape, dtype=ctx.acc, device=v.device))
+            Ls.append(
+                p.L if p.L is not None else torch.zeros(v.shape, dtype=ctx.acc, device=v.device)
+            )
         else:
             Js.append(torch.zeros(nJ, c, *v.shape[1:], dtype=jets[0].J.dtype, device=v.device))
             Ls.append(torch.zeros(v.shape, dtype=ctx.acc, device=v.device))

@@ -25,8 +25,17 @@ def mha_rule(mod: nn.MultiheadAttention):
     if not mod._qkv_same_embed_dim or mod.bias_k is not None or mod.add_zero_attn:
         return None
 
-    def rule(ctx: FLCtx, query, key, value, key_padding_mask=None, need_weights=True,
-             attn_mask=None, average_attn_weights=True, is_causal=False):
+    def rule(
+        ctx: FLCtx,
+        query,
+        key,
+        value,
+        key_padding_mask=None,
+        need_weights=True,
+        attn_mask=None,
+        average_attn_weights=True,
+        is_causal=False,
+    ):
         if key_padding_mask is not None or (mod.training and mod.dropout > 0):
             raise UnsupportedOpError(
                 "forward Laplacian: nn.MultiheadAttention with key_padding_mask or training "

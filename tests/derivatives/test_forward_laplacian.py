@@ -242,6 +242,7 @@ def test_bf16_accumulates_the_laplacian_in_float32():
     assert (out32.laplacian.double() - ref).norm() / ref.norm() < 1e-5
 
 
+@pytest.mark.slow  # dynamo traces the interpreter: ~10 s on a loaded 2-core machine
 def test_compiled_matches_eager():
     torch.manual_seed(7)
     net = N.gelu_mlp(4, width=8, depth=3)
@@ -249,7 +250,25 @@ def test_compiled_matches_eager():
     eager = D.forward_laplacian(net, x, exclude_last=1).laplacian
     f = torch.compile(
         lambda z: D.forward_laplacian(net, z, exclude_last=1).laplacian,
-        backend="aot_eager",
+        backend="eager",
         fullgraph=False,
     )
     torch.testing.assert_close(f(x), eager, rtol=1e-5, atol=1e-6)
+
+
+def test_pinn_poisson_example_learns():
+    """examples/pinn_poisson.py (small): the exact-Laplacian loss drives the error down."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "pinn_poisson.py"
+    spec = importlib.util.spec_from_file_location("pinn_poisson", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    net0 = torch.nn.Linear(10, 1)
+    x = torch.rand(200, 10)
+    with torch.no_grad():
+        base = float((net0(x).squeeze(-1) - mod.exact(x)).norm() / mod.exact(x).norm())
+    err = mod.main(["--dim", "10", "--width", "16", "--steps", "100", "--batch", "32"])
+    assert err < 0.3 < base, (err, base)

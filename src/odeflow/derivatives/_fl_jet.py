@@ -105,14 +105,16 @@ def sq(J: torch.Tensor, ctx: FLCtx) -> torch.Tensor:
     """Σ_{a<p} J_a² in ctx.acc: (nJ, c, *s) ↦ (nJ, *s)."""
     Jp = J[:, : ctx.p] if J.shape[1] != ctx.p else J
     Jp = Jp.to(ctx.acc)
-    return (Jp * Jp).sum(1)
+    return torch.linalg.vecdot(Jp, Jp, dim=1)
 
 
 def cross(Ja: torch.Tensor, Jb: torch.Tensor, ctx: FLCtx) -> torch.Tensor:
     """Σ_{a<p} Ja_a Jb_a in ctx.acc (broadcasting)."""
     A = (Ja[:, : ctx.p] if Ja.shape[1] != ctx.p else Ja).to(ctx.acc)
     B = (Jb[:, : ctx.p] if Jb.shape[1] != ctx.p else Jb).to(ctx.acc)
-    return (A * B).sum(1)
+    if A.shape != B.shape:
+        return (A * B).sum(1)
+    return torch.linalg.vecdot(A, B, dim=1)
 
 
 def fit(J: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -172,6 +174,10 @@ def neg(a: Jet) -> Jet:
     return Jet(-a.v, -a.J, None if a.L is None else -a.L)
 
 
+def _bshape(x, y):
+    return torch.broadcast_shapes(x.shape, y.shape)
+
+
 def mul(a, b, ctx: FLCtx) -> Jet:
     """a·b elementwise (broadcasting) for jets or constants."""
     out = val(a) * val(b)
@@ -185,7 +191,12 @@ def mul(a, b, ctx: FLCtx) -> Jet:
         J = fit(lift(c, out.ndim) * b.J, out)
         L = None if b.L is None else fitL(b.L * c, out)
         return Jet(out, J, L)
-    J = fit(lift(a.v, out.ndim) * b.J, out) + fit(lift(b.v, out.ndim) * a.J, out)
+    Jb = fit(lift(a.v, out.ndim) * b.J, out)
+    Ja_c = lift(b.v, out.ndim)
+    if _bshape(Ja_c, a.J) == Jb.shape:
+        J = torch.addcmul(Jb, Ja_c, a.J)
+    else:
+        J = Jb + fit(Ja_c * a.J, out)
     L = 2.0 * cross(fit(a.J, out), fit(b.J, out), ctx)
     if a.L is not None:
         L = L + a.L * b.v
@@ -273,6 +284,19 @@ def affine(x: Jet, W: torch.Tensor, b, ctx: FLCtx) -> Jet:
     return Jet(out, J, L)
 
 
+def jmm(J: torch.Tensor, B: torch.Tensor, right: bool) -> torch.Tensor:
+    """J @ B (``right``) or B @ J for J (nJ, c, *batch, ·, ·) and a batched B (n, *batch, ·, ·),
+    as one einsum (no copy of B per direction, which broadcasting ``B.unsqueeze(1)`` makes)."""
+    r = B.ndim
+    n = max(J.shape[0], B.shape[0])
+    J = J.expand(n, *J.shape[1:])
+    B = B.expand(n, *B.shape[1:])
+    bd = "".join(chr(ord("d") + k) for k in range(r - 3))
+    if right:
+        return torch.einsum(f"ac{bd}xy,a{bd}yz->ac{bd}xz", J, B)
+    return torch.einsum(f"a{bd}xy,ac{bd}yz->ac{bd}xz", B, J)
+
+
 def matmul(a, b, ctx: FLCtx) -> Jet:
     """a @ b for jets or constants (bilinear: the product rule with the cross term)."""
     out = torch.matmul(val(a), val(b))
@@ -284,7 +308,7 @@ def matmul(a, b, ctx: FLCtx) -> Jet:
                 "forward Laplacian: matmul of two x-dependent tensors needs both batched with "
                 f"the same number of dims ≥ 3, got {tuple(a.shape)} @ {tuple(b.shape)}."
             )
-        J = fit(a.J @ b.v.unsqueeze(1), out) + fit(a.v.unsqueeze(1) @ b.J, out)
+        J = fit(jmm(a.J, b.v, True), out) + fit(jmm(b.J, a.v, False), out)
         A = (a.J[:, : ctx.p] if a.J.shape[1] != ctx.p else a.J).to(ctx.acc)
         B = (b.J[:, : ctx.p] if b.J.shape[1] != ctx.p else b.J).to(ctx.acc)
         L = 2.0 * (A @ B).sum(1)
@@ -297,8 +321,7 @@ def matmul(a, b, ctx: FLCtx) -> Jet:
         c = val(b)
         if c.ndim == 1 or c.ndim < a.ndim:
             return linear_map(a, lambda t: t @ c, out, "matmul", lambda t: t @ c.to(ctx.acc))
-        cl = lift(c, out.ndim)
-        J = fit(a.J @ cl, out)
+        J = fit(jmm(a.J, c, True) if c.ndim == out.ndim else a.J @ c, out)
         L = None if a.L is None else a.L @ c.to(ctx.acc)
         return Jet(out, J, fitL(L, out))
     if jb:
@@ -307,8 +330,7 @@ def matmul(a, b, ctx: FLCtx) -> Jet:
             raise UnsupportedOpError(
                 "forward Laplacian: vector @ batched tensor contracts the batch; use a 2-D vector."
             )
-        cl = lift(c, out.ndim)
-        J = fit(cl @ b.J, out)
+        J = fit(jmm(b.J, c, False) if c.ndim == out.ndim else c @ b.J, out)
         L = None if b.L is None else c.to(ctx.acc) @ b.L
         return Jet(out, J, fitL(L, out))
     return const(out)
@@ -344,22 +366,45 @@ def softmax(x: Jet, dim: int, ctx: FLCtx, log: bool = False) -> Jet:
 
 
 def layer_norm(x: Jet, shape, w, b, eps: float, ctx: FLCtx) -> Jet:
-    """(x − μ)/√(var + ε) · w + b over the trailing ``shape``, composed of exact jet ops."""
+    """(x − μ)/√(var + ε) · w + b over the trailing ``shape``.
+
+    With xc = x − μ, s = var + ε, r = s^{−½}, y = xc·r (means over the normalised dims):
+    J_xc = J − mean J, J_s = 2 mean(xc J_xc), J_r = −½ r³ J_s, J_y = r J_xc + xc J_r;
+    L_s = 2 mean(xc L_xc) + 2 mean(Σ_a J_xc,a²), L_r = −½ r³ L_s + ¾ r⁵ Σ_a J_s,a²,
+    L_y = r L_xc + xc L_r + 2 Σ_a J_xc,a J_r,a.
+    """
     dims = tuple(range(-len(shape), 0))
     check_dim(dims, x.ndim, "layer_norm")
-    mu = jsum(x, dims, True, ctx, mean=True)
-    xc = add(x, mu, ctx, alpha=-1)
-    var = jsum(mul(xc, xc, ctx), dims, True, ctx, mean=True)
-    s = var.v + eps
+    v = x.v
+    xc = v - v.mean(dims, keepdim=True)
+    s = (xc * xc).mean(dims, keepdim=True) + eps
     r = torch.rsqrt(s)
-    r3 = r / s
-    rj = unary(var, r, -0.5 * r3, 0.75 * r3 / s, ctx)
-    y = mul(xc, rj, ctx)
+    y = xc * r
+    if x.J is not None:
+        J = x.J
+        Jxc = J - J.mean(dims, keepdim=True)
+        xc1, r1 = xc.unsqueeze(1), r.unsqueeze(1)
+        Js = 2.0 * (xc1 * Jxc).mean(dims, keepdim=True)  # (n, c, ..., 1)
+        r3 = r * r * r
+        Jr = -0.5 * r3.unsqueeze(1) * Js
+        Jy = torch.addcmul(Jxc * r1, xc1, Jr)
+        Lxc = None if x.L is None else x.L - x.L.mean(dims, keepdim=True)
+        acc = ctx.acc
+        Ls = 2.0 * sq(Jxc, ctx).mean(dims, keepdim=True)
+        if Lxc is not None:
+            Ls = Ls + 2.0 * (xc.to(acc) * Lxc).mean(dims, keepdim=True)
+        Lr = (-0.5 * r3).to(acc) * Ls + (0.75 * r3 * r * r).to(acc) * sq(Js, ctx)
+        Ly = xc.to(acc) * Lr + 2.0 * cross(Jxc, Jr, ctx)
+        if Lxc is not None:
+            Ly = Ly + r.to(acc) * Lxc
+        out = Jet(y, Jy, Ly)
+    else:
+        out = const(y)
     if w is not None:
-        y = mul(y, w, ctx)
+        out = mul(out, w, ctx)
     if b is not None:
-        y = add(y, b, ctx)
-    return y
+        out = add(out, b, ctx)
+    return out
 
 
 def attention(q, k, v, mask, causal: bool, scale, ctx: FLCtx) -> Jet:

@@ -3,8 +3,9 @@ r"""Exact network derivatives: value, gradient, Hessian and Laplacian, batched.
 Networks are built from blocks that declare their affine maps and elementwise activations
 (σ, σ′, σ″): :class:`Single`, :class:`ResNet`, :class:`ICNN`, :class:`Quadratic`,
 :class:`Linear`, combined with :class:`Sequential` and :class:`Sum`. The entry function
-:func:`compute` propagates exact jets through them (forward, mixed or backward mode) and
-falls back to vmapped torch.func for any other ``nn.Module``. Every block subclasses the
+:func:`compute` propagates exact jets through them (forward, mixed or backward mode). Any
+other ``nn.Module`` gets its Laplacian (or weighted trace) from :func:`forward_laplacian`, a
+torch.fx-traced forward Laplacian, when every op has a rule, and vmapped torch.func otherwise. Every block subclasses the
 abstract :class:`Block`, which declares all the sweeps a block provides; each block is one
 file under ``_blocks/`` (see ``docs/extending.md`` to add one).
 

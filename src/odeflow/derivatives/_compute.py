@@ -179,8 +179,11 @@ def compute(
     * ``"backward"``: a reverse second-order sweep over the blocks of a :class:`Sequential`
       (gradient and Hessian in each block's input space), contracted with the input seed at
       the first block only; the cheapest when the first block narrows a wide input (d ≫ width).
-    * ``"func"``: vmapped torch.func (jacfwd∘jacrev, forward-over-reverse HVPs); the only mode
-      for arbitrary ``nn.Module`` networks and the oracle in the tests.
+    * ``"func"``: vmapped torch.func (jacfwd∘jacrev, forward-over-reverse HVPs); the mode
+      for arbitrary ``nn.Module`` networks and the oracle in the tests. For
+      ``want="laplacian"`` on a module that is not a block, ``"auto"`` and ``"forward"`` run
+      :func:`~odeflow.derivatives.forward_laplacian` (torch.fx-traced forward Laplacian) when
+      every op has a rule; ``"auto"`` falls back to ``"func"`` otherwise, ``"forward"`` raises.
 
     For the Laplacian of networks made of :class:`Single`, :class:`ResNet`, :class:`Linear` and
     :class:`Quadratic` blocks (in :class:`Sequential`/:class:`Sum`), ``"mixed"`` is the Laplacian

@@ -5,9 +5,10 @@ Networks are built from blocks that declare their affine maps and elementwise ac
 :class:`Linear`, combined with :class:`Sequential` and :class:`Sum`. The entry function
 :func:`compute` propagates exact jets through them (forward, mixed or backward mode). Any
 other ``nn.Module`` gets its Laplacian (or weighted trace) from :func:`forward_laplacian`, a
-torch.fx-traced forward Laplacian, when every op has a rule, and vmapped torch.func otherwise. Every block subclasses the
-abstract :class:`Block`, which declares all the sweeps a block provides; each block is one
-file under ``_blocks/`` (see ``docs/extending.md`` to add one).
+torch.fx-traced forward Laplacian, when every op has a rule, and vmapped torch.func
+otherwise. Every block subclasses the abstract :class:`Block`, which declares all the sweeps
+a block provides; each block is one file under ``_blocks/`` (see ``docs/extending.md`` to add
+one).
 
 The package module itself is callable: ``odeflow.derivatives(net, x, want=...)`` is
 ``odeflow.derivatives.compute(net, x, want=...)`` (its module class is a

@@ -29,18 +29,38 @@ class _Tracer(fx.Tracer):
     """torch.nn modules and odeflow activations/blocks are leaves (they have rules or get a
     clear error); user modules are traced through."""
 
+    def __init__(self):
+        super().__init__()
+        self.consts: dict = {}
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (Activation, Block)):
             return True
         return super().is_leaf_module(m, qualname)
 
+    def create_arg(self, a):
+        # A tensor held by the module (also a parameter replaced by a plain tensor, as
+        # functional calls do) is read by name at every call; any other tensor constant is
+        # kept beside the graph instead of being set as an attribute on the user's module.
+        if isinstance(a, torch.Tensor):
+            for name, t in (*self.root.named_parameters(), *self.root.named_buffers()):
+                if a is t:
+                    return self.create_node("get_attr", name, (), {})
+            if not isinstance(a, nn.Parameter):
+                key = f"<constant {len(self.consts)}>"
+                self.consts[key] = a
+                return self.create_node("get_attr", key, (), {})
+        return super().create_arg(a)
 
-def _graph(net: nn.Module) -> fx.Graph:
+
+def _graph(net: nn.Module):
+    """The traced graph of ``net`` and its tensor constants (cached per module and mode)."""
     hit = _CACHE.get(net)
     if hit is not None and hit[0] == net.training:
         return hit[1]
+    tracer = _Tracer()
     try:
-        graph = _Tracer().trace(net)
+        graph = tracer.trace(net)
     except Exception as exc:
         raise UnsupportedOpError(
             f"forward Laplacian: torch.fx cannot trace {type(net).__name__} ({type(exc).__name__}: "
@@ -53,8 +73,8 @@ def _graph(net: nn.Module) -> fx.Graph:
             f"forward Laplacian: {type(net).__name__}.forward must take one tensor x of shape "
             "(n, d) (other arguments need defaults); concatenate several inputs into x."
         )
-    _CACHE[net] = (net.training, graph)
-    return graph
+    _CACHE[net] = (net.training, (graph, tracer.consts))
+    return graph, tracer.consts
 
 
 def _fetch(net: nn.Module, target: str):
@@ -100,7 +120,8 @@ def _const_jets(args, kwargs):
     return args, kwargs, _has_jet(args, kwargs)
 
 
-def _interpret(net: nn.Module, graph: fx.Graph, x: Jet, ctx: FLCtx):
+def _interpret(net: nn.Module, traced, x: Jet, ctx: FLCtx):
+    graph, consts = traced
     env: dict = {}
     first = True
     for node in graph.nodes:
@@ -109,7 +130,8 @@ def _interpret(net: nn.Module, graph: fx.Graph, x: Jet, ctx: FLCtx):
             first = False
             continue
         if node.op == "get_attr":
-            env[node] = _fetch(net, node.target)
+            t = node.target
+            env[node] = consts[t] if t in consts else _fetch(net, t)
             continue
         if node.op == "output":
             return map_arg(node.args[0], lambda nd: env[nd])

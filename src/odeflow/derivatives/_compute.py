@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
@@ -11,6 +9,7 @@ from ._blocks import Block
 from ._fallback import func_derivatives
 from ._forward_laplacian import fl_compute
 from ._laplacian import laplacian_sweep, supports
+from ._result import Derivatives, _finish
 from ._sweep import Ctx, Kind
 
 __all__ = ["Derivatives", "compute"]
@@ -18,25 +17,6 @@ __all__ = ["Derivatives", "compute"]
 _WANTS = ("gradient", "hessian", "laplacian", "hvp")
 _MODES = ("auto", "forward", "mixed", "backward", "func")
 _KINDS = {"gradient": Kind.GRAD, "hessian": Kind.HESS, "laplacian": Kind.LAP, "hvp": Kind.HVP}
-
-
-class Derivatives(NamedTuple):
-    """Result of :func:`compute`; fields that were not requested are None.
-
-    Shapes for x: (n, d), d' = d − exclude_last, scalar output (m = 1) / vector output:
-
-    * ``value``: (n,) / (n, m)
-    * ``gradient``: (n, d) / (n, m, d) — always over all d inputs; with directions V (d, k):
-      Vᵀ∇f, (n, k) / (n, m, k)
-    * ``hessian``: (n, d', d') / (n, m, d', d'); with directions VᵀHV, (n, k, k) / (n, m, k, k);
-      for ``want="hvp"`` the products ∇²_{x'}f · V[:d'], (n, d', k) / (n, m, d', k)
-    * ``laplacian``: (n,) / (n, m) — Σ_{i<d'} ∂²f/∂x_i², or tr(VᵀHV) with directions
-    """
-
-    value: torch.Tensor
-    gradient: torch.Tensor | None
-    hessian: torch.Tensor | None
-    laplacian: torch.Tensor | None
 
 
 def _select(net: Block, want: str, n: int, m: int, d: int, c: int) -> str:
@@ -317,17 +297,3 @@ def compute(
     elif kind is Kind.HESS:
         lap = second.diagonal(dim1=-2, dim2=-1).sum(-1)
     return _finish(value, grad, second, lap, want)
-
-
-def _finish(value, grad, second, lap, want) -> Derivatives:
-    acc = torch.promote_types(value.dtype, torch.float32)
-    grad = grad.to(acc)
-    second = None if second is None else second.to(acc)
-    lap = None if lap is None else lap.to(acc)
-    scalar = value.shape[-1] == 1
-    if scalar:
-        value = value[..., 0]
-        grad = grad[:, 0]
-        second = None if second is None else second[:, 0]
-        lap = None if lap is None else lap[:, 0]
-    return Derivatives(value, grad, second, lap)

@@ -18,6 +18,7 @@ from . import _fl_rules as R
 from ._activations import Activation
 from ._blocks import Block
 from ._fl_jet import FLCtx, Jet, UnsupportedOpError
+from ._result import _finish
 
 __all__ = ["UnsupportedOpError", "fl_compute", "fl_propagate", "fl_supported", "forward_laplacian"]
 
@@ -332,8 +333,6 @@ def forward_laplacian(
         >>> out.value.shape, out.gradient.shape, out.laplacian.shape
         (torch.Size([5]), torch.Size([5, 3]), torch.Size([5]))
     """
-    from ._compute import _finish  # (lazy: _compute dispatches to this module)
-
     _check(net, x, sigma, exclude_last, num_probes)
     S, p = _seeds(x, sigma, exclude_last, gradient, num_probes, generator)
     value, J, L = fl_propagate(net, x, S, p)

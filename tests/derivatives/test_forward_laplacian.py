@@ -299,3 +299,25 @@ def test_tensor_constants_do_not_touch_the_module():
     net.scale.mul_(2.0)  # buffers are read at every call
     ref = D.compute(net, x, want="laplacian", mode="func").laplacian
     _close(D.forward_laplacian(net, x).laplacian, ref)
+
+
+def test_every_activation_module():
+    torch.manual_seed(8)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    acts = [
+        nn.GELU(approximate="tanh"),
+        nn.SiLU(),
+        nn.Softplus(beta=2.0),
+        nn.Sigmoid(),
+        nn.ELU(),
+        nn.LeakyReLU(0.1),
+        nn.ReLU(),  # almost everywhere (ReLU″ = 0, as autograd)
+        D.LogCosh(),
+    ]
+    for act in acts:
+        net = nn.Sequential(nn.Linear(3, 6), act, nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 1))
+        net = net.double()
+        ref = D.compute(net, x, want="laplacian", mode="func")
+        out = D.forward_laplacian(net, x)
+        _close(out.laplacian, ref.laplacian)
+        _close(out.gradient, ref.gradient)

@@ -3,10 +3,12 @@ r"""Exact network derivatives: value, gradient, Hessian and Laplacian, batched.
 Networks are built from blocks that declare their affine maps and elementwise activations
 (σ, σ′, σ″): :class:`Single`, :class:`ResNet`, :class:`ICNN`, :class:`Quadratic`,
 :class:`Linear`, combined with :class:`Sequential` and :class:`Sum`. The entry function
-:func:`compute` propagates exact jets through them (forward, mixed or backward mode) and
-falls back to vmapped torch.func for any other ``nn.Module``. Every block subclasses the
-abstract :class:`Block`, which declares all the sweeps a block provides; each block is one
-file under ``_blocks/`` (see ``docs/extending.md`` to add one).
+:func:`compute` propagates exact jets through them (forward, mixed or backward mode). Any
+other ``nn.Module`` gets its Laplacian (or weighted trace) from :func:`forward_laplacian`, a
+torch.fx-traced forward Laplacian, when every op has a rule, and vmapped torch.func
+otherwise. Every block subclasses the abstract :class:`Block`, which declares all the sweeps
+a block provides; each block is one file under ``_blocks/`` (see ``docs/extending.md`` to add
+one).
 
 The package module itself is callable: ``odeflow.derivatives(net, x, want=...)`` is
 ``odeflow.derivatives.compute(net, x, want=...)`` (its module class is a
@@ -44,6 +46,8 @@ from ._activations import (
 from ._blocks import ICNN, Block, Linear, Quadratic, ResNet, Sequential, Single, Sum
 from ._compute import Derivatives, compute
 from ._fallback import hutchinson
+from ._fl_jet import UnsupportedOpError
+from ._forward_laplacian import forward_laplacian
 
 __all__ = [
     "ICNN",
@@ -63,7 +67,9 @@ __all__ = [
     "Square",
     "Sum",
     "Tanh",
+    "UnsupportedOpError",
     "compute",
+    "forward_laplacian",
     "hutchinson",
 ]
 

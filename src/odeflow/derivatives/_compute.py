@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
 from ._blocks import Block
 from ._fallback import func_derivatives
+from ._forward_laplacian import fl_compute
 from ._laplacian import laplacian_sweep, supports
+from ._result import Derivatives, _finish
 from ._sweep import Ctx, Kind
 
 __all__ = ["Derivatives", "compute"]
@@ -17,25 +17,6 @@ __all__ = ["Derivatives", "compute"]
 _WANTS = ("gradient", "hessian", "laplacian", "hvp")
 _MODES = ("auto", "forward", "mixed", "backward", "func")
 _KINDS = {"gradient": Kind.GRAD, "hessian": Kind.HESS, "laplacian": Kind.LAP, "hvp": Kind.HVP}
-
-
-class Derivatives(NamedTuple):
-    """Result of :func:`compute`; fields that were not requested are None.
-
-    Shapes for x: (n, d), d' = d − exclude_last, scalar output (m = 1) / vector output:
-
-    * ``value``: (n,) / (n, m)
-    * ``gradient``: (n, d) / (n, m, d) — always over all d inputs; with directions V (d, k):
-      Vᵀ∇f, (n, k) / (n, m, k)
-    * ``hessian``: (n, d', d') / (n, m, d', d'); with directions VᵀHV, (n, k, k) / (n, m, k, k);
-      for ``want="hvp"`` the products ∇²_{x'}f · V[:d'], (n, d', k) / (n, m, d', k)
-    * ``laplacian``: (n,) / (n, m) — Σ_{i<d'} ∂²f/∂x_i², or tr(VᵀHV) with directions
-    """
-
-    value: torch.Tensor
-    gradient: torch.Tensor | None
-    hessian: torch.Tensor | None
-    laplacian: torch.Tensor | None
 
 
 def _select(net: Block, want: str, n: int, m: int, d: int, c: int) -> str:
@@ -178,8 +159,11 @@ def compute(
     * ``"backward"``: a reverse second-order sweep over the blocks of a :class:`Sequential`
       (gradient and Hessian in each block's input space), contracted with the input seed at
       the first block only; the cheapest when the first block narrows a wide input (d ≫ width).
-    * ``"func"``: vmapped torch.func (jacfwd∘jacrev, forward-over-reverse HVPs); the only mode
-      for arbitrary ``nn.Module`` networks and the oracle in the tests.
+    * ``"func"``: vmapped torch.func (jacfwd∘jacrev, forward-over-reverse HVPs); the mode
+      for arbitrary ``nn.Module`` networks and the oracle in the tests. For
+      ``want="laplacian"`` on a module that is not a block, ``"auto"`` and ``"forward"`` run
+      :func:`~odeflow.derivatives.forward_laplacian` (torch.fx-traced forward Laplacian) when
+      every op has a rule; ``"auto"`` falls back to ``"func"`` otherwise, ``"forward"`` raises.
 
     For the Laplacian of networks made of :class:`Single`, :class:`ResNet`, :class:`Linear` and
     :class:`Quadratic` blocks (in :class:`Sequential`/:class:`Sum`), ``"mixed"`` is the Laplacian
@@ -237,6 +221,11 @@ def compute(
     V = None if directions is None else directions.to(device=x.device, dtype=x.dtype)
     acc = torch.promote_types(x.dtype, torch.float32)
 
+    if not isinstance(net, Block) and want == "laplacian" and mode in ("auto", "forward"):
+        # any traceable module of supported ops: the forward Laplacian (torch.func otherwise)
+        res = fl_compute(net, x, V, exclude_last, strict=mode == "forward")
+        if res is not None:
+            return _finish(res[0], res[1], None, res[2], want)
     if not isinstance(net, Block) or mode == "func":
         if mode not in ("auto", "func"):
             raise ValueError(
@@ -308,17 +297,3 @@ def compute(
     elif kind is Kind.HESS:
         lap = second.diagonal(dim1=-2, dim2=-1).sum(-1)
     return _finish(value, grad, second, lap, want)
-
-
-def _finish(value, grad, second, lap, want) -> Derivatives:
-    acc = torch.promote_types(value.dtype, torch.float32)
-    grad = grad.to(acc)
-    second = None if second is None else second.to(acc)
-    lap = None if lap is None else lap.to(acc)
-    scalar = value.shape[-1] == 1
-    if scalar:
-        value = value[..., 0]
-        grad = grad[:, 0]
-        second = None if second is None else second[:, 0]
-        lap = None if lap is None else lap[:, 0]
-    return Derivatives(value, grad, second, lap)

@@ -13,11 +13,18 @@ Parts (all data ships offline or is generated):
 * ``lean``: LeanResNet vs plain ResNet (convolutional, two stages) on digits at 8×8, 16×16 and
   (full mode) 32×32: accuracy and parameters (all, and in the residual blocks).
 * ``toy``: peaks (5 classes) and Swiss roll (2 classes), 2-D, dense width 8, depth 8.
+* ``scales`` (with ``--scales``): learning across scales. Convolutional plain, parabolic and
+  lean networks (global-average head) trained on 8×8 digits, tested on the same test digits
+  at 16×16 (bilinear upsampling) three ways: the 8×8 kernels as they are, the kernels
+  prolonged by :func:`odeflow.nn.prolong_conv` (and with 4× the steps, for the explicit time
+  step), and, as the reference, the 16×16 images restricted back to 8×8 (2×2 averages) for
+  the coarse network.
 
 Usage::
 
     python benchmarks/nn_peers.py --quick --json benchmarks/results/cpu_nn_peers.json
     python benchmarks/nn_peers.py --json full.json          # more depths, epochs, 32×32
+    python benchmarks/nn_peers.py --quick --scales --json benchmarks/results/cpu_nn_peers.json
 
 torchdiffeq is optional (``pip install torchdiffeq --no-deps``); without it its rows are
 reported as skipped.
@@ -224,6 +231,42 @@ def toy_tasks(epochs):
     return rows
 
 
+def scales_table(epochs):
+    """Train at 8×8, test at 16×16: the same kernels, prolonged kernels, restricted data."""
+    rows = []
+    coarse = onn.digits_data(8)
+    fine = onn.digits_data(16)
+    x16, y16 = fine[2], fine[3]
+    restricted = F.avg_pool2d(x16, 2)
+    for kind in ("plain", "parabolic", "lean"):
+        torch.manual_seed(0)
+        net = onn.build_network(kind, 1, 10, widths=(8, 16), n_steps=4, basis_size=4)
+        res = onn.train_classifier(net, coarse, epochs=epochs, lr=5e-3)
+        prolonged = onn.prolong_conv(net, 2.0)
+        row = {
+            "model": kind,
+            "train_size": 8,
+            "test_size": 16,
+            "epochs": epochs,
+            "test_accuracy_8": res.test_accuracy,
+            "test_accuracy_16_same_kernels": onn.accuracy(net, x16, y16),
+            "test_accuracy_16_prolonged": onn.accuracy(prolonged, x16, y16),
+        }
+        set_depth(prolonged, 16)
+        row["test_accuracy_16_prolonged_4x_steps"] = onn.accuracy(prolonged, x16, y16)
+        row["test_accuracy_16_restricted_to_8"] = onn.accuracy(net, restricted, y16)
+        rows.append(row)
+        print(
+            f"  scales {kind:9s} 8×8 {row['test_accuracy_8']:.4f} | 16×16: same kernels "
+            f"{row['test_accuracy_16_same_kernels']:.4f}, prolonged "
+            f"{row['test_accuracy_16_prolonged']:.4f} (4× steps "
+            f"{row['test_accuracy_16_prolonged_4x_steps']:.4f}), restricted data "
+            f"{row['test_accuracy_16_restricted_to_8']:.4f}",
+            flush=True,
+        )
+    return rows
+
+
 def goals(depth_rows, acc_rows, lean_rows):
     """The issue's goals, evaluated on this run."""
     out = {}
@@ -266,14 +309,19 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="CPU-sized run (about 3 minutes)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument(
+        "--scales",
+        action="store_true",
+        help="also run learning across scales (train 8×8, test 16×16; about 1 minute)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
         depths, repeats, train_depth, epochs = (8, 64, 256, 1024), 3, 16, 10
-        sizes, lean_epochs, toy_epochs = (8, 16), 3, 10
+        sizes, lean_epochs, toy_epochs, scale_epochs = (8, 16), 3, 10, 6
     else:
         depths, repeats, train_depth, epochs = (8, 16, 32, 64, 128, 256, 512, 1024), 3, 64, 15
-        sizes, lean_epochs, toy_epochs = (8, 16, 32), 10, 40
+        sizes, lean_epochs, toy_epochs, scale_epochs = (8, 16, 32), 10, 40, 20
     t0 = time.perf_counter()
     data = onn.digits_data(image=False)
     print("== activation memory and time per iteration vs depth (digits 8×8, width 32)")
@@ -284,6 +332,10 @@ def main(argv=None) -> int:
     lean_rows = lean_vs_plain(sizes, lean_epochs)
     print("== peaks and Swiss roll")
     toy_rows = toy_tasks(toy_epochs)
+    scale_rows = None
+    if args.scales:
+        print("== learning across scales: trained at 8×8, tested at 16×16")
+        scale_rows = scales_table(scale_epochs)
     result = {
         "benchmark": "nn_peers",
         "mode": "quick" if args.quick else "full",
@@ -294,12 +346,20 @@ def main(argv=None) -> int:
             "torch": torch.__version__,
             "threads": args.threads,
         },
+        "meta": {  # the keys the docs' benchmark pages read
+            "device": "cpu",
+            "cpu": platform.processor() or platform.machine(),
+            "threads": args.threads,
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+        },
         "torchdiffeq": TORCHDIFFEQ or "available",
         "memory_measure": "bytes of distinct tensors saved for backward (parameters excluded)",
         "depth": depth_rows,
         "accuracy": acc_rows,
         "lean": lean_rows,
         "toy": toy_rows,
+        **({"scales": scale_rows} if scale_rows is not None else {}),
         "goals": goals(depth_rows, acc_rows, lean_rows),
         "seconds": round(time.perf_counter() - t0, 1),
     }

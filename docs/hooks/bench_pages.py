@@ -199,6 +199,33 @@ PAGES = {
             }
         ],
     },
+    "nn": {
+        "title": "PDE-motivated networks",
+        "intro": (
+            "`odeflow.nn` against a plain ResNet trained by autograd and torchdiffeq's "
+            "`odeint_adjoint` neural ODE, on scikit-learn's digits (offline). **Depth**: "
+            "flattened 8×8 digits, width 32, batch 64; activation memory = bytes of the "
+            "distinct tensors autograd saves for the backward pass (parameters excluded), "
+            "time = median of forward + backward + Adam step. **Accuracy**: trained at one "
+            "depth, evaluated at every depth with the same weights (depth continuation). "
+            "**Lean**: LeanResNet vs plain convolutional ResNet. **Toy**: peaks and Swiss roll. "
+            "**Scales**: trained on 8×8 digits, tested at 16×16 with the same kernels, with "
+            "kernels prolonged by `odeflow.nn.prolong_conv`, and on the 16×16 images "
+            "restricted back to 8×8."
+        ),
+        "sections": [
+            {
+                "title": "CPU, quick mode",
+                "files": ["cpu_nn_peers.json"],
+                "command": "python benchmarks/nn_peers.py --quick --scales",
+                "note": (
+                    "Quick mode trains for a few epochs on one shared CPU thread: accuracies "
+                    "are indicative, timings noisy. torchdiffeq rows appear when it is "
+                    "installed (`pip install torchdiffeq --no-deps`)."
+                ),
+            }
+        ],
+    },
 }
 
 
@@ -452,11 +479,88 @@ def _epi_section(datas: list[dict], stem: str):
     return _table(header, table), _png(fig)
 
 
+# --------------------------------------------------------------------------- nn
+def _nn_tables(d: dict) -> list[str]:
+    depth = [r for r in d["depth"] if "depth" in r]
+    out = ["**Activation memory and time per iteration vs depth**", ""]
+    out += _table(
+        ["model", "depth", "activation MiB", "ms / iteration"],
+        [[r["model"], r["depth"], r["activation_bytes"] / 2**20, _ms(r["seconds_per_iteration"])]
+         for r in depth],
+    )  # fmt: skip
+    skipped = [r["model"] for r in d["depth"] if "skipped" in r]
+    if skipped:
+        out += ["", "Skipped (not installed): " + ", ".join(skipped) + "."]
+    acc = [r for r in d["accuracy"] if "test_accuracy" in r]
+    if acc:
+        depths = list(acc[0]["test_accuracy_at_depth"])
+        out += ["", "**Test accuracy: trained at one depth, evaluated at others**", ""]
+        out += _table(
+            ["model", "trained at", "epochs", *[f"at {k}" for k in depths]],
+            [[r["model"], r["train_depth"], r["epochs"],
+              *[r["test_accuracy_at_depth"][k] for k in depths]] for r in acc],
+        )  # fmt: skip
+    out += ["", "**LeanResNet vs plain ResNet (convolutional digits)**", ""]
+    out += _table(
+        ["model", "image", "test accuracy", "parameters", "block parameters"],
+        [[r["model"], f"{r['size']}×{r['size']}", r["test_accuracy"], r["parameters"],
+          r["block_parameters"]] for r in d["lean"]],
+    )  # fmt: skip
+    out += ["", "**Peaks and Swiss roll (2-D, width 8, depth 8)**", ""]
+    out += _table(
+        ["task", "model", "test accuracy"],
+        [[r["task"], r["model"], r["test_accuracy"]] for r in d["toy"]],
+    )
+    if d.get("scales"):
+        out += ["", "**Learning across scales: trained at 8×8, tested at 16×16**", ""]
+        out += _table(
+            ["model", "8×8", "16×16 same kernels", "16×16 prolonged",
+             "prolonged, 4× steps", "16×16 restricted to 8×8"],
+            [[r["model"], r["test_accuracy_8"], r["test_accuracy_16_same_kernels"],
+              r["test_accuracy_16_prolonged"], r["test_accuracy_16_prolonged_4x_steps"],
+              r["test_accuracy_16_restricted_to_8"]] for r in d["scales"]],
+        )  # fmt: skip
+    goals = d.get("goals", {})
+    if "hamiltonian_memory_fraction_of_plain" in goals:
+        out += ["", f"**Goals at depth {goals['depth']}**", ""]
+        out += _table(
+            ["Hamiltonian memory / plain", "goal ≤ 0.05", "time ratio", "goal ≤ 1.5",
+             "accuracy difference"],
+            [[goals["hamiltonian_memory_fraction_of_plain"], goals["memory_goal_met"],
+              goals["hamiltonian_time_ratio_to_plain"], goals["time_goal_met"],
+              goals["accuracy_difference_hamiltonian_minus_plain_at_depth"]]],
+        )  # fmt: skip
+    return out
+
+
+def _nn_section(datas: list[dict], stem: str):
+    d = datas[0]
+    plt = _plt()
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig.subplots_adjust(wspace=0.4)
+    depth = [r for r in d["depth"] if "depth" in r]
+    for model in dict.fromkeys(r["model"] for r in depth):
+        rs = sorted((r for r in depth if r["model"] == model), key=lambda r: r["depth"])
+        xs = [r["depth"] for r in rs]
+        a.loglog(xs, [r["activation_bytes"] / 2**20 for r in rs], "o-", label=model)
+        b.loglog(xs, [r["seconds_per_iteration"] * 1e3 for r in rs], "o-", label=model)
+    for r in (r for r in d["accuracy"] if "test_accuracy" in r):
+        ks = list(r["test_accuracy_at_depth"])
+        c.semilogx([int(k) for k in ks], [r["test_accuracy_at_depth"][k] for k in ks], "o-",
+                   label=r["model"])  # fmt: skip
+    a.set(xlabel="depth (steps)", ylabel="activation memory (MiB)")
+    b.set(xlabel="depth (steps)", ylabel="ms / iteration")
+    c.set(xlabel="evaluated at depth", ylabel="test accuracy")
+    a.legend(fontsize=7)
+    return _nn_tables(d), _png(fig)
+
+
 _SECTION = {
     "ode": _ode_section,
     "derivatives": _derivatives_section,
     "flows": _flows_section,
     "epi": _epi_section,
+    "nn": _nn_section,
 }
 
 

@@ -3,7 +3,8 @@
 Layers are vector fields ``f(t, y; θ(t))`` with time-parameterized weights (a
 :class:`TimeBasis`); blocks integrate them on their own state grid (explicit Runge–Kutta via
 :func:`odeflow.odeint`, leapfrog, Verlet) with memory-free reversible training; IMEX and
-low-cost convolutions, regularizers, and model-zoo constructors complete the kit.
+low-cost convolutions, regularizers, learning across scales (:func:`prolong_conv`) and
+model-zoo constructors complete the kit.
 """
 
 from ._basis import Legendre, Monomial, PiecewiseConstant, PiecewiseLinear, TimeBasis, get_basis
@@ -19,6 +20,7 @@ from ._layers import (
 from ._lowcost import MultigridChannelOperator
 from ._operators import ConvOperator, DenseOperator, LeanConvOperator, Operator
 from ._regularizers import kinetic_energy, weight_smoothness, weight_total_variation
+from ._scales import prolong_conv, prolong_kernel
 from ._train import (
     TrainResult,
     accuracy,
@@ -79,6 +81,8 @@ __all__ = [
     "parabolic_resnet",
     "peaks_data",
     "plain_resnet",
+    "prolong_conv",
+    "prolong_kernel",
     "saved_tensor_bytes",
     "swiss_roll_data",
     "train_classifier",

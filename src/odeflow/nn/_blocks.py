@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..ode import odeint
+from ..ode._gradient import GradientPolicy, _get_gradient
 from ._layers import VectorFieldLayer
 from ._reversible import LeapfrogStepper, ReversibleFunction, VerletStepper
 
@@ -89,21 +90,49 @@ class ExplicitBlock(_Block):
         layer: a vector-field layer (``width`` in and out).
         n_steps: number of steps (the depth), ``h = T / n_steps``.
         method: a method name of :func:`odeflow.odeint` (``euler``, ``rk4``, …) or tableau.
-        gradient: ``"adjoint"`` (exact discrete adjoint, per-step recomputation) or
-            ``"backprop"``.
+        gradient: the gradient policy of :func:`odeflow.odeint`: ``"adjoint"`` or
+            :class:`odeflow.DiscreteAdjoint` (default; discretize-then-optimize, DO),
+            ``"backprop"`` / :class:`odeflow.Backprop` (autograd through the steps, also DO),
+            or :class:`odeflow.BacksolveAdjoint` (the continuous adjoint,
+            optimize-then-discretize, OD). Assign ``block.gradient`` to switch it on a built
+            model.
 
     Input ``x: (batch, width)`` or ``(batch, width, height, width)``; returns ``y(T)``, same
-    shape. Raises ``ValueError`` for a wrong shape, NaN/Inf in ``x``, or ``n_steps`` below the
-    basis' size.
+    shape. Raises ``ValueError`` for a wrong shape, NaN/Inf in ``x``, an unknown gradient, or
+    ``n_steps`` below the basis' size.
+
+    **DO vs OD: when each is right.** The network *is* the discrete scheme: its loss is
+    ``L(y_N)`` with ``y_N`` the Runge–Kutta solution. Discretize-then-optimize
+    (``DiscreteAdjoint``, ``Backprop``) gives the exact gradient of that loss (to round-off;
+    a Taylor test passes at order 2), so an optimizer sees a consistent objective and
+    gradient: it is right for training, at any step size, in particular for few, large steps
+    (a ResNet of moderate depth), non-smooth activations (ReLU) or weights that change
+    abruptly in time (piecewise-constant bases). Optimize-then-discretize
+    (``BacksolveAdjoint``) solves the continuous adjoint ODE backward: its gradient is that
+    of the continuous model ``y(T)`` and differs from the discrete loss's gradient by
+    ``O(h^p)`` (``p`` the method's order, tested for Euler and RK4), so it is right only when
+    ``h`` is small enough that the discretization error is below the optimizer's tolerance,
+    i.e. when the block is meant as an ODE (time-continuous weights, smooth σ, many steps)
+    rather than as a particular network; with ``checkpoints=False`` it needs ``O(1)`` memory in
+    depth, but its backward re-integration of ``y`` is unstable for dissipative fields
+    (parabolic layers). For memory-free training of a *discrete* network use the reversible
+    blocks (:class:`LeapfrogBlock`, :class:`HamiltonianBlock`), exact DO gradients at ``O(1)``
+    memory.
 
     Reference: Haber & Ruthotto, "Stable architectures for deep neural networks"
-    (arXiv:1705.03341).
+    (arXiv:1705.03341); Gholaminejad, Keutzer, Biros, "ANODE: unconditionally accurate
+    memory-efficient gradients for neural ODEs" (arXiv:1902.10298); Onken & Ruthotto,
+    "Discretize-optimize vs. optimize-discretize for time-series regression and continuous
+    normalizing flows" (arXiv:2005.13420).
 
     Example:
+        >>> import odeflow
         >>> from odeflow.nn import StandardLayer
         >>> block = ExplicitBlock(StandardLayer(3), n_steps=4)
         >>> block(torch.zeros(2, 3)).shape
         torch.Size([2, 3])
+        >>> block.gradient = odeflow.BacksolveAdjoint(checkpoints=True)  # OD on the same model
+        >>> block(torch.ones(2, 3, requires_grad=True)).sum().backward()
     """
 
     def __init__(self, layer, n_steps, *, method="euler", gradient="adjoint"):
@@ -111,6 +140,26 @@ class ExplicitBlock(_Block):
         self.layer = layer
         self.method = method
         self.gradient = gradient
+
+    @property
+    def gradient(self) -> GradientPolicy:
+        """The gradient policy (a :class:`odeflow.DiscreteAdjoint`, :class:`odeflow.Backprop`
+        or :class:`odeflow.BacksolveAdjoint`); strings ``"adjoint"``/``"backprop"`` are
+        accepted on assignment."""
+        return self._gradient
+
+    @gradient.setter
+    def gradient(self, value) -> None:
+        if not isinstance(value, (str, GradientPolicy)):
+            raise TypeError(
+                f"ExplicitBlock: gradient must be 'adjoint', 'backprop' or a gradient policy "
+                f"(odeflow.DiscreteAdjoint(), odeflow.BacksolveAdjoint(), …), got "
+                f"{type(value).__name__}."
+            )
+        try:
+            self._gradient = _get_gradient(value)
+        except ValueError as err:
+            raise ValueError(f"ExplicitBlock: {err}") from None
 
     def trajectory(self, x: torch.Tensor) -> torch.Tensor:
         """All states ``(n_steps + 1, *x.shape)``."""
@@ -124,6 +173,9 @@ class ExplicitBlock(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trajectory(x)[-1]
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, method={self.method!r}, gradient={self.gradient!r}"
 
 
 class _ReversibleBlock(_Block):

@@ -115,10 +115,15 @@ KINDS = ("plain", "antisymmetric", "parabolic", "hyperbolic", "hamiltonian", "le
 
 def _block(kind, width, n_steps, image, lkw, bkw):
     op = "conv" if image else "dense"
-    if kind == "plain":
-        return ExplicitBlock(
-            StandardLayer(width, operator=op, **lkw), n_steps, gradient="backprop", **bkw
+    if kind in ("hyperbolic", "hamiltonian") and "gradient" in bkw:
+        raise ValueError(
+            f"{kind}_resnet: the reversible blocks have no gradient= option (their gradient is "
+            "the exact discrete one, memory-free or by autograd: memory_free=True/False)."
         )
+    if kind in ("plain", "lean", "mgic"):  # the baselines: autograd unless told otherwise
+        bkw = {"gradient": "backprop", **bkw}
+    if kind == "plain":
+        return ExplicitBlock(StandardLayer(width, operator=op, **lkw), n_steps, **bkw)
     if kind == "antisymmetric":
         return ExplicitBlock(
             AntisymmetricLayer(width, operator=op, gamma=0.01, **lkw), n_steps, **bkw
@@ -140,14 +145,10 @@ def _block(kind, width, n_steps, image, lkw, bkw):
     if not image:
         raise ValueError(f"{kind}_resnet needs image=True (it is a convolutional network).")
     if kind == "lean":
-        return ExplicitBlock(
-            StandardLayer(width, operator="lean", **lkw), n_steps, gradient="backprop", **bkw
-        )
+        return ExplicitBlock(StandardLayer(width, operator="lean", **lkw), n_steps, **bkw)
     if kind == "mgic":
         op = MultigridChannelOperator(width, group_size=min(4, width))
-        return ExplicitBlock(
-            StandardLayer(width, operator=op, **lkw), n_steps, gradient="backprop", **bkw
-        )
+        return ExplicitBlock(StandardLayer(width, operator=op, **lkw), n_steps, **bkw)
     raise ValueError(f"unknown network kind {kind!r}; valid kinds are: {', '.join(KINDS)}.")
 
 
@@ -182,7 +183,10 @@ def build_network(
         activation: of the layers.
         image_size: side of the input images; given, the head flattens the last block's
             output (``widths[-1] · side²`` features), else it averages over the pixels.
-        block_kw: passed to the blocks (e.g. ``memory_free=False``, ``method="rk4"``).
+        block_kw: passed to the blocks (e.g. ``memory_free=False`` for the reversible kinds;
+            ``method="rk4"`` or ``gradient=odeflow.BacksolveAdjoint()`` for the others, whose
+            default gradient is ``"backprop"`` for plain/lean/mgic and the discrete adjoint
+            for antisymmetric/parabolic).
 
     Returns:
         An ``nn.Sequential`` mapping inputs to logits ``(batch, n_classes)``.

@@ -179,7 +179,7 @@ def test_fit_standardizes_once_and_holds_out_a_validation_split():
     for bad in (1.0, -0.1, True, "0.1"):
         with pytest.raises(ValueError, match=r"val_fraction must be a number in \[0, 1\)"):
             fit(OTFlow(2, width=4), x, val_fraction=bad, verbose=False)
-    with pytest.raises(ValueError, match="standardize must be True or False"):
+    with pytest.raises(ValueError, match="standardize must be True, False or None"):
         fit(OTFlow(2, width=4), x, standardize=1, verbose=False)
 
 
@@ -201,7 +201,15 @@ def test_defaults_come_from_default_preset_for_every_preset_dimension():
         q, flow = default_preset(d), OTFlow(d)
         assert (flow.width, flow.alpha, flow.nt, flow.nt_eval) == (q.width, q.alpha, q.nt,
                                                                    q.nt_val)  # fmt: skip
-        assert q.dim == d and q.val_fraction > 0 and q.val_every is not None
+        assert q.dim == d and q.val_fraction > 0 and q.val_every is not None and q.standardize
+    # the paper's presets reproduce its runs: no standardization unless asked for
+    assert not any(p.standardize for p in PRESETS.values())
+    flow = OTFlow(2, width=4, nt=2)
+    fit(flow, "8gaussians", preset="8gaussians", iters=1, batch=64, verbose=False)
+    assert not flow.is_standardized
+    fit(flow, "8gaussians", preset="8gaussians", iters=1, batch=64, standardize=True,
+        verbose=False)  # fmt: skip
+    assert flow.is_standardized
     # explicit settings win, and nt_eval keeps its 2·nt default for an explicit nt
     f = OTFlow(4, width=8, alpha=(1.0, 5.0, 1.0), nt=3)
     assert (f.width, f.alpha, f.nt, f.nt_eval) == (8, (1.0, 5.0, 1.0), 3, 6)
@@ -275,3 +283,25 @@ def test_all_defaults_reach_the_eight_gaussians_entropy():
     print(f"8gaussians: test NLL {nll:.4f} vs entropy {H:.4f}; {res.iterations} iters "
           f"({res.status}), {res.seconds:.1f} s")  # fmt: skip
     assert abs(nll - H) < 0.1
+
+
+def test_cli_flow_train_uses_the_library_defaults(tmp_path, monkeypatch):
+    """``odeflow flow train`` on data without a preset builds and trains the flow with the
+    library's defaults (default_preset): width, α, step counts and standardization."""
+    import json
+
+    import numpy as np
+
+    from odeflow.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.RandomState(0)
+    np.save("d.npy", rng.randn(200, 3) * [1.0, 4.0, 0.5] + [10.0, 0.0, -2.0])
+    assert main(["flow", "train", "--data", "d.npy", "--out", "run", "--iters", "2",
+                 "--quiet"]) == 0  # fmt: skip
+    cfg = json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]
+    q = default_preset(3)
+    assert (cfg["width"], tuple(cfg["alpha"]), cfg["nt"], cfg["nt_eval"]) == (
+        q.width, q.alpha, q.nt, q.nt_val)  # fmt: skip
+    flow = load_checkpoint(tmp_path / "run" / "flow.pt")
+    assert flow.is_standardized and float(flow.data_loc[0]) == pytest.approx(10.0, abs=0.5)

@@ -249,7 +249,7 @@ def fit(
     restore_best: bool = True,
     process_group: Any = None,
     val_fraction: float | None = None,
-    standardize: bool = True,
+    standardize: bool | None = None,
 ) -> FitResult:
     """Train an OT-Flow by minimising J = α₀L + α₁C + α₂R with Adam.
 
@@ -333,7 +333,8 @@ def fit(
             set it from the training data (a toy: from 20,000 of its samples) before
             training; a flow already standardized keeps its map (continued training).
             ``False`` trains in the data's own coordinates. A constant column keeps the
-            identity, with a warning.
+            identity, with a warning. Default: the preset's (``True`` without a preset;
+            ``False`` with the paper's presets, which reproduce its runs).
 
     The flow's train/eval mode and ``precision`` are the caller's again when ``fit`` returns
     or raises.
@@ -395,8 +396,9 @@ def fit(
             or not 0 <= val_fraction < 1):  # fmt: skip
         raise ValueError(f"val_fraction must be a number in [0, 1) (the share of the training "
                          f"rows held out for validation), got {val_fraction!r}")  # fmt: skip
+    standardize = standardize if standardize is not None else q.standardize
     if not isinstance(standardize, bool):
-        raise ValueError(f"standardize must be True or False, got {standardize!r}")
+        raise ValueError(f"standardize must be True, False or None, got {standardize!r}")
     if clip is not None:
         if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not clip > 0:
             raise ValueError(f"clip must be a number > 0 (the parameters are clamped to "

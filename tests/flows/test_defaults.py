@@ -232,7 +232,7 @@ def test_default_fit_stops_early_on_the_held_out_split():
 # ---------------------------------------------------------------- acceptance
 
 #: |test NLL − exact entropy| / d bounds of the quick runs (500 rows). Measured on this CPU:
-#: +0.0000 (d = 2) and +0.0056 (d = 4); the bound is the larger of 3× that and 0.02, twice
+#: -0.0001 (d = 2) and +0.0056 (d = 4); the bound is the larger of 3× that and 0.02, twice
 #: the standard error of the 5,000-row test NLL (≈ 0.01 nats/dim).
 GAP_QUICK = {2: 0.02, 4: 0.02}
 

@@ -52,7 +52,7 @@ def test_checkpoint_with_nan_weights_is_refused_at_load_and_at_save(tmp_path):
     flow = _tiny()
     with torch.no_grad():
         next(flow.parameters())[0, 0] = float("nan")
-    name = next(iter(flow.state_dict()))
+    name = next(flow.named_parameters())[0]  # the parameter set to NaN above
     with pytest.raises(ValueError, match=rf"weights hold NaN or inf \({name}"):
         save_checkpoint(flow, tmp_path / "a.pt")
     assert not (tmp_path / "a.pt").exists()

@@ -164,7 +164,7 @@ def test_fit_rejects_settings_out_of_range(kwargs, match):
 
 
 def test_fit_rejects_a_preset_with_bad_alpha():
-    flow = OTFlow(2, width=4, nt=2).double()
+    flow = OTFlow(2, width=4, nt=2, alpha=(1.0, 1.0, 1.0)).double()
     bad = dataclasses.replace(get_preset("8gaussians"), alpha=(1.0, float("nan"), 1.0))
     with pytest.raises(ValueError, match="alpha must be a sequence of three finite numbers"):
         fit(flow, _data(), preset=bad, iters=1, batch=64, verbose=False)

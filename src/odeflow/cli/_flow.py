@@ -205,7 +205,8 @@ def _train(args: argparse.Namespace) -> int:
     dim = 2 if isinstance(train, str) else int(train.shape[1])
     # every split is checked now: a bad test row must not surface only after training
     _check_splits(args.data, dim, {"train": train, "validation": val, "test": test})
-    width = args.width if args.width is not None else (p.width if p else 32)
+    # without a preset: the library's defaults (OTFlow's and fit's, odeflow.flows.default_preset)
+    width = args.width if args.width is not None else (p.width if p else None)
     # dtype: --dtype, else --double, else the preset's (float64 for the 2-D toys) unless a
     # reduced --precision asks for mixed precision (an fp32 model), else float32
     if args.dtype is not None:
@@ -221,7 +222,8 @@ def _train(args: argparse.Namespace) -> int:
                          "--double / --dtype float64")  # fmt: skip
     _check_fits(args.data, dtype, {"train": train, "validation": val, "test": test})
     torch.manual_seed(args.seed)
-    flow = OTFlow(dim, width=width, depth=p.depth if p else 2, compile=args.compile).to(dtype)
+    shape = {"depth": p.depth} if p else {}
+    flow = OTFlow(dim, width=width, compile=args.compile, **shape).to(dtype)
     out = Path(args.out)
     group, device, rank, joined = _process_group(args.device)
     top = out  # the outermost folder this run creates (removed if a failure leaves it empty)
@@ -441,17 +443,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     data_args(t)
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--preset", default=None, help="preset name (default: the dataset's, if any)")
+    lib = "else the library's (odeflow.flows.default_preset)"
     t.add_argument(
-        "--iters", type=int, default=None, help="training iterations (default: preset's, else 1000)"
+        "--iters",
+        type=int,
+        default=None,
+        help=f"training iterations (default: preset's, {lib}: a budget with early stopping "
+        "on the validation split)",
     )
     t.add_argument(
-        "--batch", type=int, default=None, help="global batch size (default: preset's, else 1024)"
+        "--batch", type=int, default=None, help=f"global batch size (default: preset's, {lib})"
     )
     t.add_argument(
-        "--lr", type=float, default=None, help="Adam learning rate (default: preset's, else 0.01)"
+        "--lr", type=float, default=None, help=f"Adam learning rate (default: preset's, {lib})"
     )
     t.add_argument(
-        "--width", type=int, default=None, help="ResNet width m of Φ (default: preset's, else 32)"
+        "--width", type=int, default=None, help=f"ResNet width m of Φ (default: preset's, {lib})"
     )
     t.add_argument(
         "--precision",

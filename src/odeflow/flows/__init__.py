@@ -7,7 +7,7 @@ the gradient of a potential Φ(x, t) whose Laplacian gives an exact log-determin
 from ._gas import convert_gas
 from ._otflow import OTFlow, OTFlowLoss, build_potential
 from ._plot import plot_flow_2d
-from ._presets import PRESETS, FlowPreset, get_preset
+from ._presets import PRESETS, FlowPreset, default_preset, get_preset
 from ._tabular import TABULAR_FILES, TabularData, check_data, load_sklearn, load_tabular
 from ._toys import (
     TOYS,
@@ -38,6 +38,7 @@ __all__ = [
     "build_potential",
     "check_data",
     "convert_gas",
+    "default_preset",
     "eight_gaussians_entropy",
     "eight_gaussians_log_prob",
     "eight_gaussians_means",

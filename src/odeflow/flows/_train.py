@@ -14,6 +14,7 @@ import numbers
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -26,7 +27,7 @@ from torch import Tensor
 from ._distributed import Comm
 from ._finite import nonfinite_report, nonfinite_tensors, state_shapes
 from ._otflow import OTFlow, _check_alpha, _check_int, _check_steps
-from ._presets import FlowPreset, get_preset
+from ._presets import FlowPreset, default_preset, get_preset
 from ._tabular import TabularData, check_data
 from ._toys import TOYS, make_toy
 
@@ -113,6 +114,51 @@ def _as_batches(data, batch: int, seed: int, dtype, device, comm: Comm | None = 
                 yield x[comm.shard(perm[i : i + b])]
 
     return epochs()
+
+
+#: at most this many rows are held out for validation (the cost of each validation)
+_MAX_HOLD_OUT = 5_000
+#: rows of a toy drawn to estimate its standardization
+_TOY_STAT_ROWS = 20_000
+
+
+def _hold_out(x: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor | None]:
+    """``(train, val)``: a random ``fraction`` of the rows of ``x`` (at most
+    ``_MAX_HOLD_OUT``, none if fewer than 10 would be left to train or 1 to validate) held
+    out for validation, drawn with ``seed``; the same on every rank."""
+    n = x.shape[0]
+    n_val = min(round(fraction * n), _MAX_HOLD_OUT)
+    if n_val < 1 or n - n_val < 10:
+        return x, None
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7_919))
+    perm = perm.to(x.device)
+    return x[perm[n_val:]], x[perm[:n_val]]
+
+
+def _standardize(flow: OTFlow, data, seed: int) -> None:
+    """Set ``flow``'s affine map from the training data's per-coordinate mean and standard
+    deviation (a toy: from a sample of ``_TOY_STAT_ROWS`` rows drawn with ``seed``).
+
+    A coordinate with no spread (constant) keeps the identity (0, 1) and is warned about:
+    a point mass has no density, and centring it would only hide that."""
+    if isinstance(data, str):
+        x = make_toy(data, _TOY_STAT_ROWS, seed=seed + 20_011, dtype=torch.float64)
+    else:
+        x = data.detach().to("cpu", torch.float64)
+    loc = x.mean(0)
+    dev = x - loc
+    big = dev.abs().amax(0)  # (std through max|x − mean|: no overflow in the squares)
+    std = big * (dev / big.clamp_min(torch.finfo(torch.float64).tiny)).square().mean(0).sqrt()
+    ok = torch.isfinite(loc) & torch.isfinite(std) & (std > 0)
+    if not bool(ok.all()):
+        cols = torch.nonzero(~ok).flatten().tolist()
+        warnings.warn(
+            f"training data column(s) {cols[:10]} have no spread (constant) or no finite "
+            "mean and standard deviation: they are not standardized; a constant column has "
+            "no density to fit (drop it)",
+            stacklevel=3,
+        )
+    flow.set_standardization(torch.where(ok, loc, 0.0), torch.where(ok, std, 1.0))
 
 
 def _check_toy(name: str, dim: int) -> None:
@@ -202,7 +248,7 @@ def fit(
     val_data=None,
     val_every: int | None = None,
     val_nt: int | None = None,
-    patience: int = 5,
+    patience: int | None = None,
     lr_drop: float | None = None,
     max_drops: int | None = None,
     clip: float | None = None,
@@ -211,11 +257,30 @@ def fit(
     verbose: bool = True,
     restore_best: bool = True,
     process_group: Any = None,
+    val_fraction: float | None = None,
+    standardize: bool | None = None,
 ) -> FitResult:
     """Train an OT-Flow by minimising J = α₀L + α₁C + α₂R with Adam.
 
     Settings come from ``preset`` (see :data:`odeflow.flows.PRESETS`), then from the
-    keyword arguments, which win. A preset also sets the flow's α and step counts.
+    keyword arguments, which win. A preset also sets the flow's α and step counts. Without
+    a preset, the defaults are :func:`odeflow.flows.default_preset` ``(flow.dim)``'s (the
+    same rule that gives ``OTFlow(dim)`` its α and step counts).
+
+    **Defaults that work.** ``fit(flow, x)`` with every default
+
+    1. holds out ``val_fraction`` (10 %, at most 5,000 rows) of ``x`` for validation,
+    2. standardizes: sets the flow's affine map (:meth:`OTFlow.set_standardization`) to the
+       training rows' per-coordinate mean and standard deviation, so the ODE sees data of
+       mean 0 and scale 1 whatever the data's units (the map's log-determinant is part of
+       every log-density, exactly),
+    3. trains for at most the default budget, validating every ``val_every`` iterations;
+       when the validation NLL has not improved for ``patience`` validations the learning
+       rate drops by ``lr_drop``, and after ``max_drops`` drops the next stall stops
+       training (status ``"converged"``); the best validated weights are restored.
+
+    An explicit ``iters`` is an explicit budget: then only given validation data (or
+    ``val_fraction``) are used for validation, as with the paper's presets.
 
     **dtype.** Training runs in the flow's own parameter dtype, which ``fit`` never
     changes: training and validation data (tensors, arrays, toy samples) are cast to it.
@@ -240,11 +305,12 @@ def fit(
             refused; convert it with ``flow.float()`` first.
         device: where to train (default: the flow's device); CUDA must be available.
         val_data: validation samples ``(n_val, d)`` (default: ``data.val``, a fresh toy
-            sample, or none).
-        val_every: validate every this many iterations, ≥ 1 (default
+            sample, the ``val_fraction`` held out of ``data``, or none).
+        val_every: validate every this many iterations, ≥ 1 (default: the preset's, else
             ``max(1, iters // 20)``).
         val_nt: RK4 steps for validation, an integer >= 1 (default ``flow.nt_eval``).
-        patience: validations without improvement before the learning rate drops (≥ 1).
+        patience: validations without improvement before the learning rate drops (≥ 1;
+            default: the preset's).
         lr_drop, max_drops: drop factor (> 1) and number of drops before stopping (≥ 0).
         clip: clamp parameters to [−clip, clip] before every step (clip > 0, or None).
         seed: seed of the batch generator (an integer; also seeds toy samples).
@@ -269,6 +335,15 @@ def fit(
             ``dist.barrier()`` before ``destroy_process_group()``: with torch 2.4's gloo a
             rank whose peer tears the group down first hung in its own destroy now and then
             (``odeflow flow train`` under ``torchrun`` does both for you).
+        val_fraction: share of the rows of a data tensor held out for validation when no
+            ``val_data`` is given, in [0, 1) (default: the preset's ``val_fraction`` when
+            ``iters`` is not given, else 0). Fewer than 10 training rows left: none.
+        standardize: on a flow whose affine map is still the identity (never standardized),
+            set it from the training data (a toy: from 20,000 of its samples) before
+            training; a flow already standardized keeps its map (continued training).
+            ``False`` trains in the data's own coordinates. A constant column keeps the
+            identity, with a warning. Default: the preset's (``True`` without a preset;
+            ``False`` with the paper's presets, which reproduce its runs).
 
     The flow's train/eval mode and ``precision`` are the caller's again when ``fit`` returns
     or raises.
@@ -308,17 +383,31 @@ def fit(
         p_alpha = _check_alpha(p.alpha)
         p_nt = _check_steps(p.nt, f"preset {p.name!r}: nt")
         p_nt_val = _check_steps(p.nt_val, f"preset {p.name!r}: nt_val")
-    iters = _check_int("iters", iters if iters is not None else (p.iters if p else 1000), 1,
+    # without a preset the documented defaults for this dimension (default_preset)
+    q = p if p is not None else default_preset(flow.dim)
+    budget = iters is None  # no explicit iters: q's budget, with early stopping on validation
+    iters = _check_int("iters", iters if iters is not None else q.iters, 1,
                        "training iterations")  # fmt: skip
-    batch = _check_int("batch", batch if batch is not None else (p.batch if p else 1024), 1,
+    batch = _check_int("batch", batch if batch is not None else q.batch, 1,
                        "rows per minibatch")  # fmt: skip
-    lr = lr if lr is not None else (p.lr if p else 1e-2)
+    lr = lr if lr is not None else q.lr
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (0 < lr < math.inf):
         raise ValueError(f"lr must be a finite number > 0 (Adam's learning rate), got {lr!r}")
     lr = float(lr)
-    clip = clip if clip is not None else (p.clip if p else None)
-    lr_drop = lr_drop if lr_drop is not None else (p.lr_drop if p else 10.0)
-    max_drops = max_drops if max_drops is not None else (p.max_drops if p else 3)
+    clip = clip if clip is not None else q.clip
+    lr_drop = lr_drop if lr_drop is not None else q.lr_drop
+    max_drops = max_drops if max_drops is not None else q.max_drops
+    patience = patience if patience is not None else q.patience
+    val_every = val_every if val_every is not None else q.val_every
+    val_fraction = val_fraction if val_fraction is not None else (q.val_fraction if budget
+                                                                  else 0.0)  # fmt: skip
+    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real)
+            or not 0 <= val_fraction < 1):  # fmt: skip
+        raise ValueError(f"val_fraction must be a number in [0, 1) (the share of the training "
+                         f"rows held out for validation), got {val_fraction!r}")  # fmt: skip
+    standardize = standardize if standardize is not None else q.standardize
+    if not isinstance(standardize, bool):
+        raise ValueError(f"standardize must be True, False or None, got {standardize!r}")
     if clip is not None:
         if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not clip > 0:
             raise ValueError(f"clip must be a number > 0 (the parameters are clamped to "
@@ -369,6 +458,8 @@ def fit(
         data = check_data(data, flow.dim, name="training data")
     if val_data is not None:
         val_data = check_data(val_data, flow.dim, name="validation data")
+    elif not isinstance(data, str) and val_fraction > 0:
+        data, val_data = _hold_out(data, float(val_fraction), seed)
 
     # all checked: now set up the flow
     if p is not None:
@@ -377,6 +468,8 @@ def fit(
         flow.nt_eval = p_nt_val
     if device is not None:
         flow.to(dev)
+    if standardize and not flow.is_standardized:
+        _standardize(flow, data, seed)
     comm.same("fit's settings (iters, batch, lr, seed, dim)",
               [iters, batch, lr, float(seed), flow.dim])  # fmt: skip
     comm.broadcast_(flow)
@@ -611,11 +704,17 @@ def _jsonable(obj: Any, key: str) -> Any:
     )
 
 
+_STANDARDIZATION = ("data_loc", "data_scale")  # OTFlow's buffers, absent from old files
+
+
 def _check_state(path: Path, shapes: dict[str, tuple[int, ...]], state: dict) -> None:
     """Refuse a ``state_dict`` whose keys or shapes differ from what its config builds
     (checked before the flow is built: a config edited to ``width=200000`` must not
-    allocate), or whose weights hold NaN/inf."""
+    allocate), or whose weights hold NaN/inf. A checkpoint written before the data
+    standardization existed lacks both of its buffers and loads as the identity map."""
     missing = [k for k in shapes if k not in state]
+    if set(_STANDARDIZATION) <= set(missing):  # (one of the two alone is damage)
+        missing = [k for k in missing if k not in _STANDARDIZATION]
     unexpected = [k for k in state if k not in shapes]
     wrong = [f"{k}: a {type(state[k]).__name__}, not a tensor" if not isinstance(state[k], Tensor)
              else f"{k}: {tuple(state[k].shape)} in the file, {shapes[k]} from the config"

@@ -3,7 +3,9 @@
 * ``reference/cli.md``: the ``--help`` of ``odeflow`` and of every subcommand, rendered from
   the argparse parsers of this checkout (``odeflow.cli.build_parser``).
 * ``benchmarks/{ode,derivatives,flows,epi,nn}.md`` and their PNG plots: tables and figures made
-  from the committed JSON in ``benchmarks/results/`` by ``docs/hooks/bench_pages.py``.
+  from the committed JSON in ``benchmarks/results/`` by ``docs/hooks/bench_pages.py``, and
+  ``benchmarks/{ode-workprecision,ode-checkpointing,sde,optim}.md`` by
+  ``docs/hooks/bench_pages_extra.py``.
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ KNOWN_DOCSTRING_ISSUES = (
     "Failed to get 'name: description' pair from 'func, y0, t, method,",
     # lbfgs's doctest output "[1.0, 1.0]" read as a markdown reference
     "Could not find cross-reference target '1.0, 1.0'",
-    # "Args:" of sdeint() names several arguments on one line (src/odeflow/ode/_sde.py)
+    # "Args:" of sdesolve() says "sde, y0, ts, ...: as in sdeint" on one line
     "Failed to get 'name: description' pair from 'sde, y0, ts, bm,",
+    # gnvpro's doctest 'res.history[0]["value"]' read as a markdown reference
+    "Could not find cross-reference target '\"value\"'",
 )
 
 

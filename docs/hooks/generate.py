@@ -71,14 +71,6 @@ def cli_reference() -> str:
 KNOWN_DOCSTRING_ISSUES = (
     # an "Attributes:" line naming several attributes at once (Phantom)
     "Failed to get 'name: description' pair from 'pe_axis, polarity, readout_time",
-    # "Args:" of solve() says "func, y0, ...: as in odeint" on one line
-    "Failed to get 'name: description' pair from 'func, y0, t, method,",
-    # lbfgs's doctest output "[1.0, 1.0]" read as a markdown reference
-    "Could not find cross-reference target '1.0, 1.0'",
-    # "Args:" of sdesolve() says "sde, y0, ts, ...: as in sdeint" on one line
-    "Failed to get 'name: description' pair from 'sde, y0, ts, bm,",
-    # gnvpro's doctest 'res.history[0]["value"]' read as a markdown reference
-    "Could not find cross-reference target '\"value\"'",
 )
 
 

@@ -344,9 +344,9 @@ def solve(
     The status check costs one host sync per call. ``Solution.stats`` (adjoint scales,
     retries, syncs, backward NFE) is filled when ``backward`` runs through ``ys``.
 
-    Args:
-        func, y0, t, method, gradient, precision, steps_per_interval, step_size, params,
-        scaler, output_dtype, rtol, atol, max_steps, options: exactly as in :func:`odeint`.
+    It takes exactly the arguments of :func:`odeint` (``func``, ``y0``, ``t``, ``method``,
+    ``gradient``, ``precision``, ``steps_per_interval``, ``step_size``, ``params``,
+    ``scaler``, ``output_dtype``, ``rtol``, ``atol``, ``max_steps``, ``options``).
 
     Returns:
         A :class:`Solution`.

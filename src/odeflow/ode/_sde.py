@@ -368,9 +368,9 @@ def sdesolve(
 
     The status check costs one host sync.
 
-    Args:
-        sde, y0, ts, bm, method, dt, noise_type, sde_type, gradient, params,
-        checkpoint_every: as in :func:`sdeint`.
+    It takes exactly the arguments of :func:`sdeint` (``sde``, ``y0``, ``ts``, ``bm``,
+    ``method``, ``dt``, ``noise_type``, ``sde_type``, ``gradient``, ``params``,
+    ``checkpoint_every``).
 
     Returns:
         An :class:`SDESolution`; its ``bm`` is the path that drove the solve (the one

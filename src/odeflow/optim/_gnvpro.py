@@ -158,7 +158,8 @@ def gnvpro(
         >>> m = VarPro(nn.Sequential(nn.Linear(1, 8), nn.Tanh()), lam=1e-4).double()
         >>> x = torch.linspace(-1, 1, 40, dtype=torch.float64)[:, None]
         >>> res = gnvpro(m, x, torch.sin(4 * x), maxiter=3, cg_maxiter=5)
-        >>> res.value < res.history[0]["value"]
+        >>> first = res.history[0]
+        >>> res.value < first["value"]
         True
     """
     fn, theta0 = varpro_objective(model, x, y, damping=damping)

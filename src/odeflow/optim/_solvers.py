@@ -159,8 +159,8 @@ def lbfgs(
         ...     g = torch.stack([-2 * (1 - a) - 400 * a * (b - a**2), 200 * (b - a**2)])
         ...     return float(f), g
         >>> res = lbfgs(rosen, torch.tensor([-1.2, 1.0], dtype=torch.float64), maxiter=200)
-        >>> [round(v, 4) for v in res.x.tolist()]
-        [1.0, 1.0]
+        >>> tuple(round(v, 4) for v in res.x.tolist())
+        (1.0, 1.0)
     """
     descent = LBFGS(memory=memory)
     search = Armijo(c1=c1, max_steps=max_line_search)

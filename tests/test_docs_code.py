@@ -1,10 +1,11 @@
 """Every code block of the README and the docs runs, and the README's figures are the JSON's.
 
 ``python`` blocks are executed page by page, in order, in one namespace per page (as a reader
-runs them), in an empty working directory, on CPU. Shell blocks are checked without running them: an ``odeflow`` command line (also under
-``torchrun -m odeflow``) must parse with the CLI's own argparse parser, a ``make`` target must
-exist in the Makefile, a ``python benchmarks/X.py`` line must name an existing script and only
-flags that script defines, a ``pip install`` line only extras that pyproject defines.
+runs them), in an empty working directory, on CPU. Shell blocks are checked without running
+them: an ``odeflow`` command line (also under ``torchrun -m odeflow``) must parse with the
+CLI's own argparse parser, a ``make`` target must exist in the Makefile, a ``python
+benchmarks/X.py`` line must name an existing script and only flags that script defines, a
+``pip install`` line only extras that pyproject defines.
 """
 
 from __future__ import annotations

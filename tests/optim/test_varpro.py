@@ -144,3 +144,14 @@ def test_bad_input():
         solve_last_layer(torch.randn(19, 3, dtype=F64), f)
     with pytest.raises(ValueError, match="fixed numeric lam"):
         varpro_objective(VarPro(_net(), lam="gcv"), X, f)
+
+
+def test_gnvpro_with_a_lambda_too_small_for_float32_says_so():
+    """Nearly dependent features (64 tanh units on 40 points) with lam=1e-8 in float32:
+    the normal equations are not positive definite in that precision; a ValueError names
+    lam and the fix (never torch's raw LinAlgError)."""
+    torch.manual_seed(0)
+    m = VarPro(nn.Sequential(nn.Linear(1, 64), nn.Tanh()), lam=1e-8)
+    x = torch.linspace(-1, 1, 40)[:, None]
+    with pytest.raises(ValueError, match=r"lam=1e-08.*pass a larger lam or use float64"):
+        gnvpro(m, x, torch.sin(4 * x), maxiter=5)

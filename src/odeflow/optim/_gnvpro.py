@@ -22,7 +22,7 @@ from ._line_search import Armijo
 from ._minimize import OptimizeResult, minimize
 from ._objective import Evaluation
 from ._operators import LinearOperator
-from ._varpro import VarPro
+from ._varpro import VarPro, _ridge_factor
 
 __all__ = ["gnvpro", "varpro_objective"]
 
@@ -84,8 +84,7 @@ def varpro_objective(model: VarPro, x: torch.Tensor, y: torch.Tensor, *, damping
     def fn(theta: torch.Tensor) -> Evaluation:
         ps = _unflat(theta, params0)
         Z, pull = vjp(feats, *ps)
-        G = Z.mT @ Z + lam2 * torch.eye(Z.shape[1], dtype=Z.dtype, device=Z.device)
-        chol = torch.linalg.cholesky(G)
+        chol = _ridge_factor(Z, lam2)
         W = torch.cholesky_solve(Z.mT @ y, chol)
         r = Z @ W - y
         value = 0.5 / n * (float((r * r).sum()) + lam2 * float((W * W).sum()))
@@ -105,8 +104,7 @@ def varpro_objective(model: VarPro, x: torch.Tensor, y: torch.Tensor, *, damping
     def value(theta: torch.Tensor) -> float:  # Φ alone, for the line search
         with torch.no_grad():
             Z = feats(*_unflat(theta, params0))
-            G = Z.mT @ Z + lam2 * torch.eye(Z.shape[1], dtype=Z.dtype, device=Z.device)
-            W = torch.cholesky_solve(Z.mT @ y, torch.linalg.cholesky(G))
+            W = torch.cholesky_solve(Z.mT @ y, _ridge_factor(Z, lam2))
             r = Z @ W - y
             return 0.5 / n * (float((r * r).sum()) + lam2 * float((W * W).sum()))
 

@@ -37,10 +37,23 @@ class LastLayer:
     iterations: int = 0
 
 
-def _ridge_solve(Z, Y, lam2):
+def _ridge_factor(Z, lam2):
+    """The Cholesky factor of ``ZᵀZ + λ²I``; a ValueError naming λ when, in this precision,
+    the features are too nearly dependent for that λ (never torch's raw LinAlgError)."""
     p = Z.shape[1]
     G = Z.mT @ Z + lam2 * torch.eye(p, dtype=Z.dtype, device=Z.device)
-    return torch.cholesky_solve(Z.mT @ Y, torch.linalg.cholesky(G))
+    chol, info = torch.linalg.cholesky_ex(G)
+    if bool((info != 0).any()):
+        raise ValueError(
+            f"the last layer's normal equations ZᵀZ + λ²I are not positive definite in "
+            f"{Z.dtype} with lam={lam2**0.5:.3g} (the {p} features are nearly linearly "
+            "dependent, or not finite); pass a larger lam or use float64"
+        )
+    return chol
+
+
+def _ridge_solve(Z, Y, lam2):
+    return torch.cholesky_solve(Z.mT @ Y, _ridge_factor(Z, lam2))
 
 
 def _ce_value(Z, labels, W, lam2):

@@ -10,11 +10,13 @@ EPI distortion correction in :mod:`odeflow.imaging.epi`.
   :class:`LBFGS`) and a line search (:class:`Armijo`, :class:`FixedStep`), as optimistix
   splits them. :func:`gauss_newton` and :func:`lbfgs` are that loop with a fixed pair, for
   objectives that return tuples.
-* Both report a :class:`Status` (CG: CONVERGED, MAX_ITERATIONS, BREAKDOWN; minimization:
-  CONVERGED, MAX_ITERATIONS, LINE_SEARCH_FAILED, STAGNATED).
+* Linear solves report a :class:`CGStatus` (CONVERGED, MAX_ITERATIONS, BREAKDOWN),
+  minimization a :class:`MinimizeStatus` (CONVERGED, MAX_ITERATIONS, LINE_SEARCH_FAILED,
+  STAGNATED). :data:`Status` is kept as an alias of :class:`MinimizeStatus` (one enum used to
+  serve both).
 """
 
-from ._cg import CGResult, Status, cg
+from ._cg import CGResult, cg
 from ._descents import LBFGS, AbstractDescent, DescentStep, NewtonCG
 from ._line_search import AbstractLineSearch, Armijo, FixedStep, LineSearchResult, armijo
 from ._minimize import OptimizeResult, minimize
@@ -27,6 +29,7 @@ from ._operators import (
     jacobi_preconditioner,
 )
 from ._solvers import gauss_newton, lbfgs
+from ._status import CGStatus, MinimizeStatus, Status
 
 __all__ = [
     "LBFGS",
@@ -34,6 +37,7 @@ __all__ = [
     "AbstractLineSearch",
     "Armijo",
     "CGResult",
+    "CGStatus",
     "DescentStep",
     "DiagonalOperator",
     "Evaluation",
@@ -42,6 +46,7 @@ __all__ = [
     "LineSearchResult",
     "LinearOperator",
     "MatrixOperator",
+    "MinimizeStatus",
     "NewtonCG",
     "OptimizeResult",
     "Status",

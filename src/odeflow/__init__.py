@@ -6,6 +6,7 @@ EPI susceptibility distortion correction.
 """
 
 from . import derivatives, flows, imaging, ode, optim, testing
+from ._version import __version__
 from .ode import (
     AdjointScaler,
     Backprop,
@@ -17,8 +18,6 @@ from .ode import (
     odeint,
     solve,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AdjointScaler",

@@ -42,7 +42,7 @@ test-oldest:
 		PYTHON=$(OLDEST_PYTHON) TORCH=torch==2.4.1
 
 $(VENV)/.odeflow-bench: $(STAMP)
-	$(PY) -m pip install -q "$(TORCH)" torchdiffeq torchode hessquik zuko pyhysco h5py
+	$(PY) -m pip install -q "$(TORCH)" torchdiffeq torchode torchsde hessquik zuko pyhysco h5py
 	@touch $@
 
 bench-setup: $(VENV)/.odeflow-bench

@@ -32,8 +32,17 @@ What is measured, per (workload, solver, precision), each in a fresh subprocess:
   err32 / err64  relative 2-norm error of the parameter gradient vs the same solver in fp32 /
           fp64 (fp64 runs on CPU for the full-size conv workload only when --fp64-ref is set).
 
+Checkpointing table (--checkpoints, issue 19 §3): on the same workloads, fp32 by default,
+torchdiffeq's backprop against odeflow's DiscreteAdjoint(checkpoints=...) with "steps", K =
+ceil(sqrt(steps)) (binomial), "all", a MemoryBudget of 40 % of torchdiffeq-backprop's measured
+peak and an unlimited budget (time, peak, and the adjoint's stored states, recomputed steps and
+kept graphs); then memory flatness: a long solve (euler, 8×32 state, tanh MLP field) with K = 20
+checkpoints at n = 10³, 10⁴, 10⁵ steps (and "steps" for contrast): peak RSS over the set-up
+state, the adjoint's stored states and their bytes, time.
+
 Usage:
   python benchmarks/ode_peers.py --quick --json ode.json        # CPU-sized, a few minutes
+  python benchmarks/ode_peers.py --quick --checkpoints --json ck.json  # checkpointing table
   python benchmarks/ode_peers.py --device cuda --json ode.json  # full sizes
   python benchmarks/ode_peers.py --compile ...                  # + torch.compile rows
 """
@@ -147,9 +156,12 @@ def child(spec: dict) -> dict:
         import odeflow
 
         kind = solver.removesuffix("+compile").removesuffix("+graphs")
+        ck = spec.get("checkpoints", "steps")
+        ck = odeflow.ode.MemoryBudget(ck[1]) if isinstance(ck, list) else ck  # ["budget", B]
+        stats = []
         grad = {
             "odeflow-adjoint": odeflow.DiscreteAdjoint(
-                recompute="step", cuda_graphs=solver.endswith("+graphs")
+                recompute="step", cuda_graphs=solver.endswith("+graphs"), checkpoints=ck
             ),
             "odeflow-adjoint-stage": odeflow.DiscreteAdjoint(recompute="stage"),
             "odeflow-backprop": odeflow.Backprop(),
@@ -163,9 +175,10 @@ def child(spec: dict) -> dict:
         scaler = odeflow.AdjointScaler() if p == "fp16" else None
 
         def run():
-            ys = odeflow.odeint(func, y0, t, method="rk4", gradient=grad, precision=p,
+            sol = odeflow.solve(func, y0, t, method="rk4", gradient=grad, precision=p,
                                 steps_per_interval=steps, scaler=scaler)  # fmt: skip
-            return ys[-1]
+            stats[:] = [sol.stats]
+            return sol.ys[-1]
     elif solver.startswith("torchdiffeq"):
         import torchdiffeq
 
@@ -277,6 +290,10 @@ def child(spec: dict) -> dict:
            "ms_min": min(times) if times else None, "first_ms": first_ms,
            "peak_mb": peak / 2**20, "loss": float(loss),
            "finite": bool(torch.isfinite(g).all())}  # fmt: skip
+    if solver.startswith("odeflow") and "checkpoints" in spec:
+        st = stats[0]
+        out.update(stored_states=st.stored_states, recomputed_steps=st.recomputed_steps,
+                   kept_graphs=st.kept_graphs)  # fmt: skip
     if solver.startswith("odeflow") and scaler is not None:
         out["fp16_overflows"] = scaler.total_overflows  # retries, all calls (warm-up included)
     if solver.endswith("+graphs") and dev.type == "cuda":
@@ -302,10 +319,14 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="add the +compile rows")
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS))
     ap.add_argument("--fp64-ref", action="store_true", help="fp64 reference also at full size")
+    ap.add_argument("--checkpoints", action="store_true",
+                    help="the checkpointing table and the memory-flatness run instead")  # fmt: skip
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(json.loads(args.child))))
+        spec = json.loads(args.child)
+        out = flat_child(spec) if spec.get("flat") else child(spec)
+        print("RESULT " + json.dumps(out))
         return 0
 
     import torch
@@ -333,6 +354,8 @@ def main() -> int:
             meta[mod] = None
     rows = []
     tmp = tempfile.mkdtemp(prefix="odeflow-bench-")
+    if args.checkpoints:
+        return checkpoint_tables(args, dev, meta, repeats, tmp)
     for wl in args.workloads:
         sz = sizes(wl, args.quick)
         plain = [s for s in SOLVERS if args.compile or not s.endswith("+compile")]
@@ -388,11 +411,118 @@ def main() -> int:
     return 0
 
 
-def _write(path: str, meta: dict, rows: list[dict]) -> None:
+# ----------------------------------------------------------------------------- checkpointing
+def checkpoint_tables(args, dev: str, meta: dict, repeats: int, tmp: str) -> int:
+    """torchdiffeq backprop vs DiscreteAdjoint(checkpoints=...) per workload, then flatness.
+
+    Peaks come from one memory child per configuration; times from ``ROUNDS`` rounds that
+    run every configuration's timing child in turn (the fastest round counts: on a shared
+    CPU, interleaving spreads load changes over all configurations alike)."""
+    import torch
+
+    rows, precs = [], [p for p in args.precisions if p != "tf32"]
+    precs = precs if args.precisions != list(PRECISIONS) else ["fp32"]
+    meta = dict(meta, table="checkpointing", timing_rounds=ROUNDS)
+    for wl, prec in [(w, p) for w in args.workloads for p in precs]:
+        sz = sizes(wl, args.quick)
+        base = dict(workload=wl, precision=prec, device=dev, sizes=sz, repeats=repeats)
+        specs = {"torchdiffeq": dict(base, solver="torchdiffeq")}
+        mem = {"torchdiffeq": _peak(specs["torchdiffeq"], f"{tmp}/{wl}-{prec}-tde.pt")}
+        budget = int(0.4 * mem["torchdiffeq"].get("peak_mb", 0) * 2**20) or None
+        k = max(1, round(sz["steps"] ** 0.5))
+        options = {"steps": "steps", str(k): k, "all": "all", "budget 40%": ["budget", budget],
+                   "unlimited": ["budget", 2**50]}  # fmt: skip
+        for name, ck in options.items():
+            if ck != ["budget", None]:
+                specs[name] = dict(base, solver="odeflow-adjoint", checkpoints=ck)
+                mem[name] = _peak(specs[name], f"{tmp}/{wl}-{prec}-{len(mem)}.pt")
+        times: dict[str, list[float]] = {name: [] for name in specs}
+        for _ in range(ROUNDS):
+            for name, spec in specs.items():
+                r = _run_child(dict(spec, grad_path=f"{tmp}/t.pt"), memory=False)
+                times[name] += [r["ms_min"]] if "ms_min" in r else []
+        # (torchdiffeq's "rk4" is the 3/8 rule: gradients are compared with odeflow's "steps")
+        gref = torch.load(mem["steps"]["grad_path"]) if "grad_path" in mem["steps"] else None
+        ref_ms = min(times["torchdiffeq"], default=None)
+        for name, r in mem.items():
+            row = {k_: v for k_, v in r.items() if k_ not in ("grad_path", "ms", "ms_min")}
+            row.update(workload=wl, sizes=sz, precision=prec, solver=specs[name]["solver"],
+                       checkpoints=name, ms=min(times[name], default=None),
+                       ms_rounds=times[name])  # fmt: skip
+            if name == "budget 40%":
+                row["budget_mb"] = budget / 2**20
+            if name != "torchdiffeq" and "grad_path" in r and row["ms"] and ref_ms:
+                row["time_vs_torchdiffeq"] = row["ms"] / ref_ms
+                row["peak_vs_torchdiffeq"] = r["peak_mb"] / mem["torchdiffeq"]["peak_mb"]
+                if gref is not None:
+                    g = torch.load(r["grad_path"])
+                    row["grad_diff_vs_steps"] = float((g - gref).norm() / gref.norm())
+            rows.append(row)
+            print(_fmt(row) + f"  checkpoints={name}", flush=True)
+        if args.json:
+            _write(args.json, dict(meta, complete=False), rows)
+    flat = []
+    ns = (10**3, 10**4, 10**5)
+    for ck, n in [(20, n) for n in ns] + [("steps", n) for n in ns[:2]]:
+        r = _run_child(dict(flat=True, checkpoints=ck, n=n, device=dev), memory=True)
+        flat.append(dict(r, checkpoints=ck, n=n))
+        print(f"flatness checkpoints={ck!s:5s} n={n:6d} " + json.dumps(r), flush=True)
+    _table(rows)
+    if args.json:
+        _write(args.json, dict(meta, complete=True), rows, flatness=flat)
+        print(f"wrote {args.json}")
+    return 0
+
+
+ROUNDS = 4  # interleaved timing rounds of the checkpointing table
+
+
+def _peak(spec: dict, grad_path: str) -> dict:
+    """One memory child (CPU: peak RSS with the mmap threshold; CUDA: the allocator's)."""
+    r = _run_child(dict(spec, repeats=0, grad_path=grad_path), memory=True)
+    return dict(r, grad_path=grad_path) if "error" not in r else r
+
+
+def flat_child(spec: dict) -> dict:
+    """One long solve's forward+backward: peak RSS over the set-up state and stored states."""
+    import gc
+
+    import torch
+
+    import odeflow
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # (tiny ops: thread hand-offs would dominate on a shared CPU)
+    dev = torch.device(spec["device"])
+    f = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32))
+    f = f.to(dev)
+    y0 = torch.randn(8, 32, device=dev)
+    grad = odeflow.DiscreteAdjoint(checkpoints=spec["checkpoints"])
+
+    def solve(n):
+        sol = odeflow.solve(lambda t, y: f(y), y0, torch.tensor([0.0, 1.0], device=dev),
+                            method="euler", steps_per_interval=n, gradient=grad,
+                            params=list(f.parameters()))  # fmt: skip
+        (sol.ys[-1] ** 2).mean().backward()
+        return sol
+
+    solve(50)  # warm-up: lazy initialisation is not counted
+    gc.collect()
+    _reset_peak_rss()
+    base = _status_kb("VmRSS")
+    t0 = time.perf_counter()
+    sol = solve(spec["n"])
+    st = sol.stats
+    return {"s": time.perf_counter() - t0, "peak_mb": (_status_kb("VmHWM") - base) / 1024,
+            "stored_states": st.stored_states, "recomputed_steps": st.recomputed_steps,
+            "stored_mb": st.stored_states * y0.numel() * y0.element_size() / 2**20}  # fmt: skip
+
+
+def _write(path: str, meta: dict, rows: list[dict], **extra) -> None:
     """Write the results (through a temporary file: never a half-written JSON)."""
     part = path + ".part"
     with open(part, "w") as fh:
-        json.dump({"meta": meta, "results": rows}, fh, indent=2)
+        json.dump({"meta": meta, "results": rows, **extra}, fh, indent=2)
     os.replace(part, path)
 
 

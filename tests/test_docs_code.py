@@ -1,7 +1,7 @@
 """Every code block of the README and the docs runs, and the README's figures are the JSON's.
 
-``python`` blocks are executed (each in a fresh namespace, in an empty working directory, on
-CPU). Shell blocks are checked without running them: an ``odeflow`` command line (also under
+``python`` blocks are executed page by page, in order, in one namespace per page (as a reader
+runs them), in an empty working directory, on CPU. Shell blocks are checked without running them: an ``odeflow`` command line (also under
 ``torchrun -m odeflow``) must parse with the CLI's own argparse parser, a ``make`` target must
 exist in the Makefile, a ``python benchmarks/X.py`` line must name an existing script and only
 flags that script defines, a ``pip install`` line only extras that pyproject defines.
@@ -40,10 +40,19 @@ def _blocks(lang: str) -> list:
     return out
 
 
-@pytest.mark.parametrize("code", _blocks("python"))
-def test_python_block_runs(code, tmp_path, monkeypatch):
+def _python_pages() -> list:
+    pages: dict[str, list[str]] = {}
+    for param in _blocks("python"):
+        pages.setdefault(param.id.rsplit(":", 1)[0], []).append(param.values[0])
+    return [pytest.param(blocks, id=page) for page, blocks in pages.items()]
+
+
+@pytest.mark.parametrize("blocks", _python_pages())
+def test_python_blocks_run(blocks, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "<docs block>", "exec"), {"__name__": "__docs__"})
+    ns = {"__name__": "__docs__"}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"<docs block {i}>", "exec"), ns)
 
 
 def _commands(script: str) -> list[list[str]]:

@@ -5,25 +5,35 @@ Mixed-precision neural ODEs with an exact discrete adjoint, exact network deriva
 EPI susceptibility distortion correction.
 """
 
-from . import derivatives, flows, imaging, ode, optim, testing
+from . import derivatives, flows, imaging, nn, ode, optim, testing
 from ._version import __version__
 from .ode import (
     AdjointScaler,
     Backprop,
+    BacksolveAdjoint,
+    BrownianPath,
     ButcherTableau,
     DiscreteAdjoint,
+    EmbeddedTableau,
     PerformanceWarning,
+    PIController,
     PrecisionPolicy,
     Solution,
     odeint,
+    sdeint,
+    sdesolve,
     solve,
 )
 
 __all__ = [
     "AdjointScaler",
     "Backprop",
+    "BacksolveAdjoint",
+    "BrownianPath",
     "ButcherTableau",
     "DiscreteAdjoint",
+    "EmbeddedTableau",
+    "PIController",
     "PerformanceWarning",
     "PrecisionPolicy",
     "Solution",
@@ -31,9 +41,12 @@ __all__ = [
     "derivatives",
     "flows",
     "imaging",
+    "nn",
     "ode",
     "odeint",
     "optim",
+    "sdeint",
+    "sdesolve",
     "solve",
     "testing",
 ]

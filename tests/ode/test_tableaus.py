@@ -122,4 +122,4 @@ def test_tableau_is_frozen():
 
 def test_unknown_method_lists_valid_ones():
     with pytest.raises(ValueError, match="euler, midpoint, heun, ralston, rk3, ssprk3, rk4, rk38"):
-        get_tableau("dopri5")
+        get_tableau("dopri6")  # ("dopri5" is a method since issue 19)

@@ -13,6 +13,7 @@ DEMOS: tuple[tuple[str, str, str], ...] = (
     ("neural-ode", "odeflow.ode._demo", "run_demo"),
     ("epi", "odeflow.imaging.epi._demo", "run_demo"),
     ("otflow", "odeflow.flows._demo", "run_demo"),
+    ("nn-hamiltonian", "odeflow.cli._demo_nn", "run_demo"),
 )
 
 

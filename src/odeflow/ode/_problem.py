@@ -3,8 +3,10 @@ grid of one call (:class:`_Problem`), and the forward march over that grid."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,19 +44,49 @@ class _Problem:
     # a plain callable without params=[...]: it may close over tensors requiring grad
     closure_risk: bool = False
     grid: _Grid | None = None
+    # adaptive steps: the step-size rule (a StepOptions; None: the fixed grid ``ms``), steps
+    # per sample of a batch, and the run's record (accepted steps, status) left by the solve
+    adaptive: Any = None
+    per_sample: bool = False
+    run: Any = None
 
     @property
     def func(self) -> Callable:
         return self.fld.func
 
     @property
-    def steps(self) -> list[tuple[int, int]]:
-        """``(interval, substep)`` of every RK step, in order."""
-        return [(i, j) for i, m in enumerate(self.ms) for j in range(m)]
+    def steps(self) -> _Steps:
+        """``(interval, substep)`` of every RK step, in order (a sequence: ``steps[s]``,
+        ``len``, iteration), formed on demand: nothing is kept per step."""
+        return _Steps(self.ms)
 
     def outputs(self, outs: list[Tensor]) -> list[Tensor]:
         """The trajectory leaves in the dtypes returned to the caller."""
         return [o.to(d) for o, d in zip(outs, self.out_dtypes)]
+
+
+class _Steps(Sequence):
+    """The ``(interval, substep)`` of every step, computed from the interval offsets."""
+
+    def __init__(self, ms: list[int]):
+        self.offsets = [0, *itertools.accumulate(ms)]  # first step of each interval
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, s: int) -> tuple[int, int]:
+        if not 0 <= s < len(self):
+            raise IndexError(f"step {s} of {len(self)}")
+        i = bisect.bisect_right(self.offsets, s) - 1
+        return i, s - self.offsets[i]
+
+
+class _Tape(Protocol):
+    """Steps run with their graph kept for the backward pass (see ``_gradient._checkpoint``)."""
+
+    def keeps(self, s: int) -> bool: ...
+
+    def step(self, s: int, co: _Coeffs, y: list[Tensor]) -> list[Tensor]: ...
 
 
 class _Captured(Protocol):
@@ -72,6 +104,7 @@ def _integrate(
     store: Any | None,
     record: bool = True,
     captured: _Captured | None = None,
+    tape: _Tape | None = None,
 ) -> list[Tensor]:
     """March over the grid; return per-leaf stacked outputs (in H).
 
@@ -79,7 +112,8 @@ def _integrate(
     needed by the backward pass), in the policy's storage dtype; the pass then notes the
     field's random draws and buffer updates for the backward pass, unless ``record`` is false
     (a replay). ``captured``: replay a captured forward step instead of evaluating it (grad
-    mode off only)."""
+    mode off only). ``tape``: the steps it :meth:`~_Tape.keeps` run through it with their
+    graph (their states are not stored)."""
     y = [yl.to(pb.hdt) for yl in y0]
     sdt = pb.pol.storage
     outs = [[yl] for yl in y]
@@ -100,20 +134,25 @@ def _integrate(
     ):
         grid = iter(_grid(pb, t))
         per_step = record and not graphed and not pb.fld.per_call
+        s = 0
         for m in pb.ms:
             for _ in range(m):
-                if store is not None:
+                kept = tape is not None and tape.keeps(s)
+                if store is not None and not kept:
                     store.append([yl if sdt is None else yl.to(sdt) for yl in y])
                 if per_step:
                     pb.fld.note_rng()
                 co = next(grid)
-                if graphed:
+                if kept:
+                    y = tape.step(s, co, y)
+                elif graphed:
                     y = captured.forward_step(y, co)
                     if rng0 is not None:
                         captured.check_deterministic(rng0)
                         rng0 = None
                 else:
                     y = _rk_step(pb.fld, pb.tab, co, y, pb.pol, enter=not free)
+                s += 1
             for o, yl in zip(outs, y):
                 o.append(yl)
     return [torch.stack(o) for o in outs]

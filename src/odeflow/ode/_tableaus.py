@@ -257,7 +257,8 @@ def get_tableau(method: str | ButcherTableau) -> ButcherTableau:
     """Resolve a method name or pass a :class:`ButcherTableau` through.
 
     Args:
-        method: one of ``euler, midpoint, heun, ralston, rk3, ssprk3, rk4, rk38`` or a tableau.
+        method: one of ``euler, midpoint, heun, ralston, rk3, ssprk3, rk4, rk38``, an embedded
+            pair ``bosh3, dopri5, tsit5, dopri8`` or a tableau.
 
     Returns:
         The :class:`ButcherTableau`.
@@ -273,10 +274,12 @@ def get_tableau(method: str | ButcherTableau) -> ButcherTableau:
     if isinstance(method, ButcherTableau):
         return method
     if isinstance(method, str):
+        from ._embedded import EMBEDDED_TABLEAUS  # (it builds on this module)
+
         try:
-            return TABLEAUS[method]
+            return TABLEAUS[method] if method in TABLEAUS else EMBEDDED_TABLEAUS[method]
         except KeyError:
-            valid = ", ".join(TABLEAUS)
+            valid = ", ".join([*TABLEAUS, *EMBEDDED_TABLEAUS])
             raise ValueError(
                 f"unknown method {method!r}; valid methods are: {valid} "
                 "(or pass an odeflow.ButcherTableau)"

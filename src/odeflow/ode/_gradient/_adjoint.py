@@ -9,11 +9,13 @@ import torch
 from torch import Tensor
 
 from .. import _graphs
+from .._adaptive_solve import steps_adjoint
 from .._compat import functorch_active
 from .._precision import AdjointScaler
 from .._problem import _integrate, _Problem
 from .._walk import _attribute_check, _closure_check
 from ._base import GradientPolicy
+from ._checkpoint import MemoryBudget, _check_checkpoints
 from ._cuda_graphs import _CapturedSteps
 from ._func import _FuncTransform
 from ._function import _AdjointFunction, _AdjointRun
@@ -96,6 +98,28 @@ class DiscreteAdjoint(GradientPolicy):
     Time gradients (``t.requires_grad``) run the backward eagerly; on other devices the option
     has no effect.
 
+    ``checkpoints`` chooses what the forward pass keeps for the backward pass (``n`` steps):
+
+    * ``"steps"`` (default): every step's input state, ``n`` states; each step's graph is
+      rebuilt once in the backward pass.
+    * an integer ``K >= 1``: binomial checkpointing (revolve): at most ``K`` stored states
+      (the initial one included) plus the working state, whatever ``n``; the backward pass
+      recomputes the fewest steps possible, ``t(n, K) - (n - 1)`` with
+      ``t(n, K) = r n - β(K + 1, r - 1)``, ``β(s, r) = C(s + r, s)`` and ``r`` the
+      repetition number, ``β(K, r - 1) < n ≤ β(K, r)`` (no step runs more than ``r + 1``
+      times). ``K >= n`` is ``"steps"``.
+    * ``"all"``: every step's graph is kept from the forward pass and nothing is rebuilt:
+      backprop's time at backprop's memory (and still the adjoint's fp16 scaling).
+    * a memory budget, :class:`MemoryBudget` or a string with a unit (``"512MiB"``): the
+      most that fits, from every graph down to ``K`` checkpoints (see :class:`MemoryBudget`);
+      a budget that holds the step states and more keeps the last steps' graphs from the
+      forward pass instead of rebuilding them.
+
+    Kept step graphs serve one backward pass (as backprop's graph does without
+    ``retain_graph=True``). ``AdjointStats`` reports ``stored_states``,
+    ``recomputed_steps`` and ``kept_graphs``. Under a ``torch.func`` transform every step's
+    state is stored; ``create_graph=True`` replays the solve whatever ``checkpoints`` is.
+
     Higher-order derivatives: with ``create_graph=True`` (``torch.autograd.grad(...,
     create_graph=True)``, e.g. for Hessian-vector products or gradient penalties) the backward
     pass replays the solve from the saved inputs with an autograd graph and differentiates it,
@@ -110,25 +134,40 @@ class DiscreteAdjoint(GradientPolicy):
 
     Args:
         recompute: ``"step"`` or ``"stage"``.
-        cuda_graphs: capture and replay the per-step work as CUDA graphs (``"step"`` only).
+        cuda_graphs: capture and replay the per-step work as CUDA graphs (``"step"`` and
+            ``checkpoints="steps"`` only).
+        checkpoints: ``"steps"``, an integer ``K >= 1``, ``"all"``, or a memory budget
+            (:class:`MemoryBudget`, or a string such as ``"2GiB"``).
 
     Raises:
-        ValueError: for any other ``recompute``, or ``cuda_graphs`` with ``"stage"``.
+        ValueError: for any other ``recompute`` or ``checkpoints`` (a checkpoint count below
+            1 included), or ``cuda_graphs`` with ``"stage"`` or other checkpoints; at solve
+            time, a memory budget below one step state.
 
-    Reference: Celledoni, Owren, Ruthotto, Yang, arXiv:2510.23498; Gholami, Keutzer,
+    Reference: Griewank, Walther, *Algorithm 799: revolve*, ACM TOMS 26 (2000) (binomial
+    checkpointing); Celledoni, Owren, Ruthotto, Yang, arXiv:2510.23498; Gholami, Keutzer,
     Biros, *ANODE*, arXiv:1902.10298; Hager, *Runge–Kutta methods in optimal control and
     the transformed adjoint system*, Numer. Math. 87 (2000).
 
     Example:
         >>> import torch, odeflow
         >>> DiscreteAdjoint()
-        DiscreteAdjoint(recompute='step', cuda_graphs=False)
+        DiscreteAdjoint(recompute='step', cuda_graphs=False, checkpoints='steps')
         >>> y0 = torch.ones(3, dtype=torch.float64, requires_grad=True)
         >>> ys = odeflow.odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64),
         ...                     gradient=DiscreteAdjoint(recompute="stage"))
         >>> ys[-1].sum().backward()  # one RK4 step of y' = -y: y1 = (1 - 1 + 1/2 - 1/6 + 1/24) y0
         >>> round(y0.grad[0].item(), 6)
         0.375
+
+        Binomial checkpointing: 200 steps with at most 5 stored states.
+
+        >>> y0 = torch.ones(3, dtype=torch.float64, requires_grad=True)
+        >>> sol = odeflow.solve(lambda t, y: -y, y0, torch.tensor([0.0, 1.0]).double(),
+        ...                     steps_per_interval=200, gradient=DiscreteAdjoint(checkpoints=5))
+        >>> sol.ys[-1].sum().backward()
+        >>> round(y0.grad[0].item(), 6), sol.stats.stored_states <= 5 + 1
+        (0.367879, True)
 
         A Hessian-vector product through the adjoint (``create_graph=True``): for
         ``y' = -y²`` the loss ``y1`` is a polynomial in ``y0``, differentiated twice exactly.
@@ -146,6 +185,7 @@ class DiscreteAdjoint(GradientPolicy):
 
     recompute: str = "step"
     cuda_graphs: bool = False
+    checkpoints: str | int | MemoryBudget = "steps"
 
     def __post_init__(self) -> None:
         if self.recompute not in _RECOMPUTE:
@@ -153,6 +193,13 @@ class DiscreteAdjoint(GradientPolicy):
                 f"unknown recompute {self.recompute!r} for DiscreteAdjoint; valid: 'step' "
                 "(rebuild one RK step's graph, the default) or 'stage' (rebuild one stage's "
                 "graph at a time: less memory, one extra forward evaluation of the stages)"
+            )
+        object.__setattr__(self, "checkpoints", _check_checkpoints(self.checkpoints))
+        if self.cuda_graphs and self.checkpoints != "steps":
+            raise ValueError(
+                "DiscreteAdjoint(cuda_graphs=True) replays captured steps over stored step "
+                f"states; use it with checkpoints='steps' (checkpoints={self.checkpoints!r} "
+                "runs eagerly with cuda_graphs=False)"
             )
         if not isinstance(self.cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
@@ -184,5 +231,16 @@ class DiscreteAdjoint(GradientPolicy):
         if not needs:
             with torch.no_grad():
                 return pb.outputs(_integrate(pb, t, leaves, None))
-        run = _AdjointRun(pb, self.recompute, captured, scaler)
+        run = _AdjointRun(pb, self.recompute, captured, scaler, self.checkpoints)
         return list(_AdjointFunction.apply(run, t, *leaves, *plist))
+
+    def solve_steps(self, pb: _Problem, t: Tensor, leaves: list[Tensor], plist: list[Tensor]):
+        """An adaptive solve, differentiable by the exact adjoint of its accepted steps
+        (whole steps rebuilt: ``recompute="stage"`` and ``cuda_graphs`` are fixed-grid
+        options)."""
+        if self != DiscreteAdjoint():
+            raise ValueError(
+                f"{self} applies to fixed grids; an adaptive solve's adjoint rebuilds whole "
+                "steps: pass gradient='adjoint' (or fixed steps with step_size=)"
+            )
+        return steps_adjoint(pb, t, leaves, plist)

@@ -20,3 +20,13 @@ class GradientPolicy:
         """The trajectory leaves ``(n, *leaf.shape)`` in the output dtypes, differentiable in
         ``t``, ``leaves`` and ``plist`` as this policy makes them."""
         raise NotImplementedError
+
+    def solve_steps(
+        self, pb: _Problem, t: Tensor, leaves: list[Tensor], plist: list[Tensor]
+    ) -> list[Tensor]:
+        """Like :meth:`solve` for an adaptive solve (``pb.adaptive``: the step-size rule;
+        the accepted steps are left in ``pb.run``)."""
+        raise ValueError(
+            f"gradient={type(self).__name__}() does not support adaptive steps; use "
+            "gradient='adjoint', 'backprop' or odeflow.BacksolveAdjoint(), or fixed steps"
+        )

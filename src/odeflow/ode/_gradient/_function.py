@@ -8,11 +8,12 @@ from torch import Tensor
 
 from .._precision import AdjointScaler
 from .._problem import _integrate, _Problem
+from ._checkpoint import _Checkpoints
 from ._create_graph import _CreateGraph
 from ._cuda_graphs import _CapturedSteps
 from ._loops import _PlainLoop, _Recursion, _ScaledLoop
 from ._stage import _StageVJP
-from ._vjp import _CapturedVJP, _StepVJP
+from ._vjp import _CapturedVJP, _KeptVJP, _StepVJP
 
 __all__ = ["_AdjointFunction", "_AdjointRun"]
 
@@ -27,33 +28,46 @@ class _AdjointRun:
         recompute: str,
         captured: _CapturedSteps | None,
         scaler: AdjointScaler | None,
+        checkpoints: object = "steps",
     ):
         self.pb = pb
         self.captured = captured
+        self.checkpoints = checkpoints
         self.vjp = {"step": _StepVJP, "stage": _StageVJP}[recompute]
         self.loop = _ScaledLoop(scaler) if scaler is not None and scaler.dynamic else _PlainLoop()
 
     def forward(self, t: Tensor, y0: list[Tensor], live: list[Tensor], need_t: bool):
-        """The trajectory (in H) and the stored step states."""
-        store: list[list[Tensor]] = []
-        outs = _integrate(self.pb, t, y0, store, captured=self.captured)
+        """The trajectory (in H) and the record for the backward pass (:class:`_Checkpoints`)."""
+        store = _Checkpoints(self.pb, self.checkpoints, live, t, need_t)
+        outs = _integrate(self.pb, t, y0, store, captured=self.captured, tape=store)
         if self.captured is not None:
             self.captured.after_forward(store, t, live, need_t)
+        stats = self.pb.stats
+        stats.stored_states = max(stats.stored_states, store.peak)
+        stats.kept_graphs = len(store.graphs)
         return outs, store
 
-    def backward(self, store, t: Tensor, params, gouts, need_t: bool) -> tuple:
+    def backward(self, store: _Checkpoints, t: Tensor, params, gouts, need_t: bool) -> tuple:
         """``(None, ∂t, ∂y0 leaves, ∂θ)`` by the adjoint recursion."""
         pb = self.pb
         live = list(params)
-        nfe0 = pb.fld.nfe
-        rec = _Recursion(pb, [x.shape for x in store[0]], t, live, gouts, need_t)
+        nfe0, recomputed0 = pb.fld.nfe, store.recomputed
+        rec = _Recursion(pb, store.shapes, t, live, gouts, need_t)
         args = (pb, store, live, t.detach(), need_t)
         if self.captured is not None and not need_t:  # (time gradients run eagerly)
             vjp = _CapturedVJP(self.captured, *args)
         else:
             vjp = self.vjp(*args)
-        self.loop.solve(rec, vjp)
+        if store.keep_from < store.n:
+            vjp = _KeptVJP(vjp, _StepVJP(*args), retain=self.loop.redoes_steps)
+        try:
+            self.loop.solve(rec, vjp)
+        finally:
+            if self.loop.redoes_steps:  # (kept graphs were retained for retries)
+                store.release()
         pb.stats.nfe += pb.fld.nfe - nfe0
+        pb.stats.recomputed_steps += store.recomputed - recomputed0
+        pb.stats.stored_states = max(pb.stats.stored_states, store.peak)
         return rec.result()
 
 

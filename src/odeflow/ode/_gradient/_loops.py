@@ -65,6 +65,8 @@ class _PlainLoop:
     """``a_s = (∂Φ_s/∂y)^T a_{s+1} + (output gradient at s)``, parameter and time gradients
     summed, for ``s = n-1..0``."""
 
+    redoes_steps = False  # each step's VJP is taken once
+
     def solve(self, rec: _Recursion, vjp: StepVJP) -> None:
         t = rec.t
         for s in range(rec.n_steps - 1, -1, -1):
@@ -89,6 +91,8 @@ class _ScaledLoop:
     finiteness noted as a device flag; a failed step and every later one are frozen with
     ``torch.where``; every ``ceil(n / checks)`` steps the host reads the flag and, on a
     failure, lowers the scaler's headroom and resumes at the failed step."""
+
+    redoes_steps = True  # a failed stretch of steps is taken again
 
     def __init__(self, scaler: AdjointScaler):
         self.sc = scaler

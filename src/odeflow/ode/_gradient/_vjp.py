@@ -18,7 +18,7 @@ from .._rk import _coeffs, _grid, _rk_step, _times
 from .._walk import _check_hidden
 from ._cuda_graphs import _CapturedSteps
 
-__all__ = ["_CapturedVJP", "_StepVJP", "_VJPBase"]
+__all__ = ["_CapturedVJP", "_KeptVJP", "_StepVJP", "_VJPBase"]
 
 StepGrads = tuple[int, list[Tensor], list[Tensor | None], list[Tensor]]
 
@@ -62,13 +62,17 @@ class _StepVJP(_VJPBase):
             yout = _rk_step(pb.fld, pb.tab, co, yin, pb.pol)
             return i, *self.differentiate(yin, yout, tin, seed)
 
-    def differentiate(self, yin: list[Tensor], yout: list[Tensor], tin: list[Tensor], seed):
-        """The VJP of the step graph ``yin -> yout`` (and times ``tin``) seeded by ``seed``."""
+    def differentiate(self, yin: list[Tensor], yout: list[Tensor], tin: list[Tensor], seed,
+                      retain: bool = False):  # fmt: skip
+        """The VJP of the step graph ``yin -> yout`` (and times ``tin``) seeded by ``seed``
+        (``retain``: keep the graph for another VJP)."""
         nl, live = self.pb.n_leaf, self.live
         with torch.enable_grad():
             inputs = yin + live + tin
             self.check_once(yout, inputs)
-            g = torch.autograd.grad(yout, inputs, grad_outputs=seed, allow_unused=True)
+            g = torch.autograd.grad(
+                yout, inputs, grad_outputs=seed, allow_unused=True, retain_graph=retain
+            )
         gy = [torch.zeros_like(y) if x is None else x for x, y in zip(g[:nl], yin)]
         gp = list(g[nl : nl + len(live)])
         gt = [torch.zeros_like(self.td[0]) if x is None else x for x in g[nl + len(live) :]]
@@ -94,3 +98,26 @@ class _CapturedVJP(_StepVJP):
         out = replay(*x, *seed, tau, h)
         # the state adjoint outlives the next replay; parameter gradients are consumed first
         return i, [v.clone() for v in out[:nl]], out[nl:], []
+
+
+class _KeptVJP:
+    """The VJP through a step graph kept by the forward pass (``store.graphs``), else
+    ``fallback``'s rebuild. A kept graph is freed by its VJP unless ``retain`` (fp16's
+    scaled loop may redo a step)."""
+
+    def __init__(self, fallback: Any, eager: _StepVJP, retain: bool):
+        self.fallback, self.eager, self.retain = fallback, eager, retain
+        self.graphs = eager.store.graphs
+
+    def __call__(self, s: int, seed: list[Tensor]) -> StepGrads:
+        if s >= self.eager.store.keep_from and s not in self.graphs:
+            raise RuntimeError(
+                "the step graphs that DiscreteAdjoint(checkpoints=...) kept from the forward "
+                "pass were freed by an earlier backward pass; a second backward through the "
+                "same solve needs checkpoints='steps' or an integer (which rebuild the steps)"
+            )
+        if s not in self.graphs:
+            return self.fallback(s, seed)
+        yin, yout, tin = self.graphs[s] if self.retain else self.graphs.pop(s)
+        i = self.eager.steps[s][0]
+        return i, *self.eager.differentiate(yin, yout, tin, seed, self.retain)

@@ -9,11 +9,12 @@ from ._embedded import EMBEDDED_TABLEAUS, EmbeddedTableau
 from ._fit import AutonomousField, FitResult, fit_trajectory, spiral_data
 from ._gradient import Backprop, BacksolveAdjoint, DiscreteAdjoint, MemoryBudget
 from ._graphs import clear_cuda_graphs, graph_memory_bytes
+from ._methods import get_tableau
 from ._odeint import odeint, solve
 from ._precision import AdjointScaler, PerformanceWarning, PrecisionPolicy, get_precision
 from ._sde import SDE, SDESolution, sdeint, sdesolve
 from ._solution import AdjointStats, Solution, SolveStatus
-from ._tableaus import TABLEAUS, ButcherTableau, get_tableau
+from ._tableaus import TABLEAUS, ButcherTableau
 
 __all__ = [
     "EMBEDDED_TABLEAUS",

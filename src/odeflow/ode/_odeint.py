@@ -17,10 +17,11 @@ from ._compat import flat as _flat
 from ._compat import host as _host
 from ._field import _Field, _owning_module
 from ._gradient import GradientPolicy, _get_gradient
+from ._methods import get_tableau
 from ._precision import AdjointScaler, PrecisionPolicy, _outside_stacklevel, get_precision
 from ._problem import _Problem
 from ._solution import AdjointStats, Solution, SolveStatus
-from ._tableaus import ButcherTableau, get_tableau
+from ._tableaus import ButcherTableau
 
 __all__ = ["odeint", "solve"]
 

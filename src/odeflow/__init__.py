@@ -6,6 +6,7 @@ EPI susceptibility distortion correction.
 """
 
 from . import control, derivatives, flows, imaging, nn, ode, optim, testing
+from ._version import __version__
 from .ode import (
     AdjointScaler,
     Backprop,
@@ -23,8 +24,6 @@ from .ode import (
     sdesolve,
     solve,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AdjointScaler",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from odeflow.optim import CGStatus as Status
 from odeflow.optim import (
     DiagonalOperator,
     LinearOperator,
     MatrixOperator,
-    Status,
     cg,
     jacobi_preconditioner,
 )

@@ -3,10 +3,70 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 import time
 import warnings
 
+from odeflow.imaging.epi import EPIConvergenceWarning, EPIInputError, correct_files
+from odeflow.imaging.epi._demo import run_demo  # (no public name: the demo driver)
+from odeflow.imaging.epi._intensity import NEGATIVE_MODES  # (no public name)
+
 __all__ = ["register"]
+
+#: correct_files' defaults: the library owns them, the flags only read them
+_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(correct_files).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}
+
+_RANGE = " ".join(f"{t:g}" for t in _DEFAULTS["readout_time_range"])
+
+#: correct_files' arguments that name their flag differently in errors (``name=`` → flag)
+_FLAGS = {
+    "out_prefix": "--out",
+    "up_volume": "--up-volume",
+    "down_volume": "--down-volume",
+    "pe_dir_down": "--pe-dir-down",
+    "pe_dir": "--pe-dir",
+    "apply_pe_dir": "--apply-pe-dir",
+    "readout_time_range": "--readout-time-range",
+    "readout_time": "--readout-time",
+    "max_iter": "--max-iter",
+    "device": "--device",
+}
+#: boolean arguments as the switches that set them
+_SWITCHES = {
+    "overwrite=True": "--overwrite",
+    "ignore_sidecars=True": "--ignore-sidecars",
+    "qc=False": "--no-qc",
+}
+#: an argument name starts a word (not inside a path or a flag); a bare one has a "_"
+_ARG = r"(?<![\w/.-])"
+_NAME = r"[a-z]+(?:_[a-z]+)+"
+
+
+def _as_flags(message: str) -> str:
+    """A library error in the command line's terms.
+
+    The library names arguments (``up_volume=-1``, ``out_prefix``); where its message also
+    gives the flag in parentheses after an argument (``pe_dir (--pe-dir)``), the flag replaces
+    the argument; otherwise ``name=value`` becomes ``--flag value``, ``overwrite=True``
+    ``--overwrite``, and a bare ``out_prefix`` ``--out prefix``.
+    """
+    names = "|".join(_FLAGS)
+    # "a and b (--a and --b)" / "a (--a)" / "a=v (--a v)": the parenthetical is the CLI form
+    message = re.sub(
+        rf"{_ARG}(?:[a-z_]+=\S+|{_NAME}(?: and {_NAME})?) \((--[a-z-]+(?: [^()]*)?)\)",
+        r"\1",
+        message,
+    )
+    for text, switch in _SWITCHES.items():
+        message = message.replace(text, switch)
+    message = re.sub(rf"{_ARG}({names})=", lambda m: f"{_FLAGS[m[1]]} ", message)
+    return re.sub(rf"{_ARG}out_prefix\b", "--out prefix", message)
+
 
 _CORRECT_EPILOG = """\
 examples:
@@ -53,40 +113,41 @@ def _positive(text: str) -> float:
     return v
 
 
-def _range(values: list[float] | None) -> dict[str, tuple[float, ...]]:
-    """``--readout-time-range`` as correct_files' keyword (the library default if absent)."""
-    return {} if values is None else {"readout_time_range": tuple(values)}
+def _run(args: argparse.Namespace):
+    """correct_files with the parsed flags."""
+    return correct_files(
+        args.up,
+        args.down,
+        args.out,
+        pe_dir=args.pe_dir,
+        pe_dir_down=args.pe_dir_down,
+        readout_time=args.readout_time,
+        up_volume=args.up_volume,
+        down_volume=args.down_volume,
+        ignore_sidecars=args.ignore_sidecars,
+        apply=args.apply or (),
+        apply_pe_dir=args.apply_pe_dir,
+        alpha=args.alpha,
+        beta=args.beta,
+        solver=args.solver,
+        levels=args.levels,
+        max_iter=args.max_iter,
+        device=args.device,
+        qc=not args.no_qc,
+        overwrite=args.overwrite,
+        verbose=not args.quiet,
+        negative=args.negative,
+        readout_time_range=tuple(args.readout_time_range),
+    )
 
 
 def _correct(args: argparse.Namespace) -> int:
-    from odeflow.imaging.epi._pipeline import EPIConvergenceWarning, correct_files
-
     with warnings.catch_warnings():  # (main prints it as one "odeflow epi: warning:" line)
         warnings.simplefilter("always", EPIConvergenceWarning)
-        out = correct_files(
-            args.up,
-            args.down,
-            args.out,
-            pe_dir=args.pe_dir,
-            pe_dir_down=args.pe_dir_down,
-            readout_time=args.readout_time,
-            up_volume=args.up_volume,
-            down_volume=args.down_volume,
-            ignore_sidecars=args.ignore_sidecars,
-            apply=args.apply or (),
-            apply_pe_dir=args.apply_pe_dir,
-            alpha=args.alpha,
-            beta=args.beta,
-            solver=args.solver,
-            levels=args.levels,
-            max_iter=args.max_iter,
-            device=args.device,
-            qc=not args.no_qc,
-            overwrite=args.overwrite,
-            verbose=not args.quiet,
-            negative=args.negative,
-            **_range(args.readout_time_range),
-        )
+        try:
+            out = _run(args)
+        except EPIInputError as exc:
+            raise EPIInputError(_as_flags(str(exc))) from None
     acq = out.metrics["acquisition"]
     print(
         f"odeflow epi: up {acq['pe_up']} ({acq['pe_up_anatomical']}, {acq['sources']['pe_up']}), "
@@ -99,8 +160,6 @@ def _correct(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from odeflow.imaging.epi._demo import run_demo
-
     t0 = time.perf_counter()
     quick = {"voxel_size": 4.0, "shape": (32, 40, 32), "peak_displacement": 2.0}
     kwargs = quick if args.quick else {}
@@ -208,9 +267,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--readout-time-range",
         type=_positive,
         nargs=2,
-        default=None,
+        default=_DEFAULTS["readout_time_range"],
         metavar=("MIN", "MAX"),
-        help="plausible total readout times in seconds (default: 0.0001 1); a readout time "
+        help=f"plausible total readout times in seconds (default: {_RANGE}); a readout time "
         "outside is refused as a likely unit error; widen it for an unusual but correct value",
     )
     meta.add_argument(
@@ -227,15 +286,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sol = p.add_argument_group("solver")
     sol.add_argument(
-        "--alpha", type=float, default=300.0, help="smoothness weight, 0 .. 1e10 (300)"
+        "--alpha",
+        type=float,
+        default=_DEFAULTS["alpha"],
+        help=f"smoothness weight, 0 .. 1e10 ({_DEFAULTS['alpha']:g})",
     )
     sol.add_argument(
-        "--beta", type=float, default=1e-4, help="Jacobian barrier weight, > 0 .. 1e10 (1e-4)"
+        "--beta",
+        type=float,
+        default=_DEFAULTS["beta"],
+        help=f"Jacobian barrier weight, > 0 .. 1e10 ({_DEFAULTS['beta']:g})",
     )
     sol.add_argument(
         "--negative",
-        choices=("error", "clip", "shift"),
-        default="error",
+        choices=NEGATIVE_MODES,
+        default=_DEFAULTS["negative"],
         help="negative intensities, which the mass-preserving model does not allow: error "
         "(default; refused when over 0.1 %% of an image's mass, stating the fraction), clip "
         "(set to 0: noise around a zero background) or shift (subtract the pair's common "
@@ -244,17 +309,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     sol.add_argument(
         "--solver",
         choices=("gn", "lbfgs"),
-        default="gn",
+        default=_DEFAULTS["solver"],
         help="gn = Gauss-Newton-PCG (default), lbfgs = L-BFGS (needs far more iterations; "
         "warns when it stops unconverged)",
     )
-    sol.add_argument("--levels", type=int, default=1, help="coarse-to-fine levels (1)")
     sol.add_argument(
-        "--max-iter", type=int, default=10, help="outer iterations (10; L-BFGS runs 5x as many)"
+        "--levels",
+        type=int,
+        default=_DEFAULTS["levels"],
+        help=f"coarse-to-fine levels ({_DEFAULTS['levels']})",
+    )
+    sol.add_argument(
+        "--max-iter",
+        type=int,
+        default=_DEFAULTS["max_iter"],
+        help=f"outer iterations ({_DEFAULTS['max_iter']}; L-BFGS runs 5x as many)",
     )
     sol.add_argument(
         "--device",
-        default="auto",
+        default=_DEFAULTS["device"],
         help="torch device: cpu, cuda, cuda:N, or auto (default: CUDA when available)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")

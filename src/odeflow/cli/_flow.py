@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from odeflow._utils import check_device
+
 
 def _load_data(spec: str, root: str | None, seed: int, n_toy: int):
     """Return (train, val, test, name) for a toy name, sklearn:NAME, a MAF set or a file."""
@@ -139,9 +141,7 @@ def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
 def _check_device(spec: str | None) -> None:
     """Refuse a --device this process cannot use before any data are loaded."""
     if spec is not None:
-        from odeflow.flows._train import _check_device as check
-
-        check(spec, what=f"--device {spec}")
+        check_device(spec, what=f"--device {spec}")
 
 
 def _remove_if_empty(folder: Path, top: Path) -> None:

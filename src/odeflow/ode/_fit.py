@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .._utils import progress
 from ._odeint import odeint
 from ._precision import PrecisionPolicy
 
@@ -123,21 +123,22 @@ def fit_trajectory(
     opt = torch.optim.Adam(func.parameters(), lr=lr)
     res = FitResult()
     tb = t[:batch_time] - t[0]
-    bar = tqdm(range(iters), disable=not verbose, desc="fit", leave=False)
-    for it in bar:
-        idx = torch.randint(0, n - batch_time + 1, (batch_size,), generator=gen)
-        y0 = ys[idx]
-        target = torch.stack([ys[idx + k] for k in range(batch_time)])  # (T, B, d)
-        pred = odeint(func, y0, tb, method=method, precision=precision)
-        loss = (pred - target).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        res.losses.append(loss.item())
-        if verbose:
-            bar.set_postfix(loss=f"{res.losses[-1]:.4f}")
-        if callback is not None:
-            callback(it, res.losses[-1])
+    with progress(iters, desc="fit", verbose=verbose) as bar:
+        for it in range(iters):
+            idx = torch.randint(0, n - batch_time + 1, (batch_size,), generator=gen)
+            y0 = ys[idx]
+            target = torch.stack([ys[idx + k] for k in range(batch_time)])  # (T, B, d)
+            pred = odeint(func, y0, tb, method=method, precision=precision)
+            loss = (pred - target).abs().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            res.losses.append(loss.item())
+            if verbose:
+                bar.set_postfix(loss=f"{res.losses[-1]:.4f}")
+            if callback is not None:
+                callback(it, res.losses[-1])
+            bar.update(1)
     with torch.no_grad():
         full = odeint(func, ys[0:1], t, method=method)[:, 0]
     res.final_mse = float(((full - ys) ** 2).mean())

@@ -17,13 +17,15 @@ EPI distortion correction in :mod:`odeflow.imaging.epi`.
   :func:`solve_last_layer`) and :func:`gnvpro` (Gauss–Newton on the reduced objective);
   :class:`RandomFeatures` (ReLU random features fitted by :func:`hybrid_lsqr` or min-norm).
 * Bounds: :func:`minimize_bounded` (projected Newton–Krylov, PNKH-B style).
-* Both report a :class:`Status` (CG: CONVERGED, MAX_ITERATIONS, BREAKDOWN; minimization:
-  CONVERGED, MAX_ITERATIONS, LINE_SEARCH_FAILED, STAGNATED).
+* Linear solves report a :class:`CGStatus` (CONVERGED, MAX_ITERATIONS, BREAKDOWN),
+  minimization a :class:`MinimizeStatus` (CONVERGED, MAX_ITERATIONS, LINE_SEARCH_FAILED,
+  STAGNATED). :data:`Status` is kept as an alias of :class:`MinimizeStatus` (one enum used to
+  serve both).
 """
 
 from ._bidiag import Bidiagonalization, Reorthogonalization, golub_kahan
 from ._bounds import minimize_bounded
-from ._cg import CGResult, Status, cg
+from ._cg import CGResult, cg
 from ._descents import LBFGS, AbstractDescent, DescentStep, NewtonCG
 from ._gnvpro import gnvpro, varpro_objective
 from ._hybrid import HybridResult, HybridStatus, hybrid_lsqr
@@ -39,6 +41,7 @@ from ._operators import (
 )
 from ._random_features import RandomFeatures, RandomFeaturesFit
 from ._solvers import gauss_newton, lbfgs
+from ._status import CGStatus, MinimizeStatus, Status
 from ._tikhonov import TikhonovResult, solve_tikhonov
 from ._varpro import LastLayer, VarPro, VarProLoss, solve_last_layer
 
@@ -49,6 +52,7 @@ __all__ = [
     "Armijo",
     "Bidiagonalization",
     "CGResult",
+    "CGStatus",
     "DescentStep",
     "DiagonalOperator",
     "Evaluation",
@@ -60,6 +64,7 @@ __all__ = [
     "LineSearchResult",
     "LinearOperator",
     "MatrixOperator",
+    "MinimizeStatus",
     "NewtonCG",
     "OptimizeResult",
     "RandomFeatures",

@@ -26,9 +26,9 @@ from collections.abc import Callable
 import torch
 
 from .._utils import check_finite_real, check_positive_int, outside_stacklevel
-from ._cg import Status
 from ._minimize import OptimizeResult, _evaluate
 from ._objective import Evaluation
+from ._status import MinimizeStatus
 
 __all__ = ["minimize_bounded"]
 
@@ -185,10 +185,10 @@ def minimize_bounded(
     pg = proj_grad(x, ev.grad)
     pg0 = max(pg, 1.0)
     history = [{"value": f, "projected_grad": pg, "step": 0.0, "active": 0, "lanczos": 0}]
-    status, evals, it = Status.MAX_ITERATIONS, 0, 0
+    status, evals, it = MinimizeStatus.MAX_ITERATIONS, 0, 0
     if pg <= gtol * pg0:
-        status = Status.CONVERGED
-    while status is Status.MAX_ITERATIONS and it < maxiter:
+        status = MinimizeStatus.CONVERGED
+    while status is MinimizeStatus.MAX_ITERATIONS and it < maxiter:
         g = ev.grad
         e = min(eps, pg)
         at_lo = (x <= lo + e) & (g > 0)
@@ -209,7 +209,7 @@ def minimize_bounded(
                 break
             t *= 0.5
         if not accepted:
-            status = Status.LINE_SEARCH_FAILED
+            status = MinimizeStatus.LINE_SEARCH_FAILED
             break
         f_prev, x = f, xt
         ev = _evaluate(fn, x, who)
@@ -224,9 +224,9 @@ def minimize_bounded(
             }
         )
         if pg <= gtol * pg0:
-            status = Status.CONVERGED
+            status = MinimizeStatus.CONVERGED
         elif not f < f_prev:
-            status = Status.STAGNATED
+            status = MinimizeStatus.STAGNATED
     return OptimizeResult(
         x=x, status=status, iterations=it, value=f, grad_norm=pg, history=history, evaluations=evals
     )

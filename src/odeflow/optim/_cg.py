@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ._operators import LinearOperator
+from ._status import CGStatus
 
-__all__ = ["CGResult", "Status", "cg"]
-
-
-class Status(enum.Enum):
-    """Why an iterative solver stopped."""
-
-    CONVERGED = "converged"
-    MAX_ITERATIONS = "max_iterations"
-    BREAKDOWN = "breakdown"
-    LINE_SEARCH_FAILED = "line_search_failed"
-    STAGNATED = "stagnated"
-
-    @property
-    def ok(self) -> bool:
-        """True for ``CONVERGED``."""
-        return self is Status.CONVERGED
+__all__ = ["CGResult", "cg"]
 
 
 @dataclass
@@ -34,14 +19,14 @@ class CGResult:
 
     Attributes:
         x: the approximate solution (shape of ``b``).
-        status: :class:`Status` — CONVERGED when every system met the stopping rule.
+        status: :class:`CGStatus` — CONVERGED when every system met the stopping rule.
         iterations: number of CG iterations run.
         residual_norms: ``‖r_k‖`` per iteration, shape ``(iterations + 1, *batch)``.
         converged: per-system boolean tensor of shape ``batch`` (a 0-d tensor if unbatched).
     """
 
     x: torch.Tensor
-    status: Status
+    status: CGStatus
     iterations: int
     residual_norms: torch.Tensor
     converged: torch.Tensor
@@ -178,10 +163,10 @@ def cg(
     z = apply_m(r)
     p = z.clone()
     rz = dot(r, z)
-    status = Status.MAX_ITERATIONS
+    status = CGStatus.MAX_ITERATIONS
     it = 0
     if not bool(active.any()):
-        status = Status.CONVERGED
+        status = CGStatus.CONVERGED
     else:
         breakdown = torch.zeros_like(active)
         while it < maxiter:
@@ -210,9 +195,9 @@ def cg(
                 if not bool(active.any()):
                     break
         if bool(breakdown.any()):
-            status = Status.BREAKDOWN
+            status = CGStatus.BREAKDOWN
         elif not bool(active.any()):
-            status = Status.CONVERGED
+            status = CGStatus.CONVERGED
     converged = torch.sqrt(dot(r, r)) <= tol  # (False for a NaN residual)
     return CGResult(
         x=x, status=status, iterations=it, residual_norms=torch.stack(history), converged=converged

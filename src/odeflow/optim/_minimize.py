@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from .._utils import check_finite_real, check_int, progress
-from ._cg import Status
 from ._descents import AbstractDescent
 from ._line_search import AbstractLineSearch, Armijo
 from ._objective import Evaluation
+from ._status import MinimizeStatus
 
 __all__ = ["OptimizeResult", "minimize"]
 
@@ -28,7 +28,7 @@ class OptimizeResult:
 
     Attributes:
         x: the final iterate.
-        status: :class:`~odeflow.optim.Status`.
+        status: :class:`~odeflow.optim.MinimizeStatus`.
         iterations: outer iterations taken.
         value: objective at ``x``.
         grad_norm: ``‖∇f(x)‖₂`` at the last evaluated iterate.
@@ -38,7 +38,7 @@ class OptimizeResult:
     """
 
     x: torch.Tensor
-    status: Status
+    status: MinimizeStatus
     iterations: int
     value: float
     grad_norm: float
@@ -46,18 +46,20 @@ class OptimizeResult:
     evaluations: int = 0
 
 
-def _stop(it, f_prev, f, f_first, dx, x_first, g, g_first, ftol, xtol, gtol) -> Status | None:
+def _stop(
+    it, f_prev, f, f_first, dx, x_first, g, g_first, ftol, xtol, gtol
+) -> MinimizeStatus | None:
     """CONVERGED by one of the three tests (``ftol = 0`` / ``xtol = 0`` turn theirs off),
     STAGNATED when an accepted step left f unchanged (no decrease representable in the
     objective's precision) without meeting them, else None (go on)."""
     if g <= gtol * max(g_first, 1e-300):
-        return Status.CONVERGED
+        return MinimizeStatus.CONVERGED
     if it > 0 and ftol > 0 and abs(f_prev - f) <= ftol * (1.0 + abs(f_first)):
-        return Status.CONVERGED
+        return MinimizeStatus.CONVERGED
     if it > 0 and xtol > 0 and dx <= xtol * (1.0 + x_first):
-        return Status.CONVERGED
+        return MinimizeStatus.CONVERGED
     if it > 0 and not f < f_prev:
-        return Status.STAGNATED
+        return MinimizeStatus.STAGNATED
     return None
 
 
@@ -102,16 +104,16 @@ def _run(fn, x0, descent, search, value, maxiter, gtol, ftol, xtol, verbose, des
     f0, g0, x0n = f, gn, _norm(x0)
     state, info = descent.init(x, ev)
     history: list[dict[str, Any]] = [{"value": f, "grad_norm": gn, "step": 0.0, **info, **ev.info}]
-    status = Status.CONVERGED if gn == 0.0 else Status.MAX_ITERATIONS
+    status = MinimizeStatus.CONVERGED if gn == 0.0 else MinimizeStatus.MAX_ITERATIONS
     evals = it = 0
     bar = progress(maxiter, desc=desc, verbose=verbose)
-    while it < maxiter and status is not Status.CONVERGED:
+    while it < maxiter and status is not MinimizeStatus.CONVERGED:
         st = descent.step(state, x, ev)
         p = st.direction
         ls = search.search(val, x, f, ev.grad, p)
         evals += ls.evaluations
         if not ls.success:
-            status = Status.LINE_SEARCH_FAILED
+            status = MinimizeStatus.LINE_SEARCH_FAILED
             break
         dx = ls.step * _norm(p)
         ev_new = _evaluate(fn, ls.x, who)

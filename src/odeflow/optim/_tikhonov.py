@@ -9,8 +9,9 @@ import torch
 
 from .._utils import check_finite_real
 from ._bidiag import _as_operator, _check_rhs
-from ._cg import Status, cg
+from ._cg import cg
 from ._operators import LinearOperator
+from ._status import CGStatus
 
 __all__ = ["TikhonovResult", "solve_tikhonov"]
 
@@ -21,13 +22,13 @@ class TikhonovResult:
 
     Attributes:
         x: the solution ``(*batch, *A.in_shape)``.
-        status: :class:`~odeflow.optim.Status` (CONVERGED for the direct solve).
+        status: :class:`~odeflow.optim.CGStatus` (CONVERGED for the direct solve).
         iterations: CG iterations on the normal equations (0 for the direct solve).
         method: ``"direct"`` (dense A and L) or ``"cg"`` (matrix-free).
     """
 
     x: torch.Tensor
-    status: Status
+    status: CGStatus
     iterations: int
     method: str
 
@@ -107,7 +108,7 @@ def solve_tikhonov(
         rhs = torch.cat([rhs, rhs.new_zeros(Lm.shape[0], rhs.shape[1])], dim=0)
         Q, R = torch.linalg.qr(M)
         x = torch.linalg.solve_triangular(R, Q.T @ rhs, upper=True).T
-        return TikhonovResult(x.reshape(*batch, n), Status.CONVERGED, 0, "direct")
+        return TikhonovResult(x.reshape(*batch, n), CGStatus.CONVERGED, 0, "direct")
     Lop = None if L is None else _as_operator(L, who)
 
     def normal(x):

@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import torch
 
-from ._model import face_average, face_diff, interp_lines
+from ..._utils import outside_stacklevel
+from ._model import face_average, face_diff, interp_lines, push_forward_lines
 
 __all__ = ["apply_correction", "distort"]
 
@@ -132,7 +133,7 @@ def apply_correction(
             "corrected intensities are negative or zero and not meaningful; check the field's "
             "readout time and polarity for this series",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=outside_stacklevel(),
         )
 
     def one(v3: torch.Tensor) -> torch.Tensor:  # (B, *spatial-with-PE-last)
@@ -182,8 +183,6 @@ def distort(
         >>> bool(torch.allclose(up.sum(-1), rho.sum(-1)))
         True
     """
-    from ._model import push_forward_lines
-
     ax = _check_axis(pe_axis)
     if polarity not in (1, -1):
         raise ValueError(f"polarity must be +1 or -1, got {polarity!r}.")

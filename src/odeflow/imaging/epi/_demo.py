@@ -10,6 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from ..._utils import dumps_json
+from ._nifti import EPIInputError
+from ._outputs import output_paths
+from ._phantom import make_phantom
+from ._pipeline import correct_files
+
 __all__ = ["run_demo"]
 
 
@@ -39,9 +45,6 @@ _PREFIX = "corrected/sub-phantom_"
 
 def _check_out(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
     """Refuse an empty ``out_dir`` and, without ``overwrite``, one holding a demo's files."""
-    from ._nifti import EPIInputError
-    from ._pipeline import output_paths
-
     if not os.fspath(out_dir):
         raise EPIInputError("--out is empty; give the demo's output folder, e.g. --out epi-demo")
     out = Path(out_dir)
@@ -109,9 +112,6 @@ def run_demo(
         >>> res["field_rmse_vox"] < 0.5 and res["jacobian_min"] > 0
         True
     """
-    from . import make_phantom
-    from ._pipeline import _finite_only, correct_files
-
     out = _check_out(out_dir, overwrite)
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
@@ -169,6 +169,6 @@ def run_demo(
         "truth_fieldmap": str(truth_field),
     }
     # strict JSON: a non-finite figure is written as null, never as a NaN literal
-    text = json.dumps(_finite_only(summary), indent=2, allow_nan=False)
+    text = dumps_json(summary, nonfinite="null")
     (out / "demo_metrics.json").write_text(text + "\n")
     return summary

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._apply import distort
+from ._nifti import _nibabel
 
 __all__ = ["Phantom", "make_phantom"]
 
@@ -175,82 +176,13 @@ def make_phantom(
         >>> tuple(ph.up.shape), ph.pe_axis
         ((16, 16, 16), 1)
     """
-    import nibabel as nib
-
-    if pe_axis not in (0, 1, 2, -1, -2, -3):
-        raise ValueError(f"pe_axis must be 0, 1 or 2, got {pe_axis!r}.")
-    pe_axis = pe_axis % 3
-    if polarity not in (1, -1):
-        raise ValueError(f"polarity must be +1 or -1, got {polarity!r}.")
-    vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (3,))
-    k = np.rint(vs).astype(int)
-    if not (np.allclose(vs, k) and np.all((k >= 1) & (k <= 4))):
-        raise ValueError(
-            f"voxel_size must be whole millimetres between 1 and 4 (the phantom block-averages a "
-            f"1 mm template), got {voxel_size!r}."
-        )
-    if not (np.isfinite(peak_displacement) and peak_displacement >= 0):
-        raise ValueError("peak_displacement must be >= 0 (voxels).")
-    if not readout_time > 0:
-        raise ValueError("readout_time must be > 0 (seconds).")
-    if snr is not None and not snr > 0:
-        raise ValueError("snr must be > 0 or None (noise-free).")
-    try:
-        target = nib.orientations.axcodes2ornt(tuple(orientation.upper()))
-    except Exception as e:
-        raise ValueError(
-            f"orientation {orientation!r} is not a valid axis code such as 'RAS', 'LPS', 'PIR'."
-        ) from e
-
-    rho, brain, hz, aff = _base_ras()
-    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(aff), target)
-    out_of = ornt[:, 0].astype(int)  # template axis a becomes output axis out_of[a]
-
-    # crop (1 mm, in the template's axes so that every orientation sees the same voxels)
-    idx = np.argwhere(brain)
-    lo_b, hi_b = idx.min(0), idx.max(0) + 1
-    full = np.asarray(rho.shape)
-    k_t = k[out_of]
-    if shape is None:
-        size = ((hi_b - lo_b) + 24 + k_t - 1) // k_t * k_t
-    else:
-        shp = np.asarray(tuple(shape), dtype=int)
-        if shp.shape != (3,) or np.any(shp < 4):
-            raise ValueError(f"shape must be 3 sizes >= 4, got {shape!r}.")
-        size = shp[out_of] * k_t
-    if np.any(size > full):
-        raise ValueError(
-            f"the requested crop ({(size // k_t).tolist()} voxels of {k_t.tolist()} mm, template "
-            f"axes) exceeds the template ({full.tolist()} mm); pass a smaller shape."
-        )
-    centre = (lo_b + hi_b) // 2
-    start = np.clip(centre - size // 2, 0, full - size)
-    sl = tuple(slice(int(a), int(a + s)) for a, s in zip(start, size))
-    rho, brain, hz = rho[sl], brain[sl], hz[sl]
-    aff = aff @ np.block([[np.eye(3), start[:, None].astype(float)], [np.zeros((1, 3)), 1.0]])
-    aff = aff @ nib.orientations.inv_ornt_aff(ornt, rho.shape)
-    rho = nib.orientations.apply_orientation(rho, ornt)
-    brain = nib.orientations.apply_orientation(brain, ornt)
-    hz = nib.orientations.apply_orientation(hz, ornt)
-
-    # scale the field: peak displacement in the brain (output voxels)
+    pe_axis, k = _check_arguments(pe_axis, polarity, voxel_size, peak_displacement,
+                                  readout_time, snr)  # fmt: skip
+    rho, brain, hz, aff = _template_crop(k, shape, orientation)
     kk = tuple(int(v) for v in k)
     mask = _block_mean(brain.astype(np.float64), kk) > 0.5
-    hz_out = _block_mean(hz.astype(np.float64), kk)
-    peak = float(np.abs(hz_out[mask]).max()) if mask.any() else float(np.abs(hz_out).max())
-    if peak <= 0:
-        peak = 1.0
-    field_hz = hz * (peak_displacement / (peak * readout_time))
-    d_out = polarity * field_hz * readout_time  # output voxels along +pe_axis
-    d_1mm = d_out * k[pe_axis]
-    grad = np.abs(np.diff(d_1mm, axis=pe_axis)).max() if d_1mm.shape[pe_axis] > 1 else 0.0
-    if grad >= 0.9:
-        raise ValueError(
-            f"peak_displacement={peak_displacement} folds the field "
-            f"(max |∂b| = {grad:.2f} >= 0.9); "
-            "use a smaller peak_displacement (it counts output voxels, so coarser voxels mean a "
-            "larger field in mm)."
-        )
+    field_hz, d_1mm = _scaled_field(hz, mask, k, pe_axis, polarity, peak_displacement,
+                                    readout_time)  # fmt: skip
     rho_t = torch.from_numpy(np.ascontiguousarray(rho, dtype=np.float64))
     d_t = torch.from_numpy(np.ascontiguousarray(d_1mm, dtype=np.float64))
     up1 = distort(rho_t, d_t, pe_axis=pe_axis, polarity=+1).numpy()
@@ -297,3 +229,92 @@ def make_phantom(
         seed=int(seed),
         orientation=orientation.upper(),
     )
+
+
+def _check_arguments(pe_axis, polarity, voxel_size, peak_displacement, readout_time, snr):
+    """Validate make_phantom's arguments; return the PE axis (0..2) and the integer voxel
+    sizes (mm)."""
+    if pe_axis not in (0, 1, 2, -1, -2, -3):
+        raise ValueError(f"pe_axis must be 0, 1 or 2, got {pe_axis!r}.")
+    if polarity not in (1, -1):
+        raise ValueError(f"polarity must be +1 or -1, got {polarity!r}.")
+    vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (3,))
+    k = np.rint(vs).astype(int)
+    if not (np.allclose(vs, k) and np.all((k >= 1) & (k <= 4))):
+        raise ValueError(
+            f"voxel_size must be whole millimetres between 1 and 4 (the phantom block-averages a "
+            f"1 mm template), got {voxel_size!r}."
+        )
+    if not (np.isfinite(peak_displacement) and peak_displacement >= 0):
+        raise ValueError("peak_displacement must be >= 0 (voxels).")
+    if not readout_time > 0:
+        raise ValueError("readout_time must be > 0 (seconds).")
+    if snr is not None and not snr > 0:
+        raise ValueError("snr must be > 0 or None (noise-free).")
+    return pe_axis % 3, k
+
+
+def _template_crop(k: np.ndarray, shape, orientation: str):
+    """The 1 mm template (density, brain mask, field shape, affine) cropped around the brain
+    to a whole number of output voxels and reoriented to ``orientation``."""
+    nib = _nibabel()
+    try:
+        target = nib.orientations.axcodes2ornt(tuple(orientation.upper()))
+    except Exception as e:
+        raise ValueError(
+            f"orientation {orientation!r} is not a valid axis code such as 'RAS', 'LPS', 'PIR'."
+        ) from e
+
+    rho, brain, hz, aff = _base_ras()
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(aff), target)
+    out_of = ornt[:, 0].astype(int)  # template axis a becomes output axis out_of[a]
+
+    # crop (1 mm, in the template's axes so that every orientation sees the same voxels)
+    idx = np.argwhere(brain)
+    lo_b, hi_b = idx.min(0), idx.max(0) + 1
+    full = np.asarray(rho.shape)
+    k_t = k[out_of]
+    if shape is None:
+        size = ((hi_b - lo_b) + 24 + k_t - 1) // k_t * k_t
+    else:
+        shp = np.asarray(tuple(shape), dtype=int)
+        if shp.shape != (3,) or np.any(shp < 4):
+            raise ValueError(f"shape must be 3 sizes >= 4, got {shape!r}.")
+        size = shp[out_of] * k_t
+    if np.any(size > full):
+        raise ValueError(
+            f"the requested crop ({(size // k_t).tolist()} voxels of {k_t.tolist()} mm, template "
+            f"axes) exceeds the template ({full.tolist()} mm); pass a smaller shape."
+        )
+    centre = (lo_b + hi_b) // 2
+    start = np.clip(centre - size // 2, 0, full - size)
+    sl = tuple(slice(int(a), int(a + s)) for a, s in zip(start, size))
+    rho, brain, hz = rho[sl], brain[sl], hz[sl]
+    aff = aff @ np.block([[np.eye(3), start[:, None].astype(float)], [np.zeros((1, 3)), 1.0]])
+    aff = aff @ nib.orientations.inv_ornt_aff(ornt, rho.shape)
+    rho = nib.orientations.apply_orientation(rho, ornt)
+    brain = nib.orientations.apply_orientation(brain, ornt)
+    hz = nib.orientations.apply_orientation(hz, ornt)
+    return rho, brain, hz, aff
+
+
+def _scaled_field(hz, mask, k, pe_axis, polarity, peak_displacement, readout_time):
+    """The field (Hz, 1 mm grid) scaled to ``peak_displacement`` output voxels in the brain,
+    and the displacement (1 mm voxels along +PE); refuse a field that folds."""
+    kk = tuple(int(v) for v in k)
+    hz_out = _block_mean(hz.astype(np.float64), kk)
+    peak = float(np.abs(hz_out[mask]).max()) if mask.any() else float(np.abs(hz_out).max())
+    if peak <= 0:
+        peak = 1.0
+    field_hz = hz * (peak_displacement / (peak * readout_time))
+    d_out = polarity * field_hz * readout_time  # output voxels along +pe_axis
+    d_1mm = d_out * k[pe_axis]
+    grad = np.abs(np.diff(d_1mm, axis=pe_axis)).max() if d_1mm.shape[pe_axis] > 1 else 0.0
+    if grad >= 0.9:
+        raise ValueError(
+            f"peak_displacement={peak_displacement} folds the field "
+            f"(max |∂b| = {grad:.2f} >= 0.9); "
+            "use a smaller peak_displacement (it counts output voxels, so coarser voxels mean a "
+            "larger field in mm)."
+        )
+    return field_hz, d_1mm

@@ -139,95 +139,19 @@ def write_qc_report(
         f"{title}\nslice {letters[axis]} = {index}, PE axis {letters[pe_axis]} vertical",
         fontsize=11,
     )
-
-    def show(ax, img, name, cmap="gray", vmin=0.0, vmax_=vmax, cbar=False):
-        im = ax.imshow(
-            img,
-            cmap=cmap,
-            vmin=vmin,
-            vmax=vmax_,
-            origin="lower",
-            aspect=aspect,
-            interpolation="nearest",
-        )
-        ax.set_title(name, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if cbar:
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-        return im
-
     rms_b = float(np.sqrt(np.mean(diff2)))
     rms_a = float(np.sqrt(np.mean((np.asarray(corrected_up) - np.asarray(corrected_down)) ** 2)))
-    show(axes[0, 0], pl["up"], "up (before)")
-    show(axes[0, 1], pl["down"], "down (before)")
-    show(
-        axes[0, 2],
-        diff_before,
-        f"|up − down| before (RMS {rms_b:.3g})",
-        cmap="magma",
-        vmax_=dmax,
-        cbar=True,
-    )
-    show(axes[1, 0], pl["corrected_up"], "up corrected")
-    show(axes[1, 1], pl["corrected_down"], "down corrected")
-    show(
-        axes[1, 2],
-        diff_after,
-        f"|up − down| after (RMS {rms_a:.3g})",
-        cmap="magma",
-        vmax_=dmax,
-        cbar=True,
-    )
-
-    mean = 0.5 * (pl["corrected_up"] + pl["corrected_down"])
-    show(axes[2, 0], mean, "")
-    fmax = float(np.abs(np.asarray(field_hz)).max()) or 1.0
-    alpha_map = np.clip(np.abs(pl["field_hz"]) / fmax, 0.0, 1.0) * 0.8
-    im = axes[2, 0].imshow(
-        pl["field_hz"],
-        cmap="coolwarm",
-        vmin=-fmax,
-        vmax=fmax,
-        origin="lower",
-        aspect=aspect,
-        alpha=alpha_map,
-        interpolation="nearest",
-    )
-    fig.colorbar(im, ax=axes[2, 0], fraction=0.046, pad=0.02, label="Hz")
-    axes[2, 0].set_title(
-        f"field over corrected mean\n{float(np.min(field_hz)):.1f} … "
-        f"{float(np.max(field_hz)):.1f} Hz",
-        fontsize=9,
-    )
-    ju, jd = np.asarray(jacobian_up), np.asarray(jacobian_down)
-    jr = max(float(np.abs(ju - 1).max()), float(np.abs(jd - 1).max()), 1e-3)
-    show(
-        axes[2, 1],
-        pl["jacobian_up"],
-        f"Jacobian up 1+∂b: [{ju.min():.2f}, {ju.max():.2f}]\n"
-        f"down 1−∂b: [{jd.min():.2f}, {jd.max():.2f}]",
-        cmap="PuOr_r",
-        vmin=1 - jr,
-        vmax_=1 + jr,
-        cbar=True,
-    )
-
-    ax = axes[2, 2]
-    plotted = False
-    for key in ("objective", "distance", "smoothness", "barrier"):
-        vals = [v for v in (history or {}).get(key, []) if v is not None]
-        vals_arr = np.asarray(vals, dtype=np.float64)
-        if vals_arr.size and np.all(np.isfinite(vals_arr)) and np.all(vals_arr > 0):
-            ax.semilogy(np.arange(vals_arr.size), vals_arr, marker="o", ms=3, label=key)
-            plotted = True
-    if plotted:
-        ax.legend(fontsize=8)
-        ax.set_xlabel("iteration (0 = 1-D OT start)")
-        ax.grid(True, which="both", alpha=0.3)
-    else:
-        ax.text(0.5, 0.5, "no convergence history", ha="center", va="center")
-    ax.set_title("convergence", fontsize=9)
+    gray = {"aspect": aspect, "vmax": vmax}
+    diff = {"aspect": aspect, "cmap": "magma", "vmax": dmax, "cbar": True}
+    _panel(fig, axes[0, 0], pl["up"], "up (before)", **gray)
+    _panel(fig, axes[0, 1], pl["down"], "down (before)", **gray)
+    _panel(fig, axes[0, 2], diff_before, f"|up − down| before (RMS {rms_b:.3g})", **diff)
+    _panel(fig, axes[1, 0], pl["corrected_up"], "up corrected", **gray)
+    _panel(fig, axes[1, 1], pl["corrected_down"], "down corrected", **gray)
+    _panel(fig, axes[1, 2], diff_after, f"|up − down| after (RMS {rms_a:.3g})", **diff)
+    _draw_field(fig, axes[2, 0], pl, np.asarray(field_hz), **gray)
+    _draw_jacobians(fig, axes[2, 1], pl["jacobian_up"], jacobian_up, jacobian_down, aspect)
+    _draw_history(axes[2, 2], history)
     fig.tight_layout()
 
     png = Path(png_path)
@@ -243,6 +167,85 @@ def write_qc_report(
             errors="surrogateescape",
         )
     return out
+
+
+def _panel(fig, ax, img, name, *, aspect, cmap="gray", vmin=0.0, vmax=1.0, cbar=False):
+    """One image panel (PE vertical, no ticks), with a colour bar if asked."""
+    im = ax.imshow(
+        img,
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        origin="lower",
+        aspect=aspect,
+        interpolation="nearest",
+    )
+    ax.set_title(name, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if cbar:
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    return im
+
+
+def _draw_field(fig, ax, pl, field_hz: np.ndarray, *, aspect: float, vmax: float) -> None:
+    """The field (Hz) over the corrected mean, more opaque where it is larger."""
+    mean = 0.5 * (pl["corrected_up"] + pl["corrected_down"])
+    _panel(fig, ax, mean, "", aspect=aspect, vmax=vmax)
+    fmax = float(np.abs(field_hz).max()) or 1.0
+    alpha_map = np.clip(np.abs(pl["field_hz"]) / fmax, 0.0, 1.0) * 0.8
+    im = ax.imshow(
+        pl["field_hz"],
+        cmap="coolwarm",
+        vmin=-fmax,
+        vmax=fmax,
+        origin="lower",
+        aspect=aspect,
+        alpha=alpha_map,
+        interpolation="nearest",
+    )
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="Hz")
+    ax.set_title(
+        f"field over corrected mean\n{float(np.min(field_hz)):.1f} … "
+        f"{float(np.max(field_hz)):.1f} Hz",
+        fontsize=9,
+    )
+
+
+def _draw_jacobians(fig, ax, plane, jacobian_up, jacobian_down, aspect: float) -> None:
+    """The up image's Jacobian on the slice, titled with both Jacobians' ranges."""
+    ju, jd = np.asarray(jacobian_up), np.asarray(jacobian_down)
+    jr = max(float(np.abs(ju - 1).max()), float(np.abs(jd - 1).max()), 1e-3)
+    _panel(
+        fig,
+        ax,
+        plane,
+        f"Jacobian up 1+∂b: [{ju.min():.2f}, {ju.max():.2f}]\n"
+        f"down 1−∂b: [{jd.min():.2f}, {jd.max():.2f}]",
+        aspect=aspect,
+        cmap="PuOr_r",
+        vmin=1 - jr,
+        vmax=1 + jr,
+        cbar=True,
+    )
+
+
+def _draw_history(ax, history: Mapping[str, Sequence[float | None]] | None) -> None:
+    """The positive, finite parts of the convergence history on a log scale."""
+    plotted = False
+    for key in ("objective", "distance", "smoothness", "barrier"):
+        vals = [v for v in (history or {}).get(key, []) if v is not None]
+        vals_arr = np.asarray(vals, dtype=np.float64)
+        if vals_arr.size and np.all(np.isfinite(vals_arr)) and np.all(vals_arr > 0):
+            ax.semilogy(np.arange(vals_arr.size), vals_arr, marker="o", ms=3, label=key)
+            plotted = True
+    if plotted:
+        ax.legend(fontsize=8)
+        ax.set_xlabel("iteration (0 = 1-D OT start)")
+        ax.grid(True, which="both", alpha=0.3)
+    else:
+        ax.text(0.5, 0.5, "no convergence history", ha="center", va="center")
+    ax.set_title("convergence", fontsize=9)
 
 
 def _rows(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...optim import Status, gauss_newton, lbfgs
+from ...optim import MinimizeStatus, gauss_newton, lbfgs
 from ._apply import _as_tensor, _check_axis
 from ._intensity import check_weights, prepare_intensities
 from ._model import EPIObjective, face_average, face_diff, interp_lines
@@ -31,7 +31,7 @@ class EPIResult:
         corrected_up: ``I₊(x + b)(1 + ∂b)``; corrected_down: ``I₋(x − b)(1 − ∂b)``.
         corrected: their mean.
         jacobian_up: ``1 + ∂_v b``; jacobian_down: ``1 − ∂_v b`` (both > 0).
-        status: :class:`odeflow.optim.Status` of the optimizer.
+        status: :class:`odeflow.optim.MinimizeStatus` of the optimizer.
         iterations: outer iterations of the optimizer (finest level).
         history: per iterate ``objective``, ``distance``, ``smoothness``, ``barrier``,
             ``grad_norm`` (finest level; the first entry is the OT start).
@@ -48,7 +48,7 @@ class EPIResult:
     corrected: torch.Tensor
     jacobian_up: torch.Tensor
     jacobian_down: torch.Tensor
-    status: Status
+    status: MinimizeStatus
     iterations: int
     history: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -218,13 +218,7 @@ def estimate_field(
     scale = 256.0 / top
     up_s, dn_s = up_l * scale, dn_l * scale
 
-    # the pyramid (finest first)
-    pyr = [(up_s, dn_s, spacing)]
-    for _ in range(levels - 1):
-        pu, pd, sp = pyr[-1]
-        if min(pu.shape) < 8:
-            break
-        pyr.append((_restrict(pu), _restrict(pd), tuple(2 * h for h in sp)))
+    pyr = _pyramid(up_s, dn_s, spacing, levels)  # finest first
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -235,33 +229,8 @@ def estimate_field(
     timings["initial_guess"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    res = None
-    obj = None
-    for lev in range(len(pyr) - 1, -1, -1):
-        pu, pd, sp = pyr[lev]
-        if u.shape != (*pu.shape[:2], pu.shape[2] + 1):
-            u = _prolong_faces(u, tuple(pu.shape))
-        u = _feasible(u)
-        obj = EPIObjective(pu, pd, sp, alpha=alpha, beta=beta)
-        iters = max_iter if lev == 0 else 2 * max_iter
-        desc = f"EPI {solver} level {lev}"
-        if solver == "gn":
-            res = gauss_newton(obj, u, value=obj.value, maxiter=iters, verbose=verbose, desc=desc)
-        else:
-            # ftol is relative to the OT start's objective, which is ~10-20x the optimum's:
-            # with 1e-5 L-BFGS reported CONVERGED at ~2x the optimal objective (stalled steps)
-            res = lbfgs(
-                obj.value_and_grad,
-                u,
-                value=obj.value,
-                maxiter=5 * iters,
-                memory=30,
-                gtol=1e-4,
-                ftol=1e-7,
-                verbose=verbose,
-                desc=desc,
-            )
-        u = res.x
+    u, res = _optimize(pyr, u, solver=solver, alpha=alpha, beta=beta, max_iter=max_iter,
+                       verbose=verbose)  # fmt: skip
     timings["optimize"] = time.perf_counter() - t0
 
     # outputs on the original intensity scale
@@ -309,6 +278,51 @@ def estimate_field(
         timings=timings,
         params=params,
     )
+
+
+def _pyramid(up: torch.Tensor, down: torch.Tensor, spacing: tuple[float, ...], levels: int):
+    """``levels`` restrictions of the pair (finest first), stopping before a side under 8."""
+    pyr = [(up, down, spacing)]
+    for _ in range(levels - 1):
+        pu, pd, sp = pyr[-1]
+        if min(pu.shape) < 8:
+            break
+        pyr.append((_restrict(pu), _restrict(pd), tuple(2 * h for h in sp)))
+    return pyr
+
+
+def _optimize(pyr, u: torch.Tensor, *, solver: str, alpha: float, beta: float, max_iter: int,
+              verbose: bool):  # fmt: skip
+    """Coarse to fine: minimize the objective on each level from the prolonged field of the
+    level below (twice ``max_iter`` on coarse levels); return the field and the finest
+    level's optimizer result."""
+    res = None
+    for lev in range(len(pyr) - 1, -1, -1):
+        pu, pd, sp = pyr[lev]
+        if u.shape != (*pu.shape[:2], pu.shape[2] + 1):
+            u = _prolong_faces(u, tuple(pu.shape))
+        u = _feasible(u)
+        obj = EPIObjective(pu, pd, sp, alpha=alpha, beta=beta)
+        iters = max_iter if lev == 0 else 2 * max_iter
+        desc = f"EPI {solver} level {lev}"
+        if solver == "gn":
+            res = gauss_newton(obj, u, value=obj.value, maxiter=iters, verbose=verbose, desc=desc)
+        else:
+            # ftol is relative to the OT start's objective, which is ~10-20x the optimum's:
+            # with 1e-5 L-BFGS reported CONVERGED at ~2x the optimal objective (stalled steps)
+            res = lbfgs(
+                obj.value_and_grad,
+                u,
+                value=obj.value,
+                maxiter=5 * iters,
+                memory=30,
+                gtol=1e-4,
+                ftol=1e-7,
+                verbose=verbose,
+                desc=desc,
+            )
+        u = res.x
+    return u, res
 
 
 def _feasible(u: torch.Tensor, limit: float = 0.95) -> torch.Tensor:

@@ -346,8 +346,9 @@ def load_checkpoint(
     spec) or the preset rebuilt from the spec.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: not an odeflow control checkpoint, or a
-        checkpoint for another problem (the message names both).
+        FileNotFoundError: no such file.
+        ValueError: not an odeflow control checkpoint, or a checkpoint for another problem
+            (the message names both).
     """
     from ._presets import make_problem
 

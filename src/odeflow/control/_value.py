@@ -125,7 +125,8 @@ class ValueNetwork(ValueFunction):
         self.dim = dim
         if net is None:
             self.config = {"width": int(width), "depth": int(depth), "rank": rank}
-            net = build_potential(dim, int(width), int(depth), rank)
+            # the paper's Xavier A (the flows' near-identity init scales it by 0.1), w = 0 below
+            net = build_potential(dim, int(width), int(depth), rank, init="paper")
             from odeflow.derivatives import Linear
 
             out = [m for m in net.modules() if isinstance(m, Linear) and m.out_features == 1]

@@ -4,8 +4,11 @@ OT-Flow (Onken, Wu Fung, Li, Ruthotto, AAAI 2021, arXiv 2006.00104) drives the f
 the gradient of a potential Φ(x, t) whose Laplacian gives an exact log-determinant.
 """
 
+from ._conditional import ConditionalDistribution, ConditionalFitResult, ConditionalModel
+from ._cotflow import COTFlow
 from ._gas import convert_gas
 from ._otflow import OTFlow, OTFlowLoss, build_potential
+from ._pcpmap import PCPMap
 from ._plot import plot_flow_2d
 from ._presets import PRESETS, FlowPreset, get_preset
 from ._tabular import TABULAR_FILES, TabularData, check_data, load_sklearn, load_tabular
@@ -29,10 +32,15 @@ __all__ = [
     "PRESETS",
     "TABULAR_FILES",
     "TOYS",
+    "COTFlow",
+    "ConditionalDistribution",
+    "ConditionalFitResult",
+    "ConditionalModel",
     "FitResult",
     "FlowPreset",
     "OTFlow",
     "OTFlowLoss",
+    "PCPMap",
     "TabularData",
     "TrainingDiverged",
     "build_potential",

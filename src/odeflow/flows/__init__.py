@@ -11,6 +11,7 @@ from ._otflow import OTFlow, OTFlowLoss, build_potential
 from ._pcpmap import PCPMap
 from ._plot import plot_flow_2d
 from ._presets import PRESETS, FlowPreset, get_preset
+from ._sbi_tasks import SBI_TASKS, SBITask, sbi_task
 from ._tabular import TABULAR_FILES, TabularData, check_data, load_sklearn, load_tabular
 from ._toys import (
     TOYS,
@@ -30,6 +31,7 @@ from ._train import (
 
 __all__ = [
     "PRESETS",
+    "SBI_TASKS",
     "TABULAR_FILES",
     "TOYS",
     "COTFlow",
@@ -41,6 +43,7 @@ __all__ = [
     "OTFlow",
     "OTFlowLoss",
     "PCPMap",
+    "SBITask",
     "TabularData",
     "TrainingDiverged",
     "build_potential",
@@ -58,4 +61,5 @@ __all__ = [
     "make_toy",
     "plot_flow_2d",
     "save_checkpoint",
+    "sbi_task",
 ]

@@ -20,15 +20,21 @@ def _model(seed=0, dtype=torch.float64, **kw):
     return m
 
 
+def _g(m, xi, yi):
+    """G at one point, through the unchecked internals (a checked entry point's finiteness
+    test cannot run under vmap)."""
+    return m._jets(xi[None], m._context(yi[None]), False)[0][0]
+
+
 def _brute_hessian(m, x, y):
-    f = lambda xi, yi: m.potential(xi[None], yi[None])[0]  # noqa: E731
+    f = lambda xi, yi: _g(m, xi, yi)  # noqa: E731
     return torch.vmap(torch.func.hessian(f, argnums=0))(x, y)
 
 
 def test_gradient_and_hessian_match_torch_func():
     m = _model()
     x, y = torch.randn(7, 3, dtype=torch.float64), torch.randn(7, 2, dtype=torch.float64)
-    g = torch.vmap(torch.func.grad(lambda xi, yi: m.potential(xi[None], yi[None])[0]))(x, y)
+    g = torch.vmap(torch.func.grad(lambda xi, yi: _g(m, xi, yi)))(x, y)
     torch.testing.assert_close(m.transform(x, y), g, rtol=0, atol=1e-12)
     torch.testing.assert_close(m.hessian(x, y), _brute_hessian(m, x, y), rtol=0, atol=1e-12)
 
@@ -134,6 +140,8 @@ def test_bad_input():
         m.fit(x, bad, iters=1, verbose=False)
     with pytest.raises(ValueError, match=r"y must have shape \(\.\.\., 3\)"):
         m(torch.randn(5, DY + 1)).sample()
+    with pytest.raises(ValueError, match="matching rows"):
+        m.log_prob(torch.randn(3, DX), torch.randn(4, DY))
     with pytest.raises(ValueError, match="tol must be"):
         m.inverse(torch.randn(2, DX), torch.randn(2, DY), tol=0.0)
 

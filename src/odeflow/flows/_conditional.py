@@ -190,10 +190,25 @@ class ConditionalModel(nn.Module):
     def _std_y(self, y: Tensor) -> Tensor:
         return (y - self.y_loc) / self.y_scale
 
+    def _pair(self, x: Tensor, y: Tensor, name: str = "x") -> tuple[Tensor, Tensor]:
+        """Rows ``x: (n, x_dim)`` and ``y: (n, y_dim)`` checked (ValueError naming the
+        problem) and cast to the model's dtype and device."""
+        x = _check_rows(x, self.x_dim, name, f"rows of width x_dim={self.x_dim}")
+        y = _check_rows(y, self.y_dim, "y", f"rows of width y_dim={self.y_dim}")
+        if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"{name} and y must be matching rows (n, {self.x_dim}) and (n, {self.y_dim}), "
+                f"got {tuple(x.shape)} and {tuple(y.shape)}; for a batch over y use model(y)"
+            )
+        ref = self._ref
+        return x.to(ref), y.to(ref)
+
     def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
         """log p(x | y) for rows ``x: (n, x_dim)``, ``y: (n, y_dim)``; returns ``(n,)``.
 
-        Raises FloatingPointError for a non-finite result at finite inputs."""
+        Raises ValueError on rows of the wrong width or count, FloatingPointError for a
+        non-finite result at finite inputs."""
+        x, y = self._pair(x, y)
         xs = (x - self.x_loc) / self.x_scale
         lp = self._log_prob_std(xs, self._std_y(y)) - torch.log(self.x_scale).sum()
         if not bool(torch.isfinite(lp).all()):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_positive_int
-from ._conditional import ConditionalModel, _check_rows
+from ._conditional import ConditionalModel
 
 __all__ = ["COTFlow"]
 
@@ -142,11 +142,14 @@ class COTFlow(ConditionalModel):
         return odeint(func, s0, t, method="rk4", gradient=self.gradient,
                       steps_per_interval=nt)[-1]  # fmt: skip
 
+    def _steps(self, nt: int | None) -> int:
+        return self.nt_eval if nt is None else check_positive_int("nt", nt)
+
     def _log_normal(self, z: Tensor) -> Tensor:
         return -0.5 * (z * z).sum(-1) - 0.5 * self.x_dim * math.log(2 * math.pi)
 
     def _log_prob_std(self, x: Tensor, y: Tensor, nt: int | None = None) -> Tensor:
-        s = self._solve(x, y, self.nt_eval if nt is None else nt, False, False)
+        s = self._solve(x, y, self._steps(nt), False, False)
         return self._log_normal(s[:, : self.x_dim]) + s[:, -1]
 
     def _loss_std(self, x: Tensor, y: Tensor):
@@ -163,23 +166,25 @@ class COTFlow(ConditionalModel):
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """J = α₀E[L] + α₁E[C] + α₂E[R] at standardized rows ``(n, x_dim)``, ``(n, y_dim)``."""
-        x = _check_rows(x, self.x_dim, "x", f"x_dim={self.x_dim}")
-        y = _check_rows(y, self.y_dim, "y", f"y_dim={self.y_dim}")
+        x, y = self._pair(x, y)
         return self._loss_std(x, y)[0]
 
     def transform(self, x: Tensor, y: Tensor, nt: int | None = None) -> Tensor:
         """x ↦ z(1) at standardized rows, by ``nt`` RK4 steps (default ``nt_eval``)."""
-        s = self._solve(x, y, self.nt_eval if nt is None else nt, False, False)
+        x, y = self._pair(x, y, "x")
+        s = self._solve(x, y, self._steps(nt), False, False)
         return s[:, : self.x_dim]
 
     def log_det(self, x: Tensor, y: Tensor, nt: int | None = None) -> Tensor:
         """ℓ(1) = −∫ ΔₓΦ/α₀ dt at standardized rows: log |det ∂z(1)/∂x| up to the RK4 error."""
-        s = self._solve(x, y, self.nt_eval if nt is None else nt, False, False)
+        x, y = self._pair(x, y, "x")
+        s = self._solve(x, y, self._steps(nt), False, False)
         return s[:, -1]
 
     def inverse(self, z: Tensor, y: Tensor, nt: int | None = None) -> Tensor:
         """z ↦ x by RK4 backward from t = 1 to 0 at standardized rows."""
-        s = self._solve(z, y, self.nt_eval if nt is None else nt, False, True)
+        z, y = self._pair(z, y, "z")
+        s = self._solve(z, y, self._steps(nt), False, True)
         return s[:, : self.x_dim]
 
     def _sample_std(self, z: Tensor, y: Tensor) -> Tensor:

@@ -166,14 +166,17 @@ class PCPMap(ConditionalModel):
 
     def potential(self, x: Tensor, y: Tensor) -> Tensor:
         """G(x, y) at standardized rows ``x: (n, x_dim)``, ``y: (n, y_dim)``; ``(n,)``."""
+        x, y = self._pair(x, y)
         return self._jets(x, self._context(y), False)[0]
 
     def hessian(self, x: Tensor, y: Tensor) -> Tensor:
         """∇²ₓG at standardized rows, exact, ``(n, x_dim, x_dim)`` (symmetric positive definite)."""
+        x, y = self._pair(x, y)
         return self._jets(x, self._context(y), True)[2]
 
     def transform(self, x: Tensor, y: Tensor) -> Tensor:
         """T(x, y) = ∇ₓG(x, y) at standardized rows ``(n, x_dim)``, ``(n, y_dim)``."""
+        x, y = self._pair(x, y)
         return self._jets(x, self._context(y), False)[1]
 
     # ------------------------------------------------------------------ density
@@ -190,8 +193,7 @@ class PCPMap(ConditionalModel):
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """The maximum-likelihood loss −mean log p̃(x̃ | ỹ) at standardized rows (a scalar)."""
-        x = _check_rows(x, self.x_dim, "x", f"x_dim={self.x_dim}")
-        y = _check_rows(y, self.y_dim, "y", f"y_dim={self.y_dim}")
+        x, y = self._pair(x, y)
         return self._loss_std(x, y)[0]
 
     # ------------------------------------------------------------------ inverse
@@ -214,10 +216,7 @@ class PCPMap(ConditionalModel):
         Raises:
             ValueError: shapes or non-finite inputs; ``tol`` not > 0.
         """
-        z = _check_rows(z, self.x_dim, "z", f"x_dim={self.x_dim}")
-        y = _check_rows(y, self.y_dim, "y", f"y_dim={self.y_dim}")
-        if y.shape[0] != z.shape[0] or z.ndim != 2:
-            raise ValueError(f"z and y must be (n, {self.x_dim}) and (n, {self.y_dim}) rows")
+        z, y = self._pair(z, y, "z")
         if tol is None:
             tol = 1e-10 if z.dtype == torch.float64 else 1e-5
         tol = check_finite_real("tol", tol, positive=True)

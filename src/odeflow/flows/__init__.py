@@ -4,7 +4,12 @@ OT-Flow (Onken, Wu Fung, Li, Ruthotto, AAAI 2021, arXiv 2006.00104) drives the f
 the gradient of a potential Φ(x, t) whose Laplacian gives an exact log-determinant.
 """
 
-from ._conditional import ConditionalDistribution, ConditionalFitResult, ConditionalModel
+from ._conditional import (
+    BlockTriangular,
+    ConditionalDistribution,
+    ConditionalFitResult,
+    ConditionalModel,
+)
 from ._cotflow import COTFlow
 from ._gas import convert_gas
 from ._otflow import OTFlow, OTFlowLoss, build_potential
@@ -34,6 +39,7 @@ __all__ = [
     "SBI_TASKS",
     "TABULAR_FILES",
     "TOYS",
+    "BlockTriangular",
     "COTFlow",
     "ConditionalDistribution",
     "ConditionalFitResult",

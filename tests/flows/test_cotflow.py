@@ -149,5 +149,5 @@ def test_joint_gaussian_full():
     torch.manual_seed(0)
     f = COTFlow(DX, DY, width=32, nt=8).double()
     f.fit(x, y, iters=3000, batch=1024, lr=1e-2, verbose=False)
-    em, ec, kl = score(f, mu, cov, n=20_000)
+    em, ec, kl = score(f, mu, cov, n=100_000)  # Monte Carlo error of the mean ~0.3 %
     assert em < 0.02 and ec < 0.02 and kl < 0.01, (em, ec, kl)

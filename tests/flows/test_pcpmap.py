@@ -177,7 +177,7 @@ def test_joint_gaussian_full():
     torch.manual_seed(0)
     m = PCPMap(DX, DY, width=32).double()
     m.fit(x, y, iters=4000, batch=1024, lr=1e-2, verbose=False)
-    em, ec, kl = score(m, mu, cov, n=20_000)
+    em, ec, kl = score(m, mu, cov, n=200_000)  # Monte Carlo error of the mean ~0.2 %
     assert em < 0.02 and ec < 0.02 and kl < 0.01, (em, ec, kl)
 
 

@@ -268,6 +268,20 @@ class ConditionalModel(nn.Module):
         Raises:
             ValueError: x or y of the wrong width, different row counts, non-finite
                 simulations (refused with their count), settings out of range.
+            FloatingPointError: the training loss became NaN/inf.
+
+        Reference: Wang et al., arXiv 2310.16975 (training by maximum likelihood).
+
+        Example:
+            >>> import torch
+            >>> from odeflow.flows import PCPMap
+            >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+            <...>
+            >>> y = torch.randn(200, 2)
+            >>> x = y[:, :1] + 0.1 * torch.randn(200, 1)
+            >>> res = PCPMap(1, 2, width=8).fit(x, y, iters=5, batch=64, verbose=False)
+            >>> res.iterations, res.status
+            (5, 'completed')
         """
         x, y = check_pairs(x, y, self.x_dim, self.y_dim)
         iters = check_int("iters", iters, minimum=1)

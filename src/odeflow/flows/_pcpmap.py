@@ -226,32 +226,39 @@ class PCPMap(ConditionalModel):
             return self._newton(z, self._context(y), x, tol, max_iter)
 
     def _newton(self, z, u, x, tol, max_iter):
-        def merit(xx):
-            G, g, H = self._jets(xx, u, True)
-            return G - (z * xx).sum(-1), g - z, H
+        """Newton iterations on the rows still above ``tol`` only; a row whose line search
+        cannot make progress (round-off floor) is left where it is."""
 
-        f, r, H = merit(x)
+        def merit(xx, zz, uu):
+            G, g, H = self._jets(xx, uu, True)
+            return G - (zz * xx).sum(-1), g - zz, H
+
+        x = x.clone()
+        idx = torch.arange(x.shape[0], device=x.device)
         for _ in range(max_iter):
+            zi, ui = z[idx], [t[idx] for t in u]
+            f, r, H = merit(x[idx], zi, ui)
             res = r.abs().amax(-1)
-            active = res > tol
-            if not bool(active.any()):
+            act = res > tol
+            if not bool(act.any()):
                 break
+            idx, zi, ui, f, r, H, res = (idx[act], zi[act], [t[act] for t in ui], f[act],
+                                         r[act], H[act], res[act])  # fmt: skip
+            xi = x[idx]
             p = -torch.cholesky_solve(r.unsqueeze(-1), torch.linalg.cholesky(H)).squeeze(-1)
             slope = (r * p).sum(-1)
             step = torch.ones_like(f)
+            ok = torch.zeros_like(act[act])
             for _ in range(30):
-                xn = x + step.unsqueeze(-1) * p
-                fn, rn, Hn = merit(xn)
-                ok = (fn <= f + 1e-4 * step * slope) | (rn.abs().amax(-1) < res)
-                ok = ok | ~active
+                fn, rn, _ = merit(xi + step.unsqueeze(-1) * p, zi, ui)
+                ok = ok | (fn <= f + 1e-4 * step * slope) | (rn.abs().amax(-1) < res)
                 if bool(ok.all()):
                     break
                 step = torch.where(ok, step, 0.5 * step)
-            keep = active.unsqueeze(-1)
-            x = torch.where(keep, xn, x)
-            f = torch.where(active, fn, f)
-            r = torch.where(keep, rn, r)
-            H = torch.where(keep.unsqueeze(-1), Hn, H)
+            x[idx[ok]] = (xi + step.unsqueeze(-1) * p)[ok]
+            idx = idx[ok]  # rows without progress stop at their round-off floor
+            if idx.numel() == 0:
+                break
         return x
 
     def _sample_std(self, z: Tensor, y: Tensor) -> Tensor:

@@ -4,10 +4,19 @@ OT-Flow (Onken, Wu Fung, Li, Ruthotto, AAAI 2021, arXiv 2006.00104) drives the f
 the gradient of a potential Φ(x, t) whose Laplacian gives an exact log-determinant.
 """
 
+from ._conditional import (
+    BlockTriangular,
+    ConditionalDistribution,
+    ConditionalFitResult,
+    ConditionalModel,
+)
+from ._cotflow import COTFlow
 from ._gas import convert_gas
 from ._otflow import OTFlow, OTFlowLoss, build_potential
+from ._pcpmap import PCPMap
 from ._plot import plot_flow_2d
 from ._presets import PRESETS, FlowPreset, default_preset, get_preset
+from ._sbi_tasks import SBI_TASKS, SBITask, sbi_task
 from ._tabular import TABULAR_FILES, TabularData, check_data, load_sklearn, load_tabular
 from ._toys import (
     TOYS,
@@ -27,12 +36,20 @@ from ._train import (
 
 __all__ = [
     "PRESETS",
+    "SBI_TASKS",
     "TABULAR_FILES",
     "TOYS",
+    "BlockTriangular",
+    "COTFlow",
+    "ConditionalDistribution",
+    "ConditionalFitResult",
+    "ConditionalModel",
     "FitResult",
     "FlowPreset",
     "OTFlow",
     "OTFlowLoss",
+    "PCPMap",
+    "SBITask",
     "TabularData",
     "TrainingDiverged",
     "build_potential",
@@ -51,4 +68,5 @@ __all__ = [
     "make_toy",
     "plot_flow_2d",
     "save_checkpoint",
+    "sbi_task",
 ]

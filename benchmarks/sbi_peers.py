@@ -1,0 +1,183 @@
+"""COT-Flow and PCP-Map (odeflow) against a conditional neural spline flow on sbibm tasks.
+
+For each task and simulation budget, in one run with the same seeds and the same
+simulations: odeflow ``COTFlow`` and ``PCPMap`` (trained by :meth:`fit`), and the peer,
+zuko's conditional NSF trained by plain maximum likelihood (sbi's NPE is the intended
+peer, but sbi 0.25's imports need its full stack (tensorboard, ...), which the benchmark
+does not install; zuko's NSF is the flow that NPE trains by default). Each model learns
+the posterior θ | y from (θ, y) pairs of odeflow's own batched simulators
+(:func:`odeflow.flows.sbi_task`), then draws posterior samples for sbibm's observations;
+the score is C2ST against sbibm's reference posterior samples, read straight from the
+sbibm 1.1.0 wheel (``pip download sbibm==1.1.0 --no-deps -d DIR``; nothing of sbibm is
+imported).
+
+C2ST as sbibm defines it: both sample sets z-scored by the reference samples' mean and
+standard deviation, an ``MLPClassifier`` (relu, two hidden layers of 10·dim, adam,
+max_iter 10000) scored by 5-fold cross-validated accuracy (KFold shuffled, seeded); 0.5 is
+perfect, 1.0 is fully separable. Reported with the training time and the time to draw
+the samples.
+
+    python benchmarks/sbi_peers.py --wheel /tmp/sbibm/sbibm-1.1.0-py2.py3-none-any.whl \\
+        --quick --json benchmarks/results/cpu_sbi_peers.json
+
+``--quick``: 10³ simulations, tasks two_moons and slcp, 3 observations, 2 000 posterior
+samples per observation (sbibm: 10 observations, 10 000 samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import io
+import json
+import platform
+import time
+import zipfile
+
+import numpy as np
+import torch
+
+from odeflow.flows import COTFlow, PCPMap, sbi_task
+
+
+def reference(wheel: str, task: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """sbibm's observation k (1..10) and its reference posterior samples, from the wheel."""
+    base = f"sbibm/tasks/{task}/files/num_observation_{k}/"
+    with zipfile.ZipFile(wheel) as z:
+        obs = np.loadtxt(io.StringIO(z.read(base + "observation.csv").decode()), delimiter=",",
+                         skiprows=1, ndmin=2)  # fmt: skip
+        raw = bz2.decompress(z.read(base + "reference_posterior_samples.csv.bz2")).decode()
+    ref = np.loadtxt(io.StringIO(raw), delimiter=",", skiprows=1, ndmin=2)
+    return obs, ref
+
+
+def c2st(ref: np.ndarray, est: np.ndarray, seed: int = 1, folds: int = 5) -> float:
+    """Classifier two-sample test accuracy as sbibm defines it (0.5: indistinguishable)."""
+    from sklearn.model_selection import KFold, cross_val_score
+    from sklearn.neural_network import MLPClassifier
+
+    mean, std = ref.mean(0), ref.std(0, ddof=1)
+    a, b = (ref - mean) / std, (est - mean) / std
+    data = np.concatenate([a, b])
+    target = np.concatenate([np.zeros(len(a)), np.ones(len(b))])
+    ndim = data.shape[1]
+    clf = MLPClassifier(activation="relu", hidden_layer_sizes=(10 * ndim, 10 * ndim),
+                        max_iter=10000, solver="adam", random_state=seed)  # fmt: skip
+    cv = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    return float(np.mean(cross_val_score(clf, data, target, cv=cv, scoring="accuracy")))
+
+
+class _Zuko:
+    """zuko's conditional NSF, trained by maximum likelihood on standardized data."""
+
+    def __init__(self, theta_dim, y_dim):
+        import zuko
+
+        self.flow = zuko.flows.NSF(theta_dim, y_dim, transforms=5, hidden_features=(50, 50))
+
+    def fit(self, theta, y, iters, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.m = (theta.mean(0), theta.std(0), y.mean(0), y.std(0))
+        ts, ys = (theta - self.m[0]) / self.m[1], (y - self.m[2]) / self.m[3]
+        opt = torch.optim.Adam(self.flow.parameters(), lr=1e-3)
+        for _ in range(iters):
+            idx = torch.randint(0, ts.shape[0], (128,), generator=g)
+            loss = -self.flow(ys[idx]).log_prob(ts[idx]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def sample(self, y, n):
+        with torch.no_grad():
+            s = self.flow((y - self.m[2]) / self.m[3]).sample((n,))
+        return s * self.m[1] + self.m[0]
+
+
+class _Odeflow:
+    def __init__(self, kind, theta_dim, y_dim):
+        self.model = (COTFlow(theta_dim, y_dim, width=32, nt=4, nt_eval=8) if kind == "cot-flow"
+                      else PCPMap(theta_dim, y_dim, width=64))  # fmt: skip
+
+    def fit(self, theta, y, iters, seed):
+        self.model.fit(theta, y, iters=iters, batch=128, lr=1e-2, seed=seed, verbose=False)
+
+    def sample(self, y, n):
+        return self.model(y).sample((n,))
+
+
+def run(args) -> dict:
+    rows = []
+    for task_name in args.tasks:
+        task = sbi_task(task_name)
+        for n_sim in args.simulations:
+            g = torch.Generator().manual_seed(args.seed)
+            theta, y = task.simulate(n_sim, generator=g, dtype=torch.float32)
+            keep = torch.isfinite(theta).all(1) & torch.isfinite(y).all(1)
+            dropped = int((~keep).sum())
+            theta, y = theta[keep], y[keep]
+            for method in args.methods:
+                torch.manual_seed(args.seed)
+                model = (_Zuko(task.theta_dim, task.y_dim) if method == "zuko-nsf"
+                         else _Odeflow(method, task.theta_dim, task.y_dim))  # fmt: skip
+                t0 = time.perf_counter()
+                model.fit(theta, y, args.iters, args.seed)
+                train_s = time.perf_counter() - t0
+                scores, sample_s = [], []
+                for k in range(1, args.observations + 1):
+                    obs, ref = reference(args.wheel, task_name, k)
+                    yo = torch.as_tensor(obs[0], dtype=torch.float32)
+                    t0 = time.perf_counter()
+                    est = model.sample(yo, args.samples).double().numpy()
+                    sample_s.append(time.perf_counter() - t0)
+                    scores.append(c2st(ref[: args.samples], est))
+                row = {"task": task_name, "simulations": n_sim, "dropped": dropped,
+                       "method": method, "c2st": float(np.mean(scores)), "c2st_each": scores,
+                       "train_s": train_s, "sample_s": float(np.mean(sample_s)),
+                       "samples": args.samples}  # fmt: skip
+                rows.append(row)
+                print(f"{task_name:16s} {n_sim:7d} {method:9s} C2ST {row['c2st']:.3f} "
+                      f"train {train_s:7.1f}s sample {row['sample_s']:.2f}s",
+                      flush=True)  # fmt: skip
+                if args.json:
+                    _write(args, rows, complete=False)
+    return rows
+
+
+def _write(args, rows, complete):
+    meta = {"device": "cpu", "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "quick": args.quick, "iters": args.iters,
+            "observations": args.observations, "samples": args.samples, "seed": args.seed,
+            "peer_note": "sbi's NPE not run: sbi's imports need its full stack; zuko's "
+                         "conditional NSF (NPE's default estimator) trained by maximum likelihood",
+            "complete": complete}  # fmt: skip
+    with open(args.json, "w") as fh:
+        json.dump({"meta": meta, "results": rows}, fh, indent=1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--wheel", required=True, help="path of sbibm-1.1.0-py2.py3-none-any.whl")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--tasks", nargs="+", default=None)
+    p.add_argument("--simulations", nargs="+", type=int, default=None)
+    p.add_argument("--methods", nargs="+", default=["cot-flow", "pcp-map", "zuko-nsf"])
+    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--observations", type=int, default=None)
+    p.add_argument("--samples", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    q = args.quick
+    full = ["gaussian_linear", "two_moons", "slcp", "lotka_volterra"]
+    args.tasks = args.tasks or (["two_moons", "slcp"] if q else full)
+    args.simulations = args.simulations or ([1000] if q else [1000, 10_000, 100_000])
+    args.iters = args.iters or (500 if q else 5000)
+    args.observations = args.observations or (3 if q else 10)
+    args.samples = args.samples or (2000 if q else 10_000)
+    rows = run(args)
+    if args.json:
+        _write(args, rows, complete=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,6 @@
 """Benchmark pages of the adaptive ODE solvers, the adjoint's checkpointing, the SDE solver,
-``odeflow.optim``, optimal control and the forward Laplacian, made from the committed JSON in ``benchmarks/results/``.
+``odeflow.optim``, optimal control and the forward Laplacian, made from the committed JSON in
+``benchmarks/results/``.
 
 ``render_pages(results_dir)`` yields ``(uri, content)`` pairs, the markdown pages and their PNG
 plots, for ``bench_pages.render_all``; ``used_files()`` lists the JSON they read. Each page
@@ -660,8 +661,8 @@ def _page_laplacian(results: Path):
         "`width`, d → 1; **transformer**: 8 tokens of width 16, two pre-LayerNorm blocks "
         "(2 heads, GELU MLP), mean over tokens, linear read-out. "
         f"{data['meta'].get('dtype', 'float32')}, {data['meta'].get('note', '')}. "
-        "speed-up = peer ms / odeflow ms; rel. error = max relative difference to the "
-        "trace of torch.func's Hessian."
+        "speed-up = peer ms / odeflow ms (medians); rel. error = relative 2-norm difference "
+        "from the trace of torch.func's Hessian."
     )
     lines = _n2_header(title, intro, _n2_machine(data["meta"]), src, cmd)
     rows = data["results"]

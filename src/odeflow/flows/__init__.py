@@ -4,6 +4,7 @@ OT-Flow (Onken, Wu Fung, Li, Ruthotto, AAAI 2021, arXiv 2006.00104) drives the f
 the gradient of a potential Φ(x, t) whose Laplacian gives an exact log-determinant.
 """
 
+from ._checkpoint import save_checkpoint
 from ._conditional import (
     BlockTriangular,
     ConditionalDistribution,
@@ -12,7 +13,7 @@ from ._conditional import (
 )
 from ._cotflow import COTFlow
 from ._gas import convert_gas
-from ._otflow import OTFlow, OTFlowLoss, build_potential
+from ._otflow import OTFlow, OTFlowLoss, build_potential, load_checkpoint
 from ._pcpmap import PCPMap
 from ._plot import plot_flow_2d
 from ._presets import PRESETS, FlowPreset, default_preset, get_preset
@@ -25,14 +26,7 @@ from ._toys import (
     eight_gaussians_means,
     make_toy,
 )
-from ._train import (
-    FitResult,
-    TrainingDiverged,
-    evaluate_nll,
-    fit,
-    load_checkpoint,
-    save_checkpoint,
-)
+from ._train import FitResult, TrainingDiverged, evaluate_nll, fit
 
 __all__ = [
     "PRESETS",

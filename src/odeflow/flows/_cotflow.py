@@ -15,7 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_positive_int
+from ._checks import check_alpha
 from ._conditional import ConditionalModel
+from ._potential import build_potential
 
 __all__ = ["COTFlow"]
 
@@ -104,7 +106,6 @@ class COTFlow(ConditionalModel):
         nt_eval: int | None = None,
         gradient: str = "backprop",
     ):
-        from ._otflow import _check_alpha, build_potential
 
         super().__init__()
         x_dim = check_positive_int("x_dim", x_dim)
@@ -113,7 +114,7 @@ class COTFlow(ConditionalModel):
         self.depth = check_positive_int("depth", depth)
         d = x_dim + y_dim
         self.rank = min(10, d + 1) if rank is None else check_positive_int("rank", rank)
-        self.alpha = _check_alpha(alpha)
+        self.alpha = check_alpha(alpha)
         self.nt = check_positive_int("nt", nt)
         self.nt_eval = 2 * self.nt if nt_eval is None else check_positive_int("nt_eval", nt_eval)
         if gradient not in ("backprop", "adjoint"):

@@ -10,106 +10,29 @@ import math
 import operator
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..ode import Backprop, DiscreteAdjoint, PrecisionPolicy, odeint
+from ._checkpoint import read_checkpoint, save_checkpoint
+from ._checks import (
+    check_alpha,
+    check_gradient,
+    check_int,
+    check_precision,
+    check_steps,
+    gradient_name,
+    precision_name,
+)
+from ._dynamics import OTFlowLoss, _Dynamics
+from ._finite import log_prob_error
 from ._potential import build_potential
-from ._presets import default_preset
+from ._presets import default_preset, get_preset
+from ._train import FitResult, fit
 
-__all__ = ["OTFlow", "OTFlowLoss", "build_potential"]
-
-_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-
-
-def _odeint(*args, **kwargs):
-    from odeflow.ode import odeint
-
-    return odeint(*args, **kwargs)
-
-
-def _derivatives(*args, **kwargs):
-    from odeflow.derivatives import compute
-
-    return compute(*args, **kwargs)
-
-
-def _check_alpha(alpha: Any) -> tuple[float, float, float]:
-    """α as a tuple of three finite floats with α₀ > 0, α₁ ≥ 0, α₂ ≥ 0, else ValueError."""
-    bad = ValueError(
-        f"alpha must be a sequence of three finite numbers (α₀ > 0, α₁ ≥ 0, α₂ ≥ 0), got {alpha!r}"
-    )
-    if isinstance(alpha, str | bytes) or not (
-        isinstance(alpha, Sequence) or hasattr(alpha, "__array__")  # (arrays, tensors)
-    ):
-        raise bad
-    try:
-        out = tuple(float(a) for a in alpha)
-    except (TypeError, ValueError):
-        raise bad from None
-    if len(out) != 3 or not all(math.isfinite(a) for a in out) or out[0] <= 0 or min(out) < 0:
-        raise bad
-    return out  # type: ignore[return-value]
-
-
-def _check_int(name: str, value: Any, low: int, meaning: str) -> int:
-    """``value`` as an ``int`` >= ``low`` (ints, NumPy integers, 0-d integer tensors; not
-    bools or floats), else a ValueError naming ``name`` and what it means."""
-    if not isinstance(value, bool):
-        try:
-            out = operator.index(value)
-        except TypeError:
-            out = None
-        if out is not None and out >= low:
-            return out
-    raise ValueError(f"{name} must be an integer >= {low} ({meaning}), got {value!r}")
-
-
-def _check_steps(value: Any, name: str = "nt") -> int:
-    """A number of RK4 steps as an ``int`` >= 1, else a ValueError naming ``name``."""
-    return _check_int(name, value, 1, "the number of RK4 steps from t = 0 to 1")
-
-
-class OTFlowLoss(NamedTuple):
-    """Terms of the OT-Flow objective J = α₀ L + α₁ C + α₂ R (batch means, scalars)."""
-
-    total: Tensor
-    nll: Tensor
-    transport: Tensor
-    hjb: Tensor
-
-
-class _Dynamics(nn.Module):
-    """Right-hand side of the OT-Flow ODE on the state y = (z, ℓ[, L, R]).
-
-    ż = −∇_xΦ/α₀, ℓ̇ = −Δ_xΦ/α₀, L̇ = ½‖ż‖², Ṙ = |−∂_tΦ + ‖∇_xΦ‖²/(2α₀)|.
-    """
-
-    def __init__(self, potential: nn.Module, dim: int, alpha0: float, full: bool):
-        super().__init__()
-        self.potential = potential
-        self.dim = dim
-        self.alpha0 = float(alpha0)
-        self.full = full
-
-    def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        d = self.dim
-        z = y[:, :d]
-        s = torch.cat([z, t.to(z).expand(z.shape[0], 1)], dim=1)
-        # no finiteness check per stage (a host sync each): the data are checked on entry,
-        # and a state that blows up mid-solve gives a non-finite loss, which fit() reports
-        out = _derivatives(self.potential, s, want="laplacian", exclude_last=1, check_finite=False)
-        grad = out.gradient
-        gx, gt = grad[:, :d], grad[:, d]
-        v = -gx / self.alpha0
-        dl = -out.laplacian / self.alpha0
-        if not self.full:
-            return torch.cat([v, dl[:, None]], dim=1)
-        sq = (v * v).sum(1)
-        dL = 0.5 * sq
-        dR = torch.abs(-gt + self.alpha0 * 0.5 * sq)
-        return torch.cat([v, dl[:, None], dL[:, None], dR[:, None]], dim=1)
+__all__ = ["OTFlow", "OTFlowLoss", "build_potential", "load_checkpoint"]
 
 
 class OTFlow(nn.Module):
@@ -146,8 +69,11 @@ class OTFlow(nn.Module):
         nt: RK4 steps used by :meth:`loss` (default: the rule's).
         nt_eval: RK4 steps used by :meth:`log_prob`, :meth:`transform`, :meth:`inverse`,
             :meth:`sample` (default: the rule's when ``nt`` is not given, else 2·nt).
-        precision: ODE precision policy ("fp32", "tf32", "bf16", "fp16").
-        gradient: ODE gradient strategy for :meth:`loss` ("backprop" as in the paper, or
+        precision: ODE precision policy: an :class:`odeflow.PrecisionPolicy` or its shorthand
+            ("fp32", "tf32", "bf16", "fp16"); :meth:`config` records its name.
+        gradient: ODE gradient strategy for :meth:`loss`, the ODE engine's policy object
+            (:class:`odeflow.Backprop`, :class:`odeflow.DiscreteAdjoint` with its options) or
+            its shorthand ("backprop" as in the paper, or
             "adjoint", the exact discrete adjoint).
         compile: evaluate the ODE right-hand side (Φ's gradient and Laplacian) through
             ``torch.compile`` (inductor): fuses the hundreds of small kernels of each stage
@@ -197,32 +123,30 @@ class OTFlow(nn.Module):
         alpha: Sequence[float] | str = "auto",
         nt: int | None = None,
         nt_eval: int | None = None,
-        precision: str = "fp32",
-        gradient: str = "backprop",
+        precision: str | PrecisionPolicy = "fp32",
+        gradient: str | Backprop | DiscreteAdjoint = "backprop",
         compile: bool = False,
         cuda_graphs: bool = False,
         init: str = "identity",
     ):
         super().__init__()
-        dim = _check_int("dim", dim, 1, "the data dimension")
+        dim = check_int("dim", dim, 1, "the data dimension")
         auto = default_preset(dim)  # the documented defaults (odeflow.flows.default_preset)
         width = auto.width if width is None else width
         alpha = auto.alpha if isinstance(alpha, str) and alpha == "auto" else alpha
         if nt is None:  # both step counts from the rule
             nt, nt_eval = auto.nt, auto.nt_val if nt_eval is None else nt_eval
-        width = _check_int("width", width, 1, "the ResNet width m")
-        depth = _check_int("depth", depth, 2, "the opening layer plus the residual layers")
+        width = check_int("width", width, 1, "the ResNet width m")
+        depth = check_int("depth", depth, 2, "the opening layer plus the residual layers")
         if rank is not None:
-            rank = _check_int("rank", rank, 1, "the rank of the quadratic term")
-        alpha = _check_alpha(alpha)
-        nt = _check_steps(nt, "nt")
+            rank = check_int("rank", rank, 1, "the rank of the quadratic term")
+        alpha = check_alpha(alpha)
+        nt = check_steps(nt, "nt")
         if nt_eval is not None:
-            nt_eval = _check_steps(nt_eval, "nt_eval")
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
-        if gradient not in ("backprop", "adjoint"):
-            raise ValueError(f"gradient must be 'backprop' or 'adjoint', got {gradient!r}")
-        if cuda_graphs and gradient != "adjoint":
+            nt_eval = check_steps(nt_eval, "nt_eval")
+        precision = check_precision(precision)
+        gradient = check_gradient(gradient)
+        if cuda_graphs and gradient_name(gradient) != "adjoint":
             raise ValueError(
                 "cuda_graphs=True replays the discrete adjoint's per-step work; use it with "
                 "gradient='adjoint' (backprop through all steps cannot be captured per step)"
@@ -264,8 +188,6 @@ class OTFlow(nn.Module):
             >>> next(OTFlow.from_preset("8gaussians", dtype=torch.float32).parameters()).dtype
             torch.float32
         """
-        from ._presets import get_preset
-
         p = get_preset(preset)
         if p.dim is None and "dim" not in overrides:
             raise ValueError(f"preset {p.name!r} has no fixed dimension; pass dim=")
@@ -282,7 +204,7 @@ class OTFlow(nn.Module):
 
     @alpha.setter
     def alpha(self, value: Sequence[float]) -> None:
-        self.__dict__["_alpha"] = _check_alpha(value)
+        self.__dict__["_alpha"] = check_alpha(value)
 
     def __getstate__(self) -> dict[str, Any]:
         # copies and pickles drop the cached (possibly compiled) right-hand sides; they are
@@ -363,7 +285,7 @@ class OTFlow(nn.Module):
         return dict(
             dim=self.dim, width=self.width, depth=self.depth, rank=self.rank,
             alpha=list(self.alpha), nt=self.nt, nt_eval=self.nt_eval,
-            precision=self.precision, gradient=self.gradient,
+            precision=precision_name(self.precision), gradient=gradient_name(self.gradient),
         )  # fmt: skip
 
     def extra_repr(self) -> str:
@@ -409,10 +331,8 @@ class OTFlow(nn.Module):
             t = torch.tensor([t0, t1], dtype=y0.dtype, device=y0.device)
             spi = nt
         if gradient == "adjoint" and getattr(self, "cuda_graphs", False):  # (older pickles)
-            from odeflow.ode import DiscreteAdjoint
-
             gradient = DiscreteAdjoint(cuda_graphs=True)
-        ys = _odeint(
+        ys = odeint(
             func, y0, t, method="rk4", gradient=gradient, precision=self.precision,
             steps_per_interval=spi,
         )  # fmt: skip
@@ -459,7 +379,7 @@ class OTFlow(nn.Module):
         Raises:
             ValueError: ``x`` of the wrong last dimension or not finite, or ``nt`` < 1.
         """
-        steps = self.nt if nt is None else _check_steps(nt)
+        steps = self.nt if nt is None else check_steps(nt)
         x = self._check(x, "x")
         y = self._forward_state(self._standardize(x), steps, full=True)
         z, ell, L, R = y[:, : self.dim], y[:, self.dim], y[:, self.dim + 1], y[:, self.dim + 2]
@@ -485,15 +405,13 @@ class OTFlow(nn.Module):
         shape = x.shape[:-1] if isinstance(x, Tensor) else None
         lp = self._log_prob(x, nt)
         if not bool(torch.isfinite(lp).all()):
-            from ._finite import log_prob_error
-
             raise log_prob_error(self, lp, self.nt_eval if nt is None else nt)
         return lp.reshape(shape)
 
     def _log_prob(self, x: Tensor, nt: int | None) -> Tensor:
         """log p of the rows of ``x`` as a flat ``(n,)`` tensor, unchecked for NaN/inf (the
         training loop's validation reads a non-finite value as "no improvement")."""
-        steps = self.nt_eval if nt is None else _check_steps(nt)
+        steps = self.nt_eval if nt is None else check_steps(nt)
         x = self._check(x, "x")
         y = self._forward_state(self._standardize(x), steps, full=False)
         return self._log_normal(y[:, : self.dim]) + y[:, self.dim] - self._log_scale()
@@ -523,7 +441,7 @@ class OTFlow(nn.Module):
         return self._map(z, nt, True, return_trajectory, "z")
 
     def _map(self, x: Tensor, nt: int | None, backward: bool, traj: bool, name: str) -> Tensor:
-        n_steps = self.nt_eval if nt is None else _check_steps(nt)
+        n_steps = self.nt_eval if nt is None else check_steps(nt)
         shape = x.shape if isinstance(x, Tensor) else None
         x = self._check(x, name)
         if not backward:  # data → the ODE's standardized coordinates
@@ -604,7 +522,7 @@ class OTFlow(nn.Module):
                 f"sample_shape must be an int >= 0 or a sequence of them (e.g. 1000 or "
                 f"(10, 100)), got {sample_shape!r}"
             )
-        n_steps = self.nt_eval if nt is None else _check_steps(nt)
+        n_steps = self.nt_eval if nt is None else check_steps(nt)
         ref = self._ref
         z = torch.randn((*shape, self.dim), generator=generator, device=ref.device, dtype=ref.dtype)
         zf = z.reshape(-1, self.dim)
@@ -618,24 +536,55 @@ class OTFlow(nn.Module):
 
     # ------------------------------------------------------------------ training & I/O
     def fit(self, data, **kwargs) -> OTFlow:
-        """Train in place with :func:`odeflow.flows.fit`; returns ``self``.
+        """Train in place with :func:`odeflow.flows.fit` (same arguments); returns ``self``.
 
-        The :class:`FitResult` is stored as ``self.fit_result``.
+        A thin convenience for chaining (``flow = OTFlow(d).fit(x)``): the typed
+        :class:`~odeflow.flows.FitResult` that :func:`~odeflow.flows.fit` returns is kept as
+        ``self.fit_result``. Call :func:`~odeflow.flows.fit` itself to get the result as the
+        return value.
         """
-        from ._train import fit
-
-        self.fit_result = fit(self, data, **kwargs)
+        self.fit_result: FitResult = fit(self, data, **kwargs)
         return self
 
     def save(self, path: str | Path, **extra: Any) -> None:
-        """Write a checkpoint (config + ``state_dict`` + ``extra``) to ``path``."""
-        from ._train import save_checkpoint
-
+        """Write a checkpoint (config + ``state_dict`` + ``extra``) to ``path``
+        (:func:`~odeflow.flows.save_checkpoint`)."""
         save_checkpoint(self, path, **extra)
 
     @classmethod
     def load(cls, path: str | Path, *, dim: int | None = None, map_location=None) -> OTFlow:
-        """Rebuild a flow from a checkpoint; ``dim`` (if given) must match the checkpoint."""
-        from ._train import load_checkpoint
+        """Rebuild a flow from a checkpoint (:func:`~odeflow.flows.load_checkpoint`); ``dim``
+        (if given) must match the checkpoint."""
+        return read_checkpoint(path, cls, dim=dim, map_location=map_location)
 
-        return load_checkpoint(path, dim=dim, map_location=map_location)
+
+def load_checkpoint(path: str | Path, *, dim: int | None = None, map_location=None) -> OTFlow:
+    """Rebuild an :class:`OTFlow` from a checkpoint written by :func:`save_checkpoint`.
+
+    Args:
+        path: checkpoint file.
+        dim: expected data dimension; a checkpoint of another dimension is refused.
+        map_location: as in ``torch.load``; a device (``str`` or ``torch.device``) is also
+            where the returned flow lives. Other mappings (dict, callable) only steer
+            ``torch.load``; the flow is then on the CPU.
+
+    The file is read with ``torch.load(weights_only=True)``: only plain data are unpickled
+    (the reading and its checks live in the checkpoint module; this binds the class).
+
+    Raises:
+        FileNotFoundError: no such file (or a folder was given).
+        ValueError: not an odeflow OT-Flow checkpoint (unreadable by ``torch.load``, or
+            without the format tag, a ``config`` or a ``state_dict``), damaged (a dtype,
+            config or ``state_dict`` that do not fit together), or of another dimension;
+            ``dim`` not an integer >= 1.
+
+    Example:
+        >>> import tempfile, os
+        >>> f = OTFlow(2, width=4)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     save_checkpoint(f, os.path.join(d, "c.pt"), note="demo")
+        ...     g = load_checkpoint(os.path.join(d, "c.pt"), dim=2)
+        >>> g.config() == f.config(), g.checkpoint_extra
+        (True, {'note': 'demo'})
+    """
+    return read_checkpoint(path, OTFlow, dim=dim, map_location=map_location)

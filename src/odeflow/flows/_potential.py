@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import derivatives as D
+
 __all__ = ["build_potential"]
 
 #: scale of the quadratic term's A at the "identity" initialisation (see build_potential)
@@ -52,8 +54,6 @@ def build_potential(
         >>> sum(p.numel() for p in phi.parameters())  # r(d+1) + (d+2) + m + (d+2)m + (m²+m)
         125
     """
-    from odeflow import derivatives as D
-
     if depth < 2:
         raise ValueError(f"depth must be >= 2 (opening layer + residual layers), got {depth}")
     if init not in ("identity", "paper"):

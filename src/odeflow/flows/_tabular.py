@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._gas import GAS_DROPPED, read_dataframe_pickle
 from ._toys import _check_dtype
 
 __all__ = ["TABULAR_FILES", "TabularData", "check_data", "load_sklearn", "load_tabular"]
@@ -224,8 +225,6 @@ def _power(root: Path):
 def _gas(root: Path):
     """GAS from ``gas/ethylene_CO.npy`` (written by :func:`convert_gas`) if present, else
     from MAF's pickle through the restricted reader (no code from the file runs)."""
-    from ._gas import GAS_DROPPED, read_dataframe_pickle
-
     npy = root / "gas" / "ethylene_CO.npy"
     if npy.is_file():
         f, data, names = npy, _load_npy(npy, None), None

@@ -1,4 +1,4 @@
-"""Training loop, evaluation and checkpoints for :class:`~odeflow.flows.OTFlow`.
+"""Training loop and evaluation for :class:`~odeflow.flows.OTFlow` (checkpoints: ``_checkpoint``).
 
 The schedule follows OT-Flow (Onken et al., arXiv 2006.00104): Adam, optional clamping of
 every parameter to [−clip, clip] before each step, validation NLL tracked every
@@ -10,37 +10,35 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
-import os
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from .._utils import check_device, progress
+from ..ode import PrecisionPolicy
+from ._checks import (
+    FitSettings,
+    check_int,
+    check_precision,
+    check_steps,
+    fit_settings,
+    is_half,
+    precision_name,
+)
 from ._distributed import Comm
-from ._finite import nonfinite_report, nonfinite_tensors, state_shapes
-from ._otflow import OTFlow, _check_alpha, _check_int, _check_steps
-from ._presets import FlowPreset, default_preset, get_preset
+from ._presets import FlowPreset
 from ._tabular import TabularData, check_data
 from ._toys import TOYS, make_toy
 
-__all__ = [
-    "FitResult",
-    "TrainingDiverged",
-    "evaluate_nll",
-    "fit",
-    "load_checkpoint",
-    "save_checkpoint",
-]
+if TYPE_CHECKING:  # (the model imports this trainer for OTFlow.fit; nothing imports back)
+    from ._otflow import OTFlow
 
-_FORMAT = "odeflow.otflow/1"
+__all__ = ["FitResult", "TrainingDiverged", "evaluate_nll", "fit"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -156,7 +154,7 @@ def _standardize(flow: OTFlow, data, seed: int) -> None:
             f"training data column(s) {cols[:10]} have no spread (constant) or no finite "
             "mean and standard deviation: they are not standardized; a constant column has "
             "no density to fit (drop it)",
-            stacklevel=3,
+            stacklevel=4,  # (the caller of fit)
         )
     flow.set_standardization(torch.where(ok, loc, 0.0), torch.where(ok, std, 1.0))
 
@@ -193,14 +191,15 @@ def evaluate_nll(flow: OTFlow, data: Tensor, *, nt: int | None = None, batch: in
 
     Example:
         >>> import torch
+        >>> from odeflow.flows import OTFlow
         >>> flow = OTFlow(2, width=4, nt=2).double()
         >>> nll = evaluate_nll(flow, torch.randn(10, 2, dtype=torch.float64))
         >>> isinstance(nll, float)
         True
     """
     if nt is not None:
-        nt = _check_steps(nt, "nt")
-    batch = _check_int("batch", batch, 1, "rows evaluated per log_prob call")
+        nt = check_steps(nt, "nt")
+    batch = check_int("batch", batch, 1, "rows evaluated per log_prob call")
     x = check_data(data, flow.dim, name="evaluation data")
     nll = _nll_sum(flow, x, nt, batch) / x.shape[0]
     if not math.isfinite(nll):  # name the cause (log_prob's check) rather than return NaN
@@ -298,7 +297,8 @@ def fit(
             rate (finite, > 0). Data tensors are reshuffled every epoch and cut into full
             minibatches of ``min(batch, n)`` rows (the remainder differs from epoch to
             epoch).
-        precision: ODE precision policy for this training run ("fp32", "tf32", "bf16",
+        precision: ODE precision policy for this training run, an
+            :class:`odeflow.PrecisionPolicy` or its shorthand ("fp32", "tf32", "bf16",
             "fp16"; default the flow's own), used by the training steps and the validations;
             the flow's own ``precision`` is restored afterwards. "bf16" and "fp16" need a
             float32 flow (autocast does not touch float64): on a float64 flow they are
@@ -364,81 +364,74 @@ def fit(
 
     Example:
         >>> import torch
+        >>> from odeflow.flows import OTFlow
         >>> flow = OTFlow(2, width=8, nt=2).double()
         >>> res = fit(flow, torch.randn(256, 2, dtype=torch.float64), iters=5, batch=64,
         ...           lr=1e-2, verbose=False)
         >>> res.iterations, res.status, res.dtype
         (5, 'completed', 'float64')
     """
-    if not isinstance(flow, OTFlow):
+    if not (isinstance(flow, nn.Module) and callable(getattr(flow, "loss", None))):
         raise TypeError(f"flow must be an OTFlow, got {type(flow).__name__}")
     # Every argument and the data are checked before the flow is touched: a refused call
     # leaves its weights, α, step counts, device, precision and mode as they were.
-    p = get_preset(preset) if preset is not None else None
-    if p is not None:
-        if p.dim is not None and p.dim != flow.dim:
-            raise ValueError(
-                f"preset {p.name!r} is for dim={p.dim}, but the flow has dim={flow.dim}"
-            )
-        p_alpha = _check_alpha(p.alpha)
-        p_nt = _check_steps(p.nt, f"preset {p.name!r}: nt")
-        p_nt_val = _check_steps(p.nt_val, f"preset {p.name!r}: nt_val")
-    # without a preset the documented defaults for this dimension (default_preset)
-    q = p if p is not None else default_preset(flow.dim)
-    budget = iters is None  # no explicit iters: q's budget, with early stopping on validation
-    iters = _check_int("iters", iters if iters is not None else q.iters, 1,
-                       "training iterations")  # fmt: skip
-    batch = _check_int("batch", batch if batch is not None else q.batch, 1,
-                       "rows per minibatch")  # fmt: skip
-    lr = lr if lr is not None else q.lr
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (0 < lr < math.inf):
-        raise ValueError(f"lr must be a finite number > 0 (Adam's learning rate), got {lr!r}")
-    lr = float(lr)
-    clip = clip if clip is not None else q.clip
-    lr_drop = lr_drop if lr_drop is not None else q.lr_drop
-    max_drops = max_drops if max_drops is not None else q.max_drops
-    patience = patience if patience is not None else q.patience
-    val_every = val_every if val_every is not None else q.val_every
-    val_fraction = val_fraction if val_fraction is not None else (q.val_fraction if budget
-                                                                  else 0.0)  # fmt: skip
-    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real)
-            or not 0 <= val_fraction < 1):  # fmt: skip
-        raise ValueError(f"val_fraction must be a number in [0, 1) (the share of the training "
-                         f"rows held out for validation), got {val_fraction!r}")  # fmt: skip
-    standardize = standardize if standardize is not None else q.standardize
-    if not isinstance(standardize, bool):
-        raise ValueError(f"standardize must be True, False or None, got {standardize!r}")
-    if clip is not None:
-        if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not clip > 0:
-            raise ValueError(f"clip must be a number > 0 (the parameters are clamped to "
-                             f"[-clip, clip]) or None for no clamping, got {clip!r}")  # fmt: skip
-        clip = float(clip)
-    if (
-        isinstance(lr_drop, bool)
-        or not isinstance(lr_drop, numbers.Real)
-        or not (1 < lr_drop < math.inf)
-    ):
-        raise ValueError(f"lr_drop must be a finite number > 1 (the learning rate is divided "
-                         f"by it), got {lr_drop!r}")  # fmt: skip
-    lr_drop = float(lr_drop)
-    patience = _check_int("patience", patience, 1, "validations without improvement "
-                          "before the learning rate drops")  # fmt: skip
-    max_drops = _check_int("max_drops", max_drops, 0, "learning-rate drops before training "
-                           "stops")  # fmt: skip
-    if val_every is not None:
-        val_every = _check_int("val_every", val_every, 1, "iterations between validations")
-    if val_nt is not None:
-        val_nt = _check_steps(val_nt, "val_nt")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an integer (it seeds the minibatch shuffling and "
-                         f"the toy samples), got {seed!r}; e.g. seed=0")  # fmt: skip
-    seed = int(seed)
-    if precision is not None and precision not in ("fp32", "tf32", "bf16", "fp16"):
-        raise ValueError(f"precision must be fp32, tf32, bf16 or fp16, got {precision!r}")
-    ref = next(flow.parameters())
-    dtype = ref.dtype
+    s = fit_settings(flow.dim, preset, dict(
+        iters=iters, batch=batch, lr=lr, val_fraction=val_fraction, standardize=standardize,
+        clip=clip, lr_drop=lr_drop, patience=patience, max_drops=max_drops,
+        val_every=val_every, val_nt=val_nt, seed=seed))  # fmt: skip
+    train_precision = _train_precision(flow, precision)
+    dtype = next(flow.parameters()).dtype
+    dev = check_device(device) if device is not None else next(flow.parameters()).device
+    comm = Comm(process_group, dev)
+    data, val_data = _prepare_data(flow, data, val_data, s)
+    # all checked: now set up the flow
+    batches, val_data = _set_up(flow, s, data, val_data, dev, device is not None, comm)
+
+    opt = torch.optim.Adam(flow.parameters(), lr=s.lr)
+    track = _Validation(flow, opt, s, val_data, comm)
+    status, it, history = "completed", 0, []
+    t0 = time.perf_counter()
+    # no bar object at all when silent: even a disabled tqdm starts tqdm's monitor thread
+    bar = progress(s.iters, desc="OT-Flow") if verbose and comm.rank == 0 else None
+    # the training precision and train mode last for this call only
+    was_training, own_precision = flow.training, flow.precision
+    flow.precision = train_precision
+    flow.train()
+    try:
+        for it in range(1, s.iters + 1):
+            vals = _step(flow, opt, next(batches), s.clip, comm)
+            if not math.isfinite(vals[0]):
+                raise track.diverged(it, vals, restore_best)
+            info = {
+                "iter": it, "loss": vals[0], "nll": vals[1], "transport": vals[2],
+                "hjb": vals[3], "lr": opt.param_groups[0]["lr"],
+            }  # fmt: skip
+            converged = track.due(it) and track.validate(it, info)
+            history.append(info)
+            asked = _report(bar, callback, it, info, comm)
+            if asked or converged:
+                status = "callback" if asked else "converged"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        flow.precision = own_precision
+        flow.train(was_training)
+    if restore_best:
+        track.restore()
+    best = track.best_val if track.best_state is not None else math.nan
+    return FitResult(status, it, best, track.best_iter, history, time.perf_counter() - t0,
+                     str(dtype).removeprefix("torch."), precision_name(train_precision),
+                     comm.world)  # fmt: skip
+
+
+def _train_precision(flow: OTFlow, precision: Any) -> str | PrecisionPolicy:
+    """The precision ``fit`` trains in (``precision``, else the flow's own), checked: a
+    16-bit one on a float64 flow is refused (autocast would leave it in float64)."""
+    if precision is not None:
+        precision = check_precision(precision)
     train_precision = precision if precision is not None else flow.precision
-    if train_precision in ("bf16", "fp16") and dtype == torch.float64:
+    if is_half(train_precision) and next(flow.parameters()).dtype == torch.float64:
         given = "" if precision is not None else " (the flow's own precision)"
         raise ValueError(
             f"precision={train_precision!r}{given} needs a float32 flow, but this flow's "
@@ -446,8 +439,12 @@ def fit(
             "float64. Convert the flow with flow.float() (or build it with "
             "OTFlow.from_preset(..., dtype=torch.float32)), or train with precision='fp32'"
         )
-    dev = _check_device(device) if device is not None else ref.device
-    comm = Comm(process_group, dev)
+    return train_precision
+
+
+def _prepare_data(flow: OTFlow, data, val_data, s: FitSettings) -> tuple[Any, Tensor | None]:
+    """Check the training data (a toy name, or rows as a tensor) and the validation data
+    (given, ``data.val`` of a :class:`TabularData`, or ``s.val_fraction`` held out)."""
     if isinstance(data, TabularData):
         if val_data is None:
             val_data = data.val
@@ -458,372 +455,131 @@ def fit(
         data = check_data(data, flow.dim, name="training data")
     if val_data is not None:
         val_data = check_data(val_data, flow.dim, name="validation data")
-    elif not isinstance(data, str) and val_fraction > 0:
-        data, val_data = _hold_out(data, float(val_fraction), seed)
+    elif not isinstance(data, str) and s.val_fraction > 0:
+        data, val_data = _hold_out(data, float(s.val_fraction), s.seed)
+    return data, val_data
 
-    # all checked: now set up the flow
-    if p is not None:
-        flow.alpha = p_alpha
-        flow.nt = p_nt
-        flow.nt_eval = p_nt_val
-    if device is not None:
+
+def _set_up(flow: OTFlow, s: FitSettings, data, val_data, dev, move: bool, comm: Comm):
+    """Give the flow the preset's α and step counts, move it to ``dev`` (if ``move``),
+    standardize, share rank 0's weights; returns the minibatch iterator and the validation
+    data (a fresh toy sample for a toy) on the flow's device and dtype."""
+    if s.alpha is not None:
+        flow.alpha = s.alpha
+        flow.nt = s.nt
+        flow.nt_eval = s.nt_eval
+    if move:
         flow.to(dev)
-    if standardize and not flow.is_standardized:
-        _standardize(flow, data, seed)
+    if s.standardize and not flow.is_standardized:
+        _standardize(flow, data, s.seed)
     comm.same("fit's settings (iters, batch, lr, seed, dim)",
-              [iters, batch, lr, float(seed), flow.dim])  # fmt: skip
+              [s.iters, s.batch, s.lr, float(s.seed), flow.dim])  # fmt: skip
     comm.broadcast_(flow)
     if isinstance(data, str) and val_data is None:
-        val_data = make_toy(data, min(batch, 10_000), seed=seed + 10_007)
-    batches = _as_batches(data, batch, seed, dtype, dev, comm)
+        val_data = make_toy(data, min(s.batch, 10_000), seed=s.seed + 10_007)
+    dtype = next(flow.parameters()).dtype
+    batches = _as_batches(data, s.batch, s.seed, dtype, dev, comm)
     if val_data is not None:
         val_data = val_data.to(dev, dtype)
-    val_every = val_every if val_every is not None else max(1, iters // 20)
-
-    opt = torch.optim.Adam(flow.parameters(), lr=lr)
-    best_val, best_iter, best_state = math.inf, 0, None
-    stalls, drops, status = 0, 0, "completed"
-    history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-    bar = None
-    if verbose and comm.rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=iters, desc="OT-Flow", leave=False)
-    # the training precision and train mode last for this call only
-    was_training, own_precision = flow.training, flow.precision
-    flow.precision = train_precision
-    flow.train()
-    it = 0
-    try:
-        for it in range(1, iters + 1):
-            x = next(batches)
-            if clip is not None:
-                with torch.no_grad():
-                    for q in flow.parameters():
-                        q.clamp_(-clip, clip)
-            opt.zero_grad(set_to_none=True)
-            out = flow.loss(x)
-            # the whole batch's losses: the mean of the ranks' (equal shares)
-            vals = [v / comm.world for v in comm.values([float(v.detach()) for v in out])]
-            if not math.isfinite(vals[0]):
-                if best_state is not None and restore_best:
-                    flow.load_state_dict(best_state)
-                    kept = (
-                        f"the best weights (iteration {best_iter}, val NLL {best_val:.4f}) "
-                        "were restored"
-                    )
-                elif best_state is not None:
-                    kept = (
-                        "restore_best=False, so the flow keeps the weights that gave this "
-                        f"loss (the best ones, iteration {best_iter}, val NLL "
-                        f"{best_val:.4f}, were not restored)"
-                    )
-                else:
-                    kept = (
-                        "no validated weights to restore, so the flow keeps the weights "
-                        "that gave this loss"
-                    )
-                raise TrainingDiverged(
-                    f"OT-Flow training stopped at iteration {it}: the loss is "
-                    f"{vals[0]} (NLL {vals[1]:.4g}, L {vals[2]:.4g}, "
-                    f"R {vals[3]:.4g}); {kept}. Lower the learning rate, clamp the "
-                    "weights (clip=1.5), or use more RK4 steps (nt)."
-                )  # fmt: skip
-            out.total.backward()
-            del out
-            comm.average_grads_(list(flow.parameters()))
-            opt.step()
-            info = {
-                "iter": it, "loss": vals[0], "nll": vals[1], "transport": vals[2],
-                "hjb": vals[3], "lr": opt.param_groups[0]["lr"],
-            }  # fmt: skip
-            stop = False
-            if val_data is not None and (it % val_every == 0 or it == iters):
-                v = _val_nll(flow, val_data, val_nt, comm)
-                info["val_nll"] = v
-                if v < best_val - 1e-6:
-                    best_val, best_iter, stalls = v, it, 0
-                    best_state = copy.deepcopy(flow.state_dict())
-                else:
-                    stalls += 1
-                    if stalls >= patience:
-                        stalls = 0
-                        if drops >= max_drops:
-                            status, stop = "converged", True
-                        else:
-                            drops += 1
-                            for grp in opt.param_groups:
-                                grp["lr"] /= lr_drop
-            history.append(info)
-            if bar is not None:
-                bar.update(1)
-                post = {"loss": f"{info['loss']:.3g}", "nll": f"{info['nll']:.3f}"}
-                if "val_nll" in info:
-                    post["val"] = f"{info['val_nll']:.3f}"
-                bar.set_postfix(post, refresh=False)
-            asked = callback is not None and bool(callback(it, info))
-            if comm.active and callback is not None:  # one rank stopping stops them all
-                asked = comm.values([float(asked)], "max")[0] > 0
-            if asked:
-                status, stop = "callback", True
-            if stop:
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-        flow.precision = own_precision
-        flow.train(was_training)
-    if restore_best and best_state is not None:
-        flow.load_state_dict(best_state)
-    return FitResult(status, it, best_val if best_state is not None else math.nan, best_iter,
-                     history, time.perf_counter() - t0,
-                     str(dtype).removeprefix("torch."), train_precision, comm.world)  # fmt: skip
+    return batches, val_data
 
 
-def _check_device(device: torch.device | str, what: str | None = None) -> torch.device:
-    """``device`` as a ``torch.device`` this process can use, else a ValueError that names
-    it as ``what`` (default ``device=...``)."""
-    what = what if what is not None else f"device={device!r}"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"{what}: not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'"
-        ) from None
-    if dev.type == "cuda":
-        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n_gpus == 0:
-            raise ValueError(
-                f"{what} asks for CUDA, but CUDA is not available (this PyTorch build: CUDA "
-                f"{torch.version.cuda or 'not compiled in'}; no GPU visible); use the CPU "
-                "('cpu'), or a CUDA build of PyTorch on a machine with a GPU"
+def _step(flow: OTFlow, opt: torch.optim.Optimizer, x: Tensor, clip: float | None,
+          comm: Comm) -> list[float]:  # fmt: skip
+    """One Adam step on the minibatch ``x`` (parameters clamped to [−clip, clip] first);
+    returns the whole batch's loss terms (total, NLL, L, R). A non-finite loss is returned
+    before any backward pass or step."""
+    if clip is not None:
+        with torch.no_grad():
+            for q in flow.parameters():
+                q.clamp_(-clip, clip)
+    opt.zero_grad(set_to_none=True)
+    out = flow.loss(x)
+    # the whole batch's losses: the mean of the ranks' (equal shares)
+    vals = [v / comm.world for v in comm.values([float(v.detach()) for v in out])]
+    if math.isfinite(vals[0]):
+        out.total.backward()
+        del out
+        comm.average_grads_(list(flow.parameters()))
+        opt.step()
+    return vals
+
+
+def _report(bar, callback, it: int, info: dict[str, float], comm: Comm) -> bool:
+    """Show ``info`` on the progress bar (if any) and pass it to ``callback``; whether the
+    callback asked to stop (on any rank: one rank stopping stops them all)."""
+    if bar is not None:
+        bar.update(1)
+        post = {"loss": f"{info['loss']:.3g}", "nll": f"{info['nll']:.3f}"}
+        if "val_nll" in info:
+            post["val"] = f"{info['val_nll']:.3f}"
+        bar.set_postfix(post, refresh=False)
+    asked = callback is not None and bool(callback(it, info))
+    if comm.active and callback is not None:
+        asked = comm.values([float(asked)], "max")[0] > 0
+    return asked
+
+
+class _Validation:
+    """Validation and early stopping: the validation NLL every ``val_every`` iterations
+    (and at the last), the best validated weights, the learning rate divided by ``lr_drop``
+    after ``patience`` validations without improvement, and the stop after ``max_drops``."""
+
+    def __init__(self, flow: OTFlow, opt, s: FitSettings, val_data, comm: Comm):
+        self.flow, self.opt, self.s, self.val_data, self.comm = flow, opt, s, val_data, comm
+        self.best_val, self.best_iter, self.best_state = math.inf, 0, None
+        self.stalls, self.drops = 0, 0
+
+    def due(self, it: int) -> bool:
+        """Whether iteration ``it`` validates."""
+        return self.val_data is not None and (it % self.s.val_every == 0 or it == self.s.iters)
+
+    def validate(self, it: int, info: dict[str, float]) -> bool:
+        """Validate (into ``info["val_nll"]``); whether training has converged (stop)."""
+        v = _val_nll(self.flow, self.val_data, self.s.val_nt, self.comm)
+        info["val_nll"] = v
+        if v < self.best_val - 1e-6:
+            self.best_val, self.best_iter, self.stalls = v, it, 0
+            self.best_state = copy.deepcopy(self.flow.state_dict())
+            return False
+        self.stalls += 1
+        if self.stalls < self.s.patience:
+            return False
+        self.stalls = 0
+        if self.drops >= self.s.max_drops:
+            return True
+        self.drops += 1
+        for grp in self.opt.param_groups:
+            grp["lr"] /= self.s.lr_drop
+        return False
+
+    def restore(self) -> None:
+        """Load the best validated weights, if any."""
+        if self.best_state is not None:
+            self.flow.load_state_dict(self.best_state)
+
+    def diverged(self, it: int, vals: list[float], restore_best: bool) -> TrainingDiverged:
+        """The error for a non-finite loss at ``it``, after restoring the best weights when
+        ``restore_best``; its message says which weights the flow holds."""
+        if self.best_state is not None and restore_best:
+            self.restore()
+            kept = (
+                f"the best weights (iteration {self.best_iter}, val NLL {self.best_val:.4f}) "
+                "were restored"
             )
-        if dev.index is None:  # what .to("cuda") means: the current GPU
-            dev = torch.device("cuda", torch.cuda.current_device())
-        elif dev.index >= n_gpus:
-            raise ValueError(
-                f"{what}: only {n_gpus} GPU(s) are visible (cuda:0 to cuda:{n_gpus - 1})"
+        elif self.best_state is not None:
+            kept = (
+                "restore_best=False, so the flow keeps the weights that gave this "
+                f"loss (the best ones, iteration {self.best_iter}, val NLL "
+                f"{self.best_val:.4f}, were not restored)"
             )
-    return dev
-
-
-def save_checkpoint(flow: OTFlow, path: str | Path, **extra: Any) -> None:
-    """Save ``{format, config, state_dict, extra}`` with ``torch.save``.
-
-    The file is written to a temporary file in the same folder and then moved over
-    ``path`` (``os.replace``), so an existing checkpoint survives a failed save.
-
-    Args:
-        flow: the flow.
-        path: checkpoint file (parent folders are created).
-        **extra: JSON-like metadata kept with the checkpoint (``None``, bool, int, float,
-            str, and lists, tuples and dicts of them); a ``Path`` is stored as ``str``,
-            NumPy/torch arrays as (nested) lists and NumPy scalars as Python numbers, so
-            that :func:`load_checkpoint` can read them with ``weights_only=True``.
-
-    Raises:
-        TypeError: an ``extra`` value is not JSON-like (the key is named); nothing is
-            written.
-        ValueError: the flow's weights hold NaN or inf (named); nothing is written.
-        IsADirectoryError: ``path`` is an existing folder.
-
-    Example:
-        >>> import tempfile, os
-        >>> f = OTFlow(2, width=4)
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     save_checkpoint(f, os.path.join(d, "c.pt"), note="demo")
-        ...     g = load_checkpoint(os.path.join(d, "c.pt"), dim=2)
-        >>> g.config() == f.config()
-        True
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(
-            f"{path} is a folder; give the checkpoint's file name, e.g. {path / 'flow.pt'}"
-        )
-    bad = nonfinite_tensors(flow.state_dict().items())
-    if bad:
-        raise ValueError(
-            f"the flow's weights hold NaN or inf ({', '.join(bad[:4])}); load_checkpoint "
-            "would refuse this checkpoint, so it is not written. Retrain the flow (e.g. a "
-            "lower learning rate, or fit(restore_best=True))"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in flow.state_dict().items()}
-    dt = str(next(flow.parameters()).dtype).removeprefix("torch.")
-    payload = {"format": _FORMAT, "config": flow.config(), "dtype": dt, "state_dict": state,
-               "extra": _jsonable(extra, "extra")}  # fmt: skip
-    # write beside the target, then rename over it: a failed save leaves the old file intact
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _load_reason(exc: Exception) -> str:
-    """The gist of a ``torch.load`` failure in one short line (without torch's advice to
-    retry with ``weights_only=False``, which would run arbitrary code from the file)."""
-    msg = str(exc)
-    if "WeightsUnpickler error:" in msg:  # the cause, after torch's paragraph of advice
-        msg = msg.split("WeightsUnpickler error:", 1)[1]
-    line = next((ln.strip() for ln in msg.splitlines() if ln.strip()), "")
-    line = line.split(". ", 1)[0].rstrip(".")
-    reason = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
-    return reason if len(reason) <= 160 else reason[:157] + "..."
-
-
-def _jsonable(obj: Any, key: str) -> Any:
-    """``obj`` as plain Python data that ``torch.load(weights_only=True)`` reads back."""
-    if obj is None:
-        return None
-    if isinstance(obj, np.generic | np.ndarray | Tensor):  # NumPy scalars, arrays, tensors
-        return _jsonable(obj.tolist(), key)
-    if isinstance(obj, bool):  # (before int; subclasses become the plain type)
-        return bool(obj)
-    for kind in (int, float, str):
-        if isinstance(obj, kind):
-            return kind(obj)
-    if isinstance(obj, PurePath):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v, f"{key}[{k!r}]") for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v, f"{key}[{i}]") for i, v in enumerate(obj)]
-    raise TypeError(
-        f"checkpoint {key} is a {type(obj).__name__} ({obj!r:.60}), which a checkpoint "
-        "cannot hold: extra values must be JSON-like (None, bool, int, float, str, and "
-        "lists, tuples and dicts of them; a Path, NumPy array or scalar and a tensor are "
-        "converted). Convert it first, e.g. with str()."
-    )
-
-
-_STANDARDIZATION = ("data_loc", "data_scale")  # OTFlow's buffers, absent from old files
-
-
-def _check_state(path: Path, shapes: dict[str, tuple[int, ...]], state: dict) -> None:
-    """Refuse a ``state_dict`` whose keys or shapes differ from what its config builds
-    (checked before the flow is built: a config edited to ``width=200000`` must not
-    allocate), or whose weights hold NaN/inf. A checkpoint written before the data
-    standardization existed lacks both of its buffers and loads as the identity map."""
-    missing = [k for k in shapes if k not in state]
-    if set(_STANDARDIZATION) <= set(missing):  # (one of the two alone is damage)
-        missing = [k for k in missing if k not in _STANDARDIZATION]
-    unexpected = [k for k in state if k not in shapes]
-    wrong = [f"{k}: a {type(state[k]).__name__}, not a tensor" if not isinstance(state[k], Tensor)
-             else f"{k}: {tuple(state[k].shape)} in the file, {shapes[k]} from the config"
-             for k in shapes if k in state and (not isinstance(state[k], Tensor)
-                                                or tuple(state[k].shape) != shapes[k])]  # fmt: skip
-    if missing or unexpected or wrong:
-        why = "; ".join(
-            f"{label} {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
-            for label, items in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("shape mismatch", wrong),
+        else:
+            kept = (
+                "no validated weights to restore, so the flow keeps the weights that gave this loss"
             )
-            if items
-        )
-        raise ValueError(
-            f"checkpoint {path} is damaged: its state_dict does not fit its config ({why}). "
-            "Save the flow again with OTFlow.save"
-        )
-    bad = nonfinite_tensors(state.items())
-    if bad:
-        where = "; ".join(f"{k}: {nonfinite_report(state[k])}" for k in bad[:3])
-        raise ValueError(
-            f"checkpoint {path} holds non-finite weights ({where}"
-            f"{'; ...' if len(bad) > 3 else ''}); a flow with NaN/inf weights gives NaN "
-            "samples and densities. Use a checkpoint of a run that did not diverge"
-        )
-
-
-def load_checkpoint(path: str | Path, *, dim: int | None = None, map_location=None) -> OTFlow:
-    """Rebuild an :class:`OTFlow` from a checkpoint written by :func:`save_checkpoint`.
-
-    Args:
-        path: checkpoint file.
-        dim: expected data dimension; a checkpoint of another dimension is refused.
-        map_location: as in ``torch.load``; a device (``str`` or ``torch.device``) is also
-            where the returned flow lives. Other mappings (dict, callable) only steer
-            ``torch.load``; the flow is then on the CPU.
-
-    The file is read with ``torch.load(weights_only=True)``: only plain data are unpickled.
-
-    Raises:
-        FileNotFoundError: no such file (or a folder was given).
-        ValueError: not an odeflow OT-Flow checkpoint (unreadable by ``torch.load``, or
-            without the format tag, a ``config`` or a ``state_dict``), damaged (a dtype,
-            config or ``state_dict`` that do not fit together: the config's shapes are
-            checked against the file's tensors before anything is allocated), holding NaN
-            or inf weights, or of another dimension; ``dim`` not an integer >= 1.
-    """
-    if dim is not None:
-        dim = _check_int("dim", dim, 1, "the expected data dimension")
-    path = Path(path)
-    if path.is_dir():
-        raise FileNotFoundError(
-            f"checkpoint {path} is a folder; pass the checkpoint file in it (e.g. "
-            f"{path / 'flow.pt'})"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ck = torch.load(path, map_location=map_location or "cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"{path} is not an odeflow checkpoint (torch.load failed: {_load_reason(exc)}); "
-            "pass a file written by OTFlow.save, save_checkpoint or `odeflow flow train`"
-        ) from None
-    if not isinstance(ck, dict) or ck.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not an odeflow OT-Flow checkpoint (format {_FORMAT})")
-    cfg, state = ck.get("config"), ck.get("state_dict")
-    if not isinstance(cfg, dict) or not isinstance(state, dict):
-        missing = " and ".join(repr(k) for k, v in (("config", cfg), ("state_dict", state))
-                               if not isinstance(v, dict))  # fmt: skip
-        raise ValueError(
-            f"checkpoint {path} is incomplete: it has the {_FORMAT} tag but lacks a valid "
-            f"{missing} (a dict); the file is damaged or was not written by "
-            "save_checkpoint. Save the flow again with OTFlow.save"
-        )
-    try:  # the config's shapes on the meta device (nothing allocated) against the file's
-        shapes = state_shapes(OTFlow, cfg)
-    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # (sizes overflow)
-        raise ValueError(
-            f"checkpoint {path} has an invalid config ({exc}); the file is damaged or was "
-            "edited. Save the flow again with OTFlow.save"
-        ) from None
-    _check_state(path, shapes, state)
-    flow = OTFlow(**cfg)
-    if dim is not None and flow.dim != dim:
-        raise ValueError(
-            f"checkpoint {path} holds a flow of dim={flow.dim}, but dim={dim} was expected; "
-            "use a checkpoint trained on data of this dimension"
-        )
-    dt = ck.get("dtype", "float32")
-    dtype = getattr(torch, dt, None) if isinstance(dt, str) else None
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(
-            f"checkpoint {path} has an invalid dtype {dt!r} (not a floating-point torch "
-            "dtype); the file is damaged or was edited. Save the flow again with OTFlow.save"
-        )
-    flow.to(dtype)
-    if isinstance(map_location, str | torch.device):
-        flow.to(torch.device(map_location))
-    try:
-        flow.load_state_dict(state)
-    except RuntimeError as exc:  # (values that are not tensors, ...)
-        why = " ".join(str(exc).split())
-        raise ValueError(
-            f"checkpoint {path} is damaged: its state_dict does not fit its config "
-            f"({why[:300]}). Save the flow again with OTFlow.save"
-        ) from None
-    flow.eval()
-    flow.checkpoint_extra = ck.get("extra", {})
-    return flow
+        return TrainingDiverged(
+            f"OT-Flow training stopped at iteration {it}: the loss is "
+            f"{vals[0]} (NLL {vals[1]:.4g}, L {vals[2]:.4g}, "
+            f"R {vals[3]:.4g}); {kept}. Lower the learning rate, clamp the "
+            "weights (clip=1.5), or use more RK4 steps (nt)."
+        )  # fmt: skip

@@ -75,6 +75,24 @@ def save_checkpoint(flow: nn.Module, path: str | Path, **extra: Any) -> None:
     atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
+def load_payload(path: Path, map_location: Any, fix: str, *, example: str) -> Any:
+    """``torch.load(path, weights_only=True)`` (plain data only, never arbitrary objects),
+    with a FileNotFoundError for a folder or a missing file and a ValueError, ending with
+    ``fix``, for a file ``torch.load`` cannot read."""
+    if path.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint {path} is a folder; pass the checkpoint file in it (e.g. {path / example})"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{path} is not an odeflow checkpoint (torch.load failed: {_load_reason(exc)}); {fix}"
+        ) from None
+
+
 def _load_reason(exc: Exception) -> str:
     """The gist of a ``torch.load`` failure in one short line (without torch's advice to
     retry with ``weights_only=False``, which would run arbitrary code from the file)."""
@@ -154,20 +172,12 @@ def read_checkpoint(
     if dim is not None:
         dim = check_int("dim", dim, 1, "the expected data dimension")
     path = Path(path)
-    if path.is_dir():
-        raise FileNotFoundError(
-            f"checkpoint {path} is a folder; pass the checkpoint file in it (e.g. "
-            f"{path / 'flow.pt'})"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ck = torch.load(path, map_location=map_location or "cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"{path} is not an odeflow checkpoint (torch.load failed: {_load_reason(exc)}); "
-            "pass a file written by OTFlow.save, save_checkpoint or `odeflow flow train`"
-        ) from None
+    ck = load_payload(
+        path,
+        map_location,
+        "pass a file written by OTFlow.save, save_checkpoint or `odeflow flow train`",
+        example="flow.pt",
+    )
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise ValueError(f"{path} is not an odeflow OT-Flow checkpoint (format {FORMAT})")
     cfg, state = ck.get("config"), ck.get("state_dict")

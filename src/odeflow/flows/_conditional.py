@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from .._utils import atomic_write, check_finite_real, check_int, progress
+from ._checkpoint import load_payload
 
 __all__ = ["BlockTriangular", "ConditionalDistribution", "ConditionalFitResult", "ConditionalModel"]
 
@@ -404,14 +405,9 @@ class ConditionalModel(nn.Module):
                 ``COTFlow.load``: the message names the right class), or damaged.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        try:
-            ck = torch.load(path, map_location=map_location or "cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(
-                f"{path} is not an odeflow checkpoint ({type(exc).__name__})"
-            ) from None
+        ck = load_payload(
+            path, map_location, f"pass a file written by {cls.__name__}.save", example="model.pt"
+        )
         fmt = ck.get("format") if isinstance(ck, dict) else None
         if fmt != cls._FORMAT:
             owner = {"odeflow.cotflow/1": "COTFlow", "odeflow.pcpmap/1": "PCPMap",

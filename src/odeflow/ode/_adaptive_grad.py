@@ -40,6 +40,27 @@ def stack_outputs(run: Run, like: list[Tensor]) -> list[Tensor]:
     return out
 
 
+def vjp_step(
+    outputs: list[Tensor],
+    seeds: list[Tensor],
+    yv: list[Tensor],
+    params: list[Tensor],
+    pg: list[Tensor | None],
+) -> list[Tensor]:
+    """One step of the adjoint recursion: the VJP of a rebuilt step's ``outputs`` (its new
+    state, then any requested outputs inside it), seeded by ``seeds`` (the adjoint, then the
+    outputs' gradients), with respect to the step's start ``yv`` and ``params``. Parameter
+    gradients accumulate into ``pg`` in place; returns the adjoint at the step's start."""
+    keep = [i for i, o in enumerate(outputs) if o.requires_grad]
+    grads = torch.autograd.grad(
+        [outputs[i] for i in keep], [*yv, *params], [seeds[i] for i in keep], allow_unused=True
+    )
+    for i, gp in enumerate(grads[len(yv) :]):
+        if gp is not None:
+            pg[i] = gp if pg[i] is None else pg[i] + gp
+    return [torch.zeros_like(v) if gr is None else gr for gr, v in zip(grads, yv)]
+
+
 class DiscreteAdjointOfSteps(torch.autograd.Function):
     r"""The exact adjoint of the accepted steps: the forward pass keeps each accepted step's
     start state (no graph); the backward pass rebuilds the steps in reverse, one at a time,
@@ -70,7 +91,7 @@ class DiscreteAdjointOfSteps(torch.autograd.Function):
     def backward(ctx, *gouts: Tensor | None):  # type: ignore[override]
         info = ctx.info
         run: Run = info["run"]
-        f, tab, n_leaf = info["f"], info["tab"], info["n_leaf"]
+        f, tab = info["f"], info["tab"]
         params = list(ctx.saved_tensors)
         nfe0 = info["fld"].nfe
         first = run.outs[0]
@@ -86,17 +107,7 @@ class DiscreteAdjointOfSteps(torch.autograd.Function):
                 for (jdx, _), o in zip(step.outputs, outs):
                     outputs += o
                     seeds += [gl[jdx] for gl in g]
-                keep = [i for i, o in enumerate(outputs) if o.requires_grad]
-                grads = torch.autograd.grad(
-                    [outputs[i] for i in keep],
-                    [*yv, *params],
-                    [seeds[i] for i in keep],
-                    allow_unused=True,
-                )
-            lam = [torch.zeros_like(v) if gr is None else gr for gr, v in zip(grads, yv)]
-            for i, gp in enumerate(grads[n_leaf:]):
-                if gp is not None:
-                    pg[i] = gp if pg[i] is None else pg[i] + gp
+            lam = vjp_step(outputs, seeds, yv, params, pg)
         lam = [a + gl[0] for a, gl in zip(lam, g)]
         info["stats"].nfe += info["fld"].nfe - nfe0
         return (None, *lam, *pg)

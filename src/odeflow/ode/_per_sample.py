@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ._adaptive import StepOptions
+from ._adaptive_grad import vjp_step
 from ._controller import PIController
 from ._embedded import EmbeddedTableau
 
@@ -73,7 +74,7 @@ class PerSampleAdjoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *gouts: Tensor | None):  # type: ignore[override]
         info = ctx.info
-        n, params = info["n_leaf"], list(ctx.saved_tensors)
+        params = list(ctx.saved_tensors)
         nfe0 = info["fld"].nfe
         first = info["run"].outs[0]
         n_out = len(info["t_out"])
@@ -88,17 +89,7 @@ class PerSampleAdjoint(torch.autograd.Function):
                 for (j, hit, _), o in zip(it.outputs, outs):
                     outputs += o
                     seeds += [gl[j] * _col(hit, gl[j]) for gl in g]
-                keep = [i for i, o in enumerate(outputs) if o.requires_grad]
-                grads = torch.autograd.grad(
-                    [outputs[i] for i in keep],
-                    [*yv, *params],
-                    [seeds[i] for i in keep],
-                    allow_unused=True,
-                )
-            lam = [torch.zeros_like(v) if gr is None else gr for gr, v in zip(grads, yv)]
-            for i, gp in enumerate(grads[n:]):
-                if gp is not None:
-                    pg[i] = gp if pg[i] is None else pg[i] + gp
+            lam = vjp_step(outputs, seeds, yv, params, pg)
         lam = [a + gl[0] for a, gl in zip(lam, g)]
         info["stats"].nfe += info["fld"].nfe - nfe0
         return (None, *lam, *pg)

@@ -33,8 +33,14 @@ class Phantom:
             convention (``up`` sampled at ``x + b``): ``polarity · field_hz · readout_time``.
         field_hz: the off-resonance field (Hz) on the image grid.
         mask: boolean brain mask.
-        voxel_size: voxel sizes (mm), ``affine``: 4×4 numpy voxel→RAS mm.
-        pe_axis, polarity, readout_time (s), snr (None = noise-free), seed, orientation.
+        voxel_size: voxel sizes (mm).
+        affine: 4×4 numpy voxel→RAS mm.
+        pe_axis: the phase-encoding axis.
+        polarity: the PE sign of ``up`` (+1 or −1).
+        readout_time: the total readout time (s).
+        snr: the signal-to-noise ratio (None = noise-free).
+        seed: the noise seed.
+        orientation: the axis codes of the image grid.
     """
 
     up: torch.Tensor

@@ -12,3 +12,4 @@ def test_the_extending_page_has_its_examples():
     code = "\n".join(re.findall(r"```python\n(.*?)```", PAGE.read_text(encoding="utf-8"), re.S))
     assert "class DiagonalResidual(Block)" in code and "class JacobiNewton(AbstractDescent)" in code
     assert "res.iterations" in code
+    assert "ButcherTableau(" in code and "FlowPreset" in PAGE.read_text(encoding="utf-8")

@@ -69,7 +69,7 @@ class ValueFunction(nn.Module):
 
     def jet(self, x: Tensor, t, second: str | None = None) -> ValueJet:
         """Φ, ∇ₓΦ, ∂ₜΦ and, with ``second`` = "laplacian"/"hessian", ΔₓΦ or ∇²ₓΦ."""
-        raise NotImplementedError
+        raise NotImplementedError  # abstract
 
     def forward(self, x: Tensor, t) -> Tensor:
         """Φ(x, t), ``(n,)``."""

@@ -53,7 +53,7 @@ class TimeBasis:
         return self._eval(s.clamp(0.0, 1.0))
 
     def _eval(self, s: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError  # abstract
 
     _pieces = 1  # intervals on which every φ_k is a polynomial (for exact quadrature)
 

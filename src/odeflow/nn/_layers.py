@@ -139,7 +139,7 @@ class VectorFieldLayer(nn.Module):
     def field(
         self, y: torch.Tensor, w: dict[str, torch.Tensor]
     ) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+        raise NotImplementedError  # abstract
 
     def check(self, y: torch.Tensor) -> None:
         """Raise a clear ``ValueError``/``TypeError`` for a state of the wrong shape or type."""

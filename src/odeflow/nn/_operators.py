@@ -37,7 +37,7 @@ class Operator:
         self.out_width = out_width
 
     def shapes(self) -> dict[str, tuple[int, ...]]:  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError  # abstract
 
     def init(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Random weights, normal with variance ``1/fan_in`` (float32)."""
@@ -50,7 +50,7 @@ class Operator:
     def apply(
         self, x: torch.Tensor, w: dict[str, torch.Tensor]
     ) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+        raise NotImplementedError  # abstract
 
     def adjoint(
         self, x: torch.Tensor, w: dict[str, torch.Tensor]

@@ -19,7 +19,7 @@ class GradientPolicy:
     ) -> list[Tensor]:
         """The trajectory leaves ``(n, *leaf.shape)`` in the output dtypes, differentiable in
         ``t``, ``leaves`` and ``plist`` as this policy makes them."""
-        raise NotImplementedError
+        raise NotImplementedError  # abstract
 
     def solve_steps(
         self, pb: _Problem, t: Tensor, leaves: list[Tensor], plist: list[Tensor]

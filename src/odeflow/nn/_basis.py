@@ -148,7 +148,25 @@ class PiecewiseLinear(TimeBasis):
         return torch.linspace(0.0, 1.0, self.size, dtype=torch.float64)
 
 
-class Legendre(TimeBasis):
+class _Polynomial(TimeBasis):
+    """A basis of the polynomials of degree <= ``degree`` on [0, 1] (``degree + 1`` functions,
+    resolved by at least ``degree`` steps)."""
+
+    def __init__(self, degree: int):
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"{type(self).__name__}: degree must be an int >= 0, got {degree!r}.")
+        super().__init__(degree + 1)
+        self.degree = degree
+
+    @property
+    def min_steps(self) -> int:
+        return max(self.degree, 1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(degree={self.degree})"
+
+
+class Legendre(_Polynomial):
     r"""Orthonormal shifted Legendre polynomials ``√(2k+1) P_k(2s − 1)``, ``k = 0 … degree``.
 
     Their Gram matrix on [0, 1] is the identity (condition number 1 at every degree), unlike
@@ -164,16 +182,6 @@ class Legendre(TimeBasis):
 
     name = "legendre"
 
-    def __init__(self, degree: int):
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
-            raise ValueError(f"Legendre: degree must be an int >= 0, got {degree!r}.")
-        super().__init__(degree + 1)
-        self.degree = degree
-
-    @property
-    def min_steps(self) -> int:
-        return max(self.degree, 1)
-
     def _eval(self, s):
         x = 2.0 * s - 1.0
         cols = [torch.ones_like(x)]
@@ -186,11 +194,8 @@ class Legendre(TimeBasis):
         )
         return torch.stack(cols, dim=-1) * scale
 
-    def __repr__(self) -> str:
-        return f"Legendre(degree={self.degree})"
 
-
-class Monomial(TimeBasis):
+class Monomial(_Polynomial):
     r"""Monomials ``s^k``, ``k = 0 … degree`` (badly conditioned: Hilbert Gram matrix).
 
     Example:
@@ -200,22 +205,9 @@ class Monomial(TimeBasis):
 
     name = "monomial"
 
-    def __init__(self, degree: int):
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
-            raise ValueError(f"Monomial: degree must be an int >= 0, got {degree!r}.")
-        super().__init__(degree + 1)
-        self.degree = degree
-
-    @property
-    def min_steps(self) -> int:
-        return max(self.degree, 1)
-
     def _eval(self, s):
         k = torch.arange(self.size, dtype=s.dtype, device=s.device)
         return s[:, None] ** k[None, :]
-
-    def __repr__(self) -> str:
-        return f"Monomial(degree={self.degree})"
 
 
 _BASES = {

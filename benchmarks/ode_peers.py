@@ -20,6 +20,9 @@ solver's gradient error is measured against *its own* fp32 and fp64 runs.
 
 What is measured, per (workload, solver, precision), each in a fresh subprocess:
   ms      forward+backward time, median of --repeats (CUDA-synchronized) after a warm-up;
+          with --clock cpu, one thread per run and the process's CPU time (a shared CPU's
+          load from other processes then changes the figures little; wall time on a busy
+          machine does not measure the work);
   peak    extra memory of one forward+backward (after a warm-up call) over the set-up state:
           CUDA: torch.cuda.max_memory_allocated() - memory_allocated() before the call;
           CPU:  peak resident set size (VmHWM, reset through /proc/self/clear_refs just
@@ -104,6 +107,8 @@ def child(spec: dict) -> dict:
     from torch import nn
 
     torch.manual_seed(0)
+    if spec.get("clock") == "cpu":
+        torch.set_num_threads(1)  # one thread: the process's CPU time is the work done
     dev = torch.device(spec["device"])
     prec = spec["precision"]
     dt = torch.float64 if prec == "fp64" else torch.float32
@@ -279,12 +284,13 @@ def child(spec: dict) -> dict:
             peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
     g = torch.cat([q.grad.detach().double().flatten().cpu() for q in params])
     times = []
+    clock = time.process_time if spec.get("clock") == "cpu" else time.perf_counter
     for _ in range(spec["repeats"]):
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         fwd_bwd()
         sync()
-        times.append((time.perf_counter() - t0) * 1000)
+        times.append((clock() - t0) * 1000)
     torch.save(g, spec["grad_path"])
     out = {"ms": statistics.median(times) if times else None,
            "ms_min": min(times) if times else None, "first_ms": first_ms,
@@ -321,6 +327,9 @@ def main() -> int:
     ap.add_argument("--fp64-ref", action="store_true", help="fp64 reference also at full size")
     ap.add_argument("--checkpoints", action="store_true",
                     help="the checkpointing table and the memory-flatness run instead")  # fmt: skip
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu (CPU only): one thread per run, timed by the process's "
+                    "CPU time, little changed by other processes' load")  # fmt: skip
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -340,7 +349,12 @@ def main() -> int:
         "python": platform.python_version(),
         "quick": args.quick,
         "repeats": repeats,
+        "clock": args.clock,
     }
+    if args.clock == "cpu":
+        if dev != "cpu":
+            ap.error("--clock cpu times CPU runs only; use --device cpu")
+        meta["cpu_threads"] = 1
     if dev == "cpu":  # False: this CPU emulates 16-bit products, so its bf16/fp16 rows are slow
         from odeflow.ode._precision import _cpu_native
 
@@ -376,7 +390,8 @@ def main() -> int:
             for prec in precs:
                 gp = os.path.join(tmp, f"{wl}-{solver}-{prec}.pt")
                 spec = dict(workload=wl, solver=solver, precision=prec, device=dev, sizes=sz,
-                            repeats=1 if prec == "fp64" else repeats, grad_path=gp)  # fmt: skip
+                            repeats=1 if prec == "fp64" else repeats, grad_path=gp,
+                            clock=args.clock)  # fmt: skip
                 # on a CPU, time and memory come from two children: the fixed mmap threshold
                 # that makes peak RSS track live tensors also makes every large allocation a
                 # fresh mmap (page faults), which doubled the measured times
@@ -425,7 +440,8 @@ def checkpoint_tables(args, dev: str, meta: dict, repeats: int, tmp: str) -> int
     meta = dict(meta, table="checkpointing", timing_rounds=ROUNDS)
     for wl, prec in [(w, p) for w in args.workloads for p in precs]:
         sz = sizes(wl, args.quick)
-        base = dict(workload=wl, precision=prec, device=dev, sizes=sz, repeats=repeats)
+        base = dict(workload=wl, precision=prec, device=dev, sizes=sz, repeats=repeats,
+                    clock=args.clock)  # fmt: skip
         specs = {"torchdiffeq": dict(base, solver="torchdiffeq")}
         mem = {"torchdiffeq": _peak(specs["torchdiffeq"], f"{tmp}/{wl}-{prec}-tde.pt")}
         budget = int(0.4 * mem["torchdiffeq"].get("peak_mb", 0) * 2**20) or None

@@ -207,7 +207,14 @@ def _page_ode_checkpointing(results: Path):
         return
     meta = data["meta"]
     cmd = "python benchmarks/ode_peers.py " + ("--quick " if meta.get("quick") else "")
-    cmd += f"--checkpoints --json benchmarks/results/{src}"
+    cmd += "--checkpoints " + ("--clock cpu " if meta.get("clock") == "cpu" else "")
+    cmd += f"--json benchmarks/results/{src}"
+    clock = (
+        " Times are the process's CPU time with one thread (`--clock cpu`): on a shared CPU "
+        "that other processes load, wall time does not measure the work."
+        if meta.get("clock") == "cpu"
+        else ""
+    )
     intro = (
         "What `DiscreteAdjoint(checkpoints=...)` keeps for the backward pass, against "
         "torchdiffeq's backprop, on the workloads of the [ODE benchmark](ode.md) (RK4, "
@@ -217,6 +224,11 @@ def _page_ode_checkpointing(results: Path):
         "ms = fastest of the interleaved timing rounds; MB = peak memory growth of one "
         "call; stored / recomputed / kept = the adjoint's `AdjointStats`; grad diff = the "
         'relative difference of the parameter gradient from `checkpoints="steps"`.'
+        + clock
+        + " A step rebuilt in the backward pass costs its forward work F once more, so with "
+        "m of n step graphs kept the time is at least 1 + (1 − m/n)·F/(F + B) times "
+        "backprop's (B: the step's backward work); with F ≈ B/2 and 40 % of backprop's "
+        "memory (m/n < 0.4) that bound is 1.2×."
     )
     lines = _n2_header(title, intro, _n2_machine(meta), src, cmd)
     header = [

@@ -6,6 +6,7 @@ via Optimal Transport", AAAI 2021, arXiv 2006.00104.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Sequence
@@ -151,6 +152,8 @@ class OTFlow(nn.Module):
                 "cuda_graphs=True replays the discrete adjoint's per-step work; use it with "
                 "gradient='adjoint' (backprop through all steps cannot be captured per step)"
             )
+        if cuda_graphs and isinstance(gradient, DiscreteAdjoint):  # (its options checked)
+            gradient = dataclasses.replace(gradient, cuda_graphs=True)
         self.dim = dim
         self.width = width
         self.depth = depth

@@ -23,7 +23,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     flow = of.flows.OTFlow(dim=2, width=32, alpha=(1.0, 30.0, 1.0), nt=8, nt_eval=12)
-    flow.fit("8gaussians", iters=args.iters, batch=1024, lr=0.05, val_every=50, patience=3)
+    res = flow.fit("8gaussians", iters=args.iters, batch=1024, lr=0.05, val_every=50, patience=3)
+    print(f"{res.iterations} iterations ({res.status}), best validation NLL {res.best_val_nll:.3f}")
 
     test = of.flows.make_toy("8gaussians", 20_000, seed=99)
     nll = of.flows.evaluate_nll(flow, test)

@@ -7,11 +7,16 @@
   over 100 lines of code (its docstring not counted).
 * ``derivatives/_compute.py`` and ``derivatives/_laplacian.py`` dispatch on block methods,
   never on block classes (no ``isinstance`` naming a concrete block).
+* The engine packages hold no demo drivers and never import matplotlib when imported: plots
+  import it inside the plotting function, demos live under ``odeflow.cli``.
 """
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,3 +197,61 @@ def test_no_isinstance_on_block_classes(module):
         if isinstance(node, ast.ImportFrom) and node.module and "_blocks" in node.module:
             named |= {a.name for a in node.names} & BLOCKS
     assert not named & BLOCKS, f"{module} names block classes: {sorted(named & BLOCKS)}"
+
+
+#: the packages below the command line: importing them must not load plotting libraries
+ENGINE = ["ode", "flows", "derivatives", "optim", "imaging", "control", "nn", "testing"]
+
+
+def _module_level_imports(tree: ast.AST):
+    """Import nodes that run when the module is imported: not inside a function body."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+@pytest.mark.parametrize("package", ENGINE)
+def test_no_engine_module_imports_matplotlib_at_module_level(package):
+    found = []
+    for p in (PACKAGE / package).rglob("*.py"):
+        for node in _module_level_imports(ast.parse(p.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
+            if any(n == "matplotlib" or n.startswith("matplotlib.") for n in names):
+                found.append(f"{p.relative_to(PACKAGE)}:{node.lineno}")
+    assert not found, f"matplotlib imported at module level (import it in the plot): {found}"
+
+
+def test_demo_drivers_live_under_the_cli():
+    demos = [str(p.relative_to(PACKAGE)) for pkg in ENGINE
+             for p in (PACKAGE / pkg).rglob("*demo*.py")]  # fmt: skip
+    assert not demos, f"demo drivers in engine packages (move them to odeflow/cli): {demos}"
+    assert (PACKAGE / "cli" / "_demo_ode.py").is_file()
+
+
+def test_importing_every_engine_module_leaves_matplotlib_unloaded():
+    """Every module of the engine packages imported in a fresh interpreter: no matplotlib."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import odeflow\n"
+        f"for pkg in {ENGINE!r}:\n"
+        "    m = importlib.import_module('odeflow.' + pkg)\n"
+        "    for info in pkgutil.walk_packages(m.__path__, m.__name__ + '.'):\n"
+        "        importlib.import_module(info.name)\n"
+        "loaded = sorted(k for k in sys.modules if k.split('.')[0] == 'matplotlib')\n"
+        "assert not loaded, loaded[:5]\n"
+        "print(sum(k.startswith('odeflow.') for k in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) > 100  # the walk did import the modules

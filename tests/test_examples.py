@@ -45,7 +45,7 @@ assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in func.par
 assert out.value.shape == (100,) and out.gradient.shape == (100, 3)
 assert out.laplacian.shape == (100,)
 assert flow.log_prob(x[:5]).shape == (5,) and flow.sample(1000).shape == (1000, 2)
-assert math.isfinite(flow.fit_result.history[-1]["nll"])
+assert math.isfinite(result.history[-1]["nll"])
 """
     script = tmp_path / "readme_example.py"
     script.write_text("import math\n" + code + checks, encoding="utf-8")

@@ -218,7 +218,7 @@ def test_flow_cli_errors(tmp_path, capsys, monkeypatch, argv, msg):
 
 
 def test_demo_writes_picture_and_metrics(tmp_path):
-    from odeflow.flows._demo import run_demo
+    from odeflow.cli._demo_otflow import run_demo
 
     res = run_demo(tmp_path / "demo", verbose=False, iters=4)
     assert res["iterations"] == 4 and 2.7 < res["true_entropy"] < 2.9

@@ -244,12 +244,13 @@ def test_all_defaults_reach_the_gaussian_entropy_quick(d):
     correlations). The full-size runs (20,000 rows, d = 2, 4, 10) are the slow test below."""
     x, test, H = _gaussian(d, 500, seed=2)
     torch.manual_seed(0)
-    flow = OTFlow(d).fit(x, verbose=False)
+    flow = OTFlow(d)
+    res = flow.fit(x, verbose=False)
     gap = (evaluate_nll(flow, test, nt=16) - H) / d
     only = OTFlow(d).set_standardization(flow.data_loc, flow.data_scale)  # untrained ODE
     gap_only = (evaluate_nll(only, test, nt=16) - H) / d
     print(f"d={d}, 500 rows: gap/dim {gap:+.4f} (standardized only: {gap_only:+.4f}), "
-          f"{flow.fit_result.iterations} iters")  # fmt: skip
+          f"{res.iterations} iters")  # fmt: skip
     assert abs(gap) < GAP_QUICK[d] and gap < gap_only / 3, (gap, gap_only)
 
 
@@ -260,9 +261,9 @@ def test_all_defaults_reach_the_gaussian_entropy(d):
     with random mean and covariance (20,000 rows), and the maps invert each other."""
     x, test, H = _gaussian(d, 20_000)
     torch.manual_seed(0)
-    flow = OTFlow(d).fit(x, verbose=False)
+    flow = OTFlow(d)
+    res = flow.fit(x, verbose=False)
     nll = evaluate_nll(flow, test, nt=16)
-    res = flow.fit_result
     print(f"d={d}: test NLL {nll:.4f}, entropy {H:.4f}, per dim {(nll - H) / d:+.4f}; "
           f"{res.iterations} iters ({res.status}), {res.seconds:.1f} s")  # fmt: skip
     assert abs(nll - H) / d < 0.05
@@ -276,10 +277,10 @@ def test_all_defaults_reach_the_eight_gaussians_entropy():
     """Issue 21: with every default, within 0.1 nats of the 8gaussians entropy."""
     x = make_toy("8gaussians", 20_000, seed=0)
     torch.manual_seed(0)
-    flow = OTFlow(2).fit(x, verbose=False)
+    flow = OTFlow(2)
+    res = flow.fit(x, verbose=False)
     H, _ = eight_gaussians_entropy(200_000, seed=7)
     nll = evaluate_nll(flow, make_toy("8gaussians", 20_000, seed=99), nt=16)
-    res = flow.fit_result
     print(f"8gaussians: test NLL {nll:.4f} vs entropy {H:.4f}; {res.iterations} iters "
           f"({res.status}), {res.seconds:.1f} s")  # fmt: skip
     assert abs(nll - H) < 0.1

@@ -64,7 +64,7 @@ def test_fit_with_toy_preset_does_not_change_a_float32_flow():
     flow = OTFlow(2, width=4)
     res = fit(flow, "8gaussians", preset="8gaussians", iters=2, batch=32, verbose=False)
     assert _dtype(flow) == torch.float32 and res.dtype == "float32"
-    assert flow.alpha == get_preset("8gaussians").alpha  # the preset's α was applied
+    assert res.alpha == get_preset("8gaussians").alpha  # the preset's α was applied
     flow64 = OTFlow.from_preset("8gaussians", width=4)
     res64 = fit(flow64, "8gaussians", preset="8gaussians", iters=2, batch=32, verbose=False)
     assert _dtype(flow64) == torch.float64 and res64.dtype == "float64"

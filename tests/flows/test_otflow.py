@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.func import functional_call, grad, hessian, jacrev, vmap
 
+from odeflow import DiscreteAdjoint
 from odeflow.flows import OTFlow, TrainingDiverged, fit, get_preset, load_checkpoint
 from odeflow.flows._otflow import _Dynamics
 
@@ -264,17 +265,21 @@ def test_right_hand_side_makes_no_host_sync():
     assert len(set(counts)) == 1 and counts[0] <= 2
 
 
+#: the discrete adjoint whose captured-step path also runs off CUDA (eagerly, static buffers);
+#: ``cuda_graphs=True`` of the flow turns its captures on
+_STATIC = DiscreteAdjoint(_static_buffers=True)
+
+
 @pytest.mark.slow
-def test_compiled_field_inside_captured_adjoint(monkeypatch):
+def test_compiled_field_inside_captured_adjoint():
     """compile=True with cuda_graphs=True: the compiled field, evaluated with the parameters
     rebound to aliases (the captured backward's functional_call), gives the eager gradients."""
     from odeflow.ode import _graphs
 
-    monkeypatch.setattr(_graphs, "FORCE_STATIC", True)
     x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.manual_seed(0)
     eager = OTFlow(3, width=8, nt=3, gradient="adjoint").double()
-    both = OTFlow(3, width=8, nt=3, gradient="adjoint", compile=True, cuda_graphs=True).double()
+    both = OTFlow(3, width=8, nt=3, gradient=_STATIC, compile=True, cuda_graphs=True).double()
     both.load_state_dict(eager.state_dict())
     (le, ge), (lb, gb) = _loss_grads(eager, x), _loss_grads(both, x)
     torch.testing.assert_close(lb, le, rtol=1e-12, atol=1e-12)
@@ -321,20 +326,22 @@ def _loss_grads(flow, x):
     return parts.total.detach(), [g for g in grads if g is not None]
 
 
-def test_cuda_graphs_option(monkeypatch):
+def test_cuda_graphs_option():
     with pytest.raises(ValueError, match="gradient='adjoint'"):
         OTFlow(2, cuda_graphs=True)
     from odeflow.ode import _graphs
 
     # on CPU the static-buffer path of the captures runs eagerly: same numbers, bitwise
-    monkeypatch.setattr(_graphs, "FORCE_STATIC", True)
     torch.manual_seed(0)
     eager = OTFlow(3, width=8, nt=3, gradient="adjoint").double()
-    graphed = OTFlow(3, width=8, nt=3, gradient="adjoint", cuda_graphs=True).double()
+    graphed = OTFlow(3, width=8, nt=3, gradient=_STATIC, cuda_graphs=True).double()
     graphed.load_state_dict(eager.state_dict())
     x = torch.randn(16, 3, dtype=torch.float64)
     (le, ge), (lg, gg) = _loss_grads(eager, x), _loss_grads(graphed, x)
     assert torch.equal(le, lg) and all(torch.equal(a, b) for a, b in zip(ge, gg))
+    # the flow's cuda_graphs=True turned the given adjoint's captures on: the steps went
+    # through the capture cache
+    assert graphed.gradient.cuda_graphs and len(_graphs._CACHE) == 1
     with torch.no_grad():
         assert torch.equal(eager.log_prob(x), graphed.log_prob(x))
     _graphs.clear_cuda_graphs()

@@ -662,17 +662,16 @@ def test_grid_coefficients_equal_per_step_scalar_ops_bitwise(method, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_grid_chunks_equal_per_step_scalar_ops_bitwise(dtype, monkeypatch):
+def test_grid_chunks_equal_per_step_scalar_ops_bitwise(dtype):
     """The grid is formed a chunk of steps at a time (chunks crossing intervals here); any
     access order (the backward walks it in reverse) gives bitwise the per-step scalar ops."""
-    from odeflow.ode._rk import _coeffs, _Grid, _grid, _times
+    from odeflow.ode._rk import _coeffs, _grid, _times
 
-    monkeypatch.setattr(_Grid, "CHUNK", 4)
     tab = odeflow.ode.get_tableau("rk4")
     t = -torch.cumsum(torch.rand(5, generator=torch.Generator().manual_seed(4), dtype=dtype), 0)
     plan = types.SimpleNamespace(tab=tab, ms=[1, 3, 2, 7], grid=None)
     steps = [(i, j) for i, m in enumerate(plan.ms) for j in range(m)]
-    grid = _grid(plan, t)
+    grid = _grid(plan, t, chunk=4)
     assert len(grid) == 13 and plan.grid is grid
     for s in [12, 3, 4, 0, 11, 7, 8, -1, 5]:
         i, j = steps[s]

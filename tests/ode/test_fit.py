@@ -83,7 +83,8 @@ def test_fit_rejects_empty_settings(kw):
 
 
 def test_demo_writes_png(tmp_path, monkeypatch):
-    from odeflow.ode import _demo, _fit
+    from odeflow.cli import _demo_ode as _demo
+    from odeflow.ode import _fit
 
     real = _fit.fit_trajectory
 

@@ -1,7 +1,8 @@
 """DiscreteAdjoint(cuda_graphs=True): captured steps give the eager adjoint's gradients.
 
-On CPU the static-buffer path runs eagerly (``_graphs.FORCE_STATIC``): buffer plumbing, the
-cache and its keys are checked without a GPU; the ``gpu`` tests check real capture."""
+On CPU the static-buffer path runs eagerly (``DiscreteAdjoint(..., _static_buffers=True)``,
+see ``_adjoint``): buffer plumbing, the cache and its keys are checked without a GPU; the
+``gpu`` tests check real capture."""
 
 from __future__ import annotations
 
@@ -30,9 +31,14 @@ class TupleField(nn.Module):
         return dx, -(x * dx).sum(1) * s.tanh()
 
 
+def _adjoint(cuda_graphs: bool = True, **kw) -> odeflow.DiscreteAdjoint:
+    """The adjoint whose captured-step path runs off CUDA too (eagerly, over static buffers)."""
+    return odeflow.DiscreteAdjoint(cuda_graphs=cuda_graphs, _static_buffers=True, **kw)
+
+
 @pytest.fixture
-def static(monkeypatch):
-    monkeypatch.setattr(_graphs, "FORCE_STATIC", True)
+def static():
+    """An empty capture cache before and after the test."""
     _graphs.clear_cuda_graphs()
     yield
     _graphs.clear_cuda_graphs()
@@ -42,7 +48,7 @@ def _grads(func, y0, t, graphs, **kw):
     """Loss on every output time (injected adjoints between steps), all gradients."""
     func.zero_grad(set_to_none=True)
     leaves = list(y0) if isinstance(y0, tuple) else [y0]
-    ys = odeflow.solve(func, y0, t, gradient=odeflow.DiscreteAdjoint(cuda_graphs=graphs), **kw)
+    ys = odeflow.solve(func, y0, t, gradient=_adjoint(graphs), **kw)
     out = list(ys.ys) if isinstance(ys.ys, tuple) else [ys.ys]
 
     def weight(o):  # a different weight per output time
@@ -88,7 +94,7 @@ def test_static_path_tuple_state_and_cache_reuse(static):
 def test_cache_keys_on_shapes_and_parameter_storage(static):
     f = MLPField(3, 16).double()
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    run = dict(gradient=odeflow.DiscreteAdjoint(cuda_graphs=True))
+    run = dict(gradient=_adjoint(True))
     odeflow.odeint(f, torch.randn(4, 3, dtype=torch.float64), t, **run).sum().backward()
     odeflow.odeint(f, torch.randn(7, 3, dtype=torch.float64), t, **run).sum().backward()
     assert len(_graphs._CACHE[id(f)]) == 2  # a second batch size: a second capture
@@ -104,7 +110,7 @@ def test_cache_keys_on_shapes_and_parameter_storage(static):
 def test_cache_dies_with_the_field(static):
     f = MLPField(3, 16).double()
     odeflow.odeint(f, torch.randn(4, 3, dtype=torch.float64), torch.tensor([0.0, 1.0]).double(),
-                   gradient=odeflow.DiscreteAdjoint(cuda_graphs=True)).sum().backward()  # fmt: skip
+                   gradient=_adjoint(True)).sum().backward()  # fmt: skip
     assert len(_graphs._CACHE) == 1
     del f
     gc.collect()
@@ -122,7 +128,7 @@ def test_bound_method_field_reuses_its_captures(static):
     o = Owner()
     y0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
+    grad = _adjoint(True)
     gs = [torch.autograd.grad(odeflow.odeint(o.rhs, y0, t, gradient=grad).sum(), y0)[0]
           for _ in range(2)]  # fmt: skip
     assert torch.equal(*gs)
@@ -137,7 +143,7 @@ def test_time_gradients_fall_back_to_eager(static):
     t = torch.linspace(0, 1, 3, dtype=torch.float64, requires_grad=True)
     grads = []
     for graphs in (False, True):
-        ys = odeflow.odeint(f, y0, t, gradient=odeflow.DiscreteAdjoint(cuda_graphs=graphs))
+        ys = odeflow.odeint(f, y0, t, gradient=_adjoint(graphs))
         grads.append(torch.autograd.grad(ys[-1].square().sum(), t)[0])
     assert torch.equal(*grads)
 
@@ -152,7 +158,7 @@ def test_bad_options():
 def test_parameters_must_belong_to_the_module(static):
     w = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
     y0, t = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0.0, 1.0]).double()
-    grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
+    grad = _adjoint(True)
     with pytest.raises(
         ValueError, match=r"parameters of func \(an nn\.Module, or a method of one\)"
     ):
@@ -206,7 +212,7 @@ def _refuses_stochastic_field(device):
     f = DropoutField().to(device, torch.float64)
     y0 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True, device=device)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64, device=device)
-    grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
+    grad = _adjoint(True)
     with pytest.raises(ValueError, match="deterministic vector field"):
         odeflow.odeint(f, y0, t, gradient=grad)
     f.eval()  # no draws in eval mode
@@ -255,7 +261,7 @@ def captures(monkeypatch):
 
 def _solve_grads(func, y0, t, graphs, **kw):
     y0 = y0.detach().requires_grad_()
-    ys = odeflow.odeint(func, y0, t, gradient=odeflow.DiscreteAdjoint(cuda_graphs=graphs), **kw)
+    ys = odeflow.odeint(func, y0, t, gradient=_adjoint(graphs), **kw)
     return torch.autograd.grad((ys**2).sum(), y0)[0]
 
 
@@ -316,7 +322,7 @@ def test_cache_keys_on_train_eval_mode_and_state_structure(static):
     f = Normed()
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     a, b = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
-    run = dict(gradient=odeflow.DiscreteAdjoint(cuda_graphs=True))
+    run = dict(gradient=_adjoint(True))
     odeflow.odeint(f, {"a": a, "b": b}, t, **run)["a"].sum().backward()
     f.eval()  # running statistics: a graph recorded in train mode must not be replayed
     odeflow.odeint(f, {"a": a, "b": b}, t, **run)["a"].sum().backward()
@@ -330,7 +336,7 @@ def test_inference_mode_capture_then_training(static):
     torch.manual_seed(3)
     f = MLPField(3, 16).double()
     y0, t = torch.randn(4, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64)
-    grad = odeflow.DiscreteAdjoint(cuda_graphs=True)
+    grad = _adjoint(True)
     with torch.inference_mode():
         yi = odeflow.odeint(f, y0, t, gradient=grad)
     with torch.no_grad():
@@ -356,7 +362,7 @@ def test_bound_method_of_a_module_with_parameters(static):
     y0, t = torch.randn(4, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64)
     out = []
     for graphs in (False, True, True):
-        ys = odeflow.odeint(m.rhs, y0, t, gradient=odeflow.DiscreteAdjoint(cuda_graphs=graphs),
+        ys = odeflow.odeint(m.rhs, y0, t, gradient=_adjoint(graphs),
                             params=list(m.parameters()))  # fmt: skip
         out.append(torch.autograd.grad((ys**2).sum(), list(m.parameters())))
     for gg in out[1:]:

@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module (``_demo``, ``_flow``, ``_epi``, …) that exposes
 ``register(subparsers)``; ``main`` builds the parser from the modules listed in
-``_COMMANDS`` and dispatches to the ``func`` each subparser sets.
+``_COMMANDS`` and dispatches to the ``func`` each subparser sets. The demo drivers
+(``_demo_ode``, ``_demo_otflow``, ``_demo_epi``, ``_demo_nn``) live here too, not in the
+engine packages: they plot with matplotlib, which ``import odeflow`` never loads.
 
 The errors odeflow raises on bad input (:data:`USER_ERRORS`) are reported as one line,
 ``odeflow COMMAND [SUBCOMMAND]: error: MESSAGE``, with exit code 1; any other exception is

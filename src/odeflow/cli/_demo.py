@@ -10,9 +10,9 @@ from pathlib import Path
 
 #: (name, module, function) — each function takes (out_dir: Path, verbose: bool) -> dict.
 DEMOS: tuple[tuple[str, str, str], ...] = (
-    ("neural-ode", "odeflow.ode._demo", "run_demo"),
-    ("epi", "odeflow.imaging.epi._demo", "run_demo"),
-    ("otflow", "odeflow.flows._demo", "run_demo"),
+    ("neural-ode", "odeflow.cli._demo_ode", "run_demo"),
+    ("epi", "odeflow.cli._demo_epi", "run_demo"),
+    ("otflow", "odeflow.cli._demo_otflow", "run_demo"),
     ("nn-hamiltonian", "odeflow.cli._demo_nn", "run_demo"),
 )
 

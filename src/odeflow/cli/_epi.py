@@ -9,8 +9,9 @@ import time
 import warnings
 
 from odeflow.imaging.epi import EPIConvergenceWarning, EPIInputError, correct_files
-from odeflow.imaging.epi._demo import run_demo  # (no public name: the demo driver)
 from odeflow.imaging.epi._intensity import NEGATIVE_MODES  # (no public name)
+
+from ._demo_epi import run_demo
 
 __all__ = ["register"]
 

@@ -222,8 +222,10 @@ def _train(args: argparse.Namespace) -> int:
                          "--double / --dtype float64")  # fmt: skip
     _check_fits(args.data, dtype, {"train": train, "validation": val, "test": test})
     torch.manual_seed(args.seed)
-    shape = {"depth": p.depth} if p else {}
-    flow = OTFlow(dim, width=width, compile=args.compile, **shape).to(dtype)
+    if p is not None:  # the preset's model: width, depth, α and step counts (fit keeps them)
+        flow = OTFlow.from_preset(p, dim=dim, width=width, compile=args.compile, dtype=dtype)
+    else:
+        flow = OTFlow(dim, width=width, compile=args.compile).to(dtype)
     out = Path(args.out)
     group, device, rank, joined = _process_group(args.device)
     top = out  # the outermost folder this run creates (removed if a failure leaves it empty)

@@ -123,8 +123,8 @@ def _check_number(name: str, value: Any, ok: Callable[[Any], bool], meaning: str
 @dataclass(frozen=True)
 class FitSettings:
     """:func:`odeflow.flows.fit`'s settings, resolved (the preset's, then the keyword
-    arguments') and checked; ``alpha``, ``nt`` and ``nt_eval`` are the preset's (None: the
-    flow keeps its own)."""
+    arguments') and checked; ``alpha``, ``nt`` and ``val_nt`` are the preset's (None: the
+    flow's own, read when training starts), used for the run without changing the flow."""
 
     iters: int
     batch: int
@@ -140,20 +140,28 @@ class FitSettings:
     seed: int
     alpha: tuple[float, float, float] | None = None
     nt: int | None = None
-    nt_eval: int | None = None
+    preset: str = ""
 
 
-def fit_settings(dim: int, preset: Any, kw: dict[str, Any]) -> FitSettings:
-    """Resolve and check ``fit``'s settings for a flow of dimension ``dim``: ``kw`` holds its
-    keyword arguments (``None``: the preset's, else :func:`default_preset` ``(dim)``'s)."""
+def fit_settings(dim: int, preset: Any, kw: dict[str, Any], alpha0: float) -> FitSettings:
+    """Resolve and check ``fit``'s settings for a flow of dimension ``dim`` and α₀ ``alpha0``:
+    ``kw`` holds its keyword arguments (``None``: the preset's, else :func:`default_preset`
+    ``(dim)``'s). A preset's α₀ must be the flow's: it scales the flow's dynamics."""
     p = get_preset(preset) if preset is not None else None
-    from_preset = {}
+    from_preset: dict[str, Any] = {}
     if p is not None:
         if p.dim is not None and p.dim != dim:
             raise ValueError(f"preset {p.name!r} is for dim={p.dim}, but the flow has dim={dim}")
-        from_preset = dict(alpha=check_alpha(p.alpha),
-                           nt=check_steps(p.nt, f"preset {p.name!r}: nt"),
-                           nt_eval=check_steps(p.nt_val, f"preset {p.name!r}: nt_val"))  # fmt: skip
+        from_preset = dict(alpha=check_alpha(p.alpha), preset=p.name,
+                           nt=check_steps(p.nt, f"preset {p.name!r}: nt"))  # fmt: skip
+        if from_preset["alpha"][0] != alpha0:
+            raise ValueError(
+                f"preset {p.name!r} has α₀ = {p.alpha[0]}, but the flow has α₀ = {alpha0}: α₀ "
+                "scales the flow's dynamics (ż = −∇Φ/α₀), so it belongs to the model; build "
+                f"the flow with OTFlow.from_preset({p.name!r}) or set flow.alpha first"
+            )
+        if kw["val_nt"] is None:
+            kw = {**kw, "val_nt": check_steps(p.nt_val, f"preset {p.name!r}: nt_val")}
     # without a preset the documented defaults for this dimension (default_preset)
     q = p if p is not None else default_preset(dim)
     budget = kw["iters"] is None  # no explicit iters: q's budget, early stopping on validation

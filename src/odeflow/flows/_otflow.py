@@ -6,6 +6,7 @@ via Optimal Transport", AAAI 2021, arXiv 2006.00104.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Sequence
@@ -28,9 +29,10 @@ from ._checks import (
 )
 from ._dynamics import OTFlowLoss, _Dynamics
 from ._finite import log_prob_error
+from ._fit_result import FitResult
 from ._potential import build_potential
 from ._presets import default_preset, get_preset
-from ._train import FitResult, fit
+from ._train import fit
 
 __all__ = ["OTFlow", "OTFlowLoss", "build_potential", "load_checkpoint"]
 
@@ -151,6 +153,8 @@ class OTFlow(nn.Module):
                 "cuda_graphs=True replays the discrete adjoint's per-step work; use it with "
                 "gradient='adjoint' (backprop through all steps cannot be captured per step)"
             )
+        if cuda_graphs and isinstance(gradient, DiscreteAdjoint):  # (its options checked)
+            gradient = dataclasses.replace(gradient, cuda_graphs=True)
         self.dim = dim
         self.width = width
         self.depth = depth
@@ -535,16 +539,20 @@ class OTFlow(nn.Module):
         return x, lp.reshape(shape)
 
     # ------------------------------------------------------------------ training & I/O
-    def fit(self, data, **kwargs) -> OTFlow:
-        """Train in place with :func:`odeflow.flows.fit` (same arguments); returns ``self``.
+    def fit(self, data, **kwargs) -> FitResult:
+        """Train in place: ``flow.fit(data, **kw)`` is :func:`odeflow.flows.fit`
+        ``(flow, data, **kw)`` (same arguments, same behaviour), a thin convenience that
+        returns its :class:`~odeflow.flows.FitResult`. The flow keeps its α, step counts and
+        precision (a preset's are used for the run and recorded in the result).
 
-        A thin convenience for chaining (``flow = OTFlow(d).fit(x)``): the typed
-        :class:`~odeflow.flows.FitResult` that :func:`~odeflow.flows.fit` returns is kept as
-        ``self.fit_result``. Call :func:`~odeflow.flows.fit` itself to get the result as the
-        return value.
+        Example:
+            >>> import torch
+            >>> flow = OTFlow(2, width=4, nt=2).double()
+            >>> res = flow.fit(torch.randn(64, 2).double(), iters=2, batch=32, verbose=False)
+            >>> res.iterations, flow.nt
+            (2, 2)
         """
-        self.fit_result: FitResult = fit(self, data, **kwargs)
-        return self
+        return fit(self, data, **kwargs)
 
     def save(self, path: str | Path, **extra: Any) -> None:
         """Write a checkpoint (config + ``state_dict`` + ``extra``) to ``path``

@@ -9,11 +9,11 @@ for ``patience`` evaluations, and training stopped after ``max_drops`` drops.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,6 +31,7 @@ from ._checks import (
     precision_name,
 )
 from ._distributed import Comm
+from ._fit_result import FitResult
 from ._presets import FlowPreset
 from ._tabular import TabularData, check_data
 from ._toys import TOYS, make_toy
@@ -47,35 +48,6 @@ class TrainingDiverged(RuntimeError):
     With ``restore_best=True`` the best validated weights are restored first; the message
     says which weights the flow holds.
     """
-
-
-@dataclass
-class FitResult:
-    """Outcome of :func:`fit`.
-
-    Attributes:
-        status: ``"completed"`` (all iterations), ``"converged"`` (stopped after the last
-            learning-rate drop), or ``"callback"`` (the callback asked to stop).
-        iterations: iterations performed.
-        best_val_nll: best validation NLL (nats, per sample) or ``nan`` without validation.
-        best_iter: iteration of the best validation NLL.
-        history: one dict per logged iteration (``iter, loss, nll, transport, hjb, lr`` and
-            ``val_nll`` on validation iterations).
-        seconds: wall time.
-        dtype: the dtype training ran in (the flow's parameter dtype, e.g. ``"float64"``).
-        precision: the ODE precision policy training ran in (e.g. ``"bf16"``).
-        world_size: processes that trained together (``process_group``'s size; 1 alone).
-    """
-
-    status: str
-    iterations: int
-    best_val_nll: float
-    best_iter: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
-    dtype: str = ""
-    precision: str = ""
-    world_size: int = 1
 
 
 def _as_batches(data, batch: int, seed: int, dtype, device, comm: Comm | None = None):
@@ -262,9 +234,18 @@ def fit(
     """Train an OT-Flow by minimising J = α₀L + α₁C + α₂R with Adam.
 
     Settings come from ``preset`` (see :data:`odeflow.flows.PRESETS`), then from the
-    keyword arguments, which win. A preset also sets the flow's α and step counts. Without
-    a preset, the defaults are :func:`odeflow.flows.default_preset` ``(flow.dim)``'s (the
-    same rule that gives ``OTFlow(dim)`` its α and step counts).
+    keyword arguments, which win. Without a preset, the defaults are
+    :func:`odeflow.flows.default_preset` ``(flow.dim)``'s (the same rule that gives
+    ``OTFlow(dim)`` its α and step counts).
+
+    **The flow's settings are its own.** ``fit`` changes the flow's weights (and, when it
+    standardizes, its affine map) and nothing else: a preset's α and RK4 step counts are
+    used for this run only (training with its ``nt``, validation with its ``nt_val``) and
+    recorded in the :class:`FitResult`; the flow's ``alpha``, ``nt``, ``nt_eval`` and
+    ``precision``, which :meth:`OTFlow.log_prob` and :meth:`OTFlow.sample` use, stay as
+    built. To give a flow a preset's model settings, build it with
+    :meth:`OTFlow.from_preset`. α₀ scales the flow's dynamics (ż = −∇Φ/α₀), so a preset
+    whose α₀ differs from the flow's is refused.
 
     **Defaults that work.** ``fit(flow, x)`` with every default
 
@@ -292,7 +273,7 @@ def fit(
         flow: the :class:`OTFlow` to train (in place).
         data: ``(n, d)`` tensor/array, a :class:`TabularData` (its ``val`` split is used
             for validation), or a toy name (fresh samples every iteration).
-        preset: preset name or object.
+        preset: preset name or object (its α₀ must be the flow's).
         iters, batch, lr: iterations and minibatch size (integers >= 1), Adam learning
             rate (finite, > 0). Data tensors are reshuffled every epoch and cut into full
             minibatches of ``min(batch, n)`` rows (the remainder differs from epoch to
@@ -308,7 +289,8 @@ def fit(
             sample, the ``val_fraction`` held out of ``data``, or none).
         val_every: validate every this many iterations, ≥ 1 (default: the preset's, else
             ``max(1, iters // 20)``).
-        val_nt: RK4 steps for validation, an integer >= 1 (default ``flow.nt_eval``).
+        val_nt: RK4 steps for validation, an integer >= 1 (default: the preset's ``nt_val``,
+            else ``flow.nt_eval``).
         patience: validations without improvement before the learning rate drops (≥ 1;
             default: the preset's).
         lr_drop, max_drops: drop factor (> 1) and number of drops before stopping (≥ 0).
@@ -345,16 +327,17 @@ def fit(
             identity, with a warning. Default: the preset's (``True`` without a preset;
             ``False`` with the paper's presets, which reproduce its runs).
 
-    The flow's train/eval mode and ``precision`` are the caller's again when ``fit`` returns
-    or raises.
+    The flow's train/eval mode, ``precision`` and α are the caller's again when ``fit``
+    returns or raises (α and the precision are set for the run only).
 
     Returns:
         :class:`FitResult`.
 
     Raises:
         ValueError: bad data (NaN/inf, wrong dimension, empty, not numeric), unknown
-            preset/toy, a setting out of range (the argument and its valid range are
-            named), "bf16"/"fp16" on a float64 flow, or an unusable ``device``. All of
+            preset/toy, a preset of another dimension or α₀, a setting out of range (the
+            argument and its valid range are named), "bf16"/"fp16" on a float64 flow, or
+            an unusable ``device``. All of
             these are checked before the flow is touched, so a refused call leaves it
             (weights, α, step counts, device) as it was.
         TrainingDiverged: the loss became NaN/inf (with ``restore_best`` the best validated
@@ -378,7 +361,10 @@ def fit(
     s = fit_settings(flow.dim, preset, dict(
         iters=iters, batch=batch, lr=lr, val_fraction=val_fraction, standardize=standardize,
         clip=clip, lr_drop=lr_drop, patience=patience, max_drops=max_drops,
-        val_every=val_every, val_nt=val_nt, seed=seed))  # fmt: skip
+        val_every=val_every, val_nt=val_nt, seed=seed), flow.alpha[0])  # fmt: skip
+    # the run's α and step counts: the preset's, else the flow's own (which stay as they are)
+    alpha = s.alpha if s.alpha is not None else flow.alpha
+    s = dataclasses.replace(s, alpha=alpha, nt=s.nt or flow.nt, val_nt=s.val_nt or flow.nt_eval)
     train_precision = _train_precision(flow, precision)
     dtype = next(flow.parameters()).dtype
     dev = check_device(device) if device is not None else next(flow.parameters()).device
@@ -393,13 +379,13 @@ def fit(
     t0 = time.perf_counter()
     # no bar object at all when silent: even a disabled tqdm starts tqdm's monitor thread
     bar = progress(s.iters, desc="OT-Flow") if verbose and comm.rank == 0 else None
-    # the training precision and train mode last for this call only
-    was_training, own_precision = flow.training, flow.precision
-    flow.precision = train_precision
+    # the training precision, α and train mode last for this call only
+    was_training, own_precision, own_alpha = flow.training, flow.precision, flow.alpha
+    flow.precision, flow.alpha = train_precision, s.alpha
     flow.train()
     try:
         for it in range(1, s.iters + 1):
-            vals = _step(flow, opt, next(batches), s.clip, comm)
+            vals = _step(flow, opt, next(batches), s, comm)
             if not math.isfinite(vals[0]):
                 raise track.diverged(it, vals, restore_best)
             info = {
@@ -415,14 +401,14 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
-        flow.precision = own_precision
+        flow.precision, flow.alpha = own_precision, own_alpha
         flow.train(was_training)
     if restore_best:
         track.restore()
     best = track.best_val if track.best_state is not None else math.nan
     return FitResult(status, it, best, track.best_iter, history, time.perf_counter() - t0,
                      str(dtype).removeprefix("torch."), precision_name(train_precision),
-                     comm.world)  # fmt: skip
+                     comm.world, s.alpha, s.nt, s.val_nt, s.preset)  # fmt: skip
 
 
 def _train_precision(flow: OTFlow, precision: Any) -> str | PrecisionPolicy:
@@ -461,13 +447,9 @@ def _prepare_data(flow: OTFlow, data, val_data, s: FitSettings) -> tuple[Any, Te
 
 
 def _set_up(flow: OTFlow, s: FitSettings, data, val_data, dev, move: bool, comm: Comm):
-    """Give the flow the preset's α and step counts, move it to ``dev`` (if ``move``),
-    standardize, share rank 0's weights; returns the minibatch iterator and the validation
-    data (a fresh toy sample for a toy) on the flow's device and dtype."""
-    if s.alpha is not None:
-        flow.alpha = s.alpha
-        flow.nt = s.nt
-        flow.nt_eval = s.nt_eval
+    """Move the flow to ``dev`` (if ``move``), standardize, share rank 0's weights; returns
+    the minibatch iterator and the validation data (a fresh toy sample for a toy) on the
+    flow's device and dtype."""
     if move:
         flow.to(dev)
     if s.standardize and not flow.is_standardized:
@@ -484,17 +466,17 @@ def _set_up(flow: OTFlow, s: FitSettings, data, val_data, dev, move: bool, comm:
     return batches, val_data
 
 
-def _step(flow: OTFlow, opt: torch.optim.Optimizer, x: Tensor, clip: float | None,
+def _step(flow: OTFlow, opt: torch.optim.Optimizer, x: Tensor, s: FitSettings,
           comm: Comm) -> list[float]:  # fmt: skip
-    """One Adam step on the minibatch ``x`` (parameters clamped to [−clip, clip] first);
-    returns the whole batch's loss terms (total, NLL, L, R). A non-finite loss is returned
-    before any backward pass or step."""
-    if clip is not None:
+    """One Adam step on the minibatch ``x`` with ``s.nt`` RK4 steps (parameters clamped to
+    [−s.clip, s.clip] first); returns the whole batch's loss terms (total, NLL, L, R). A
+    non-finite loss is returned before any backward pass or step."""
+    if s.clip is not None:
         with torch.no_grad():
             for q in flow.parameters():
-                q.clamp_(-clip, clip)
+                q.clamp_(-s.clip, s.clip)
     opt.zero_grad(set_to_none=True)
-    out = flow.loss(x)
+    out = flow.loss(x, nt=s.nt)
     # the whole batch's losses: the mean of the ranks' (equal shares)
     vals = [v / comm.world for v in comm.values([float(v.detach()) for v in out])]
     if math.isfinite(vals[0]):

@@ -11,7 +11,8 @@ the parameters' storage addresses (in-place optimizer updates are seen by the re
 replacing a parameter tensor recaptures), the tableau and the precision policy.
 
 On a device other than CUDA the same static-buffer path runs eagerly (no capture); the
-solver only takes it there when asked to (tests), so the plumbing is exercised without a GPU.
+solver only takes it there when its policy asks (``DiscreteAdjoint(cuda_graphs=True,
+_static_buffers=True)``, for tests), so the plumbing is exercised without a GPU.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from torch import Tensor
 
 __all__ = ["clear_cuda_graphs", "graph_memory_bytes"]
 
-# Run the static-buffer path on CPU as well (tests only): there it calls the function eagerly.
-FORCE_STATIC = False
 _MAX_ENTRIES = 4  # captures kept per vector field (e.g. a training and a smaller last batch)
 _WARMUP = 2  # eager runs on a side stream before capture (lazy init of cuBLAS/cuDNN, autograd)
 
@@ -35,10 +34,6 @@ _WARMUP = 2  # eager runs on a side stream before capture (lazy init of cuBLAS/c
 # by identity, not by hash/equality: equal-but-distinct fields (or unhashable ones, e.g. a
 # dataclass instance) never share captures.
 _CACHE: dict[int, OrderedDict] = {}
-
-
-def enabled(device: torch.device) -> bool:
-    return device.type == "cuda" or FORCE_STATIC
 
 
 class Captured:

@@ -142,32 +142,31 @@ def _times(ta: Tensor, tb: Tensor, j: int, m: int) -> tuple[Tensor, Tensor]:
     return (ta if j == 0 else ta + j * h), h
 
 
-def _grid(plan: Any, t: Tensor) -> _Grid:
+def _grid(plan: Any, t: Tensor, chunk: int = 1024) -> _Grid:
     """Every step's :class:`_Coeffs` (a :class:`_Grid`: ``grid[s]``, ``len``, iteration),
     formed with a few vectorised ops per chunk of steps instead of a dozen scalar ops per
     step (the same IEEE operations elementwise as :func:`_times` and :func:`_coeffs`, so
     bitwise their values). Differentiable in ``t``. ``plan``: anything with the tableau
     ``tab``, the substeps per interval ``ms`` and a cache slot ``grid``, where the grid is
-    kept when ``t`` needs no gradient, so that the backward pass reuses the forward's."""
+    kept when ``t`` needs no gradient, so that the backward pass reuses the forward's.
+    ``chunk``: steps formed at a time."""
     if plan.grid is not None and not t.requires_grad:
         return plan.grid
-    out = _Grid(plan.tab, plan.ms, t)
+    out = _Grid(plan.tab, plan.ms, t, chunk)
     if not t.requires_grad:
         plan.grid = out
     return out
 
 
 class _Grid:
-    """The steps' :class:`_Coeffs`, formed :attr:`CHUNK` steps at a time and only the chunk
+    """The steps' :class:`_Coeffs`, formed ``chunk`` steps at a time and only the chunk
     in use kept (a few values per step): memory does not grow with the number of steps, as
     it would with a :class:`_Coeffs` of 0-d tensors kept for every step (some 9 KB per step:
     gigabytes for a no-grad solve of 10⁶ steps). ``grid[s]`` forms step ``s``'s; walking the
     steps forwards or backwards forms each chunk once."""
 
-    CHUNK = 1024
-
-    def __init__(self, tab: ButcherTableau, ms: list[int], t: Tensor):
-        self.tab, self.ms, self.t = tab, ms, t
+    def __init__(self, tab: ButcherTableau, ms: list[int], t: Tensor, chunk: int = 1024):
+        self.tab, self.ms, self.t, self.per_chunk = tab, ms, t, chunk
         self.offsets = [0, *itertools.accumulate(ms)]  # first step of each interval
         self.chunk: tuple[int, Tensor] | None = None  # (index, rows of its steps)
 
@@ -181,10 +180,11 @@ class _Grid:
         if not -len(self) <= s < len(self):
             raise IndexError(f"step {s} of a grid of {len(self)}")
         s %= len(self)
-        k = s // self.CHUNK
+        n = self.per_chunk
+        k = s // n
         if self.chunk is None or self.chunk[0] != k:
-            self.chunk = (k, self._rows(k * self.CHUNK, min(len(self), (k + 1) * self.CHUNK)))
-        v = iter(self.chunk[1][s - k * self.CHUNK].unbind(0))
+            self.chunk = (k, self._rows(k * n, min(len(self), (k + 1) * n)))
+        v = iter(self.chunk[1][s - k * n].unbind(0))
         tau, h = next(v), next(v)
         return _assemble(self.tab, tau, h, lambda kind, x: next(v))
 

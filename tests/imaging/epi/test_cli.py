@@ -234,7 +234,7 @@ def test_demo_quick(tmp_path, capsys):
 def test_demo_full_meets_the_acceptance_figures(tmp_path):
     """The 2 mm whole-brain phantom (SNR 30, peak 4 voxels) through the files: field RMSE in the
     brain ≤ 0.25 voxel, both Jacobians > 0, corrected distance ≤ 15 % of the uncorrected."""
-    from odeflow.imaging.epi._demo import run_demo
+    from odeflow.cli._demo_epi import run_demo
 
     m = run_demo(tmp_path / "demo", verbose=False)
     assert m["peak_displacement_vox"] >= 4.0 - 1e-6

@@ -13,13 +13,13 @@ nib = pytest.importorskip("nibabel")
 pytest.importorskip("nilearn")
 
 from odeflow.cli import main  # noqa: E402
+from odeflow.cli._demo_epi import run_demo  # noqa: E402
 from odeflow.imaging.epi import (  # noqa: E402
     EPIInputError,
     correct_files,
     estimate_field,
     resolve_acquisition,
 )
-from odeflow.imaging.epi._demo import run_demo  # noqa: E402
 from odeflow.imaging.epi._pipeline import output_paths  # noqa: E402
 
 from ._epi_files import VOXEL, phantom, write_pair  # noqa: E402

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from .. import _graphs
 from .._adaptive_solve import steps_adjoint
 from .._compat import functorch_active
 from .._precision import AdjointScaler
@@ -186,6 +185,9 @@ class DiscreteAdjoint(GradientPolicy):
     recompute: str = "step"
     cuda_graphs: bool = False
     checkpoints: str | int | MemoryBudget = "steps"
+    # testing: with cuda_graphs, take the static-buffer path off CUDA too, where it runs
+    # eagerly (no capture), so its plumbing is checked without a GPU. Not public API.
+    _static_buffers: bool = field(default=False, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.recompute not in _RECOMPUTE:
@@ -203,6 +205,8 @@ class DiscreteAdjoint(GradientPolicy):
             )
         if not isinstance(self.cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
+        if not isinstance(self._static_buffers, bool):
+            raise TypeError(f"_static_buffers must be True or False, got {self._static_buffers!r}")
         if self.cuda_graphs and self.recompute != "step":
             raise ValueError(
                 "DiscreteAdjoint(cuda_graphs=True) captures whole RK steps; use it with "
@@ -213,7 +217,7 @@ class DiscreteAdjoint(GradientPolicy):
         """The trajectory leaves; differentiable by this adjoint where a gradient is needed."""
         pb.fld.per_call = self.recompute == "stage"
         captured = None
-        if self.cuda_graphs and _graphs.enabled(pb.fld.device):
+        if self.cuda_graphs and (pb.fld.device.type == "cuda" or self._static_buffers):
             captured = _CapturedSteps(pb, plist, t)
         scaler = pb.scaler
         if pb.pol.compute is torch.float16:

@@ -1,4 +1,5 @@
-"""The EPI demo: the offline phantom end to end through the file pipeline (``odeflow epi demo``)."""
+"""The EPI demo: the offline phantom end to end through the file pipeline (``odeflow epi demo``,
+``odeflow demo --only epi``)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..._utils import dumps_json
-from ._nifti import EPIInputError
-from ._outputs import output_paths
-from ._phantom import make_phantom
-from ._pipeline import correct_files
+from odeflow._utils import dumps_json
+from odeflow.imaging.epi import EPIInputError, correct_files, make_phantom
+from odeflow.imaging.epi._outputs import output_paths  # (no public name: the output plan)
 
 __all__ = ["run_demo"]
 

@@ -1,4 +1,4 @@
-"""``odeflow demo`` entry for OT-Flow: train on 8gaussians and save a picture."""
+"""``odeflow demo --only otflow``: train OT-Flow on 8gaussians and save a picture."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ from pathlib import Path
 
 import torch
 
-from ._otflow import OTFlow
-from ._plot import plot_flow_2d
-from ._toys import eight_gaussians_entropy, make_toy
-from ._train import evaluate_nll, fit
+from odeflow.flows import (
+    OTFlow,
+    eight_gaussians_entropy,
+    evaluate_nll,
+    fit,
+    make_toy,
+    plot_flow_2d,
+)
+
+__all__ = ["run_demo"]
 
 
 def run_demo(out_dir: Path, verbose: bool = True, iters: int | None = None) -> dict:

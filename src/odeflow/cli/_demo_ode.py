@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._fit import AutonomousField, fit_trajectory, spiral_data
-from ._odeint import odeint
+from odeflow.ode import AutonomousField, fit_trajectory, odeint, spiral_data
 
 __all__ = ["run_demo"]
 

@@ -15,7 +15,9 @@ EPI distortion correction in :mod:`odeflow.imaging.epi`.
   and :func:`solve_tikhonov` (``min ‖Ax − b‖² + λ²‖Lx‖²``).
 * Separable models: :class:`VarPro` (a feature extractor + a last layer solved for,
   :func:`solve_last_layer`) and :func:`gnvpro` (Gauss–Newton on the reduced objective);
-  :class:`RandomFeatures` (ReLU random features fitted by :func:`hybrid_lsqr` or min-norm).
+  :class:`RandomFeatures` (ReLU random features fitted by :func:`hybrid_lsqr` or min-norm);
+  :class:`SlimTrain` (the last layer by sampled limited-memory Tikhonov, :func:`slimtik_update`,
+  λ by sampled GCV, inside any torch optimizer's mini-batch loop).
 * Bounds: :func:`minimize_bounded` (projected Newton–Krylov, PNKH-B style).
 * Linear solves report a :class:`CGStatus` (CONVERGED, MAX_ITERATIONS, BREAKDOWN),
   minimization a :class:`MinimizeStatus` (CONVERGED, MAX_ITERATIONS, LINE_SEARCH_FAILED,
@@ -40,6 +42,7 @@ from ._operators import (
     jacobi_preconditioner,
 )
 from ._random_features import RandomFeatures, RandomFeaturesFit
+from ._slimtrain import SlimTikStep, SlimTrain, SlimTrainStep, slimtik_update
 from ._solvers import gauss_newton, lbfgs
 from ._status import CGStatus, MinimizeStatus, Status
 from ._tikhonov import TikhonovResult, solve_tikhonov
@@ -70,6 +73,9 @@ __all__ = [
     "RandomFeatures",
     "RandomFeaturesFit",
     "Reorthogonalization",
+    "SlimTikStep",
+    "SlimTrain",
+    "SlimTrainStep",
     "Status",
     "TikhonovResult",
     "VarPro",
@@ -84,6 +90,7 @@ __all__ = [
     "lbfgs",
     "minimize",
     "minimize_bounded",
+    "slimtik_update",
     "solve_last_layer",
     "solve_tikhonov",
     "varpro_objective",

@@ -7,9 +7,9 @@ EPI distortion correction in :mod:`odeflow.imaging.epi`.
   returning a :class:`CGResult`.
 * Minimization: :func:`minimize` is one loop over an objective ``fn(x) -> Evaluation``,
   parameterized by a descent (:class:`NewtonCG` — Gauss–Newton with a model Hessian —,
-  :class:`LBFGS`) and a line search (:class:`Armijo`, :class:`FixedStep`), as optimistix
-  splits them. :func:`gauss_newton` and :func:`lbfgs` are that loop with a fixed pair, for
-  objectives that return tuples.
+  :class:`LBFGS`, the trust-region :class:`SteihaugCG`) and a line search (:class:`Armijo`,
+  :class:`FixedStep`), as optimistix splits them. :func:`gauss_newton` and :func:`lbfgs` are
+  that loop with a fixed pair, for objectives that return tuples.
 * Ill-posed least squares: :func:`hybrid_lsqr` (Golub–Kahan :func:`golub_kahan` +
   Tikhonov on the projected problem, λ by GCV, weighted GCV or the discrepancy principle)
   and :func:`solve_tikhonov` (``min ‖Ax − b‖² + λ²‖Lx‖²``).
@@ -46,6 +46,7 @@ from ._slimtrain import SlimTikStep, SlimTrain, SlimTrainStep, slimtik_update
 from ._solvers import gauss_newton, lbfgs
 from ._status import CGStatus, MinimizeStatus, Status
 from ._tikhonov import TikhonovResult, solve_tikhonov
+from ._trust_region import SteihaugCG, steihaug_cg
 from ._varpro import LastLayer, VarPro, VarProLoss, solve_last_layer
 
 __all__ = [
@@ -77,6 +78,7 @@ __all__ = [
     "SlimTrain",
     "SlimTrainStep",
     "Status",
+    "SteihaugCG",
     "TikhonovResult",
     "VarPro",
     "VarProLoss",
@@ -93,5 +95,6 @@ __all__ = [
     "slimtik_update",
     "solve_last_layer",
     "solve_tikhonov",
+    "steihaug_cg",
     "varpro_objective",
 ]

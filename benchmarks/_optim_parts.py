@@ -142,3 +142,21 @@ def dense_lower_bound(op, dense):
     A = dense(op)
     _ = A.T @ A
     return time.perf_counter() - t0
+
+
+def cdr_data(n=200, m=32, seed=0):
+    """A 1-D convection–diffusion–reaction surrogate: parameters ``(D, v, r)`` → the solution
+    of ``−D u'' + v u' + r u = 1`` on (0, 1), ``u(0) = u(1) = 0``, at ``m`` interior points
+    (central differences), for ``D ∈ [0.05, 0.5]``, ``v ∈ [−2, 2]``, ``r ∈ [0, 2]``; inputs
+    scaled to [−1, 1], outputs to max |u| = 1."""
+    g = torch.Generator().manual_seed(seed)
+    P = torch.rand(n, 3, generator=g, dtype=F64)
+    D, v, r = 0.05 + 0.45 * P[:, 0], 4 * P[:, 1] - 2, 2 * P[:, 2]
+    h = 1.0 / (m + 1)
+    eye = torch.eye(m, dtype=F64)
+    off = torch.diag(torch.ones(m - 1, dtype=F64), 1)
+    lap = (2 * eye - off - off.T) / h**2
+    grad = (off - off.T) / (2 * h)
+    A = D[:, None, None] * lap + v[:, None, None] * grad + r[:, None, None] * eye
+    U = torch.linalg.solve(A, torch.ones(n, m, dtype=F64))
+    return 2 * P - 1, U / U.abs().max()

@@ -30,7 +30,8 @@ generated here): iterations and seconds to a training MSE of 1 % and 0.1 % of ½
 
 Part 4 (``rules``): λ/λ_opt and error/error_opt of GCV, weighted GCV, the discrepancy principle
 and the dense textbook GCV over three noise draws (n = 256). Part 5 (``slimtrain``): slimTrain
-vs Adam on digits, test accuracy per epoch over learning rates and seeds (``_optim_parts.py``).
+vs Adam on digits, test accuracy per epoch over learning rates and seeds. Part 6
+(``double_descent``): random features, min-norm against hybrid (``_optim_parts.py``).
 ``--dense-lower-bound`` measures, above ``--dense-max``, the time to form the dense matrix and
 one ``AᵀA`` product: a lower bound of the dense SVD's time.
 
@@ -55,7 +56,13 @@ import numpy as np
 import scipy.sparse.linalg as spla
 import torch
 
-from _optim_parts import cdr_data, dense_lower_bound, part_rules, part_slimtrain
+from _optim_parts import (
+    cdr_data,
+    dense_lower_bound,
+    part_double_descent,
+    part_rules,
+    part_slimtrain,
+)
 from odeflow._utils import write_json
 from odeflow.optim import Evaluation, LinearOperator, hybrid_lsqr, minimize_bounded
 
@@ -424,8 +431,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--parts",
         nargs="+",
-        default=["hybrid", "bounds", "gnvpro", "rules", "slimtrain"],
-        choices=["hybrid", "bounds", "gnvpro", "rules", "slimtrain"],
+        default=["hybrid", "bounds", "gnvpro", "rules", "slimtrain", "double_descent"],
+        choices=["hybrid", "bounds", "gnvpro", "rules", "slimtrain", "double_descent"],
     )
     p.add_argument(
         "--dense-lower-bound",
@@ -459,6 +466,8 @@ def main(argv=None) -> int:
         out["gnvpro"] += [part_gnvpro(data=cdr, name="cdr", rel_target=r) for r in (1e-2, 1e-3)]
     if "rules" in a.parts:
         out["rules"] = part_rules(PROBLEMS, _dense)
+    if "double_descent" in a.parts:
+        out["double_descent"] = part_double_descent()
     if "slimtrain" in a.parts:
         out["slimtrain"] = part_slimtrain(lrs=(1e-3, 1e-2) if a.quick else (1e-3, 3e-3, 1e-2))
     if a.json:

@@ -262,7 +262,7 @@ def hybrid_lsqr(
     error 1.5–2.3× the optimal Tikhonov error (the hybrid 1.8–2.3×), and on some draws GCV's
     minimum sits near λ → 0, errors 5× and worse (5 of the 18 cases; 3 for the dense GCV:
     deblur 1 % and Shaw; on heat the projected GCV only). Weighted GCV had no such failure:
-    λ within 0.57–3.5× λ_opt, error ≤ 1.02× (deblur), ≤ 1.36× (Shaw), ≤ 1.52× (heat). The
+    λ within 0.57–3.5× λ_opt, error ≤ 1.02× (deblur), ≤ 1.37× (Shaw), ≤ 1.52× (heat). The
     discrepancy principle with the true noise level is best on heat (error ≤ 1.15×) and worst
     on Shaw (≤ 1.63×). No rule met "error within 10 % of the optimum" on heat for every draw;
     with an unknown noise level, ``"wgcv"`` is the robust choice.

@@ -152,6 +152,8 @@ def test_bad_input():
         slimtik_update(W, A, C, A, 1.0, lam="gcv")
     with pytest.raises(ValueError, match="bounds"):
         slimtik_update(W, A, C, A, 1.0, bounds=(0.0, 1.0))
+    with pytest.raises(ValueError, match="span of the memory"):
+        slimtik_update(W, A, C, torch.eye(3, dtype=F64)[:2], 1.0)
     with pytest.raises(TypeError, match="2-D"):
         slimtik_update(W, A[0], C, A, 1.0)
     with pytest.raises(ValueError, match="memory"):

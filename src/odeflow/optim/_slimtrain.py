@@ -130,7 +130,8 @@ def slimtik_update(
         :class:`SlimTikStep` (float64 tensors).
 
     Raises:
-        ValueError: mismatched shapes, non-finite data, ``Λ ≤ 0``, ``Λ + λ ≤ 0``, bad bounds.
+        ValueError: mismatched shapes, non-finite data, ``Λ ≤ 0``, ``Λ + λ ≤ 0``, bad bounds,
+            a memory that does not contain the batch.
         TypeError: non-tensor or non-floating inputs.
 
     Reference:
@@ -163,6 +164,13 @@ def slimtik_update(
         raise ValueError(f"{who}: Λ + λ = {Lambda + lam:.3g} must be > 0; raise lam.")
     bounds = _check_bounds(bounds, who)
     points = check_int("points", points, minimum=8, who=who)
+    Vh = torch.linalg.svd(M.to(_F64), full_matrices=False)[2]
+    A64 = A.to(_F64)
+    if float((A64 - (A64 @ Vh.mT) @ Vh).norm()) > 1e-8 * max(float(A64.norm()), 1e-300):
+        raise ValueError(
+            f"{who}: the rows of A are not in the span of the memory M; stack the current "
+            "batch into the memory (M = [older batches; A])."
+        )
     return _slimtik(W, A, C, M, Lambda, lam, bounds, points)
 
 
@@ -214,53 +222,53 @@ class SlimTrainStep:
 
 class SlimTrain(nn.Module):
     r"""A feature extractor whose affine last layer is updated by slimTik (λ by sampled GCV),
-        for mini-batch training of the rest by any torch optimizer.
+    for mini-batch training of the rest by any torch optimizer.
 
-        ``forward(x) = [Z(x; θ), 1] W``. :meth:`step` on a batch ``(x, y)``: computes the
-        features, appends them (detached) to the memory of the last ``memory`` batches, updates
-        ``W`` by :func:`slimtik_update` (module docstring) and returns the batch loss at the new
-        ``W``, so that a training step reads::
+    ``forward(x) = [Z(x; θ), 1] W``. :meth:`step` on a batch ``(x, y)``: computes the
+    features, appends them (detached) to the memory of the last ``memory`` batches, updates
+    ``W`` by :func:`slimtik_update` (module docstring) and returns the batch loss at the new
+    ``W``, so that a training step reads::
 
-            out = model.step(x, y)
-            opt.zero_grad(); out.loss.backward(); opt.step()
+        out = model.step(x, y)
+        opt.zero_grad(); out.loss.backward(); opt.step()
 
-        with ``opt`` over ``model.features.parameters()`` only. Classification: regress one-hot
-        targets and predict the argmax.
+    with ``opt`` over ``model.features.parameters()`` only. Classification: regress one-hot
+    targets and predict the argmax.
 
-        Args:
-            features: any ``nn.Module`` mapping ``(N, …) → (N, p)``.
-            out_features: ``C``, the number of outputs.
-            memory: ``r ≥ 0``, how many past batches' features are kept.
-            lam: ``"sgcv"`` (default) or a fixed increment λ per step.
-            Lambda: the initial ``Λ_0 > 0``.
-            bounds: the range of ``Λ`` (see :func:`slimtik_update`).
-            bias: append a column of ones to the features.
+    Args:
+        features: any ``nn.Module`` mapping ``(N, …) → (N, p)``.
+        out_features: ``C``, the number of outputs.
+        memory: ``r ≥ 0``, how many past batches' features are kept.
+        lam: ``"sgcv"`` (default) or a fixed increment λ per step.
+        Lambda: the initial ``Λ_0 > 0``.
+        bounds: the range of ``Λ`` (see :func:`slimtik_update`).
+        bias: append a column of ones to the features.
 
-        Attributes:
-            weight: ``W (p + bias, C)`` (float64 buffer, zeros until the first step).
-            Lambda: the accumulated regularization ``Λ_k``.
-            lam_history: the chosen ``λ_k``, one per step.
+    Attributes:
+        weight: ``W (p + bias, C)`` (float64 buffer, zeros until the first step).
+        Lambda: the accumulated regularization ``Λ_k``.
+        lam_history: the chosen ``λ_k``, one per step.
 
-        Raises:
-            ValueError: settings out of range; a batch whose targets are not ``(b, C)``.
+    Raises:
+        ValueError: settings out of range; a batch whose targets are not ``(b, C)``.
 
-        Reference:
-            Newman, Chung, Chung & Ruthotto, "slimTrain — a stochastic approximation method for
-            training separable deep neural networks", SIAM J. Sci. Comput. 44 (2022),
-            arXiv:2109.14002.
+    Reference:
+        Newman, Chung, Chung & Ruthotto, "slimTrain — a stochastic approximation method for
+        training separable deep neural networks", SIAM J. Sci. Comput. 44 (2022),
+        arXiv:2109.14002.
 
-        Example:
-            >>> _ = torch.manual_seed(0)
-            >>> model = SlimTrain(nn.Sequential(nn.Linear(1, 8), nn.Tanh()), 1)
-            >>> opt = torch.optim.Adam(model.features.parameters(), lr=1e-2)
-            >>> x = torch.rand(64, 1)
-            >>> losses = []
-            >>> for _ in range(20):
-            ...     out = model.step(x, torch.sin(3 * x))
-            ...     opt.zero_grad(); out.loss.backward(); opt.step()
-            ...     losses.append(out.loss.item())
-            >>> losses[-1] < 0.01 * losses[0]
-            True
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> model = SlimTrain(nn.Sequential(nn.Linear(1, 8), nn.Tanh()), 1)
+        >>> opt = torch.optim.Adam(model.features.parameters(), lr=1e-2)
+        >>> x = torch.rand(64, 1)
+        >>> losses = []
+        >>> for _ in range(20):
+        ...     out = model.step(x, torch.sin(3 * x))
+        ...     opt.zero_grad(); out.loss.backward(); opt.step()
+        ...     losses.append(out.loss.item())
+        >>> losses[-1] < 0.01 * losses[0]
+        True
     """
 
     def __init__(

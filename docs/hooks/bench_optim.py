@@ -57,6 +57,7 @@ def _rules(rows):
         ax.set_title(f"{r['problem']}, noise {_bp._fmt(r['noise'])}")
         ax.set_xlabel("λ")
     axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
     lines += [
         "The GCV function and the error against λ (first draw): on the heat problem GCV's "
         "minimum lies left of the error-optimal λ.",
@@ -111,6 +112,7 @@ def _slimtrain(rows):
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy")
     axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
     lines += ["![test accuracy per epoch](img/optim-slimtrain.png)", ""]
     return lines, [("benchmarks/img/optim-slimtrain.png", _bp._png(fig))]
 

@@ -249,6 +249,9 @@ class SlimTrain(nn.Module):
         Lambda: the accumulated regularization ``Λ_k``.
         lam_history: the chosen ``λ_k``, one per step.
 
+    Only ``weight`` is in the ``state_dict``; the memory, ``Lambda`` and ``lam_history`` are
+    training state of this object (a resumed run starts a new memory).
+
     Raises:
         ValueError: settings out of range; a batch whose targets are not ``(b, C)``.
 

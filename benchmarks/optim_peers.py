@@ -19,17 +19,29 @@ Part 2 (``bounds``): ℓ²-regularized multinomial logistic regression on scikit
 (1797 × 64, 10 classes, 650 unknowns) with box bounds |w| ≤ 0.3: objective, function and
 Hessian-vector evaluations, time.
 
-Dense runs above ``--dense-max`` are not measured; their time is extrapolated as n³ from
-the largest measured size and labelled ``_extrapolated`` in the JSON.
+Dense runs above ``--dense-max`` are not run; their time is extrapolated as n³ from the
+largest measured size (``_extrapolated`` in the JSON) and, with ``--dense-lower-bound``,
+bounded below by a measurement (``dense_seconds_lower_bound``).
 
 Part 3 (``gnvpro``): Gauss–Newton VarPro against Adam (full batch, lr 1e-2, the same network
-with a trained last layer) on the peaks regression (400 points): iterations and seconds to a
-training MSE of 1 % of ½var(y).
+with a trained last layer) on the peaks regression (400 points) and on a 1-D
+convection–diffusion–reaction surrogate (200 parameter samples → 32 solution values, data
+generated here): iterations and seconds to a training MSE of 1 % and 0.1 % of ½var(y).
+
+Part 4 (``rules``): λ/λ_opt and error/error_opt of GCV, weighted GCV, the discrepancy principle
+and the dense textbook GCV over three noise draws (n = 256). Part 5 (``slimtrain``): slimTrain
+vs Adam on digits, test accuracy per epoch over learning rates and seeds. Part 6
+(``double_descent``): random features, min-norm against hybrid (``_optim_parts.py``).
+``--dense-lower-bound`` measures, above ``--dense-max``, the time to form the dense matrix and
+one ``AᵀA`` product: a lower bound of the dense SVD's time.
 
 Usage::
 
-    python benchmarks/optim_peers.py --quick --json benchmarks/results/cpu_optim_peers.json
+    python benchmarks/optim_peers.py --quick --dense-lower-bound \
+        --json benchmarks/results/cpu_optim_peers.json
     python benchmarks/optim_peers.py --sizes 1000 10000 --dense-max 10000   # dense at 10⁴ too
+    python benchmarks/optim_peers.py --parts hybrid --sizes 10000 --dense-max 2000 \
+        --dense-lower-bound --levels 0.01 0.05 --json benchmarks/results/cpu_optim_n1e4.json
 """
 
 from __future__ import annotations
@@ -44,6 +56,13 @@ import numpy as np
 import scipy.sparse.linalg as spla
 import torch
 
+from _optim_parts import (
+    cdr_data,
+    dense_lower_bound,
+    part_double_descent,
+    part_rules,
+    part_slimtrain,
+)
 from odeflow._utils import write_json
 from odeflow.optim import Evaluation, LinearOperator, hybrid_lsqr, minimize_bounded
 
@@ -177,8 +196,8 @@ def run_dense_gcv(op, b, x_true):
     return {"error": float((x - x_true).norm() / x_true.norm()), "lam": lam, "seconds": sec}
 
 
-def part_hybrid(sizes, levels, dense_max, problems):
-    rows = []
+def part_hybrid(sizes, levels, dense_max, problems, lower_bound=False):
+    rows, bounds_at = [], {}
     for name in problems:
         for n in sizes:
             if name in DENSE_ONLY and n > DENSE_ONLY[name]:
@@ -197,6 +216,13 @@ def part_hybrid(sizes, levels, dense_max, problems):
                     row["speedup_vs_dense"] = (
                         row["dense_svd_gcv"]["seconds"] / row["hybrid"]["seconds"]
                     )
+                elif lower_bound:  # measured once per n: forming A and one AᵀA GEMM
+                    if n not in bounds_at:
+                        bounds_at[n] = dense_lower_bound(op, _dense)
+                    lb = bounds_at[n]
+                    row["dense_seconds_lower_bound"] = lb
+                    row["speedup_vs_dense_at_least"] = lb / row["hybrid"]["seconds"]
+                    print(f"{name:7s} n={n:6d}: dense ≥ {lb:.1f}s (form A + one AᵀA GEMM)")
                 row["error_ratio_vs_oracle"] = row["hybrid"]["error"] / row["lsqr_oracle"]["error"]
                 rows.append(row)
                 h, o = row["hybrid"], row["lsqr_oracle"]
@@ -333,20 +359,25 @@ def _peaks(n, seed=0):
     return X, f[:, None]
 
 
-def part_gnvpro(n=400, width=16, rel_target=1e-2, adam_iters=5000, gn_iters=100):
-    """Time and iterations to a training MSE of ``rel_target · ½var(y)`` on peaks."""
+def part_gnvpro(
+    n=400, width=16, rel_target=1e-2, adam_iters=5000, gn_iters=100, data=None, name="peaks"
+):
+    """Time and iterations to a training MSE of ``rel_target · ½var(y)`` on peaks (or on
+    ``data = (X, y)``, e.g. the convection–diffusion–reaction surrogate)."""
     from torch import nn
 
     from odeflow.optim import VarPro, gnvpro
 
-    X, y = _peaks(n)
-    target = rel_target * 0.5 * float(y.var())
+    X, y = _peaks(n) if data is None else data
+    n, d_in, d_out = X.shape[0], X.shape[1], y.shape[1]
+    target = rel_target * 0.5 * float(y.var(0).sum())
 
     def features():
         torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(2, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh())
+        return nn.Sequential(nn.Linear(d_in, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh())
 
-    out = {"n": n, "width": width, "target_mse": target, "rel_target": rel_target}
+    out = {"problem": name, "n": n, "width": width, "target_mse": target}
+    out["rel_target"] = rel_target
     gnvpro(VarPro(features().double(), lam=1e-4), X, y, maxiter=1)  # warm-up (torch.func)
     res = gnvpro(VarPro(features().double(), lam=1e-4), X, y, maxiter=gn_iters, gtol=0.0)
     vals = [h["value"] for h in res.history]
@@ -362,11 +393,11 @@ def part_gnvpro(n=400, width=16, rel_target=1e-2, adam_iters=5000, gn_iters=100)
         "final_after_max_iterations": vals[-1],
         "max_iterations": res.iterations,
     }
-    net = nn.Sequential(features(), nn.Linear(width, 1)).double()
+    net = nn.Sequential(features(), nn.Linear(width, d_out)).double()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     t0, hit, t_hit, loss = time.perf_counter(), None, None, float("nan")
     for k in range(1, adam_iters + 1):
-        out_k = 0.5 * ((net(X) - y) ** 2).mean()
+        out_k = 0.5 * ((net(X) - y) ** 2).sum(1).mean()
         opt.zero_grad()
         out_k.backward()
         opt.step()
@@ -382,7 +413,7 @@ def part_gnvpro(n=400, width=16, rel_target=1e-2, adam_iters=5000, gn_iters=100)
     }
     g, a = out["gnvpro"], out["adam"]
     print(
-        f"gnvpro: target MSE {target:.3e} ({rel_target:g}·½var y): GNvpro "
+        f"gnvpro {name}: target MSE {target:.3e} ({rel_target:g}·½var y): GNvpro "
         f"{g['iterations_to_target']} it ({g['seconds_to_target']} s), Adam "
         f"{a['iterations_to_target']} it ({a['seconds_to_target']} s)",
         flush=True,
@@ -400,8 +431,13 @@ def main(argv=None) -> int:
     p.add_argument(
         "--parts",
         nargs="+",
-        default=["hybrid", "bounds", "gnvpro"],
-        choices=["hybrid", "bounds", "gnvpro"],
+        default=["hybrid", "bounds", "gnvpro", "rules", "slimtrain", "double_descent"],
+        choices=["hybrid", "bounds", "gnvpro", "rules", "slimtrain", "double_descent"],
+    )
+    p.add_argument(
+        "--dense-lower-bound",
+        action="store_true",
+        help="above --dense-max, measure a lower bound of the dense time (form A, one AᵀA)",
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
@@ -420,12 +456,20 @@ def main(argv=None) -> int:
         }
     }
     if "hybrid" in a.parts:
-        out["hybrid"] = part_hybrid(sizes, levels, dense_max, a.problems)
+        out["hybrid"] = part_hybrid(sizes, levels, dense_max, a.problems, a.dense_lower_bound)
         _extrapolate_dense(out["hybrid"])
     if "bounds" in a.parts:
         out["bounds"] = part_bounds()
     if "gnvpro" in a.parts:
         out["gnvpro"] = [part_gnvpro(rel_target=r) for r in (1e-2, 1e-3)]
+        cdr = cdr_data()
+        out["gnvpro"] += [part_gnvpro(data=cdr, name="cdr", rel_target=r) for r in (1e-2, 1e-3)]
+    if "rules" in a.parts:
+        out["rules"] = part_rules(PROBLEMS, _dense)
+    if "double_descent" in a.parts:
+        out["double_descent"] = part_double_descent()
+    if "slimtrain" in a.parts:
+        out["slimtrain"] = part_slimtrain(lrs=(1e-3, 1e-2) if a.quick else (1e-3, 3e-3, 1e-2))
     if a.json:
         write_json(a.json, out)
     return 0

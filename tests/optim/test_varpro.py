@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from odeflow.optim import VarPro, gnvpro, solve_last_layer, varpro_objective
+from odeflow.optim import SteihaugCG, VarPro, gnvpro, solve_last_layer, varpro_objective
 from odeflow.optim._varpro import reduced_loss_value
 from odeflow.testing import taylor_test
 
@@ -126,6 +126,16 @@ def test_gauss_newton_operator_and_gnvpro_training():
     assert values[-1] < 0.1 * values[0]
     pred = model(X)
     assert float(0.5 * ((pred.detach() - f) ** 2).sum() / len(X)) <= values[-1]
+
+
+def test_gnvpro_in_a_trust_region():
+    X, f = _peaks(80)
+    model = VarPro(_net(width=8), lam=1e-3)
+    res = gnvpro(model, X, f, maxiter=15, descent=SteihaugCG(radius=1.0, maxiter=10))
+    values = [h["value"] for h in res.history]
+    assert all(b <= a for a, b in itertools.pairwise(values))
+    assert values[-1] < 0.1 * values[0]
+    assert {"radius", "cg_stop"} <= set(res.history[1])
 
 
 def test_bad_input():

@@ -7,15 +7,17 @@ EPI distortion correction in :mod:`odeflow.imaging.epi`.
   returning a :class:`CGResult`.
 * Minimization: :func:`minimize` is one loop over an objective ``fn(x) -> Evaluation``,
   parameterized by a descent (:class:`NewtonCG` — Gauss–Newton with a model Hessian —,
-  :class:`LBFGS`) and a line search (:class:`Armijo`, :class:`FixedStep`), as optimistix
-  splits them. :func:`gauss_newton` and :func:`lbfgs` are that loop with a fixed pair, for
-  objectives that return tuples.
+  :class:`LBFGS`, the trust-region :class:`SteihaugCG`) and a line search (:class:`Armijo`,
+  :class:`FixedStep`), as optimistix splits them. :func:`gauss_newton` and :func:`lbfgs` are
+  that loop with a fixed pair, for objectives that return tuples.
 * Ill-posed least squares: :func:`hybrid_lsqr` (Golub–Kahan :func:`golub_kahan` +
   Tikhonov on the projected problem, λ by GCV, weighted GCV or the discrepancy principle)
   and :func:`solve_tikhonov` (``min ‖Ax − b‖² + λ²‖Lx‖²``).
 * Separable models: :class:`VarPro` (a feature extractor + a last layer solved for,
   :func:`solve_last_layer`) and :func:`gnvpro` (Gauss–Newton on the reduced objective);
-  :class:`RandomFeatures` (ReLU random features fitted by :func:`hybrid_lsqr` or min-norm).
+  :class:`RandomFeatures` (ReLU random features fitted by :func:`hybrid_lsqr` or min-norm);
+  :class:`SlimTrain` (the last layer by sampled limited-memory Tikhonov, :func:`slimtik_update`,
+  λ by sampled GCV, inside any torch optimizer's mini-batch loop).
 * Bounds: :func:`minimize_bounded` (projected Newton–Krylov, PNKH-B style).
 * Linear solves report a :class:`CGStatus` (CONVERGED, MAX_ITERATIONS, BREAKDOWN),
   minimization a :class:`MinimizeStatus` (CONVERGED, MAX_ITERATIONS, LINE_SEARCH_FAILED,
@@ -40,9 +42,11 @@ from ._operators import (
     jacobi_preconditioner,
 )
 from ._random_features import RandomFeatures, RandomFeaturesFit
+from ._slimtrain import SlimTikStep, SlimTrain, SlimTrainStep, slimtik_update
 from ._solvers import gauss_newton, lbfgs
 from ._status import CGStatus, MinimizeStatus, Status
 from ._tikhonov import TikhonovResult, solve_tikhonov
+from ._trust_region import SteihaugCG, steihaug_cg
 from ._varpro import LastLayer, VarPro, VarProLoss, solve_last_layer
 
 __all__ = [
@@ -70,7 +74,11 @@ __all__ = [
     "RandomFeatures",
     "RandomFeaturesFit",
     "Reorthogonalization",
+    "SlimTikStep",
+    "SlimTrain",
+    "SlimTrainStep",
     "Status",
+    "SteihaugCG",
     "TikhonovResult",
     "VarPro",
     "VarProLoss",
@@ -84,7 +92,9 @@ __all__ = [
     "lbfgs",
     "minimize",
     "minimize_bounded",
+    "slimtik_update",
     "solve_last_layer",
     "solve_tikhonov",
+    "steihaug_cg",
     "varpro_objective",
 ]

@@ -17,7 +17,7 @@ import torch
 from torch.func import functional_call, jvp, vjp
 
 from .._utils import check_finite_real
-from ._descents import NewtonCG
+from ._descents import AbstractDescent, NewtonCG
 from ._line_search import Armijo
 from ._minimize import OptimizeResult, minimize
 from ._objective import Evaluation
@@ -122,14 +122,16 @@ def gnvpro(
     cg_rtol: float = 1e-2,
     damping: float = 1e-8,
     gtol: float = 1e-8,
+    descent: AbstractDescent | None = None,
     verbose: bool = False,
 ) -> OptimizeResult:
     r"""Train a :class:`VarPro` model (MSE) by Gauss–Newton–Krylov on the reduced objective.
 
     ``minimize(fn, θ0, NewtonCG(rtol=cg_rtol, maxiter=cg_maxiter), Armijo())`` with ``fn``
-    from :func:`varpro_objective`; afterwards the model's feature parameters are set to the
-    result and its last layer to ``W*(θ)`` (the model is trained in place, like a torch
-    optimizer would).
+    from :func:`varpro_objective` (or, with ``descent=SteihaugCG(...)``, Gauss–Newton in a
+    trust region by Steihaug's truncated CG); afterwards the model's feature parameters are
+    set to the result and its last layer to ``W*(θ)`` (the model is trained in place, like a
+    torch optimizer would).
 
     Args:
         model: a :class:`VarPro` with ``loss="mse"`` and a numeric λ.
@@ -137,6 +139,9 @@ def gnvpro(
         maxiter, gtol: outer iterations and the gradient tolerance of :func:`minimize`.
         cg_maxiter, cg_rtol: the inner CG solve.
         damping: ``μ`` of the model Hessian.
+        descent: the descent for :func:`~odeflow.optim.minimize` (default
+            ``NewtonCG(rtol=cg_rtol, maxiter=cg_maxiter, precondition=False)``; e.g.
+            :class:`~odeflow.optim.SteihaugCG` for a trust region).
         verbose: progress bar.
 
     Returns:
@@ -161,10 +166,12 @@ def gnvpro(
         True
     """
     fn, theta0 = varpro_objective(model, x, y, damping=damping)
+    if descent is None:
+        descent = NewtonCG(rtol=cg_rtol, maxiter=cg_maxiter, precondition=False)
     res = minimize(
         fn,
         theta0,
-        NewtonCG(rtol=cg_rtol, maxiter=cg_maxiter, precondition=False),
+        descent,
         Armijo(),
         value=fn.value,
         maxiter=maxiter,

@@ -7,7 +7,7 @@ from torch import nn
 
 from ._blocks import Block
 from ._fallback import func_derivatives
-from ._forward_laplacian import fl_compute
+from ._forward_laplacian import check_unsupported, fl_compute
 from ._laplacian import laplacian_sweep, supports
 from ._result import Derivatives, _finish
 from ._sweep import Ctx, Kind
@@ -137,6 +137,7 @@ def compute(
     exclude_last: int = 0,
     *,
     check_finite: bool = True,
+    unsupported: str = "error",
 ) -> Derivatives:
     r"""Exact value, gradient, Hessian or Laplacian of a network for a batch of inputs.
 
@@ -164,6 +165,8 @@ def compute(
       ``want="laplacian"`` on a module that is not a block, ``"auto"`` and ``"forward"`` run
       :func:`~odeflow.derivatives.forward_laplacian` (torch.fx-traced forward Laplacian) when
       every op has a rule; ``"auto"`` falls back to ``"func"`` otherwise, ``"forward"`` raises.
+      With ``unsupported="torch.func"`` only the ops without a rule go through torch.func
+      inside the forward Laplacian (see :func:`~odeflow.derivatives.forward_laplacian`).
 
     For the Laplacian of networks made of :class:`Single`, :class:`ResNet`, :class:`Linear` and
     :class:`Quadratic` blocks (in :class:`Sequential`/:class:`Sum`), ``"mixed"`` is the Laplacian
@@ -195,6 +198,11 @@ def compute(
             skipped by itself under ``torch.compile``, torch.func transforms and CUDA-graph
             capture). Pass ``False`` in hot loops whose inputs are checked elsewhere, such as
             the right-hand side of an ODE called at every stage.
+        unsupported: "error" (default) or "torch.func": for the forward Laplacian of a plain
+            module (want="laplacian", mode "auto"/"forward"), what an op without a rule does:
+            "error" makes ``"forward"`` raise and ``"auto"`` use ``"func"`` for the whole
+            network; "torch.func" propagates just those ops by torch.func (exact, slower per
+            op), keeping the rules for the rest.
 
     Returns:
         :class:`Derivatives` (value, gradient, hessian, laplacian); shapes in its docstring.
@@ -202,8 +210,9 @@ def compute(
     Raises:
         TypeError: x not a floating tensor, or net not a module.
         ValueError: x not (n, d), wrong trailing size, non-finite values, unknown want/mode,
-            directions of the wrong shape, exclude_last out of range, or a mode that cannot
-            give the request (forward mode has no Hessian).
+            directions of the wrong shape, exclude_last out of range, an unknown
+            ``unsupported``, or a mode that cannot give the request (forward mode has no
+            Hessian).
 
     Reference: Onken et al., "OT-Flow", arXiv:2006.00104 (exact trace); Newman et al., hessQuik,
     JOSS 2022 (doi:10.21105/joss.04171); Li et al., "Forward Laplacian", arXiv:2307.08214.
@@ -216,6 +225,7 @@ def compute(
         (torch.Size([5]), torch.Size([5, 3]), torch.Size([5]))
     """
     _validate(net, x, want, mode, directions, exclude_last, check_finite)
+    check_unsupported(unsupported, "derivatives")
     n, d = x.shape
     dp = d - exclude_last
     V = None if directions is None else directions.to(device=x.device, dtype=x.dtype)
@@ -223,7 +233,7 @@ def compute(
 
     if not isinstance(net, Block) and want == "laplacian" and mode in ("auto", "forward"):
         # any traceable module of supported ops: the forward Laplacian (torch.func otherwise)
-        res = fl_compute(net, x, V, exclude_last, strict=mode == "forward")
+        res = fl_compute(net, x, V, exclude_last, mode == "forward", unsupported)
         if res is not None:
             return _finish(res[0], res[1], None, res[2], want)
     if not isinstance(net, Block) or mode == "func":

@@ -249,6 +249,8 @@ def _to(ctx, x, *args, **kwargs):
 
 
 def _getattr(ctx, x, name):
+    if not isinstance(x, Jet):  # a named tuple holding jets (an op's (values, indices))
+        return getattr(x, name)
     if name in ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"):
         return getattr(x.v, name)
     if name in ("mT", "T"):

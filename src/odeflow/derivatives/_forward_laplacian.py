@@ -8,15 +8,18 @@ every call, so training updates are seen.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import torch
 from torch import fx, nn
 from torch.fx.node import map_aggregate, map_arg
 
+from .._utils import outside_stacklevel
 from . import _fl_rules as R
 from ._activations import Activation
 from ._blocks import Block
+from ._fl_fallback import fallback
 from ._fl_jet import FLCtx, Jet, UnsupportedOpError
 from ._result import _finish
 
@@ -24,20 +27,37 @@ __all__ = ["UnsupportedOpError", "fl_compute", "fl_propagate", "fl_supported", "
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net → (training, graph)
 _FAILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net → training when it failed
+_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net → ops it warned about
 
 
 class _Tracer(fx.Tracer):
     """torch.nn modules and odeflow activations/blocks are leaves (they have rules or get a
     clear error); user modules are traced through."""
 
-    def __init__(self):
+    def __init__(self, lenient: bool = False):
         super().__init__()
         self.consts: dict = {}
+        self.lenient, self.forced = lenient, set()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (Activation, Block)):
+        if isinstance(m, (Activation, Block)) or id(m) in self.forced:
             return True
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        # lenient (unsupported="torch.func"): a submodule that fx cannot trace through (Python
+        # control flow on shapes or values) becomes a leaf, propagated by the torch.func rule
+        if not self.lenient or self.is_leaf_module(m, self.path_of_module(m)):
+            return super().call_module(m, forward, args, kwargs)
+        nodes, stack, calls = len(self.graph.nodes), self.module_stack.copy(), dict(self.num_calls)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            for nd in reversed(list(self.graph.nodes)[nodes:]):  # the partial trace
+                self.graph.erase_node(nd)
+            self.module_stack, self.num_calls = stack, calls
+            self.forced.add(id(m))
+            return super().call_module(m, forward, args, kwargs)
 
     def create_arg(self, a):
         # A tensor held by the module (also a parameter replaced by a plain tensor, as
@@ -54,19 +74,22 @@ class _Tracer(fx.Tracer):
         return super().create_arg(a)
 
 
-def _graph(net: nn.Module):
-    """The traced graph of ``net`` and its tensor constants (cached per module and mode)."""
+def _graph(net: nn.Module, lenient: bool = False):
+    """The traced graph of ``net`` and its tensor constants (cached per module and mode);
+    ``lenient``: submodules that fx cannot trace through are leaves."""
+    key = (net.training, lenient)
     hit = _CACHE.get(net)
-    if hit is not None and hit[0] == net.training:
+    if hit is not None and hit[0] == key:
         return hit[1]
-    tracer = _Tracer()
+    tracer = _Tracer(lenient)
     try:
         graph = tracer.trace(net)
     except Exception as exc:
         raise UnsupportedOpError(
             f"forward Laplacian: torch.fx cannot trace {type(net).__name__} ({type(exc).__name__}: "
-            f"{exc}); data-dependent Python control flow is not traceable. Use "
-            "odeflow.derivatives(net, x, want='laplacian', mode='func') (torch.func) instead."
+            f"{exc}); data-dependent Python control flow is not traceable. Pass "
+            "unsupported='torch.func' (a submodule fx cannot trace is then propagated by "
+            "torch.func) or use odeflow.derivatives(net, x, want='laplacian', mode='func')."
         ) from exc
     placeholders = [nd for nd in graph.nodes if nd.op == "placeholder"]
     if len(placeholders) < 1 or any(not nd.args for nd in placeholders[1:]):
@@ -74,7 +97,7 @@ def _graph(net: nn.Module):
             f"forward Laplacian: {type(net).__name__}.forward must take one tensor x of shape "
             "(n, d) (other arguments need defaults); concatenate several inputs into x."
         )
-    _CACHE[net] = (net.training, (graph, tracer.consts))
+    _CACHE[net] = (key, (graph, tracer.consts))
     return graph, tracer.consts
 
 
@@ -104,8 +127,9 @@ def _name(node: fx.Node, net: nn.Module) -> str:
 def _unsupported(node, net):
     return UnsupportedOpError(
         f"forward Laplacian: no propagation rule for {_name(node, net)} (node {node.name!r}); "
-        "use odeflow.derivatives(net, x, want='laplacian', mode='func') (torch.func) for this "
-        "network, or write it from supported ops (see odeflow.derivatives.forward_laplacian)."
+        "pass unsupported='torch.func' to propagate this op by torch.func, use "
+        "odeflow.derivatives(net, x, want='laplacian', mode='func') for the whole network, or "
+        "write it from supported ops (see odeflow.derivatives.forward_laplacian)."
     )
 
 
@@ -121,7 +145,24 @@ def _const_jets(args, kwargs):
     return args, kwargs, _has_jet(args, kwargs)
 
 
-def _interpret(net: nn.Module, traced, x: Jet, ctx: FLCtx):
+def _op(node: fx.Node, net: nn.Module):
+    """The callable a call_function / call_method / call_module node runs."""
+    if node.op == "call_module":
+        return net.get_submodule(node.target)
+    if node.op == "call_method":
+        name = node.target
+        if name.endswith("_") and not name.endswith("__"):
+            raise UnsupportedOpError(
+                f"forward Laplacian: the in-place tensor method .{name}() (node {node.name!r}) "
+                "writes into an x-dependent tensor; use its out-of-place form."
+            )
+        return lambda self, *a, **k: getattr(self, name)(*a, **k)
+    return node.target
+
+
+def _interpret(net: nn.Module, traced, x: Jet, ctx: FLCtx, fell: list | None = None):
+    """Run the graph on jets; ``fell`` (a list: unsupported="torch.func") collects the names
+    of the ops without a rule that the torch.func rule propagated (None: they raise)."""
     graph, consts = traced
     env: dict = {}
     first = True
@@ -156,7 +197,12 @@ def _interpret(net: nn.Module, traced, x: Jet, ctx: FLCtx):
                 continue
             rule = R.FUNCTIONS.get(node.target)
         if rule is None:
-            raise _unsupported(node, net)
+            if fell is None:
+                raise _unsupported(node, net)
+            name = _name(node, net)
+            fell.append(name)
+            op = _op(node, net)
+            rule = lambda ctx, *a, op=op, name=name, **k: fallback(op, name, ctx, a, k)  # noqa: E731
         try:
             env[node] = rule(ctx, *args, **kwargs)
         except UnsupportedOpError as exc:
@@ -173,13 +219,47 @@ def fl_supported(net: nn.Module) -> bool:
     return True
 
 
-def fl_propagate(net: nn.Module, x: torch.Tensor, seeds: torch.Tensor, p: int):
+UNSUPPORTED = ("error", "torch.func")
+
+
+def check_unsupported(unsupported, who: str) -> None:
+    """A clear ValueError for an unknown ``unsupported`` option."""
+    if not isinstance(unsupported, str) or unsupported not in UNSUPPORTED:
+        raise ValueError(
+            f"{who}: unsupported must be 'error' (an op without a forward-Laplacian rule raises "
+            f"UnsupportedOpError) or 'torch.func' (it is propagated by torch.func), got "
+            f"{unsupported!r}."
+        )
+
+
+def _warn_fallback(net: nn.Module, fell: list) -> None:
+    """Warn once per network (and set of ops) that some ops went through torch.func."""
+    names = frozenset(fell)
+    if not names or _WARNED.get(net) == names:
+        return
+    _WARNED[net] = names
+    warnings.warn(
+        f"forward Laplacian: {len(names)} op(s) of {type(net).__name__} have no rule and are "
+        f"propagated by torch.func (slower: nested jvps per seed): {', '.join(sorted(names))}.",
+        UserWarning,
+        stacklevel=outside_stacklevel(),
+    )
+
+
+def fl_propagate(
+    net: nn.Module, x: torch.Tensor, seeds: torch.Tensor, p: int, unsupported: str = "error"
+):
     """The forward Laplacian with seed directions ``seeds`` (1 or n, c, d), trace over the
-    first ``p``: returns value (n, m), J (n, m, c) and L (n, m) (acc dtype)."""
+    first ``p``: returns value (n, m), J (n, m, c) and L (n, m) (acc dtype). ``unsupported``:
+    see :func:`forward_laplacian`."""
     n = x.shape[0]
     acc = torch.promote_types(x.dtype, torch.float32)
     ctx = FLCtx(p, acc)
-    out = _interpret(net, _graph(net), Jet(x, seeds.to(x.dtype), None), ctx)
+    lenient = unsupported == "torch.func"
+    fell: list | None = [] if lenient else None
+    out = _interpret(net, _graph(net, lenient), Jet(x, seeds.to(x.dtype), None), ctx, fell)
+    if fell:
+        _warn_fallback(net, fell)
     if not isinstance(out, (Jet, torch.Tensor)):
         raise UnsupportedOpError(
             f"forward Laplacian: the network returns a {type(out).__name__}; it must return one "
@@ -273,6 +353,7 @@ def forward_laplacian(
     gradient: bool = True,
     num_probes: int | None = None,
     generator: torch.Generator | None = None,
+    unsupported: str = "error",
 ):
     r"""Value, gradient and exact Laplacian (or weighted trace) of any supported module, one pass.
 
@@ -302,6 +383,15 @@ def forward_laplacian(
     view/reshape/flatten/unflatten/squeeze/unsqueeze/permute/transpose/expand; dropout in eval
     mode; odeflow activations and blocks (their own jets). Dim 0 must stay the batch.
 
+    Other ops: ``unsupported="error"`` (the default) raises :class:`UnsupportedOpError` naming
+    the op; ``unsupported="torch.func"`` propagates each op without a rule, y = g(x₁ … x_k),
+    exactly by torch.func instead: J_y = Σ_i ∂_i g · J_{x_i} (one ``jvp`` per seed) and
+    L_y = Σ_i ∂_i g · L_{x_i} + Σ_{a≤p} D²g[J_x s_a, J_x s_a] (a forward-over-forward ``jvp``
+    of ``jvp`` per trace seed), vmapped over the seeds, the rest of the network keeping its
+    rules. A submodule that torch.fx cannot trace through (Python control flow) becomes one
+    such op. Cost per fallback op: p jvp-of-jvps plus c − p + 1 jvps (c seed columns, p traced),
+    against one batched rule; a ``UserWarning`` names these ops once per network.
+
     Args:
         net: a module mapping x (n, d) to (n,), (n, 1) or (n, m), traceable by torch.fx.
         x: (n, d) inputs (float32/float64; bf16/fp16 with the Laplacian accumulated in float32).
@@ -311,6 +401,7 @@ def forward_laplacian(
             ``num_probes`` is given; free otherwise).
         num_probes: the Hutchinson estimator with this many Rademacher probes.
         generator: random generator for the probes (drawn on the CPU).
+        unsupported: "error" or "torch.func": what an op without a rule does (see above).
 
     Returns:
         :class:`~odeflow.derivatives.Derivatives` (value, gradient, None, laplacian): value (n,)
@@ -320,8 +411,8 @@ def forward_laplacian(
     Raises:
         UnsupportedOpError (a TypeError): an op without a rule (the message names the op and
             the node), untraceable control flow, or an op mixing the batch dimension.
-        ValueError: x not a floating (n, d) tensor, sigma of the wrong shape, bad exclude_last
-            or num_probes.
+        ValueError: x not a floating (n, d) tensor, sigma of the wrong shape, bad exclude_last,
+            num_probes or unsupported.
 
     Reference: Li et al., "A computational framework for neural network-based variational Monte
     Carlo with Forward Laplacian", arXiv:2307.08214; Dangel et al., "Collapsing Taylor Mode
@@ -334,8 +425,9 @@ def forward_laplacian(
         (torch.Size([5]), torch.Size([5, 3]), torch.Size([5]))
     """
     _check(net, x, sigma, exclude_last, num_probes)
+    check_unsupported(unsupported, "forward_laplacian")
     S, p = _seeds(x, sigma, exclude_last, gradient, num_probes, generator)
-    value, J, L = fl_propagate(net, x, S, p)
+    value, J, L = fl_propagate(net, x, S, p, unsupported)
     grad = None
     if gradient:
         grad = J[..., J.shape[-1] - x.shape[1] :] if J.shape[-1] != x.shape[1] else J
@@ -345,23 +437,25 @@ def forward_laplacian(
     return out if gradient else out._replace(gradient=None)
 
 
-def fl_compute(net, x, V, exclude_last, strict: bool = True):
+def fl_compute(net, x, V, exclude_last, strict: bool = True, unsupported: str = "error"):
     """``compute``'s forward-Laplacian path for a plain module: (value, gradient, lap)
     with compute's conventions (directions V (d, k): gradient Vᵀ∇f, Laplacian tr(VᵀHV)).
 
     With ``strict=False`` an unsupported network gives None (and is remembered, so that the
     caller's torch.func fallback does not retrace it at every call) instead of the error.
+    ``unsupported``: see :func:`forward_laplacian`.
     """
-    if not strict and _FAILED.get(net) == net.training:
+    key = (net.training, unsupported)
+    if not strict and _FAILED.get(net) == key:
         return None
     if V is None:
         S, p = _seeds(x, None, exclude_last, True, None, None)
     else:
         S, p = V.mT.unsqueeze(0), V.shape[1]
     try:
-        return fl_propagate(net, x, S, p)
+        return fl_propagate(net, x, S, p, unsupported)
     except UnsupportedOpError:
         if strict:
             raise
-        _FAILED[net] = net.training
+        _FAILED[net] = key
         return None

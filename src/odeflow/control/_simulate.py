@@ -60,6 +60,7 @@ def rollout(problem: ControlProblem, value, x: Tensor, *, nt: int = 16,
     _check_pair(problem, value)
     x = _check_x(problem, x, _ref_tensor(value))
     nt = _check_steps(nt)
+    problem.check_steps(nt, "euler" if problem.diffusion is not None else "rk4")
     k_shock, kick = _check_shock(shock, nt, x)
     if problem.uses_density:
         return _density_rollout(problem, value, x, nt, kick)

@@ -283,6 +283,7 @@ def solve_characteristics(
             "deterministic: use odeflow.control.stochastic_loss / fit(..., solver='stochastic')"
         )
     nt = _check_steps(nt)
+    problem.check_steps(nt, "rk4")
     ref = _ref_tensor(value)
     x = _check_x(problem, x, ref)
     n = x.shape[0]

@@ -1,0 +1,241 @@
+"""The quadcopter of NeuralOC (d = 12): thrust and three torques, closed-form feedback, shocks."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ._problem import ControlProblem, _check_positive
+from ._solver import LossWeights
+
+__all__ = ["Quadcopter", "ShockResult", "shock_experiment"]
+
+
+def _vec3(v, name: str) -> Tensor:
+    out = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
+    if out.numel() == 1:
+        out = out.expand(3).clone()
+    if out.numel() != 3 or not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{name} must be a finite number or a 3-vector (x, y, z), got {v!r}")
+    return out
+
+
+class Quadcopter(ControlProblem):
+    r"""A quadcopter flying from (−1.5, −1.5, −1.5) to (2, 2, 2) in T = 1 (d = 12, m = 4).
+
+    State z = (x, y, z, ψ, θ, φ, vₓ, v_y, v_z, v_ψ, v_θ, v_φ) (position, yaw/pitch/roll
+    angles and their rates), control (u, τ_ψ, τ_θ, τ_φ) (thrust and three torques):
+
+    .. math::
+        \dot{(x, y, z)} = (v_x, v_y, v_z),\quad \dot{(\psi, \theta, \phi)} = (v_\psi, v_\theta,
+        v_\phi),\quad \dot v_x = \tfrac{u}{m} f_7,\ \dot v_y = \tfrac{u}{m} f_8,\
+        \dot v_z = \tfrac{u}{m} f_9 - g,\quad \dot{(v_\psi, v_\theta, v_\phi)} = \tau,
+
+    f₇ = sin ψ sin φ + cos ψ sin θ cos φ, f₈ = −cos ψ sin φ + sin ψ sin θ cos φ,
+    f₉ = cos θ cos φ; L = 2 + u² + |τ|², G = (α₀/2)|z_T − y|² (α₀ = 5000, y the target
+    at rest). With w = (f₇, f₈, f₉)·p_v/m the Hamiltonian and the feedback are closed forms:
+
+    .. math::
+        H(z, p) = -p_{pos}\cdot v - p_{ang}\cdot\omega + g\,p_{v_z} + \tfrac14 w^2
+        + \tfrac14|p_\tau|^2 - 2,\qquad u^* = -\tfrac12 w,\quad \tau^* = -\tfrac12 p_\tau,
+
+    (u*, τ*) the unique minimiser of p·f + L (tested against a numerical minimisation).
+    ρ₀: the start plus N(0, s₀²) on the position (s₀ = 0.1, the paper's ``var0``), all else
+    0. Loss weights: the paper's HJB penalty 0.1 and no terminal-value penalties; 26 RK4
+    steps for training (50 for evaluation, ``eval_steps``).
+
+    Args:
+        mass: m (1). gravity: g (9.81). terminal_weight: α₀ (5000). horizon: T (1).
+        start, target: positions (3-vectors or numbers). initial_std: s₀.
+
+    Raises:
+        ValueError: non-positive mass, gravity, weight, horizon or spread; a start or target
+            that is not a finite 3-vector.
+
+    Reference: Onken, Nurbekyan, Li, Wu Fung, Osher, Ruthotto, "A neural network approach
+    for high-dimensional optimal control applied to multi-agent path finding", IEEE TCST
+    (2022), arXiv 2104.03270, section "Quadcopter".
+
+    Example:
+        >>> import torch
+        >>> pb = Quadcopter()
+        >>> z = torch.zeros(1, 12, dtype=torch.float64)
+        >>> u = torch.tensor([[9.81, 0.0, 0.0, 0.0]], dtype=torch.float64)   # hover thrust
+        >>> pb.dynamics(z, u, 0.0).abs().max().item() < 1e-12
+        True
+        >>> pb.running_cost(z, u, 0.0)
+        tensor([98.2361], dtype=torch.float64)
+    """
+
+    name = "quadcopter"
+    steps = 26
+    eval_steps = 50
+
+    def __init__(
+        self,
+        *,
+        mass: float = 1.0,
+        gravity: float = 9.81,
+        terminal_weight: float = 5000.0,
+        horizon: float = 1.0,
+        start=-1.5,
+        target=2.0,
+        initial_std: float = 0.1,
+    ):
+        super().__init__(12, 4, horizon, None)
+        self.mass = _check_positive("mass", mass, "the quadcopter's mass m")
+        self.gravity = _check_positive("gravity", gravity, "the acceleration g")
+        self.alpha0 = _check_positive("terminal_weight", terminal_weight, "α₀ on G")
+        self.std0 = _check_positive("initial_std", initial_std, "the spread s₀ of ρ₀")
+        self.start = torch.cat([_vec3(start, "start"), torch.zeros(9, dtype=torch.float64)])
+        self.target = torch.cat([_vec3(target, "target"), torch.zeros(9, dtype=torch.float64)])
+        self.weights = LossWeights(hjb=0.1, terminal_value=0.0, terminal_gradient=0.0)
+
+    @staticmethod
+    def thrust_direction(angles: Tensor) -> Tensor:
+        """(f₇, f₈, f₉) of the angles (ψ, θ, φ): ``(n, 3) -> (n, 3)``."""
+        s, c = angles.sin(), angles.cos()
+        spsi, sth, sphi = s.unbind(-1)
+        cpsi, cth, cphi = c.unbind(-1)
+        f7 = spsi * sphi + cpsi * sth * cphi
+        f8 = -cpsi * sphi + spsi * sth * cphi
+        return torch.stack([f7, f8, cth * cphi], -1)
+
+    def dynamics(self, x, u, t):
+        F = self.thrust_direction(x[:, 3:6])
+        acc = (u[:, :1] / self.mass) * F
+        acc = acc - torch.tensor([0.0, 0.0, self.gravity], dtype=x.dtype, device=x.device)
+        return torch.cat([x[:, 6:12], acc, u[:, 1:4]], dim=1)
+
+    def running_cost(self, x, u, t):
+        return 2.0 + (u * u).sum(-1)
+
+    def terminal_cost(self, x, log_rho=None):
+        r = x - self.target.to(x)
+        return 0.5 * self.alpha0 * (r * r).sum(-1)
+
+    def terminal_gradient(self, x):
+        return self.alpha0 * (x - self.target.to(x))
+
+    def _w(self, x, p):
+        return (self.thrust_direction(x[:, 3:6]) * p[:, 6:9]).sum(-1) / self.mass
+
+    def feedback(self, x, p, t, iterations: int = 0):
+        return torch.cat([-0.5 * self._w(x, p)[:, None], -0.5 * p[:, 9:12]], dim=1)
+
+    def hamiltonian(self, x, p, t):
+        w = self._w(x, p)
+        pt = p[:, 9:12]
+        return (
+            -(p[:, :6] * x[:, 6:12]).sum(-1)
+            + self.gravity * p[:, 8]
+            + 0.25 * w * w
+            + 0.25 * (pt * pt).sum(-1)
+            - 2.0
+        )
+
+    def sample_initial(self, n, *, generator=None, dtype=None, device=None):
+        dt = dtype or torch.float64
+        z = self.start.to(dt).expand(n, -1).clone()
+        z[:, :3] += self.std0 * torch.randn(n, 3, generator=generator, dtype=dt)
+        return z.to(device=device)
+
+    def spec(self):
+        return {
+            "name": self.name,
+            "mass": self.mass,
+            "gravity": self.gravity,
+            "terminal_weight": self.alpha0,
+            "horizon": self.horizon,
+            "start": self.start[:3].tolist(),
+            "target": self.target[:3].tolist(),
+            "initial_std": self.std0,
+        }
+
+
+class ShockResult(NamedTuple):
+    """Outcome of :func:`shock_experiment` (all ``(n,)`` tensors, per start).
+
+    ``error``/``cost``: terminal position error |z_T − y|_pos and cost ∫L + G without the
+    shock; ``shocked_error``/``shocked_cost``: the same with the kick (the cost from the
+    kick on, compare with Φ at the kicked state); ``paths``, ``shocked_paths``:
+    ``(nt + 1, n, 12)``.
+    """
+
+    error: Tensor
+    cost: Tensor
+    shocked_error: Tensor
+    shocked_cost: Tensor
+    paths: Tensor
+    shocked_paths: Tensor
+
+
+DEFAULT_KICK = (0.3, -0.3, 0.3, 0.0, 0.0, 0.0, 1.0, -1.0, 1.0, 0.0, 0.0, 0.0)
+
+
+def shock_experiment(
+    problem: Quadcopter, value, x: Tensor | None = None, *, kick=DEFAULT_KICK,
+    time: float = 0.1, nt: int | None = None
+) -> ShockResult:  # fmt: skip
+    r"""Fly the learned feedback with and without a state kick at ``time`` (NeuralOC's shocks).
+
+    The kick z(t_k) ← z(t_k) + δ is applied after step k = round(time/h) of an RK4
+    closed-loop rollout (:func:`odeflow.control.rollout`); the feedback u*(z, ∇Φ(z, t))
+    then steers from the kicked state without any re-solve.
+
+    Args:
+        problem: a :class:`Quadcopter`. value: its value function.
+        x: ``(n, 12)`` starts (default: the nominal start, n = 1).
+        kick: δ, ``(12,)`` or ``(n, 12)`` (default: 0.3 in position, 1 in velocity).
+        time: the kick's time, strictly inside (0, T) and at least one step from both ends.
+        nt: RK4 steps (default ``problem.eval_steps``).
+
+    Returns:
+        :class:`ShockResult`.
+
+    Raises:
+        TypeError: ``problem`` is not a :class:`Quadcopter`.
+        ValueError: ``time`` not strictly inside the horizon (at least one step from each
+            end), a kick of the wrong shape or non-finite, bad starts (as ``rollout``).
+
+    Reference: Onken et al., arXiv 2104.03270 (shock experiments at t = 0.1).
+
+    Example:
+        >>> from odeflow.control import ValueNetwork
+        >>> pb = Quadcopter()
+        >>> out = shock_experiment(pb, ValueNetwork(12, width=8).double(), nt=10)
+        >>> out.paths.shape, out.shocked_paths.shape
+        (torch.Size([11, 1, 12]), torch.Size([11, 1, 12]))
+    """
+    from ._simulate import rollout
+
+    if not isinstance(problem, Quadcopter):
+        raise TypeError(f"shock_experiment needs a Quadcopter, got {type(problem).__name__}")
+    nt = problem.eval_steps if nt is None else nt
+    if isinstance(nt, bool) or not isinstance(nt, int) or nt < 2:
+        raise ValueError(f"nt must be an integer >= 2 (RK4 steps), got {nt!r}")
+    h = problem.horizon / nt
+    if not (isinstance(time, int | float) and math.isfinite(time)):
+        raise ValueError(f"time must be a finite number, got {time!r}")
+    k = round(time / h)
+    if not 0 < k < nt:
+        raise ValueError(
+            f"the shock time {time} must lie at least one step (h = {h:.4g}) inside (0, "
+            f"T = {problem.horizon}); pass a later/earlier time or more steps nt"
+        )
+    ref = next(iter(value.parameters()), torch.zeros((), dtype=torch.float64))
+    if x is None:
+        x = problem.start.to(ref)[None]
+    base = rollout(problem, value, x, nt=nt)
+    kicked = rollout(problem, value, x, nt=nt, shock=(k, kick))
+    tgt = problem.target[:3].to(base.paths)
+
+    def err(paths):
+        return (paths[-1, :, :3] - tgt).norm(dim=-1)
+
+    return ShockResult(
+        err(base.paths), base.cost, err(kicked.paths), kicked.cost, base.paths, kicked.paths
+    )

@@ -200,3 +200,14 @@ def test_shock_experiment_and_bad_input():
         HodgkinHuxley(horizon=1.0, start=(0.0, 0.0))
     with pytest.raises(TypeError, match="Quadcopter"):
         shock_experiment(HodgkinHuxley(horizon=1.0), phi)
+
+
+def test_animation_frame_rotation_carries_the_thrust_direction():
+    """The body frame drawn in the GIF is a rotation whose third axis is (f₇, f₈, f₉)."""
+    from odeflow.control._quadcopter import _rotation
+
+    ang = torch.randn(6, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    R = _rotation(ang)
+    eye = torch.eye(3, dtype=torch.float64).expand(6, 3, 3)
+    torch.testing.assert_close(R.mT @ R, eye)
+    torch.testing.assert_close(R[..., 2], Quadcopter.thrust_direction(ang))

@@ -11,7 +11,7 @@ from torch import Tensor
 from ._problem import QuadraticControlProblem, _check_positive
 from ._solver import LossWeights
 
-__all__ = ["HodgkinHuxley"]
+__all__ = ["HodgkinHuxley", "plot_tracking"]
 
 # the real stability intervals [−b, 0] of the explicit methods (h·λ ∈ [−b, 0] is stable)
 _STABILITY = {"euler": 2.0, "rk4": 2.785293563405282}
@@ -254,3 +254,49 @@ class HodgkinHuxley(QuadraticControlProblem):
             "tracking_weight": self.q,
             "horizon": self.horizon,
         }
+
+
+def plot_tracking(problem: HodgkinHuxley, paths: Tensor, path, *, free: Tensor | None = None,
+                  label: str = "feedback"):  # fmt: skip
+    """Write a PNG of the membrane potential V(t): the controlled ``paths`` ``(nt + 1, n, 4)``
+    (e.g. ``rollout(...).paths``, first start drawn), the healthy target z*(t) and, if given,
+    the uncontrolled pathological neuron ``free`` ``(nt + 1, n, 4)``.
+
+    Raises:
+        ImportError: no matplotlib (the ``viz`` extra). ValueError: paths of the wrong shape.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> pb = HodgkinHuxley(horizon=2.0)
+        >>> paths = pb.reference(torch.linspace(0, 2, 11))[:, None]
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     plot_tracking(pb, paths, pathlib.Path(d) / "v.png").is_file()
+        True
+    """
+    from pathlib import Path
+
+    from ._quadcopter import _pyplot
+
+    plt = _pyplot()
+    for name, p in (("paths", paths), ("free", free)):
+        if p is not None and (not isinstance(p, Tensor) or p.ndim != 3 or p.shape[-1] != 4):
+            raise ValueError(f"{name} must be a (nt + 1, n, 4) tensor, got {tuple(p.shape)}")
+    fine = torch.linspace(0.0, problem.horizon, 2001, dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(fine.numpy(), problem.reference(fine)[:, 0].numpy(), color="k", lw=2.5, alpha=0.4,
+            label=f"healthy target (g_Na = {problem.g_na_healthy:g})")  # fmt: skip
+    if free is not None:
+        tf = torch.linspace(0.0, problem.horizon, free.shape[0])
+        ax.plot(tf.numpy(), free[:, 0, 0].detach().cpu().numpy(), color="tab:red", lw=1,
+                label=f"uncontrolled (g_Na = {problem.g_na:g})")  # fmt: skip
+    tp = torch.linspace(0.0, problem.horizon, paths.shape[0])
+    ax.plot(tp.numpy(), paths[:, 0, 0].detach().cpu().numpy(), color="tab:blue", lw=1.2,
+            label=label)  # fmt: skip
+    ax.set_xlabel("t (ms)")
+    ax.set_ylabel("V (mV)")
+    ax.legend(fontsize=8)
+    ax.set_title("Hodgkin–Huxley: tracking a healthy neuron")
+    out = Path(path)
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out

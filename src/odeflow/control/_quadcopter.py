@@ -11,7 +11,7 @@ from torch import Tensor
 from ._problem import ControlProblem, _check_positive
 from ._solver import LossWeights
 
-__all__ = ["Quadcopter", "ShockResult", "shock_experiment"]
+__all__ = ["Quadcopter", "ShockResult", "animate_flight", "plot_flight", "shock_experiment"]
 
 
 def _vec3(v, name: str) -> Tensor:
@@ -239,3 +239,136 @@ def shock_experiment(
     return ShockResult(
         err(base.paths), base.cost, err(kicked.paths), kicked.cost, base.paths, kicked.paths
     )
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'odeflow[viz]'") from None
+    return plt
+
+
+def plot_flight(problem: Quadcopter, paths: Tensor, path, *, shocked: Tensor | None = None):
+    """Write a PNG of quadcopter flights in 3-D: ``paths`` ``(nt + 1, n, 12)`` (e.g.
+    ``rollout(...).paths``), the start and target marked, optional ``shocked`` paths dashed.
+
+    Needs matplotlib (the ``viz`` extra).
+
+    Raises:
+        ImportError: no matplotlib. ValueError: paths not of shape ``(nt + 1, n, 12)``.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> from odeflow.control import ValueNetwork, rollout
+        >>> pb = Quadcopter()
+        >>> paths = rollout(pb, ValueNetwork(12, width=4).double(), pb.start[None], nt=4).paths
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     plot_flight(pb, paths, pathlib.Path(d) / "q.png").is_file()
+        True
+    """
+    from pathlib import Path
+
+    plt = _pyplot()
+    _check_paths(paths)
+    fig = plt.figure(figsize=(5.5, 5))
+    ax = fig.add_subplot(projection="3d")
+    P = paths[..., :3].detach().cpu().numpy()
+    for k in range(P.shape[1]):
+        ax.plot(P[:, k, 0], P[:, k, 1], P[:, k, 2], color="tab:blue", lw=1.2,
+                label="feedback" if k == 0 else None)  # fmt: skip
+    if shocked is not None:
+        _check_paths(shocked)
+        S = shocked[..., :3].detach().cpu().numpy()
+        for k in range(S.shape[1]):
+            ax.plot(S[:, k, 0], S[:, k, 1], S[:, k, 2], "--", color="tab:red", lw=1.2,
+                    label="after a kick" if k == 0 else None)  # fmt: skip
+    s, y = problem.start[:3].numpy(), problem.target[:3].numpy()
+    ax.scatter(*s, color="k", s=30, label="start")
+    ax.scatter(*y, color="tab:green", marker="*", s=120, label="target")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_zlabel("z")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("quadcopter: closed-loop flights")
+    out = Path(path)
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def animate_flight(problem: Quadcopter, paths: Tensor, path, *, fps: int = 15, arm: float = 0.3):
+    """Write an animated GIF (matplotlib's PillowWriter, no external binary) of one flight
+    ``paths`` ``(nt + 1, 12)`` or ``(nt + 1, 1, 12)``: the body frame (two rotor arms of
+    length ``arm`` rotated by the yaw/pitch/roll angles) moving along its track.
+
+    Raises:
+        ImportError: no matplotlib. ValueError: a path of the wrong shape.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> pb = Quadcopter()
+        >>> paths = pb.start[None].expand(3, 12)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     animate_flight(pb, paths, pathlib.Path(d) / "q.gif").is_file()
+        True
+    """
+    from pathlib import Path
+
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    plt = _pyplot()
+    p = paths[:, 0] if paths.ndim == 3 else paths
+    if p.ndim != 2 or p.shape[-1] != 12:
+        raise ValueError(f"paths must have shape (nt + 1, 12), got {tuple(paths.shape)}")
+    P = p.detach().cpu().double()
+    R = _rotation(P[:, 3:6])  # (nt + 1, 3, 3) body → world
+    arms = arm * torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]], dtype=P.dtype)
+    tips = P[:, None, :3] + torch.einsum("kij,aj->kai", R, arms)
+    X, T = P[:, :3].numpy(), tips.numpy()
+    fig = plt.figure(figsize=(5, 5))
+    ax = fig.add_subplot(projection="3d")
+    lo, hi = X.min(0) - 2 * arm, X.max(0) + 2 * arm
+    ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), zlim=(lo[2], hi[2]), xlabel="x",
+           ylabel="y", zlabel="z")  # fmt: skip
+    ax.scatter(*problem.target[:3].numpy(), color="tab:green", marker="*", s=120)
+    (track,) = ax.plot([], [], [], color="tab:blue", lw=1)
+    (a1,) = ax.plot([], [], [], color="k", lw=2)
+    (a2,) = ax.plot([], [], [], color="tab:red", lw=2)
+
+    def draw(k):
+        track.set_data_3d(X[: k + 1, 0], X[: k + 1, 1], X[: k + 1, 2])
+        a1.set_data_3d(T[k, :2, 0], T[k, :2, 1], T[k, :2, 2])
+        a2.set_data_3d(T[k, 2:, 0], T[k, 2:, 1], T[k, 2:, 2])
+        ax.set_title(f"quadcopter, step {k}/{len(X) - 1}")
+        return track, a1, a2
+
+    anim = FuncAnimation(fig, draw, frames=len(X), blit=False)
+    out = Path(path)
+    anim.save(out, writer=PillowWriter(fps=fps))
+    plt.close(fig)
+    return out
+
+
+def _rotation(ang: Tensor) -> Tensor:
+    """Body-to-world rotation R = R_z(ψ) R_y(θ) R_x(φ), whose third column is (f₇, f₈, f₉)."""
+    s, c = ang.sin(), ang.cos()
+    sp, st, sf = s.unbind(-1)
+    cp, ct, cf = c.unbind(-1)
+    rows = [
+        [cp * ct, cp * st * sf - sp * cf, sp * sf + cp * st * cf],
+        [sp * ct, sp * st * sf + cp * cf, -cp * sf + sp * st * cf],
+        [-st, ct * sf, ct * cf],
+    ]
+    return torch.stack([torch.stack(r, -1) for r in rows], -2)
+
+
+def _check_paths(paths) -> None:
+    if not isinstance(paths, Tensor) or paths.ndim != 3 or paths.shape[-1] != 12:
+        raise ValueError(
+            f"paths must be a (nt + 1, n, 12) tensor (rollout(...).paths), got "
+            f"{tuple(getattr(paths, 'shape', ()))}"
+        )

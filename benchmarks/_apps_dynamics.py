@@ -41,11 +41,12 @@ RECIPES = {
 }
 
 
-def _rk4(f, x, u, t, h):
-    k1 = f(x, u, t)
-    k2 = f(x + 0.5 * h * k1, u, t + 0.5 * h)
-    k3 = f(x + 0.5 * h * k2, u, t + 0.5 * h)
-    k4 = f(x + h * k3, u, t + h)
+def _rk4(f, x, t, h):
+    """One RK4 step of ẋ = f(x, t)."""
+    k1 = f(x, t)
+    k2 = f(x + 0.5 * h * k1, t + 0.5 * h)
+    k3 = f(x + 0.5 * h * k2, t + 0.5 * h)
+    k4 = f(x + h * k3, t + h)
     return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
@@ -82,7 +83,7 @@ def ipopt_quadcopter(pb: Quadcopter, x0: np.ndarray, nt: int) -> dict:
     opti.subject_to(X[:, 0] == x0)
     cost = 0
     for k in range(nt):
-        opti.subject_to(X[:, k + 1] == _rk4(f, X[:, k], U[:, k], k * h, h))
+        opti.subject_to(X[:, k + 1] == _rk4(lambda x, t, k=k: f(x, U[:, k], t), X[:, k], k * h, h))
         cost = cost + h * (2 + ca.sumsqr(U[:, k]))
     y = pb.target.numpy()
     cost = cost + 0.5 * pb.alpha0 * ca.sumsqr(X[:, nt] - y)
@@ -152,17 +153,31 @@ def _train(pb, recipe: dict, seed: int = 0) -> tuple[ValueNetwork, float]:
 
 
 def _feedback_ms(pb, phi, nt: int) -> dict:
-    """Milliseconds per closed-loop RK4 step (4 feedback evaluations) at batch 1 and 1024."""
+    """Milliseconds per closed-loop RK4 step (4 evaluations of ż = f(z, u*(z, ∇Φ(z, t))))
+    and per feedback evaluation u*(z, ∇Φ(z, t)), at batch 1 and 1024 (no gradients)."""
+    h = pb.horizon / nt
+    t = torch.tensor(0.0, dtype=torch.float64)
+
+    def u_of(z, s):
+        return pb.feedback(z, phi.jet(z, s).grad, s)
+
+    def step(z):
+        def f(y, s):
+            return pb.dynamics(y, u_of(y, s), s)
+
+        return _rk4(f, z, t, h)
+
     out = {}
-    for n in (1, 1024):
-        x = pb.sample_initial(n, generator=torch.Generator().manual_seed(3))
-        steps = 5 if n == 1 else 2
-        rollout(pb, phi, x, nt=steps)  # warm-up
-        t0 = time.perf_counter()
-        reps = 3
-        for _ in range(reps):
-            rollout(pb, phi, x, nt=steps)
-        out[f"ms_per_step_batch{n}"] = 1e3 * (time.perf_counter() - t0) / (reps * steps)
+    with torch.no_grad():
+        for n in (1, 1024):
+            x = pb.sample_initial(n, generator=torch.Generator().manual_seed(3))
+            for name, fn in (("step", lambda x=x: step(x)), ("feedback", lambda x=x: u_of(x, t))):
+                fn()  # warm-up
+                reps = 50 if n == 1 else 10
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                out[f"ms_per_{name}_batch{n}"] = 1e3 * (time.perf_counter() - t0) / reps
     return out
 
 
@@ -279,13 +294,13 @@ def main() -> None:
         phi.load_state_dict(ck["state_dict"])
         pre[name] = (phi, ck["seconds"], ck["recipe"])
     rows = [CASES[name](args.mode, pre.get(name), figures) for name in args.cases]
-    cols = ("train s", "cost", "IPOPT", "gap", "IPOPT s", "ms/step b1", "ms/step b1024")
-    print(f"{'problem':16s} " + " ".join(f"{c:>10s}" for c in cols))
+    cols = ("train s", "cost", "IPOPT", "gap %", "IPOPT s", "ms/step b1", "ms/step b1024")
+    print(f"{'problem':16s} " + " ".join(f"{c:>13s}" for c in cols))
     for r in rows:
-        print(f"{r['problem']:16s} {r['training_seconds']:10.1f} {r['closed_loop_cost']:10.2f} "
-              f"{r['ipopt_cost']:10.2f} {100 * r['relative_gap']:9.2f}% "
-              f"{r['ipopt_seconds_per_solve']:10.2f} {r['ms_per_step_batch1']:10.3f} "
-              f"{r['ms_per_step_batch1024']:10.3f}")  # fmt: skip
+        vals = (r["training_seconds"], r["closed_loop_cost"], r["ipopt_cost"],
+                100 * r["relative_gap"], r["ipopt_seconds_per_solve"], r["ms_per_step_batch1"],
+                r["ms_per_step_batch1024"])  # fmt: skip
+        print(f"{r['problem']:16s} " + " ".join(f"{v:13.3f}" for v in vals))
     meta = {
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,

@@ -211,3 +211,15 @@ def test_animation_frame_rotation_carries_the_thrust_direction():
     eye = torch.eye(3, dtype=torch.float64).expand(6, 3, 3)
     torch.testing.assert_close(R.mT @ R, eye)
     torch.testing.assert_close(R[..., 2], Quadcopter.thrust_direction(ang))
+
+
+def test_quadcopter_checkpoint_round_trip(tmp_path):
+    from odeflow.control import load_checkpoint, save_checkpoint
+
+    pb = Quadcopter(target=(1.0, 2.0, 3.0))
+    phi = ValueNetwork(12, width=4).double()
+    save_checkpoint(pb, phi, tmp_path / "q.pt")
+    pb2, phi2 = load_checkpoint(tmp_path / "q.pt")
+    assert isinstance(pb2, Quadcopter) and pb2.spec() == pb.spec()
+    x = pb.sample_initial(3)
+    torch.testing.assert_close(phi2(x, 0.2), phi(x, 0.2))

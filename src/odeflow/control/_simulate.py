@@ -44,8 +44,8 @@ def rollout(problem: ControlProblem, value, x: Tensor, *, nt: int = 16,
         :class:`Rollout`.
 
     Raises:
-        ValueError: dimension mismatch, non-finite x, nt < 1, a shock step outside
-            1…nt − 1 or a kick of the wrong shape.
+        ValueError: dimension mismatch, non-finite x, nt < 1 or below the problem's stable
+            count (``check_steps``), a shock step outside 1…nt − 1 or a kick of the wrong shape.
 
     Reference: Onken et al., arXiv 2104.03270 (shock experiments).
 

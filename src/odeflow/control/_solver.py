@@ -261,7 +261,8 @@ def solve_characteristics(
         :class:`Characteristics`.
 
     Raises:
-        ValueError: dimension mismatch, non-finite x, nt < 1, or a problem with a diffusion
+        ValueError: dimension mismatch, non-finite x, nt < 1, an nt the problem's
+            ``check_steps`` finds unstable (stiff problems), or a problem with a diffusion
             (use :func:`odeflow.control.stochastic_loss`).
 
     Reference: Ruthotto et al., PNAS 2020, arXiv 1912.01825; Onken et al., arXiv 2104.03270.

@@ -70,7 +70,7 @@ def test_feedback_minimises_pre_hamiltonian(name, hh):
             ut = torch.tensor(u, dtype=torch.float64, requires_grad=True)
             val = _pre_hamiltonian(pb, xi, pi, ut[None])[0]
             (g,) = torch.autograd.grad(val, ut)
-            return float(val), g.numpy()
+            return float(val.detach()), g.numpy()
 
         res = minimize(obj, np.zeros(pb.control_dim), jac=True, method="BFGS",
                        options={"gtol": 1e-10})  # fmt: skip

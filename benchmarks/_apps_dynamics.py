@@ -238,7 +238,8 @@ def hodgkin_huxley_case(mode: str = "quick", pretrained=None, figures: Path | No
     if figures is not None:
         from odeflow.control._hodgkin_huxley import plot_tracking
 
-        out = plot_tracking(pb, r.paths, figures / "hh_tracking.png", free=free.paths)
+        label = "learned feedback" if train_s > 0 else "feedback of an untrained Φ"
+        out = plot_tracking(pb, r.paths, figures / "hh_tracking.png", free=free.paths, label=label)
         plot_tracking(pb, torch.as_tensor(ip["states"])[:, None], out.with_name("hh_ipopt.png"),
                       free=free.paths, label="IPOPT (open loop)")  # fmt: skip
     ref_T = pb.reference(pb.horizon)

@@ -214,7 +214,8 @@ def quadcopter_case(mode: str = "quick", pretrained=None, figures: Path | None =
         plot_flight(pb, flights, figures / "quadcopter_flights.png", shocked=shock.shocked_paths)
         animate_flight(pb, r.paths, figures / "quadcopter_flight.gif")
     return {
-        "problem": "quadcopter", "dim": 12, "mode": mode if pretrained is None else "pretrained", "nt": nt, "recipe": recipe,
+        "problem": "quadcopter", "dim": 12,
+        "mode": mode if pretrained is None else "pretrained", "nt": nt, "recipe": recipe,
         "training_seconds": train_s, "closed_loop_cost": cost, "ipopt_cost": ip["cost"],
         "relative_gap": cost / ip["cost"] - 1, "ipopt_seconds_per_solve": ip["seconds"],
         "ipopt_iterations": ip["iterations"], "rollout_seconds": roll_s,

@@ -19,9 +19,11 @@ References: Ruthotto et al., PNAS 2020, arXiv 1912.01825; Onken et al., arXiv 21
 Li, Verma, Ruthotto, arXiv 2209.13104.
 """
 
+from ._hodgkin_huxley import HodgkinHuxley
 from ._plot import plot_solution
 from ._presets import HJB, LQR, PRESETS, CrowdMotion, GaussianOT, PnasOT, make_problem
 from ._problem import ControlProblem, QuadraticControlProblem
+from ._quadcopter import Quadcopter, ShockResult, shock_experiment
 from ._reference import (
     GaussianOTReference,
     LQRValue,
@@ -53,12 +55,15 @@ __all__ = [
     "FitResult",
     "GaussianOT",
     "GaussianOTReference",
+    "HodgkinHuxley",
     "LQRValue",
     "LossWeights",
     "MonteCarloEstimate",
     "PnasOT",
+    "Quadcopter",
     "QuadraticControlProblem",
     "Rollout",
+    "ShockResult",
     "StochasticLoss",
     "ValueFunction",
     "ValueJet",
@@ -75,6 +80,7 @@ __all__ = [
     "plot_solution",
     "rollout",
     "save_checkpoint",
+    "shock_experiment",
     "simulate",
     "solve_characteristics",
     "stochastic_loss",

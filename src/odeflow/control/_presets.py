@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from . import _hodgkin_huxley as _hh
+from . import _quadcopter
 from ._problem import ControlProblem, QuadraticControlProblem, _check_dim, _check_positive
 from ._reference import LQRValue, cole_hopf_value, gaussian_ot_reference
 from ._solver import LossWeights
@@ -384,6 +386,7 @@ PRESETS: dict[str, type[ControlProblem]] = {
     "pnas-ot": PnasOT,
     "pnas-crowd": CrowdMotion,
 }
+PRESETS.update(quadcopter=_quadcopter.Quadcopter, **{"hodgkin-huxley": _hh.HodgkinHuxley})
 
 
 def make_problem(name: str, dim: int | None = None, **kwargs) -> ControlProblem:

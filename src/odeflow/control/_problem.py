@@ -195,6 +195,10 @@ class ControlProblem:
             u = u - torch.linalg.solve(h_fn(u, x, p), g_fn(u, x, p)[..., None])[..., 0]
         return u
 
+    def check_steps(self, nt: int, method: str = "rk4") -> None:
+        """Raise ValueError if ``nt`` steps of ``method`` over [0, T] are unstable (stiff
+        problems override it; the solvers call it). Default: every count is accepted."""
+
     # ------------------------------------------------------------------ density helpers
     def log_det_rate(self, x: Tensor, t: Tensor, grad: Tensor, hess_trace) -> Tensor:
         """tr(∂f(x, u*(x, ∇Φ))/∂x), the rate of the log-determinant ℓ̇ (``(n,)``).

@@ -44,8 +44,8 @@ def rollout(problem: ControlProblem, value, x: Tensor, *, nt: int = 16,
         :class:`Rollout`.
 
     Raises:
-        ValueError: dimension mismatch, non-finite x, nt < 1, a shock step outside
-            1…nt − 1 or a kick of the wrong shape.
+        ValueError: dimension mismatch, non-finite x, nt < 1 or below the problem's stable
+            count (``check_steps``), a shock step outside 1…nt − 1 or a kick of the wrong shape.
 
     Reference: Onken et al., arXiv 2104.03270 (shock experiments).
 
@@ -60,6 +60,7 @@ def rollout(problem: ControlProblem, value, x: Tensor, *, nt: int = 16,
     _check_pair(problem, value)
     x = _check_x(problem, x, _ref_tensor(value))
     nt = _check_steps(nt)
+    problem.check_steps(nt, "euler" if problem.diffusion is not None else "rk4")
     k_shock, kick = _check_shock(shock, nt, x)
     if problem.uses_density:
         return _density_rollout(problem, value, x, nt, kick)

@@ -261,7 +261,8 @@ def solve_characteristics(
         :class:`Characteristics`.
 
     Raises:
-        ValueError: dimension mismatch, non-finite x, nt < 1, or a problem with a diffusion
+        ValueError: dimension mismatch, non-finite x, nt < 1, an nt the problem's
+            ``check_steps`` finds unstable (stiff problems), or a problem with a diffusion
             (use :func:`odeflow.control.stochastic_loss`).
 
     Reference: Ruthotto et al., PNAS 2020, arXiv 1912.01825; Onken et al., arXiv 2104.03270.
@@ -283,6 +284,7 @@ def solve_characteristics(
             "deterministic: use odeflow.control.stochastic_loss / fit(..., solver='stochastic')"
         )
     nt = _check_steps(nt)
+    problem.check_steps(nt, "rk4")
     ref = _ref_tensor(value)
     x = _check_x(problem, x, ref)
     n = x.shape[0]

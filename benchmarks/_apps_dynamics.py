@@ -1,0 +1,318 @@
+"""Quadcopter and Hodgkin–Huxley: odeflow's learned feedback against direct multiple shooting
+with IPOPT (CasADi), the same dynamics, costs, horizon and RK4 steps.
+
+``CASES = {name: callable(mode) -> dict}`` (``mode``: ``"quick"`` or ``"full"``) is imported by
+``benchmarks/control_apps.py``; run this file alone to write
+``benchmarks/results/cpu_control_apps_dynamics.json``::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/_apps_dynamics.py --mode quick
+
+Each case trains odeflow's value network, rolls the feedback out from the nominal start,
+solves the direct transcription (states at every RK4 node, piecewise-constant controls,
+X_{k+1} = RK4(X_k, U_k) as equality constraints) with IPOPT, and times one feedback step
+(batch 1 and 1024). CasADi is needed here only (``pip install casadi``), never in ``src/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from odeflow.control import ValueNetwork, fit, rollout
+from odeflow.control._hodgkin_huxley import HodgkinHuxley
+from odeflow.control._quadcopter import DEFAULT_KICK, Quadcopter, shock_experiment
+
+# training recipes: (width, optimizer stages [(optimizer, iterations, batch)], seed)
+RECIPES = {
+    "quadcopter": {
+        "quick": dict(width=32, stages=[("lbfgs", 100, 128)]),
+        "full": dict(width=32, stages=[("lbfgs", 1000, 128)]),
+    },
+    "hodgkin-huxley": {
+        "quick": dict(width=16, stages=[("lbfgs", 10, 16)]),
+        "full": dict(width=32, stages=[("lbfgs", 300, 32)]),
+    },
+}
+
+
+def _rk4(f, x, t, h):
+    """One RK4 step of ẋ = f(x, t)."""
+    k1 = f(x, t)
+    k2 = f(x + 0.5 * h * k1, t + 0.5 * h)
+    k3 = f(x + 0.5 * h * k2, t + 0.5 * h)
+    k4 = f(x + h * k3, t + h)
+    return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+# ---------------------------------------------------------------------- CasADi transcriptions
+def _solve(opti, X, max_iter: int = 3000) -> dict:
+    opti.solver("ipopt", {"print_time": False, "expand": True},
+                {"print_level": 0, "max_iter": max_iter, "tol": 1e-10, "sb": "yes"})  # fmt: skip
+    t0 = time.perf_counter()
+    sol = opti.solve()
+    sec = time.perf_counter() - t0
+    return {
+        "cost": float(sol.value(opti.f)),
+        "seconds": sec,
+        "iterations": int(sol.stats()["iter_count"]),
+        "states": np.asarray(sol.value(X)).T,
+    }
+
+
+def ipopt_quadcopter(pb: Quadcopter, x0: np.ndarray, nt: int) -> dict:
+    """min Σ_k h(2 + |U_k|²) + (α₀/2)|X_N − y|², X_{k+1} = RK4(X_k, U_k), X_0 = x0."""
+    import casadi as ca
+
+    m, g, h = pb.mass, pb.gravity, pb.horizon / nt
+
+    def f(x, u, t):
+        psi, th, ph = x[3], x[4], x[5]
+        f7 = ca.sin(psi) * ca.sin(ph) + ca.cos(psi) * ca.sin(th) * ca.cos(ph)
+        f8 = -ca.cos(psi) * ca.sin(ph) + ca.sin(psi) * ca.sin(th) * ca.cos(ph)
+        f9 = ca.cos(th) * ca.cos(ph)
+        return ca.vertcat(x[6:12], u[0] / m * f7, u[0] / m * f8, u[0] / m * f9 - g, u[1:4])
+
+    opti = ca.Opti()
+    X, U = opti.variable(12, nt + 1), opti.variable(4, nt)
+    opti.subject_to(X[:, 0] == x0)
+    cost = 0
+    for k in range(nt):
+        opti.subject_to(X[:, k + 1] == _rk4(lambda x, t, k=k: f(x, U[:, k], t), X[:, k], k * h, h))
+        cost = cost + h * (2 + ca.sumsqr(U[:, k]))
+    y = pb.target.numpy()
+    cost = cost + 0.5 * pb.alpha0 * ca.sumsqr(X[:, nt] - y)
+    opti.minimize(cost)
+    s = np.linspace(0, 1, nt + 1)
+    opti.set_initial(X, np.outer(x0, 1 - s) + np.outer(y, s))
+    opti.set_initial(U[0, :], g * m)
+    return _solve(opti, X)
+
+
+def ipopt_hodgkin_huxley(pb: HodgkinHuxley, x0: np.ndarray, nt: int) -> dict:
+    """min Σ_k ∫_k (r/2)U_k² + q|z − z*|² (RK4 quadrature) + (γ/2)|X_N − z*(T)|²."""
+    import casadi as ca
+
+    h = pb.horizon / nt
+    nodes = torch.arange(2 * nt + 1, dtype=torch.float64) * (h / 2)
+    zs = pb.reference(nodes).numpy()  # z* at the RK4 stage times
+
+    def rates(V):
+        def vtrap(x):
+            return x / (ca.exp(x) - 1)
+
+        return (vtrap(2.5 - 0.1 * V), 4 * ca.exp(-V / 18), 0.1 * vtrap(1 - 0.1 * V),
+                0.125 * ca.exp(-V / 80), 0.07 * ca.exp(-V / 20),
+                1 / (ca.exp(3 - 0.1 * V) + 1))  # fmt: skip
+
+    def f(x, u, j):  # augmented state (z, cost); j: index of the stage time on the half-grid
+        V, m_, n_, hh = x[0], x[1], x[2], x[3]
+        am, bm, an, bn, ah, bh = rates(V)
+        I_ion = (pb.g_na * m_**3 * hh * (V - pb.e_na) + pb.g_k * n_**4 * (V - pb.e_k)
+                 + pb.g_l * (V - pb.e_l))  # fmt: skip
+        r = x[0:4] - zs[j]
+        dc = 0.5 * pb.R * u**2 + pb.q * ca.sumsqr(r)
+        return ca.vertcat((u - I_ion) / pb.cm, am * (1 - m_) - bm * m_, an * (1 - n_) - bn * n_,
+                          ah * (1 - hh) - bh * hh, dc)  # fmt: skip
+
+    opti = ca.Opti()
+    X, U = opti.variable(4, nt + 1), opti.variable(1, nt)
+    opti.subject_to(X[:, 0] == x0)
+    cost = 0
+    for k in range(nt):
+        y = ca.vertcat(X[:, k], 0)
+        k1 = f(y, U[k], 2 * k)
+        k2 = f(y + 0.5 * h * k1, U[k], 2 * k + 1)
+        k3 = f(y + 0.5 * h * k2, U[k], 2 * k + 1)
+        k4 = f(y + h * k3, U[k], 2 * k + 2)
+        y1 = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        opti.subject_to(X[:, k + 1] == y1[0:4])
+        cost = cost + y1[4]
+    cost = cost + 0.5 * pb.gamma * ca.sumsqr(X[:, nt] - zs[-1])
+    opti.minimize(cost)
+    zn = zs[::2]  # start from the healthy path and the current that keeps the sick neuron on it
+    opti.set_initial(X, zn.T)
+    gap = (pb.g_na - pb.g_na_healthy) * zn[:-1, 1] ** 3 * zn[:-1, 3] * (zn[:-1, 0] - pb.e_na)
+    opti.set_initial(U, gap[None])
+    return _solve(opti, X)
+
+
+# ---------------------------------------------------------------------- odeflow side
+def _train(pb, recipe: dict, seed: int = 0) -> tuple[ValueNetwork, float]:
+    torch.manual_seed(seed)
+    phi = ValueNetwork(pb.dim, width=recipe["width"]).double()
+    t0 = time.perf_counter()
+    for i, (opt, iters, batch) in enumerate(recipe["stages"]):
+        fit(pb, phi, optimizer=opt, iterations=iters, batch=batch, verbose=False, seed=seed + i)
+    return phi, time.perf_counter() - t0
+
+
+def _feedback_ms(pb, phi, nt: int) -> dict:
+    """Milliseconds per closed-loop RK4 step (4 evaluations of ż = f(z, u*(z, ∇Φ(z, t))))
+    and per feedback evaluation u*(z, ∇Φ(z, t)), at batch 1 and 1024 (no gradients)."""
+    h = pb.horizon / nt
+    t = torch.tensor(0.0, dtype=torch.float64)
+
+    def u_of(z, s):
+        return pb.feedback(z, phi.jet(z, s).grad, s)
+
+    def step(z):
+        def f(y, s):
+            return pb.dynamics(y, u_of(y, s), s)
+
+        return _rk4(f, z, t, h)
+
+    out = {}
+    with torch.no_grad():
+        for n in (1, 1024):
+            x = pb.sample_initial(n, generator=torch.Generator().manual_seed(3))
+            for name, fn in (("step", lambda x=x: step(x)), ("feedback", lambda x=x: u_of(x, t))):
+                fn()  # warm-up
+                reps = 50 if n == 1 else 10
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                out[f"ms_per_{name}_batch{n}"] = 1e3 * (time.perf_counter() - t0) / reps
+    return out
+
+
+def _closed_loop(pb, phi, nt: int) -> tuple[float, float, float]:
+    x0 = pb.start[None]
+    t0 = time.perf_counter()
+    r = rollout(pb, phi, x0, nt=nt)
+    sec = time.perf_counter() - t0
+    return float(r.cost[0]), r, sec
+
+
+def _network(pb, name, mode, pretrained):
+    """Train by the recipe, or take ``pretrained = (value, training seconds, recipe)``."""
+    if pretrained is not None:
+        return pretrained
+    recipe = RECIPES[name][mode]
+    phi, sec = _train(pb, recipe)
+    return phi, sec, recipe
+
+
+def quadcopter_case(mode: str = "quick", pretrained=None, figures: Path | None = None) -> dict:
+    pb = Quadcopter()
+    nt = pb.eval_steps
+    phi, train_s, recipe = _network(pb, "quadcopter", mode, pretrained)
+    cost, r, roll_s = _closed_loop(pb, phi, nt)
+    err = float((r.paths[-1, 0, :3] - pb.target[:3]).norm())
+    shock = shock_experiment(pb, phi, nt=nt)
+    ip = ipopt_quadcopter(pb, pb.start.numpy(), nt)
+    if figures is not None:
+        from odeflow.control._quadcopter import animate_flight, plot_flight
+
+        starts = pb.sample_initial(8, generator=torch.Generator().manual_seed(4))
+        flights = rollout(pb, phi, starts, nt=nt).paths
+        plot_flight(pb, flights, figures / "quadcopter_flights.png", shocked=shock.shocked_paths)
+        animate_flight(pb, r.paths, figures / "quadcopter_flight.gif")
+    return {
+        "problem": "quadcopter", "dim": 12,
+        "mode": mode if pretrained is None else "pretrained", "nt": nt, "recipe": recipe,
+        "training_seconds": train_s, "closed_loop_cost": cost, "ipopt_cost": ip["cost"],
+        "relative_gap": cost / ip["cost"] - 1, "ipopt_seconds_per_solve": ip["seconds"],
+        "ipopt_iterations": ip["iterations"], "rollout_seconds": roll_s,
+        "rollout_speedup_vs_ipopt": ip["seconds"] / roll_s,
+        "target_error": err, "ipopt_target_error": float(
+            np.linalg.norm(ip["states"][-1, :3] - pb.target[:3].numpy())),
+        "shock": {"time": 0.1, "kick": list(DEFAULT_KICK),
+                  "target_error": float(shock.shocked_error[0]),
+                  "cost_to_go": float(shock.shocked_cost[0])},
+        **_feedback_ms(pb, phi, nt),
+    }  # fmt: skip
+
+
+def hodgkin_huxley_case(mode: str = "quick", pretrained=None, figures: Path | None = None) -> dict:
+    pb = HodgkinHuxley()
+    nt = pb.eval_steps
+    phi, train_s, recipe = _network(pb, "hodgkin-huxley", mode, pretrained)
+    cost, r, roll_s = _closed_loop(pb, phi, nt)
+    free = rollout(pb, _Zero(4), pb.start[None], nt=nt)
+    ip = ipopt_hodgkin_huxley(pb, pb.start.numpy(), nt)
+    if figures is not None:
+        from odeflow.control._hodgkin_huxley import plot_tracking
+
+        label = "learned feedback" if train_s > 0 else "feedback of an untrained Φ"
+        out = plot_tracking(pb, r.paths, figures / "hh_tracking.png", free=free.paths, label=label)
+        plot_tracking(pb, torch.as_tensor(ip["states"])[:, None], out.with_name("hh_ipopt.png"),
+                      free=free.paths, label="IPOPT (open loop)")  # fmt: skip
+    ref_T = pb.reference(pb.horizon)
+    return {
+        "problem": "hodgkin-huxley", "dim": 4,
+        "mode": mode if pretrained is None else "pretrained", "nt": nt,
+        "stable_steps_rk4": pb.stable_steps("rk4"), "stiffness_per_ms": pb.stiffness(),
+        "recipe": recipe, "training_seconds": train_s,
+        "closed_loop_cost": cost, "uncontrolled_cost": float(free.cost[0]),
+        "ipopt_cost": ip["cost"], "relative_gap": cost / ip["cost"] - 1,
+        "ipopt_seconds_per_solve": ip["seconds"], "ipopt_iterations": ip["iterations"],
+        "rollout_seconds": roll_s, "rollout_speedup_vs_ipopt": ip["seconds"] / roll_s,
+        "target_error": float((r.paths[-1, 0] - ref_T).norm()),
+        **_feedback_ms(pb, phi, nt),
+    }  # fmt: skip
+
+
+class _Zero(torch.nn.Module):
+    """Φ = 0: the uncontrolled neuron (u* = −∂Φ/∂V = 0)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def jet(self, x, t, second=None):
+        from odeflow.control import ValueJet
+
+        z = x.new_zeros(x.shape[0])
+        return ValueJet(z, torch.zeros_like(x), z)
+
+
+CASES = {"quadcopter": quadcopter_case, "hodgkin-huxley": hodgkin_huxley_case}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=("quick", "full"), default="quick")
+    ap.add_argument("--cases", nargs="*", default=list(CASES))
+    ap.add_argument("--out", default="benchmarks/results/cpu_control_apps_dynamics.json")
+    ap.add_argument("--figures", default=None, help="folder for the PNG/GIF pictures")
+    ap.add_argument("--weights", nargs="*", default=[], metavar="NAME=FILE",
+                    help="use a network trained elsewhere: a torch file holding state_dict, "
+                    "width, seconds and recipe (read with weights_only=True)")  # fmt: skip
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    figures = None if args.figures is None else Path(args.figures)
+    if figures is not None:
+        figures.mkdir(parents=True, exist_ok=True)
+    pre = {}
+    for item in args.weights:
+        name, _, file = item.partition("=")
+        ck = torch.load(file, weights_only=True)
+        phi = ValueNetwork(4 if name == "hodgkin-huxley" else 12, width=ck["width"]).double()
+        phi.load_state_dict(ck["state_dict"])
+        pre[name] = (phi, ck["seconds"], ck["recipe"])
+    rows = [CASES[name](args.mode, pre.get(name), figures) for name in args.cases]
+    cols = ("train s", "cost", "IPOPT", "gap %", "IPOPT s", "ms/step b1", "ms/step b1024")
+    print(f"{'problem':16s} " + " ".join(f"{c:>13s}" for c in cols))
+    for r in rows:
+        vals = (r["training_seconds"], r["closed_loop_cost"], r["ipopt_cost"],
+                100 * r["relative_gap"], r["ipopt_seconds_per_solve"], r["ms_per_step_batch1"],
+                r["ms_per_step_batch1024"])  # fmt: skip
+        print(f"{r['problem']:16s} " + " ".join(f"{v:13.3f}" for v in vals))
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": 1,
+        "command": "python benchmarks/_apps_dynamics.py --mode " + args.mode,
+    }
+    Path(args.out).write_text(json.dumps({"meta": meta, "cases": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -32,18 +32,19 @@ What is measured per (SDE, solver):
            not counted), for several step counts (neural only): the memory of the gradient
            that grows with the number of steps. The discrete adjoint's backward adds one
            step's graph on top of it; the continuous adjoint solves an augmented SDE.
-           (odeflow-adjoint-K keeps its checkpoints in its own record, not in the graph:
-           see the memory table.)
+           (Not for odeflow-adjoint-K, which keeps its checkpoints in its own record, not
+           in the graph: see the memory table.)
 
 Memory against the number of steps (table "memory_steps"; ou, batch 2048 × 4, float32,
 N = 100, 1000, 10000 steps; peers, odeflow-backprop and the stored-states adjoint up to
 --memory-max-peer steps, 1000 by default): one forward+backward pass each, with
   peak_mb        the growth of the bytes in use over the start of the call, sampled at every
-                 drift evaluation (forward, recompute, rebuild, adjoint SDE): on CPU the C
-                 allocator's bytes in use (glibc's mallinfo2, which sees torch's CPU
+                 4th drift evaluation (forward, recompute, rebuild, adjoint SDE): on CPU the
+                 C allocator's bytes in use (glibc's mallinfo2, which sees torch's CPU
                  tensors), on CUDA torch.cuda.max_memory_allocated;
   stored_states  odeflow's count of states held at once (checkpoints and the working state);
-  s              the call's time (the clock of the timing table).
+  s              the time of the same call made again without the sampling (the clock of
+                 the timing table).
 
 Timing clock: --clock wall (default: perf_counter) or cpu (process_time: the CPU time of
 this process, with --threads 1 the single-thread run time, little disturbed by other load
@@ -173,6 +174,7 @@ def sync(device):
 
 
 CLOCK = time.perf_counter  # (--clock cpu: time.process_time)
+PROBE_EVERY = 4  # the memory table samples the bytes in use at every 4th drift evaluation
 
 
 def timed_round_robin(fns: dict, repeats: int, device) -> dict:
@@ -272,7 +274,7 @@ def run_sde(name, args, device, dtype) -> list[dict]:
             r = torch.cat([x.flatten() for x in fwd_bwd(ref, sde, y0, ts, dt, bm)[1:]])
             row["grad_rel"] = ((g - r).norm() / r.norm()).item()
         row["strong"] = strong_error(solver, name, sde, y0[: args.error_batch], dt)
-        if name == "neural" and args.memory_steps:
+        if name == "neural" and args.memory_steps and not solver.endswith("-K"):
             row["saved"] = {n: saved_bytes(solver, sde, y0, ts, 1.0 / n) for n in args.memory_steps}
         rows.append(row)
     return rows
@@ -306,45 +308,52 @@ def _allocated_fn(device):
 
 def memory_vs_steps(args, device, dtype) -> list[dict]:
     """One forward+backward pass of ou (2048 × 4) per (solver, N): peak growth of the bytes in
-    use (sampled at every drift evaluation), stored states, time."""
+    use (sampled at every 4th drift evaluation), stored states, time."""
     used = _allocated_fn(device)
     if used is None:
         print("memory table skipped: no allocator statistics on this platform")
         return []
     sde, y0 = problem("ou", True, device, dtype)
     ts = torch.tensor([0.0, 1.0], dtype=dtype, device=device)
-    peak = [0]
+    peak, calls = [0], [0]
 
-    def probe():
-        peak[0] = max(peak[0], used())
+    def probe():  # every PROBE_EVERY-th drift evaluation: mallinfo2 walks the heap's bins
+        calls[0] += 1
+        if calls[0] % PROBE_EVERY == 0:
+            peak[0] = max(peak[0], used())
+
+    def call(solver, n, probed):
+        y = y0.clone().requires_grad_(True)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        peak[0] = base = used()
+        sde.probe = probe if probed else None
+        t = CLOCK()
+        try:
+            out = solve(solver, sde, y, ts, 1.0 / n, sol=True)
+            ys = out.ys if isinstance(out, odeflow.ode.SDESolution) else out
+            torch.autograd.grad(ys[-1].square().mean(), [y, *sde.parameters()])
+        finally:
+            sde.probe = None
+        sync(device)
+        sec = CLOCK() - t
+        if device.type == "cuda":
+            peak[0] = max(peak[0], torch.cuda.max_memory_allocated(device))
+        return out, peak[0] - base, sec
 
     rows = []
     for n in args.memory_table_steps:
         for solver in args.solvers:
             if n > args.memory_max_peer and solver != "odeflow-adjoint-K":
                 continue
-            y = y0.clone().requires_grad_(True)
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            peak[0] = base = used()
-            sde.probe = probe
-            t = CLOCK()
-            try:
-                out = solve(solver, sde, y, ts, 1.0 / n, sol=True)
-                ys = out.ys if isinstance(out, odeflow.ode.SDESolution) else out
-                torch.autograd.grad(ys[-1].square().mean(), [y, *sde.parameters()])
-            finally:
-                sde.probe = None
-            sync(device)
-            sec = CLOCK() - t
-            if device.type == "cuda":
-                peak[0] = max(peak[0], torch.cuda.max_memory_allocated(device))
-            row = {"solver": solver, "n": n, "peak_mb": (peak[0] - base) / 2**20, "s": sec}
+            sec = call(solver, n, False)[2]  # the time without the probe
+            out, grown, _ = call(solver, n, True)
+            row = {"solver": solver, "n": n, "peak_mb": grown / 2**20, "s": sec}
             if isinstance(out, odeflow.ode.SDESolution) and solver != "odeflow-backprop":
                 row["stored_states"] = out.stats.stored_states
                 row["recomputed_steps"] = out.stats.recomputed_steps
-            del out, ys
+            del out
             rows.append(row)
             print(f"memory {solver:22s} N={n:6d} " + json.dumps(row), flush=True)
     return rows

@@ -30,7 +30,7 @@ class _Record:
     (every step's graph) or a :class:`MemoryBudget` (decided after measuring the first
     step's graph, by the rule the ODE engine uses). Step ``s`` keeps its graph when
     ``s >= keep_from``; the earlier steps store states. The backward pass reads
-    :meth:`state` in non-increasing ``s``, or :meth:`graph` for the kept steps."""
+    :meth:`state` in non-increasing ``s``, or ``graphs`` for the kept steps."""
 
     def __init__(self, run: _Run, mode: Any, params: list[Tensor]) -> None:
         self.run, self.params = run, params
@@ -184,10 +184,10 @@ class _Adjoint(torch.autograd.Function):
             )
         rec.consumed = True
         saved = list(ctx.saved_tensors) if ctx.plain else []
-        nfe0 = run.prob.nfe_f + run.prob.nfe_g
+        nfe0, recomputed0 = run.prob.nfe_f + run.prob.nfe_g, rec.recomputed
         a, gp = backward(run, rec, saved, gout, list(ctx.params))
         st = run.stats
         st.nfe += run.prob.nfe_f + run.prob.nfe_g - nfe0
-        st.recomputed_steps += rec.recomputed
+        st.recomputed_steps += rec.recomputed - recomputed0
         st.stored_states = max(st.stored_states, rec.peak)
         return (None, a, *gp)

@@ -6,9 +6,10 @@ SDEs (Itô, diagonal noise, Euler–Maruyama, T = 1, loss = mean of the squared 
   neural: drift MLP [y, t] → 256 → 256 → d (tanh), diffusion 0.1·sigmoid(MLP y → 256 → d),
           d = 32, batch 1024, width 256 (both modes)
 Solvers: odeflow-adjoint (sdeint's exact discrete adjoint: step states stored, increments
-regenerated from the Brownian tree, one step's graph rebuilt at a time), odeflow-adjoint-ckpt
-(the same with checkpoint_every = ceil(√steps): about 2√steps stored states, the others
-recomputed in the backward pass), odeflow-backprop,
+regenerated from the Brownian tree, one step's graph rebuilt at a time), odeflow-adjoint-K
+(the same with checkpoints=K, binomial checkpointing: at most K + 1 states held whatever the
+number of steps, the others recomputed in the backward pass; K = --checkpoints, default 8),
+odeflow-backprop,
 torchsde (sdeint, backprop through the solver), torchsde-adjoint (sdeint_adjoint, its
 continuous stochastic adjoint with its default adjoint method). Each library drives its own
 Brownian motion (odeflow.BrownianPath / torchsde.BrownianInterval), created inside the
@@ -31,17 +32,37 @@ What is measured per (SDE, solver):
            not counted), for several step counts (neural only): the memory of the gradient
            that grows with the number of steps. The discrete adjoint's backward adds one
            step's graph on top of it; the continuous adjoint solves an augmented SDE.
+           (Not for odeflow-adjoint-K, which keeps its checkpoints in its own record, not
+           in the graph: see the memory table.)
+
+Memory against the number of steps (table "memory_steps"; ou, batch 2048 × 4, float32,
+N = 100, 1000, 10000 steps; peers, odeflow-backprop and the stored-states adjoint up to
+--memory-max-peer steps, 1000 by default): one forward+backward pass each, with
+  peak_mb        the growth of the bytes in use over the start of the call, sampled at every
+                 4th drift evaluation (forward, recompute, rebuild, adjoint SDE): on CPU the
+                 C allocator's bytes in use (glibc's mallinfo2, which sees torch's CPU
+                 tensors), on CUDA torch.cuda.max_memory_allocated;
+  stored_states  odeflow's count of states held at once (checkpoints and the working state);
+  s              the time of the same call made again without the sampling (the clock of
+                 the timing table).
+
+Timing clock: --clock wall (default: perf_counter) or cpu (process_time: the CPU time of
+this process, with --threads 1 the single-thread run time, little disturbed by other load
+on a shared machine; the stored CPU JSON uses it).
 
 Usage:
-  python benchmarks/sde_peers.py --quick --json benchmarks/results/cpu_sde_peers.json
+  python benchmarks/sde_peers.py --quick --threads 1 --clock cpu \
+      --json benchmarks/results/cpu_sde_peers.json
   python benchmarks/sde_peers.py --device cuda --json sde.json
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import gc
 import json
-import math
 import platform
 import statistics
 import sys
@@ -54,7 +75,7 @@ import odeflow
 
 SOLVERS = (
     "odeflow-adjoint",
-    "odeflow-adjoint-ckpt",
+    "odeflow-adjoint-K",
     "odeflow-backprop",
     "torchsde",
     "torchsde-adjoint",
@@ -81,8 +102,11 @@ class OU(nn.Module):
     def __init__(self):
         super().__init__()
         self.theta, self.sigma = nn.Parameter(torch.tensor(1.0)), nn.Parameter(torch.tensor(0.5))
+        self.probe = None  # the memory table's sampler, called at every drift evaluation
 
     def f(self, t, y):
+        if self.probe is not None:
+            self.probe()
         return -self.theta * y
 
     def g(self, t, y):
@@ -117,14 +141,18 @@ def problem(name: str, quick: bool, device, dtype):
 
 
 # --------------------------------------------------------------------------- one solve
-def solve(solver, sde, y0, ts, dt, bm=None, grad=True):
+CHECKPOINTS = 8  # K of odeflow-adjoint-K (--checkpoints)
+
+
+def solve(solver, sde, y0, ts, dt, bm=None, grad=True, sol=False):
+    """One solve; ``sol``: odeflow's SDESolution (its stats) instead of the trajectory."""
     import torchsde
 
     if solver.startswith("odeflow"):
         gradient = "backprop" if solver == "odeflow-backprop" else "adjoint"
-        every = math.ceil(math.sqrt(round(1 / dt))) if solver.endswith("-ckpt") else 1
-        return odeflow.sdeint(sde, y0, ts, bm=bm, dt=dt, method="euler", gradient=gradient,
-                              checkpoint_every=every)  # fmt: skip
+        ck = CHECKPOINTS if solver.endswith("-K") else "steps"
+        run = odeflow.sdesolve if sol else odeflow.sdeint
+        return run(sde, y0, ts, bm=bm, dt=dt, method="euler", gradient=gradient, checkpoints=ck)
     if solver == "torchsde-adjoint" and grad:
         return torchsde.sdeint_adjoint(sde, y0, ts, bm=bm, dt=dt, method="euler")
     return torchsde.sdeint(sde, y0, ts, bm=bm, dt=dt, method="euler")
@@ -145,6 +173,10 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+CLOCK = time.perf_counter  # (--clock cpu: time.process_time)
+PROBE_EVERY = 4  # the memory table samples the bytes in use at every 4th drift evaluation
+
+
 def timed_round_robin(fns: dict, repeats: int, device) -> dict:
     """Median time of each callable, the callables timed in turn (one call of each per
     round, after a warm-up round) so that a change of load on a shared machine hits every
@@ -155,10 +187,10 @@ def timed_round_robin(fns: dict, repeats: int, device) -> dict:
     for _ in range(repeats):
         for k, fn in fns.items():
             sync(device)
-            t = time.perf_counter()
+            t = CLOCK()
             fn()
             sync(device)
-            times[k].append(time.perf_counter() - t)
+            times[k].append(CLOCK() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -242,9 +274,88 @@ def run_sde(name, args, device, dtype) -> list[dict]:
             r = torch.cat([x.flatten() for x in fwd_bwd(ref, sde, y0, ts, dt, bm)[1:]])
             row["grad_rel"] = ((g - r).norm() / r.norm()).item()
         row["strong"] = strong_error(solver, name, sde, y0[: args.error_batch], dt)
-        if name == "neural" and args.memory_steps:
+        if name == "neural" and args.memory_steps and not solver.endswith("-K"):
             row["saved"] = {n: saved_bytes(solver, sde, y0, ts, 1.0 / n) for n in args.memory_steps}
         rows.append(row)
+    return rows
+
+
+def _allocated_fn(device):
+    """A function giving the bytes in use now: the C allocator's (CPU, glibc's mallinfo2),
+    torch's (CUDA); None where neither is available."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.memory_allocated(device)
+    name = ctypes.util.find_library("c")
+    lib = ctypes.CDLL(name) if name else None
+    if lib is None or not hasattr(lib, "mallinfo2"):
+        return None
+
+    class Info(ctypes.Structure):
+        _fields_ = [
+            (k, ctypes.c_size_t)
+            for k in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                      "uordblks", "fordblks", "keepcost")
+        ]  # fmt: skip
+
+    lib.mallinfo2.restype = Info
+
+    def used() -> int:
+        info = lib.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    return used
+
+
+def memory_vs_steps(args, device, dtype) -> list[dict]:
+    """One forward+backward pass of ou (2048 × 4) per (solver, N): peak growth of the bytes in
+    use (sampled at every 4th drift evaluation), stored states, time."""
+    used = _allocated_fn(device)
+    if used is None:
+        print("memory table skipped: no allocator statistics on this platform")
+        return []
+    sde, y0 = problem("ou", True, device, dtype)
+    ts = torch.tensor([0.0, 1.0], dtype=dtype, device=device)
+    peak, calls = [0], [0]
+
+    def probe():  # every PROBE_EVERY-th drift evaluation: mallinfo2 walks the heap's bins
+        calls[0] += 1
+        if calls[0] % PROBE_EVERY == 0:
+            peak[0] = max(peak[0], used())
+
+    def call(solver, n, probed):
+        y = y0.clone().requires_grad_(True)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        peak[0] = base = used()
+        sde.probe = probe if probed else None
+        t = CLOCK()
+        try:
+            out = solve(solver, sde, y, ts, 1.0 / n, sol=True)
+            ys = out.ys if isinstance(out, odeflow.ode.SDESolution) else out
+            torch.autograd.grad(ys[-1].square().mean(), [y, *sde.parameters()])
+        finally:
+            sde.probe = None
+        sync(device)
+        sec = CLOCK() - t
+        if device.type == "cuda":
+            peak[0] = max(peak[0], torch.cuda.max_memory_allocated(device))
+        return out, peak[0] - base, sec
+
+    rows = []
+    for n in args.memory_table_steps:
+        for solver in args.solvers:
+            if n > args.memory_max_peer and solver != "odeflow-adjoint-K":
+                continue
+            sec = call(solver, n, False)[2]  # the time without the probe
+            out, grown, _ = call(solver, n, True)
+            row = {"solver": solver, "n": n, "peak_mb": grown / 2**20, "s": sec}
+            if isinstance(out, odeflow.ode.SDESolution) and solver != "odeflow-backprop":
+                row["stored_states"] = out.stats.stored_states
+                row["recomputed_steps"] = out.stats.recomputed_steps
+            del out
+            rows.append(row)
+            print(f"memory {solver:22s} N={n:6d} " + json.dumps(row), flush=True)
     return rows
 
 
@@ -283,9 +394,29 @@ def main() -> int:
     ap.add_argument("--sdes", nargs="+", default=["gbm", "ou", "neural"])
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: perf_counter; cpu: process_time (use with --threads 1)",
+    )
+    ap.add_argument(
+        "--checkpoints",
+        type=int,
+        default=8,
+        help="K of odeflow-adjoint-K and the memory table",
+    )
+    ap.add_argument("--repeats", type=int, default=None, help="timing rounds (3 quick, 7)")
+    ap.add_argument("--memory-table-steps", type=int, nargs="*", default=[100, 1000, 10000])
+    ap.add_argument("--memory-max-peer", type=int, default=1000,
+                    help="largest N of the memory table for the solvers other than "
+                         "odeflow-adjoint-K")  # fmt: skip
     args = ap.parse_args()
+    global CHECKPOINTS, CLOCK
+    CHECKPOINTS = args.checkpoints
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     args.steps = 32 if args.quick else 128  # dt = 1/32, 1/128 (see decimal_dt for 0.01)
-    args.repeats = 3 if args.quick else 7
+    args.repeats = args.repeats or (3 if args.quick else 7)
     args.error_batch = 256 if args.quick else 1024
     args.memory_steps = [8, 16, 32] if args.quick else [32, 64, 128, 256]
     if args.threads:
@@ -304,6 +435,9 @@ def main() -> int:
         "steps": args.steps,
         "dtype": "float32",
         "command": " ".join(sys.argv),
+        "clock": args.clock,
+        "checkpoints": args.checkpoints,
+        "memory_sde": "ou 2048x4 float32",
     }
     rows = []
     for name in args.sdes:
@@ -313,9 +447,11 @@ def main() -> int:
     print(table(rows))
     decimal = decimal_dt(device, dtype) if "gbm" in args.sdes else {}
     print("forward ms/step on gbm with dt = 0.01 (100 steps):", decimal)
+    memory = memory_vs_steps(args, device, dtype) if args.memory_table_steps else []
     if args.json:
+        out = {"meta": meta, "results": rows, "decimal_dt": decimal, "memory_steps": memory}
         with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "results": rows, "decimal_dt": decimal}, fh, indent=2)
+            json.dump(out, fh, indent=2)
         print(f"wrote {args.json}")
     return 0
 

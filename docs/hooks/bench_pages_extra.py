@@ -319,13 +319,19 @@ def _page_sde(results: Path):
         "`odeflow.sdeint` against torchsde (Itô, diagonal noise, Euler–Maruyama, T = 1, "
         "loss = mean squared final state): geometric Brownian motion (**gbm**), "
         "Ornstein–Uhlenbeck (**ou**) and a neural SDE (**neural**, MLP drift and diffusion). "
-        "Solvers: odeflow's exact discrete adjoint (`-ckpt`: with `checkpoint_every`), "
+        "Solvers: odeflow's exact discrete adjoint (`-K`: with `checkpoints=K`, binomial "
+        "checkpointing, at most K + 1 states held), "
         "odeflow's backprop, torchsde's `sdeint` (backprop) and `sdeint_adjoint` (continuous "
         "stochastic adjoint). fwd / fwd+bwd = ms per step; grad diff = relative difference "
         "of the parameter gradient from backprop through the same library's solver on the "
         "same Brownian path; strong error = mean |y_T − reference| (the exact solution for "
         "gbm, the same solver at dt/16 otherwise)."
     )
+    if meta.get("clock") == "cpu":
+        intro += (
+            " Times are CPU time of the process (`process_time`, one torch thread): the "
+            "single-thread run time, little disturbed by other load on a shared machine."
+        )
     lines = _n2_header("SDEs against torchsde", intro, _n2_machine(meta), src, cmd)
     rows = data["results"]
     header = [
@@ -355,7 +361,9 @@ def _page_sde(results: Path):
             for r in rows
         ],
     )
-    saved = [r for r in rows if r.get("saved")]
+    # (odeflow-adjoint-K keeps its checkpoints in its own record, not in the graph: its
+    # memory is in the memory-against-steps table)
+    saved = [r for r in rows if r.get("saved") and not r["solver"].endswith("-K")]
     plt = _bp._plt()
     sdes = list(dict.fromkeys(r["sde"] for r in rows))
     fig, axes = plt.subplots(1, len(sdes), figsize=(4.2 * len(sdes), 3.0), squeeze=False)
@@ -386,6 +394,10 @@ def _page_sde(results: Path):
             ],
         )
         lines.append("")
+    if data.get("memory_steps"):
+        lines += list(_sde_memory_steps(data["memory_steps"], meta))
+        yield "benchmarks/img/sde-1.png", _sde_memory_figure(data["memory_steps"])
+        lines += ["", "![peak memory against steps](img/sde-1.png)", ""]
     if data.get("decimal_dt"):
         lines += [
             "## A decimal step",
@@ -398,6 +410,50 @@ def _page_sde(results: Path):
         )
         lines.append("")
     yield "benchmarks/sde.md", "\n".join(lines)
+
+
+def _sde_memory_steps(rows: list[dict], meta: dict):
+    """The memory-against-steps table: peak growth (MiB) and stored states per solver and N."""
+    steps = sorted({r["n"] for r in rows})
+    solvers = list(dict.fromkeys(r["solver"] for r in rows))
+    at = {(r["solver"], r["n"]): r for r in rows}
+
+    def cell(solver, n):
+        r = at.get((solver, n))
+        if r is None:
+            return "–"
+        held = f" ({r['stored_states']} states)" if "stored_states" in r else ""
+        return f"{r['peak_mb']:.2f}{held}"
+
+    yield from [
+        "## Memory against the number of steps",
+        "",
+        f"One forward+backward pass of {meta.get('memory_sde', 'ou')}, by number of steps N: "
+        "the growth of the bytes in use over the start of the call (MiB; on CPU the C "
+        "allocator's bytes, which hold torch's tensors, sampled at every 4th drift evaluation), "
+        "and for odeflow's adjoints the most states held at once. "
+        f"`odeflow-adjoint-K` (K = {meta.get('checkpoints', '?')}) holds K + 1 states whatever "
+        "N; what grows with it is the Brownian tree's branch (log₂ N values) and the time "
+        "grid (16 bytes a step). The other solvers run up to the largest N shown for them.",
+        "",
+    ]
+    yield from _bp._table(["solver"] + [f"N = {n}" for n in steps],
+                          [[s] + [cell(s, n) for n in steps] for s in solvers])  # fmt: skip
+    seconds = [[s] + [at[(s, n)]["s"] if (s, n) in at else None for n in steps] for s in solvers]
+    yield from ["", "Time of the same calls (s):", ""]
+    yield from _bp._table(["solver"] + [f"N = {n}" for n in steps], seconds)
+
+
+def _sde_memory_figure(rows: list[dict]) -> bytes:
+    plt = _bp._plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for solver in dict.fromkeys(r["solver"] for r in rows):
+        pts = sorted((r["n"], max(r["peak_mb"], 1e-3)) for r in rows if r["solver"] == solver)
+        ax.loglog([a for a, _ in pts], [b for _, b in pts], marker="o", label=solver)
+    ax.set_xlabel("steps N")
+    ax.set_ylabel("peak memory growth (MiB)")
+    ax.legend(fontsize=8)
+    return _bp._png(fig)
 
 
 # --------------------------------------------------------------------------- optimization

@@ -34,6 +34,8 @@ def _key(seed: int, *words: int) -> int:
 
 
 def _as_time(x: Any, what: str) -> float:
+    if type(x) is float and math.isfinite(x):  # (the solver's case, first)
+        return x
     if isinstance(x, Tensor):
         if x.numel() != 1 or not x.is_floating_point():
             raise TypeError(f"{what} must be a real number or a one-element floating tensor")
@@ -66,9 +68,10 @@ class BrownianPath:
 
     Increments are differences of point values, ``W(s, t) = W(t) − W(s)``, so they add up
     over any grid (``W(a, c) = W(a, b) + W(b, c)`` to round-off). The path keeps the
-    root-to-leaf branch of the last query (``O(log((t1 − t0)/tol))`` tensors of ``shape``), so
-    queries in increasing or decreasing order, as a solver makes them, cost about one normal
-    draw each when they fall on the ``dt`` grid.
+    root-to-leaf branch of the last query (``O(log((t1 − t0)/tol))`` tensors of ``shape``, with
+    the midpoints drawn on it), so queries in increasing or decreasing order, as a solver makes
+    them, cost about one normal draw each when they fall on the ``dt`` grid (each node of the
+    tree is drawn once per monotone sweep).
 
     Args:
         t0, t1: the interval, ``t0 < t1`` (finite).
@@ -146,10 +149,13 @@ class BrownianPath:
         self._gen = torch.Generator(device=self.device)
         self._draws = 0
         root = self._normal(0, 1) * math.sqrt(self.span)
-        # the branch of the last query: (level, index, W(left end), W(right end)) per level
-        self._branch: list[tuple[int, int, Tensor, Tensor]] = [
-            (0, 0, torch.zeros(self.shape, dtype=dtype, device=self.device), root)
+        # the branch of the last query, per level: [level, index, W(left end), W(right end),
+        # W(midpoint) once drawn] (the midpoint kept: walking the cells in order, as a solver
+        # does, draws every node of the tree once)
+        self._branch: list[list[Any]] = [
+            [0, 0, torch.zeros(self.shape, dtype=dtype, device=self.device), root, None]
         ]
+        self._recent: list[tuple[float, Tensor | None]] = [(math.nan, None), (math.nan, None)]
 
     def __repr__(self) -> str:
         return (
@@ -184,18 +190,30 @@ class BrownianPath:
         return c, x - c
 
     def _point(self, t: float) -> Tensor:
+        # the last two points asked for: a solver's consecutive increments share an end
+        recent = self._recent
+        if recent[0][0] == t:
+            return recent[0][1]
+        if recent[1][0] == t:
+            return recent[1][1]
+        w = self._point_uncached(t)
+        self._recent = [(t, w), recent[0]]
+        return w
+
+    def _point_uncached(self, t: float) -> Tensor:
         j, u = self._locate(t)
         br = self._branch
         # climb to the deepest cell of the last branch that holds finest index j
         end = j + (u != 0.0)  # the finest cell [j, j + 1] must lie inside, or node j
         while len(br) > 1:
-            lvl, k, _, _ = br[-1]
+            lvl, k = br[-1][0], br[-1][1]
             w = self._n >> lvl
             if k * w <= j and end <= (k + 1) * w:
                 break
             br.pop()
         while True:
-            lvl, k, wl, wr = br[-1]
+            cell = br[-1]
+            lvl, k, wl, wr, wm = cell
             w = self._n >> lvl
             if u == 0.0 and j == k * w:
                 return wl
@@ -206,10 +224,14 @@ class BrownianPath:
                 bits = struct.unpack("<q", struct.pack("<d", u))[0]
                 z = self._normal(self.levels + 1, k, bits)
                 return wl + u * (wr - wl) + math.sqrt(u * (1 - u) * dx) * z
-            mid = self._normal(lvl + 1, 2 * k + 1)
-            wm = 0.5 * (wl + wr) + (0.5 * math.sqrt(self.span / 2**lvl)) * mid
+            if wm is None:
+                mid = self._normal(lvl + 1, 2 * k + 1)
+                wm = 0.5 * (wl + wr) + (0.5 * math.sqrt(self.span / 2**lvl)) * mid
+                cell[4] = wm
             left = j < (2 * k + 1) * (w // 2) or (j == (2 * k + 1) * (w // 2) and u == 0.0)
-            br.append((lvl + 1, 2 * k, wl, wm) if left else (lvl + 1, 2 * k + 1, wm, wr))
+            br.append(
+                [lvl + 1, 2 * k, wl, wm, None] if left else [lvl + 1, 2 * k + 1, wm, wr, None]
+            )
 
     def __call__(self, ta: float | Tensor, tb: float | Tensor | None = None) -> Tensor:
         """``W(tb) − W(ta)``, or ``W(ta) − W(t0)`` if ``tb`` is omitted (shape ``shape``)."""

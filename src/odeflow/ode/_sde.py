@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -11,6 +11,8 @@ from torch import Tensor
 
 from . import _sde_checks as checks
 from ._brownian import BrownianPath
+from ._gradient._checkpoint import MemoryBudget
+from ._sde_adjoint import _Adjoint, _Record
 from ._sde_schemes import (
     NOISE_TYPES,
     SDE_TYPES,
@@ -19,7 +21,7 @@ from ._sde_schemes import (
     default_params,
     hidden_leaves,
 )
-from ._solution import SolveStatus
+from ._solution import AdjointStats, SolveStatus
 
 __all__ = ["SDE", "SDESolution", "sdeint", "sdesolve"]
 
@@ -64,9 +66,12 @@ class SDESolution:
         ys: the trajectory ``(n, *y0.shape)``.
         bm: the :class:`BrownianPath` that drove the solve (given or created).
         nfe: evaluations of the drift plus the diffusion in the forward pass (the shape
-            check at ``t0`` included).
+            check at ``t0`` is the first step's evaluation, not an extra one).
         steps: steps taken.
         status: :class:`~odeflow.ode.SolveStatus` (``NONFINITE`` if ``ys`` has inf/NaN).
+        stats: :class:`~odeflow.ode.AdjointStats` of the discrete adjoint (``nfe`` of the
+            backward pass, ``stored_states``, ``recomputed_steps``, ``kept_graphs``), filled
+            when ``backward`` runs through ``ys``.
     """
 
     ts: Tensor
@@ -75,6 +80,7 @@ class SDESolution:
     nfe: int
     steps: int
     status: Any
+    stats: AdjointStats = field(default_factory=AdjointStats)
 
 
 @dataclass
@@ -85,80 +91,49 @@ class _Run:
     step: Callable
     grid: list[float]  # step times (host, float64)
     tgrid: Tensor  # the same on the device, in the state's dtype
+    t0: Tensor  # tgrid[0], the time the shape check evaluated f and g at
     outs: list[int]  # grid index of each output time
     bm: BrownianPath
-    every: int = 1  # the adjoint stores the state before every `every`-th step
+    every: int = 1  # checkpoint_every: the state before every `every`-th step is stored
+    checkpoints: Any = "steps"  # the adjoint's record (see _sde_adjoint._Record)
+    start: Tensor | None = None  # the y0 the shape check evaluated f and g at
+    stats: AdjointStats = field(default_factory=AdjointStats)
 
     def one(self, n: int, y: Tensor) -> Tensor:
         """Step ``n``: ``y_n → y_{n+1}`` with the increment ``W(t_{n+1}) − W(t_n)``."""
         g = self.grid
         dw = self.bm(g[n], g[n + 1])
-        return self.step(self.prob, self.tgrid[n], self.tgrid[n + 1], g[n + 1] - g[n], y, dw)
+        t = self.t0 if n == 0 else self.tgrid[n]
+        return self.step(self.prob, t, self.tgrid[n + 1], g[n + 1] - g[n], y, dw)
 
-    def forward(self, y0: Tensor, store: bool) -> tuple[list[Tensor], list[Tensor]]:
-        """The outputs, and (``store``) the states ``y_0, y_k, y_2k, …`` (``k = every``)."""
+    def forward(self, y0: Tensor, rec: _Record | None = None) -> list[Tensor]:
+        """The states at the output times; ``rec`` (the adjoint) records what its backward
+        pass needs. The first step reuses the shape check's ``f(t0, y0)``, ``g(t0, y0)``."""
         want = set(self.outs)
-        y, saved, outs = y0, [], [y0]
+        y, outs = y0, [y0]
         for n in range(len(self.grid) - 1):
-            if store and n % self.every == 0:
-                saved.append(y)
-            y = self.one(n, y)
+            y = self.one(n, y) if rec is None else rec.step(n, y)
+            if n == 0:
+                self.prob.first = None
             if n + 1 in want:
                 outs.append(y)
-        return outs, saved
-
-    def backward(self, saved, gout: Tensor, params: list[Tensor]):
-        """The discrete adjoint: ``a_n = (∂Φ_n/∂y_n)^T a_{n+1}`` (plus the output gradients),
-        ``∂θ = Σ_n (∂Φ_n/∂θ)^T a_{n+1}``, one step's graph rebuilt at a time with the
-        increments regenerated from the Brownian path; the states between two stored ones
-        are recomputed (without a graph) segment by segment."""
-        at = {n: k for k, n in enumerate(self.outs)}
-        steps, k = len(self.grid) - 1, self.every
-        a = torch.zeros_like(saved[0])
-        gp: list[Tensor | None] = [None] * len(params)
-        for j in reversed(range(len(saved))):
-            s, e = j * k, min(j * k + k, steps)
-            seg = [saved[j]]
-            for n in range(s, e - 1):
-                seg.append(self.one(n, seg[-1]))
-            for n in range(e - 1, s - 1, -1):
-                if n + 1 in at:
-                    a = a + gout[at[n + 1]]
-                with torch.enable_grad():
-                    y = seg.pop().detach().requires_grad_(True)
-                    vjp = torch.autograd.grad(self.one(n, y), [y, *params], a, allow_unused=True)
-                a = vjp[0] if vjp[0] is not None else torch.zeros_like(a)
-                for i, v in enumerate(vjp[1:]):
-                    if v is not None:
-                        gp[i] = v if gp[i] is None else gp[i] + v
-        if 0 in at:
-            a = a + gout[at[0]]
-        return a, gp
-
-
-class _Adjoint(torch.autograd.Function):
-    """Forward without a graph storing the step states; backward by :meth:`_Run.backward`."""
-
-    @staticmethod
-    def forward(ctx, run: _Run, y0: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
-        outs, states = run.forward(y0.detach(), store=True)
-        ctx.run, ctx.params = run, params  # the caller's tensors: f and g read these
-        ctx.save_for_backward(*states)
-        return torch.stack(outs)
-
-    @staticmethod
-    def backward(ctx, gout: Tensor):  # type: ignore[override]
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "sdeint's discrete adjoint gives first derivatives only; for higher-order "
-                "derivatives (create_graph=True) use gradient='backprop'"
-            )
-        a, gp = ctx.run.backward(ctx.saved_tensors, gout, list(ctx.params))
-        return (None, a, *gp)
+        return outs
 
 
 def _setup(
-    sde, y0, ts, *, bm, method, dt, noise_type, sde_type, gradient, params, checkpoint_every
+    sde,
+    y0,
+    ts,
+    *,
+    bm,
+    method,
+    dt,
+    noise_type,
+    sde_type,
+    gradient,
+    params,
+    checkpoint_every,
+    checkpoints,
 ):
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     if active is not None and active():
@@ -179,6 +154,7 @@ def _setup(
     ts, host = checks.check_ts(ts, y0)
     dt = checks.check_dt(dt)
     every = checks.check_every(checkpoint_every)
+    checkpoints = checks.check_checkpoints(checkpoints, every)
     if params is None:
         plist = default_params(sde, f, g)
     else:
@@ -189,12 +165,14 @@ def _setup(
     grid, outs = checks.step_grid(host, dt, torch.finfo(ts.dtype).eps)
     tdt = y0.dtype if y0.dtype in (torch.float32, torch.float64) else torch.float32
     tgrid = torch.tensor(grid, dtype=tdt, device=y0.device)
+    t0 = tgrid[0]
     prob = Problem(f, g, noise_type, sde_type)
-    # one evaluation at t0 checks the shapes (and, with a graph, for hidden tensors)
+    # one evaluation at t0 checks the shapes (and, with a graph, for hidden tensors); the
+    # first step reuses it (backprop: with its graph)
     leak_check = gradient == "adjoint" and params is None and torch.is_grad_enabled()
-    y = y0.detach()
-    with torch.set_grad_enabled(leak_check):
-        fy, gy = prob.f(tgrid[0], y), prob.g(tgrid[0], y)
+    y = y0 if gradient == "backprop" else y0.detach()
+    with torch.set_grad_enabled(leak_check or (gradient == "backprop" and torch.is_grad_enabled())):
+        fy, gy = prob.f(t0, y), prob.g(t0, y)
     m = prob.check(y, fy, gy)
     if leak_check and hidden_leaves([fy, gy], plist):
         raise ValueError(
@@ -209,17 +187,21 @@ def _setup(
         bm = BrownianPath(grid[0], grid[-1], shape, dtype=y0.dtype, device=y0.device, dt=align)
     else:
         checks.check_bm(bm, y0, shape, grid)
-    return _Run(prob, STEPS[method], grid, tgrid, outs, bm, every), ts, plist, gradient
+    if gradient == "adjoint":
+        fy, gy = fy.detach(), gy.detach()
+    prob.first = [t0, y, fy, gy]
+    run = _Run(prob, STEPS[method], grid, tgrid, t0, outs, bm, every, checkpoints, start=y)
+    return run, ts, plist, gradient
 
 
 def _solve(sde, y0, ts, **options):
     run, ts, plist, gradient = _setup(sde, y0, ts, **options)
     needs = torch.is_grad_enabled() and (y0.requires_grad or len(plist) > 0)
     if gradient == "backprop":
-        ys = torch.stack(run.forward(y0, store=False)[0])
+        ys = torch.stack(run.forward(run.start))
     elif not needs:
         with torch.no_grad():
-            ys = torch.stack(run.forward(y0, store=False)[0])
+            ys = torch.stack(run.forward(run.start))
     else:
         ys = _Adjoint.apply(run, y0, *plist)
     return run, ts, ys
@@ -238,6 +220,7 @@ def sdeint(
     gradient: str = "adjoint",
     params: Sequence[Tensor] | None = None,
     checkpoint_every: int = 1,
+    checkpoints: str | int | MemoryBudget = "steps",
 ) -> Tensor:
     r"""Solve the SDE ``dY = f(t, Y) dt + g(t, Y) dW`` on a fixed grid, differentiably.
 
@@ -268,6 +251,23 @@ def sdeint(
     step states plus one step's graph instead of every step's graph. First derivatives only
     (for ``create_graph=True`` use ``"backprop"``); ``ts`` is not differentiated.
 
+    What the adjoint keeps (``checkpoints``, the options of the ODE engine's
+    :class:`~odeflow.ode.DiscreteAdjoint`, for ``N`` steps of a state of ``b_s`` bytes and a
+    step graph of ``b_g`` bytes): ``"steps"`` (default) stores the ``N`` step states, ``N
+    b_s`` bytes, and rebuilds each step once: the fastest adjoint, and the right choice while
+    ``N b_s`` is small next to what else is in memory (``N b_s < b_g``: less than one step's
+    graph, e.g. a few hundred steps of a width-256 neural SDE). An integer ``K`` is binomial
+    checkpointing (revolve): at most ``K`` stored states and the working state *whatever*
+    ``N``, memory flat in the number of steps, at ``t(N, K) − (N − 1)`` recomputed steps
+    without a graph, ``t(N, K) = r N − β(K + 1, r − 1)``, ``β(s, r) = C(s + r, s)``, ``r`` the
+    repetition number, ``β(K, r − 1) < N ≤ β(K, r)``; pick it for long solves or large
+    states (``K ≈ √(2N)`` recomputes each step at most once, ``K`` fixed keeps memory flat at
+    ``r`` recomputations). ``"all"`` keeps every step's graph (backprop's time and memory).
+    A memory budget (:class:`~odeflow.ode.MemoryBudget`, or a string such as ``"64MiB"``)
+    picks the most that fits, from every graph down to ``K`` checkpoints, measuring the first
+    step's graph. Wherever a step is run again its increment is regenerated from the
+    Brownian path, so every option gives the same gradient (to round-off).
+
     Args:
         sde: an :class:`SDE` (methods ``f(t, y)``, ``g(t, y)``; optional attributes
             ``noise_type``, ``sde_type``), or a pair ``(f, g)``.
@@ -292,6 +292,9 @@ def sdeint(
             recomputes the others (without a graph, increments regenerated) one segment at a
             time in the backward pass: ``N/k + k`` stored states instead of ``N``, at one more
             evaluation of each step; ``k ≈ √N`` minimizes the memory. Default 1: every state.
+            (``checkpoints=K`` stores fewer for the same recomputation.)
+        checkpoints: what the adjoint keeps: ``"steps"``, an integer ``K >= 1``, ``"all"``
+            or a memory budget (see above).
 
     Returns:
         The trajectory ``(n, *y0.shape)`` at ``ts``; ``ys[0]`` equals ``y0``.
@@ -303,7 +306,9 @@ def sdeint(
             other SDE type (``"euler"`` on a Stratonovich, ``"heun"`` on an Itô SDE) or
             ``"milstein"`` with general noise; ``ts`` not 1-D, not strictly increasing,
             non-finite or requiring grad; non-finite ``y0``; unknown names; a
-            ``checkpoint_every`` that is not a positive int; hidden tensors
+            ``checkpoint_every`` that is not a positive int, an unknown ``checkpoints`` (a
+            count below 1 included), both given; a memory budget below one step state
+            (at the first step); hidden tensors
             requiring grad (see ``params``); a call under a ``torch.func`` transform.
         TypeError: a non-tensor or integer ``y0``; an ``sde`` without ``f``/``g``; ``f`` or
             ``g`` returning a non-tensor or another dtype; ``bm`` not a
@@ -333,6 +338,19 @@ def sdeint(
         >>> ys = sdeint((lambda t, y: 0 * y, lambda t, y: torch.ones_like(y)), y0, ts, bm=bm)
         >>> bool(torch.allclose(ys[-1] - ys[0], bm(0.0, 1.0), rtol=0, atol=1e-14))
         True
+
+        Binomial checkpointing: 100 steps, at most 5 + 1 states held, the gradient of
+        storing every state.
+
+        >>> from odeflow import sdesolve
+        >>> sde = (lambda t, y: -y, lambda t, y: 0.3 * torch.sin(y))
+        >>> bm = BrownianPath(0.0, 1.0, (3,), seed=1, dtype=torch.float64, dt=0.01)
+        >>> grads = []
+        >>> for ck in ("steps", 5):
+        ...     sol = sdesolve(sde, y0, [0.0, 1.0], bm=bm, dt=0.01, checkpoints=ck)
+        ...     grads.append(torch.autograd.grad(sol.ys[-1].sum(), y0)[0])
+        >>> sol.stats.stored_states, bool(torch.allclose(grads[0], grads[1], rtol=1e-12, atol=0))
+        (6, True)
     """
     return _solve(
         sde,
@@ -346,6 +364,7 @@ def sdeint(
         gradient=gradient,
         params=params,
         checkpoint_every=checkpoint_every,
+        checkpoints=checkpoints,
     )[2]
 
 
@@ -362,6 +381,7 @@ def sdesolve(
     gradient: str = "adjoint",
     params: Sequence[Tensor] | None = None,
     checkpoint_every: int = 1,
+    checkpoints: str | int | MemoryBudget = "steps",
 ) -> SDESolution:
     r"""Like :func:`sdeint` but return an :class:`SDESolution` (trajectory, Brownian path,
     evaluations, steps, status).
@@ -370,7 +390,7 @@ def sdesolve(
 
     It takes exactly the arguments of :func:`sdeint` (``sde``, ``y0``, ``ts``, ``bm``,
     ``method``, ``dt``, ``noise_type``, ``sde_type``, ``gradient``, ``params``,
-    ``checkpoint_every``).
+    ``checkpoint_every``, ``checkpoints``).
 
     Returns:
         An :class:`SDESolution`; its ``bm`` is the path that drove the solve (the one
@@ -387,8 +407,8 @@ def sdesolve(
         >>> from odeflow import sdesolve
         >>> sol = sdesolve((lambda t, y: -y, lambda t, y: 0.1 * torch.ones_like(y)),
         ...                torch.zeros(4, 2), torch.tensor([0.0, 1.0]), dt=0.1)
-        >>> sol.steps, sol.nfe, sol.status.value, sol.bm.shape  # 10 × (f, g) + the check
-        (10, 22, 'success', (4, 2))
+        >>> sol.steps, sol.nfe, sol.status.value, sol.bm.shape  # 10 × (f, g)
+        (10, 20, 'success', (4, 2))
     """
     run, ts, ys = _solve(
         sde,
@@ -402,6 +422,7 @@ def sdesolve(
         gradient=gradient,
         params=params,
         checkpoint_every=checkpoint_every,
+        checkpoints=checkpoints,
     )
     fin = bool(torch.isfinite(ys.detach()).all())
     return SDESolution(
@@ -411,4 +432,5 @@ def sdesolve(
         nfe=run.prob.nfe_f + run.prob.nfe_g,
         steps=len(run.grid) - 1,
         status=SolveStatus.SUCCESS if fin else SolveStatus.NONFINITE,
+        stats=run.stats,
     )

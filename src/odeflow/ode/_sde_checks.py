@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ._brownian import BrownianPath
+from ._gradient._checkpoint import _check_checkpoints
 from ._sde_schemes import METHODS
 
 __all__: list[str] = []
@@ -172,3 +173,18 @@ def check_every(k: Any) -> int:
             f"checkpoint_every must be a positive int (1: store every state), got {k!r}"
         )
     return int(k)
+
+
+def check_checkpoints(c: Any, every: int) -> Any:
+    """The normalised ``checkpoints`` option (the ODE engine's rule); not with ``every > 1``."""
+    try:
+        c = _check_checkpoints(c)
+    except ValueError as err:
+        raise ValueError(str(err).replace("for DiscreteAdjoint", "for sdeint")) from None
+    if every > 1 and c != "steps":
+        raise ValueError(
+            f"checkpoint_every={every} and checkpoints={c!r} both choose what the adjoint "
+            "stores; give one (checkpoints=K keeps at most K states whatever the number of "
+            "steps)"
+        )
+    return c

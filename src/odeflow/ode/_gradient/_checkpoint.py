@@ -19,7 +19,7 @@ from .._problem import _Problem
 from .._rk import _Coeffs, _coeffs, _grid, _rk_step, _times
 from ._revolve import _Revolve
 
-__all__ = ["MemoryBudget", "_Checkpoints", "_check_checkpoints"]
+__all__ = ["MemoryBudget", "_Checkpoints", "_SavedBytes", "_budget_plan", "_check_checkpoints"]
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
@@ -223,24 +223,33 @@ class _Checkpoints:
 
     def _decide(self, b_g: int) -> None:
         """Choose ``keep_from`` and the checkpoints from the budget (see MemoryBudget)."""
-        pb, n, budget = self.pb, self.n, self.budget
+        pb = self.pb
         item = torch.empty((), dtype=pb.pol.storage or pb.hdt).element_size()
         b_s = sum(math.prod(s) for s in self.shapes) * item
-        if budget < b_s:
-            raise ValueError(
-                f"the memory budget of {budget:,} bytes is below one step state ({b_s:,} "
-                f"bytes): binomial checkpointing needs at least one. Give a budget of at least "
-                f"{b_s:,} bytes (one state and one step's graph: {b_s + b_g:,}), or "
-                "checkpoints=1"
-            )
-        if n * b_g <= budget:
-            self.keep_from = 0
-        elif (n - 1) * b_s + b_g <= budget:  # every state, and the last m >= 1 graphs
-            m = n - 1 if b_g <= b_s else (budget - n * b_s) // (b_g - b_s)
-            self.keep_from = n - max(1, min(n - 1, m))
-        else:  # the last graph is kept: consumed before the first rebuild, it costs nothing
-            self.keep_from = n - 1
-            self._use_revolve(n - 1, max(1, (budget - b_g) // b_s))
+        self.keep_from, k = _budget_plan(self.budget, self.n, b_s, b_g)
+        if k is not None:
+            self._use_revolve(self.keep_from, k)
+
+
+def _budget_plan(budget: int, n: int, b_s: int, b_g: int) -> tuple[int, int | None]:
+    """What a memory budget keeps of ``n`` steps (see MemoryBudget), from the bytes of one
+    step state ``b_s`` and of one step's graph ``b_g``: ``(keep_from, K)``, the steps from
+    ``keep_from`` on keep their graphs and the steps before store every input state
+    (``K is None``) or ``K`` revolve checkpoints."""
+    if budget < b_s:
+        raise ValueError(
+            f"the memory budget of {budget:,} bytes is below one step state ({b_s:,} "
+            f"bytes): binomial checkpointing needs at least one. Give a budget of at least "
+            f"{b_s:,} bytes (one state and one step's graph: {b_s + b_g:,}), or "
+            "checkpoints=1"
+        )
+    if n * b_g <= budget:
+        return 0, None
+    if (n - 1) * b_s + b_g <= budget:  # every state, and the last m >= 1 graphs
+        m = n - 1 if b_g <= b_s else (budget - n * b_s) // (b_g - b_s)
+        return n - max(1, min(n - 1, m)), None
+    # the last graph is kept: consumed before the first rebuild, it costs nothing
+    return n - 1, max(1, (budget - b_g) // b_s)
 
 
 class _SavedBytes:
@@ -253,10 +262,14 @@ class _SavedBytes:
         self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda x: x)
 
     def _pack(self, x: Tensor) -> Tensor:
-        st = x.untyped_storage()
-        if st.data_ptr() not in self.seen:
-            self.seen.add(st.data_ptr())
-            self.nbytes += st.nbytes()
+        try:
+            st = x.untyped_storage()
+            key, size = st.data_ptr(), st.nbytes()
+        except RuntimeError:  # (a tensor without a storage of its own: forward-AD duals)
+            key, size = id(x), x.numel() * x.element_size()
+        if key not in self.seen:
+            self.seen.add(key)
+            self.nbytes += size
         return x
 
     def __enter__(self) -> _SavedBytes:

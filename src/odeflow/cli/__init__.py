@@ -38,6 +38,7 @@ _COMMANDS: tuple[str, ...] = (
     "odeflow.cli._flow",
     "odeflow.cli._control",
     "odeflow.cli._bench",
+    "odeflow.cli._sbi",
 )
 
 

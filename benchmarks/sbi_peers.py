@@ -28,28 +28,22 @@ samples per observation (sbibm: 10 observations, 10 000 samples).
 from __future__ import annotations
 
 import argparse
-import bz2
-import io
 import json
 import platform
+import sys
 import time
-import zipfile
 
 import numpy as np
 import torch
 
 from odeflow.flows import COTFlow, PCPMap, sbi_task
+from odeflow.flows._sbi_plot import sbibm_reference
 
 
 def reference(wheel: str, task: str, k: int) -> tuple[np.ndarray, np.ndarray]:
     """sbibm's observation k (1..10) and its reference posterior samples, from the wheel."""
-    base = f"sbibm/tasks/{task}/files/num_observation_{k}/"
-    with zipfile.ZipFile(wheel) as z:
-        obs = np.loadtxt(io.StringIO(z.read(base + "observation.csv").decode()), delimiter=",",
-                         skiprows=1, ndmin=2)  # fmt: skip
-        raw = bz2.decompress(z.read(base + "reference_posterior_samples.csv.bz2")).decode()
-    ref = np.loadtxt(io.StringIO(raw), delimiter=",", skiprows=1, ndmin=2)
-    return obs, ref
+    obs, ref = sbibm_reference(wheel, task, k)
+    return obs[None], ref
 
 
 def c2st(ref: np.ndarray, est: np.ndarray, seed: int = 1, folds: int = 5) -> float:
@@ -159,8 +153,12 @@ class _Odeflow:
         return self.model(y).sample((n,))
 
 
-def run(args) -> dict:
-    rows = []
+#: posterior samples kept per (task, method) at observation 1 (and of the reference)
+_KEEP = 400
+
+
+def run(args) -> tuple[list, dict]:
+    rows, refs = [], {}
     for task_name in args.tasks:
         task = sbi_task(task_name)
         for n_sim in args.simulations:
@@ -180,7 +178,7 @@ def run(args) -> dict:
                 t0 = time.perf_counter()
                 model.fit(theta, y, args.seed)
                 train_s = time.perf_counter() - t0
-                scores, sample_s = [], []
+                scores, sample_s, keep_est = [], [], None
                 for k in range(1, args.observations + 1):
                     obs, ref = reference(args.wheel, task_name, k)
                     yo = torch.as_tensor(obs[0], dtype=torch.float32)
@@ -188,29 +186,33 @@ def run(args) -> dict:
                     est = model.sample(yo, args.samples).double().numpy()
                     sample_s.append(time.perf_counter() - t0)
                     scores.append(c2st(ref[: args.samples], est))
+                    if k == 1:  # a few samples at observation 1, for the docs' corner plot
+                        keep_est = np.round(est[:_KEEP], 4).tolist()
+                        refs.setdefault(task_name, np.round(ref[:_KEEP], 4).tolist())
                 row = {"task": task_name, "simulations": n_sim, "dropped": dropped,
                        "method": method, "c2st": float(np.mean(scores)), "c2st_each": scores,
                        "train_s": train_s, "sample_s": float(np.mean(sample_s)),
-                       "samples": args.samples}  # fmt: skip
+                       "samples": args.samples, "samples_obs1": keep_est}  # fmt: skip
                 rows.append(row)
                 print(f"{task_name:16s} {n_sim:7d} {method:9s} C2ST {row['c2st']:.3f} "
                       f"train {train_s:7.1f}s sample {row['sample_s']:.2f}s",
                       flush=True)  # fmt: skip
                 if args.json:
-                    _write(args, rows, complete=False)
-    return rows
+                    _write(args, rows, refs, complete=False)
+    return rows, refs
 
 
-def _write(args, rows, complete):
+def _write(args, rows, refs, complete):
     meta = {"device": "cpu", "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "quick": args.quick,
+            "command": "python benchmarks/sbi_peers.py " + " ".join(sys.argv[1:]),
             "observations": args.observations, "samples": args.samples, "seed": args.seed,
             "sbi": _version("sbi"), "zuko": _version("zuko"),
             "peer_note": "odeflow models at the library's defaults; sbi-npe: sbi's NPE with its "
                          "defaults; zuko-nsf: zuko's NSF trained with NPE's default loop",
             "complete": complete}  # fmt: skip
     with open(args.json, "w") as fh:
-        json.dump({"meta": meta, "results": rows}, fh, indent=1)
+        json.dump({"meta": meta, "results": rows, "reference_obs1": refs}, fh)
 
 
 def _version(name):
@@ -240,9 +242,9 @@ def main():
     args.simulations = args.simulations or ([1000] if q else [1000, 10_000, 100_000])
     args.observations = args.observations or (3 if q else 10)
     args.samples = args.samples or (2000 if q else 10_000)
-    rows = run(args)
+    rows, refs = run(args)
     if args.json:
-        _write(args, rows, complete=True)
+        _write(args, rows, refs, complete=True)
 
 
 if __name__ == "__main__":

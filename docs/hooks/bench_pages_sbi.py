@@ -36,7 +36,8 @@ def _machine(meta: dict) -> str:
 
 def _table(rows: list[dict]) -> list[str]:
     out = [
-        "| task | simulations | method | C2ST ↓ | per observation | train (s) | 10⁴-sample time (s) |",
+        "| task | simulations | method | C2ST ↓ | per observation | train (s) "
+        "| 10⁴-sample time (s) |",
         "|---|---:|---|---:|---|---:|---:|",
     ]
     for r in rows:
@@ -103,7 +104,7 @@ def render_pages(results: Path) -> Iterator[tuple[str, str | bytes]]:
         lines += [f"**Machine:** {_machine(meta)}  ", f"**Source:** `{name}`", ""]
         if meta.get("command"):
             lines += ["```text", meta["command"], "```", ""]
-        lines += _table(data["results"]) + [""]
+        lines += [*_table(data["results"]), ""]
         for task, ref in data.get("reference_obs1", {}).items():
             rows = [r for r in data["results"] if r["task"] == task]
             if not any(r.get("samples_obs1") for r in rows):

@@ -172,7 +172,11 @@ def run(args) -> tuple[list, dict]:
                 if method == "zuko-nsf":
                     model = _Zuko(task.theta_dim, task.y_dim)
                 elif method == "sbi-npe":
-                    model = _SbiNPE(task_name)
+                    try:
+                        model = _SbiNPE(task_name)
+                    except ImportError as exc:  # sbi's stack is not installed: say so
+                        print(f"sbi-npe skipped: {exc}", flush=True)
+                        continue
                 else:
                     model = _Odeflow(method, task.theta_dim, task.y_dim)
                 t0 = time.perf_counter()

@@ -109,3 +109,26 @@ def test_reference_reader_reads_sbibm_layout(tmp_path):
     np.testing.assert_array_equal(r, ref)
     with pytest.raises(ValueError, match="no observation 4"):
         sbibm_reference(wheel, "two_moons", 4)
+
+
+def test_docs_page_renders_table_and_corner_plot(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs" / "hooks"))
+    try:
+        import bench_pages_sbi
+    finally:
+        sys.path.pop(0)
+    row = {"task": "two_moons", "simulations": 1000, "method": "pcp-map", "c2st": 0.53,
+           "c2st_each": [0.52, 0.54], "train_s": 10.0, "sample_s": 0.5, "samples": 2000,
+           "samples_obs1": [[0.1, 0.2], [0.3, 0.1], [0.0, 0.0]]}  # fmt: skip
+    ref = {"two_moons": [[0.1, 0.1], [0.2, 0.2]]}
+    data = {"meta": {"cpu_threads": 1, "command": "python benchmarks/sbi_peers.py --quick"},
+            "results": [row], "reference_obs1": ref}  # fmt: skip
+    (tmp_path / bench_pages_sbi.FILES[0][0]).write_text(json.dumps(data))
+    pages = dict(bench_pages_sbi.render_pages(tmp_path))
+    page = pages["benchmarks/sbi.md"]
+    assert "| two_moons | 1000 | pcp-map | **0.530** | 0.520, 0.540 | 10.0 | 2.50 |" in page
+    assert pages["benchmarks/img/sbi-0-two_moons.png"][:4] == b"\x89PNG"
+    assert "not committed yet" in page  # the 10⁴ run's file is missing: a note, no failure

@@ -3,9 +3,10 @@
 For each task and simulation budget, in one run with the same seeds and the same
 simulations: odeflow ``COTFlow`` and ``PCPMap`` at the library's defaults
 (``PCPMap(dθ, dy).fit(θ, y)``: no setting is tuned here), and the peers: sbi's NPE with its
-defaults (``sbi.inference.NPE``; installed with ``pip install --no-deps sbi nflows skorch``
-plus ``tabulate tensorboard``, never touching torch) and zuko's conditional NSF trained
-with NPE's default loop (batch 200, lr 5·10⁻⁴, early stopping after 20 epochs). Each model learns
+defaults (``sbi.inference.NPE``: a MAF in sbi 0.27; installed with ``pip install --no-deps
+sbi nflows skorch`` plus ``tabulate tensorboard``, never touching torch) and zuko's
+conditional NSF trained with NPE's default loop (batch 200, lr 5·10⁻⁴, early stopping after
+20 epochs). Each model learns
 the posterior θ | y from (θ, y) pairs of odeflow's own batched simulators
 (:func:`odeflow.flows.sbi_task`), then draws posterior samples for sbibm's observations;
 the score is C2ST against sbibm's reference posterior samples, read straight from the
@@ -212,8 +213,8 @@ def _write(args, rows, refs, complete):
             "command": "python benchmarks/sbi_peers.py " + " ".join(sys.argv[1:]),
             "observations": args.observations, "samples": args.samples, "seed": args.seed,
             "sbi": _version("sbi"), "zuko": _version("zuko"),
-            "peer_note": "odeflow models at the library's defaults; sbi-npe: sbi's NPE with its "
-                         "defaults; zuko-nsf: zuko's NSF trained with NPE's default loop",
+            "peer_note": "odeflow models at the library's defaults; sbi-npe: sbi's NPE (MAF) "
+                         "with its defaults; zuko-nsf: zuko's NSF trained with NPE's loop",
             "complete": complete}  # fmt: skip
     with open(args.json, "w") as fh:
         json.dump({"meta": meta, "results": rows, "reference_obs1": refs}, fh)

@@ -17,7 +17,6 @@ from pathlib import Path
 #: (file, title) of the runs shown, in order
 FILES: tuple[tuple[str, str], ...] = (
     ("cpu_sbi_defaults.json", "10³ simulations, library defaults (quick mode)"),
-    ("cpu_sbi_defaults_1e4.json", "10⁴ simulations, library defaults"),
 )
 _COMMAND = (
     "pip download sbibm==1.1.0 --no-deps -d /tmp/sbibm\n"
@@ -59,12 +58,19 @@ def _corner(task: str, rows: list[dict], ref: list) -> bytes:
 
     rows = [r for r in rows if r.get("samples_obs1")]
     fig, ax = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
-    r0 = np.asarray(ref)
+    r0 = np.asarray(ref)[:, :2]
+    # the frame: the reference's range, widened by half of it (samples outside are counted)
+    lo, hi = r0.min(0), r0.max(0)
+    lo, hi = lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo)
     for a, r in zip(ax[0], rows, strict=True):
-        s = np.asarray(r["samples_obs1"])
+        s = np.asarray(r["samples_obs1"])[:, :2]
+        out = int((~((s >= lo) & (s <= hi)).all(1)).sum())
         a.scatter(r0[:, 0], r0[:, 1], s=2, color="0.6", label="reference")
         a.scatter(s[:, 0], s[:, 1], s=2, color="C1", alpha=0.6, label=r["method"])
-        a.set_title(f"{r['method']}: C2ST {r['c2st']:.3f}", fontsize=9)
+        a.set_xlim(lo[0], hi[0])
+        a.set_ylim(lo[1], hi[1])
+        extra = f"\n{out} of {len(s)} samples outside the frame" if out else ""
+        a.set_title(f"{r['method']}: C2ST {r['c2st']:.3f}{extra}", fontsize=9)
         a.set_xlabel("θ1")
         a.set_ylabel("θ2")
         a.tick_params(labelsize=7)
@@ -104,6 +110,8 @@ def render_pages(results: Path) -> Iterator[tuple[str, str | bytes]]:
         lines += [f"**Machine:** {_machine(meta)}  ", f"**Source:** `{name}`", ""]
         if meta.get("command"):
             lines += ["```text", meta["command"], "```", ""]
+        if meta.get("note"):
+            lines += [f"*Recorded with the run:* {meta['note']}", ""]
         lines += [*_table(data["results"]), ""]
         for task, ref in data.get("reference_obs1", {}).items():
             rows = [r for r in data["results"] if r["task"] == task]

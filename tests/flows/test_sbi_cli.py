@@ -131,4 +131,6 @@ def test_docs_page_renders_table_and_corner_plot(tmp_path):
     page = pages["benchmarks/sbi.md"]
     assert "| two_moons | 1000 | pcp-map | **0.530** | 0.520, 0.540 | 10.0 | 2.50 |" in page
     assert pages["benchmarks/img/sbi-0-two_moons.png"][:4] == b"\x89PNG"
-    assert "not committed yet" in page  # the 10⁴ run's file is missing: a note, no failure
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "not committed yet" in dict(bench_pages_sbi.render_pages(empty))["benchmarks/sbi.md"]

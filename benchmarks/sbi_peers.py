@@ -128,9 +128,16 @@ class _SbiNPE:
     and training loop (early stopping on 10 % validation), the task's prior."""
 
     def __init__(self, task):
-        from sbi.inference import NPE
+        import tempfile
 
-        self.inf = NPE(prior=_prior(task), show_progress_bars=False)
+        from sbi.inference import NPE
+        from sbi.utils.tracking import TensorBoardTracker
+        from torch.utils.tensorboard import SummaryWriter
+
+        # sbi logs to TensorBoard in ./sbi-logs by default: into a temporary folder instead
+        self._logs = tempfile.TemporaryDirectory(prefix="sbi-logs-")
+        tracker = TensorBoardTracker(SummaryWriter(log_dir=self._logs.name))
+        self.inf = NPE(prior=_prior(task), show_progress_bars=False, tracker=tracker)
 
     def fit(self, theta, y, seed):
         torch.manual_seed(seed)

@@ -1,10 +1,12 @@
 """COT-Flow and PCP-Map (odeflow) against a conditional neural spline flow on sbibm tasks.
 
 For each task and simulation budget, in one run with the same seeds and the same
-simulations: odeflow ``COTFlow`` and ``PCPMap`` (trained by :meth:`fit`), and the peer,
-zuko's conditional NSF trained by plain maximum likelihood (sbi's NPE is the intended
-peer, but sbi 0.25's imports need its full stack (tensorboard, ...), which the benchmark
-does not install; zuko's NSF is the flow that NPE trains by default). Each model learns
+simulations: odeflow ``COTFlow`` and ``PCPMap`` at the library's defaults
+(``PCPMap(dθ, dy).fit(θ, y)``: no setting is tuned here), and the peers: sbi's NPE with its
+defaults (``sbi.inference.NPE``: a MAF in sbi 0.27; installed with ``pip install --no-deps
+sbi nflows skorch`` plus ``tabulate tensorboard``, never touching torch) and zuko's
+conditional NSF trained with NPE's default loop (batch 200, lr 5·10⁻⁴, early stopping after
+20 epochs). Each model learns
 the posterior θ | y from (θ, y) pairs of odeflow's own batched simulators
 (:func:`odeflow.flows.sbi_task`), then draws posterior samples for sbibm's observations;
 the score is C2ST against sbibm's reference posterior samples, read straight from the
@@ -27,28 +29,22 @@ samples per observation (sbibm: 10 observations, 10 000 samples).
 from __future__ import annotations
 
 import argparse
-import bz2
-import io
 import json
 import platform
+import sys
 import time
-import zipfile
 
 import numpy as np
 import torch
 
 from odeflow.flows import COTFlow, PCPMap, sbi_task
+from odeflow.flows._sbi_plot import sbibm_reference
 
 
 def reference(wheel: str, task: str, k: int) -> tuple[np.ndarray, np.ndarray]:
     """sbibm's observation k (1..10) and its reference posterior samples, from the wheel."""
-    base = f"sbibm/tasks/{task}/files/num_observation_{k}/"
-    with zipfile.ZipFile(wheel) as z:
-        obs = np.loadtxt(io.StringIO(z.read(base + "observation.csv").decode()), delimiter=",",
-                         skiprows=1, ndmin=2)  # fmt: skip
-        raw = bz2.decompress(z.read(base + "reference_posterior_samples.csv.bz2")).decode()
-    ref = np.loadtxt(io.StringIO(raw), delimiter=",", skiprows=1, ndmin=2)
-    return obs, ref
+    obs, ref = sbibm_reference(wheel, task, k)
+    return obs[None], ref
 
 
 def c2st(ref: np.ndarray, est: np.ndarray, seed: int = 1, folds: int = 5) -> float:
@@ -68,24 +64,44 @@ def c2st(ref: np.ndarray, est: np.ndarray, seed: int = 1, folds: int = 5) -> flo
 
 
 class _Zuko:
-    """zuko's conditional NSF, trained by maximum likelihood on standardized data."""
+    """zuko's conditional NSF (NPE's default estimator: 5 transforms, 50 hidden units),
+    trained as sbi's NPE trains by default: standardized data, 10 % validation, batch 200,
+    Adam at 5·10⁻⁴, gradients clipped at norm 5, stopped after 20 epochs without a better
+    validation loss, the best weights restored."""
 
     def __init__(self, theta_dim, y_dim):
         import zuko
 
         self.flow = zuko.flows.NSF(theta_dim, y_dim, transforms=5, hidden_features=(50, 50))
 
-    def fit(self, theta, y, iters, seed):
+    def fit(self, theta, y, seed, max_epochs=2000):
         g = torch.Generator().manual_seed(seed)
-        self.m = (theta.mean(0), theta.std(0), y.mean(0), y.std(0))
+        perm = torch.randperm(theta.shape[0], generator=g)
+        nv = max(1, theta.shape[0] // 10)
+        iv, it = perm[:nv], perm[nv:]
+        self.m = (theta[it].mean(0), theta[it].std(0), y[it].mean(0), y[it].std(0))
         ts, ys = (theta - self.m[0]) / self.m[1], (y - self.m[2]) / self.m[3]
-        opt = torch.optim.Adam(self.flow.parameters(), lr=1e-3)
-        for _ in range(iters):
-            idx = torch.randint(0, ts.shape[0], (128,), generator=g)
-            loss = -self.flow(ys[idx]).log_prob(ts[idx]).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        opt = torch.optim.Adam(self.flow.parameters(), lr=5e-4)
+        best, stall, state = float("inf"), 0, None
+        for _ in range(max_epochs):
+            order = it[torch.randperm(it.numel(), generator=g)]
+            for i in range(0, order.numel(), 200):
+                idx = order[i : i + 200]
+                loss = -self.flow(ys[idx]).log_prob(ts[idx]).mean()
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.flow.parameters(), 5.0)
+                opt.step()
+            with torch.no_grad():
+                v = float(-self.flow(ys[iv]).log_prob(ts[iv]).mean())
+            if v < best:
+                best, stall = v, 0
+                state = {k: t.clone() for k, t in self.flow.state_dict().items()}
+            else:
+                stall += 1
+                if stall >= 20:
+                    break
+        self.flow.load_state_dict(state)
 
     def sample(self, y, n):
         with torch.no_grad():
@@ -93,20 +109,64 @@ class _Zuko:
         return s * self.m[1] + self.m[0]
 
 
-class _Odeflow:
-    def __init__(self, kind, theta_dim, y_dim):
-        self.model = (COTFlow(theta_dim, y_dim, width=32, nt=4, nt_eval=8) if kind == "cot-flow"
-                      else PCPMap(theta_dim, y_dim, width=64))  # fmt: skip
+def _prior(task):
+    """The task's prior as a torch distribution (what sbi's NPE needs for its support)."""
+    from torch.distributions import Independent, LogNormal, Normal, Uniform
 
-    def fit(self, theta, y, iters, seed):
-        self.model.fit(theta, y, iters=iters, batch=128, lr=1e-2, seed=seed, verbose=False)
+    f = torch.float32
+    if task == "gaussian_linear":
+        return Independent(Normal(torch.zeros(10), 0.1**0.5 * torch.ones(10)), 1)
+    if task == "lotka_volterra":
+        loc = torch.tensor([-0.125, -3.0, -0.125, -3.0], dtype=f)
+        return Independent(LogNormal(loc, 0.5 * torch.ones(4)), 1)
+    b, d = {"two_moons": (1.0, 2), "slcp": (3.0, 5)}[task]
+    return Independent(Uniform(-b * torch.ones(d), b * torch.ones(d)), 1)
+
+
+class _SbiNPE:
+    """sbi's NPE (``sbi.inference.NPE``) with its defaults: its default density estimator
+    and training loop (early stopping on 10 % validation), the task's prior."""
+
+    def __init__(self, task):
+        import tempfile
+
+        from sbi.inference import NPE
+        from sbi.utils.tracking import TensorBoardTracker
+        from torch.utils.tensorboard import SummaryWriter
+
+        # sbi logs to TensorBoard in ./sbi-logs by default: into a temporary folder instead
+        self._logs = tempfile.TemporaryDirectory(prefix="sbi-logs-")
+        tracker = TensorBoardTracker(SummaryWriter(log_dir=self._logs.name))
+        self.inf = NPE(prior=_prior(task), show_progress_bars=False, tracker=tracker)
+
+    def fit(self, theta, y, seed):
+        torch.manual_seed(seed)
+        est = self.inf.append_simulations(theta.float(), y.float()).train()
+        self.post = self.inf.build_posterior(est)
+
+    def sample(self, y, n):
+        return self.post.sample((n,), x=y.float(), show_progress_bars=False)
+
+
+class _Odeflow:
+    """odeflow's model at the library's defaults (``PCPMap(dθ, dy)``, ``fit(θ, y)``)."""
+
+    def __init__(self, kind, theta_dim, y_dim):
+        self.model = (COTFlow if kind == "cot-flow" else PCPMap)(theta_dim, y_dim)
+
+    def fit(self, theta, y, seed):
+        self.model.fit(theta, y, seed=seed, verbose=False)
 
     def sample(self, y, n):
         return self.model(y).sample((n,))
 
 
-def run(args) -> dict:
-    rows = []
+#: posterior samples kept per (task, method) at observation 1 (and of the reference)
+_KEEP = 400
+
+
+def run(args) -> tuple[list, dict]:
+    rows, refs = [], {}
     for task_name in args.tasks:
         task = sbi_task(task_name)
         for n_sim in args.simulations:
@@ -117,12 +177,20 @@ def run(args) -> dict:
             theta, y = theta[keep], y[keep]
             for method in args.methods:
                 torch.manual_seed(args.seed)
-                model = (_Zuko(task.theta_dim, task.y_dim) if method == "zuko-nsf"
-                         else _Odeflow(method, task.theta_dim, task.y_dim))  # fmt: skip
+                if method == "zuko-nsf":
+                    model = _Zuko(task.theta_dim, task.y_dim)
+                elif method == "sbi-npe":
+                    try:
+                        model = _SbiNPE(task_name)
+                    except ImportError as exc:  # sbi's stack is not installed: say so
+                        print(f"sbi-npe skipped: {exc}", flush=True)
+                        continue
+                else:
+                    model = _Odeflow(method, task.theta_dim, task.y_dim)
                 t0 = time.perf_counter()
-                model.fit(theta, y, args.iters, args.seed)
+                model.fit(theta, y, args.seed)
                 train_s = time.perf_counter() - t0
-                scores, sample_s = [], []
+                scores, sample_s, keep_est = [], [], None
                 for k in range(1, args.observations + 1):
                     obs, ref = reference(args.wheel, task_name, k)
                     yo = torch.as_tensor(obs[0], dtype=torch.float32)
@@ -130,28 +198,42 @@ def run(args) -> dict:
                     est = model.sample(yo, args.samples).double().numpy()
                     sample_s.append(time.perf_counter() - t0)
                     scores.append(c2st(ref[: args.samples], est))
+                    if k == 1:  # a few samples at observation 1, for the docs' corner plot
+                        keep_est = np.round(est[:_KEEP], 4).tolist()
+                        refs.setdefault(task_name, np.round(ref[:_KEEP], 4).tolist())
                 row = {"task": task_name, "simulations": n_sim, "dropped": dropped,
                        "method": method, "c2st": float(np.mean(scores)), "c2st_each": scores,
                        "train_s": train_s, "sample_s": float(np.mean(sample_s)),
-                       "samples": args.samples}  # fmt: skip
+                       "samples": args.samples, "samples_obs1": keep_est}  # fmt: skip
                 rows.append(row)
                 print(f"{task_name:16s} {n_sim:7d} {method:9s} C2ST {row['c2st']:.3f} "
                       f"train {train_s:7.1f}s sample {row['sample_s']:.2f}s",
                       flush=True)  # fmt: skip
                 if args.json:
-                    _write(args, rows, complete=False)
-    return rows
+                    _write(args, rows, refs, complete=False)
+    return rows, refs
 
 
-def _write(args, rows, complete):
+def _write(args, rows, refs, complete):
     meta = {"device": "cpu", "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "quick": args.quick, "iters": args.iters,
+            "python": platform.python_version(), "quick": args.quick,
+            "command": "python benchmarks/sbi_peers.py " + " ".join(sys.argv[1:]),
             "observations": args.observations, "samples": args.samples, "seed": args.seed,
-            "peer_note": "sbi's NPE not run: sbi's imports need its full stack; zuko's "
-                         "conditional NSF (NPE's default estimator) trained by maximum likelihood",
+            "sbi": _version("sbi"), "zuko": _version("zuko"),
+            "peer_note": "odeflow models at the library's defaults; sbi-npe: sbi's NPE (MAF) "
+                         "with its defaults; zuko-nsf: zuko's NSF trained with NPE's loop",
             "complete": complete}  # fmt: skip
     with open(args.json, "w") as fh:
-        json.dump({"meta": meta, "results": rows}, fh, indent=1)
+        json.dump({"meta": meta, "results": rows, "reference_obs1": refs}, fh)
+
+
+def _version(name):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
 
 def main():
@@ -160,8 +242,7 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tasks", nargs="+", default=None)
     p.add_argument("--simulations", nargs="+", type=int, default=None)
-    p.add_argument("--methods", nargs="+", default=["cot-flow", "pcp-map", "zuko-nsf"])
-    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--methods", nargs="+", default=["cot-flow", "pcp-map", "sbi-npe", "zuko-nsf"])
     p.add_argument("--observations", type=int, default=None)
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -171,12 +252,11 @@ def main():
     full = ["gaussian_linear", "two_moons", "slcp", "lotka_volterra"]
     args.tasks = args.tasks or (["two_moons", "slcp"] if q else full)
     args.simulations = args.simulations or ([1000] if q else [1000, 10_000, 100_000])
-    args.iters = args.iters or (500 if q else 5000)
     args.observations = args.observations or (3 if q else 10)
     args.samples = args.samples or (2000 if q else 10_000)
-    rows = run(args)
+    rows, refs = run(args)
     if args.json:
-        _write(args, rows, complete=True)
+        _write(args, rows, refs, complete=True)
 
 
 if __name__ == "__main__":

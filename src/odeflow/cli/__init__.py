@@ -40,6 +40,7 @@ _COMMANDS: tuple[str, ...] = (
     "odeflow.cli._flow",
     "odeflow.cli._control",
     "odeflow.cli._bench",
+    "odeflow.cli._sbi",
 )
 
 

@@ -19,6 +19,7 @@ References: Ruthotto et al., PNAS 2020, arXiv 1912.01825; Onken et al., arXiv 21
 Li, Verma, Ruthotto, arXiv 2209.13104.
 """
 
+from ._agents import AgentProblem, Corridor, SafetyReport, Swap2, Swap12, Swarm50, agent_rollout
 from ._plot import plot_solution
 from ._presets import HJB, LQR, PRESETS, CrowdMotion, GaussianOT, PnasOT, make_problem
 from ._problem import ControlProblem, QuadraticControlProblem
@@ -46,9 +47,11 @@ __all__ = [
     "HJB",
     "LQR",
     "PRESETS",
+    "AgentProblem",
     "Characteristics",
     "ControlLoss",
     "ControlProblem",
+    "Corridor",
     "CrowdMotion",
     "FitResult",
     "GaussianOT",
@@ -59,10 +62,15 @@ __all__ = [
     "PnasOT",
     "QuadraticControlProblem",
     "Rollout",
+    "SafetyReport",
     "StochasticLoss",
+    "Swap2",
+    "Swap12",
+    "Swarm50",
     "ValueFunction",
     "ValueJet",
     "ValueNetwork",
+    "agent_rollout",
     "cole_hopf_value",
     "control_loss",
     "evaluate",

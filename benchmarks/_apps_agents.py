@@ -1,0 +1,208 @@
+"""Multi-agent path finding for ``benchmarks/control_apps.py``: odeflow's learned feedback
+against a direct method, IPOPT on a multiple-shooting transcription built with CasADi.
+
+The transcription solves the same problem as odeflow's closed-loop RK4 rollout: the same
+dynamics ż = u, the same costs (the problem's smooth, inflated Q and W, written again here in
+CasADi from the formulas of :class:`odeflow.control.AgentProblem`), horizon and number of
+steps nt. Decision variables: the states X₀…X_nt and piecewise-constant controls U₀…U_{nt−1};
+constraints X₀ = x₀ and X_{k+1} = X_k + hU_k (the exact flow of ż = u); objective
+Σ_k h/6·(c(X_k) + 4c(X_k + hU_k/2) + c(X_{k+1})) + h|U_k|²/2 + G(X_nt), the RK4 quadrature
+of ∫L dt. IPOPT (exact Hessian, MUMPS) starts from the straight lines to the targets with a
+small symmetry-breaking bend, and again from odeflow's closed-loop path (warm start); the
+better of the two is the optimum reported.
+
+``CASES`` maps a problem name to ``run(quick: bool) -> dict`` (see ``control_apps.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from odeflow.control import AgentProblem, ValueNetwork, fit, make_problem, rollout
+
+# training recipes (CPU, float32): width, Adam iterations, batch, RK4 steps
+RECIPES = {
+    "corridor": dict(width=32, iterations=600, batch=256, nt=20),
+    "swap2": dict(width=16, iterations=600, batch=256, nt=20),
+    "swap12": dict(width=32, iterations=600, batch=256, nt=20),
+    "swarm50": dict(width=64, iterations=600, batch=128, nt=26),
+}
+QUICK = {"iterations": 30, "batch": 64}
+
+
+# ----------------------------------------------------------------------------- CasADi costs
+def _smoothstep(ca, u):
+    u = ca.fmin(ca.fmax(u, 0.0), 1.0)
+    return u * u * u * (10.0 + u * (6.0 * u - 15.0))
+
+
+def _state_cost(ca, pb: AgentProblem, z):
+    """α₁Q + α₂W of one state (a CasADi column of length d)."""
+    A, k = pb.n_agents, pb.agent_dim
+    x = [z[i * k : (i + 1) * k] for i in range(A)]
+    out = 0
+    a1, a2 = pb.alpha[1:]
+    m = pb.inflate
+    if a1 and pb.discs is not None:
+        for c, R, s in zip(*(v.tolist() for v in pb.discs), strict=True):
+            h = (2 * math.pi * s * s) ** (-k / 2)
+            Ro2 = (R + m) ** 2
+            for xi in x:
+                r2 = ca.sumsqr(xi - ca.DM(c))
+                ind = _smoothstep(ca, (Ro2 - r2) / (Ro2 - R * R))
+                out += a1 * h * ca.exp(-0.5 * r2 / (s * s)) * ind
+    if a1 and pb.boxes is not None:
+        for lo, hi, c, s in zip(*(v.tolist() for v in pb.boxes), strict=True):
+            for xi in x:
+                ind = 1
+                for a in range(k):
+                    if math.isfinite(hi[a]):
+                        ind = ind * _smoothstep(ca, (hi[a] + m - xi[a]) / m)
+                    if math.isfinite(lo[a]):
+                        ind = ind * _smoothstep(ca, (xi[a] - lo[a] + m) / m)
+                g = ca.exp(-0.5 * sum(((xi[a] - c[a]) / s[a]) ** 2 for a in range(k)))
+                out += a1 * (1 + g) * ind
+    if a2 and A > 1:
+        r2 = (2 * pb.radius) ** 2
+        ro2 = r2 * pb.interaction_margin**2
+        for i in range(A):
+            for j in range(i + 1, A):
+                d2 = ca.sumsqr(x[i] - x[j])
+                out += (
+                    a2 * ca.exp(-0.5 * d2 / pb.radius**2) * _smoothstep(ca, (ro2 - d2) / (ro2 - r2))
+                )
+    return out
+
+
+def solve_ipopt(pb: AgentProblem, x0, nt: int, *, guess=None, max_iter: int = 3000, tol=1e-8):
+    """IPOPT on the multiple-shooting transcription from the start ``x0`` ``(d,)``.
+
+    ``guess``: an initial path ``(nt + 1, d)`` (default: straight lines with a small bend).
+    Returns a dict with ``cost``, ``seconds`` (IPOPT's solve, not the model build),
+    ``status``, ``iterations`` and ``path`` ``(nt + 1, d)``.
+    """
+    import casadi as ca
+
+    d, h = pb.dim, pb.horizon / nt
+    zs = ca.SX.sym("z", d)
+    cost_fn = ca.Function("c", [zs], [_state_cost(ca, pb, zs)])
+    us = ca.SX.sym("u", d)
+    step = ca.Function(
+        "step",
+        [zs, us],
+        [h / 6 * (cost_fn(zs) + 4 * cost_fn(zs + 0.5 * h * us) + cost_fn(zs + h * us))
+         + 0.5 * h * ca.sumsqr(us)],
+    )  # fmt: skip
+    X = ca.MX.sym("X", d, nt + 1)
+    U = ca.MX.sym("U", d, nt)
+    run = ca.sum2(step.map(nt)(X[:, :-1], U))
+    y = ca.DM(pb.target.numpy())
+    J = run + 0.5 * pb.alpha[0] * ca.sumsqr(X[:, -1] - y)
+    x0 = np.asarray(x0, dtype=float).reshape(d)
+    g = ca.vertcat(ca.vec(X[:, 0] - ca.DM(x0)), ca.vec(X[:, 1:] - X[:, :-1] - h * U))
+    nlp = {"x": ca.vertcat(ca.vec(X), ca.vec(U)), "f": J, "g": g}
+    opts = {"ipopt.print_level": 0, "print_time": 0, "ipopt.max_iter": max_iter,
+            "ipopt.tol": tol, "ipopt.sb": "yes"}  # fmt: skip
+    solver = ca.nlpsol("ocp", "ipopt", nlp, opts)
+    if guess is None:
+        s = np.linspace(0.0, 1.0, nt + 1)[:, None]
+        guess = (1 - s) * x0 + s * pb.target.numpy()
+        bend = np.sin(np.pi * s) * 0.3 * np.cos(np.arange(d))[None]  # breaks the symmetry
+        guess = guess + bend
+    guess = np.asarray(guess, dtype=float)
+    u0 = np.diff(guess, axis=0) / h
+    w0 = np.concatenate([guess.reshape(-1), u0.reshape(-1)])  # column-major vec of (d, nt+1)
+    t0 = time.perf_counter()
+    sol = solver(x0=w0, lbg=0, ubg=0)
+    seconds = time.perf_counter() - t0
+    st = solver.stats()
+    w = np.asarray(sol["x"]).reshape(-1)
+    path = w[: d * (nt + 1)].reshape(nt + 1, d)
+    return {"cost": float(sol["f"]), "seconds": seconds, "status": st["return_status"],
+            "iterations": int(st["iter_count"]), "path": path}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- odeflow side
+def train(pb: AgentProblem, quick: bool, seed: int = 0):
+    """A float32 value network trained with the problem's loss; returns (phi, seconds)."""
+    r = dict(RECIPES[pb.name], **(QUICK if quick else {}))
+    torch.manual_seed(seed)
+    phi = ValueNetwork(pb.dim, width=r["width"])
+    it = r["iterations"]
+    res = fit(pb, phi, iterations=it, batch=r["batch"], nt=r["nt"], lr=1e-2,
+              lr_drops=(it // 2, 5 * it // 6), seed=seed, verbose=False)  # fmt: skip
+    return phi, res.seconds
+
+
+def feedback_ms(pb: AgentProblem, phi, batch: int, repeat: int = 50) -> float:
+    """Milliseconds of one feedback evaluation u*(x, ∇Φ(x, t)) for ``batch`` states."""
+    x = pb.safe_starts(batch, 0.1, generator=torch.Generator().manual_seed(0)).float()
+    t = torch.tensor(0.3)
+    with torch.no_grad():
+        for _ in range(3):
+            pb.feedback(x, phi.jet(x, t).grad, t)
+        best = math.inf
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(repeat):
+                pb.feedback(x, phi.jet(x, t).grad, t)
+            best = min(best, (time.perf_counter() - t0) / repeat)
+    return 1e3 * best
+
+
+def run_case(name: str, quick: bool, rollouts: int | None = None, nt: int = 50) -> dict:
+    """Train, compare with IPOPT from the nominal start, count collisions in perturbed
+    closed-loop rollouts and time the feedback; returns plain numbers."""
+    pb = make_problem(name)
+    phi, train_s = train(pb, quick)
+    n_roll = rollouts or (64 if quick else 1000)
+    x0 = pb.start[None].float()
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        nominal = rollout(pb, phi, x0, nt=nt)
+        rollout_s = time.perf_counter() - t0
+    cold = solve_ipopt(pb, pb.start.numpy(), nt)
+    warm = solve_ipopt(pb, pb.start.numpy(), nt, guess=nominal.paths[:, 0].double().numpy())
+    best = min(
+        cold, warm, key=lambda r: r["cost"] if r["status"] == "Solve_Succeeded" else math.inf
+    )
+    scale = 0.1 * pb.spread if name == "swarm50" else 0.25 * pb.spread
+    xs = pb.safe_starts(n_roll, scale, generator=torch.Generator().manual_seed(3)).float()
+    with torch.no_grad():
+        out = rollout(pb, phi, xs, nt=nt)
+    safe = pb.safety(out.paths)
+    nominal_safe = pb.safety(nominal.paths)
+    ipopt_safe = pb.safety(torch.as_tensor(best["path"])[:, None])
+    cost = float(nominal.cost[0])
+    return {
+        "problem": name, "dim": pb.dim, "agents": pb.n_agents, "nt": nt,
+        "train_seconds": train_s, "iterations": RECIPES[name]["iterations"] if not quick
+        else QUICK["iterations"],
+        "closed_loop_cost": cost, "ipopt_cost": best["cost"],
+        "ipopt_cold_cost": cold["cost"], "ipopt_warm_cost": warm["cost"],
+        "ipopt_status": [cold["status"], warm["status"]],
+        "relative_gap": cost / best["cost"] - 1,
+        "ipopt_seconds": cold["seconds"], "ipopt_warm_seconds": warm["seconds"],
+        "ipopt_collisions": int(ipopt_safe.collisions[0]),
+        "rollout_seconds": rollout_s, "speedup_vs_ipopt": cold["seconds"] / rollout_s,
+        "nominal_collisions": int(nominal_safe.collisions[0]),
+        "nominal_violations": int(nominal_safe.violations[0]),
+        "nominal_terminal_error": float(nominal_safe.terminal_error[0]),
+        "rollouts": n_roll, "perturbation": scale,
+        "collisions": int((safe.collisions > 0).sum()),
+        "violations": int((safe.violations > 0).sum()),
+        "min_distance": float(safe.min_distance.min()),
+        "terminal_error_max": float(safe.terminal_error.max()),
+        "feedback_ms_batch1": feedback_ms(pb, phi, 1),
+        "feedback_ms_batch1024": feedback_ms(pb, phi, 1024, repeat=5),
+    }  # fmt: skip
+
+
+CASES = {
+    name: (lambda quick, _n=name, **kw: run_case(_n, quick, **kw))
+    for name in ("corridor", "swap2", "swap12", "swarm50")
+}

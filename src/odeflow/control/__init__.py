@@ -20,6 +20,7 @@ Li, Verma, Ruthotto, arXiv 2209.13104.
 """
 
 from ._agents import AgentProblem, Corridor, SafetyReport, Swap2, Swap12, Swarm50, agent_rollout
+from ._agents_plot import animate_agents, plot_agents
 from ._plot import plot_solution
 from ._presets import HJB, LQR, PRESETS, CrowdMotion, GaussianOT, PnasOT, make_problem
 from ._problem import ControlProblem, QuadraticControlProblem
@@ -71,6 +72,7 @@ __all__ = [
     "ValueJet",
     "ValueNetwork",
     "agent_rollout",
+    "animate_agents",
     "cole_hopf_value",
     "control_loss",
     "evaluate",
@@ -80,6 +82,7 @@ __all__ = [
     "hjb_residual",
     "load_checkpoint",
     "make_problem",
+    "plot_agents",
     "plot_solution",
     "rollout",
     "save_checkpoint",

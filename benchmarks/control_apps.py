@@ -82,12 +82,17 @@ def main(argv=None) -> int:
     p.add_argument("--rollouts", type=int, default=None, help="perturbed rollouts (1000)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default=str(HERE / "results" / "cpu_control_apps.json"))
+    p.add_argument("--save", default=None, help="folder for the trained networks (NAME.pt)")
+    p.add_argument("--load", default=None, help="evaluate networks saved by --save instead "
+                   "of training (their recorded training time is reported)")  # fmt: skip
+    p.add_argument("--note", default=None, help="a note recorded in the JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.only or list(all_cases):
         t0 = time.perf_counter()
         kw = {} if args.rollouts is None else {"rollouts": args.rollouts}
+        kw.update({k: Path(v) for k, v in (("load", args.load), ("save", args.save)) if v})
         row = all_cases[name](args.quick, **kw)
         row["wall_seconds"] = time.perf_counter() - t0
         rows.append(row)
@@ -101,6 +106,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "quick": args.quick,
+        "note": args.note,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     try:

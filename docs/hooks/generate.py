@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))  # this checkout's odeflow, not an install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_pages  # noqa: E402
+import bench_pages_apps  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -88,5 +89,7 @@ def on_startup(command, dirty):
 def on_files(files, config):
     files.append(File.generated(config, "reference/cli.md", content=cli_reference()))
     for uri, content in bench_pages.render_all(ROOT / "benchmarks" / "results"):
+        files.append(File.generated(config, uri, content=content))
+    for uri, content in bench_pages_apps.render_pages(ROOT / "benchmarks" / "results"):
         files.append(File.generated(config, uri, content=content))
     return files

@@ -223,3 +223,9 @@ def test_casadi_transcription_uses_the_same_costs():
         got = torch.tensor([float(f(xi.numpy())) for xi in x], dtype=F64)
         assert bool((want > 0).any())
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-9)
+
+
+def test_library_never_imports_casadi():
+    src = Path(__file__).resolve().parents[2] / "src" / "odeflow"
+    hits = [p for p in src.rglob("*.py") if "casadi" in p.read_text(encoding="utf-8")]
+    assert hits == []

@@ -5,7 +5,8 @@ from the nominal start against the IPOPT optimum of a multiple-shooting transcri
 same discrete problem (CasADi, the ``bench`` extra), collisions and obstacle violations in N
 closed-loop rollouts from perturbed starts (true, uninflated sizes), milliseconds per
 feedback evaluation at batch 1 and 1024, the time of the whole closed-loop rollout and IPOPT's
-seconds per solve. Writes JSON (``benchmarks/results/``) and prints a table.
+seconds per solve (times: CPU time of the process, one torch thread; wall times are in the
+JSON too). Writes JSON (``benchmarks/results/``) and prints a table.
 
 The problems come from the ``benchmarks/_apps_*.py`` modules; each exposes
 ``CASES = {name: run}`` with ``run(quick: bool) -> dict`` (flat numbers; see

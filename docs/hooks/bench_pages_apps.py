@@ -25,7 +25,9 @@ _INTRO = (
     "(the better of a cold and a warm start), the perturbed closed-loop rollouts with a "
     "collision or an obstacle violation (at the true, uninflated sizes), the milliseconds of "
     "one feedback evaluation at batch 1 and 1024, the whole closed-loop rollout against one "
-    "IPOPT solve. The problems are described in the guide "
+    "IPOPT solve. Times are CPU seconds of the benchmark's process with one torch thread "
+    "(IPOPT with MUMPS runs on one thread too): the machine is shared, so its wall times, "
+    "also in the JSON, count other processes' turns. The problems are described in the guide "
     "[Multi-agent path finding](../guides/control-agents.md)."
 )
 

@@ -51,7 +51,9 @@ COLUMNS = [
     ("feedback_ms_batch1024", "ms/step b=1024", "{:.2f}"),
     ("rollout_seconds", "rollout s", "{:.3f}"),
     ("ipopt_seconds", "IPOPT s", "{:.2f}"),
-    ("speedup_vs_ipopt", "speed-up", "{:.0f}x"),
+    ("speedup_vs_ipopt", "speed-up", "{:.1f}x"),
+    ("rollout_ms_per_start_batch1024", "ms/start b=1024", "{:.2f}"),
+    ("speedup_vs_ipopt_batch1024", "speed-up b=1024", "{:.0f}x"),
 ]
 
 

@@ -132,6 +132,8 @@ def solve_ipopt(pb: AgentProblem, x0, nt: int, *, guess=None, max_iter: int = 30
     nlp = {"x": ca.vertcat(ca.vec(X), ca.vec(U)), "f": J, "g": g}
     opts = {"ipopt.print_level": 0, "print_time": 0, "ipopt.max_iter": max_iter,
             "ipopt.tol": tol, "ipopt.sb": "yes"}  # fmt: skip
+    if d > 50:  # the swarm: exact Hessians of 1225 pair terms are too slow to build
+        opts["ipopt.hessian_approximation"] = "limited-memory"
     solver = ca.nlpsol("ocp", "ipopt", nlp, opts)
     if guess is None:
         s = np.linspace(0.0, 1.0, nt + 1)[:, None]

@@ -84,7 +84,7 @@ class AgentProblem(QuadraticControlProblem):
         discs: ``(centres (K, k), radii (K,), stds (K,))`` or None.
         boxes: ``(lo (B, k), hi (B, k), centres (B, k), stds (B, k))`` or None (±inf bounds
             allowed).
-        inflate: obstacle inflation (default r). interaction_margin: ≥ 1 (paper: 1.1).
+        inflate: obstacle inflation (default r). interaction_margin: > 1 (paper: 1.1).
         spread: std of ρ₀ around the start. horizon: T. steps: RK4 steps of training.
         weights: :class:`LossWeights` (the paper's β₁, β₂, β₃).
 

@@ -28,6 +28,7 @@ import importlib
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{name}: done in {row['wall_seconds']:.0f} s", flush=True)
     meta = {
-        "command": "python benchmarks/control_apps.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python benchmarks/control_apps.py " + shlex.join(argv or sys.argv[1:]),
         "machine": platform.machine(),
         "cpu": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),

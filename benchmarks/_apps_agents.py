@@ -56,7 +56,11 @@ RECIPES = {
     "swap12": dict(
         width=32,
         rank=25,
-        stages=[("objective", 75, 64, 0.5, 1e3), ("objective", 100, 64, 0.25, None)],
+        stages=[
+            ("objective", 75, 64, 0.5, 1e3),
+            ("objective", 100, 64, 0.25, None),
+            ("objective", 75, 64, 0.25, None),
+        ],
     ),
     # the same continuation, not yet run to the end: on the shared 2-core CPU 50 iterations of
     # the "paper" loss (batch 32) took 13 minutes without reaching the targets

@@ -26,7 +26,7 @@ import torch
 
 from odeflow.control import ValueNetwork, fit, rollout
 from odeflow.control._hodgkin_huxley import HodgkinHuxley
-from odeflow.control._quadcopter import DEFAULT_KICK, Quadcopter, shock_experiment
+from odeflow.control._quadcopter import DEFAULT_KICK, Quadcopter, quadcopter_shock
 
 # training recipes: (width, optimizer stages [(optimizer, iterations, batch)], seed)
 RECIPES = {
@@ -204,7 +204,7 @@ def quadcopter_case(mode: str = "quick", pretrained=None, figures: Path | None =
     phi, train_s, recipe = _network(pb, "quadcopter", mode, pretrained)
     cost, r, roll_s = _closed_loop(pb, phi, nt)
     err = float((r.paths[-1, 0, :3] - pb.target[:3]).norm())
-    shock = shock_experiment(pb, phi, nt=nt)
+    shock = quadcopter_shock(pb, phi, nt=nt)
     ip = ipopt_quadcopter(pb, pb.start.numpy(), nt)
     if figures is not None:
         from odeflow.control._quadcopter import animate_flight, plot_flight

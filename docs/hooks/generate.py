@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))  # this checkout's odeflow, not an install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_pages  # noqa: E402
+import bench_pages_apps  # noqa: E402
 import bench_pages_sbi  # noqa: E402
 
 
@@ -91,5 +92,7 @@ def on_files(files, config):
     for uri, content in bench_pages.render_all(ROOT / "benchmarks" / "results"):
         files.append(File.generated(config, uri, content=content))
     for uri, content in bench_pages_sbi.render_pages(ROOT / "benchmarks" / "results"):
+        files.append(File.generated(config, uri, content=content))
+    for uri, content in bench_pages_apps.render_pages(ROOT / "benchmarks" / "results"):
         files.append(File.generated(config, uri, content=content))
     return files

@@ -14,6 +14,7 @@ def test_control_list(capsys):
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names[:5] == ["lqr", "hjb", "gaussian-ot", "pnas-ot", "pnas-crowd"]
     assert {"quadcopter", "hodgkin-huxley"} <= set(names)
+    assert {"corridor", "swap2", "swap12", "swarm50"} <= set(names)
 
 
 def test_control_train_eval_and_overwrite(tmp_path, capsys):

@@ -15,8 +15,8 @@ from odeflow.control import (
     ValueNetwork,
     fit,
     make_problem,
+    quadcopter_shock,
     rollout,
-    shock_experiment,
     solve_characteristics,
 )
 
@@ -182,12 +182,12 @@ def test_tiny_training_lowers_quadcopter_cost():
 def test_shock_experiment_and_bad_input():
     pb = Quadcopter()
     phi = ValueNetwork(12, width=4).double()
-    out = shock_experiment(pb, phi, nt=10, time=0.3)
+    out = quadcopter_shock(pb, phi, nt=10, time=0.3)
     assert torch.equal(out.paths[:3], out.shocked_paths[:3])  # same path before the kick
     kick = torch.tensor([0.3, -0.3, 0.3, 0, 0, 0, 1.0, -1.0, 1.0, 0, 0, 0], dtype=torch.float64)
     torch.testing.assert_close(out.shocked_paths[3, 0] - out.paths[3, 0], kick)
     with pytest.raises(ValueError, match="one step"):
-        shock_experiment(pb, phi, nt=10, time=0.01)  # before the first step
+        quadcopter_shock(pb, phi, nt=10, time=0.01)  # before the first step
     with pytest.raises(ValueError, match=r"shape \(n, 12\)"):
         rollout(pb, phi, torch.zeros(2, 3, dtype=torch.float64))
     bad = pb.start[None].clone()
@@ -199,7 +199,7 @@ def test_shock_experiment_and_bad_input():
     with pytest.raises(ValueError, match="4 finite numbers"):
         HodgkinHuxley(horizon=1.0, start=(0.0, 0.0))
     with pytest.raises(TypeError, match="Quadcopter"):
-        shock_experiment(HodgkinHuxley(horizon=1.0), phi)
+        quadcopter_shock(HodgkinHuxley(horizon=1.0), phi)
 
 
 def test_animation_frame_rotation_carries_the_thrust_direction():

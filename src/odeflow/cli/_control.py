@@ -28,9 +28,10 @@ def _device(spec: str | None) -> torch.device:
     return dev
 
 
-def _references(problem, value) -> dict:
+def _references(problem, value, samples: int = 1000) -> dict:
     """Reference figures for the presets that have one (floats)."""
-    from odeflow.control import HJB, LQR, GaussianOT
+    from odeflow.control import HJB, LQR, AgentProblem, GaussianOT
+    from odeflow.control._agents import agent_metrics as _agent_metrics
 
     ref = next(value.parameters())
     out: dict = {}
@@ -50,6 +51,8 @@ def _references(problem, value) -> dict:
                    relative_error=abs(u00 - est.value) / abs(est.value))  # fmt: skip
     elif isinstance(problem, GaussianOT):
         out["reference_cost"] = problem.reference().cost
+    elif isinstance(problem, AgentProblem):
+        out.update(_agent_metrics(problem, value, rollouts=min(samples, 1000)))
     return out
 
 
@@ -63,7 +66,7 @@ def _metrics(problem, value, samples: int, seed: int) -> dict:
     from odeflow.control import evaluate
 
     m = evaluate(problem, value, samples=samples, seed=seed)
-    m.update(_references(problem, value))
+    m.update(_references(problem, value, samples))
     bad = [k for k, v in m.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise FloatingPointError(f"non-finite evaluation figures {bad}: the run diverged")
@@ -97,6 +100,10 @@ def _train(args: argparse.Namespace) -> int:
     if problem.dim >= 2 and not args.no_plot:
         try:
             plot_solution(problem, value.cpu(), out / "solution.png")
+            if hasattr(problem, "n_agents"):  # multi-agent problems: their trajectories
+                from odeflow.control._agents_plot import write_pictures
+
+                write_pictures(problem, value.cpu(), out)
         except ImportError as exc:
             print(f"odeflow control train: note: no picture ({exc})")
     print(json.dumps({k: v for k, v in metrics.items() if k != "problem"}, default=str))
@@ -108,6 +115,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     problem, value = load_checkpoint(args.checkpoint)
     metrics = _metrics(problem, value, args.samples, args.seed)
+    if args.shock:
+        from odeflow.control._shock import shock_experiment
+
+        metrics["shock"] = shock_experiment(problem, value, time=args.shock_time,
+                                            size=args.shock_size, seed=args.seed)  # fmt: skip
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -147,4 +159,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--checkpoint", required=True, help="model.pt written by `control train`")
     e.add_argument("--samples", type=int, default=1024)
     e.add_argument("--seed", type=int, default=1)
+    e.add_argument("--shock", action="store_true", help="also run the shock experiment: a "
+                   "state kick mid-horizon, the feedback recovers (cost-to-go vs Φ)")  # fmt: skip
+    e.add_argument("--shock-time", type=float, default=None, help="kick time (default T/2)")
+    e.add_argument("--shock-size", type=float, default=0.5,
+                   help="norm of a random kick (problems with a preset kick use it)")  # fmt: skip
     e.set_defaults(func=_eval)

@@ -14,6 +14,7 @@ DEMOS: tuple[tuple[str, str, str], ...] = (
     ("epi", "odeflow.cli._demo_epi", "run_demo"),
     ("otflow", "odeflow.cli._demo_otflow", "run_demo"),
     ("nn-hamiltonian", "odeflow.cli._demo_nn", "run_demo"),
+    ("corridor", "odeflow.cli._demo_agents", "run_demo"),
 )
 
 

@@ -19,11 +19,13 @@ References: Ruthotto et al., PNAS 2020, arXiv 1912.01825; Onken et al., arXiv 21
 Li, Verma, Ruthotto, arXiv 2209.13104.
 """
 
+from ._agents import AgentProblem, Corridor, SafetyReport, Swap2, Swap12, Swarm50, agent_rollout
+from ._agents_plot import animate_agents, plot_agents
 from ._hodgkin_huxley import HodgkinHuxley
 from ._plot import plot_solution
 from ._presets import HJB, LQR, PRESETS, CrowdMotion, GaussianOT, PnasOT, make_problem
 from ._problem import ControlProblem, QuadraticControlProblem
-from ._quadcopter import Quadcopter, ShockResult, shock_experiment
+from ._quadcopter import Quadcopter, ShockResult, quadcopter_shock
 from ._reference import (
     GaussianOTReference,
     LQRValue,
@@ -31,6 +33,7 @@ from ._reference import (
     cole_hopf_value,
     gaussian_ot_reference,
 )
+from ._shock import shock_experiment
 from ._simulate import Rollout, rollout
 from ._solver import (
     Characteristics,
@@ -48,9 +51,11 @@ __all__ = [
     "HJB",
     "LQR",
     "PRESETS",
+    "AgentProblem",
     "Characteristics",
     "ControlLoss",
     "ControlProblem",
+    "Corridor",
     "CrowdMotion",
     "FitResult",
     "GaussianOT",
@@ -63,11 +68,17 @@ __all__ = [
     "Quadcopter",
     "QuadraticControlProblem",
     "Rollout",
+    "SafetyReport",
     "ShockResult",
     "StochasticLoss",
+    "Swap2",
+    "Swap12",
+    "Swarm50",
     "ValueFunction",
     "ValueJet",
     "ValueNetwork",
+    "agent_rollout",
+    "animate_agents",
     "cole_hopf_value",
     "control_loss",
     "evaluate",
@@ -77,7 +88,9 @@ __all__ = [
     "hjb_residual",
     "load_checkpoint",
     "make_problem",
+    "plot_agents",
     "plot_solution",
+    "quadcopter_shock",
     "rollout",
     "save_checkpoint",
     "shock_experiment",

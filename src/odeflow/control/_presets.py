@@ -9,6 +9,7 @@ from torch import Tensor
 
 from . import _hodgkin_huxley as _hh
 from . import _quadcopter
+from ._agents import Corridor, Swap2, Swap12, Swarm50
 from ._problem import ControlProblem, QuadraticControlProblem, _check_dim, _check_positive
 from ._reference import LQRValue, cole_hopf_value, gaussian_ot_reference
 from ._solver import LossWeights
@@ -385,6 +386,7 @@ PRESETS: dict[str, type[ControlProblem]] = {
     "gaussian-ot": GaussianOT,
     "pnas-ot": PnasOT,
     "pnas-crowd": CrowdMotion,
+    **{c.name: c for c in (Corridor, Swap2, Swap12, Swarm50)},
 }
 PRESETS.update(quadcopter=_quadcopter.Quadcopter, **{"hodgkin-huxley": _hh.HodgkinHuxley})
 

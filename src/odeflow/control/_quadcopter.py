@@ -11,7 +11,7 @@ from torch import Tensor
 from ._problem import ControlProblem, _check_positive
 from ._solver import LossWeights
 
-__all__ = ["Quadcopter", "ShockResult", "animate_flight", "plot_flight", "shock_experiment"]
+__all__ = ["Quadcopter", "ShockResult", "animate_flight", "plot_flight", "quadcopter_shock"]
 
 
 def _vec3(v, name: str) -> Tensor:
@@ -157,7 +157,7 @@ class Quadcopter(ControlProblem):
 
 
 class ShockResult(NamedTuple):
-    """Outcome of :func:`shock_experiment` (all ``(n,)`` tensors, per start).
+    """Outcome of :func:`quadcopter_shock` (all ``(n,)`` tensors, per start).
 
     ``error``/``cost``: terminal position error |z_T − y|_pos and cost ∫L + G without the
     shock; ``shocked_error``/``shocked_cost``: the same with the kick (the cost from the
@@ -176,7 +176,7 @@ class ShockResult(NamedTuple):
 DEFAULT_KICK = (0.3, -0.3, 0.3, 0.0, 0.0, 0.0, 1.0, -1.0, 1.0, 0.0, 0.0, 0.0)
 
 
-def shock_experiment(
+def quadcopter_shock(
     problem: Quadcopter, value, x: Tensor | None = None, *, kick=DEFAULT_KICK,
     time: float = 0.1, nt: int | None = None
 ) -> ShockResult:  # fmt: skip
@@ -206,14 +206,14 @@ def shock_experiment(
     Example:
         >>> from odeflow.control import ValueNetwork
         >>> pb = Quadcopter()
-        >>> out = shock_experiment(pb, ValueNetwork(12, width=8).double(), nt=10)
+        >>> out = quadcopter_shock(pb, ValueNetwork(12, width=8).double(), nt=10)
         >>> out.paths.shape, out.shocked_paths.shape
         (torch.Size([11, 1, 12]), torch.Size([11, 1, 12]))
     """
     from ._simulate import rollout
 
     if not isinstance(problem, Quadcopter):
-        raise TypeError(f"shock_experiment needs a Quadcopter, got {type(problem).__name__}")
+        raise TypeError(f"quadcopter_shock needs a Quadcopter, got {type(problem).__name__}")
     nt = problem.eval_steps if nt is None else nt
     if isinstance(nt, bool) or not isinstance(nt, int) or nt < 2:
         raise ValueError(f"nt must be an integer >= 2 (RK4 steps), got {nt!r}")

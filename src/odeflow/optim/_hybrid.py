@@ -19,12 +19,13 @@ GCV evaluates the full problem's ``G(λ) = ‖b − Ax_λ‖² / (m − T(λ))²
 (Chung–Nagy–O'Leary's ``Ĝ``). It is trustworthy only where the Krylov space has resolved the
 spectrum: the Ritz values interlace, ``s_i² ≤ σ_i²``, so the projected trace never exceeds the
 full one, and near the bottom of the λ range (``λ ≈ s_min(B_k)``) it falls short by the
-singular values not yet found, which biases ``Ĝ`` low there. A minimum at that floor is this
-artefact, not a minimizer of ``G`` (on a slowly decaying spectrum it persists at every ``k``
-and drags λ to 0); λ is therefore the lowest *interior* local minimum of ``Ĝ``, the floor
-only while there is none. Its ``λ_k`` converge to a local minimizer of ``G``, slowly where the
-spectrum decays slowly, so λ counts as settled when the last step, extrapolated
-geometrically, leaves at most ``lam_rtol`` to go.
+singular values not yet found, which biases ``Ĝ`` low there. A minimum at that floor is not
+a stationary point, and on a slowly decaying spectrum (the inverse heat problem) it is this
+artefact at every ``k`` and drags λ to 0; λ is therefore the lowest *interior* local minimum
+of ``Ĝ``, the floor only while there is none (the floor then moves on with ``k``). These
+``λ_k`` converge to a local minimizer of ``G``, slowly where the spectrum decays slowly, so λ
+counts as settled when the last step, extrapolated geometrically, leaves at most ``lam_rtol``
+to go.
 """
 
 from __future__ import annotations
@@ -179,8 +180,7 @@ def _interior_argmin(vals):
 def _minimize_on_grid(f, grid, interior: bool = False):
     """Argmin of ``f`` (vectorized over rows) on the grid, refined by ``_ZOOMS`` zooms: each
     evaluates 33 points across the two grid cells around the current best (λ to ~1e-8,
-    relative). With
-    ``interior``, the best is the lowest interior local minimum (:func:`_interior_argmin`)."""
+    relative). With ``interior``, the best is the lowest interior local minimum."""
     vals = f(grid)
     i = _interior_argmin(vals) if interior else vals.argmin(dim=1, keepdim=True)
     L = grid.shape[1]

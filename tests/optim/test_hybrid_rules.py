@@ -11,7 +11,7 @@ import torch
 
 from odeflow.optim import hybrid_lsqr
 
-from ._illposed import heat, noisy, optimal_lambda
+from ._illposed import heat, noisy, optimal_lambda, tikhonov_dense
 
 F64 = torch.float64
 
@@ -39,3 +39,18 @@ def test_heat_gcv_undersmooths_weighted_gcv_and_discrepancy_do_not(level):
         d = hybrid_lsqr(A, b, regularization="discrepancy", noise_level=level)
         assert 1 / 3 <= float(d.lam) / lam_opt <= 3
         assert float((d.x - x).norm()) <= 1.15 * err_opt
+
+
+@pytest.mark.parametrize("level", [0.01, 0.05])
+def test_heat_draw_1_gcv_follows_the_dense_gcv(level):
+    """Regression: on this draw the projected GCV is lowest at the floor of its λ range
+    (``s_min(B_k)``, where the projected trace falls short of the full one) at every k; taking
+    that boundary point drove λ → 0 (error ×10⁶). The hybrid takes the interior minimum."""
+    A, x = heat(256)
+    b = noisy(A, x, level, seed=1)
+    lam_d = _dense_gcv_lambda(A, b)
+    err_d = float((tikhonov_dense(A, b, lam_d) - x).norm())
+    res = hybrid_lsqr(A, b)
+    assert res.status.ok, res.reason
+    assert 1 / 3 <= float(res.lam) / lam_d <= 3
+    assert float((res.x - x).norm()) <= 1.1 * err_d

@@ -12,7 +12,7 @@ from odeflow.control import LQR, rollout
 def test_control_list(capsys):
     assert main(["control", "list"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == ["lqr", "hjb", "gaussian-ot", "pnas-ot", "pnas-crowd"]
+    assert names == ["lqr", "hjb", "gaussian-ot", "pnas-ot", "pnas-crowd", "soc-obstacle"]
 
 
 def test_control_train_eval_and_overwrite(tmp_path, capsys):

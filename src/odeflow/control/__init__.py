@@ -19,6 +19,9 @@ References: Ruthotto et al., PNAS 2020, arXiv 1912.01825; Onken et al., arXiv 21
 Li, Verma, Ruthotto, arXiv 2209.13104.
 """
 
+from ._crowd import crowd_metrics, plot_crowd
+from ._hjb_grid import GridHJBSolution, solve_hjb_grid
+from ._obstacle import StochasticObstacle
 from ._plot import plot_solution
 from ._presets import HJB, LQR, PRESETS, CrowdMotion, GaussianOT, PnasOT, make_problem
 from ._problem import ControlProblem, QuadraticControlProblem
@@ -53,6 +56,7 @@ __all__ = [
     "FitResult",
     "GaussianOT",
     "GaussianOTReference",
+    "GridHJBSolution",
     "LQRValue",
     "LossWeights",
     "MonteCarloEstimate",
@@ -60,11 +64,13 @@ __all__ = [
     "QuadraticControlProblem",
     "Rollout",
     "StochasticLoss",
+    "StochasticObstacle",
     "ValueFunction",
     "ValueJet",
     "ValueNetwork",
     "cole_hopf_value",
     "control_loss",
+    "crowd_metrics",
     "evaluate",
     "fit",
     "gaussian_ot_reference",
@@ -72,10 +78,12 @@ __all__ = [
     "hjb_residual",
     "load_checkpoint",
     "make_problem",
+    "plot_crowd",
     "plot_solution",
     "rollout",
     "save_checkpoint",
     "simulate",
     "solve_characteristics",
+    "solve_hjb_grid",
     "stochastic_loss",
 ]

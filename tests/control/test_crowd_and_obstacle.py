@@ -85,7 +85,7 @@ def test_crowd_density_against_brute_force_jacobian(d):
     with torch.no_grad():
         for p in phi.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    x = pb.sample_initial(3, generator=torch.Generator().manual_seed(4))
+    x = pb.sample_initial(2, generator=torch.Generator().manual_seed(4))
     ch = solve_characteristics(pb, phi, x, nt=16, gradient="backprop")
     flow = lambda xi: solve_characteristics(pb, phi, xi[None], nt=16, gradient="backprop").z[0]  # noqa: E731
     logdet = torch.stack([torch.linalg.slogdet(jacrev(flow)(xi))[1] for xi in x])
@@ -146,5 +146,96 @@ def test_obstacle_preset_and_its_grid_reference():
     pts = torch.tensor([[-1.5, -1.5], [-1.0, -2.0]], dtype=torch.float64)
     y = flat.target
     exact = _lqr_exact(pts, 100.0, y)
-    grid = flat.reference(n=81, bounds=(-3.0, 3.5))(pts)
+    grid = flat.reference(n=56, bounds=(-3.0, 2.5))(pts)
     assert float(((grid - exact) / exact).abs().max()) < 0.02, (grid, exact)
+
+
+def test_residual_value_jet_is_the_sum():
+    from odeflow.control import LQRValue, ResidualValue
+
+    base = LQRValue(2, Qf=3.0, noise=torch.tensor(A_SOC, dtype=torch.float64))
+    net = ValueNetwork(2, width=4).double()
+    phi = ResidualValue(base, net)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    for second in (None, "laplacian", "hessian"):
+        a, b, c = base.jet(x, 0.3, second), net.jet(x, 0.3, second), phi.jet(x, 0.3, second)
+        for u, v, w in zip(a, b, c, strict=True):
+            assert (w is None) if u is None else torch.allclose(w, u + v)
+    assert [p is q for p, q in zip(phi.parameters(), net.parameters(), strict=True)]
+    with pytest.raises(ValueError, match="same dimension"):
+        ResidualValue(base, ValueNetwork(3, width=4))
+
+
+def test_obstacle_training_reduces_the_baseline_error():
+    """Fast version of the obstacle acceptance: 40 stochastic-solver iterations on
+    Φ = Riccati(no obstacle) + network cut the baseline's error against the grid reference
+    (Richardson, 41/81 points) by 30 % at each of the 5 test points and halve its mean.
+    The 2 % acceptance run is ``benchmarks/control_mfg_acceptance.py`` (100 Euler–Maruyama
+    steps)."""
+    from odeflow.control import LossWeights, ResidualValue, fit
+
+    pb = StochasticObstacle()
+    pts = torch.tensor([[-1.5, -1.5], [-1.0, -1.5], [-2.0, -1.5], [-1.0, -2.0], [-0.5, -1.0]],
+                       dtype=torch.float64)  # fmt: skip
+    ref = pb.reference(n=41)(pts)
+    torch.manual_seed(0)
+    phi = ResidualValue(pb.baseline(), ValueNetwork(2, width=8).double())
+    with torch.no_grad():
+        before = ((phi(pts, 0.0) - ref) / ref).abs()
+    w = LossWeights(objective=1.0, hjb=0.0, terminal_value=1.0, bsde=1.0)
+    fit(pb, phi, iterations=40, batch=32, nt=10, lr=3e-2, verbose=False, seed=0,
+        resample_every=1, weights=w)  # fmt: skip
+    with torch.no_grad():
+        after = ((phi(pts, 0.0) - ref) / ref).abs()
+    assert bool((before > 0.1).all()) and bool((after < 0.7 * before).all()), (before, after)
+    assert float(after.mean()) < 0.5 * float(before.mean()), (before, after)
+
+
+def _best_path_cost(pb, x1, detour):
+    """min over paths (0 → T, 64 steps) from (x1, 3) to (x1, −3) of ∫½|ż|² + Q(z) dt, from a
+    start bent sideways by ``detour``; returns (cost, largest |z₁| on the path)."""
+    n, h = 64, 1 / 64
+    t = torch.linspace(0, 1, n + 1, dtype=torch.float64)[1:-1]
+    inner = torch.stack([x1 + detour * torch.sin(math.pi * t), 3 - 6 * t], 1)
+    inner = inner.clone().requires_grad_(True)
+    a, b = torch.tensor([[x1, 3.0]]).double(), torch.tensor([[x1, -3.0]]).double()
+
+    def cost():
+        p = torch.cat([a, inner, b])
+        v = (p[1:] - p[:-1]) / h
+        return 0.5 * h * (v * v).sum() + h * pb.obstacle(0.5 * (p[1:] + p[:-1]), 0.0).sum()
+
+    opt = torch.optim.LBFGS([inner], max_iter=400, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-10)  # fmt: skip
+
+    def closure():
+        opt.zero_grad()
+        c = cost()
+        c.backward()
+        return c
+
+    opt.step(closure)
+    return float(cost().detach()), float(inner.detach()[:, 0].abs().max())
+
+
+def test_paper_bump_is_crossed_a_peak_50_bump_is_avoided():
+    """Why the crowd of the paper's problem crosses the obstacle: for the bump of mass 50
+    (peak 11.25) one agent from (0, 3) to (0, −3) does best going straight (21.13; a bent
+    start relaxes to the straight path), while for a bump of peak 50 a detour beats the
+    straight path (28.1 < 29.8)."""
+    c, wide = _best_path_cost(CrowdMotion(), 0.0, 1.5)
+    assert abs(c - 21.13) < 0.01 and wide < 1e-3
+    c_straight, _ = _best_path_cost(CrowdMotion(peak=50.0), 0.0, 0.0)
+    c_detour, wide = _best_path_cost(CrowdMotion(peak=50.0), 0.0, 1.5)
+    assert c_detour < c_straight - 1.0 and wide > 1.0
+
+
+@pytest.mark.slow
+def test_crowd_demo(tmp_path):
+    """`odeflow demo --only crowd`: 2-D crowd motion, pictures and metrics (about 20 s)."""
+    from odeflow.cli._demo_control import run_demo
+
+    r = run_demo(tmp_path, verbose=False)
+    assert (tmp_path / "crowd.png").is_file() and (tmp_path / "metrics.json").is_file()
+    assert r["objective"] < 21.13  # below one agent's best cost from the crowd's centre
+    assert r["kl"] < 0.5

@@ -14,6 +14,7 @@ DEMOS: tuple[tuple[str, str, str], ...] = (
     ("epi", "odeflow.imaging.epi._demo", "run_demo"),
     ("otflow", "odeflow.flows._demo", "run_demo"),
     ("nn-hamiltonian", "odeflow.cli._demo_nn", "run_demo"),
+    ("crowd", "odeflow.cli._demo_control", "run_demo"),
 )
 
 

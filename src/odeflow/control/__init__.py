@@ -32,6 +32,7 @@ from ._reference import (
     cole_hopf_value,
     gaussian_ot_reference,
 )
+from ._residual import ResidualValue
 from ._simulate import Rollout, rollout
 from ._solver import (
     Characteristics,
@@ -62,6 +63,7 @@ __all__ = [
     "MonteCarloEstimate",
     "PnasOT",
     "QuadraticControlProblem",
+    "ResidualValue",
     "Rollout",
     "StochasticLoss",
     "StochasticObstacle",

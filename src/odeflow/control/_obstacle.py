@@ -89,6 +89,14 @@ class StochasticObstacle(QuadraticControlProblem):
         z = torch.randn(n, 2, generator=generator, dtype=torch.float64) + self.mean0
         return z.to(dtype=dtype or torch.float64, device=device)
 
+    def baseline(self):
+        """The value of the problem without the obstacle, a :class:`LQRValue` (Riccati: P(t) =
+        2w/(1 + 2w(T − t)) I), the stiff part of Φ; use with :class:`ResidualValue`."""
+        from ._reference import LQRValue
+
+        return LQRValue(2, gain=1.0, Qf=2.0 * self.weight, noise=self.noise_matrix(),
+                        target=self.target, horizon=self.horizon)  # fmt: skip
+
     def reference(
         self, n: int = 161, bounds=(-4.0, 4.0), *, extrapolate: bool = True
     ) -> GridHJBSolution:

@@ -118,8 +118,12 @@ def main() -> None:
     ap.add_argument("--peak", action="store_true", help="crowd obstacle of peak 50 (mass 222)")
     ap.add_argument("--dims", type=int, nargs="+", default=None)
     ap.add_argument("--sections", nargs="+", default=["crowd", "soc"], choices=["crowd", "soc"])
-    ap.add_argument("--soc-form", default="residual", choices=["residual", "plain"],
-                    help="Φ = obstacle-free Riccati value + network (default), or the network")
+    ap.add_argument(
+        "--soc-form",
+        default="residual",
+        choices=["residual", "plain"],
+        help="Φ = obstacle-free Riccati value + network (default), or the network",
+    )
     ap.add_argument("--soc-iterations", type=int, default=400)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -239,3 +239,38 @@ def test_crowd_demo(tmp_path):
     assert (tmp_path / "crowd.png").is_file() and (tmp_path / "metrics.json").is_file()
     assert r["objective"] < 21.13  # below one agent's best cost from the crowd's centre
     assert r["kl"] < 0.5
+
+
+class _Embedded(ValueFunction):
+    """Φ_d(x, t) = Φ_2(x₁, x₂, t): a 2-D value function seen in d dimensions."""
+
+    def __init__(self, inner, dim):
+        super().__init__()
+        self.inner, self.dim = inner, dim
+
+    def jet(self, x, t, second=None):
+        j = self.inner.jet(x[:, :2], t, second)
+        hess = None
+        if j.hessian is not None:
+            hess = x.new_zeros(x.shape[0], self.dim, self.dim)
+            hess[:, :2, :2] = j.hessian
+        grad = torch.cat([j.grad, x.new_zeros(x.shape[0], self.dim - 2)], 1)
+        return ValueJet(j.value, grad, j.dt, j.laplacian, hess)
+
+
+def test_crowd_terms_are_d_invariant_for_embedded_policies():
+    """The crowd problem separates: a 2-D policy embedded in d = 7 has the same obstacle cost,
+    KL, kinetic energy and core mass on the same particles; the entropy term differs by
+    exactly 0.01·E log N(x₃…x_d; 0, 0.3) (the extra coordinates do not move)."""
+    torch.manual_seed(0)
+    phi = ValueNetwork(2, width=8).double()
+    with torch.no_grad():
+        for p in phi.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = CrowdMotion(dim=7).sample_initial(256, generator=torch.Generator().manual_seed(1))
+    m2 = crowd_metrics(CrowdMotion(dim=2), phi, x=x[:, :2].contiguous(), nt=8)
+    m7 = crowd_metrics(CrowdMotion(dim=7), _Embedded(phi, 7), x=x, nt=8)
+    for k in ("obstacle", "kl", "kinetic", "core_mass"):
+        assert abs(m2[k] - m7[k]) <= 1e-10 * max(1.0, abs(m2[k])), k
+    extra = -0.5 * (x[:, 2:] ** 2).sum(1) / 0.3 - 2.5 * math.log(2 * math.pi * 0.3)
+    assert abs(m7["entropy"] - m2["entropy"] - 0.01 * float(extra.mean())) < 1e-10

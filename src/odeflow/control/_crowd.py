@@ -14,12 +14,13 @@ from ._solver import _check_pair, solve_characteristics
 __all__ = ["crowd_metrics", "plot_crowd"]
 
 
-def _flow(problem: CrowdMotion, value, samples: int, nt: int, seed: int):
+def _flow(problem: CrowdMotion, value, samples: int, nt: int, seed: int, x=None):
     if not isinstance(problem, CrowdMotion):
         raise TypeError(f"problem must be a CrowdMotion, got {type(problem).__name__}")
     _check_pair(problem, value)
     ref = next(iter(value.parameters()), torch.zeros((), dtype=torch.float64))
-    x = problem.sample_initial(samples, generator=torch.Generator().manual_seed(seed))
+    if x is None:
+        x = problem.sample_initial(samples, generator=torch.Generator().manual_seed(seed))
     x = x.to(dtype=ref.dtype, device=ref.device)
     with torch.no_grad():
         ch = solve_characteristics(problem, value, x, nt=nt, gradient="backprop", trajectory=True)
@@ -27,12 +28,13 @@ def _flow(problem: CrowdMotion, value, samples: int, nt: int, seed: int):
 
 
 def crowd_metrics(
-    problem: CrowdMotion, value, *, samples: int = 4096, nt: int = 16, seed: int = 0
+    problem: CrowdMotion, value, *, samples: int = 4096, nt: int = 16, seed: int = 0, x=None
 ) -> dict[str, float | list[float]]:
     r"""The cost terms and the obstacle-core mass of a crowd-motion feedback on fresh samples.
 
-    ``samples`` new draws from ρ₀ follow the characteristics of Φ (RK4, ``nt`` steps, with the
-    exact log-determinant ℓ, so log ρ(z_t, t) = log ρ₀(x) − ℓ_t). Returned (means over the
+    ``samples`` new draws from ρ₀ (seeded by ``seed``; or the given initial states ``x``,
+    ``(n, d)``) follow the characteristics of Φ (RK4, ``nt`` steps, with the exact
+    log-determinant ℓ, so log ρ(z_t, t) = log ρ₀(x) − ℓ_t). Returned (means over the
     particles, floats):
 
     * ``kinetic`` E∫(α₁/2)|u|² dt; ``obstacle`` E∫α₂Q(z) dt; ``entropy``
@@ -58,7 +60,7 @@ def crowd_metrics(
         >>> sorted(m)[:3], 0 <= m["core_mass"] <= 1
         (['core_mass', 'core_mass_by_time', 'entropy'], True)
     """
-    x, ch = _flow(problem, value, samples, nt, seed)
+    x, ch = _flow(problem, value, samples, nt, seed, x)
     pure = copy.copy(problem)
     pure.entropy = 0.0  # the flow does not depend on the costs: a second pass splits F
     with torch.no_grad():

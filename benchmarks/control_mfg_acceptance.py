@@ -125,6 +125,8 @@ def main() -> None:
         help="Φ = obstacle-free Riccati value + network (default), or the network",
     )
     ap.add_argument("--soc-iterations", type=int, default=400)
+    ap.add_argument("--crowd-iterations", type=int, default=500)
+    ap.add_argument("--crowd-batch", type=int, default=1024)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     crowd = soc = None
@@ -137,7 +139,7 @@ def main() -> None:
     else:
         dims = args.dims or [2, 10, 50, 100]
         if "crowd" in args.sections:
-            crowd = crowd_section(dims, iterations=500, batch=1024, width=16, peak=args.peak)
+            crowd = crowd_section(dims, args.crowd_iterations, args.crowd_batch, 16, args.peak)
         if "soc" in args.sections:
             # 100 Euler–Maruyama steps: with the terminal weight 100 the closed-loop cost of
             # the exact LQR feedback is 7 % high at 20 steps, 0.7 % at 160 (measured)

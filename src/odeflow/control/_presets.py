@@ -336,8 +336,13 @@ class CrowdMotion(_KLTerminal):
     entropy term does: each extra coordinate adds 0.01·∫ρ log ρ = −0.01·½log(2πe·0.3)).
 
     Args:
-        dim: d ≥ 2. alpha: (α₁, …, α₅). mass: m, the obstacle's mass (50).
+        dim: d ≥ 2. alpha: (α₁, …, α₅). mass: m, the obstacle's mass (default 50).
+        peak: instead of the mass, the peak value Q(0) (``peak=50`` reads the paper's height
+        as the peak: mass 222.1, a bump the optimal crowd splits around).
         entropy: the congestion weight (0.01).
+
+    Raises:
+        ValueError: d < 2, both mass and peak, a non-positive mass or peak.
 
     Reference: Ruthotto, Osher, Li, Nurbekyan, Wu Fung, PNAS 117 (2020), arXiv 1912.01825,
     section "Crowd Motion"; EmoryMLIP/MFGnet.jl, ``examples/ROLNWF2019``.

@@ -430,7 +430,7 @@ PRESETS: dict[str, type[ControlProblem]] = {
 
 def make_problem(name: str, dim: int | None = None, **kwargs) -> ControlProblem:
     """A preset problem by name (``lqr``, ``hjb``, ``gaussian-ot``, ``pnas-ot``,
-    ``pnas-crowd``), with its dimension and keyword arguments.
+    ``pnas-crowd``, ``soc-obstacle``), with its dimension and keyword arguments.
 
     Raises:
         ValueError: an unknown name (the message lists the known ones).

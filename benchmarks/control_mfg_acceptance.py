@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--soc-iterations", type=int, default=400)
     ap.add_argument("--soc-grid-n", type=int, default=161, help="coarse grid (Richardson: 2n-1)")
     ap.add_argument("--soc-value-match", type=float, default=0.0)
+    ap.add_argument("--soc-steps", type=int, default=100, help="Euler–Maruyama steps")
     ap.add_argument("--crowd-iterations", type=int, default=500)
     ap.add_argument("--crowd-batch", type=int, default=1024)
     args = ap.parse_args()
@@ -152,7 +153,7 @@ def main() -> None:
                 iterations=args.soc_iterations,
                 batch=64,
                 width=16,
-                nt=100,
+                nt=args.soc_steps,
                 form=args.soc_form,
                 value_match=args.soc_value_match,
             )

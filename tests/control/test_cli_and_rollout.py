@@ -12,7 +12,7 @@ from odeflow.control import LQR, rollout
 def test_control_list(capsys):
     assert main(["control", "list"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names[:5] == ["lqr", "hjb", "gaussian-ot", "pnas-ot", "pnas-crowd"]
+    assert names[:6] == ["lqr", "hjb", "gaussian-ot", "pnas-ot", "pnas-crowd", "soc-obstacle"]
     assert {"quadcopter", "hodgkin-huxley"} <= set(names)
     assert {"corridor", "swap2", "swap12", "swarm50"} <= set(names)
 

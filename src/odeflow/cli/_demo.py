@@ -15,6 +15,7 @@ DEMOS: tuple[tuple[str, str, str], ...] = (
     ("otflow", "odeflow.cli._demo_otflow", "run_demo"),
     ("nn-hamiltonian", "odeflow.cli._demo_nn", "run_demo"),
     ("corridor", "odeflow.cli._demo_agents", "run_demo"),
+    ("crowd", "odeflow.cli._demo_control", "run_demo"),
 )
 
 

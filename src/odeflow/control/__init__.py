@@ -21,7 +21,10 @@ Li, Verma, Ruthotto, arXiv 2209.13104.
 
 from ._agents import AgentProblem, Corridor, SafetyReport, Swap2, Swap12, Swarm50, agent_rollout
 from ._agents_plot import animate_agents, plot_agents
+from ._crowd import crowd_metrics, plot_crowd
+from ._hjb_grid import GridHJBSolution, solve_hjb_grid
 from ._hodgkin_huxley import HodgkinHuxley
+from ._obstacle import StochasticObstacle
 from ._plot import plot_solution
 from ._presets import HJB, LQR, PRESETS, CrowdMotion, GaussianOT, PnasOT, make_problem
 from ._problem import ControlProblem, QuadraticControlProblem
@@ -33,6 +36,7 @@ from ._reference import (
     cole_hopf_value,
     gaussian_ot_reference,
 )
+from ._residual import ResidualValue
 from ._shock import shock_experiment
 from ._simulate import Rollout, rollout
 from ._solver import (
@@ -60,6 +64,7 @@ __all__ = [
     "FitResult",
     "GaussianOT",
     "GaussianOTReference",
+    "GridHJBSolution",
     "HodgkinHuxley",
     "LQRValue",
     "LossWeights",
@@ -67,10 +72,12 @@ __all__ = [
     "PnasOT",
     "Quadcopter",
     "QuadraticControlProblem",
+    "ResidualValue",
     "Rollout",
     "SafetyReport",
     "ShockResult",
     "StochasticLoss",
+    "StochasticObstacle",
     "Swap2",
     "Swap12",
     "Swarm50",
@@ -81,6 +88,7 @@ __all__ = [
     "animate_agents",
     "cole_hopf_value",
     "control_loss",
+    "crowd_metrics",
     "evaluate",
     "fit",
     "gaussian_ot_reference",
@@ -89,6 +97,7 @@ __all__ = [
     "load_checkpoint",
     "make_problem",
     "plot_agents",
+    "plot_crowd",
     "plot_solution",
     "quadcopter_shock",
     "rollout",
@@ -96,5 +105,6 @@ __all__ = [
     "shock_experiment",
     "simulate",
     "solve_characteristics",
+    "solve_hjb_grid",
     "stochastic_loss",
 ]

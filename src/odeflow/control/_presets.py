@@ -10,6 +10,7 @@ from torch import Tensor
 from . import _hodgkin_huxley as _hh
 from . import _quadcopter
 from ._agents import Corridor, Swap2, Swap12, Swarm50
+from ._obstacle import StochasticObstacle
 from ._problem import ControlProblem, QuadraticControlProblem, _check_dim, _check_positive
 from ._reference import LQRValue, cole_hopf_value, gaussian_ot_reference
 from ._solver import LossWeights
@@ -320,28 +321,54 @@ class PnasOT(_KLTerminal):
 class CrowdMotion(_KLTerminal):
     r"""The PNAS crowd-motion problem: N((0, 3), 0.3I) → N((0, −3), 0.3I) around an obstacle.
 
-    ż = u, L = (α₁/2)|u|², F(ρ) = α₂(∫Qρ + 0.01∫ρ log ρ) with the obstacle
-    Q(x) = 50·exp(−½(x₁, x₂)Σ⁻¹(x₁, x₂)ᵀ), Σ = diag(1, 0.5) (height 50 read as the peak
-    value), G = α₃ KL(ρ_T ‖ ρ₁), α = (1, 1, 5, 20, 1), 4 RK4 steps; other coordinates
-    N(0, 0.3) at both ends (d-invariant).
+    ż = u, L = (α₁/2)|u|², F(ρ) = α₂(∫Qρ + 0.01∫ρ log ρ), G = α₃ KL(ρ_T ‖ ρ₁),
+    α = (1, 1, 5, 20, 1), 4 RK4 steps. The obstacle is a Gaussian bump of **mass** 50 in
+    (x₁, x₂), as in the paper's Q(x) = 50·N(x; 0, diag(1, 0.5)) and MFGnet.jl's
+    ``Gaussian(2, [1, 0.5], 0, Qheight = 50)`` (a normal density times 50; the 0.5 is a
+    variance):
 
-    Reference: Ruthotto et al., PNAS 117 (2020), arXiv 1912.01825, section "Crowd Motion".
+    .. math::
+        Q(x) = \frac{m}{2\pi\sqrt{\det\Sigma}}
+        \exp\big(-\tfrac12 (x_1, x_2)\Sigma^{-1}(x_1, x_2)^\top\big),
+        \quad m = 50,\ \Sigma = \operatorname{diag}(1, 0.5),
+
+    so its peak is Q(0) = 50/(2π√0.5) ≈ 11.25. The **obstacle core** is where Q exceeds half
+    its peak, the ellipse x₁² + 2x₂² < 2 ln 2 (semi-axes 1.18 and 0.83), tested by
+    :meth:`in_core`. Both ends are N(0, 0.3) in the other coordinates and the costs read only
+    (x₁, x₂), so the obstacle cost and the terminal KL of the optimum do not depend on d (the
+    entropy term does: each extra coordinate adds 0.01·∫ρ log ρ = −0.01·½log(2πe·0.3)).
+
+    Args:
+        dim: d ≥ 2. alpha: (α₁, …, α₅). mass: m, the obstacle's mass (default 50).
+        peak: instead of the mass, the peak value Q(0) (``peak=50`` reads the paper's height
+        as the peak: mass 222.1, a bump the optimal crowd splits around).
+        entropy: the congestion weight (0.01).
+
+    Raises:
+        ValueError: d < 2, both mass and peak, a non-positive mass or peak.
+
+    Reference: Ruthotto, Osher, Li, Nurbekyan, Wu Fung, PNAS 117 (2020), arXiv 1912.01825,
+    section "Crowd Motion"; EmoryMLIP/MFGnet.jl, ``examples/ROLNWF2019``.
 
     Example:
         >>> pb = CrowdMotion(dim=2)
-        >>> float(pb.obstacle(torch.zeros(1, 2, dtype=torch.float64), 0.0)[0])
-        50.0
+        >>> round(float(pb.obstacle(torch.zeros(1, 2, dtype=torch.float64), 0.0)[0]), 3)
+        11.254
+        >>> pb.in_core(torch.tensor([[1.0, 0.0], [0.0, 1.0]])).tolist()
+        [True, False]
     """
 
     name = "pnas-crowd"
     steps = 4
+    _COV = (1.0, 0.5)
 
     def __init__(
         self,
         dim: int = 2,
         *,
         alpha=(1.0, 1.0, 5.0, 20.0, 1.0),
-        height: float = 50.0,
+        mass: float | None = None,
+        peak: float | None = None,
         entropy: float = 0.01,
     ):
         if _check_dim(dim) < 2:
@@ -354,7 +381,14 @@ class CrowdMotion(_KLTerminal):
         m1[1] = -3.0
         self._setup_target(m1, math.sqrt(0.3), self.alpha[2])
         self.var0 = 0.3
-        self.height = float(height)
+        if mass is not None and peak is not None:
+            raise ValueError("give the obstacle's mass or its peak value, not both")
+        a, b = self._COV
+        norm = 2 * math.pi * math.sqrt(a * b)  # m = peak·2π√det Σ
+        if peak is not None:
+            mass = _check_positive("peak", peak, "the obstacle's peak value Q(0)") * norm
+        self.mass = _check_positive("mass", 50.0 if mass is None else mass, "the obstacle's mass")
+        self.peak = self.mass / norm
         self.entropy = float(entropy)
         self.weights = LossWeights(hjb=self.alpha[3], terminal_value=self.alpha[4])
 
@@ -366,9 +400,16 @@ class CrowdMotion(_KLTerminal):
     def initial_log_density(self, x):
         return _normal_logpdf(x, self.mean0, self.var0)
 
+    def _quad(self, x):
+        a, b = self._COV
+        return x[:, 0] ** 2 / a + x[:, 1] ** 2 / b
+
     def obstacle(self, x, t):
-        q = x[:, 0] ** 2 + x[:, 1] ** 2 / 0.5
-        return self.alpha[1] * self.height * torch.exp(-0.5 * q)
+        return self.alpha[1] * self.peak * torch.exp(-0.5 * self._quad(x))
+
+    def in_core(self, x: Tensor) -> Tensor:
+        """Whether points ``(n, d)`` lie in the obstacle's core {Q > Q(0)/2}, ``(n,)`` bool."""
+        return self._quad(x) < 2 * math.log(2.0)
 
     def interaction(self, x, log_rho, t):
         return self.alpha[1] * self.entropy * log_rho
@@ -377,7 +418,7 @@ class CrowdMotion(_KLTerminal):
         return self.alpha[1] * self.entropy * (log_rho + 1.0)
 
     def spec(self):
-        return {"name": self.name, "dim": self.dim}
+        return {"name": self.name, "dim": self.dim, "mass": self.mass}
 
 
 PRESETS: dict[str, type[ControlProblem]] = {
@@ -386,6 +427,7 @@ PRESETS: dict[str, type[ControlProblem]] = {
     "gaussian-ot": GaussianOT,
     "pnas-ot": PnasOT,
     "pnas-crowd": CrowdMotion,
+    "soc-obstacle": StochasticObstacle,
     **{c.name: c for c in (Corridor, Swap2, Swap12, Swarm50)},
 }
 PRESETS.update(quadcopter=_quadcopter.Quadcopter, **{"hodgkin-huxley": _hh.HodgkinHuxley})
@@ -393,7 +435,7 @@ PRESETS.update(quadcopter=_quadcopter.Quadcopter, **{"hodgkin-huxley": _hh.Hodgk
 
 def make_problem(name: str, dim: int | None = None, **kwargs) -> ControlProblem:
     """A preset problem by name (``lqr``, ``hjb``, ``gaussian-ot``, ``pnas-ot``,
-    ``pnas-crowd``), with its dimension and keyword arguments.
+    ``pnas-crowd``, ``soc-obstacle``), with its dimension and keyword arguments.
 
     Raises:
         ValueError: an unknown name (the message lists the known ones).

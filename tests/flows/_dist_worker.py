@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 from odeflow.flows import OTFlow, fit
-from odeflow.flows._distributed import init_process_group
+from odeflow._utils._distributed import init_process_group
 
 
 def data():

@@ -52,6 +52,22 @@ def _check_count(name: str, v, low: int = 1) -> int:
     return v
 
 
+#: fit's training settings where neither the caller nor the problem's fit_defaults set them
+FIT_DEFAULTS: dict[str, Any] = dict(optimizer="adam", iterations=500, batch=256, lr=1e-2,
+                                    lr_drops=(), lr_factor=0.1, resample_every=25)  # fmt: skip
+
+
+def _settings(problem, given: dict) -> dict:
+    """The caller's settings, else the problem's ``fit_defaults``, else :data:`FIT_DEFAULTS`."""
+    rec = getattr(problem, "fit_defaults", None) or {}
+    unknown = sorted(set(rec) - set(FIT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{type(problem).__name__}.fit_defaults has unknown settings {unknown}; "
+                         f"known: {sorted(FIT_DEFAULTS)}")  # fmt: skip
+    return {k: given[k] if given.get(k) is not None else rec.get(k, v)
+            for k, v in FIT_DEFAULTS.items()}  # fmt: skip
+
+
 def _loss_fn(problem, value, solver, weights, nt, gradient):
     if solver == "auto":
         solver = "stochastic" if problem.diffusion is not None else "deterministic"
@@ -67,13 +83,13 @@ def fit(
     value: ValueNetwork,
     *,
     solver: str = "auto",
-    optimizer: str = "adam",
-    iterations: int = 500,
-    batch: int | Sequence[int] = 256,
-    lr: float = 1e-2,
-    lr_drops: Sequence[int] = (),
-    lr_factor: float = 0.1,
-    resample_every: int = 25,
+    optimizer: str | None = None,
+    iterations: int | None = None,
+    batch: int | Sequence[int] | None = None,
+    lr: float | None = None,
+    lr_drops: Sequence[int] | None = None,
+    lr_factor: float | None = None,
+    resample_every: int | None = None,
     nt: int | None = None,
     weights: LossWeights | None = None,
     seed: int = 0,
@@ -92,6 +108,10 @@ def fit(
     a diffusion; fresh Brownian increments every iteration, fixed within an L-BFGS block).
     ``optimizer="lbfgs"`` runs :func:`odeflow.optim.lbfgs` (Armijo line search) on the
     flattened parameters, restarted on each resample with ``resample_every`` iterations.
+
+    The training settings left at None take the problem's ``fit_defaults`` (a preset's
+    recipe that reaches its acceptance, e.g. :class:`PnasOT`), else the defaults below
+    (Adam, 500 iterations, batch 256, lr 1e-2, no drops, factor 0.1, resampling every 25).
 
     Args:
         problem, value: the problem and a value function of the same dimension.
@@ -144,6 +164,12 @@ def fit(
     from tqdm.auto import tqdm
 
     _check_pair(problem, value)
+    given = dict(optimizer=optimizer, iterations=iterations, batch=batch, lr=lr,
+                 lr_drops=lr_drops, lr_factor=lr_factor, resample_every=resample_every)  # fmt: skip
+    cfg = _settings(problem, given)
+    optimizer, iterations, batch, lr = (cfg[k] for k in ("optimizer", "iterations", "batch", "lr"))
+    lr_drops, lr_factor, resample_every = (cfg[k] for k in ("lr_drops", "lr_factor",
+                                                              "resample_every"))  # fmt: skip
     iterations = _check_count("iterations", iterations)
     resample_every = _check_count("resample_every", resample_every)
     stages = [batch] if isinstance(batch, int) else list(batch)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from odeflow.control import LQR, ValueNetwork, fit
-from odeflow.control._train import FIT_DEFAULTS
+from odeflow.control._train import FIT_DEFAULTS, _settings
 
 
 class _Quick(LQR):
@@ -31,6 +31,18 @@ def test_recipe_and_explicit_arguments_take_the_same_steps():
     fit(LQR(dim=2), b, iterations=3, batch=8, resample_every=2, nt=2, verbose=False, seed=4)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
+
+
+def test_recipe_for_another_optimizer_is_not_used():
+    """Asking for L-BFGS on a problem whose recipe is Adam's: fit's own defaults apply."""
+
+    class AdamRecipe(LQR):
+        fit_defaults = MappingProxyType({"optimizer": "adam", "iterations": 3, "batch": 8})
+
+    none = dict.fromkeys(FIT_DEFAULTS)
+    cfg = _settings(AdamRecipe(dim=2), {**none, "optimizer": "lbfgs"})
+    assert cfg == {**FIT_DEFAULTS, "optimizer": "lbfgs"}
+    assert fit(AdamRecipe(dim=2), _phi(), optimizer="adam", nt=2, verbose=False).iterations == 3
 
 
 def test_unknown_recipe_key_is_refused():

@@ -64,6 +64,9 @@ def _settings(problem, given: dict) -> dict:
     if unknown:
         raise ValueError(f"{type(problem).__name__}.fit_defaults has unknown settings {unknown}; "
                          f"known: {sorted(FIT_DEFAULTS)}")  # fmt: skip
+    asked = given["optimizer"]
+    if asked is not None and rec.get("optimizer", asked) != asked:
+        rec = {}  # a recipe for another optimizer (its batch, resampling, ...) does not apply
     return {k: given[k] if given.get(k) is not None else rec.get(k, v)
             for k, v in FIT_DEFAULTS.items()}  # fmt: skip
 
@@ -110,8 +113,9 @@ def fit(
     flattened parameters, restarted on each resample with ``resample_every`` iterations.
 
     The training settings left at None take the problem's ``fit_defaults`` (a preset's
-    recipe that reaches its acceptance, e.g. :class:`PnasOT`), else the defaults below
-    (Adam, 500 iterations, batch 256, lr 1e-2, no drops, factor 0.1, resampling every 25).
+    recipe, e.g. :class:`PnasOT`'s; not used when ``optimizer`` names another optimizer than
+    the recipe's), else the defaults below (Adam, 500 iterations, batch 256, lr 1e-2, no
+    drops, factor 0.1, resampling every 25).
 
     Args:
         problem, value: the problem and a value function of the same dimension.

@@ -5,8 +5,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from odeflow.flows import OTFlow, fit
 from odeflow._utils._distributed import init_process_group
+from odeflow.flows import OTFlow, fit
 
 
 def data():

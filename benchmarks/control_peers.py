@@ -186,7 +186,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="60 s per solver")
     ap.add_argument("--cap", type=float, default=600.0, help="seconds per solver")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", "--json", dest="out", default=None, help="the JSON file")
     ap.add_argument("--solver", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ref", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -609,15 +609,17 @@ def render_all(results: Path) -> Iterator[tuple[str, str | bytes]]:
     for name in PAGES:
         yield from render_page(name, results)
     yield from bench_pages_extra.render_pages(results)
+    yield from bench_pages_control.render_pages(results)
 
 
 def used_files() -> list[str]:
     """Every JSON file a page reads (the test suite checks that they exist and parse)."""
     files = [f for p in PAGES.values() for s in p["sections"] for f in s["files"]]
-    return files + bench_pages_extra.used_files()
+    return files + bench_pages_extra.used_files() + bench_pages_control.used_files()
 
 
 # the adaptive-ODE, checkpointing, SDE and optimization pages live in their own module
+import bench_pages_control  # noqa: E402
 import bench_pages_extra  # noqa: E402
 
 if __name__ == "__main__":  # write the pages into a folder, for a look without MkDocs

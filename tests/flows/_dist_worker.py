@@ -5,8 +5,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from odeflow._utils._distributed import init_process_group
 from odeflow.flows import OTFlow, fit
-from odeflow.flows._distributed import init_process_group
 
 
 def data():

@@ -111,7 +111,7 @@ def test_cli_train_under_torchrun(tmp_path):
 _NCCL_RANK = """
 import sys, torch, torch.distributed as dist
 from odeflow.flows import OTFlow, fit
-from odeflow.flows._distributed import init_process_group
+from odeflow._utils._distributed import init_process_group
 sys.path.insert(0, {tests!r})
 from flows._dist_worker import KW, data
 torch.cuda.set_device(0)

@@ -10,6 +10,9 @@ from pathlib import Path
 import torch
 
 _OUTPUTS = ("model.pt", "metrics.json", "solution.png")
+#: training settings of `control train` where neither a flag nor the preset's fit_defaults
+#: set them
+_TRAIN_DEFAULTS = {"optimizer": "lbfgs", "iterations": 200, "batch": 256, "lr": 1e-2}
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -90,9 +93,13 @@ def _train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     dtype = torch.float32 if args.float32 else torch.float64
     value = ValueNetwork(problem.dim, width=args.width).to(device=dev, dtype=dtype)
-    result = fit(problem, value, optimizer=args.optimizer, iterations=args.iterations,
-                 batch=args.batch, lr=args.lr, nt=args.nt, seed=args.seed,
-                 verbose=not args.quiet, checkpoint=out / "model.pt")  # fmt: skip
+    # flags given > the preset's fit_defaults > this command's defaults
+    given = {"optimizer": args.optimizer, "iterations": args.iterations, "batch": args.batch,
+             "lr": args.lr}  # fmt: skip
+    kw = {**_TRAIN_DEFAULTS, **getattr(problem, "fit_defaults", {})}
+    kw.update({k: v for k, v in given.items() if v is not None})
+    result = fit(problem, value, nt=args.nt, seed=args.seed, verbose=not args.quiet,
+                 checkpoint=out / "model.pt", **kw)  # fmt: skip
     metrics = {"problem": problem.spec(), "iterations": result.iterations,
                "seconds": result.seconds, "final_loss": result.history[-1]["total"],
                **_metrics(problem, value.cpu(), args.eval_samples, args.seed + 1)}  # fmt: skip
@@ -140,10 +147,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--problem", required=True, help="preset name (see `odeflow control list`)")
     t.add_argument("--dim", type=int, default=None, help="state dimension (preset default)")
     t.add_argument("--out", required=True, help="output folder")
-    t.add_argument("--optimizer", choices=("adam", "lbfgs"), default="lbfgs")
-    t.add_argument("--iterations", type=int, default=200)
-    t.add_argument("--batch", type=int, default=256)
-    t.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate")
+    t.add_argument("--optimizer", choices=("adam", "lbfgs"), default=None,
+                   help="default: the preset's recipe, else lbfgs")  # fmt: skip
+    t.add_argument("--iterations", type=int, default=None,
+                   help="default: the preset's recipe, else 200")  # fmt: skip
+    t.add_argument("--batch", type=int, default=None,
+                   help="default: the preset's recipe, else 256")  # fmt: skip
+    t.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="Adam's learning rate (default: the preset's recipe, else 1e-2)",
+    )
     t.add_argument("--nt", type=int, default=None, help="time steps (preset default)")
     t.add_argument("--width", type=int, default=16, help="ResNet width of Φ")
     t.add_argument("--float32", action="store_true", help="train in float32 (default float64)")

@@ -170,7 +170,7 @@ def _process_group(device: str | None):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     joined = not dist.is_initialized()
     if joined:
-        from odeflow.flows._distributed import init_process_group  # freeable by destroy
+        from odeflow._utils._distributed import init_process_group  # freeable by destroy
 
         if cuda:
             torch.cuda.set_device(torch.device(device))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import torch
 from torch import Tensor
@@ -275,6 +276,17 @@ class PnasOT(_KLTerminal):
     L = (α₁/2)|u|², G = α₃ KL(ρ_T ‖ N(0, 0.3I)), α = (2, 1, 5, 3, 3) (α₄, α₅ in ``weights``),
     2 RK4 steps. The data depend only on (x₁, x₂): the optimal objective is independent of d.
 
+    Training recipe (``fit_defaults``, what :func:`~odeflow.control.fit` uses unless told
+    otherwise): Adam on 512 fresh samples every iteration, 1200 iterations, lr 1e-2 divided
+    by 10 after 900. Every run first sits on a plateau near 20 (the best Φ with little help
+    from the ResNet, whose random first layer sees the data plane (x₁, x₂) only through a
+    share of about √(2/d)) and leaves it later as d grows; fresh samples keep the Monte
+    Carlo KL from being overfitted (on a fixed batch the network lowers it below its true
+    value). Measured with a float32 ``ValueNetwork(d)``, on 4000 test samples: objective
+    10.89 in d = 2, 11.50 in d = 100 (5.7 % apart: the issue's 2 % needs a longer schedule
+    in d = 100). The paper's L-BFGS (``optimizer="lbfgs", iterations=300, batch=256``) gives
+    10.99 and 10.98 in d = 2 and 10 but stays on the plateau (21.9) in d = 50.
+
     Reference: Ruthotto et al., PNAS 117 (2020), arXiv 1912.01825, section "Optimal
     Transport".
 
@@ -286,6 +298,10 @@ class PnasOT(_KLTerminal):
 
     name = "pnas-ot"
     steps = 2
+    fit_defaults = MappingProxyType(
+        {"optimizer": "adam", "iterations": 1200, "batch": 512, "resample_every": 1,
+         "lr": 1e-2, "lr_drops": (900,)}
+    )  # fmt: skip
 
     def __init__(self, dim: int = 2, *, alpha=(2.0, 1.0, 5.0, 3.0, 3.0)):
         if _check_dim(dim) < 2:

@@ -4,6 +4,9 @@ mean-field game problem, as plain classes a user subclasses."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -67,6 +70,9 @@ class ControlProblem:
         diffusion: ``None`` (deterministic), a number s (σ = s·I) or a tensor σ of shape
             ``(d, k)``.
         uses_density: whether the costs depend on the density ρ.
+        fit_defaults: training settings :func:`odeflow.control.fit` uses where its caller
+            leaves them out (keys among ``optimizer, iterations, batch, lr, lr_drops,
+            lr_factor, resample_every``); empty here, a preset's tested recipe.
 
     Reference: Ruthotto, Osher, Li, Nurbekyan, Wu Fung, "A machine learning framework for
     solving high-dimensional mean field game and mean field control problems", PNAS 117
@@ -91,6 +97,7 @@ class ControlProblem:
 
     name: str = "custom"
     uses_density: bool = False
+    fit_defaults: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(
         self,

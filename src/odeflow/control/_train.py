@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from odeflow._utils import Comm
+
 from ._problem import ControlProblem
 from ._solver import LossWeights, _check_pair, control_loss, solve_characteristics
 from ._stochastic import simulate, stochastic_loss
@@ -33,6 +35,7 @@ class FitResult:
         seconds: wall time.
         history: one dict of loss terms (floats) per iteration.
         checkpoint: the checkpoint written, or None.
+        world_size: processes that trained together (``process_group``'s size; 1 alone).
     """
 
     status: str
@@ -40,12 +43,32 @@ class FitResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: Path | None = None
+    world_size: int = 1
 
 
 def _check_count(name: str, v, low: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
     return v
+
+
+#: fit's training settings where neither the caller nor the problem's fit_defaults set them
+FIT_DEFAULTS: dict[str, Any] = dict(optimizer="adam", iterations=500, batch=256, lr=1e-2,
+                                    lr_drops=(), lr_factor=0.1, resample_every=25)  # fmt: skip
+
+
+def _settings(problem, given: dict) -> dict:
+    """The caller's settings, else the problem's ``fit_defaults``, else :data:`FIT_DEFAULTS`."""
+    rec = getattr(problem, "fit_defaults", None) or {}
+    unknown = sorted(set(rec) - set(FIT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{type(problem).__name__}.fit_defaults has unknown settings {unknown}; "
+                         f"known: {sorted(FIT_DEFAULTS)}")  # fmt: skip
+    asked = given["optimizer"]
+    if asked is not None and rec.get("optimizer", asked) != asked:
+        rec = {}  # a recipe for another optimizer (its batch, resampling, ...) does not apply
+    return {k: given[k] if given.get(k) is not None else rec.get(k, v)
+            for k, v in FIT_DEFAULTS.items()}  # fmt: skip
 
 
 def _loss_fn(problem, value, solver, weights, nt, gradient):
@@ -63,13 +86,13 @@ def fit(
     value: ValueNetwork,
     *,
     solver: str = "auto",
-    optimizer: str = "adam",
-    iterations: int = 500,
-    batch: int | Sequence[int] = 256,
-    lr: float = 1e-2,
-    lr_drops: Sequence[int] = (),
-    lr_factor: float = 0.1,
-    resample_every: int = 25,
+    optimizer: str | None = None,
+    iterations: int | None = None,
+    batch: int | Sequence[int] | None = None,
+    lr: float | None = None,
+    lr_drops: Sequence[int] | None = None,
+    lr_factor: float | None = None,
+    resample_every: int | None = None,
     nt: int | None = None,
     weights: LossWeights | None = None,
     seed: int = 0,
@@ -77,6 +100,7 @@ def fit(
     verbose: bool = True,
     checkpoint: str | Path | None = None,
     callback: Callable[[int, dict], bool] | None = None,
+    process_group: Any = None,
 ) -> FitResult:
     r"""Train a value network on a control problem; the network is updated in place.
 
@@ -87,6 +111,11 @@ def fit(
     a diffusion; fresh Brownian increments every iteration, fixed within an L-BFGS block).
     ``optimizer="lbfgs"`` runs :func:`odeflow.optim.lbfgs` (Armijo line search) on the
     flattened parameters, restarted on each resample with ``resample_every`` iterations.
+
+    The training settings left at None take the problem's ``fit_defaults`` (a preset's
+    recipe, e.g. :class:`PnasOT`'s; not used when ``optimizer`` names another optimizer than
+    the recipe's), else the defaults below (Adam, 500 iterations, batch 256, lr 1e-2, no
+    drops, factor 0.1, resampling every 25).
 
     Args:
         problem, value: the problem and a value function of the same dimension.
@@ -101,13 +130,26 @@ def fit(
         verbose: tqdm progress bar. checkpoint: path written at the end (and after each
             stage) by :func:`save_checkpoint`.
         callback: ``callback(iteration, terms) -> bool``; True stops training.
+        process_group: a ``torch.distributed`` process group to train data-parallel over
+            (one process per device, e.g. ``torch.distributed.group.WORLD`` under
+            ``torchrun``), or None. Every rank calls ``fit`` with the same network and
+            arguments; rank 0's initial weights are broadcast, each rank draws its
+            ``batch / W`` initial states (and Brownian increments) from its own stream
+            seeded ``seed + 1_000_003·rank`` (each batch size must be a multiple of the
+            group size W), the gradients are averaged by one all-reduce per iteration (and
+            per L-BFGS evaluation, with the loss values), and the logged terms are the whole
+            batch's. So W ranks take the steps of one process on the W shares put together
+            (up to summation order). Only rank 0 shows progress and writes the checkpoint;
+            a callback stopping one rank stops all; a non-finite loss on one rank raises on
+            all. The same pattern as :func:`odeflow.flows.fit` (see its notes on gloo).
 
     Returns:
         :class:`FitResult`.
 
     Raises:
         ValueError: bad counts, unknown solver/optimizer, dimension mismatch, a diffusion
-            given to the deterministic solver.
+            given to the deterministic solver; with a process group: settings that differ
+            between the ranks or a batch that cannot be split evenly over them.
         FloatingPointError: the loss became NaN or inf (names the term).
 
     Reference: Ruthotto et al., arXiv 1912.01825 (BFGS, resampling every 25 iterations,
@@ -126,6 +168,12 @@ def fit(
     from tqdm.auto import tqdm
 
     _check_pair(problem, value)
+    given = dict(optimizer=optimizer, iterations=iterations, batch=batch, lr=lr,
+                 lr_drops=lr_drops, lr_factor=lr_factor, resample_every=resample_every)  # fmt: skip
+    cfg = _settings(problem, given)
+    optimizer, iterations, batch, lr = (cfg[k] for k in ("optimizer", "iterations", "batch", "lr"))
+    lr_drops, lr_factor, resample_every = (cfg[k] for k in ("lr_drops", "lr_factor",
+                                                              "resample_every"))  # fmt: skip
     iterations = _check_count("iterations", iterations)
     resample_every = _check_count("resample_every", resample_every)
     stages = [batch] if isinstance(batch, int) else list(batch)
@@ -143,44 +191,43 @@ def fit(
     loss_fn = _loss_fn(problem, value, solver, weights, nt, gradient)
     params = [p for p in value.parameters() if p.requires_grad]
     ref = params[0]
-    gen = torch.Generator().manual_seed(int(seed))
-    history: list[dict[str, float]] = []
+    comm = Comm(process_group, ref.device)
+    settings = [iterations, sum(stages), len(stages), lr, float(seed), problem.dim, nt,
+                resample_every, float(optimizer == "adam")]  # fmt: skip
+    comm.same("fit's settings (iterations, batch, lr, seed, dim, nt, resample_every, "
+              "optimizer)", settings)  # fmt: skip
+    for b in stages:
+        comm.check_split(b, "batch")
+    comm.broadcast_(value)
+    run = _Run(problem, loss_fn, params, ref, torch.Generator().manual_seed(comm.seed(seed)),
+               comm, resample_every, callback)  # fmt: skip
     t0 = time.perf_counter()
     status = "completed"
-    bar = tqdm(total=iterations * len(stages), desc="control fit", disable=not verbose)
+    run.bar = tqdm(total=iterations * len(stages), desc="control fit",
+                   disable=not verbose or comm.rank != 0)  # fmt: skip
     opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else None
-    if opt is not None and drops:
-        opt = (opt, torch.optim.lr_scheduler.MultiStepLR(opt, drops, gamma=lr_factor))
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, drops, lr_factor) if opt and drops else None
     try:
         for b in stages:
-            run = _adam_stage if optimizer == "adam" else _lbfgs_stage
-            stop = run(
-                problem,
-                loss_fn,
-                params,
-                ref,
-                gen,
-                b,
-                iterations,
-                resample_every,
-                opt,
-                history,
-                bar,
-                callback,
-            )
-            if checkpoint is not None:
-                save_checkpoint(problem, value, checkpoint, history=history)
+            share = b // comm.world
+            if opt is not None:
+                stop = run.adam_stage(opt, sched, share, iterations)
+            else:
+                stop = run.lbfgs_stage(share, iterations)
+            if checkpoint is not None and comm.rank == 0:
+                save_checkpoint(problem, value, checkpoint, history=run.history)
             if stop:
                 status = "callback"
                 break
     finally:
-        bar.close()
+        run.bar.close()
     return FitResult(
         status,
-        len(history),
+        len(run.history),
         time.perf_counter() - t0,
-        history,
+        run.history,
         None if checkpoint is None else Path(checkpoint),
+        comm.world,
     )
 
 
@@ -191,75 +238,94 @@ def _sample(problem, n, gen, ref) -> Tensor:
     return x.to(device=ref.device)
 
 
-def _terms(out) -> dict[str, float]:
-    return {k: float(v.detach()) for k, v in zip(out._fields, out, strict=True)}
+class _Run:
+    """The state of one :func:`fit`: this rank's sampler, the collectives, the history."""
 
+    def __init__(self, problem, loss_fn, params, ref, gen, comm, K, callback):
+        self.problem, self.loss_fn, self.params, self.ref = problem, loss_fn, params, ref
+        self.gen, self.comm, self.K, self.callback = gen, comm, K, callback
+        self.history: list[dict[str, float]] = []
+        self.bar = None
 
-def _adam_stage(problem, loss_fn, params, ref, gen, b, iterations, K, opt, history, bar, cb):
-    opt, sched = opt if isinstance(opt, tuple) else (opt, None)
-    x = None
-    for it in range(iterations):
-        if it % K == 0:
-            x = _sample(problem, b, gen, ref)
-        opt.zero_grad(set_to_none=True)
-        out = loss_fn(x, gen)
-        out.total.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        terms = _terms(out)
-        history.append(terms)
-        bar.update(1)
-        bar.set_postfix(loss=f"{terms['total']:.4g}", refresh=False)
-        if cb is not None and cb(len(history), terms):
-            return True
-    return False
+    def _loss(self, x, gen):
+        """The loss on this rank's share; a non-finite loss on any rank raises on all."""
+        try:
+            out, err = self.loss_fn(x, gen), None
+        except FloatingPointError as exc:
+            out, err = None, exc
+        if self.comm.any(err is not None):
+            raise err or FloatingPointError("the loss became NaN or inf on another rank")
+        return out
 
+    def _terms(self, out) -> dict[str, float]:
+        """The whole batch's loss terms: the mean of the ranks' (equal shares)."""
+        vals = self.comm.values([float(v.detach()) for v in out])
+        return {k: v / self.comm.world for k, v in zip(out._fields, vals, strict=True)}
 
-def _lbfgs_stage(problem, loss_fn, params, ref, gen, b, iterations, K, opt, history, bar, cb):
-    from torch.nn.utils import parameters_to_vector, vector_to_parameters
+    def _log(self, terms, n: int = 1) -> bool:
+        self.history.extend(dict(terms) for _ in range(n))
+        self.bar.set_postfix(loss=f"{terms['total']:.4g}", refresh=False)
+        stop = self.callback is not None and bool(self.callback(len(self.history), terms))
+        return self.comm.any(stop) if self.callback is not None else False
 
-    from odeflow.optim import lbfgs
+    def adam_stage(self, opt, sched, share: int, iterations: int) -> bool:
+        x = None
+        for it in range(iterations):
+            if it % self.K == 0:
+                x = _sample(self.problem, share, self.gen, self.ref)
+            opt.zero_grad(set_to_none=True)
+            out = self._loss(x, self.gen)
+            out.total.backward()
+            self.comm.average_grads_(self.params)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            self.bar.update(1)
+            if self._log(self._terms(out)):
+                return True
+        return False
 
-    done = 0
-    while done < iterations:
-        x = _sample(problem, b, gen, ref)
-        block_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-        last: dict[str, Any] = {}
+    def lbfgs_stage(self, share: int, iterations: int) -> bool:
+        from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-        def fn(theta, x=x, block_seed=block_seed, last=last):
-            vector_to_parameters(theta, params)
-            for p in params:
-                p.grad = None
-            out = loss_fn(x, torch.Generator().manual_seed(block_seed))
-            g = torch.autograd.grad(out.total, params, allow_unused=True)
-            g = torch.cat(
-                [
-                    (gi if gi is not None else torch.zeros_like(p)).reshape(-1)
-                    for gi, p in zip(g, params, strict=True)
-                ]
-            )
-            last.update(_terms(out))
-            return float(out.total.detach()), g.detach()
+        from odeflow.optim import lbfgs
 
-        def value_only(theta, x=x, block_seed=block_seed):
-            vector_to_parameters(theta, params)
-            with torch.no_grad():
-                try:
-                    return float(loss_fn(x, torch.Generator().manual_seed(block_seed)).total)
-                except FloatingPointError:
-                    return math.inf
+        params, comm = self.params, self.comm
+        done = 0
+        while done < iterations:
+            x = _sample(self.problem, share, self.gen, self.ref)
+            block_seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
+            last: dict[str, Any] = {}
 
-        steps = min(K, iterations - done)
-        res = lbfgs(fn, parameters_to_vector(params).detach(), value=value_only, maxiter=steps)
-        vector_to_parameters(res.x, params)
-        for _ in range(max(res.iterations, 1)):
-            history.append(dict(last, total=res.value))
-        bar.update(steps)
-        done += steps
-        if cb is not None and cb(len(history), history[-1]):
-            return True
-    return False
+            def fn(theta, x=x, block_seed=block_seed, last=last):
+                vector_to_parameters(theta, params)
+                for p in params:
+                    p.grad = None
+                out = self._loss(x, torch.Generator().manual_seed(block_seed))
+                out.total.backward()
+                comm.average_grads_(params)
+                g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p))
+                               .reshape(-1) for p in params])  # fmt: skip
+                last.update(self._terms(out))
+                return last["total"], g.detach()
+
+            def value_only(theta, x=x, block_seed=block_seed):
+                vector_to_parameters(theta, params)
+                with torch.no_grad():
+                    try:
+                        v = float(self.loss_fn(x, torch.Generator().manual_seed(block_seed)).total)
+                    except FloatingPointError:
+                        v = math.inf
+                return comm.values([v])[0] / comm.world
+
+            steps = min(self.K, iterations - done)
+            res = lbfgs(fn, parameters_to_vector(params).detach(), value=value_only, maxiter=steps)
+            vector_to_parameters(res.x, params)
+            self.bar.update(steps)
+            done += steps
+            if self._log(dict(last, total=res.value), max(res.iterations, 1)):
+                return True
+        return False
 
 
 def evaluate(

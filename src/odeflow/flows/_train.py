@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_device, progress
+from .._utils import Comm, check_device, progress
 from ..ode import PrecisionPolicy
 from ._checks import (
     FitSettings,
@@ -30,7 +30,6 @@ from ._checks import (
     is_half,
     precision_name,
 )
-from ._distributed import Comm
 from ._fit_result import FitResult
 from ._presets import FlowPreset
 from ._tabular import TabularData, check_data
@@ -58,9 +57,9 @@ def _as_batches(data, batch: int, seed: int, dtype, device, comm: Comm | None = 
     comm = comm if comm is not None else Comm(None, torch.device(device))
     g = torch.Generator()
     if isinstance(data, str):
-        _check_split(batch, comm, "batch")
+        comm.check_split(batch, "batch")
         # fresh samples: each rank draws its own share from its own stream
-        g.manual_seed(int(seed) + 1_000_003 * comm.rank)
+        g.manual_seed(comm.seed(seed))
         share = batch // comm.world
 
         def toy():
@@ -75,7 +74,7 @@ def _as_batches(data, batch: int, seed: int, dtype, device, comm: Comm | None = 
         total = float(x.sum(dtype=torch.float64))
         comm.same("the training data (rows, sum of entries)", [n, total])
     b = min(batch, n)
-    _check_split(b, comm, "batch" if b == batch else "min(batch, rows of data)")
+    comm.check_split(b, "batch" if b == batch else "min(batch, rows of data)")
 
     def epochs():  # full batches only: the n mod b rows left over change every epoch
         while True:  # (every rank draws the same permutation and takes its share)
@@ -136,14 +135,6 @@ def _check_toy(name: str, dim: int) -> None:
         raise ValueError(f"unknown toy {name!r}; valid toys are: {', '.join(TOYS)}")
     if dim != 2:
         raise ValueError(f"toy {name!r} is 2-D but the flow has dim={dim}")
-
-
-def _check_split(b: int, comm: Comm, what: str) -> None:
-    if b % comm.world:
-        raise ValueError(
-            f"{what} = {b} cannot be split evenly over the {comm.world} ranks of process_group; "
-            f"use a multiple of {comm.world}"
-        )
 
 
 @torch.no_grad()

@@ -1,11 +1,13 @@
-"""Data-parallel training over a ``torch.distributed`` process group (one process per device).
+"""Data-parallel training over a ``torch.distributed`` process group (one process per device),
+shared by ``odeflow.flows.fit`` and ``odeflow.control.fit``.
 
-Every rank holds the same model and the same data; each global minibatch is cut into equal
-per-rank shards, and the ranks' gradients are averaged with one all-reduce per iteration, so
-that ``W`` ranks with a global batch ``b`` take the same optimisation steps as one process
+Every rank holds the same model; each global minibatch is cut into equal per-rank shares
+(rows of the same data, or fresh samples that each rank draws from its own stream,
+:meth:`Comm.seed`), and the ranks' gradients are averaged with one all-reduce per iteration,
+so that ``W`` ranks with a global batch ``b`` take the same optimisation steps as one process
 with batch ``b`` (up to the order of floating-point summation). No wrapper module is needed:
-the reduction is explicit, which keeps OT-Flow's ``loss`` (not ``forward``) the training
-entry point.
+the reduction is explicit, which keeps the trainers' ``loss`` functions (not ``forward``) the
+training entry point.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+#: the seeds of two ranks' sample streams differ by this (a prime)
+_RANK_SEED_STRIDE = 1_000_003
 
 
 def init_process_group(backend: str, **kwargs: Any) -> None:
@@ -60,7 +65,7 @@ class Comm:
             raise ValueError("this process is not a member of process_group")
         if dist.get_backend(group) == "nccl" and device.type != "cuda":
             raise ValueError(
-                f"process_group uses the NCCL backend, which needs CUDA tensors, but the flow "
+                f"process_group uses the NCCL backend, which needs CUDA tensors, but the model "
                 f"is on {device}; move it to this rank's GPU (device=...) or use the gloo backend"
             )
         self.root = dist.get_global_rank(group, 0)
@@ -92,6 +97,25 @@ class Comm:
             raise ValueError(
                 f"{what} differs between the ranks of process_group (max {hi}, min {lo}); "
                 "every rank must call fit with the same data and settings"
+            )
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (a callback stopping one rank stops all)."""
+        if not self.active:
+            return bool(flag)
+        return self.values([float(bool(flag))], "max")[0] > 0
+
+    def seed(self, seed: int) -> int:
+        """This rank's seed for fresh samples: ``seed + 1_000_003·rank`` (rank 0 draws what a
+        single process draws)."""
+        return int(seed) + _RANK_SEED_STRIDE * self.rank
+
+    def check_split(self, b: int, what: str) -> None:
+        """Raise ValueError (naming ``what``) if ``b`` rows cannot be shared evenly."""
+        if b % self.world:
+            raise ValueError(
+                f"{what} = {b} cannot be split evenly over the {self.world} ranks of "
+                f"process_group; use a multiple of {self.world}"
             )
 
     def broadcast_(self, module: nn.Module) -> None:

@@ -251,7 +251,12 @@ class PCPMap(ConditionalModel):
             ok = torch.zeros_like(act[act])
             for _ in range(30):
                 fn, rn, _ = merit(xi + step.unsqueeze(-1) * p, zi, ui)
-                ok = ok | (fn <= f + 1e-4 * step * slope) | (rn.abs().amax(-1) < res)
+                # Armijo on the convex merit; near the solution, where its decrease is below
+                # round-off, a smaller residual at a merit no higher than round-off allows
+                # (a residual test alone let a step leave for a far, flat region of G)
+                floor = 64 * torch.finfo(f.dtype).eps * (1 + f.abs())
+                ok = (ok | (fn <= f + 1e-4 * step * slope)
+                      | ((rn.abs().amax(-1) < res) & (fn <= f + floor)))  # fmt: skip
                 if bool(ok.all()):
                     break
                 step = torch.where(ok, step, 0.5 * step)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .._utils import check_finite_real, check_int, check_positive_int
+from ._varpro import feature_matrix
 
 __all__ = ["SlimTikStep", "SlimTrain", "SlimTrainStep", "slimtik_update"]
 
@@ -304,10 +305,7 @@ class SlimTrain(nn.Module):
 
     def feature_matrix(self, x: torch.Tensor) -> torch.Tensor:
         """``[Z(x; θ), 1]`` of shape ``(N, p + bias)``."""
-        Z = self.features(x).reshape(x.shape[0], -1)
-        if self.bias:
-            Z = torch.cat([Z, Z.new_ones(Z.shape[0], 1)], dim=1)
-        return Z
+        return feature_matrix(self.features, x, self.bias)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> SlimTrainStep:
         """Update ``W`` on the batch ``(x, y)`` and return the loss there (class docstring)."""

@@ -163,6 +163,15 @@ def solve_last_layer(
     return LastLayer(W, torch.full((Y.shape[1],), lam, dtype=Z.dtype), 0)
 
 
+def feature_matrix(features: nn.Module, x: torch.Tensor, bias: bool) -> torch.Tensor:
+    """The last layer's input ``[Z(x; θ), 1]``, ``(N, p + bias)``: the features flattened
+    per sample, with a column of ones when the layer has a bias."""
+    Z = features(x).reshape(x.shape[0], -1)
+    if bias:
+        Z = torch.cat([Z, Z.new_ones(Z.shape[0], 1)], dim=1)
+    return Z
+
+
 def reduced_loss_value(Z, Y, W, lam, loss):
     """``L(Z, W)`` (differentiable in ``Z``) with the last layer ``W`` and λ per output."""
     n = Z.shape[0]
@@ -230,10 +239,7 @@ class VarPro(nn.Module):
 
     def feature_matrix(self, x: torch.Tensor) -> torch.Tensor:
         """``[Z(x; θ), 1]`` of shape ``(N, p + bias)``."""
-        Z = self.features(x).reshape(x.shape[0], -1)
-        if self.bias:
-            Z = torch.cat([Z, Z.new_ones(Z.shape[0], 1)], dim=1)
-        return Z
+        return feature_matrix(self.features, x, self.bias)
 
     def reduced_loss(self, x: torch.Tensor, y: torch.Tensor) -> VarProLoss:
         """``Φ(θ) = L(θ, W*(θ))`` on the batch ``(x, y)`` (see the class docstring)."""

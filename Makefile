@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 demo: $(STAMP)
-	MPLBACKEND=Agg $(PY) -m odeflow.cli demo --out demo-output
+	MPLBACKEND=Agg $(PY) -m odeflow.cli demo --out demo-output --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n 2 $(DOCTEST) $(PYTEST_ARGS)

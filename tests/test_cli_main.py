@@ -99,3 +99,26 @@ def test_demo_unknown_name_is_refused_before_any_output(tmp_path, capsys, monkey
         assert not out.exists() and ran == []
     assert main(["demo", "--out", str(out), "--only", "spiral", "--quiet"]) == 0
     assert ran == [out / "spiral"] and (out / "summary.json").is_file()
+
+
+def test_demo_overwrite_reaches_the_demos_that_take_it(tmp_path, monkeypatch):
+    """`demo --overwrite` (what `make demo` passes, so that a second run works) is handed to
+    a demo whose function takes ``overwrite``; without the flag nothing is overwritten."""
+    import sys
+    import types
+
+    from odeflow.cli import _demo
+
+    seen = []
+
+    def with_flag(out, verbose, overwrite=False):
+        seen.append(("with", overwrite))
+        return {}
+
+    fake = types.SimpleNamespace(a=lambda out, verbose: seen.append(("plain",)) or {}, b=with_flag)
+    monkeypatch.setitem(sys.modules, "fake_demo2", fake)
+    monkeypatch.setattr(_demo, "DEMOS", (("a", "fake_demo2", "a"), ("b", "fake_demo2", "b")))
+    out = str(tmp_path / "demos")
+    assert main(["demo", "--out", out, "--quiet"]) == 0
+    assert main(["demo", "--out", out, "--quiet", "--overwrite"]) == 0
+    assert seen == [("plain",), ("with", False), ("plain",), ("with", True)]

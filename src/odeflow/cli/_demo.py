@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -32,7 +33,13 @@ def _run(args: argparse.Namespace) -> int:
     for name, module, func in chosen:
         print(f"== odeflow demo: {name}")
         t0 = time.perf_counter()
-        result = getattr(importlib.import_module(module), func)(out / name, verbose=not args.quiet)
+        run = getattr(importlib.import_module(module), func)
+        kw = (
+            {"overwrite": True}
+            if args.overwrite and "overwrite" in inspect.signature(run).parameters
+            else {}
+        )
+        result = run(out / name, verbose=not args.quiet, **kw)
         result = dict(result or {})
         result["seconds"] = round(time.perf_counter() - t0, 2)
         summary[name] = result
@@ -57,4 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run only these demos by name: " + ", ".join(d[0] for d in DEMOS),
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier demo run's files under --out")  # fmt: skip
     p.set_defaults(func=_run)

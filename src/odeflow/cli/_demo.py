@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
@@ -18,6 +19,20 @@ DEMOS: tuple[tuple[str, str, str], ...] = (
     ("corridor", "odeflow.cli._demo_agents", "run_demo"),
     ("crowd", "odeflow.cli._demo_control", "run_demo"),
 )
+
+
+@contextlib.contextmanager
+def single_thread():
+    """One torch intra-op thread within the block (restored after): the demos' small
+    matrices run fastest so, and immune to OpenMP spin-waiting on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from odeflow.cli._demo import single_thread
+
 __all__ = ["run_demo"]
 
 
@@ -43,9 +45,7 @@ def run_demo(out_dir: Path, verbose: bool = True) -> dict:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices: one thread is fastest
-    try:
+    with single_thread():
         torch.manual_seed(0)
         pb = Corridor(spread=0.5)
         phi = ValueNetwork(4, width=16)
@@ -60,8 +60,6 @@ def run_demo(out_dir: Path, verbose: bool = True) -> dict:
         shocked, safe = agent_rollout(pb, phi, pb.start[None].float(), shock=(0.1, kick))
         plot_agents(pb, shocked.paths, out_dir / "shock.png",
                     title="corridor: kick at t = 0.1, the feedback recovers")  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
     result = {
         "train_seconds": round(seconds, 1),
         **m,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from odeflow.cli._demo import single_thread
+
 __all__ = ["run_demo"]
 
 
@@ -44,9 +46,7 @@ def run_demo(out_dir: Path, verbose: bool = True) -> dict:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices: one thread is fastest on a busy machine
-    try:
+    with single_thread():
         torch.manual_seed(0)
         pb = CrowdMotion(dim=2)
         phi = ValueNetwork(2, width=16).double()
@@ -56,8 +56,6 @@ def run_demo(out_dir: Path, verbose: bool = True) -> dict:
         seconds = time.perf_counter() - t0
         metrics = crowd_metrics(pb, phi, samples=4096, nt=16, seed=1)
         plot_crowd(pb, phi, out_dir / "crowd.png", samples=2048, nt=16, seed=2)
-    finally:
-        torch.set_num_threads(threads)
     result = {k: round(v, 4) for k, v in metrics.items() if k != "core_mass_by_time"}
     result["train_seconds"] = round(seconds, 2)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from odeflow.cli._demo import single_thread
+
 __all__ = ["run_demo"]
 
 
@@ -38,9 +40,7 @@ def run_demo(out_dir: Path, verbose: bool = True) -> dict:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices: one thread is fastest on a busy machine
-    try:
+    with single_thread():
         torch.manual_seed(0)
         data = digits_data(image=False)
         depth = 16
@@ -63,8 +63,6 @@ def run_demo(out_dir: Path, verbose: bool = True) -> dict:
         block.n_steps = 4 * depth
         acc_cont = accuracy(net, data[2], data[3])
         block.n_steps = depth
-    finally:
-        torch.set_num_threads(threads)
     result = {
         "test_accuracy": round(res.test_accuracy, 4),
         f"test_accuracy_at_depth_{4 * depth}": round(acc_cont, 4),

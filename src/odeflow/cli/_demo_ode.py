@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from odeflow.cli._demo import single_thread
 from odeflow.ode import AutonomousField, fit_trajectory, odeint, spiral_data
 
 __all__ = ["run_demo"]
@@ -32,14 +33,8 @@ def run_demo(out_dir: Path, verbose: bool = True) -> dict:
         >>> import tempfile
         >>> r = run_demo(Path(tempfile.mkdtemp()), verbose=False)  # doctest: +SKIP
     """
-    threads = torch.get_num_threads()
-    # a 2-D state and a 50-unit MLP: one intra-op thread is fastest and immune to
-    # OpenMP spin-waiting on a busy machine
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         return _run(Path(out_dir), verbose)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out_dir: Path, verbose: bool) -> dict:

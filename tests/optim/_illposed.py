@@ -1,8 +1,16 @@
 """Standard discrete ill-posed test problems (written from their definitions) and oracles.
 
-* ``deblur``: 1-D Gaussian blur (symmetric Toeplitz) of a piecewise smooth signal.
-* ``shaw``: Shaw's 1-D image restoration kernel (Hansen, Regularization Tools).
-* ``heat``: the inverse heat equation, a Volterra kernel (Carasso; Hansen's ``heat``).
+* ``deblur``: 1-D Gaussian blur (symmetric Toeplitz) of a piecewise smooth signal; our own
+  problem, discretized with the conventions of Regularization Tools' ``gravity`` (collocation
+  at the midpoints ``t_i = (i − ½)/n``, midpoint rule with weight ``h = 1/n``).
+* ``shaw``: Shaw's 1-D image restoration problem, as in Regularization Tools' ``shaw``
+  (kernel, points ``s_i = −π/2 + (i − ½)π/n``, weight ``π/n``, and exact solution).
+* ``heat``: the inverse heat equation, a Volterra kernel, as in Regularization Tools' ``heat``
+  (κ = 1; kernel, midpoint collocation, and Hansen's piecewise exact solution on the first
+  half of [0, 1], zero on the second half).
+
+Reference: P. C. Hansen, "Regularization Tools version 4.0 for Matlab 7.3", Numer. Algorithms
+46 (2007) 189–194, and its manual (IMM, DTU), sections on ``shaw``, ``heat`` and ``gravity``.
 
 Each returns ``(A, x_true)`` in float64; :func:`noisy` adds white noise of a relative level;
 :func:`tikhonov_dense` and :func:`optimal_lambda` are the SVD-based oracles.
@@ -44,9 +52,17 @@ def heat(n: int, kappa: float = 1.0):
     dd = d.clamp_min(1e-300)
     k = dd ** (-1.5) / (2 * kappa * math.sqrt(math.pi)) * torch.exp(-1 / (4 * kappa**2 * dd))
     A = h * torch.where(d > 0, k, 0.0)
-    x = torch.where(t < 0.5, 75 * t**2 * (0.5 - t) ** 2 * 16, 0.0)
-    x = x + torch.where((t > 0.55) & (t < 0.85), torch.sin(math.pi * (t - 0.55) / 0.3), 0.0)
-    return A, x
+    return A, heat_solution(n)
+
+
+def heat_solution(n: int):
+    """Hansen's exact solution of ``heat`` (n even): with ``τ_i = 20 i/n``, ``i = 1 … n/2``,
+    ``x_i = 0.75 τ²/4`` (τ < 2), ``0.75 + (τ − 2)(3 − τ)`` (2 ≤ τ < 3), ``0.75 e^{−2(τ−3)}``
+    (τ ≥ 3); ``x_i = 0`` for ``i > n/2``."""
+    tau = 20 * torch.arange(1, n + 1, dtype=F64) / n
+    x = torch.where(tau < 2, 0.75 * tau**2 / 4, 0.75 + (tau - 2) * (3 - tau))
+    x = torch.where(tau >= 3, 0.75 * torch.exp(-2 * (tau - 3)), x)
+    return torch.where(torch.arange(n) < n // 2, x, 0.0)
 
 
 PROBLEMS = {"deblur": deblur, "shaw": shaw, "heat": heat}

@@ -44,10 +44,11 @@ def test_equals_dense_tikhonov_at_its_lambda(name, level):
     assert res.gcv_values.shape == res.gcv_lambdas.shape
 
 
-@pytest.mark.parametrize(
-    ("name", "level"), [(p, lvl) for p in ("deblur", "shaw") for lvl in (0.01, 0.05)]
-)
+@pytest.mark.parametrize(("name", "level"), CASES)
 def test_gcv_lambda_near_the_error_optimal_lambda(name, level):
+    """The acceptance criterion on the first noise draw (seed 0) of each case. It is one draw:
+    over 50 draws GCV, dense and hybrid alike, misses it often on Shaw and heat
+    (test_hybrid_rules.py, ``optim_peers.py --parts rule_frequencies``)."""
     A, x = PROBLEMS[name](256)
     b = noisy(A, x, level)
     lam_opt, err_opt = optimal_lambda(A, b, x)

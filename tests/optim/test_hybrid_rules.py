@@ -1,7 +1,10 @@
-"""The λ rules of hybrid_lsqr on the inverse heat problem, as documented in its docstring.
+"""The λ rules of hybrid_lsqr against the error-optimal λ over several noise draws.
 
-GCV undersmooths there, and so does the textbook dense GCV (the miss is GCV's, not the
-hybrid's); weighted GCV and the discrepancy principle stay near the error-optimal λ.
+GCV's misses are GCV's, not the hybrid's: on Shaw's problem and the inverse heat problem the
+hybrid's λ is the textbook dense GCV minimizer on every draw, also where that minimizer is far
+from the error-optimal λ. On heat (Hansen's, n = 256) GCV undersmooths: λ_GCV < λ_opt on all
+50 draws at 1 % and 5 % noise (``python benchmarks/optim_peers.py --parts rule_frequencies``),
+error > 1.1× the optimum on 88 % and 72 % of them; weighted GCV meets the criterion there.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import torch
 
 from odeflow.optim import hybrid_lsqr
 
-from ._illposed import heat, noisy, optimal_lambda, tikhonov_dense
+from ._illposed import PROBLEMS, heat, noisy, optimal_lambda, tikhonov_dense
 
 F64 = torch.float64
 
@@ -26,19 +29,32 @@ def _dense_gcv_lambda(A, b):
     return float(lams[G.argmin(), 0])
 
 
+@pytest.mark.parametrize(
+    ("name", "level"), [(p, v) for p in ("shaw", "heat") for v in (0.01, 0.05)]
+)
+def test_gcv_lambda_is_the_dense_gcv_lambda_on_every_draw(name, level):
+    A, x = PROBLEMS[name](256)
+    for seed in range(3):
+        b = noisy(A, x, level, seed=seed)
+        res = hybrid_lsqr(A, b)
+        assert res.status.ok, res.reason
+        # equal to the dense sweep's spacing (1.5 %), whether or not λ is near λ_opt
+        assert float(res.lam) == pytest.approx(_dense_gcv_lambda(A, b), rel=0.02)
+
+
 @pytest.mark.parametrize("level", [0.01, 0.05])
 def test_heat_gcv_undersmooths_weighted_gcv_and_discrepancy_do_not(level):
     A, x = heat(256)
     for seed in range(3):
         b = noisy(A, x, level, seed=seed)
         lam_opt, err_opt = optimal_lambda(A, b, x, points=2000)
-        assert _dense_gcv_lambda(A, b) <= 0.6 * lam_opt  # GCV's own bias on this problem
+        assert _dense_gcv_lambda(A, b) < lam_opt  # GCV's own bias on this problem
         w = hybrid_lsqr(A, b, regularization="wgcv")
         assert 1 / 3 <= float(w.lam) / lam_opt <= 3
-        assert float((w.x - x).norm()) <= 1.55 * err_opt
+        assert float((w.x - x).norm()) <= 1.1 * err_opt  # the acceptance criterion
         d = hybrid_lsqr(A, b, regularization="discrepancy", noise_level=level)
         assert 1 / 3 <= float(d.lam) / lam_opt <= 3
-        assert float((d.x - x).norm()) <= 1.15 * err_opt
+        assert float((d.x - x).norm()) <= 1.2 * err_opt
 
 
 @pytest.mark.parametrize("level", [0.01, 0.05])

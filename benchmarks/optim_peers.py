@@ -2,8 +2,9 @@
 minimize_bounded (projected Newton–Krylov) vs scipy L-BFGS-B and trust-constr.
 
 Part 1 (``hybrid``): the ill-posed test problems (1-D Gaussian deblurring and the inverse heat
-equation as Toeplitz operators applied by FFT, matrix-free; Shaw's problem dense), white
-noise of 1 % and 5 %. For each size:
+equation as Toeplitz operators applied by FFT, matrix-free; Shaw's problem dense; ``heat`` and
+``shaw`` as in Hansen's Regularization Tools, exact solutions included), white noise of 1 %
+and 5 %. For each size:
 
 * ``hybrid_lsqr`` (λ by GCV, on the fly, full reorthogonalization): error, iterations, time;
 * scipy ``lsqr`` with a fixed damping ``λ``: the oracle λ is found by a sweep over 16 values
@@ -29,11 +30,15 @@ convection–diffusion–reaction surrogate (200 parameter samples → 32 soluti
 generated here): iterations and seconds to a training MSE of 1 % and 0.1 % of ½var(y).
 
 Part 4 (``rules``): λ/λ_opt and error/error_opt of GCV, weighted GCV, the discrepancy principle
-and the dense textbook GCV over three noise draws (n = 256). Part 5 (``slimtrain``): slimTrain
+and the dense textbook GCV over three noise draws (n = 256); ``rule_frequencies``: how often
+each misses the issue-28 criterion over ``--draws`` draws. Part 5 (``slimtrain``): slimTrain
 vs Adam on digits, test accuracy per epoch over learning rates and seeds. Part 6
 (``double_descent``): random features, min-norm against hybrid (``_optim_parts.py``).
 ``--dense-lower-bound`` measures, above ``--dense-max``, the time to form the dense matrix and
 one ``AᵀA`` product: a lower bound of the dense SVD's time.
+
+Times are CPU seconds of the process (``time.process_time``; with ``--threads 1`` and
+``OMP_NUM_THREADS=1`` they do not count the waits of a shared machine).
 
 Usage::
 
@@ -60,6 +65,7 @@ from _optim_parts import (
     cdr_data,
     dense_lower_bound,
     part_double_descent,
+    part_rule_frequencies,
     part_rules,
     part_slimtrain,
 )
@@ -96,14 +102,19 @@ def deblur(n: int, width: float = 0.03):
 
 def heat(n: int, kappa: float = 1.0):
     h = 1.0 / n
-    t = (torch.arange(n, dtype=F64) + 0.5) * h
     d = torch.arange(n, dtype=F64) * h + h / 2
     col = h * d ** (-1.5) / (2 * kappa * math.sqrt(math.pi)) * torch.exp(-1 / (4 * kappa**2 * d))
     row = torch.zeros(n, dtype=F64)
     row[0] = col[0]
-    x = torch.where(t < 0.5, 75 * t**2 * (0.5 - t) ** 2 * 16, 0.0)
-    x = x + torch.where((t > 0.55) & (t < 0.85), torch.sin(math.pi * (t - 0.55) / 0.3), 0.0)
-    return _toeplitz_operator(col, row), x
+    return _toeplitz_operator(col, row), _heat_solution(n)
+
+
+def _heat_solution(n: int):
+    """Hansen's exact solution of ``heat`` (Regularization Tools; as in tests/optim)."""
+    tau = 20 * torch.arange(1, n + 1, dtype=F64) / n
+    x = torch.where(tau < 2, 0.75 * tau**2 / 4, 0.75 + (tau - 2) * (3 - tau))
+    x = torch.where(tau >= 3, 0.75 * torch.exp(-2 * (tau - 3)), x)
+    return torch.where(torch.arange(n) < n // 2, x, 0.0)
 
 
 def shaw(n: int):
@@ -130,9 +141,9 @@ def _dense(op) -> torch.Tensor:
 
 # --- methods ---------------------------------------------------------------------------------
 def run_hybrid(op, b, x_true):
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     res = hybrid_lsqr(op, b)
-    sec = time.perf_counter() - t0
+    sec = time.process_time() - t0
     err = float((res.x - x_true).norm() / x_true.norm())
     return {
         "error": err,
@@ -155,21 +166,21 @@ def run_lsqr_oracle(op, b, x_true, lam_center):
     runs = {}
 
     def one(lam):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         out = spla.lsqr(A, bn, damp=lam, atol=1e-10, btol=1e-10, iter_lim=4 * n)
         runs[lam] = (
             np.linalg.norm(out[0] - xt) / np.linalg.norm(xt),
-            time.perf_counter() - t0,
+            time.process_time() - t0,
             int(out[2]),
         )
 
-    t_sweep = time.perf_counter()
+    t_sweep = time.process_time()
     for lam in lam_center * np.logspace(-2, 2, 9):  # coarse sweep, then refine around the best
         one(float(lam))
     best = min(runs, key=lambda k: runs[k][0])
     for lam in best * np.logspace(-0.5, 0.5, 7):
         one(float(lam))
-    sweep = time.perf_counter() - t_sweep
+    sweep = time.process_time() - t_sweep
     best = min(runs, key=lambda k: runs[k][0])
     err, sec, its = runs[best]
     return {
@@ -183,7 +194,7 @@ def run_lsqr_oracle(op, b, x_true, lam_center):
 
 
 def run_dense_gcv(op, b, x_true):
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     A = _dense(op)
     U, s, Vh = torch.linalg.svd(A)
     beta = U.T @ b
@@ -192,7 +203,7 @@ def run_dense_gcv(op, b, x_true):
     G = ((f * beta) ** 2).sum(1) / (len(b) - (1 - f).sum(1)) ** 2
     lam = float(lams[G.argmin()])
     x = Vh.T @ (s / (s**2 + lam**2) * beta)
-    sec = time.perf_counter() - t0
+    sec = time.process_time() - t0
     return {"error": float((x - x_true).norm() / x_true.norm()), "lam": lam, "seconds": sec}
 
 
@@ -294,14 +305,14 @@ def part_bounds(n_samples=None):
 
     w0 = torch.zeros((d + 1) * C, dtype=F64)
     rows = {}
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     res = minimize_bounded(fn, w0, bounds=(-bound, bound), value=value)
     rows["pnkhb"] = {
         "value": res.value,
         "f_evals": count["f"],
         "hv_products": count["hv"],
         "iterations": res.iterations,
-        "seconds": time.perf_counter() - t0,
+        "seconds": time.process_time() - t0,
         "status": res.status.name,
     }
 
@@ -318,7 +329,7 @@ def part_bounds(n_samples=None):
         ("trust-constr", {"gtol": 1e-10, "xtol": 1e-12, "maxiter": 2000}),
     ):
         count.update(f=0, hv=0)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         kw = {"hessp": sp_hessp} if method == "trust-constr" else {}
         out = sp_minimize(
             sp_fun,
@@ -334,7 +345,7 @@ def part_bounds(n_samples=None):
             "f_evals": count["f"],
             "hv_products": count["hv"],
             "iterations": int(out.nit),
-            "seconds": time.perf_counter() - t0,
+            "seconds": time.process_time() - t0,
         }
     best = min(r["value"] for r in rows.values())
     for k, r in rows.items():
@@ -384,9 +395,9 @@ def part_gnvpro(
     hit = next((k for k, v in enumerate(vals) if v <= target), None)
     sec = None
     if hit is not None:  # time exactly the iterations to the target, in a fresh run
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         gnvpro(VarPro(features().double(), lam=1e-4), X, y, maxiter=hit, gtol=0.0)
-        sec = time.perf_counter() - t0
+        sec = time.process_time() - t0
     out["gnvpro"] = {
         "iterations_to_target": hit,
         "seconds_to_target": sec,
@@ -395,7 +406,7 @@ def part_gnvpro(
     }
     net = nn.Sequential(features(), nn.Linear(width, d_out)).double()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    t0, hit, t_hit, loss = time.perf_counter(), None, None, float("nan")
+    t0, hit, t_hit, loss = time.process_time(), None, None, float("nan")
     for k in range(1, adam_iters + 1):
         out_k = 0.5 * ((net(X) - y) ** 2).sum(1).mean()
         opt.zero_grad()
@@ -403,7 +414,7 @@ def part_gnvpro(
         opt.step()
         loss = float(out_k.detach())
         if loss <= target:
-            hit, t_hit = k, time.perf_counter() - t0
+            hit, t_hit = k, time.process_time() - t0
             break
     out["adam"] = {
         "iterations_to_target": hit,
@@ -421,6 +432,9 @@ def part_gnvpro(
     return out
 
 
+PARTS = ["hybrid", "bounds", "gnvpro", "rules", "rule_frequencies", "slimtrain", "double_descent"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="n = 1000, 2000, 10000; dense ≤ 2000")
@@ -431,9 +445,10 @@ def main(argv=None) -> int:
     p.add_argument(
         "--parts",
         nargs="+",
-        default=["hybrid", "bounds", "gnvpro", "rules", "slimtrain", "double_descent"],
-        choices=["hybrid", "bounds", "gnvpro", "rules", "slimtrain", "double_descent"],
+        default=PARTS,
+        choices=PARTS,
     )
+    p.add_argument("--draws", type=int, default=50, help="noise draws of rule_frequencies")
     p.add_argument(
         "--dense-lower-bound",
         action="store_true",
@@ -452,6 +467,7 @@ def main(argv=None) -> int:
             "torch": torch.__version__,
             "machine": platform.machine(),
             "threads": a.threads,
+            "clock": "time.process_time: CPU seconds of this process (one thread)",
             "argv": sys.argv[1:],
         }
     }
@@ -466,6 +482,8 @@ def main(argv=None) -> int:
         out["gnvpro"] += [part_gnvpro(data=cdr, name="cdr", rel_target=r) for r in (1e-2, 1e-3)]
     if "rules" in a.parts:
         out["rules"] = part_rules(PROBLEMS, _dense)
+    if "rule_frequencies" in a.parts:
+        out["rule_frequencies"] = part_rule_frequencies(PROBLEMS, _dense, draws=a.draws)
     if "double_descent" in a.parts:
         out["double_descent"] = part_double_descent()
     if "slimtrain" in a.parts:

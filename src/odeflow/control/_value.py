@@ -102,7 +102,7 @@ class ValueNetwork(ValueFunction):
             ResNet narrower than d gives a gain that varies with t in every direction, which
             linear–quadratic problems need (LQR: Φ* = ½|x|²p(t)): without this term the gain
             is learned as a constant one, about 2 % above the optimal cost at d = 100, K = 1
-            brings that to 0.06 % and K = 2 to 0.005 % (``benchmarks/control_scaling.py``).
+            brings that to 0.06 % and K = 2 to 0.01 % (``benchmarks/control_scaling.py``).
     Raises:
         ValueError: ``net`` whose input size is not d + 1; bad sizes; ``time_degree`` < 0.
 

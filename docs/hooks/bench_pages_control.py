@@ -50,8 +50,8 @@ def _lqr_lines(data: dict) -> list[str]:
     ]
     lines += _bp._table(
         ["d", "Riccati value", "closed-loop cost", "relative gap", "training s"],
-        [[data["dim"], data["riccati_value"], data["closed_loop_cost"], data["relative_gap"],
-          data["train_seconds"]]],
+        [[data["dim"], f"{data['riccati_value']:.5f}", f"{data['closed_loop_cost']:.5f}",
+          data["relative_gap"], data["train_seconds"]]],
     )  # fmt: skip
     return [*lines, ""]
 

@@ -19,13 +19,14 @@ def _objective(dim: int, x: torch.Tensor) -> float:
 @pytest.mark.slow
 def test_objective_with_the_defaults_nearly_d_invariant():
     """On 4000 samples sharing their first two coordinates, this CPU measured 10.886 (d = 2),
-    10.976 (d = 10, 0.8 % higher) and 10.839 (d = 100, 0.4 % lower): the issue's 2 %. d = 100
-    trains on 2048 samples per iteration (512 gave 11.502, 5.7 % higher: the gradient noise
-    of the 98 extra coordinates; see ``PnasOT``)."""
+    10.976 (d = 10, 0.8 % higher), 10.825 (d = 50, 0.6 % lower) and 10.839 (d = 100, 0.4 %
+    lower): the issue's 2 %. d = 50 and 100 train on 2048 samples per iteration (with 512,
+    d = 100 gave 11.502, 5.7 % higher: the gradient noise of the extra coordinates; see
+    ``PnasOT``)."""
     x = PnasOT(dim=100).sample_initial(4000, generator=torch.Generator().manual_seed(7))
-    objs = {d: _objective(d, x) for d in (2, 10, 100)}
-    assert abs(objs[10] / objs[2] - 1) < 0.02, objs
-    assert abs(objs[100] / objs[2] - 1) < 0.02, objs
+    objs = {d: _objective(d, x) for d in (2, 10, 50, 100)}
+    for d in (10, 50, 100):
+        assert abs(objs[d] / objs[2] - 1) < 0.02, objs
 
 
 def test_recipe_batch_grows_with_the_dimension():

@@ -290,8 +290,8 @@ class PnasOT(_KLTerminal):
     the initialisation (a d = 2-like first layer gave the same), nor Adam's jitter (a third
     stage at lr 1e-4 changed nothing), nor the length alone (2400 iterations: +3.6 %).
     Measured with a float32 ``ValueNetwork(d)``, on 4000 test samples: objective 10.89 in
-    d = 2, 10.98 in d = 10 (+0.8 %), 10.84 in d = 100 (−0.4 %; 11.50 with 512 samples).
-    d = 50 was not measured with this recipe. The paper's L-BFGS (``optimizer="lbfgs",
+    d = 2, 10.98 in d = 10 (+0.8 %), 10.83 in d = 50 (−0.6 %), 10.84 in d = 100 (−0.4 %;
+    11.50 with 512 samples). The paper's L-BFGS (``optimizer="lbfgs",
     iterations=300, batch=256``) gives 10.99 and 10.98 in d = 2 and 10 but stays on the
     plateau (21.9) in d = 50.
 

@@ -19,10 +19,21 @@ def _objective(dim: int, x: torch.Tensor) -> float:
 @pytest.mark.slow
 def test_objective_with_the_defaults_nearly_d_invariant():
     """On 4000 samples sharing their first two coordinates, this CPU measured 10.886 (d = 2),
-    10.976 (d = 10, 0.8 % higher) and 11.502 (d = 100, 5.7 % higher). d = 2 and 10 meet the
-    issue's 2 %; d = 100 does not yet (the default 1200 iterations leave it short of
-    converged: it leaves the initial plateau later than d = 2), so it is held to 8 %."""
+    10.976 (d = 10, 0.8 % higher), 10.825 (d = 50, 0.6 % lower) and 10.839 (d = 100, 0.4 %
+    lower): the issue's 2 %. d = 50 and 100 train on 2048 samples per iteration (with 512,
+    d = 100 gave 11.502, 5.7 % higher: the gradient noise of the extra coordinates; see
+    ``PnasOT``)."""
     x = PnasOT(dim=100).sample_initial(4000, generator=torch.Generator().manual_seed(7))
-    objs = {d: _objective(d, x) for d in (2, 10, 100)}
-    assert abs(objs[10] / objs[2] - 1) < 0.02, objs
-    assert abs(objs[100] / objs[2] - 1) < 0.08, objs
+    objs = {d: _objective(d, x) for d in (2, 10, 50, 100)}
+    for d in (10, 50, 100):
+        assert abs(objs[d] / objs[2] - 1) < 0.02, objs
+
+
+def test_recipe_batch_grows_with_the_dimension():
+    """The recipe's batch: 512 up to d = 10, 2048 above (the class keeps 512)."""
+    assert PnasOT(dim=2).fit_defaults["batch"] == PnasOT(dim=10).fit_defaults["batch"] == 512
+    big = PnasOT(dim=100).fit_defaults
+    assert big["batch"] == 2048 and PnasOT.fit_defaults["batch"] == 512
+    assert {k: v for k, v in big.items() if k != "batch"} == {
+        k: v for k, v in PnasOT.fit_defaults.items() if k != "batch"
+    }

@@ -25,6 +25,9 @@ import torch
 
 from odeflow.control import (
     AgentProblem,
+    LQRValue,
+    OnlineFeedback,
+    ResidualValue,
     ValueNetwork,
     fit,
     load_checkpoint,
@@ -50,20 +53,20 @@ RECIPES = {
             ("objective", 100, 128, 0.25, None),
         ],
     ),
-    # a full-rank quadratic (rank d + 1): the default rank 10 cannot hold ½α₀|x − y|² in 24-D;
-    # six head-on swaps trap the training at α₂ = 10⁵ (the agents stay put): a continuation
-    # from α₂ = 10³ lets them learn to reach the targets first, then to keep apart
+    # Φ = the obstacle-free LQR value + the network ("baseline": ResidualValue(LQRValue, net)):
+    # the network alone (width 32, rank 25, a continuation from α₂ = 10³) stalled at +37 %:
+    # with α₀ = 300 the gain α₀/(1 + α₀(T − t)) of the straight-line feedback grows 300-fold
+    # over [0, T], which a log-cosh ResNet on (x, t) with a quadratic term cannot hold; with
+    # the baseline the network only learns the avoidance, at the full α₂ = 10⁵ from the start
+    # (this recipe, one run of 16 min: +19 %, 39/1000 perturbed rollouts within 2r, none < 0.89)
     "swap12": dict(
-        width=32,
-        rank=25,
-        stages=[
-            ("objective", 75, 64, 0.5, 1e3),
-            ("objective", 100, 64, 0.25, None),
-            ("objective", 75, 64, 0.25, None),
-        ],
+        width=64,
+        baseline="lqr",
+        stages=[("objective", 400, 128, 0.25, None), ("paper", 150, 128, 0.25, None)],
     ),
-    # the same continuation, not yet run to the end: on the shared 2-core CPU 50 iterations of
-    # the "paper" loss (batch 32) took 13 minutes without reaching the targets
+    # a full-rank quadratic and a continuation from α₂ = 10³ (the agents first learn to reach
+    # the targets, then to keep apart), not yet run to the end: on the shared 2-core CPU 50
+    # iterations of the "paper" loss (batch 32) took 13 minutes without reaching the targets
     "swarm50": dict(
         width=64,
         rank=151,
@@ -177,6 +180,10 @@ def train(pb: AgentProblem, quick: bool, seed: int = 0):
     r = QUICK if quick else RECIPES[pb.name]
     torch.manual_seed(seed)
     phi = ValueNetwork(pb.dim, width=r["width"], rank=r.get("rank"))
+    if r.get("baseline") == "lqr":
+        with torch.no_grad():  # the quadratic term starts small: Φ ≈ the LQR baseline
+            phi.net.blocks[1].A.mul_(0.1)
+        phi = with_baseline(pb, phi).float()
     seconds = 0.0
     for i, (loss, iterations, batch, spread, alpha2) in enumerate(r["stages"]):
         stage_pb = make_problem(pb.name, spread=spread)
@@ -187,6 +194,13 @@ def train(pb: AgentProblem, quick: bool, seed: int = 0):
                   nt=pb.steps, weights=w, seed=seed + i, verbose=False)  # fmt: skip
         seconds += res.seconds
     return phi, seconds
+
+
+def with_baseline(pb: AgentProblem, net: ValueNetwork) -> ResidualValue:
+    """Φ = the obstacle-free LQR value (straight lines to the targets, gain
+    α₀/(1 + α₀(T − t))) + the network, which learns the avoidance (see ``RECIPES``)."""
+    base = LQRValue(pb.dim, Qf=pb.alpha[0], target=pb.target, horizon=pb.horizon)
+    return ResidualValue(base, net)
 
 
 def timed(fn, repeat: int = 1, rounds: int = 3) -> tuple[float, float]:
@@ -205,18 +219,26 @@ def timed(fn, repeat: int = 1, rounds: int = 3) -> tuple[float, float]:
     return cpu, wall
 
 
-def feedback_ms(pb: AgentProblem, phi, batch: int, repeat: int = 50) -> tuple[float, float]:
-    """(CPU, wall) milliseconds of one feedback evaluation u*(x, ∇Φ(x, t)), ``batch`` states."""
+def feedback_ms(pb: AgentProblem, phi, batch: int, repeat: int = 50) -> dict:
+    """(CPU, wall) milliseconds of one feedback evaluation u*(x, ∇Φ(x, t)) of ``batch``
+    states: online (:class:`OnlineFeedback`, numpy float64 at batch 1, torch inference mode
+    in the network's dtype otherwise) and the regular path (``phi.jet`` + ``pb.feedback``)."""
     x = pb.safe_starts(batch, 0.1, generator=torch.Generator().manual_seed(0)).float()
     t = torch.tensor(0.3)
+    backend = "numpy" if batch == 1 else "torch"
+    online = OnlineFeedback(pb, phi, backend=backend)
+    xo = x.double().numpy() if backend == "numpy" else x
+    cpu, wall = timed(lambda: online.feedback(xo, 0.3), repeat, rounds=5)
     with torch.no_grad():
-        cpu, wall = timed(lambda: pb.feedback(x, phi.jet(x, t).grad, t), repeat, rounds=5)
-    return 1e3 * cpu, 1e3 * wall
+        jcpu, _ = timed(lambda: pb.feedback(x, phi.jet(x, t).grad, t), repeat, rounds=5)
+    b = f"batch{batch}"
+    return {f"feedback_ms_{b}": 1e3 * cpu, f"feedback_wall_ms_{b}": 1e3 * wall,
+            f"feedback_ms_{b}_jet": 1e3 * jcpu}  # fmt: skip
 
 
 def fly(pb: AgentProblem, phi, x, nt: int):
-    """The online closed loop alone: RK4 steps of ż = u*(z, ∇Φ(z, t)), states only (the
-    cost is not accumulated; :func:`odeflow.control.rollout` gives it)."""
+    """The closed loop by the regular path: RK4 steps of ż = u*(z, ∇Φ(z, t)) with
+    ``phi.jet``, states only (:meth:`OnlineFeedback.rollout` is the online form)."""
     h = pb.horizon / nt
 
     def f(z, t):
@@ -232,6 +254,22 @@ def fly(pb: AgentProblem, phi, x, nt: int):
     return z
 
 
+def _load(pb: AgentProblem, path: Path):
+    """A network saved by :func:`run_case` (``baseline="lqr"``: wrapped in the baseline)."""
+    _, phi = load_checkpoint(path, pb)
+    ck = torch.load(path, weights_only=True)
+    if ck.get("baseline") == "lqr":
+        phi = with_baseline(pb, phi).to(next(phi.parameters()).dtype)
+    return phi, ck.get("train_seconds")
+
+
+def _save(pb: AgentProblem, phi, path: Path, train_s: float) -> None:
+    if isinstance(phi, ResidualValue):
+        save_checkpoint(pb, phi.net, path, train_seconds=train_s, baseline="lqr")
+    else:
+        save_checkpoint(pb, phi, path, train_seconds=train_s)
+
+
 def run_case(name: str, quick: bool, rollouts: int | None = None, nt: int = 50,
              load: Path | None = None, save: Path | None = None) -> dict:  # fmt: skip
     """Train (or load ``load/NAME.pt``), compare with IPOPT from the nominal start, count
@@ -239,20 +277,21 @@ def run_case(name: str, quick: bool, rollouts: int | None = None, nt: int = 50,
     numbers. ``save``: write the trained network to ``save/NAME.pt`` with its training time."""
     pb = make_problem(name)
     if load is not None:
-        ck = Path(load) / f"{name}.pt"
-        _, phi = load_checkpoint(ck, pb)
-        train_s = torch.load(ck, weights_only=True).get("train_seconds")
+        phi, train_s = _load(pb, Path(load) / f"{name}.pt")
     else:
         phi, train_s = train(pb, quick)
         if save is not None:
-            save_checkpoint(pb, phi, Path(save) / f"{name}.pt", train_seconds=train_s)
+            _save(pb, phi, Path(save) / f"{name}.pt", train_s)
     n_roll = rollouts or (64 if quick else 1000)
     x0 = pb.start[None].float()
+    online, online_b = OnlineFeedback(pb, phi), OnlineFeedback(pb, phi, backend="torch")
+    x0n = x0.double().numpy()
+    xb = pb.safe_starts(1024, 0.25, generator=torch.Generator().manual_seed(4)).float()
     with torch.no_grad():
         nominal = rollout(pb, phi, x0, nt=nt)
-        rollout_s, rollout_wall = timed(lambda: fly(pb, phi, x0, nt))
-        xb = pb.safe_starts(1024, 0.25, generator=torch.Generator().manual_seed(4)).float()
-        batch_s, _ = timed(lambda: fly(pb, phi, xb, nt), rounds=1)
+        rollout_s, rollout_wall = timed(lambda: online.rollout(x0n, nt), rounds=5)
+        jet_s, _ = timed(lambda: fly(pb, phi, x0, nt))
+        batch_s, _ = timed(lambda: online_b.rollout(xb, nt), rounds=1)
     cold = solve_ipopt(pb, pb.start.numpy(), nt)
     warm = solve_ipopt(pb, pb.start.numpy(), nt, guess=nominal.paths[:, 0].double().numpy())
     best = min(
@@ -266,6 +305,9 @@ def run_case(name: str, quick: bool, rollouts: int | None = None, nt: int = 50,
     nominal_safe = pb.safety(nominal.paths)
     ipopt_safe = pb.safety(torch.as_tensor(best["path"])[:, None])
     cost = float(nominal.cost[0])
+    # the online float64 closed loop against the regular one (the network's dtype)
+    online_dev = float(np.abs(online.rollout(x0n, nt, paths=True)[:, 0]
+                              - nominal.paths[:, 0].double().numpy()).max())  # fmt: skip
     return {
         "problem": name, "dim": pb.dim, "agents": pb.n_agents, "nt": nt,
         "train_seconds": train_s,
@@ -280,6 +322,7 @@ def run_case(name: str, quick: bool, rollouts: int | None = None, nt: int = 50,
         "speedup_vs_ipopt_batch1024": cold["seconds"] / (batch_s / 1024),
         "ipopt_collisions": int(ipopt_safe.collisions[0]),
         "rollout_seconds": rollout_s, "speedup_vs_ipopt": cold["seconds"] / rollout_s,
+        "rollout_seconds_jet": jet_s, "online_max_deviation": online_dev,
         "nominal_collisions": int(nominal_safe.collisions[0]),
         "nominal_violations": int(nominal_safe.violations[0]),
         "nominal_terminal_error": float(nominal_safe.terminal_error[0]),
@@ -288,10 +331,7 @@ def run_case(name: str, quick: bool, rollouts: int | None = None, nt: int = 50,
         "violations": int((safe.violations > 0).sum()),
         "min_distance": float(safe.min_distance.min()),
         "terminal_error_max": float(safe.terminal_error.max()),
-        **dict(zip(("feedback_ms_batch1", "feedback_wall_ms_batch1"), feedback_ms(pb, phi, 1),
-                   strict=True)),
-        **dict(zip(("feedback_ms_batch1024", "feedback_wall_ms_batch1024"),
-                   feedback_ms(pb, phi, 1024, repeat=5), strict=True)),
+        **feedback_ms(pb, phi, 1), **feedback_ms(pb, phi, 1024, repeat=5),
     }  # fmt: skip
 
 

@@ -6,7 +6,9 @@ same discrete problem (CasADi, the ``bench`` extra), collisions and obstacle vio
 closed-loop rollouts from perturbed starts (true, uninflated sizes), milliseconds per
 feedback evaluation at batch 1 and 1024, the time of the whole closed-loop rollout and IPOPT's
 seconds per solve (times: CPU time of the process, one torch thread; wall times are in the
-JSON too). Writes JSON (``benchmarks/results/``) and prints a table.
+JSON too). Feedback and rollouts are timed in their deployment form,
+:class:`odeflow.control.OnlineFeedback` (``*_jet`` keys: the training path ``phi.jet``).
+Writes JSON (``benchmarks/results/``) and prints a table.
 
 The problems come from the ``benchmarks/_apps_*.py`` modules; each exposes
 ``CASES = {name: run}`` with ``run(quick: bool) -> dict`` (flat numbers; see

@@ -26,7 +26,11 @@ _INTRO = (
     "collision or an obstacle violation (at the true, uninflated sizes), the milliseconds of "
     "one feedback evaluation at batch 1 and 1024, the whole closed-loop rollout (RK4, four "
     "feedback evaluations per step, states only) against one IPOPT solve, and the same per "
-    "start when 1024 starts fly at once. Times are CPU seconds of the benchmark's process "
+    "start when 1024 starts fly at once. The feedback and rollouts are timed in their "
+    "deployment form, `odeflow.control.OnlineFeedback` (the trained weights fused into plain "
+    "matrix products: numpy float64 at batch 1, torch inference mode at batch 1024, equal to "
+    "the training path to round-off); the training path's `phi.jet` + `problem.feedback` "
+    "at batch 1 is shown for comparison. Times are CPU seconds of the benchmark's process "
     "with one torch thread "
     "(IPOPT with MUMPS runs on one thread too): the machine is shared, so its wall times, "
     "also in the JSON, count other processes' turns. The problems are described in the guide "
@@ -44,6 +48,7 @@ _COLS = [
     ("collisions", "with collisions"),
     ("violations", "with violations"),
     ("feedback_ms_batch1", "ms / feedback, batch 1"),
+    ("feedback_ms_batch1_jet", "ms / feedback, batch 1, training path"),
     ("feedback_ms_batch1024", "ms / feedback, batch 1024"),
     ("rollout_seconds", "closed-loop rollout s"),
     ("ipopt_seconds", "IPOPT s / solve"),

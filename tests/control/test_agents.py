@@ -229,3 +229,22 @@ def test_library_never_imports_casadi():
     src = Path(__file__).resolve().parents[2] / "src" / "odeflow"
     hits = [p for p in src.rglob("*.py") if "casadi" in p.read_text(encoding="utf-8")]
     assert hits == []
+
+
+def test_benchmark_checkpoint_round_trip_keeps_the_lqr_baseline(tmp_path):
+    """control_apps' --save/--load of a ResidualValue(LQRValue, net) recipe gives back the
+    same value function (the baseline is rebuilt from the problem, the network read back)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        from _apps_agents import _load, _save, with_baseline
+    finally:
+        sys.path.pop(0)
+    pb = Swap2()
+    torch.manual_seed(0)
+    phi = with_baseline(pb, ValueNetwork(4, width=4)).double()
+    path = tmp_path / "swap2.pt"
+    _save(pb, phi, path, 1.5)
+    back, seconds = _load(pb, path)
+    x = pb.safe_starts(3, 0.5, generator=torch.Generator().manual_seed(1))
+    assert seconds == 1.5 and back.base is not phi.base
+    torch.testing.assert_close(back.jet(x, 0.4).grad, phi.jet(x, 0.4).grad, rtol=0, atol=1e-12)

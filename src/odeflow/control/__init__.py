@@ -25,6 +25,7 @@ from ._crowd import crowd_metrics, plot_crowd
 from ._hjb_grid import GridHJBSolution, solve_hjb_grid
 from ._hodgkin_huxley import HodgkinHuxley
 from ._obstacle import StochasticObstacle
+from ._online import OnlineFeedback
 from ._plot import plot_solution
 from ._presets import HJB, LQR, PRESETS, CrowdMotion, GaussianOT, PnasOT, make_problem
 from ._problem import ControlProblem, QuadraticControlProblem
@@ -69,6 +70,7 @@ __all__ = [
     "LQRValue",
     "LossWeights",
     "MonteCarloEstimate",
+    "OnlineFeedback",
     "PnasOT",
     "Quadcopter",
     "QuadraticControlProblem",

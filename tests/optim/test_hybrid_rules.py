@@ -2,9 +2,10 @@
 
 GCV's misses are GCV's, not the hybrid's: on Shaw's problem and the inverse heat problem the
 hybrid's λ is the textbook dense GCV minimizer on each draw tested here (and on 297 of 300
-draws of the benchmark), also where that minimizer is far from the error-optimal λ. On heat (Hansen's, n = 256) GCV undersmooths: λ_GCV < λ_opt on all
-50 draws at 1 % and 5 % noise (``python benchmarks/optim_peers.py --parts rule_frequencies``),
-error > 1.1× the optimum on 88 % and 72 % of them; weighted GCV meets the criterion there.
+draws of the benchmark), also where that minimizer is far from the error-optimal λ. On heat
+(Hansen's, n = 256) GCV undersmooths: λ_GCV < λ_opt on all 50 draws at 1 % and 5 % noise
+(``python benchmarks/optim_peers.py --parts rule_frequencies``), error > 1.1× the optimum on
+88 % and 72 % of them; weighted GCV meets the criterion there.
 """
 
 from __future__ import annotations

@@ -342,6 +342,8 @@ def main() -> int:
     ap.add_argument("--fp64-ref", action="store_true", help="fp64 reference also at full size")
     ap.add_argument("--checkpoints", action="store_true",
                     help="the checkpointing table and the memory-flatness run instead")  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="interleaved timing rounds of the checkpointing table")  # fmt: skip
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu (CPU only): one thread per run, timed by the process's "
                     "CPU time, little changed by other processes' load")  # fmt: skip
@@ -445,14 +447,14 @@ def main() -> int:
 def checkpoint_tables(args, dev: str, meta: dict, repeats: int, tmp: str) -> int:
     """torchdiffeq backprop vs DiscreteAdjoint(checkpoints=...) per workload, then flatness.
 
-    Peaks come from one memory child per configuration; times from ``ROUNDS`` rounds that
+    Peaks come from one memory child per configuration; times from ``--rounds`` rounds that
     run every configuration's timing child in turn (the fastest round counts: on a shared
     CPU, interleaving spreads load changes over all configurations alike)."""
     import torch
 
     rows, precs = [], [p for p in args.precisions if p != "tf32"]
     precs = precs if args.precisions != list(PRECISIONS) else ["fp32"]
-    meta = dict(meta, table="checkpointing", timing_rounds=ROUNDS)
+    meta = dict(meta, table="checkpointing", timing_rounds=args.rounds)
     for wl, prec in [(w, p) for w in args.workloads for p in precs]:
         sz = sizes(wl, args.quick)
         base = dict(workload=wl, precision=prec, device=dev, sizes=sz, repeats=repeats,
@@ -471,7 +473,7 @@ def checkpoint_tables(args, dev: str, meta: dict, repeats: int, tmp: str) -> int
                 mem[name] = _peak(specs[name], f"{tmp}/{wl}-{prec}-{len(mem)}.pt")
         times: dict[str, list[float]] = {name: [] for name in specs}
         parts: dict[str, list[tuple]] = {name: [] for name in specs}  # (ms, fwd, bwd)
-        for _ in range(ROUNDS):
+        for _ in range(args.rounds):
             for name, spec in specs.items():
                 r = _run_child(dict(spec, grad_path=f"{tmp}/t.pt"), memory=False)
                 times[name] += [r["ms_min"]] if "ms_min" in r else []
@@ -519,9 +521,6 @@ def checkpoint_tables(args, dev: str, meta: dict, repeats: int, tmp: str) -> int
         _write(args.json, dict(meta, complete=True), rows, flatness=flat)
         print(f"wrote {args.json}")
     return 0
-
-
-ROUNDS = 4  # interleaved timing rounds of the checkpointing table
 
 
 def _peak(spec: dict, grad_path: str) -> dict:

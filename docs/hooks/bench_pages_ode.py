@@ -152,6 +152,7 @@ def _page_ode_checkpointing(results: Path):
     cmd = "python benchmarks/ode_peers.py " + ("--quick " if meta.get("quick") else "")
     cmd += "--checkpoints " + ("--clock cpu " if meta.get("clock") == "cpu" else "")
     cmd += f"--repeats {meta['repeats']} " if meta.get("repeats") else ""
+    cmd += f"--rounds {meta['timing_rounds']} " if meta.get("timing_rounds", 4) != 4 else ""
     cmd += f"--json benchmarks/results/{src}"
     clock = (
         " Times are the process's CPU time with one thread (`--clock cpu`): on a shared CPU "

@@ -106,8 +106,10 @@ def test_kept_steps_take_one_autograd_call(monkeypatch):
 
     for name in ("all", "kept"):
         t = torch.tensor(T, dtype=D64)
-        sol = odeflow.solve(f, y0, t, steps_per_interval=SPI,
-                            gradient=DiscreteAdjoint(checkpoints=_budgets(120, 2800)[name]))
+        ck = _budgets(120, 2800)[name]
+        sol = odeflow.solve(
+            f, y0, t, steps_per_interval=SPI, gradient=DiscreteAdjoint(checkpoints=ck)
+        )
         loss = (sol.ys**2).sum()
         monkeypatch.setattr(torch.autograd, "grad", counting)
         calls.clear()

@@ -36,12 +36,15 @@ What is measured, per (workload, solver, precision), each in a fresh subprocess:
           fp64 (fp64 runs on CPU for the full-size conv workload only when --fp64-ref is set).
 
 Checkpointing table (--checkpoints, issue 19 §3): on the same workloads, fp32 by default,
-torchdiffeq's backprop against odeflow's DiscreteAdjoint(checkpoints=...) with "steps", K =
-ceil(sqrt(steps)) (binomial), "all", a MemoryBudget of 40 % of torchdiffeq-backprop's measured
-peak and an unlimited budget (time, peak, and the adjoint's stored states, recomputed steps and
-kept graphs); then memory flatness: a long solve (euler, 8×32 state, tanh MLP field) with K = 20
-checkpoints at n = 10³, 10⁴, 10⁵ steps (and "steps" for contrast): peak RSS over the set-up
-state, the adjoint's stored states and their bytes, time.
+torchdiffeq's and odeflow's backprop against odeflow's DiscreteAdjoint(checkpoints=...) with
+"steps", K = ceil(sqrt(steps)) (binomial), "all", a MemoryBudget of 40 % of
+torchdiffeq-backprop's measured peak and an unlimited budget (time, peak, and the adjoint's
+stored states, recomputed steps and kept graphs; each call's forward and backward parts,
+fwd_ms and bwd_ms; from odeflow backprop's F = fwd_ms and B = bwd_ms, the least time of a
+policy that rebuilds a fraction ρ of the steps, F + B + ρ F, as a ratio to backprop's and to
+torchdiffeq's time); then memory flatness: a long solve (euler, 8×32 state, tanh MLP field)
+with K = 20 checkpoints at n = 10³, 10⁴, 10⁵ steps (and "steps" for contrast): peak RSS over
+the set-up state, the adjoint's stored states and their bytes, time.
 
 Usage:
   python benchmarks/ode_peers.py --quick --json ode.json        # CPU-sized, a few minutes
@@ -240,11 +243,16 @@ def child(spec: dict) -> dict:
 
     params = list(f.parameters())
 
-    def fwd_bwd():
+    split = []  # (forward, backward) clock readings of the timed calls
+
+    def fwd_bwd(clock=None):
         for q in params:
             q.grad = None
         yT = run()
         loss = (yT.float() ** 2).mean()
+        if clock is not None:
+            sync()
+            split.append(clock())
         loss.backward()
         return loss
 
@@ -285,15 +293,22 @@ def child(spec: dict) -> dict:
     g = torch.cat([q.grad.detach().double().flatten().cpu() for q in params])
     times = []
     clock = time.process_time if spec.get("clock") == "cpu" else time.perf_counter
+    fb = []  # (forward ms, backward ms) of each timed call
     for _ in range(spec["repeats"]):
         sync()
         t0 = clock()
-        fwd_bwd()
+        fwd_bwd(clock)
         sync()
-        times.append((clock() - t0) * 1000)
+        t1 = clock()
+        times.append((t1 - t0) * 1000)
+        fb.append(((split[-1] - t0) * 1000, (t1 - split[-1]) * 1000))
     torch.save(g, spec["grad_path"])
+    fastest = min(range(len(times)), key=times.__getitem__) if times else None
     out = {"ms": statistics.median(times) if times else None,
            "ms_min": min(times) if times else None, "first_ms": first_ms,
+           # the forward and backward parts of the fastest call
+           "fwd_ms": fb[fastest][0] if times else None,
+           "bwd_ms": fb[fastest][1] if times else None,
            "peak_mb": peak / 2**20, "loss": float(loss),
            "finite": bool(torch.isfinite(g).all())}  # fmt: skip
     if solver.startswith("odeflow") and "checkpoints" in spec:
@@ -327,6 +342,8 @@ def main() -> int:
     ap.add_argument("--fp64-ref", action="store_true", help="fp64 reference also at full size")
     ap.add_argument("--checkpoints", action="store_true",
                     help="the checkpointing table and the memory-flatness run instead")  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="interleaved timing rounds of the checkpointing table")  # fmt: skip
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu (CPU only): one thread per run, timed by the process's "
                     "CPU time, little changed by other processes' load")  # fmt: skip
@@ -430,20 +447,22 @@ def main() -> int:
 def checkpoint_tables(args, dev: str, meta: dict, repeats: int, tmp: str) -> int:
     """torchdiffeq backprop vs DiscreteAdjoint(checkpoints=...) per workload, then flatness.
 
-    Peaks come from one memory child per configuration; times from ``ROUNDS`` rounds that
+    Peaks come from one memory child per configuration; times from ``--rounds`` rounds that
     run every configuration's timing child in turn (the fastest round counts: on a shared
     CPU, interleaving spreads load changes over all configurations alike)."""
     import torch
 
     rows, precs = [], [p for p in args.precisions if p != "tf32"]
     precs = precs if args.precisions != list(PRECISIONS) else ["fp32"]
-    meta = dict(meta, table="checkpointing", timing_rounds=ROUNDS)
+    meta = dict(meta, table="checkpointing", timing_rounds=args.rounds)
     for wl, prec in [(w, p) for w in args.workloads for p in precs]:
         sz = sizes(wl, args.quick)
         base = dict(workload=wl, precision=prec, device=dev, sizes=sz, repeats=repeats,
                     clock=args.clock)  # fmt: skip
-        specs = {"torchdiffeq": dict(base, solver="torchdiffeq")}
-        mem = {"torchdiffeq": _peak(specs["torchdiffeq"], f"{tmp}/{wl}-{prec}-tde.pt")}
+        specs = {"torchdiffeq": dict(base, solver="torchdiffeq"),
+                 "backprop": dict(base, solver="odeflow-backprop")}  # fmt: skip
+        mem = {"torchdiffeq": _peak(specs["torchdiffeq"], f"{tmp}/{wl}-{prec}-tde.pt"),
+               "backprop": _peak(specs["backprop"], f"{tmp}/{wl}-{prec}-bp.pt")}  # fmt: skip
         budget = int(0.4 * mem["torchdiffeq"].get("peak_mb", 0) * 2**20) or None
         k = max(1, round(sz["steps"] ** 0.5))
         options = {"steps": "steps", str(k): k, "all": "all", "budget 40%": ["budget", budget],
@@ -453,18 +472,32 @@ def checkpoint_tables(args, dev: str, meta: dict, repeats: int, tmp: str) -> int
                 specs[name] = dict(base, solver="odeflow-adjoint", checkpoints=ck)
                 mem[name] = _peak(specs[name], f"{tmp}/{wl}-{prec}-{len(mem)}.pt")
         times: dict[str, list[float]] = {name: [] for name in specs}
-        for _ in range(ROUNDS):
+        parts: dict[str, list[tuple]] = {name: [] for name in specs}  # (ms, fwd, bwd)
+        for _ in range(args.rounds):
             for name, spec in specs.items():
                 r = _run_child(dict(spec, grad_path=f"{tmp}/t.pt"), memory=False)
                 times[name] += [r["ms_min"]] if "ms_min" in r else []
+                parts[name] += [(r["ms_min"], r["fwd_ms"], r["bwd_ms"])] if "ms_min" in r else []
+        # backprop's forward (F) and backward (B) work, from its fastest call: a step rebuilt
+        # in the backward pass costs F / n once more
+        fb = min(parts["backprop"], default=(None, None, None))[1:]
         # (torchdiffeq's "rk4" is the 3/8 rule: gradients are compared with odeflow's "steps")
         gref = torch.load(mem["steps"]["grad_path"]) if "grad_path" in mem["steps"] else None
         ref_ms = min(times["torchdiffeq"], default=None)
         for name, r in mem.items():
-            row = {k_: v for k_, v in r.items() if k_ not in ("grad_path", "ms", "ms_min")}
+            drop = ("grad_path", "ms", "ms_min", "fwd_ms", "bwd_ms")
+            row = {k_: v for k_, v in r.items() if k_ not in drop}
+            best = min(parts[name], default=(None, None, None))
             row.update(workload=wl, sizes=sz, precision=prec, solver=specs[name]["solver"],
                        checkpoints=name, ms=min(times[name], default=None),
-                       ms_rounds=times[name])  # fmt: skip
+                       ms_rounds=times[name], fwd_ms=best[1], bwd_ms=best[2])  # fmt: skip
+            if "kept_graphs" in r and None not in fb and ref_ms:
+                # at least backprop's F + B and the rebuilt steps' share of F
+                F, B = fb
+                rebuilt = (sz["steps"] - r["kept_graphs"]) / sz["steps"]
+                row["rebuilt_fraction"] = rebuilt
+                row["time_bound_vs_backprop"] = 1 + rebuilt * F / (F + B)
+                row["time_bound_vs_torchdiffeq"] = (F + B + rebuilt * F) / ref_ms
             if name == "budget 40%":
                 row["budget_mb"] = budget / 2**20
             if name != "torchdiffeq" and "grad_path" in r and row["ms"] and ref_ms:
@@ -488,9 +521,6 @@ def checkpoint_tables(args, dev: str, meta: dict, repeats: int, tmp: str) -> int
         _write(args.json, dict(meta, complete=True), rows, flatness=flat)
         print(f"wrote {args.json}")
     return 0
-
-
-ROUNDS = 4  # interleaved timing rounds of the checkpointing table
 
 
 def _peak(spec: dict, grad_path: str) -> dict:

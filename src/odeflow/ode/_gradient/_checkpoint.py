@@ -8,6 +8,7 @@ import contextlib
 import math
 import numbers
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,10 +113,19 @@ class _Checkpoints:
     """The forward pass's record for the backward pass: input states of the steps before
     ``keep_from`` (all, or revolve's checkpoints), and the graphs of the steps from
     ``keep_from`` on. The forward pass calls ``append`` (a step's state) or ``step`` (a step
-    run with its graph kept, where :meth:`keeps`); the backward pass reads ``self[s]``."""
+    run with its graph kept, where :meth:`keeps`); the backward pass reads ``self[s]``.
 
-    def __init__(self, pb: _Problem, mode: Any, live: list[Tensor], td: Tensor, need_t: bool):
-        self.pb, self.live, self.td, self.need_t = pb, live, td, need_t
+    ``chain``: each kept step's graph starts from the previous kept step's output (not from
+    a detached copy of it), so that the backward pass differentiates all kept steps in one
+    autograd call, as backprop does (see ``_vjp._kept_chain``); without it (fp16's scaled
+    loop, which seeds and may redo every step on its own) each kept graph starts from a
+    leaf of its own. ``need_y``: which leaves of ``y0`` need a gradient (chained: the first
+    step's graph differentiates for those only, as backprop's does)."""
+
+    def __init__(self, pb: _Problem, mode: Any, live: list[Tensor], td: Tensor, need_t: bool,
+                 chain: bool = False, need_y: Sequence[bool] = ()):  # fmt: skip
+        self.pb, self.live, self.td, self.need_t, self.chain = pb, live, td, need_t, chain
+        self.need_y = list(need_y) if chain and need_y else [True] * pb.n_leaf
         self.steps = pb.steps
         self.n = len(self.steps)
         self.states: list[list[Tensor]] = []
@@ -151,9 +161,14 @@ class _Checkpoints:
             self.shapes = [x.shape for x in y]
         i, j = self.steps[s]
         measure = self.budget is not None and s == 0
-        saved = _SavedBytes(self._resident() if measure else set())
-        with torch.enable_grad(), saved if measure else contextlib.nullcontext():
-            yin = [x.detach().requires_grad_() for x in y]
+        saved = _SavedBytes(self._resident()) if measure else contextlib.nullcontext()
+        prev = self.graphs.get(s - 1) if self.chain else None
+        with torch.enable_grad(), saved:
+            if prev is not None:  # chained: the previous step's output (y's values), its graph
+                yin = prev[1]
+            else:  # (the first step: a leaf for the y0 leaves that need a gradient)
+                need = self.need_y if s == 0 else [True] * len(y)
+                yin = [x.detach().requires_grad_(r) for x, r in zip(y, need)]
             tin: list[Tensor] = []
             if self.need_t:
                 tin = [self.td[i].clone().requires_grad_(), self.td[i + 1].clone().requires_grad_()]

@@ -3,6 +3,8 @@ the backward pass runs the recursion with the solve's step VJP and loop."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -13,7 +15,7 @@ from ._create_graph import _CreateGraph
 from ._cuda_graphs import _CapturedSteps
 from ._loops import _PlainLoop, _Recursion, _ScaledLoop
 from ._stage import _StageVJP
-from ._vjp import _CapturedVJP, _KeptVJP, _StepVJP
+from ._vjp import _CapturedVJP, _kept_chain, _KeptVJP, _StepVJP
 
 __all__ = ["_AdjointFunction", "_AdjointRun"]
 
@@ -36,9 +38,14 @@ class _AdjointRun:
         self.vjp = {"step": _StepVJP, "stage": _StageVJP}[recompute]
         self.loop = _ScaledLoop(scaler) if scaler is not None and scaler.dynamic else _PlainLoop()
 
-    def forward(self, t: Tensor, y0: list[Tensor], live: list[Tensor], need_t: bool):
-        """The trajectory (in H) and the record for the backward pass (:class:`_Checkpoints`)."""
-        store = _Checkpoints(self.pb, self.checkpoints, live, t, need_t)
+    def forward(self, t: Tensor, y0: list[Tensor], live: list[Tensor], need_t: bool,
+                need_y: Sequence[bool] = ()):  # fmt: skip
+        """The trajectory (in H) and the record for the backward pass (:class:`_Checkpoints`);
+        ``need_y``: which leaves of ``y0`` need a gradient (all if not given)."""
+        # kept steps chained (one autograd call) unless the scaled loop takes them one by one
+        chain = not self.loop.redoes_steps
+        store = _Checkpoints(self.pb, self.checkpoints, live, t, need_t, chain=chain,
+                             need_y=need_y)  # fmt: skip
         outs = _integrate(self.pb, t, y0, store, captured=self.captured, tape=store)
         if self.captured is not None:
             self.captured.after_forward(store, t, live, need_t)
@@ -58,10 +65,17 @@ class _AdjointRun:
             vjp = _CapturedVJP(self.captured, *args)
         else:
             vjp = self.vjp(*args)
-        if store.keep_from < store.n:
+        start = None
+        if store.keep_from < store.n and store.chain:  # the kept steps in one autograd call
+            _kept_chain(vjp, rec)
+            start = store.keep_from
+        elif store.keep_from < store.n:
             vjp = _KeptVJP(vjp, _StepVJP(*args), retain=self.loop.redoes_steps)
         try:
-            self.loop.solve(rec, vjp)
+            if start is None:
+                self.loop.solve(rec, vjp)
+            elif start > 0:  # (the plain loop: the steps before the kept ones)
+                self.loop.solve(rec, vjp, start)
         finally:
             if self.loop.redoes_steps:  # (kept graphs were retained for retries)
                 store.release()
@@ -77,7 +91,8 @@ class _AdjointFunction(torch.autograd.Function):
         pb = run.pb
         y0 = [y.detach() for y in tensors[: pb.n_leaf]]
         live = list(tensors[pb.n_leaf :])
-        outs, store = run.forward(t.detach(), y0, live, ctx.needs_input_grad[1])
+        need_y = ctx.needs_input_grad[2 : 2 + pb.n_leaf]
+        outs, store = run.forward(t.detach(), y0, live, ctx.needs_input_grad[1], need_y)
         ctx.run, ctx.plan, ctx.store = run, pb, store
         # y0 too: the first stored state may alias it, so an in-place change of y0 before
         # the backward pass must raise autograd's error instead of corrupting the gradient;

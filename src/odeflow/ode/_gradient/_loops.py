@@ -50,6 +50,29 @@ class _Recursion:
         hdt = self.pb.hdt
         return [al if g is None else al + g[k].to(hdt) for al, g in zip(a_list, self.gouts)]
 
+    def output_grad(self, state_idx: int) -> list[Tensor | None]:
+        """The output gradient at state ``state_idx`` per leaf (in H; ``None`` where none)."""
+        k = self.pos.get(state_idx)
+        hdt = self.pb.hdt
+        return [None if k is None or g is None else g[k].to(hdt) for g in self.gouts]
+
+    def accumulate(self, gp: Sequence[Tensor | None]) -> None:
+        """Add one VJP's parameter gradients (in place, one multi-tensor kernel on a GPU)."""
+        accs, adds = [], []
+        for q, x in enumerate(gp):
+            if x is not None:
+                self.reached[q] = True
+                accs.append(self.p_acc[q])
+                adds.append(x if x.dtype == self.p_acc[q].dtype else x.to(self.p_acc[q].dtype))
+        if accs:
+            foreach_add_(accs, adds)
+
+    def accumulate_t(self, i: int, gt: Sequence[Tensor]) -> None:
+        """Add a step's gradients for the ends ``t_i``, ``t_{i+1}`` of its interval."""
+        dt = self.t.dtype
+        self.g_t[i] = self.g_t[i] + gt[0].to(dt)
+        self.g_t[i + 1] = self.g_t[i + 1] + gt[1].to(dt)
+
     def result(self) -> tuple:
         """``(None, ∂t, ∂y0 leaves, ∂θ)`` as ``_AdjointFunction.backward`` returns them."""
         g_t = torch.stack(self.g_t) if self.need_t else None
@@ -67,22 +90,15 @@ class _PlainLoop:
 
     redoes_steps = False  # each step's VJP is taken once
 
-    def solve(self, rec: _Recursion, vjp: StepVJP) -> None:
-        t = rec.t
-        for s in range(rec.n_steps - 1, -1, -1):
+    def solve(self, rec: _Recursion, vjp: StepVJP, start: int | None = None) -> None:
+        """Steps ``start - 1, ..., 0`` (all by default; ``rec.a``: the adjoint at state
+        ``start``)."""
+        for s in range((rec.n_steps if start is None else start) - 1, -1, -1):
             i, gy, gp, gt = vjp(s, rec.a)
             rec.a = rec.inject(gy, s)
-            accs, adds = [], []
-            for q, x in enumerate(gp):
-                if x is not None:
-                    rec.reached[q] = True
-                    accs.append(rec.p_acc[q])
-                    adds.append(x if x.dtype == rec.p_acc[q].dtype else x.to(rec.p_acc[q].dtype))
-            if accs:  # in place (no second accumulator), one multi-tensor kernel on a GPU
-                foreach_add_(accs, adds)
+            rec.accumulate(gp)
             if rec.need_t:
-                rec.g_t[i] = rec.g_t[i] + gt[0].to(t.dtype)
-                rec.g_t[i + 1] = rec.g_t[i + 1] + gt[1].to(t.dtype)
+                rec.accumulate_t(i, gt)
 
 
 class _ScaledLoop:

@@ -18,7 +18,13 @@ from .._rk import _coeffs, _grid, _rk_step, _times
 from .._walk import _check_hidden
 from ._cuda_graphs import _CapturedSteps
 
-__all__ = ["_CapturedVJP", "_KeptVJP", "_StepVJP", "_VJPBase"]
+__all__ = ["_CapturedVJP", "_KeptVJP", "_StepVJP", "_VJPBase", "_kept_chain"]
+
+_FREED = (
+    "the step graphs that DiscreteAdjoint(checkpoints=...) kept from the forward pass were "
+    "freed by an earlier backward pass; a second backward through the same solve needs "
+    "checkpoints='steps' or an integer (which rebuild the steps)"
+)
 
 StepGrads = tuple[int, list[Tensor], list[Tensor | None], list[Tensor]]
 
@@ -111,13 +117,59 @@ class _KeptVJP:
 
     def __call__(self, s: int, seed: list[Tensor]) -> StepGrads:
         if s >= self.eager.store.keep_from and s not in self.graphs:
-            raise RuntimeError(
-                "the step graphs that DiscreteAdjoint(checkpoints=...) kept from the forward "
-                "pass were freed by an earlier backward pass; a second backward through the "
-                "same solve needs checkpoints='steps' or an integer (which rebuild the steps)"
-            )
+            raise RuntimeError(_FREED)
         if s not in self.graphs:
             return self.fallback(s, seed)
         yin, yout, tin = self.graphs[s] if self.retain else self.graphs.pop(s)
         i = self.eager.steps[s][0]
         return i, *self.eager.differentiate(yin, yout, tin, seed, self.retain)
+
+
+def _kept_chain(vjp: _VJPBase, rec: Any) -> None:
+    """The kept steps ``k0 = store.keep_from, ..., n - 1``, chained by the forward pass (each
+    step's graph starts from the previous one's output), differentiated in one autograd call
+    as backprop differentiates its graph: seeded with the adjoint ``rec.a`` at the last state
+    and the output gradients at the output times among them. Leaves in ``rec`` (a
+    ``_loops._Recursion``) the adjoint at state ``k0`` (its output gradient injected) and
+    the steps' parameter and time gradients; the kept graphs are freed as autograd walks
+    them."""
+    store, n = vjp.store, rec.n_steps
+    k0 = store.keep_from
+    if any(s not in store.graphs for s in range(k0, n)):
+        raise RuntimeError(_FREED)
+    graphs = [store.graphs.pop(s) for s in range(k0, n)]
+    outs, seeds = [], []
+    for s, (_, yout, _) in zip(range(k0, n), graphs):
+        for o, g in zip(yout, rec.a if s == n - 1 else rec.output_grad(s + 1)):
+            if g is not None and o.requires_grad:
+                outs.append(o)
+                seeds.append(g)
+    yin, last = graphs[0][0], graphs[-1]
+    tins = [x for _, _, tin in graphs for x in tin]
+    del graphs  # (the graphs' tensors are freed as the VJP walks them)
+    live = vjp.live
+    ys = [y for y in yin if y.requires_grad]  # (the first step's: those y0 leaves that need it)
+    nl = len(ys)
+    with torch.enable_grad():
+        vjp.check_once(last[1], [*last[0], *live, *last[2]])
+        del last
+        inputs = [*ys, *live, *tins]
+        g = [None] * len(inputs)
+        if outs:
+            # seeded through the scalar Σ <out, seed> (its backward hands each output exactly
+            # its seed): torch.autograd.grad with grad_outputs imports sympy on its first call,
+            # some 1 s, and allocating in the middle of that slowed every later call by ~8 %
+            # on a CPU (a fragmented heap)
+            total = sum((o * w).sum() for o, w in zip(outs, seeds))
+            g = list(torch.autograd.grad(total, inputs, allow_unused=True))
+    del outs, seeds
+    gy = iter(g[:nl])
+    a = [(next(gy) if y.requires_grad else None) for y in yin]
+    rec.a = rec.inject([torch.zeros_like(y) if x is None else x for x, y in zip(a, yin)], k0)
+    rec.accumulate(g[nl : nl + len(live)])
+    if rec.need_t:
+        z = torch.zeros_like(vjp.td[0])
+        gt = [z if x is None else x for x in g[nl + len(live) :]]
+        for s in range(n - 1, k0 - 1, -1):
+            q = 2 * (s - k0)
+            rec.accumulate_t(vjp.steps[s][0], gt[q : q + 2])

@@ -379,6 +379,16 @@ class CrowdMotion(_KLTerminal):
     on x₁ = 0, so under 1 % needs a stretch of about 150 in x₁ ahead of the bump (or a
     one-sided detour).
 
+    Training recipe (``fit_defaults``): Adam on fresh samples every iteration (512 for
+    d ≤ 10, 2048 for d > 10), 400 iterations, lr 1e-2 divided by 10 after 300; measured
+    with a float32 ``ValueNetwork(d, width=32, time_degree=2)`` (1 thread of a shared CPU,
+    benchmarks/results/cpu_control_mfg_crowd_adam_d2_d100.json): objective 20.57 in d = 2
+    (the earlier L-BFGS run, 100 iterations on 512 samples, width 16: 21.36) and 20.47 in
+    d = 10, but with the terms traded (obstacle cost +8.3 %, KL −14 %: the objective is
+    flat along such trades), and d = 50 and 100 are still on the plateau after 400
+    iterations (KL 1.19 and 2.16 against 0.44; 380 and 540 s). The d-invariance of the
+    terms is not reached with this budget.
+
     Args:
         dim: d ≥ 2. alpha: (α₁, …, α₅). mass: m, the obstacle's mass (default 50).
         peak: instead of the mass, the peak value Q(0) (``peak=50`` reads the paper's height

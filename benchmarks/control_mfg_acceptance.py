@@ -19,9 +19,10 @@ Two sections, one JSON:
 ``--quick`` runs tiny sizes (d = 2, 3; a coarse grid; a few iterations) to check the script;
 its figures are NOT the acceptance figures. Usage:
 ``python benchmarks/control_mfg_acceptance.py [--quick] [--json OUT] [--peak]
-[--crowd-recipe adam --crowd-width 32 --crowd-iterations 400 --crowd-batch 512]``
+[--crowd-recipe adam --crowd-width 32 --crowd-iterations 1200 --crowd-batch 512]``
 (the last: :class:`~odeflow.control.CrowdMotion`'s ``fit_defaults``; measured in
-benchmarks/results/cpu_control_mfg_crowd_adam_d2_d100.json).
+benchmarks/results/cpu_control_mfg_crowd_adam_1200it_d2_d10.json, and at 400 iterations
+for d = 2, 10, 50, 100 in cpu_control_mfg_crowd_adam_d2_d100.json).
 """
 
 from __future__ import annotations

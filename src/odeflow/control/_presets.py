@@ -380,19 +380,18 @@ class CrowdMotion(_KLTerminal):
     one-sided detour).
 
     Training recipe (``fit_defaults``): Adam on fresh samples every iteration (512 for
-    d ≤ 10, 2048 for d > 10), 400 iterations, lr 1e-2 divided by 10 after 300; measured
+    d ≤ 10, 2048 for d > 10), 1200 iterations, lr 1e-2 divided by 10 after 900; measured
     with a float32 ``ValueNetwork(d, width=32, time_degree=2)`` (1 thread of a shared CPU,
-    benchmarks/results/cpu_control_mfg_crowd_adam_d2_d100.json): objective 20.57 in d = 2
-    (the earlier L-BFGS run, 100 iterations on 512 samples, width 16: 21.36) and 20.47 in
-    d = 10, but with the terms traded (obstacle cost +8.3 %, KL −14 %: the objective is
-    flat along such trades), and d = 50 and 100 are still on the plateau after 400
-    iterations (KL 1.19 and 2.16 against 0.44; 380 and 540 s). The d-invariance of the
-    terms is not reached with this budget.
+    benchmarks/results/cpu_control_mfg_crowd_adam_1200it_d2_d10.json): objective 19.87 in
+    d = 2 and 19.92 in d = 10, obstacle cost 2.443 and 2.468 (+1.0 %), KL 0.215 and 0.238
+    (+10.7 %, 0.02 absolute); 128 and 152 s. After 400 iterations (..._adam_d2_d100.json)
+    d = 2 was at 20.57 (KL 0.44) and d = 50, 100 still on a plateau (KL 1.19, 2.16): the
+    KL criterion and d = 50, 100 at this budget are not met or not measured yet.
 
     Args:
         dim: d ≥ 2. alpha: (α₁, …, α₅). mass: m, the obstacle's mass (default 50).
         peak: instead of the mass, the peak value Q(0) (``peak=50`` reads the paper's height
-        as the peak: mass 222.1, a bump the optimal crowd splits around).
+        as the peak: mass 222.1, a bump one agent does better to go around).
         entropy: the congestion weight (0.01).
 
     Raises:
@@ -413,8 +412,8 @@ class CrowdMotion(_KLTerminal):
     steps = 4
     _COV = (1.0, 0.5)
     fit_defaults = MappingProxyType(
-        {"optimizer": "adam", "iterations": 400, "batch": 512, "resample_every": 1,
-         "lr": 1e-2, "lr_drops": (300,)}
+        {"optimizer": "adam", "iterations": 1200, "batch": 512, "resample_every": 1,
+         "lr": 1e-2, "lr_drops": (900,)}
     )  # fmt: skip
 
     def __init__(

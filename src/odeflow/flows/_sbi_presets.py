@@ -80,7 +80,7 @@ def _presets() -> dict[tuple[str, str], SBIPreset]:
     return out
 
 
-#: presets by (task, method)
+#: presets by (task, method), e.g. ``SBI_PRESETS["two_moons", "pcpmap"]``
 SBI_PRESETS: Mapping[tuple[str, str], SBIPreset] = MappingProxyType(_presets())
 
 
@@ -95,8 +95,21 @@ def _method(method: str) -> str:
 def get_sbi_preset(task: str, method: str) -> SBIPreset:
     """The preset of ``method`` (``cotflow``/``cot-flow``, ``pcpmap``/``pcp-map``) on ``task``.
 
+    Args:
+        task: an :data:`~odeflow.flows.SBI_TASKS` name; method: a method name or alias.
+
+    Returns:
+        The :class:`SBIPreset` (its ``model`` and ``fit`` keywords, and their source).
+
     Raises:
         ValueError: unknown task or method (the valid ones are named).
+
+    Reference: Wang et al., arXiv 2310.16975 (the two methods).
+
+    Example:
+        >>> p = get_sbi_preset("slcp", "pcp-map")
+        >>> dict(p.fit)["lr"], p.method
+        (0.003, 'pcpmap')
     """
     sbi_task(task)  # names the valid tasks
     return SBI_PRESETS[task, _method(method)]

@@ -139,7 +139,7 @@ class PCPMap(ConditionalModel):
             a = a + F.linear(u[k], self.B[k], self.b[k])
             if hessian:
                 Jz = torch.sigmoid(a_s[-1]).unsqueeze(-1) * J
-                J = gates[k - 1].unsqueeze(-1) * (Lp[k - 1] @ Jz) + self.A[k]
+                J = gates[k - 1].unsqueeze(-1) * F.linear(Jz.mT, Lp[k - 1]).mT + self.A[k]
         a_s.append(a)
         Js.append(J)
         wout = F.softplus(self.w) * gates[K - 1]

@@ -5,7 +5,8 @@ r"""The shared machinery of odeflow's conditional models (COT-Flow, PCP-Map).
   ``rsample(shape)``.
 * :class:`ConditionalModel` — the base class: data standardization folded exactly into the
   density, the training loop :meth:`ConditionalModel.fit` (validation split, early stopping
-  on the validation NLL, learning-rate drops, tqdm, seed, best-weights checkpoint) and
+  on the validation NLL, learning-rate drops, tqdm, seed, best-weights checkpoint,
+  data-parallel over a process group; the loop itself is in :mod:`._cond_fit`) and
   checkpoints that name their method.
 
 With standardized variables x̃ = (x − m_x)/s_x, ỹ = (y − m_y)/s_y the model learns p̃(x̃ | ỹ)

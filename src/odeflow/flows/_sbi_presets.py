@@ -40,7 +40,7 @@ class SBIPreset:
     Example:
         >>> p = get_sbi_preset("two_moons", "pcp-map")
         >>> p.method, p.fit["iters"]
-        ('pcpmap', 2000)
+        ('pcpmap', 10000)
     """
 
     task: str
@@ -58,7 +58,7 @@ class SBIPreset:
         object.__setattr__(self, "fit", MappingProxyType(dict(self.fit)))
 
 
-_DEFAULTS = "the library's defaults (measured: benchmarks/results/cpu_sbi_defaults.json)"
+_DEFAULTS = "the library's defaults (measured: benchmarks/results/cpu_sbi_1e4.json)"
 # (measured at 10³ simulations on two_moons and slcp; the other tasks are not measured yet)
 _FIT = {"iters": 2000, "batch": 256, "lr": 1e-2}
 
@@ -73,7 +73,8 @@ _SLCP = (
 def _presets() -> dict[tuple[str, str], SBIPreset]:
     out = {}
     for task in SBI_TASKS:
-        out[task, "pcpmap"] = SBIPreset(task, "pcpmap", {"width": 64}, _FIT, _DEFAULTS)
+        pcp = {**_FIT, "iters": 10_000}  # PCPMap.DEFAULT_ITERS
+        out[task, "pcpmap"] = SBIPreset(task, "pcpmap", {"width": 64}, pcp, _DEFAULTS)
         out[task, "cotflow"] = SBIPreset(task, "cotflow", {"width": 32, "nt": 8}, _FIT, _DEFAULTS)
     slcp = {**_FIT, "iters": 4000, "lr": 3e-3}
     out["slcp", "pcpmap"] = SBIPreset("slcp", "pcpmap", {"width": 64}, slcp, _SLCP)

@@ -109,7 +109,8 @@ def _settings(iters, batch, lr, val_fraction, val_every, patience, lr_drop, max_
         raise ValueError(f"lr_drop must be > 1 (the lr is divided by it), got {lr_drop!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    val_every = max(1, iters // 20) if val_every is None else check_int(
+    # every 100 iterations at most: a long budget still sees an early optimum (slcp at 10³)
+    val_every = min(100, max(1, iters // 20)) if val_every is None else check_int(
         "val_every", val_every, minimum=1)  # fmt: skip
     return iters, batch, lr, vf, val_every, patience, lr_drop, max_drops
 

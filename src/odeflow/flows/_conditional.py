@@ -194,7 +194,7 @@ class ConditionalModel(nn.Module):
                 may end the run sooner).
             batch, lr: minibatch rows, Adam's learning rate.
             val_fraction: held-out fraction in (0, 0.5].
-            val_every: iterations between validations (default ``max(1, iters // 20)``).
+            val_every: iterations between validations (default ``min(100, max(1, iters // 20))``).
             patience, lr_drop, max_drops: the schedule above.
             standardize: fit the standardization to the training rows.
             seed: seeds the split and the minibatches.

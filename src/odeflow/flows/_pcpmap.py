@@ -75,8 +75,9 @@ class PCPMap(ConditionalModel):
     _FORMAT = "odeflow.pcpmap/1"
     _NAME = "PCP-Map"
     # at 2 000 iterations the validation NLL still fell on two moons (10³ and 10⁴
-    # simulations, no learning-rate drop yet); 8 000 took sbibm's C2ST at 10⁴ from
-    # 0.605-0.623 to 0.492-0.528 on observations 1-3 (benchmarks/results/cpu_sbi_1e4.json)
+    # simulations, no learning-rate drop yet); with 10 000 (validated every 100, early
+    # stopping) sbibm's C2ST improves at both budgets and slcp's is unchanged
+    # (benchmarks/results/cpu_sbi_1e4.json, cpu_sbi_defaults_pcpfix.json)
     DEFAULT_ITERS = 10_000
 
     def __init__(

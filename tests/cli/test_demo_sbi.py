@@ -35,8 +35,8 @@ def test_demo_writes_its_picture_and_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_demo_at_the_defaults_is_close_to_the_exact_posterior(tmp_path):
-    """The whole demo (2 000 iterations, about 25 s of one core): measured sliced KS 0.075 (floor 0.023) and
-    84 % of the samples inside the exact 99 % region."""
+    """The whole demo (2 000 iterations, about 25 s of one core): measured sliced KS 0.075
+    (floor 0.023) and 84 % of the samples inside the exact 99 % region."""
     r = run_demo(tmp_path, verbose=False)
     assert r["sliced_ks"] < 0.12
     assert r["in_exact_99pct_region"] > 0.75

@@ -16,8 +16,13 @@ from pathlib import Path
 
 #: (file, title) of the runs shown, in order
 FILES: tuple[tuple[str, str], ...] = (
-    ("cpu_sbi_defaults.json", "10³ simulations, library defaults (quick mode)"),
-)
+    ("cpu_sbi_defaults_pcpfix.json",
+     "10³ simulations, library defaults (quick mode), after PCP-Map's Newton fix"),
+    ("cpu_sbi_1e4.json",
+     "10⁴ simulations, library defaults, sbibm's 10 observations, 2 000 samples each"),
+    ("cpu_sbi_defaults.json",
+     "10³ simulations, library defaults (quick mode), before PCP-Map's Newton fix"),
+)  # fmt: skip
 _COMMAND = (
     "pip download sbibm==1.1.0 --no-deps -d /tmp/sbibm\n"
     "python benchmarks/sbi_peers.py --wheel /tmp/sbibm/sbibm-1.1.0-py2.py3-none-any.whl \\\n"
@@ -114,12 +119,15 @@ def render_pages(results: Path) -> Iterator[tuple[str, str | bytes]]:
             lines += [f"*Recorded with the run:* {meta['note']}", ""]
         lines += [*_table(data["results"]), ""]
         for task, ref in data.get("reference_obs1", {}).items():
-            rows = [r for r in data["results"] if r["task"] == task]
-            if not any(r.get("samples_obs1") for r in rows):
-                continue
-            uri = f"benchmarks/img/sbi-{i}-{task}.png"
-            yield uri, _corner(task, rows, ref)
-            lines += [f"![{task}](img/sbi-{i}-{task}.png)", ""]
+            budgets = sorted({r["simulations"] for r in data["results"] if r["task"] == task})
+            for n_sim in budgets:  # one figure per task and budget
+                rows = [r for r in data["results"]
+                        if r["task"] == task and r["simulations"] == n_sim]  # fmt: skip
+                if not any(r.get("samples_obs1") for r in rows):
+                    continue
+                stem = f"sbi-{i}-{task}" + (f"-{n_sim}" if len(budgets) > 1 else "")
+                yield f"benchmarks/img/{stem}.png", _corner(task, rows, ref)
+                lines += [f"![{task}, {n_sim} simulations](img/{stem}.png)", ""]
     yield "benchmarks/sbi.md", "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ DEMOS: tuple[tuple[str, str, str], ...] = (
     ("nn-hamiltonian", "odeflow.cli._demo_nn", "run_demo"),
     ("corridor", "odeflow.cli._demo_agents", "run_demo"),
     ("crowd", "odeflow.cli._demo_control", "run_demo"),
+    ("sbi-two-moons", "odeflow.cli._demo_sbi", "run_demo"),
 )
 
 

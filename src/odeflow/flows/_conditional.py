@@ -5,7 +5,8 @@ r"""The shared machinery of odeflow's conditional models (COT-Flow, PCP-Map).
   ``rsample(shape)``.
 * :class:`ConditionalModel` — the base class: data standardization folded exactly into the
   density, the training loop :meth:`ConditionalModel.fit` (validation split, early stopping
-  on the validation NLL, learning-rate drops, tqdm, seed, best-weights checkpoint) and
+  on the validation NLL, learning-rate drops, tqdm, seed, best-weights checkpoint,
+  data-parallel over a process group; the loop itself is in :mod:`._cond_fit`) and
   checkpoints that name their method.
 
 With standardized variables x̃ = (x − m_x)/s_x, ỹ = (y − m_y)/s_y the model learns p̃(x̃ | ỹ)
@@ -16,10 +17,6 @@ and the density of the data is, exactly,
 
 from __future__ import annotations
 
-import copy
-import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,54 +24,11 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
-from .._utils import atomic_write, check_finite_real, check_int, progress
+from .._utils import atomic_write, check_int
 from ._checkpoint import load_payload
+from ._cond_fit import ConditionalFitResult, check_pairs, fit_conditional
 
 __all__ = ["BlockTriangular", "ConditionalDistribution", "ConditionalFitResult", "ConditionalModel"]
-
-
-def _as_tensor(a: Any, name: str) -> Tensor:
-    if isinstance(a, Tensor):
-        t = a
-    else:
-        try:
-            t = torch.as_tensor(a)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"{name} must be a tensor or array, got {type(a).__name__}") from None
-    if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
-    return t
-
-
-def check_pairs(x: Any, y: Any, x_dim: int, y_dim: int) -> tuple[Tensor, Tensor]:
-    """Training pairs ``x: (n, x_dim)``, ``y: (n, y_dim)`` checked; non-finite rows refused.
-
-    Simulations with NaN/inf are refused (not dropped silently): the error counts them and
-    shows how to drop them.
-    """
-    x, y = _as_tensor(x, "x"), _as_tensor(y, "y")
-    for t, name, d in ((x, "x", x_dim), (y, "y", y_dim)):
-        if t.ndim != 2 or t.shape[1] != d:
-            raise ValueError(
-                f"{name} must have shape (n, {d}) for this model ({name}_dim={d}), got "
-                f"{tuple(t.shape)}"
-            )
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"x and y must hold the same number of rows (one simulation per row), got "
-            f"{x.shape[0]} and {y.shape[0]}"
-        )
-    if x.shape[0] < 2:
-        raise ValueError(f"need at least 2 simulations to train, got {x.shape[0]}")
-    bad = ~(torch.isfinite(x).all(1) & torch.isfinite(y).all(1))
-    nbad = int(bad.sum())
-    if nbad:
-        raise ValueError(
-            f"{nbad} of {x.shape[0]} simulations hold NaN or inf (in x or y); they are refused, "
-            "not dropped silently. Drop them first: keep = torch.isfinite(x).all(1) & "
-            "torch.isfinite(y).all(1); x, y = x[keep], y[keep]"
-        )
-    return x, y
 
 
 def _check_rows(t: Any, d: int, name: str, what: str) -> Tensor:
@@ -138,28 +92,6 @@ class ConditionalDistribution(Distribution):
             return self.rsample(sample_shape)
 
 
-@dataclass
-class ConditionalFitResult:
-    """Outcome of :meth:`ConditionalModel.fit`.
-
-    Attributes:
-        status: ``"completed"`` (all iterations) or ``"converged"`` (stopped after the last
-            learning-rate drop).
-        iterations: iterations performed.
-        best_val_nll: best validation NLL of x | y in the data's units (nats per sample).
-        best_iter: iteration of the best validation NLL.
-        history: one dict per iteration (``iter, loss, nll, lr`` and ``val_nll``).
-        seconds: wall time.
-    """
-
-    status: str
-    iterations: int
-    best_val_nll: float
-    best_iter: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 class ConditionalModel(nn.Module):
     """Base of :class:`~odeflow.flows.COTFlow` and :class:`~odeflow.flows.PCPMap`.
 
@@ -171,6 +103,8 @@ class ConditionalModel(nn.Module):
 
     _FORMAT = ""
     _NAME = ""
+    #: :meth:`fit`'s iterations when ``iters`` is not given
+    DEFAULT_ITERS = 2000
 
     def _init_standardization(self, x_dim: int, y_dim: int) -> None:
         self.x_dim, self.y_dim = x_dim, y_dim
@@ -228,7 +162,7 @@ class ConditionalModel(nn.Module):
         x: Any,
         y: Any,
         *,
-        iters: int = 2000,
+        iters: int | None = None,
         batch: int = 256,
         lr: float = 1e-2,
         val_fraction: float = 0.1,
@@ -240,6 +174,7 @@ class ConditionalModel(nn.Module):
         seed: int = 0,
         checkpoint: str | Path | None = None,
         verbose: bool = True,
+        process_group: Any = None,
     ) -> ConditionalFitResult:
         """Train by minimising the model's loss on pairs (x, y) with Adam.
 
@@ -254,21 +189,40 @@ class ConditionalModel(nn.Module):
         Args:
             x: ``(n, x_dim)`` parameters θ (what the posterior is over).
             y: ``(n, y_dim)`` simulated observations.
-            iters, batch, lr: iterations, minibatch rows, Adam's learning rate.
+            iters: iterations (default: the model's ``DEFAULT_ITERS``, 10 000 for PCP-Map
+                and 2 000 for COT-Flow, whose iterations cost ~30× more; early stopping
+                may end the run sooner).
+            batch, lr: minibatch rows, Adam's learning rate.
             val_fraction: held-out fraction in (0, 0.5].
-            val_every: iterations between validations (default ``max(1, iters // 20)``).
+            val_every: iterations between validations (default ``min(100, max(1, iters // 20))``).
             patience, lr_drop, max_drops: the schedule above.
             standardize: fit the standardization to the training rows.
             seed: seeds the split and the minibatches.
             checkpoint: file that receives the best model (:meth:`save`), or None.
-            verbose: tqdm progress bar.
+            verbose: tqdm progress bar (on rank 0 only).
+            process_group: a ``torch.distributed`` process group to train data-parallel
+                over (one process per device, e.g. ``torch.distributed.group.WORLD`` under
+                ``torchrun``), or None. Every rank calls ``fit`` with the same model
+                settings, pairs and arguments (checked: a difference raises ValueError on
+                every rank); rank 0's initial weights are broadcast, each global minibatch
+                of ``batch`` rows is split evenly over the ranks (``batch`` must be a
+                multiple of the group size), the gradients are averaged with one
+                all-reduce per step, the validation rows are shared out and their NLL
+                reduced. So ``W`` ranks take the steps of one process with the same
+                ``batch`` (up to summation order), each doing 1/W of the work; only rank
+                0 writes ``checkpoint``. With gloo, import ``torch._dynamo`` before
+                ``init_process_group`` and call ``dist.barrier()`` before
+                ``destroy_process_group()`` (see :func:`odeflow.flows.fit`).
 
         Returns:
             :class:`ConditionalFitResult` (also stored as ``self.fit_result``).
 
         Raises:
             ValueError: x or y of the wrong width, different row counts, non-finite
-                simulations (refused with their count), settings out of range.
+                simulations (refused with their count), settings out of range; with a
+                process group: pairs or settings that differ between the ranks, a batch
+                that the ranks cannot share evenly, an uninitialised ``torch.distributed``.
+            TypeError: ``process_group`` not a ProcessGroup.
             FloatingPointError: the training loss became NaN/inf.
 
         Reference: Wang et al., arXiv 2310.16975 (training by maximum likelihood).
@@ -284,104 +238,25 @@ class ConditionalModel(nn.Module):
             >>> res.iterations, res.status
             (5, 'completed')
         """
-        x, y = check_pairs(x, y, self.x_dim, self.y_dim)
-        iters = check_int("iters", iters, minimum=1)
-        batch = check_int("batch", batch, minimum=1)
-        lr = check_finite_real("lr", lr, positive=True)
-        vf = check_finite_real("val_fraction", val_fraction, positive=True)
-        if vf > 0.5:
-            raise ValueError(f"val_fraction must be in (0, 0.5], got {val_fraction!r}")
-        patience = check_int("patience", patience, minimum=1)
-        max_drops = check_int("max_drops", max_drops, minimum=0)
-        lr_drop = check_finite_real("lr_drop", lr_drop, positive=True)
-        if lr_drop <= 1:
-            raise ValueError(f"lr_drop must be > 1 (the lr is divided by it), got {lr_drop!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        val_every = max(1, iters // 20) if val_every is None else check_int(
-            "val_every", val_every, minimum=1)  # fmt: skip
-        ref = self._ref
-        x = x.to(device=ref.device, dtype=ref.dtype)
-        y = y.to(device=ref.device, dtype=ref.dtype)
-        g = torch.Generator().manual_seed(seed)
-        n = x.shape[0]
-        perm = torch.randperm(n, generator=g).to(ref.device)
-        n_val = max(1, round(vf * n))
-        iv, it_ = perm[:n_val], perm[n_val:]
-        if standardize:
-            with torch.no_grad():
-                for t, loc, scale in ((x, self.x_loc, self.x_scale), (y, self.y_loc, self.y_scale)):
-                    tr = t[it_]
-                    loc.copy_(tr.mean(0))
-                    scale.copy_(tr.std(0).clamp_min(1e-8) if tr.shape[0] > 1 else 1.0)
-        with torch.no_grad():
-            xs, ys = (x - self.x_loc) / self.x_scale, self._std_y(y)
-        offset = float(torch.log(self.x_scale).sum())
-        xt, yt, xv, yv = xs[it_], ys[it_], xs[iv], ys[iv]
-        b = min(batch, xt.shape[0])
-        opt = torch.optim.Adam(self.parameters(), lr=lr)
-        best, best_it, best_state, stalls, drops = math.inf, 0, None, 0, 0
-        status, history, t0 = "completed", [], time.perf_counter()
-        bar = progress(iters, desc=self._NAME, verbose=verbose)
-        order, pos, it = torch.randperm(xt.shape[0], generator=g), 0, 0
-        try:
-            for it in range(1, iters + 1):
-                if pos + b > xt.shape[0]:
-                    order, pos = torch.randperm(xt.shape[0], generator=g), 0
-                idx = order[pos : pos + b].to(ref.device)
-                pos += b
-                opt.zero_grad(set_to_none=True)
-                total, nll, info = self._loss_std(xt[idx], yt[idx])
-                if not bool(torch.isfinite(total)):
-                    raise FloatingPointError(
-                        f"{self._NAME} training diverged at iteration {it} (loss {float(total)});"
-                        " lower lr or standardize the data"
-                    )
-                total.backward()
-                opt.step()
-                rec = {"iter": it, "loss": float(total.detach()),
-                       "nll": float(nll.detach()) + offset,
-                       "lr": opt.param_groups[0]["lr"], **info}  # fmt: skip
-                if it % val_every == 0 or it == iters:
-                    v = self._val_nll(xv, yv) + offset
-                    rec["val_nll"] = v
-                    if v < best - 1e-6:
-                        best, best_it, stalls = v, it, 0
-                        best_state = copy.deepcopy(self.state_dict())
-                        if checkpoint is not None:
-                            self.save(checkpoint)
-                    else:
-                        stalls += 1
-                        if stalls >= patience:
-                            stalls = 0
-                            if drops >= max_drops:
-                                status = "converged"
-                            else:
-                                drops += 1
-                                for grp in opt.param_groups:
-                                    grp["lr"] /= lr_drop
-                history.append(rec)
-                bar.update(1)
-                bar.set_postfix({"nll": f"{rec['nll']:.3f}"}, refresh=False)
-                if status == "converged":
-                    break
-        finally:
-            bar.close()
-        if best_state is not None:
-            self.load_state_dict(best_state)
-        self.fit_result = ConditionalFitResult(
-            status, it, best, best_it, history, time.perf_counter() - t0
+        self.fit_result = fit_conditional(
+            self,
+            x,
+            y,
+            iters=self.DEFAULT_ITERS if iters is None else iters,
+            batch=batch,
+            lr=lr,
+            val_fraction=val_fraction,
+            val_every=val_every,
+            patience=patience,
+            lr_drop=lr_drop,
+            max_drops=max_drops,
+            standardize=standardize,
+            seed=seed,
+            checkpoint=checkpoint,
+            verbose=verbose,
+            process_group=process_group,
         )
         return self.fit_result
-
-    @torch.no_grad()
-    def _val_nll(self, xs: Tensor, ys: Tensor, chunk: int = 4096) -> float:
-        tot = 0.0
-        for i in range(0, xs.shape[0], chunk):
-            lp = self._log_prob_std(xs[i : i + chunk], ys[i : i + chunk])
-            tot += float(lp.double().sum())
-        v = -tot / xs.shape[0]
-        return v if math.isfinite(v) else math.inf
 
     # -------------------------------------------------------------- checkpoints
     def save(self, path: str | Path) -> None:

@@ -24,9 +24,20 @@ def sbibm_reference(wheel: str | Path, task: str, k: int = 1) -> tuple[np.ndarra
     Returns:
         ``(y_dim,)`` observation and ``(10000, theta_dim)`` reference samples (float64).
 
+    Args:
+        wheel: path of ``sbibm-1.1.0-py2.py3-none-any.whl``.
+        task: sbibm task name (e.g. ``"two_moons"``); k: the observation, 1 to 10.
+
     Raises:
         FileNotFoundError: no such wheel. ValueError: not a zip file, or no such task or
         observation in it.
+
+    Reference: Lueckmann et al., arXiv 2101.04653.
+
+    Example:
+        >>> sbibm_reference("no-such.whl", "two_moons")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        FileNotFoundError: no-such.whl: no such file; get it with `pip download sbibm==1.1.0 ...
     """
     wheel = Path(wheel)
     if not wheel.is_file():
@@ -62,9 +73,23 @@ def plot_corner(
     """Save a corner plot (histograms on the diagonal, scatter below) of ``samples: (n, d)``,
     over ``reference: (m, d)`` samples if given, with ``truth: (d,)`` marked.
 
+    Args:
+        samples: ``(n, d)`` model samples; path: the image file written.
+        reference, truth, labels, title: see above; max_points: samples drawn per set.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
     Raises:
         ValueError: samples not a finite (n, d) array, or a reference of another width.
         ImportError: matplotlib is missing (install the ``viz`` extra).
+
+    Example:
+        >>> import tempfile
+        >>> rng = np.random.default_rng(0)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     plot_corner(rng.normal(size=(200, 2)), Path(d) / "c.png").name
+        'c.png'
     """
     s = np.asarray(samples, dtype=float)
     if s.ndim != 2 or s.shape[0] < 2 or not np.isfinite(s).all():

@@ -119,6 +119,22 @@ def lotka_volterra_states(theta: Tensor, steps_per_interval: int = 84) -> Tensor
 
     One batched fixed-step RK4 solve (h = 2.1/``steps_per_interval``, default 0.025) of
     the whole batch with :func:`odeflow.odeint`.
+
+    Args:
+        theta: ``(n, 4)`` rates (α, β, γ, δ).
+        steps_per_interval: RK4 steps between two observation times.
+
+    Returns:
+        ``(n, 2, 10)`` (prey, predators) at the 10 observation times; rows that overflow
+        hold inf/NaN.
+
+    Reference: Lueckmann et al., arXiv 2101.04653 (sbibm's Lotka–Volterra task).
+
+    Example:
+        >>> theta = torch.tensor([[0.9, 0.05, 0.9, 0.05]], dtype=torch.float64)
+        >>> u = lotka_volterra_states(theta)
+        >>> u.shape, u[0, :, 0].tolist()
+        (torch.Size([1, 2, 10]), [30.0, 1.0])
     """
     from odeflow.ode import odeint
 
@@ -165,7 +181,18 @@ SBI_TASKS: dict[str, SBITask] = {
 
 
 def sbi_task(name: str) -> SBITask:
-    """The task ``name`` (one of :data:`SBI_TASKS`); ValueError naming the valid ones."""
+    """The task ``name`` (one of :data:`SBI_TASKS`): its prior and batched simulator.
+
+    Raises:
+        ValueError: unknown name (the valid ones are named).
+
+    Reference: Lueckmann et al., arXiv 2101.04653 (sbibm's tasks).
+
+    Example:
+        >>> t = sbi_task("slcp")
+        >>> t.theta_dim, t.y_dim
+        (5, 8)
+    """
     if name not in SBI_TASKS:
         raise ValueError(f"unknown SBI task {name!r}; valid tasks are: {', '.join(SBI_TASKS)}")
     return SBI_TASKS[name]

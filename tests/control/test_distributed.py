@@ -40,7 +40,7 @@ def _launch(tmp_path: Path, world: int = 2) -> dict:
             raise
     for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log
-    return torch.load(out, weights_only=False)
+    return torch.load(out, weights_only=True)
 
 
 def _shares(kw, block_seeds=False, n_ranks=2):

@@ -34,7 +34,7 @@ def _launch(tmp_path, world: int = 2) -> dict:
             raise
     for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log
-    return torch.load(out, weights_only=False)
+    return torch.load(out, weights_only=True)
 
 
 def test_two_ranks_take_the_steps_of_one_process_on_the_joined_batches(tmp_path):

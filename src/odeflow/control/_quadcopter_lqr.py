@@ -29,7 +29,10 @@ class HoverLQRValue(ValueFunction):
     Its gradient carries the terminal gain α₀ that grows over the horizon (what a log-cosh
     network cannot learn), and its feedback at rest on the target is about the hover thrust mg. On
     states with zero angles the quadcopter's own Hamiltonian equals the linearised one, so there the
-    HJB residual of this Φ vanishes to round-off.
+    HJB residual of this Φ vanishes to round-off. Its closed loop is stiff near T: the v_z
+    rate of the feedback reaches −α₀/(2m²) = −2500 at t = T, so RK4 needs steps h ≲ 1e-3
+    there (from 0.1 off the target in each position, the closed loop costs 177.8 at nt = 50
+    and 110.2 at nt ≥ 200, against Φ(x₀, 0) = 109.4).
 
     Args:
         problem: a :class:`~odeflow.control.Quadcopter` (mass, gravity, α₀, target, T).

@@ -30,6 +30,7 @@ from ._plot import plot_solution
 from ._presets import HJB, LQR, PRESETS, CrowdMotion, GaussianOT, PnasOT, make_problem
 from ._problem import ControlProblem, QuadraticControlProblem
 from ._quadcopter import Quadcopter, ShockResult, quadcopter_shock
+from ._quadcopter_lqr import HoverLQRValue
 from ._reference import (
     GaussianOTReference,
     LQRValue,
@@ -67,6 +68,7 @@ __all__ = [
     "GaussianOTReference",
     "GridHJBSolution",
     "HodgkinHuxley",
+    "HoverLQRValue",
     "LQRValue",
     "LossWeights",
     "MonteCarloEstimate",

@@ -56,3 +56,53 @@ def cuda() -> torch.device:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     return torch.device("cuda")
+
+
+def gloo_env() -> dict:
+    """The environment of a gloo rank started by a test: one intra-op thread, and gloo over
+    the loopback interface where there is one (no hostname lookup needed)."""
+    from pathlib import Path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if Path("/sys/class/net/lo").exists():
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    return env
+
+
+@pytest.fixture
+def launch_ranks(tmp_path):
+    """``launch(script, world=2) -> dict``: run ``script RANK WORLD STORE OUT`` as ``world``
+    processes (a gloo group on a file store under ``tmp_path``), wait for all of them (240 s
+    each; every rank is killed if one hangs), assert each exited 0 (its log is the message),
+    and return rank 0's result, saved to ``tmp_path / "rank0.pt"``, loaded with
+    ``weights_only=True``."""
+    import subprocess
+    import sys
+
+    def launch(script, world: int = 2) -> dict:
+        out, store = tmp_path / "rank0.pt", tmp_path / "store"
+        procs = [
+            subprocess.Popen([sys.executable, str(script), str(r), str(world), str(store),
+                              str(out)], env=gloo_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+            for r in range(world)
+        ]  # fmt: skip
+        logs = []
+        for p in procs:
+            try:
+                logs.append(p.communicate(timeout=240)[0])
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                raise
+        for p, log in zip(procs, logs, strict=True):
+            assert p.returncode == 0, log
+        return torch.load(out, weights_only=True)
+
+    return launch
+
+
+@pytest.fixture
+def rank_env() -> dict:
+    """:func:`gloo_env` as a fixture, for tests that start their own ranks (torchrun, NCCL)."""
+    return gloo_env()

@@ -1,11 +1,6 @@
 """Data-parallel control ``fit`` over a torch.distributed process group (gloo, 2 processes):
 the ranks take the steps of one process on their shares put together."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -19,28 +14,6 @@ from . import _dist_worker as worker
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"
 )
-
-
-def _launch(tmp_path: Path, world: int = 2) -> dict:
-    out, store = tmp_path / "rank0.pt", tmp_path / "store"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if Path("/sys/class/net/lo").exists():  # gloo over loopback: no hostname lookup
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    cmd = [sys.executable, worker.__file__]
-    procs = [subprocess.Popen([*cmd, str(r), str(world), str(store), str(out)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(world)]  # fmt: skip
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log
-    return torch.load(out, weights_only=True)
 
 
 def _shares(kw, block_seeds=False, n_ranks=2):
@@ -106,13 +79,13 @@ def _lbfgs_reference():
     return phi
 
 
-def test_two_ranks_take_the_steps_of_one_process_on_the_joined_shares(tmp_path):
+def test_two_ranks_take_the_steps_of_one_process_on_the_joined_shares(tmp_path, launch_ranks):
     """Adam (4 steps, resampling every 2) and L-BFGS (2 blocks of 3): the 2-rank weights equal
     one process's on the two ranks' samples put together (float64, to 1e-10); the logged
     losses are the whole batch's; rank 1's different initial weights are replaced by rank
     0's; only rank 0 writes the checkpoint; bad input is refused on every rank alike (no
     hang); a callback stopping one rank stops both at the same iteration."""
-    got = _launch(tmp_path)
+    got = launch_ranks(worker.__file__)
     assert got["world"] == 2
     phi, totals = _adam_reference()
     for k, v in phi.state_dict().items():

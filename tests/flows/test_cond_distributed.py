@@ -5,44 +5,18 @@ import torch
 import torch.distributed as dist
 
 from . import _cond_dist_worker as worker
-from .test_distributed import _env  # gloo over loopback, one thread per rank
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"
 )
 
 
-def _launch(tmp_path, world: int = 2) -> dict:
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    out, store = tmp_path / "rank0.pt", tmp_path / "store"
-    script = Path(worker.__file__)
-    procs = [
-        subprocess.Popen([sys.executable, str(script), str(r), str(world), str(store), str(out)],
-                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for r in range(world)
-    ]  # fmt: skip
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log
-    return torch.load(out, weights_only=True)
-
-
-def test_two_ranks_take_the_steps_of_one_process_on_the_joined_batches(tmp_path):
+def test_two_ranks_take_the_steps_of_one_process_on_the_joined_batches(launch_ranks):
     """2 ranks with a global batch of 16 (8 rows each) = 1 process with batch 16, for both
     models: same weights and standardization after 4 Adam steps, same logged losses and
     validation NLLs (17 validation rows shared 9/8), in float64 up to summation order;
     rank 1's different initial weights are replaced by rank 0's."""
-    res = _launch(tmp_path)
+    res = launch_ranks(worker.__file__)
     x, y = worker.data()
     for name in ("pcpmap", "cotflow"):
         got = res["got"][name]

@@ -1,6 +1,5 @@
 """Data-parallel ``fit`` over a torch.distributed process group (gloo, two CPU processes)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,41 +17,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if Path("/sys/class/net/lo").exists():  # gloo over loopback: no hostname lookup needed
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    return env
-
-
-def _launch(tmp_path: Path, world: int = 2) -> dict:
-    script = Path(worker.__file__)
-    out = tmp_path / "rank0.pt"
-    store = tmp_path / "store"
-    env = _env()
-    procs = [
-        subprocess.Popen([sys.executable, str(script), str(r), str(world), str(store), str(out)],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for r in range(world)
-    ]  # fmt: skip
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log
-    return torch.load(out, weights_only=True)
-
-
-def test_two_ranks_take_the_steps_of_one_process_with_the_same_batch(tmp_path):
+def test_two_ranks_take_the_steps_of_one_process_with_the_same_batch(launch_ranks):
     """2 ranks with a global batch of 32 (16 rows each) = 1 process with batch 32: same
     weights after 4 Adam steps, same logged losses and validation NLLs (float64, up to the
     order of summation); rank 1's different initial weights are replaced by rank 0's."""
-    got = _launch(tmp_path)
+    got = launch_ranks(worker.__file__)
     torch.manual_seed(100)
     flow = OTFlow(2, width=8, nt=2).double()
     x, val = worker.data()
@@ -82,7 +51,7 @@ def test_process_group_needs_initialised_distributed():
             process_group=object())  # fmt: skip
 
 
-def test_cli_train_under_torchrun(tmp_path):
+def test_cli_train_under_torchrun(tmp_path, rank_env):
     """`torchrun --nproc-per-node 2 -m odeflow flow train ...`: the ranks train together and
     rank 0 alone writes the outputs and reports. Each rank's process group is really freed
     when the command ends: no gloo thread runs on into interpreter exit (where its teardown
@@ -92,7 +61,7 @@ def test_cli_train_under_torchrun(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
            "2", rank_script, "flow", "train", "--data", "8gaussians", "--iters", "3",
            "--batch", "64", "--n-test", "500", "--out", str(out), "--quiet"]  # fmt: skip
-    env = _env()
+    env = dict(rank_env)
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("test NLL") == 1
@@ -126,7 +95,7 @@ dist.destroy_process_group()
 
 
 @pytest.mark.gpu
-def test_gpu_fit_over_nccl_equals_a_plain_fit(cuda, tmp_path):
+def test_gpu_fit_over_nccl_equals_a_plain_fit(cuda, tmp_path, rank_env):
     """One rank over NCCL (the GPU backend: every collective on the rank's device) takes the
     steps of a plain fit on that GPU."""
     if not dist.is_nccl_available():
@@ -134,7 +103,7 @@ def test_gpu_fit_over_nccl_equals_a_plain_fit(cuda, tmp_path):
     out = tmp_path / "nccl.pt"
     code = _NCCL_RANK.format(tests=str(Path(__file__).parents[1]), store=tmp_path / "store",
                              out=str(out))  # fmt: skip
-    p = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+    p = subprocess.run([sys.executable, "-c", code], env=rank_env, capture_output=True,
                        text=True, timeout=240)  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
     got = torch.load(out)

@@ -29,8 +29,8 @@ def sbibm_reference(wheel: str | Path, task: str, k: int = 1) -> tuple[np.ndarra
         task: sbibm task name (e.g. ``"two_moons"``); k: the observation, 1 to 10.
 
     Raises:
-        FileNotFoundError: no such wheel. ValueError: not a zip file, or no such task or
-        observation in it.
+        FileNotFoundError: no such wheel.
+        ValueError: not a zip file, or no such task or observation in it.
 
     Reference: Lueckmann et al., arXiv 2101.04653.
 

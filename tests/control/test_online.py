@@ -118,8 +118,15 @@ def test_online_errors():
     online = OnlineFeedback(pb, phi)
     with pytest.raises(ValueError, match=r"shape \(n, 4\)"):
         online.feedback(np.zeros((2, 3)), 0.0)
-    with pytest.raises(ValueError, match="ndarray"):
-        online.feedback(torch.zeros(2, 4), 0.0)
+    # a tensor is taken by the numpy backend (and an array by the torch one): same numbers
+    x = np.random.default_rng(0).normal(size=(2, 4))
+    assert np.array_equal(online.feedback(torch.from_numpy(x), 0.3), online.feedback(x, 0.3))
+    on_torch = OnlineFeedback(pb, phi, backend="torch")
+    assert torch.equal(on_torch.feedback(x, 0.3), on_torch.feedback(torch.from_numpy(x), 0.3))
+    with pytest.raises(ValueError, match="non-finite entries"):
+        online.feedback(np.full((1, 4), np.nan), 0.0)
+    with pytest.raises(ValueError, match="non-finite entries"):
+        on_torch.rollout(torch.full((1, 4), float("inf"), dtype=torch.float64), 4)
     with pytest.raises(ValueError, match="finite"):
         online.feedback(np.zeros((1, 4)), float("nan"))
     with pytest.raises(ValueError, match="nt must be"):

@@ -188,14 +188,27 @@ class OnlineFeedback:
         return B * float(Rinv)
 
     # ------------------------------------------------------------------ evaluation
-    def _check(self, x):
-        kind = np.ndarray if self.backend == "numpy" else Tensor
-        if not isinstance(x, kind) or x.ndim != 2 or x.shape[1] != self.dim:
+    def _input(self, x):
+        """``x`` as the backend's array (a numpy backend also takes a tensor, a torch backend
+        also takes an array), checked: shape ``(n, d)`` and finite."""
+        if self.backend == "numpy" and isinstance(x, Tensor):
+            x = x.detach().cpu().double().numpy()
+        elif self.backend == "torch" and isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, (np.ndarray, Tensor)) or x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(
-                f"x must be a {kind.__name__} of shape (n, {self.dim}) for the "
-                f"{self.backend!r} backend, got {type(x).__name__} "
-                f"{tuple(getattr(x, 'shape', ()))}"
+                f"x must be an array or tensor of shape (n, {self.dim}) (n states of this "
+                f"problem), got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}"
             )
+        if self.backend == "numpy":
+            x = np.asarray(x, dtype=np.float64)
+            finite = bool(np.isfinite(x).all())
+        else:
+            x = x.to(self._w["b0"])
+            finite = bool(torch.isfinite(x).all())
+        if not finite:
+            raise ValueError("x has non-finite entries (NaN or inf): pass finite states")
+        return x
 
     def _feedback(self, x, t: float):
         """u* at states ``x (n, d)`` and a time t (no checks; the fused sweep)."""
@@ -217,19 +230,19 @@ class OnlineFeedback:
         return u + x @ Pout + qout
 
     def feedback(self, x, t: float):
-        """u*(x, ∇ₓΦ(x, t)) ``(n, m)`` at states ``x (n, d)`` (numpy float64 array or torch
-        tensor, as the backend) and a time t (a number).
+        """u*(x, ∇ₓΦ(x, t)) ``(n, m)`` at states ``x (n, d)`` and a time t (a number); ``x``
+        may be a numpy array or a torch tensor, the result is the backend's type (numpy
+        float64, or a tensor of the value's dtype and device).
 
         Raises:
-            ValueError: x of the wrong type or shape, or a non-finite t.
+            ValueError: x of the wrong shape or not finite, or a non-finite t.
         """
-        self._check(x)
         if not math.isfinite(float(t)):
             raise ValueError(f"t must be a finite number, got {t!r}")
         if self.backend == "numpy":
-            return self._feedback(np.asarray(x, dtype=np.float64), float(t))
+            return self._feedback(self._input(x), float(t))
         with torch.inference_mode():
-            return self._feedback(x.to(self._w["b0"]), float(t))
+            return self._feedback(self._input(x), float(t))
 
     def _velocity(self, z, t):
         u = self._feedback(z, t)
@@ -241,17 +254,17 @@ class OnlineFeedback:
         ``(nt + 1, n, d)`` (the cost: :func:`odeflow.control.rollout`).
 
         Raises:
-            ValueError: x of the wrong type or shape, nt < 1, a problem with a drift a(x, t).
+            ValueError: x of the wrong shape or not finite, nt < 1, a problem with a drift
+                a(x, t).
         """
-        self._check(x)
         if isinstance(nt, bool) or not isinstance(nt, int) or nt < 1:
             raise ValueError(f"nt must be an integer >= 1, got {nt!r}")
         if not self._drift_free:
             raise ValueError("OnlineFeedback.rollout needs a problem without drift (ż = Bu)")
         if self.backend == "numpy":
-            return self._rollout(np.asarray(x, dtype=np.float64), nt, paths)
+            return self._rollout(self._input(x), nt, paths)
         with torch.inference_mode():
-            return self._rollout(x.to(self._w["b0"]), nt, paths)
+            return self._rollout(self._input(x), nt, paths)
 
     def _rollout(self, z, nt: int, paths: bool):
         h = self.horizon / nt

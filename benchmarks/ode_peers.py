@@ -45,6 +45,7 @@ policy that rebuilds a fraction ρ of the steps, F + B + ρ F, as a ratio to bac
 torchdiffeq's time); then memory flatness: a long solve (euler, 8×32 state, tanh MLP field)
 with K = 20 checkpoints at n = 10³, 10⁴, 10⁵ steps (and "steps" for contrast): peak RSS over
 the set-up state, the adjoint's stored states and their bytes, time.
+Slim step graphs (selective activation checkpointing) for the budget: ode_slim_steps.py.
 
 Usage:
   python benchmarks/ode_peers.py --quick --json ode.json        # CPU-sized, a few minutes
@@ -86,37 +87,13 @@ def sizes(workload: str, quick: bool) -> dict:
     return dict(n=512, w=128, steps=16) if quick else dict(n=4096, w=1024, steps=16)
 
 
-# ----------------------------------------------------------------------------- child process
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; Linux >= 4.0."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def child(spec: dict) -> dict:
+def workload(name: str, sz: dict, dev, dt):
+    """The vector field (an ``nn.Module`` taking ``(t, y)``) and initial state of a workload
+    (``sizes(name, quick)``) on ``dev`` in ``dt``, seeded by the caller."""
     import torch
     from torch import nn
 
-    torch.manual_seed(0)
-    if spec.get("clock") == "cpu":
-        torch.set_num_threads(1)  # one thread: the process's CPU time is the work done
-    dev = torch.device(spec["device"])
-    prec = spec["precision"]
-    dt = torch.float64 if prec == "fp64" else torch.float32
-    sz = spec["sizes"]
-    if spec["workload"] == "conv":
+    if name == "conv":
         c = sz["c"]
 
         class F(nn.Module):
@@ -146,8 +123,39 @@ def child(spec: dict) -> dict:
                 return self.l3(torch.tanh(self.l2(h)))
 
         y0 = torch.randn(sz["n"], 64)
-    f = F().to(dev, dt)
-    y0 = y0.to(dev, dt)
+    return F().to(dev, dt), y0.to(dev, dt)
+
+
+# ----------------------------------------------------------------------------- child process
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; Linux >= 4.0."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def child(spec: dict) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    if spec.get("clock") == "cpu":
+        torch.set_num_threads(1)  # one thread: the process's CPU time is the work done
+    dev = torch.device(spec["device"])
+    prec = spec["precision"]
+    dt = torch.float64 if prec == "fp64" else torch.float32
+    sz = spec["sizes"]
+    f, y0 = workload(spec["workload"], sz, dev, dt)
     steps = sz["steps"]
     t = torch.tensor([0.0, 1.0], device=dev, dtype=dt)
     solver = spec["solver"]

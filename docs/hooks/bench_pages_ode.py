@@ -217,6 +217,7 @@ def _page_ode_checkpointing(results: Path):
         for r in data["results"]
     ]
     lines += ["## Checkpoint options", "", *_bp._table(header, table), ""]
+    lines += _slim_section(_n2_read(results, "cpu_ode_slim_steps.json"))
     flat = data.get("flatness") or []
     if flat:
         lines += [
@@ -261,6 +262,84 @@ def _page_ode_checkpointing(results: Path):
         yield "benchmarks/img/ode-checkpointing-0.png", _bp._png(fig)
         lines += ["", "![memory flatness](img/ode-checkpointing-0.png)", ""]
     yield "benchmarks/ode-checkpointing.md", "\n".join(lines)
+
+
+def _slim_section(data: dict | None) -> list[str]:
+    """Why the budget keeps full step graphs, not slim ones (``benchmarks/ode_slim_steps.py``)."""
+    if not data:
+        return []
+    rows = data["results"]
+    by = {r["workload"]: r for r in rows}
+    mib = 2**20
+    worst = max(r["grad_diff_fp64"] for r in rows)
+    diff = "are bitwise equal" if worst == 0 else f"differ by at most {worst:.1e} (relative)"
+    text = (
+        "A kept step graph holds every activation of the step. Selective activation "
+        "checkpointing (`torch.utils.checkpoint` with `create_selective_checkpoint_contexts`: "
+        "the outputs of convolution, mm, addmm, bmm saved, every other op recomputed in the "
+        "backward pass) would keep a slim graph instead, so that a budget holds more of them. "
+        "Measured per RK4 step on the workloads above (one thread, CPU time; the gradients "
+        f"through slim and full graphs {diff} in float64), it does not pay:"
+    )
+    items = []
+    if "mlp" in by:
+        r = by["mlp"]
+        items.append(
+            f"- mlp: a linear layer's output is as wide as the tanh output that the full graph "
+            f"saves, so the slim graph is no smaller ({r['b_slim'] / mib:.2f} against "
+            f"{r['b_g'] / mib:.2f} MiB); and its cheap ops alone (c = {r['c']:.2f} ms a step, "
+            f"the step without a graph less its matrix products) put even every step kept "
+            f"slim at {1 + r['c'] / (r['F'] + r['B']):.2f}× backprop's time."
+        )
+    if "conv" in by:
+        r = by["conv"]
+        items.append(
+            f"- conv: the slim graph is {r['slim_vs_full']:.2f}× the full one "
+            f"({r['b_slim'] / mib:.2f} against {r['b_g'] / mib:.2f} MiB), but the backward pass "
+            f"recomputes one step's activations next to the slim graphs it holds, so "
+            f"{r['budget_mb']:.2f} MiB (40 %) keeps {r['kept_slim']} slim graph(s) against "
+            f"{r['kept_full']} full one(s). Not counting that recomputation, it would keep "
+            f"{r['kept_slim_optimistic']}: {r['time_slim_optimistic']:.2f}× backprop's time as "
+            f"measured, {r['time_slim_ideal_optimistic']:.2f}× even if the dispatch cost nothing. "
+            f"The goal 1.15× needs {r['kept_for_goal']} of {r['steps']} graphs kept slim and "
+            f"free of overhead: {r['need_mb_for_goal']:.2f} MiB, "
+            f"{r['need_mb_for_goal'] / r['budget_mb']:.2f}× the budget."
+        )
+    items.append(
+        "- time: the recomputation reruns the step through a Python dispatch mode; a kept "
+        "slim step costs F_slim + B_slim, against 2F + B for a step rebuilt outright: "
+        + "; ".join(
+            f"{r['workload']} {r['F_slim'] + r['B_slim']:.1f} against {2 * r['F'] + r['B']:.1f} ms"
+            for r in rows
+        )
+        + "."
+    )
+    header = ["workload", "state MiB", "graph MiB", "slim MiB", "F ms", "B ms", "F_slim ms",
+              "B_slim ms", "c ms", "budget MiB", "kept full / slim",
+              "× backprop: full / slim / slim, no overhead"]  # fmt: skip
+    table = [
+        [r["workload"], r["b_s"] / mib, r["b_g"] / mib, r["b_slim"] / mib, r["F"], r["B"],
+         r["F_slim"], r["B_slim"], r["c"], r.get("budget_mb"),
+         f"{r.get('kept_full')} / {r.get('kept_slim')}",
+         f"{r.get('time_full', 0):.2f} / {r.get('time_slim', 0):.2f} / "
+         f"{r.get('time_slim_ideal', 0):.2f}"]
+        for r in rows
+    ]  # fmt: skip
+    cmd = data["meta"].get("command", "python benchmarks/ode_slim_steps.py")
+    return [
+        "## Slim step graphs (measured, not offered)",
+        "",
+        text,
+        "",
+        *items,
+        "",
+        *_bp._table(header, table),
+        "",
+        "Predicted times: a kept graph costs F + B (full), F_slim + B_slim (slim) or "
+        "F + B + c (slim without dispatch overhead), a rebuilt step 2F + B, over backprop's "
+        f"n (F + B). Command: `{cmd}`.",
+        "",
+    ]
 
 
 # --------------------------------------------------------------------------- SDE

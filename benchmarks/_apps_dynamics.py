@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import shlex
 import sys
@@ -278,6 +279,44 @@ def _hh_values(pb, mode: str) -> tuple[list, float, dict]:
     return values, time.perf_counter() - t0, recipe
 
 
+def _hh_online(pb, phi, nt: int) -> tuple[float, np.ndarray]:
+    """The online closed loop from the start: the affine feedback u = K(t)z + k(t)
+    (``phi.feedback_gains``, tabulated once at the 2nt + 1 RK4 stage times) and the neuron's
+    drift on Python floats (no cost, no autograd). Returns the seconds (with the
+    tabulation) and the final state."""
+    e_na, e_k, e_l, g_na, g_k, g_l, cm = (pb.e_na, pb.e_k, pb.e_l, pb.g_na, pb.g_k, pb.g_l,
+                                          pb.cm)  # fmt: skip
+
+    def vtrap(x):
+        return 1.0 - 0.5 * x if abs(x) < 1e-6 else x / math.expm1(x)
+
+    def f(z, K, k):
+        V, m, n, h = z
+        u = K[0] * V + K[1] * m + K[2] * n + K[3] * h + k
+        am, bm = vtrap(2.5 - 0.1 * V), 4.0 * math.exp(-V / 18.0)
+        an, bn = 0.1 * vtrap(1.0 - 0.1 * V), 0.125 * math.exp(-V / 80.0)
+        ah, bh = 0.07 * math.exp(-V / 20.0), 1.0 / (math.exp(3.0 - 0.1 * V) + 1.0)
+        ion = g_na * m**3 * h * (V - e_na) + g_k * n**4 * (V - e_k) + g_l * (V - e_l)
+        return (u - ion) / cm, am * (1 - m) - bm * m, an * (1 - n) - bn * n, ah * (1 - h) - bh * h
+
+    def axpy(z, a, d):
+        return tuple(zi + a * di for zi, di in zip(z, d, strict=True))
+
+    t0 = time.perf_counter()
+    h = pb.horizon / nt
+    K, k = phi.feedback_gains(torch.arange(2 * nt + 1, dtype=torch.float64) * (h / 2))
+    K, k = K[:, 0].tolist(), k[:, 0].tolist()  # one control: rows of 4 gains, offsets
+    z = tuple(pb.start.tolist())
+    for j in range(0, 2 * nt, 2):
+        k1 = f(z, K[j], k[j])
+        k2 = f(axpy(z, h / 2, k1), K[j + 1], k[j + 1])
+        k3 = f(axpy(z, h / 2, k2), K[j + 1], k[j + 1])
+        k4 = f(axpy(z, h, k3), K[j + 2], k[j + 2])
+        z = tuple(zi + h / 6 * (a + 2 * b + 2 * c + d)
+                  for zi, a, b, c, d in zip(z, k1, k2, k3, k4, strict=True))  # fmt: skip
+    return time.perf_counter() - t0, np.array(z)
+
+
 def _hh_perturbed(pb, values, nt: int, starts) -> list[dict]:
     """Closed-loop costs of the plain and the refined value, and IPOPT's, from starts with
     V₀ moved off the nominal rest state (the refinement was made for the nominal start)."""
@@ -311,8 +350,15 @@ def hodgkin_huxley_case(
     else:
         (phi, build_s, recipe), passes, values = pretrained, [], [pretrained[0]]
     cost, r, roll_s = _closed_loop(pb, phi, nt)
+    online = None
+    if hasattr(phi, "feedback_gains"):
+        online_s, z_T = _hh_online(pb, phi, nt)
+        diff = float(np.abs(z_T - r.paths[-1, 0].numpy()).max())  # the same closed loop
+        online = {"online_rollout_seconds": online_s, "online_final_state_difference": diff}
     free = rollout(pb, _Zero(4), pb.start[None], nt=nt)
     ip = ipopt_hodgkin_huxley(pb, pb.start.numpy(), nt)
+    if online is not None:
+        online["online_speedup_vs_ipopt"] = ip["seconds"] / online["online_rollout_seconds"]
     if figures is not None:
         from odeflow.control._hodgkin_huxley import plot_tracking
 
@@ -334,8 +380,10 @@ def hodgkin_huxley_case(
         "ipopt_seconds_per_solve": ip["seconds"], "ipopt_iterations": ip["iterations"],
         "rollout_seconds": roll_s, "rollout_speedup_vs_ipopt": ip["seconds"] / roll_s,
         "target_error": float((r.paths[-1, 0] - ref_T).norm()),
-        **_feedback_ms(pb, phi, nt),
+        **_feedback_ms(pb, phi, nt), **(online or {}),
     }  # fmt: skip
+    if online is not None:  # control_apps.py's speed-up: the online closed loop (as the agents')
+        row["speedup_vs_ipopt"] = online["online_speedup_vs_ipopt"]
     if pretrained is None and recipe.get("perturbed"):
         row["perturbed_starts"] = _hh_perturbed(pb, values, nt, recipe["perturbed"])
     return row

@@ -108,6 +108,16 @@ def test_time_derivative_matches_finite_difference(hh):
         assert torch.allclose(dt, fd, rtol=1e-5, atol=1e-6 * float(dt.abs().max()))
 
 
+def test_feedback_gains_give_the_feedback(hh):
+    pb, phi = hh
+    x = _states(pb, 4, 5)
+    ts = torch.tensor([0.0, 0.3, 0.7013, 2.0], dtype=torch.float64)
+    K, k = phi.feedback_gains(ts)
+    u = (K @ x[..., None])[..., 0] + k
+    ref = pb.feedback(x, phi.jet(x, ts).grad, ts)
+    assert torch.allclose(u, ref, rtol=1e-12, atol=1e-9 * float(ref.abs().max()))
+
+
 def test_terminal_condition_is_the_terminal_cost(hh):
     pb, phi = hh
     x = _states(pb, 6, 2, t=pb.horizon)

@@ -180,13 +180,18 @@ class TrackingLQRValue(ValueFunction):
 
     def _linearise(self, t: Tensor, zb: Tensor, vb: Tensor):
         """A = ∂a/∂z(z̄), w = a(z̄) − ż̄, the state cost's gradient g = 2q(z̄ − z*) and value
-        ℓ = q|z̄ − z*|² at the times ``t``, and γ(z̄ − z*)(T) (NumPy arrays)."""
+        ℓ = q|z̄ − z*|² at the times ``t``, and (z̄ − z*)(T) (NumPy arrays); the drift is
+        called per point with a 0-d time, as the solvers do."""
         from torch.func import jacrev, vmap
 
         pb = self.problem
+
+        def a(y, s):
+            return pb.drift(y[None], s)[0]
+
         with torch.no_grad():
-            A = vmap(jacrev(lambda y, s: pb.drift(y[None], s)[0]))(zb, t)
-            w = pb.drift(zb, t) - vb
+            A = vmap(jacrev(a))(zb, t)
+            w = vmap(a)(zb, t) - vb
             dz = zb - pb.reference(t)
         ell = self._q * (dz * dz).sum(-1)
         return A.numpy(), w.numpy(), (2 * self._q * dz).numpy(), ell.numpy(), dz[-1].numpy()
@@ -240,9 +245,31 @@ class TrackingLQRValue(ValueFunction):
         return (*split(val), *split(der))
 
     def coefficients(self, t: float) -> tuple[np.ndarray, np.ndarray, float]:
-        """(P(t), s(t), c(t)) as NumPy arrays (the interpolant at a time t in [0, T])."""
+        """(P(t), s(t), c(t)) of Φ = ½δᵀPδ + sᵀδ + c, δ = z − z̄(t), as NumPy arrays (the
+        interpolant at a time t in [0, T])."""
         P, s, c, *_ = self._table(torch.tensor([float(t)], dtype=torch.float64))
         return P[0].numpy(), s[0].numpy(), float(c[0])
+
+    def feedback_gains(self, t) -> tuple[Tensor, Tensor]:
+        """The feedback as an affine law u*(z, t) = K(t)z + k(t) for online use:
+        K = −R⁻¹BᵀP, k = −R⁻¹Bᵀ(s − Pz̄), at the times ``t`` (a number or ``(n,)``), as float64
+        ``K (n, m, d)`` and ``k (n, m)``; tabulate them once at a closed loop's stage times.
+
+        Example:
+            >>> import torch
+            >>> from odeflow.control import HodgkinHuxley
+            >>> pb = HodgkinHuxley(horizon=2.0)
+            >>> K, k = TrackingLQRValue(pb).feedback_gains([0.0, 0.5])
+            >>> K.shape, k.shape
+            (torch.Size([2, 1, 4]), torch.Size([2, 1]))
+        """
+        tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1).clamp(0.0, self.horizon)
+        P, s, _, zb, *_ = self._table(tt)
+        pb = self.problem
+        F = pb._Rinv(pb._Bt(torch.eye(self.dim, dtype=torch.float64)))  # (d, m): −u = pF
+        K = -(P @ F).mT
+        k = -((s - (P @ zb[..., None])[..., 0]) @ F)
+        return K, k
 
     def jet(self, x: Tensor, t, second: str | None = None) -> ValueJet:
         if second not in (None, "laplacian", "hessian"):

@@ -7,16 +7,19 @@ with IPOPT (CasADi), the same dynamics, costs, horizon and RK4 steps.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/_apps_dynamics.py --mode quick
 
-Each case trains odeflow's value network, rolls the feedback out from the nominal start,
-solves the direct transcription (states at every RK4 node, piecewise-constant controls,
-X_{k+1} = RK4(X_k, U_k) as equality constraints) with IPOPT, and times one feedback step
-(batch 1 and 1024). CasADi is needed here only (``pip install casadi``), never in ``src/``.
+Each case trains odeflow's value network (quadcopter) or builds the tracking-LQR value
+refined along its closed loop (Hodgkin–Huxley, ``HH_RECIPES``), rolls the feedback out from
+the nominal start, solves the direct transcription (states at every RK4 node,
+piecewise-constant controls, X_{k+1} = RK4(X_k, U_k) as equality constraints) with IPOPT, and
+times one feedback step (batch 1 and 1024). CasADi is needed here only
+(``pip install casadi``), never in ``src/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import shlex
 import sys
@@ -48,11 +51,13 @@ RECIPES = {
             stages=[("lbfgs", 30, 64, 50.0), ("lbfgs", 30, 64, 500.0), ("lbfgs", 400, 64, 5000.0)],
         ),
     },
-    "hodgkin-huxley": {
-        "quick": dict(width=16, stages=[("lbfgs", 10, 16)]),
-        "full": dict(width=32, stages=[("lbfgs", 300, 32)]),
-    },
 }
+# Hodgkin–Huxley: no network. The tracking-LQR value (TrackingLQRValue: the problem
+# linearised along the healthy z*), refined ``refinements`` times along its own closed loop
+# from the nominal start (iLQR). Training a network through 1500 stiff RK4 steps did not fit
+# this CPU (one L-BFGS iteration > 16 min under load); "full" also runs the closed loops and
+# IPOPT from two perturbed starts (V₀ = ±10 mV, one s₀ of ρ₀).
+HH_RECIPES = {"quick": dict(refinements=1), "full": dict(refinements=2, perturbed=(-10.0, 10.0))}
 
 
 def _rk4(f, x, t, h):
@@ -261,35 +266,127 @@ def quadcopter_case(
     }  # fmt: skip
 
 
+def _hh_values(pb, mode: str) -> tuple[list, float, dict]:
+    """The tracking-LQR value and its refinements along the closed loop from the start (the
+    list starts with the plain one), the seconds to build them, and the recipe."""
+    from odeflow.control import TrackingLQRValue
+
+    recipe = HH_RECIPES[mode]
+    t0 = time.perf_counter()
+    values = [TrackingLQRValue(pb)]
+    for _ in range(recipe["refinements"]):
+        values.append(TrackingLQRValue(pb, nominal=values[-1], start=pb.start))
+    return values, time.perf_counter() - t0, recipe
+
+
+def _hh_online(pb, phi, nt: int) -> tuple[float, np.ndarray]:
+    """The online closed loop from the start: the affine feedback u = K(t)z + k(t)
+    (``phi.feedback_gains``, tabulated once at the 2nt + 1 RK4 stage times) and the neuron's
+    drift on Python floats (no cost, no autograd). Returns the seconds (with the
+    tabulation) and the final state."""
+    e_na, e_k, e_l, g_na, g_k, g_l, cm = (pb.e_na, pb.e_k, pb.e_l, pb.g_na, pb.g_k, pb.g_l,
+                                          pb.cm)  # fmt: skip
+
+    def vtrap(x):
+        return 1.0 - 0.5 * x if abs(x) < 1e-6 else x / math.expm1(x)
+
+    def f(z, K, k):
+        V, m, n, h = z
+        u = K[0] * V + K[1] * m + K[2] * n + K[3] * h + k
+        am, bm = vtrap(2.5 - 0.1 * V), 4.0 * math.exp(-V / 18.0)
+        an, bn = 0.1 * vtrap(1.0 - 0.1 * V), 0.125 * math.exp(-V / 80.0)
+        ah, bh = 0.07 * math.exp(-V / 20.0), 1.0 / (math.exp(3.0 - 0.1 * V) + 1.0)
+        ion = g_na * m**3 * h * (V - e_na) + g_k * n**4 * (V - e_k) + g_l * (V - e_l)
+        return (u - ion) / cm, am * (1 - m) - bm * m, an * (1 - n) - bn * n, ah * (1 - h) - bh * h
+
+    def axpy(z, a, d):
+        return tuple(zi + a * di for zi, di in zip(z, d, strict=True))
+
+    t0 = time.perf_counter()
+    h = pb.horizon / nt
+    K, k = phi.feedback_gains(torch.arange(2 * nt + 1, dtype=torch.float64) * (h / 2))
+    K, k = K[:, 0].tolist(), k[:, 0].tolist()  # one control: rows of 4 gains, offsets
+    z = tuple(pb.start.tolist())
+    for j in range(0, 2 * nt, 2):
+        k1 = f(z, K[j], k[j])
+        k2 = f(axpy(z, h / 2, k1), K[j + 1], k[j + 1])
+        k3 = f(axpy(z, h / 2, k2), K[j + 1], k[j + 1])
+        k4 = f(axpy(z, h, k3), K[j + 2], k[j + 2])
+        z = tuple(zi + h / 6 * (a + 2 * b + 2 * c + d)
+                  for zi, a, b, c, d in zip(z, k1, k2, k3, k4, strict=True))  # fmt: skip
+    return time.perf_counter() - t0, np.array(z)
+
+
+def _hh_perturbed(pb, values, nt: int, starts) -> list[dict]:
+    """Closed-loop costs of the plain and the refined value, and IPOPT's, from starts with
+    V₀ moved off the nominal rest state (the refinement was made for the nominal start)."""
+    rows = []
+    for v0 in starts:
+        x0 = pb.start.clone()
+        x0[0] += v0
+        costs = [
+            float(rollout(pb, phi, x0[None], nt=nt).cost[0]) for phi in (values[0], values[-1])
+        ]
+        ip = ipopt_hodgkin_huxley(pb, x0.numpy(), nt)
+        rows.append({"V0": v0, "tracking_lqr_cost": costs[0], "refined_cost": costs[1],
+                     "ipopt_cost": ip["cost"], "refined_gap": costs[1] / ip["cost"] - 1,
+                     "tracking_lqr_gap": costs[0] / ip["cost"] - 1})  # fmt: skip
+    return rows
+
+
 def hodgkin_huxley_case(
     mode: str = "quick", pretrained=None, figures: Path | None = None, **_
 ) -> dict:  # fmt: skip
+    """``mode`` "quick"/"full" (or ``control_apps.py``'s quick flag): the tracking-LQR recipe
+    (:data:`HH_RECIPES`); ``pretrained = (value, seconds, recipe)``: that value instead."""
     pb = HodgkinHuxley()
     nt = pb.eval_steps
-    phi, train_s, recipe = _network(pb, "hodgkin-huxley", mode, pretrained)
+    if isinstance(mode, bool):
+        mode = "quick" if mode else "full"
+    if pretrained is None:
+        values, build_s, recipe = _hh_values(pb, mode)
+        passes = [float(rollout(pb, v, pb.start[None], nt=nt).cost[0]) for v in values[:-1]]
+        phi = values[-1]
+    else:
+        (phi, build_s, recipe), passes, values = pretrained, [], [pretrained[0]]
     cost, r, roll_s = _closed_loop(pb, phi, nt)
+    online = None
+    if hasattr(phi, "feedback_gains"):
+        online_s, z_T = _hh_online(pb, phi, nt)
+        diff = float(np.abs(z_T - r.paths[-1, 0].numpy()).max())  # the same closed loop
+        online = {"online_rollout_seconds": online_s, "online_final_state_difference": diff}
     free = rollout(pb, _Zero(4), pb.start[None], nt=nt)
     ip = ipopt_hodgkin_huxley(pb, pb.start.numpy(), nt)
+    if online is not None:
+        online["online_speedup_vs_ipopt"] = ip["seconds"] / online["online_rollout_seconds"]
     if figures is not None:
         from odeflow.control._hodgkin_huxley import plot_tracking
 
-        label = "learned feedback" if train_s > 0 else "feedback of an untrained Φ"
+        label = "tracking-LQR feedback (refined)" if pretrained is None else "learned feedback"
         out = plot_tracking(pb, r.paths, figures / "hh_tracking.png", free=free.paths, label=label)
         plot_tracking(pb, torch.as_tensor(ip["states"])[:, None], out.with_name("hh_ipopt.png"),
                       free=free.paths, label="IPOPT (open loop)")  # fmt: skip
     ref_T = pb.reference(pb.horizon)
-    return {
+    row = {
         "problem": "hodgkin-huxley", "dim": 4,
         "mode": mode if pretrained is None else "pretrained", "nt": nt,
         "stable_steps_rk4": pb.stable_steps("rk4"), "stiffness_per_ms": pb.stiffness(),
-        "recipe": recipe, "training_seconds": train_s,
+        "recipe": recipe, "training_seconds": build_s,
         "closed_loop_cost": cost, "uncontrolled_cost": float(free.cost[0]),
         "ipopt_cost": ip["cost"], "relative_gap": cost / ip["cost"] - 1,
+        "value_at_start": float(phi(pb.start[None], 0.0)[0]),
+        "costs_per_refinement": [*passes, cost],
+        "gaps_per_refinement": [c / ip["cost"] - 1 for c in [*passes, cost]],
         "ipopt_seconds_per_solve": ip["seconds"], "ipopt_iterations": ip["iterations"],
         "rollout_seconds": roll_s, "rollout_speedup_vs_ipopt": ip["seconds"] / roll_s,
         "target_error": float((r.paths[-1, 0] - ref_T).norm()),
-        **_feedback_ms(pb, phi, nt),
+        **_feedback_ms(pb, phi, nt), **(online or {}),
     }  # fmt: skip
+    if online is not None:  # control_apps.py's speed-up: the online closed loop (as the agents')
+        row["speedup_vs_ipopt"] = online["online_speedup_vs_ipopt"]
+    if pretrained is None and recipe.get("perturbed"):
+        row["perturbed_starts"] = _hh_perturbed(pb, values, nt, recipe["perturbed"])
+    return row
 
 
 class _Zero(torch.nn.Module):

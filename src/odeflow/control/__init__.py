@@ -50,6 +50,7 @@ from ._solver import (
     solve_characteristics,
 )
 from ._stochastic import StochasticLoss, simulate, stochastic_loss
+from ._tracking_lqr import TrackingLQRValue
 from ._train import FitResult, evaluate, fit, load_checkpoint, save_checkpoint
 from ._value import ValueFunction, ValueJet, ValueNetwork, hessian_trace
 
@@ -85,6 +86,7 @@ __all__ = [
     "Swap2",
     "Swap12",
     "Swarm50",
+    "TrackingLQRValue",
     "ValueFunction",
     "ValueJet",
     "ValueNetwork",

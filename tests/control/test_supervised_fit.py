@@ -64,6 +64,13 @@ def test_value_only_and_inputs_untouched():
     assert out.gradient_error == 0.0 and out.iterations <= 5
     out = fit_value_to_data(phi, x, 0.5, V, G, gradient_weight=0.0, iterations=2)  # scalar t
     assert out.gradient_error == 0.0
+    w = torch.tensor([1.0, 0.0], dtype=torch.float64)  # only ∂Φ/∂x₁ counts
+    out = fit_value_to_data(phi, x, t, V, G, coordinate_weights=w, iterations=3)
+    with torch.no_grad():
+        g0 = phi.jet(x, t).grad[:, 0]
+    eg = float(((g0 - G[:, 0]) ** 2).sum() / (G[:, 0] ** 2).sum())
+    assert out.gradient_error == pytest.approx(eg, rel=1e-10)
+    assert torch.equal(w, torch.tensor([1.0, 0.0], dtype=torch.float64))
     for a, b in zip((x, t, V, G), copies, strict=True):
         assert torch.equal(a, b)
 
@@ -81,10 +88,16 @@ def test_bad_input_is_refused():
         (dict(gradient_weight=-1.0), "gradient_weight"),
         (dict(iterations=0), "iterations"),
         (dict(gtol=-1.0), "gtol"),
+        (dict(coordinate_weights=torch.ones(3)), "coordinate_weights"),
+        (dict(coordinate_weights=torch.tensor([1.0, -1.0])), "coordinate_weights"),
     ]
     for change, msg in bad:
         args = dict(x=x, t=t, V=V, grad=G) | change
-        kw = {k: args.pop(k) for k in ("gradient_weight", "iterations", "gtol") if k in args}
+        kw = {
+            k: args.pop(k)
+            for k in ("gradient_weight", "iterations", "gtol", "coordinate_weights")
+            if k in args
+        }
         with pytest.raises(ValueError, match=msg):
             fit_value_to_data(phi, args["x"], args["t"], args["V"], args["grad"], **kw)
     frozen = ValueNetwork(2, width=4).double().requires_grad_(False)

@@ -13,7 +13,7 @@ __all__ = ["SupervisedFit", "fit_value_to_data"]
 class SupervisedFit(NamedTuple):
     """Outcome of :func:`fit_value_to_data`: the final ``loss`` and its two parts, the
     relative squared errors ``value_error`` = Σ(Φ − V)²/ΣV² and ``gradient_error`` =
-    Σ|∇ₓΦ − λ|²/Σ|λ|², and the L-BFGS ``iterations``."""
+    Σ|∇ₓΦ − λ|²_W/Σ|λ|²_W (W: the coordinate weights), and the L-BFGS ``iterations``."""
 
     loss: float
     value_error: float
@@ -48,9 +48,22 @@ def _data(value, x, t, V, grad):
     return x, t, V, grad
 
 
+def _coordinate_weights(w, x: Tensor) -> Tensor:
+    if w is None:
+        return torch.ones_like(x[0])
+    w = torch.as_tensor(w, dtype=x.dtype, device=x.device)
+    if tuple(w.shape) != (x.shape[1],) or not bool(torch.isfinite(w).all() and (w >= 0).all()):
+        raise ValueError(
+            f"coordinate_weights must be {x.shape[1]} finite non-negative numbers (one per state "
+            f"coordinate), got shape {tuple(w.shape)}"
+        )
+    return w
+
+
 def fit_value_to_data(
     value, x: Tensor, t, V: Tensor, grad: Tensor | None = None, *,
-    gradient_weight: float = 1.0, iterations: int = 200, gtol: float = 1e-8,
+    gradient_weight: float = 1.0, coordinate_weights: Tensor | None = None,
+    iterations: int = 200, gtol: float = 1e-8,
 ) -> SupervisedFit:  # fmt: skip
     r"""Fit a value function to sampled values and costates by least squares (in place).
 
@@ -58,9 +71,10 @@ def fit_value_to_data(
 
     .. math::
         \frac{\sum_i (\Phi(x_i, t_i) - V_i)^2}{\sum_i V_i^2}
-        + \mu\,\frac{\sum_i |\nabla_x\Phi(x_i, t_i) - \lambda_i|^2}{\sum_i |\lambda_i|^2}
+        + \mu\,\frac{\sum_i |\nabla_x\Phi(x_i, t_i) - \lambda_i|_W^2}{\sum_i |\lambda_i|_W^2}
 
-    (μ = ``gradient_weight``; the second term is dropped when ``grad`` is None) with
+    (μ = ``gradient_weight``, |v|²_W = Σⱼ wⱼvⱼ² with the ``coordinate_weights`` w, default
+    1; the second term is dropped when ``grad`` is None) with
     :func:`odeflow.optim.lbfgs` on the whole data set. The data are typically cost-to-go
     values V(x_k, t_k) and costates λ(t_k) = ∇ₓV sampled along open-loop optimal
     trajectories from a direct method (Pontryagin: the costate is the value's gradient
@@ -72,7 +86,11 @@ def fit_value_to_data(
             :class:`~odeflow.control.ValueNetwork`); updated in place.
         x: ``(n, d)`` states. t: a number or ``(n,)`` times. V: ``(n,)`` values.
         grad: ``(n, d)`` gradients ∇ₓV (costates), or None.
-        gradient_weight: μ ≥ 0. iterations: at most this many L-BFGS iterations (≥ 1).
+        gradient_weight: μ ≥ 0.
+        coordinate_weights: ``(d,)`` non-negative weights w of the gradient's coordinates,
+            e.g. 1/Σᵢλᵢⱼ² so that each coordinate's relative error counts alike when the
+            costates differ in scale (default: all 1).
+        iterations: at most this many L-BFGS iterations (≥ 1).
         gtol: stop earlier when the loss gradient's norm falls below ``gtol`` times its
             initial norm.
 
@@ -82,7 +100,7 @@ def fit_value_to_data(
     Raises:
         ValueError: shapes that do not match (x not ``(n, d)``, t/V not ``(n,)``, grad not
             like x), non-finite data, all-zero V (or grad), a negative μ or gtol, or
-            iterations < 1.
+            iterations < 1, coordinate weights not ``(d,)``, negative or not finite.
         TypeError: ``value`` has no trainable parameters.
 
     Reference: Nakamura-Zimmerer, Gong, Kang, "Adaptive deep learning for high-dimensional
@@ -115,15 +133,16 @@ def fit_value_to_data(
     if not float(gtol) >= 0:
         raise ValueError(f"gtol must be >= 0 (a relative gradient tolerance), got {gtol!r}")
     x, t, V, grad = _data(value, x, t, V, grad)
+    w = _coordinate_weights(coordinate_weights, x)
     sv = (V * V).sum()
-    sg = None if grad is None or mu == 0 else (grad * grad).sum()
+    sg = None if grad is None or mu == 0 else (w * grad * grad).sum()
     if sv == 0 or (sg is not None and sg == 0):
         raise ValueError("V (and grad) must not be all zero: the errors are relative to them")
 
     def terms():
         jet = value.jet(x, t)
         ev = ((jet.value - V) ** 2).sum() / sv
-        eg = ((jet.grad - grad) ** 2).sum() / sg if sg is not None else torch.zeros_like(ev)
+        eg = (w * (jet.grad - grad) ** 2).sum() / sg if sg is not None else torch.zeros_like(ev)
         return ev, eg
 
     def fn(theta):

@@ -79,8 +79,12 @@ def _solve(opti, X, max_iter: int = 3000) -> dict:
     }
 
 
-def ipopt_quadcopter(pb: Quadcopter, x0: np.ndarray, nt: int) -> dict:
-    """min Σ_k h(2 + |U_k|²) + (α₀/2)|X_N − y|², X_{k+1} = RK4(X_k, U_k), X_0 = x0."""
+def ipopt_quadcopter(pb: Quadcopter, x0: np.ndarray, nt: int, init: dict | None = None) -> dict:
+    """min Σ_k h(2 + |U_k|²) + (α₀/2)|X_N − y|², X_{k+1} = RK4(X_k, U_k), X_0 = x0.
+
+    ``init``: an earlier solution (``states``, ``controls``) to start from (default: the
+    straight line at hover thrust). Returns also ``controls`` ``(nt, 4)`` and ``multipliers``
+    ``(nt, 12)``, IPOPT's multipliers of the constraints X_{k+1} − RK4(X_k, U_k) = 0."""
     import casadi as ca
 
     m, g, h = pb.mass, pb.gravity, pb.horizon / nt
@@ -95,17 +99,25 @@ def ipopt_quadcopter(pb: Quadcopter, x0: np.ndarray, nt: int) -> dict:
     opti = ca.Opti()
     X, U = opti.variable(12, nt + 1), opti.variable(4, nt)
     opti.subject_to(X[:, 0] == x0)
-    cost = 0
+    cost, links = 0, []
     for k in range(nt):
-        opti.subject_to(X[:, k + 1] == _rk4(lambda x, t, k=k: f(x, U[:, k], t), X[:, k], k * h, h))
+        links.append(X[:, k + 1] - _rk4(lambda x, t, k=k: f(x, U[:, k], t), X[:, k], k * h, h) == 0)
+        opti.subject_to(links[-1])
         cost = cost + h * (2 + ca.sumsqr(U[:, k]))
     y = pb.target.numpy()
     cost = cost + 0.5 * pb.alpha0 * ca.sumsqr(X[:, nt] - y)
     opti.minimize(cost)
-    s = np.linspace(0, 1, nt + 1)
-    opti.set_initial(X, np.outer(x0, 1 - s) + np.outer(y, s))
-    opti.set_initial(U[0, :], g * m)
-    return _solve(opti, X)
+    if init is None:
+        s = np.linspace(0, 1, nt + 1)
+        opti.set_initial(X, np.outer(x0, 1 - s) + np.outer(y, s))
+        opti.set_initial(U[0, :], g * m)
+    else:
+        opti.set_initial(X, init["states"].T)
+        opti.set_initial(U, init["controls"].T)
+    out = _solve(opti, X)
+    out["controls"] = np.asarray(opti.value(U)).reshape(4, nt).T
+    out["multipliers"] = np.stack([np.asarray(opti.value(opti.dual(c))).ravel() for c in links])
+    return out
 
 
 def ipopt_hodgkin_huxley(pb: HodgkinHuxley, x0: np.ndarray, nt: int) -> dict:
@@ -238,6 +250,9 @@ def quadcopter_case(
     err = float((r.paths[-1, 0, :3] - pb.target[:3]).norm())
     shock = quadcopter_shock(pb, phi, nt=nt)
     ip = ipopt_quadcopter(pb, pb.start.numpy(), nt)
+    from _quadcopter_warmstart import discretisation_study
+
+    study = discretisation_study(pb, phi)
     if figures is not None:
         from odeflow.control._quadcopter import animate_flight, plot_flight
 
@@ -257,6 +272,7 @@ def quadcopter_case(
         "shock": {"time": 0.1, "kick": list(DEFAULT_KICK),
                   "target_error": float(shock.shocked_error[0]),
                   "cost_to_go": float(shock.shocked_cost[0])},
+        "discretisation": study,
         **_feedback_ms(pb, phi, nt),
     }  # fmt: skip
 

@@ -37,6 +37,12 @@ from odeflow.control._quadcopter import DEFAULT_KICK, Quadcopter, quadcopter_sho
 # of each give 8792 against 33017. Every recipe tried (Adam, terminal penalties, no HJB
 # penalty, α₀ continuation) ends in the same basin, about 2.3x IPOPT: the closed loop first
 # falls, then brakes with reverse thrust and leaves the angles tilted (|z_T − y| ≈ 1.2).
+# Its cost does not depend on the RK4 step count (5113.9 from nt = 50 to 1000, the
+# "discretisation" entry): the gap is the training's local optimum, not the integrator. A warm
+# start by regression on IPOPT's solutions (_quadcopter_warmstart.py) did not do better: the
+# regressed Φ carries the stiff terminal gains (2.0e6 at nt = 26, 1.8e4 at 50, 5.0e4 at 1000),
+# and training it further (L-BFGS or Adam, nt = 26 to 100, with or without the regression
+# term) did not bring it below the recipe's network.
 RECIPES = {
     "quadcopter": {
         "quick": dict(

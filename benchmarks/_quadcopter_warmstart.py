@@ -8,9 +8,9 @@ starts in the basin of the optimal feedback instead of the "fall, then brake" ba
 reaches from a random network. Needs CasADi (the ``bench`` extra), like ``_apps_dynamics``.
 
 The starts are ρ₀'s (t = 0) and, for robustness to kicks, states of the nominal optimal path
-at random times t ∈ [0.05, 0.5] plus random kicks (0.2 in position, 0.7 in velocity, per
-coordinate, Gaussian), each solved on its remaining horizon [t, T] with the same step
-h = T/nt. Costates come from a discrete adjoint sweep of the RK4 transcription,
+at random times t ∈ [0.05, ``latest``] (default 0.5) plus random kicks (0.2 in position, 0.7
+in velocity, per coordinate, Gaussian), each solved on its remaining horizon [t, T] with the
+same step h = T/nt. Costates come from a discrete adjoint sweep of the RK4 transcription,
 λ_N = α₀(X_N − y), λ_k = (∂X_{k+1}/∂X_k)ᵀλ_{k+1} (the running cost does not depend on the
 state), which agrees with minus IPOPT's multipliers of X_{k+1} − RK4(X_k, U_k) = 0.
 """
@@ -58,13 +58,13 @@ def cost_to_go(pb: Quadcopter, states: np.ndarray, controls: np.ndarray, h: floa
     return tail + G
 
 
-def _starts(pb: Quadcopter, nominal: dict, n0: int, nk: int, nt: int, seed: int):
+def _starts(pb: Quadcopter, nominal: dict, n0: int, nk: int, nt: int, seed: int, latest=0.5):
     """(state, step index) pairs: n0 draws of ρ₀ at k = 0, nk kicked nominal states."""
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
     out = [(x.numpy(), 0) for x in pb.sample_initial(n0, generator=g)]
     for _ in range(nk):
-        k = int(rng.integers(round(0.05 * nt), round(0.5 * nt) + 1))
+        k = int(rng.integers(round(0.05 * nt), round(latest * nt) + 1))
         x = nominal["states"][k].copy()
         x[:3] += 0.2 * rng.standard_normal(3)
         x[6:9] += 0.7 * rng.standard_normal(3)
@@ -95,7 +95,9 @@ def _solve_all(pb: Quadcopter, nominal: dict, starts, nt: int):
     return [xs, ts, Vs, lams], failed
 
 
-def optimal_data(pb: Quadcopter, nt: int = 50, n0: int = 16, nk: int = 16, seed: int = 0):
+def optimal_data(
+    pb: Quadcopter, nt: int = 50, n0: int = 16, nk: int = 16, seed: int = 0, latest: float = 0.5
+):
     """Solve IPOPT from ``n0 + nk`` starts; return (x, t, V, λ, info) over all nodes.
 
     x ``(n, 12)``, t ``(n,)``, V ``(n,)``, λ ``(n, 12)`` as tensors; ``info``: the nominal
@@ -105,7 +107,7 @@ def optimal_data(pb: Quadcopter, nt: int = 50, n0: int = 16, nk: int = 16, seed:
 
     t0 = time.perf_counter()
     nominal = ipopt_quadcopter(pb, pb.start.numpy(), nt)
-    lists, failed = _solve_all(pb, nominal, _starts(pb, nominal, n0, nk, nt, seed), nt)
+    lists, failed = _solve_all(pb, nominal, _starts(pb, nominal, n0, nk, nt, seed, latest), nt)
     info = {"nominal": nominal, "seconds": time.perf_counter() - t0,
             "solves": n0 + nk - failed, "failed": failed}  # fmt: skip
     return (*[torch.as_tensor(np.concatenate(a)) for a in lists], info)
@@ -119,7 +121,7 @@ def _shorter(pb: Quadcopter, horizon: float) -> Quadcopter:
 
 def warm_start(
     pb: Quadcopter, phi, *, nt: int = 50, n0: int = 16, nk: int = 16, iterations: int = 800,
-    rounds: int = 0, per_round: int = 8, seed: int = 0,
+    rounds: int = 0, per_round: int = 8, seed: int = 0, latest: float = 0.5,
 ) -> dict:  # fmt: skip
     """Generate the data, fit ``phi`` to it in place (each costate coordinate weighted by
     1/mean λⱼ², so that the small velocity and rate costates, which set the controls, count
@@ -129,7 +131,7 @@ def warm_start(
     Returns the sizes, seconds and fit errors."""
     from odeflow.control import rollout
 
-    x, t, V, lam, info = optimal_data(pb, nt, n0, nk, seed)
+    x, t, V, lam, info = optimal_data(pb, nt, n0, nk, seed, latest)
     rng = np.random.default_rng(seed + 1)
     t0, log = time.perf_counter(), []
     nominal = info["nominal"]
@@ -197,6 +199,7 @@ def main() -> None:
     ap.add_argument("--nk", type=int, default=16)
     ap.add_argument("--iterations", type=int, default=800)
     ap.add_argument("--rounds", type=int, default=0)
+    ap.add_argument("--latest", type=float, default=0.5, help="kicked starts' latest time")
     ap.add_argument("--save", default=None, help="torch file for the network's state_dict")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -204,7 +207,7 @@ def main() -> None:
     torch.manual_seed(0)
     phi = ValueNetwork(12, width=args.width, time_degree=2).double()
     out = warm_start(pb, phi, n0=args.n0, nk=args.nk, iterations=args.iterations,
-                     rounds=args.rounds)  # fmt: skip
+                     rounds=args.rounds, latest=args.latest)  # fmt: skip
     steps = (26, 50, 100, 200, 1000)
     out["closed_loop"] = discretisation_study(pb, phi, steps, ipopt_steps=())["closed_loop"]
     print(json.dumps(out, indent=1))

@@ -31,19 +31,19 @@ from odeflow.control._hodgkin_huxley import HodgkinHuxley
 from odeflow.control._quadcopter import DEFAULT_KICK, Quadcopter, quadcopter_shock
 
 # training recipes: (width, optional time_degree, optimizer stages [(optimizer, iterations,
-# batch[, terminal weight α₀ of a continuation stage])]). The quadcopter is trained by
-# continuation in α₀ (50, 500, then the paper's 5000) with time_degree=2: it reaches the
-# closed-loop cost of 800 L-BFGS iterations at α₀ = 5000 (5098) in 460 (5114), 40 iterations
-# of each give 8792 against 33017. Every recipe tried (Adam, terminal penalties, no HJB
-# penalty, α₀ continuation) ends in the same basin, about 2.3x IPOPT: the closed loop first
-# falls, then brakes with reverse thrust and leaves the angles tilted (|z_T − y| ≈ 1.2).
-# Its cost does not depend on the RK4 step count (5113.9 from nt = 50 to 1000): the gap is
-# the training's local optimum, not the integrator. The 'full' recipe therefore starts from a
-# warm start (``warm_start``: Φ regressed on the values and costates of 64 IPOPT solutions,
-# _quadcopter_warmstart.py, Nakamura-Zimmerer et al.), which lands in the optimal basin but
-# falls short in the final braking (closed loop 15359, v_z(T) = −1.9), then trains it with the
-# paper's loss at α₀ = 5000 with nt = 50 (``nt``; at 26 steps a Φ near the optimal value is
-# stiff near T), six L-BFGS stages of 50 iterations (each restarts L-BFGS on fresh samples).
+# batch[, terminal weight α₀ of a continuation stage])], optional warm_start and nt). From
+# random weights (the 'quick' recipe; the former 'full' one: continuation in α₀ = 50, 500,
+# 5000 with 30 + 30 + 400 L-BFGS iterations) the quadcopter ends at 5113.9, 2.3x IPOPT, at
+# every RK4 step count from 50 to 1000: the closed loop first falls, then brakes with reverse
+# thrust and arrives tilted. Every variation tried (Adam, terminal penalties, no HJB penalty,
+# width 128, nt = 100) ends in that basin: a local optimum of the training, not the
+# integrator. The 'full' recipe therefore starts from a warm start (``warm_start``: Φ
+# regressed on the values and costates of 64 IPOPT solutions, _quadcopter_warmstart.py,
+# Nakamura-Zimmerer et al.), which flies the optimal route but brakes too late (closed loop
+# 15359, v_z(T) = −1.9), then trains it with the paper's loss at α₀ = 5000 and nt = 50
+# (``nt``: at 26 steps a Φ near the optimal value can be stiff near T), six L-BFGS stages of
+# 50 iterations on fresh samples: 2457.6 (+12.8 %). Further stages give 2418.3, 2302.9,
+# 2284.3, 2327.6 (350 to 500 iterations): the gap levels off near +5 %.
 RECIPES = {
     "quadcopter": {
         "quick": dict(

@@ -50,6 +50,7 @@ from ._solver import (
     solve_characteristics,
 )
 from ._stochastic import StochasticLoss, simulate, stochastic_loss
+from ._supervised import SupervisedFit, fit_value_to_data
 from ._tracking_lqr import TrackingLQRValue
 from ._train import FitResult, evaluate, fit, load_checkpoint, save_checkpoint
 from ._value import ValueFunction, ValueJet, ValueNetwork, hessian_trace
@@ -83,6 +84,7 @@ __all__ = [
     "ShockResult",
     "StochasticLoss",
     "StochasticObstacle",
+    "SupervisedFit",
     "Swap2",
     "Swap12",
     "Swarm50",
@@ -97,6 +99,7 @@ __all__ = [
     "crowd_metrics",
     "evaluate",
     "fit",
+    "fit_value_to_data",
     "gaussian_ot_reference",
     "hessian_trace",
     "hjb_residual",

@@ -5,7 +5,7 @@ Two sections, one JSON:
 * ``crowd`` — PNAS crowd motion (:class:`odeflow.control.CrowdMotion`) trained in each d of
   ``--dims``; on fresh samples pushed through the learned flow: the obstacle cost ∫∫Qρ, the
   terminal KL(ρ_T ‖ ρ₁), the entropy and kinetic terms, and the largest fraction of the crowd
-  inside the obstacle's core {Q > Q(0)/2}, on ``--crowd-eval-samples`` states (65536 by
+  inside the obstacle's core {Q > Q(0)/2}, on ``--crowd-eval-samples`` states (131072 by
   default: the KL's Monte Carlo standard error, reported, is then well under 1 % of it).
   Criteria: obstacle cost and KL within 5 % of their d = 2 values for every d, core mass
   < 1 %. The exact optimum separates: each coordinate beyond (x₁, x₂) adds 2.3e-7 to its KL
@@ -45,6 +45,7 @@ from odeflow.control import (
     ValueNetwork,
     crowd_metrics,
     fit,
+    save_checkpoint,
 )
 
 SOC_POINTS = [[-1.5, -1.5], [-1.0, -1.5], [-2.0, -1.5], [-1.0, -2.0], [-0.5, -1.0]]
@@ -108,14 +109,17 @@ def _crowd_eval(pb, phi, samples: int, chunk: int = 8192) -> dict:
 
 
 def crowd_section(dims, iterations, batch, width, peak, recipe="lbfgs", json_out=None,
-                  eval_samples=4096) -> dict:  # fmt: skip
+                  eval_samples=4096, schedule=("step", None, 0.1), save=None) -> dict:  # fmt: skip
     """Train and measure each d; ``recipe="preset"``: :class:`CrowdMotion`'s ``fit_defaults``
     as they are (``iterations`` and ``batch`` not used) with a float32
     ``ValueNetwork(d, width, time_degree=2)``; ``"adam"`` (the earlier recipe): Adam on fresh
-    samples every iteration, lr 1e-2 ÷ 10 after 3/4 of the iterations, ``batch`` for d ≤ 10
-    and 4× it for d > 10; ``"lbfgs"``: the paper's optimizer, float64. Evaluated on
-    ``eval_samples`` fresh states (:func:`_crowd_eval`). With ``json_out`` the section so far
-    is written after each d."""
+    samples every iteration, lr 1e-2 with ``schedule`` = (kind, start, factor): by default
+    ÷ 10 after 3/4 of the iterations, ``batch`` for d ≤ 10 and 4× it for d > 10;
+    ``"lbfgs"``: the paper's optimizer, float64. Evaluated on ``eval_samples`` fresh states
+    (:func:`_crowd_eval`). With ``json_out`` the section so far is written after each d;
+    with ``save`` (a folder) each network is saved there as ``crowd_d{d}.pt``."""
+    kind, start, factor = schedule
+    start = 3 * iterations // 4 if start is None else start
     rows = []
     for d in dims:
         torch.manual_seed(0)
@@ -128,13 +132,15 @@ def crowd_section(dims, iterations, batch, width, peak, recipe="lbfgs", json_out
             phi = ValueNetwork(d, width=width, time_degree=2).float()
             b = batch if d <= 10 else 4 * batch
             fit(pb, phi, optimizer="adam", iterations=iterations, batch=b, resample_every=1,
-                lr=1e-2, lr_drops=(3 * iterations // 4,), lr_schedule="step", verbose=False,
-                seed=0)  # fmt: skip
+                lr=1e-2, lr_drops=(start,), lr_schedule=kind, lr_factor=factor,
+                verbose=False, seed=0)  # fmt: skip
         else:
             phi = ValueNetwork(d, width=width).double()
             fit(pb, phi, optimizer="lbfgs", iterations=iterations, batch=batch, verbose=False,
                 seed=0)  # fmt: skip
         sec = time.perf_counter() - t0
+        if save:
+            save_checkpoint(pb, phi, f"{save}/crowd_d{d}.pt")
         m = _crowd_eval(pb, phi, eval_samples)
         rows.append({"dim": d, "seconds": round(sec, 1), **{k: round(v, 6) for k, v in m.items()}})
         print(f"crowd d={d}: {rows[-1]}", flush=True)
@@ -151,10 +157,13 @@ def crowd_section(dims, iterations, batch, width, peak, recipe="lbfgs", json_out
     )  # fmt: skip
     opt = extra_coordinate_optimum()
     recipe_used = dict(CrowdMotion(dim=dims[-1]).fit_defaults) if recipe == "preset" else None
+    sched = {"lr_schedule": kind, "lr_drops": [start], "lr_factor": factor}
+    sched = sched if recipe == "adam" else None
     return {
         "obstacle": "peak 50 (mass 222.1)" if peak else "mass 50 (peak 11.25), the paper's",
         "recipe": recipe,
         "fit_defaults": recipe_used,
+        "schedule": sched,
         "iterations": iterations,
         "batch": batch,
         "width": width,
@@ -234,7 +243,21 @@ def main() -> None:
     ap.add_argument("--crowd-iterations", type=int, default=500)
     ap.add_argument("--crowd-batch", type=int, default=1024, help="(adam: 4× for d > 10)")
     ap.add_argument("--crowd-recipe", default="lbfgs", choices=["lbfgs", "adam", "preset"])
-    ap.add_argument("--crowd-eval-samples", type=int, default=65536,
+    ap.add_argument(
+        "--crowd-schedule",
+        default="step",
+        choices=["step", "cosine"],
+        help="adam recipe: lr drop (step) or cosine decay from --crowd-decay-start",
+    )
+    ap.add_argument(
+        "--crowd-decay-start",
+        type=int,
+        default=None,
+        help="adam recipe: iteration of the drop / decay start (default 3/4)",
+    )
+    ap.add_argument("--crowd-lr-factor", type=float, default=0.1)
+    ap.add_argument("--crowd-save", default=None, help="folder for the trained networks")
+    ap.add_argument("--crowd-eval-samples", type=int, default=131072,
                     help="fresh samples for the metrics (in chunks of 8192)")  # fmt: skip
     ap.add_argument("--crowd-width", type=int, default=16)
     args = ap.parse_args()
@@ -244,7 +267,9 @@ def main() -> None:
         dims = args.dims or [2, 3]
         if "crowd" in args.sections:
             crowd = crowd_section(dims, iterations=10, batch=128, width=16, peak=args.peak,
-                                  recipe=args.crowd_recipe, eval_samples=1024)  # fmt: skip
+                                  recipe=args.crowd_recipe, eval_samples=1024,
+                                  schedule=(args.crowd_schedule, args.crowd_decay_start,
+                                            args.crowd_lr_factor))  # fmt: skip
         if "soc" in args.sections:
             soc = soc_section(41, iterations=20, batch=64, width=16, nt=10, form=args.soc_form)
     else:
@@ -252,7 +277,9 @@ def main() -> None:
         if "crowd" in args.sections:
             crowd = crowd_section(dims, args.crowd_iterations, args.crowd_batch,
                                   args.crowd_width, args.peak, args.crowd_recipe,
-                                  args.json, args.crowd_eval_samples)  # fmt: skip
+                                  args.json, args.crowd_eval_samples,
+                                  (args.crowd_schedule, args.crowd_decay_start,
+                                   args.crowd_lr_factor), args.crowd_save)  # fmt: skip
         if "soc" in args.sections:
             # 100 Euler–Maruyama steps: with the terminal weight 100 the closed-loop cost of
             # the exact LQR feedback is 7 % high at 20 steps, 0.7 % at 160 (measured)

@@ -109,7 +109,8 @@ def _crowd_eval(pb, phi, samples: int, chunk: int = 8192) -> dict:
 
 
 def crowd_section(dims, iterations, batch, width, peak, recipe="lbfgs", json_out=None,
-                  eval_samples=4096, schedule=("step", None, 0.1), save=None) -> dict:  # fmt: skip
+                  eval_samples=4096, schedule=("step", None, 0.1), save=None,
+                  seed=0) -> dict:  # fmt: skip
     """Train and measure each d; ``recipe="preset"``: :class:`CrowdMotion`'s ``fit_defaults``
     as they are (``iterations`` and ``batch`` not used) with a float32
     ``ValueNetwork(d, width, time_degree=2)``; ``"adam"`` (the earlier recipe): Adam on fresh
@@ -117,27 +118,28 @@ def crowd_section(dims, iterations, batch, width, peak, recipe="lbfgs", json_out
     ÷ 10 after 3/4 of the iterations, ``batch`` for d ≤ 10 and 4× it for d > 10;
     ``"lbfgs"``: the paper's optimizer, float64. Evaluated on ``eval_samples`` fresh states
     (:func:`_crowd_eval`). With ``json_out`` the section so far is written after each d;
-    with ``save`` (a folder) each network is saved there as ``crowd_d{d}.pt``."""
+    with ``save`` (a folder) each network is saved there as ``crowd_d{d}.pt``. ``seed``
+    seeds the initial weights and the training samples."""
     kind, start, factor = schedule
     start = 3 * iterations // 4 if start is None else start
     rows = []
     for d in dims:
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         pb = CrowdMotion(dim=d, peak=50.0) if peak else CrowdMotion(dim=d)
         t0 = time.perf_counter()
         if recipe == "preset":
             phi = ValueNetwork(d, width=width, time_degree=2).float()
-            fit(pb, phi, verbose=False, seed=0)
+            fit(pb, phi, verbose=False, seed=seed)
         elif recipe == "adam":
             phi = ValueNetwork(d, width=width, time_degree=2).float()
             b = batch if d <= 10 else 4 * batch
             fit(pb, phi, optimizer="adam", iterations=iterations, batch=b, resample_every=1,
                 lr=1e-2, lr_drops=(start,), lr_schedule=kind, lr_factor=factor,
-                verbose=False, seed=0)  # fmt: skip
+                verbose=False, seed=seed)  # fmt: skip
         else:
             phi = ValueNetwork(d, width=width).double()
             fit(pb, phi, optimizer="lbfgs", iterations=iterations, batch=batch, verbose=False,
-                seed=0)  # fmt: skip
+                seed=seed)  # fmt: skip
         sec = time.perf_counter() - t0
         if save:
             save_checkpoint(pb, phi, f"{save}/crowd_d{d}.pt")
@@ -167,6 +169,7 @@ def crowd_section(dims, iterations, batch, width, peak, recipe="lbfgs", json_out
         "iterations": iterations,
         "batch": batch,
         "width": width,
+        "seed": seed,
         "rows": rows,
         "d_invariance_within_5pct": ok_inv,
         "core_mass_below_1pct": all(r["core_mass"] < 0.01 for r in rows),
@@ -256,6 +259,7 @@ def main() -> None:
         help="adam recipe: iteration of the drop / decay start (default 3/4)",
     )
     ap.add_argument("--crowd-lr-factor", type=float, default=0.1)
+    ap.add_argument("--crowd-seed", type=int, default=0, help="initial weights and samples")
     ap.add_argument("--crowd-save", default=None, help="folder for the trained networks")
     ap.add_argument("--crowd-eval-samples", type=int, default=131072,
                     help="fresh samples for the metrics (in chunks of 8192)")  # fmt: skip
@@ -279,7 +283,8 @@ def main() -> None:
                                   args.crowd_width, args.peak, args.crowd_recipe,
                                   args.json, args.crowd_eval_samples,
                                   (args.crowd_schedule, args.crowd_decay_start,
-                                   args.crowd_lr_factor), args.crowd_save)  # fmt: skip
+                                   args.crowd_lr_factor), args.crowd_save,
+                                  args.crowd_seed)  # fmt: skip
         if "soc" in args.sections:
             # 100 Euler–Maruyama steps: with the terminal weight 100 the closed-loop cost of
             # the exact LQR feedback is 7 % high at 20 steps, 0.7 % at 160 (measured)

@@ -393,9 +393,12 @@ class CrowdMotion(_KLTerminal):
     on 4096 states (standard error 0.009). Neither a cosine decay to 1e-4 from iteration
     600 (``lr_schedule="cosine"``: d = 2 0.213, d = 10 0.232) nor 2048 samples in d = 10
     (0.249) lowered it, so the excess is not Adam's end-of-run jitter: a 5 % KL criterion
-    needs a better-converged recipe (more iterations, not measured). d = 50 with this
-    recipe (4096 states): obstacle cost +0.4 %, KL 0.293; d = 100 not run at 1200
-    iterations.
+    needs a better-converged recipe (more iterations, not measured). d = 50: obstacle cost
+    +1.3 %, KL 0.295 (cosine; the step recipe gave 0.293 on 4096 states), beyond d = 2's
+    spread; probes of that network find the extra coordinates transported almost exactly
+    (about 1e-4 of KL over all 48) and the (x₁, x₂) flow barely depending on them, so the
+    excess sits in the learned 2-D flow, trained less well in d = 50. d = 100 not run at
+    1200 iterations.
 
     Args:
         dim: d ≥ 2. alpha: (α₁, …, α₅). mass: m, the obstacle's mass (default 50).

@@ -110,16 +110,16 @@ def _crowd_eval(pb, phi, samples: int, chunk: int = 8192) -> dict:
 
 def crowd_section(dims, iterations, batch, width, peak, recipe="lbfgs", json_out=None,
                   eval_samples=4096, schedule=("step", None, 0.1), save=None,
-                  seed=0) -> dict:  # fmt: skip
-    """Train and measure each d; ``recipe="preset"``: :class:`CrowdMotion`'s ``fit_defaults``
-    as they are (``iterations`` and ``batch`` not used) with a float32
-    ``ValueNetwork(d, width, time_degree=2)``; ``"adam"`` (the earlier recipe): Adam on fresh
-    samples every iteration, lr 1e-2 with ``schedule`` = (kind, start, factor): by default
-    ÷ 10 after 3/4 of the iterations, ``batch`` for d ≤ 10 and 4× it for d > 10;
-    ``"lbfgs"``: the paper's optimizer, float64. Evaluated on ``eval_samples`` fresh states
-    (:func:`_crowd_eval`). With ``json_out`` the section so far is written after each d;
-    with ``save`` (a folder) each network is saved there as ``crowd_d{d}.pt``. ``seed``
-    seeds the initial weights and the training samples."""
+                  seed=0, quick=False) -> dict:  # fmt: skip
+    """Train and measure each d; ``recipe="preset"``: :class:`CrowdMotion`'s
+    ``fit_defaults`` as they are (``iterations``, ``batch`` not used; ``quick``: only
+    ``iterations``) with a float32 ``ValueNetwork(d, width, time_degree=2)``; ``"adam"``
+    (the earlier recipe): Adam on fresh samples every iteration, lr 1e-2 with ``schedule``
+    = (kind, start, factor), by default ÷ 10 after 3/4 of the iterations, ``batch`` for
+    d ≤ 10 and 4× it for d > 10; ``"lbfgs"``: the paper's optimizer, float64. Evaluated on
+    ``eval_samples`` fresh states (:func:`_crowd_eval`). With ``json_out`` the section so
+    far is written after each d; with ``save`` (a folder) each network is saved there as
+    ``crowd_d{d}.pt``. ``seed`` seeds the initial weights and the training samples."""
     kind, start, factor = schedule
     start = 3 * iterations // 4 if start is None else start
     rows = []
@@ -129,7 +129,7 @@ def crowd_section(dims, iterations, batch, width, peak, recipe="lbfgs", json_out
         t0 = time.perf_counter()
         if recipe == "preset":
             phi = ValueNetwork(d, width=width, time_degree=2).float()
-            fit(pb, phi, verbose=False, seed=seed)
+            fit(pb, phi, verbose=False, seed=seed, iterations=iterations if quick else None)
         elif recipe == "adam":
             phi = ValueNetwork(d, width=width, time_degree=2).float()
             b = batch if d <= 10 else 4 * batch
@@ -273,7 +273,7 @@ def main() -> None:
             crowd = crowd_section(dims, iterations=10, batch=128, width=16, peak=args.peak,
                                   recipe=args.crowd_recipe, eval_samples=1024,
                                   schedule=(args.crowd_schedule, args.crowd_decay_start,
-                                            args.crowd_lr_factor))  # fmt: skip
+                                            args.crowd_lr_factor), quick=True)  # fmt: skip
         if "soc" in args.sections:
             soc = soc_section(41, iterations=20, batch=64, width=16, nt=10, form=args.soc_form)
     else:

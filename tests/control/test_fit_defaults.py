@@ -52,4 +52,4 @@ def test_unknown_recipe_key_is_refused():
     with pytest.raises(ValueError, match=r"unknown settings \['epochs'\]"):
         fit(Bad(dim=2), _phi(), verbose=False)
     assert set(FIT_DEFAULTS) == {"optimizer", "iterations", "batch", "lr", "lr_drops",
-                                 "lr_factor", "resample_every"}  # fmt: skip
+                                 "lr_factor", "lr_schedule", "resample_every"}  # fmt: skip

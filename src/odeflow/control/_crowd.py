@@ -4,6 +4,7 @@ core along the flow, and pictures of the trajectories and densities."""
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -40,6 +41,8 @@ def crowd_metrics(
     * ``kinetic`` E∫(α₁/2)|u|² dt; ``obstacle`` E∫α₂Q(z) dt; ``entropy``
       E∫α₂·0.01·log ρ(z, t) dt (= α₂·0.01∫∫ρ log ρ);
     * ``kl`` the terminal KL(ρ_T ‖ ρ₁) = E[log ρ_T(z_T) − log ρ₁(z_T)] (without α₃);
+    * ``kl_stderr``, ``obstacle_stderr`` the Monte Carlo standard errors of those two
+      (the particles' standard deviation over √samples);
     * ``objective`` kinetic + obstacle + entropy + α₃·kl;
     * ``core_mass`` the largest fraction of the particles inside the obstacle's core
       {Q > Q(0)/2} (:meth:`CrowdMotion.in_core`) over the nt + 1 times t_k = kT/nt, and
@@ -69,11 +72,14 @@ def crowd_metrics(
     zT = ch.z[-1]
     kl = problem.terminal_cost(zT, log_rho_T) / problem.lam
     frac = [float(problem.in_core(z).double().mean()) for z in ch.z]
+    n = kl.numel()
     out = {
         "kinetic": float(ch.running[-1].mean()),
         "obstacle": float(obst.mean()),
         "entropy": float((ch.interaction[-1] - obst).mean()),
         "kl": float(kl.mean()),
+        "kl_stderr": float(kl.double().std() / n**0.5) if n > 1 else math.inf,
+        "obstacle_stderr": float(obst.double().std() / n**0.5) if n > 1 else math.inf,
     }
     out["objective"] = out["kinetic"] + out["obstacle"] + out["entropy"] + problem.lam * out["kl"]
     out["core_mass"] = max(frac)

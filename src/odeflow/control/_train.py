@@ -20,7 +20,7 @@ from ._solver import LossWeights, _check_pair, control_loss, solve_characteristi
 from ._stochastic import simulate, stochastic_loss
 from ._value import ValueNetwork
 
-__all__ = ["FitResult", "evaluate", "fit", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FitResult", "evaluate", "fit", "load_checkpoint", "lr_multiplier", "save_checkpoint"]
 
 _FORMAT = "odeflow.control/1"
 
@@ -54,7 +54,38 @@ def _check_count(name: str, v, low: int = 1) -> int:
 
 #: fit's training settings where neither the caller nor the problem's fit_defaults set them
 FIT_DEFAULTS: dict[str, Any] = dict(optimizer="adam", iterations=500, batch=256, lr=1e-2,
-                                    lr_drops=(), lr_factor=0.1, resample_every=25)  # fmt: skip
+                                    lr_drops=(), lr_factor=0.1, lr_schedule="step",
+                                    resample_every=25)  # fmt: skip
+_SCHEDULES = ("step", "cosine")
+
+
+def lr_multiplier(schedule: str, k: int, total: int, drops: Sequence[int], factor: float) -> float:
+    r"""The factor Adam's learning rate is multiplied by at iteration ``k`` (0-based) of ``total``.
+
+    ``"step"``: factor^m, m the number of entries of ``drops`` ≤ k (a drop at iteration j
+    applies from iteration j on). ``"cosine"``: 1 before k₀ (the single entry of ``drops``,
+    or 0 without one), then the half cosine from 1 at k₀ to ``factor`` at the last iteration
+    total − 1,
+
+    .. math:: f + (1 - f)\,\tfrac12\big(1 + \cos(\pi\,(k - k_0)/(\mathrm{total} - 1 - k_0))\big),
+
+    which ends the run at a small step without a jump (Loshchilov & Hutter, SGDR,
+    arXiv 1608.03983, without the restarts).
+
+    Example:
+        >>> [round(lr_multiplier("cosine", k, 5, (1,), 0.01), 4) for k in range(5)]
+        [1.0, 1.0, 0.7525, 0.2575, 0.01]
+        >>> [lr_multiplier("step", k, 4, (2,), 0.1) for k in range(4)]
+        [1.0, 1.0, 0.1, 0.1]
+    """
+    if schedule == "step":
+        return factor ** sum(1 for j in drops if j <= k)
+    k0 = drops[0] if drops else 0
+    if k < k0:
+        return 1.0
+    span = total - 1 - k0
+    progress = 1.0 if span <= 0 else min(1.0, (k - k0) / span)
+    return factor + (1.0 - factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _settings(problem, given: dict) -> dict:
@@ -92,6 +123,7 @@ def fit(
     lr: float | None = None,
     lr_drops: Sequence[int] | None = None,
     lr_factor: float | None = None,
+    lr_schedule: str | None = None,
     resample_every: int | None = None,
     nt: int | None = None,
     weights: LossWeights | None = None,
@@ -115,14 +147,17 @@ def fit(
     The training settings left at None take the problem's ``fit_defaults`` (a preset's
     recipe, e.g. :class:`PnasOT`'s; not used when ``optimizer`` names another optimizer than
     the recipe's), else the defaults below (Adam, 500 iterations, batch 256, lr 1e-2, no
-    drops, factor 0.1, resampling every 25).
+    drops, factor 0.1, step schedule, resampling every 25).
 
     Args:
         problem, value: the problem and a value function of the same dimension.
         solver: ``"auto"`` (by the problem's diffusion), ``"deterministic"``, ``"stochastic"``.
         optimizer: ``"adam"`` or ``"lbfgs"``. iterations: per stage. batch: int or sizes.
         lr: Adam's learning rate, multiplied by ``lr_factor`` at each iteration count in
-            ``lr_drops`` (counted over all stages). resample_every: K. nt: time steps
+            ``lr_drops`` (counted over all stages). lr_schedule: ``"step"`` (those drops)
+            or ``"cosine"``: lr until ``lr_drops[0]`` (0 if empty; at most one entry), then
+            a half cosine down to lr·``lr_factor`` at the last iteration
+            (:func:`lr_multiplier`). Not used by L-BFGS. resample_every: K. nt: time steps
             (default the preset's ``steps``, else 8). weights: :class:`LossWeights`
             (default: the problem's).
         seed: seeds the sampling and noise generator (the run is deterministic given the
@@ -147,7 +182,8 @@ def fit(
         :class:`FitResult`.
 
     Raises:
-        ValueError: bad counts, unknown solver/optimizer, dimension mismatch, a diffusion
+        ValueError: bad counts, unknown solver/optimizer/schedule (or a cosine schedule
+            with more than one entry in ``lr_drops``), dimension mismatch, a diffusion
             given to the deterministic solver; with a process group: settings that differ
             between the ranks or a batch that cannot be split evenly over them.
         FloatingPointError: the loss became NaN or inf (names the term).
@@ -169,7 +205,8 @@ def fit(
 
     _check_pair(problem, value)
     given = dict(optimizer=optimizer, iterations=iterations, batch=batch, lr=lr,
-                 lr_drops=lr_drops, lr_factor=lr_factor, resample_every=resample_every)  # fmt: skip
+                 lr_drops=lr_drops, lr_factor=lr_factor, lr_schedule=lr_schedule,
+                 resample_every=resample_every)  # fmt: skip
     cfg = _settings(problem, given)
     optimizer, iterations, batch, lr = (cfg[k] for k in ("optimizer", "iterations", "batch", "lr"))
     lr_drops, lr_factor, resample_every = (cfg[k] for k in ("lr_drops", "lr_factor",
@@ -188,14 +225,21 @@ def fit(
     drops = sorted(_check_count("lr_drops", int(k)) for k in lr_drops)
     if not (isinstance(lr_factor, int | float) and 0 < lr_factor <= 1):
         raise ValueError(f"lr_factor must be in (0, 1], got {lr_factor!r}")
+    schedule = cfg["lr_schedule"]
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {schedule!r}")
+    if schedule == "cosine" and len(drops) > 1:
+        raise ValueError(f"a cosine lr_schedule takes at most one entry in lr_drops (where "
+                         f"the decay starts), got {drops}")  # fmt: skip
     loss_fn = _loss_fn(problem, value, solver, weights, nt, gradient)
     params = [p for p in value.parameters() if p.requires_grad]
     ref = params[0]
     comm = Comm(process_group, ref.device)
     settings = [iterations, sum(stages), len(stages), lr, float(seed), problem.dim, nt,
-                resample_every, float(optimizer == "adam")]  # fmt: skip
+                resample_every, float(optimizer == "adam"), _SCHEDULES.index(schedule),
+                lr_factor, len(drops), sum(drops)]  # fmt: skip
     comm.same("fit's settings (iterations, batch, lr, seed, dim, nt, resample_every, "
-              "optimizer)", settings)  # fmt: skip
+              "optimizer, lr schedule)", settings)  # fmt: skip
     for b in stages:
         comm.check_split(b, "batch")
     comm.broadcast_(value)
@@ -206,7 +250,14 @@ def fit(
     run.bar = tqdm(total=iterations * len(stages), desc="control fit",
                    disable=not verbose or comm.rank != 0)  # fmt: skip
     opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else None
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, drops, lr_factor) if opt and drops else None
+    total = iterations * len(stages)
+    sched = None
+    if opt is not None and schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: lr_multiplier(schedule, k, total, drops, lr_factor)
+        )
+    elif opt is not None and drops:
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, drops, lr_factor)
     try:
         for b in stages:
             share = b // comm.world

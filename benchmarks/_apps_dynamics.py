@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from odeflow.control import ValueNetwork, fit, rollout
+from odeflow.control import OnlineFeedback, ValueNetwork, fit, rollout
 from odeflow.control._hodgkin_huxley import HodgkinHuxley
 from odeflow.control._quadcopter import DEFAULT_KICK, Quadcopter, quadcopter_shock
 
@@ -239,6 +239,48 @@ def _feedback_ms(pb, phi, nt: int) -> dict:
     return out
 
 
+def _best(fn, repeat: int, rounds: int = 5) -> tuple[float, float]:
+    """Best-of-rounds (wall, CPU) seconds per call of ``fn()`` (after one warm-up call)."""
+    fn()
+    wall = cpu = math.inf
+    for _ in range(rounds):
+        w, c = time.perf_counter(), time.process_time()
+        for _ in range(repeat):
+            fn()
+        wall = min(wall, (time.perf_counter() - w) / repeat)
+        cpu = min(cpu, (time.process_time() - c) / repeat)
+    return wall, cpu
+
+
+def _online_quadcopter(pb, phi, nt: int, ipopt_seconds: float, paths) -> dict:
+    """The deployment form (:class:`OnlineFeedback`: the exact ∇ₓΦ sweep, then the closed
+    forms of u*(x, p) and f(x, u), numpy float64 at batch 1, torch inference mode at 1024):
+    ms per feedback, per RK4 step, and the closed loop from the start (best of 5, wall and
+    CPU), its speed-up over one IPOPT solve and its largest deviation from ``paths`` (the
+    regular closed loop, ``rollout``)."""
+    online, online_b = OnlineFeedback(pb, phi), OnlineFeedback(pb, phi, backend="torch")
+    x1 = pb.start[None].numpy().copy()
+    xb = pb.sample_initial(1024, generator=torch.Generator().manual_seed(3)).to(pb.start)
+    out = {}
+    for key, fn, reps in (
+        ("ms_per_feedback_batch1", lambda: online.feedback(x1, 0.3), 200),
+        ("ms_per_feedback_batch1024", lambda: online_b.feedback(xb, 0.3), 10),
+    ):
+        wall, cpu = _best(fn, reps)
+        out[f"online_{key}"], out[f"online_{key}_cpu"] = 1e3 * wall, 1e3 * cpu
+    wall, cpu = _best(lambda: online.rollout(x1, nt), 1)
+    out["online_ms_per_step_batch1"] = 1e3 * wall / nt  # the whole loop over its nt steps
+    out["online_ms_per_step_batch1_cpu"] = 1e3 * cpu / nt
+    diff = np.abs(online.rollout(x1, nt, paths=True)[:, 0] - paths[:, 0].numpy()).max()
+    return {**out, "online_rollout_seconds": wall, "online_rollout_cpu_seconds": cpu,
+            "online_speedup_vs_ipopt": ipopt_seconds / wall,
+            "online_final_state_difference": float(diff),
+            # control_apps.py's columns: the deployment form, as for the agent rows
+            "feedback_ms_batch1": out["online_ms_per_feedback_batch1"],
+            "feedback_ms_batch1024": out["online_ms_per_feedback_batch1024"],
+            "speedup_vs_ipopt": ipopt_seconds / wall}  # fmt: skip
+
+
 def _closed_loop(pb, phi, nt: int) -> tuple[float, float, float]:
     x0 = pb.start[None]
     t0 = time.perf_counter()
@@ -293,6 +335,7 @@ def quadcopter_case(
                   "cost_to_go": float(shock.shocked_cost[0])},
         "discretisation": study,
         **_feedback_ms(pb, phi, nt),
+        **_online_quadcopter(pb, phi, nt, ip["seconds"], r.paths),
     }  # fmt: skip
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._problem import QuadraticControlProblem
+from ._problem import ControlProblem, QuadraticControlProblem
 from ._reference import LQRValue
 from ._residual import ResidualValue
 from ._value import ValueNetwork
@@ -74,20 +74,29 @@ class OnlineFeedback:
     the last layer's weights once (K₀'s x-columns and the x-rows of AᵀA), so one feedback is
     about a dozen array operations with no autograd bookkeeping: the same numbers as
     ``problem.feedback(x, value.jet(x, t).grad, t)`` up to round-off (the weights are read
-    once; retrain, then build a new object).
+    once; retrain, then build a new object). A network with ``time_degree`` adds its
+    S(t)x = Σₖ tᵏSₖx to ∇ₓΦ (folded in the same way).
+
+    Any other :class:`ControlProblem` (nonlinear feedback u*(x, p), a drift, e.g. the
+    :class:`Quadcopter`) takes the same sweep for p = ∇ₓΦ without the folding and then its
+    own closed forms: with ``backend="numpy"`` the problem must provide
+    ``online_feedback(x, p, t)`` and ``online_dynamics(x, u, t)`` on float64 arrays, with
+    ``backend="torch"`` its ``feedback`` and ``dynamics`` run under inference mode.
 
     ``backend="numpy"`` evaluates in float64 numpy arrays (fastest at batch 1 on a CPU);
     ``backend="torch"`` in torch tensors under :func:`torch.inference_mode` on the value's
     device and dtype (for batches and GPUs).
 
     Args:
-        problem: a :class:`QuadraticControlProblem` of dimension d (e.g. an agent problem).
+        problem: a :class:`QuadraticControlProblem` of dimension d (e.g. an agent problem),
+            or a deterministic :class:`ControlProblem` with the numpy closed forms above.
         value: a trained :class:`ValueNetwork` of dimension d with the default architecture,
             or ``ResidualValue(LQRValue, ValueNetwork)``.
         backend: ``"numpy"`` (float64) or ``"torch"``.
 
     Raises:
-        TypeError: a problem whose feedback has no closed linear form, or another network
+        TypeError: not a :class:`ControlProblem`, a problem with a density, a numpy backend
+            for a problem without ``online_feedback``/``online_dynamics``, or another network
             architecture (use ``value.jet`` instead).
         ValueError: dimensions that do not match, an unknown backend.
 
@@ -107,17 +116,20 @@ class OnlineFeedback:
         True
         >>> online.rollout(x.numpy(), nt=20).shape   # the closed loop's final states
         (1, 4)
+        >>> from odeflow.control import Quadcopter
+        >>> quad, psi = Quadcopter(), ValueNetwork(12, width=8).double()
+        >>> z = quad.start[None]
+        >>> u = OnlineFeedback(quad, psi).feedback(z, 0.1)   # nonlinear in p = ∇ₓΦ
+        >>> ref = quad.feedback(z, psi.jet(z, 0.1).grad, None)
+        >>> bool(np.abs(u - ref.detach().numpy()).max() < 1e-12)
+        True
     """
 
     def __init__(self, problem: QuadraticControlProblem, value: ValueNetwork, *,
                  backend: str = "numpy"):  # fmt: skip
-        if not isinstance(problem, QuadraticControlProblem):
-            raise TypeError(
-                "OnlineFeedback needs a QuadraticControlProblem (u* = −R⁻¹Bᵀp); got "
-                f"{type(problem).__name__}: use problem.feedback(x, value.jet(x, t).grad, t)"
-            )
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        self._general = _check_general(problem, backend)
         if getattr(value, "dim", None) != problem.dim:
             raise ValueError(
                 f"value has dim={getattr(value, 'dim', None)!r} but the problem has "
@@ -139,10 +151,14 @@ class OnlineFeedback:
             else:
                 to = lambda v: v.detach().to(ref, copy=True)  # noqa: E731
             K0, b0, w, A, bq = map(to, (K0, b0, w, A, bq))
-            F = self._control_map(problem).to(K0)  # (d, m): u = −∇ₓΦ F
+            if self._general:  # F = −I: the sweep returns p = ∇ₓΦ itself
+                F = -torch.eye(d, dtype=K0.dtype, device=K0.device)
+                drift_free, B = False, None
+            else:
+                F = self._control_map(problem).to(K0)  # (d, m): u = −∇ₓΦ F
+                drift_free = problem.drift(torch.zeros(1, d, dtype=K0.dtype), 0.0) is None
+                B = None if problem.B is None else to(problem.B)
             M = A.mT @ A  # (d+1, d+1)
-            drift_free = problem.drift(torch.zeros(1, d, dtype=K0.dtype), 0.0) is None
-            B = None if problem.B is None else to(problem.B)
             arrays = {
                 "K0x": K0[:, :d].mT.contiguous(),  # (d, m)
                 "k0t": K0[:, d].clone(),
@@ -154,12 +170,17 @@ class OnlineFeedback:
                 "mt": -(M[d, :d] @ F),  # (m_u,)
                 "bout": -(bq[:d] @ F),
                 "Bt": None if B is None else B.mT.contiguous(),
+                "Sout": None,
             }
+            Mk = getattr(value, "time_quadratic", None)
+            if Mk is not None:  # ValueNetwork(time_degree=K): ∇ₓ gains S(t)x = Σₖ tᵏ Sₖx
+                S = to(0.5 * (Mk + Mk.mT))
+                arrays["Sout"] = [-(Sk @ F) for Sk in S]  # (d, m_u) each
         if backend == "numpy":
             arrays = {k: _numpy(v) for k, v in arrays.items()}
         self._w = arrays
         self._xp = np if backend == "numpy" else torch
-        self._drift_free = drift_free
+        self._drift_free, self._problem = drift_free, problem
         self._base, self._F, self._cache = base, F, {}
 
     def _base_term(self, t: float):
@@ -211,7 +232,15 @@ class OnlineFeedback:
         return x
 
     def _feedback(self, x, t: float):
-        """u* at states ``x (n, d)`` and a time t (no checks; the fused sweep)."""
+        """u* at states ``x (n, d)`` and a time t (no checks)."""
+        if not self._general:
+            return self._sweep(x, t)
+        if self.backend == "numpy":
+            return self._problem.online_feedback(x, self._sweep(x, t), t)
+        return self._problem.feedback(x, self._sweep(x, t), x.new_tensor(t))
+
+    def _sweep(self, x, t: float):
+        """The fused sweep: u* = −∇ₓΦ F (a quadratic problem) or p = ∇ₓΦ (F = −I)."""
         W, xp = self._w, self._xp
         z = x @ W["K0x"] + (t * W["k0t"] + W["b0"])
         u = xp.logaddexp(z, -z)
@@ -224,6 +253,12 @@ class OnlineFeedback:
         for (_, _, _, hK), s1 in zip(reversed(W["res"]), reversed(tape), strict=True):
             g = g + (g * s1) @ hK
         u = (g * xp.tanh(z)) @ W["Kout"] + x @ W["Mout"] + (t * W["mt"] + W["bout"])
+        if W["Sout"] is not None:
+            S, tk = W["Sout"][0], 1.0
+            for Sk in W["Sout"][1:]:
+                tk = tk * t
+                S = S + tk * Sk
+            u = u + x @ S
         if self._base is None:
             return u
         Pout, qout = self._base_term(t)
@@ -246,20 +281,27 @@ class OnlineFeedback:
 
     def _velocity(self, z, t):
         u = self._feedback(z, t)
+        if self._general:
+            if self.backend == "numpy":
+                return self._problem.online_dynamics(z, u, t)
+            return self._problem.dynamics(z, u, z.new_tensor(t))
         return u if self._w["Bt"] is None else u @ self._w["Bt"]
 
     def rollout(self, x, nt: int, *, paths: bool = False):
-        """The online closed loop: ``nt`` RK4 steps of ż = B u*(z, t) from ``x (n, d)`` over
-        [0, T]; returns the final states ``(n, d)`` or, with ``paths=True``, all of them
-        ``(nt + 1, n, d)`` (the cost: :func:`odeflow.control.rollout`).
+        """The online closed loop: ``nt`` RK4 steps of ż = B u*(z, t) (a quadratic problem)
+        or ż = f(z, u*(z, t), t) (any other) from ``x (n, d)`` over [0, T], the steps of
+        :func:`odeflow.control.rollout`; returns the final states ``(n, d)`` or, with
+        ``paths=True``, all of them ``(nt + 1, n, d)`` (the cost: ``rollout``).
 
         Raises:
-            ValueError: x of the wrong shape or not finite, nt < 1, a problem with a drift
-                a(x, t).
+            ValueError: x of the wrong shape or not finite, nt < 1 or below the problem's
+                stable count (``check_steps``), a quadratic problem with a drift a(x, t).
         """
         if isinstance(nt, bool) or not isinstance(nt, int) or nt < 1:
             raise ValueError(f"nt must be an integer >= 1, got {nt!r}")
-        if not self._drift_free:
+        if self._general:
+            self._problem.check_steps(nt, "rk4")
+        elif not self._drift_free:
             raise ValueError("OnlineFeedback.rollout needs a problem without drift (ż = Bu)")
         if self.backend == "numpy":
             return self._rollout(self._input(x), nt, paths)
@@ -282,9 +324,36 @@ class OnlineFeedback:
         return np.stack(out) if self.backend == "numpy" else torch.stack(out)
 
 
+def _check_general(problem, backend: str) -> bool:
+    """False for a :class:`QuadraticControlProblem` (folded fast path), True for another
+    deterministic problem usable on ``backend``; TypeError otherwise."""
+    if isinstance(problem, QuadraticControlProblem):
+        return False
+    use = "use problem.feedback(x, value.jet(x, t).grad, t)"
+    if not isinstance(problem, ControlProblem):
+        raise TypeError(
+            f"OnlineFeedback needs a ControlProblem (e.g. a QuadraticControlProblem); got "
+            f"{type(problem).__name__}: {use}"
+        )
+    if problem.uses_density or problem.diffusion is not None:
+        raise TypeError(
+            f"OnlineFeedback needs a deterministic problem without density; "
+            f"{type(problem).__name__} has {'a density' if problem.uses_density else 'noise'}"
+            f": {use}"
+        )
+    has = all(callable(getattr(problem, k, None)) for k in ("online_feedback", "online_dynamics"))
+    if backend == "numpy" and not has:
+        raise TypeError(
+            f"backend='numpy' needs {type(problem).__name__}.online_feedback(x, p, t) and "
+            f".online_dynamics(x, u, t) on numpy arrays: add them, or use backend='torch'"
+        )
+    return True
+
+
 def _numpy(v):
     if v is None:
         return None
     if isinstance(v, list):
-        return [(h, _numpy(K), _numpy(b), _numpy(hK)) for h, K, b, hK in v]
+        return [_numpy(r) if isinstance(r, Tensor) else
+                tuple(_numpy(a) if isinstance(a, Tensor) else a for a in r) for r in v]  # fmt: skip
     return np.ascontiguousarray(v.numpy())

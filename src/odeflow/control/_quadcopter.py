@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -125,6 +126,25 @@ class Quadcopter(ControlProblem):
 
     def feedback(self, x, p, t, iterations: int = 0):
         return torch.cat([-0.5 * self._w(x, p)[:, None], -0.5 * p[:, 9:12]], dim=1)
+
+    # numpy forms of feedback/dynamics, for OnlineFeedback (float64 arrays, no autograd)
+    @staticmethod
+    def _thrust_direction_numpy(angles: np.ndarray) -> np.ndarray:
+        s, c = np.sin(angles), np.cos(angles)
+        f7 = s[:, 0] * s[:, 2] + c[:, 0] * s[:, 1] * c[:, 2]
+        f8 = -c[:, 0] * s[:, 2] + s[:, 0] * s[:, 1] * c[:, 2]
+        return np.stack([f7, f8, c[:, 1] * c[:, 2]], -1)
+
+    def online_feedback(self, x: np.ndarray, p: np.ndarray, t: float) -> np.ndarray:
+        """:meth:`feedback` on numpy arrays ``(n, 12), (n, 12) -> (n, 4)``."""
+        w = (self._thrust_direction_numpy(x[:, 3:6]) * p[:, 6:9]).sum(-1) / self.mass
+        return np.concatenate([-0.5 * w[:, None], -0.5 * p[:, 9:12]], axis=1)
+
+    def online_dynamics(self, x: np.ndarray, u: np.ndarray, t: float) -> np.ndarray:
+        """:meth:`dynamics` on numpy arrays ``(n, 12), (n, 4) -> (n, 12)``."""
+        acc = (u[:, :1] / self.mass) * self._thrust_direction_numpy(x[:, 3:6])
+        acc[:, 2] -= self.gravity
+        return np.concatenate([x[:, 6:12], acc, u[:, 1:4]], axis=1)
 
     def hamiltonian(self, x, p, t):
         w = self._w(x, p)

@@ -52,10 +52,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse.linalg as spla
@@ -140,9 +142,9 @@ def _dense(op) -> torch.Tensor:
 
 
 # --- methods ---------------------------------------------------------------------------------
-def run_hybrid(op, b, x_true):
+def run_hybrid(op, b, x_true, regularization="gcv"):
     t0 = time.process_time()
-    res = hybrid_lsqr(op, b)
+    res = hybrid_lsqr(op, b, regularization=regularization)
     sec = time.process_time() - t0
     err = float((res.x - x_true).norm() / x_true.norm())
     return {
@@ -235,6 +237,11 @@ def part_hybrid(sizes, levels, dense_max, problems, lower_bound=False):
                     row["speedup_vs_dense_at_least"] = lb / row["hybrid"]["seconds"]
                     print(f"{name:7s} n={n:6d}: dense ≥ {lb:.1f}s (form A + one AᵀA GEMM)")
                 row["error_ratio_vs_oracle"] = row["hybrid"]["error"] / row["lsqr_oracle"]["error"]
+                # weighted GCV (Chung-Nagy-O'Leary), the λ rule made for hybrid methods
+                row["hybrid_wgcv"] = run_hybrid(op, b, x, regularization="wgcv")
+                row["error_ratio_wgcv_vs_oracle"] = (
+                    row["hybrid_wgcv"]["error"] / row["lsqr_oracle"]["error"]
+                )
                 rows.append(row)
                 h, o = row["hybrid"], row["lsqr_oracle"]
                 d = row.get("dense_svd_gcv")
@@ -243,7 +250,8 @@ def part_hybrid(sizes, levels, dense_max, problems, lower_bound=False):
                     f"it {h['iterations']:3d} {h['seconds']:7.2f}s | lsqr-oracle err "
                     f"{o['error']:.4f} {o['seconds']:6.2f}s (sweep {o['sweep_seconds']:6.1f}s) | "
                     + (f"dense err {d['error']:.4f} {d['seconds']:7.2f}s" if d else "dense skipped")
-                    + f" | err/oracle {row['error_ratio_vs_oracle']:.3f}",
+                    + f" | err/oracle {row['error_ratio_vs_oracle']:.3f}"
+                    + f" (wgcv {row['error_ratio_wgcv_vs_oracle']:.3f})",
                     flush=True,
                 )
     return rows
@@ -456,6 +464,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other parts of an existing --json file (replace only the parts run)",
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     sizes = a.sizes or ([1000, 2000, 10000] if a.quick else [1000, 3000, 10000, 30000, 100000])
@@ -489,6 +502,14 @@ def main(argv=None) -> int:
     if "slimtrain" in a.parts:
         out["slimtrain"] = part_slimtrain(lrs=(1e-3, 1e-2) if a.quick else (1e-3, 3e-3, 1e-2))
     if a.json:
+        if a.merge and Path(a.json).exists():
+            old = json.loads(Path(a.json).read_text())
+            before = {k: old["env"]["argv"] for k in old if k != "env"}
+            out["env"]["argv_by_part"] = {
+                **old["env"].get("argv_by_part", before),
+                **{k: sys.argv[1:] for k in out if k != "env"},
+            }
+            out = {**old, **out}
         write_json(a.json, out)
     return 0
 

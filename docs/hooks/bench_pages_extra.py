@@ -56,7 +56,8 @@ def _page_optim(results: Path):
             "the best fixed damping λ found by a sweep against the true solution "
             "(*oracle*: the single run's time and the sweep's) and the textbook dense "
             "SVD + GCV. error = relative error against the true solution; "
-            "error ratio = hybrid / oracle; dense times marked * are extrapolated as "
+            "error ratio = hybrid / oracle (wgcv: the same with weighted GCV, "
+            '`regularization="wgcv"`); dense times marked * are extrapolated as '
             "n³ from the largest measured size, those marked ≥ are a measured lower bound "
             "(forming the dense matrix and one AᵀA product, less work than its SVD).",
             "",
@@ -76,6 +77,7 @@ def _page_optim(results: Path):
             "dense error",
             "dense s",
             "error ratio",
+            "wgcv error ratio",
             "speed-up vs dense",
         ]
         table = []
@@ -105,6 +107,7 @@ def _page_optim(results: Path):
                     d.get("error"),
                     dense_s,
                     r.get("error_ratio_vs_oracle"),
+                    r.get("error_ratio_wgcv_vs_oracle"),
                     speed,
                 ]
             )

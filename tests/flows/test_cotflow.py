@@ -145,9 +145,23 @@ MEAN_CHEAP, COV_CHEAP, KL_CHEAP = 0.6, 0.7, 0.3
 
 @pytest.mark.slow
 def test_joint_gaussian_full():
-    mu, cov, x, y = data(50_000)
+    # The loss α₀L + α₁C + α₂R is a relaxed OT problem: the transport cost L pulls the map
+    # towards the identity, so its minimiser is not the exact conditional. At the default
+    # α = (1, 10, 1) the learned conditional means shrink by ~4 % towards the data mean
+    # (slope 0.96 against the exact ones, a worst error of 0.08 sd), at α₁ = 10³ not (1.01
+    # after 300 iterations); the bias falls like α₀/α₁. Exactness is tested with the NLL
+    # dominant. 10⁶ pairs: on 5·10⁴ even the exact Gaussian family's own maximum-likelihood
+    # fit has a worst mean error of 0.018 sd at these y (∝ n^(-1/2)); on 10⁶ it is 0.006.
+    # A mean error of 0.02 sd costs only ~2·10⁻⁴ nats of NLL, below the minibatch noise at
+    # lr 10⁻²: the error falls as the lr drops, 10⁻², 10⁻³, 10⁻⁴ in three fits (worst mean
+    # error without Monte Carlo noise after each: 0.063, 0.028, 0.0098). Trained in float32
+    # (1.7x faster per iteration at batch 2048), scored in float64. Measured on this CPU:
+    # (0.0100, 0.0109, 0.0008), 26 min on one core of a loaded machine.
+    mu, cov, x, y = data(1_000_000, dtype=torch.float32)
     torch.manual_seed(0)
-    f = COTFlow(DX, DY, width=32, nt=8).double()
-    f.fit(x, y, iters=3000, batch=1024, lr=1e-2, verbose=False)
-    em, ec, kl = score(f, mu, cov, n=100_000)  # Monte Carlo error of the mean ~0.3 %
+    f = COTFlow(DX, DY, width=32, nt=8, alpha=(1.0, 1000.0, 1.0))
+    for lr, iters in ((1e-2, 1500), (1e-3, 1000), (1e-4, 500)):
+        f.fit(x, y, iters=iters, batch=2048, lr=lr, val_fraction=0.01, val_every=100,
+              verbose=False)  # fmt: skip
+    em, ec, kl = score(f.double(), mu, cov, n=100_000)  # Monte Carlo error of the mean ~0.3 %
     assert em < 0.02 and ec < 0.02 and kl < 0.01, (em, ec, kl)

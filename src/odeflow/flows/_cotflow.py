@@ -66,6 +66,12 @@ class COTFlow(ConditionalModel):
     samples; ``gradient="adjoint"`` is the exact discrete adjoint). Sampling integrates
     backward from z ~ N(0, I) at t = 1 for the given y.
 
+    J is relaxed OT: L pulls the map towards the identity, so exact conditionals need the
+    likelihood term dominant (α₁ ≫ α₀). The default α = (1, 10, 1) trades a bias for
+    straighter, regularised paths: on a joint Gaussian (x ∈ R⁴, y ∈ R³) it shrinks the
+    conditional means towards the data mean (measured slope 0.96 against the exact ones;
+    1.01 at α₁ = 10³, where the means match to 1 % of a conditional sd).
+
     Args:
         x_dim, y_dim: dimensions of x (parameters θ) and y (observations).
         width, depth, rank: the potential's ResNet width m, layers M ≥ 2, quadratic rank.

@@ -57,12 +57,27 @@ RECIPES = {
     # the network alone (width 32, rank 25, a continuation from α₂ = 10³) stalled at +37 %:
     # with α₀ = 300 the gain α₀/(1 + α₀(T − t)) of the straight-line feedback grows 300-fold
     # over [0, T], which a log-cosh ResNet on (x, t) with a quadratic term cannot hold; with
-    # the baseline the network only learns the avoidance, at the full α₂ = 10⁵ from the start
-    # (this recipe, one run of 16 min: +19 %, 39/1000 perturbed rollouts within 2r, none < 0.89)
+    # the baseline the network only learns the avoidance. Trained from the random network
+    # (400 "objective" + 150 "paper" iterations, 16 min) it settled in a worse local optimum,
+    # +19 %, with 39/1000 perturbed rollouts within 2r (two agents made large detours).
+    # "warm_start": first a fit to 25 IPOPT solutions (the nominal start and 24 perturbed
+    # ones, values and costates; _swap12_warmstart), which puts Φ in the optimum's basin;
+    # then the objective at ρ₀'s spread 0.25, one "paper" stage, and the objective at the
+    # spreads 0.5 and 0.35, which widen the pairs' margin (collisions in the tails of the
+    # perturbed starts: 3/1000 without them). One run, 32 min on the shared 2-core CPU, the
+    # 25 IPOPT solves (18 min there) included: +2.2 %, 0/1000, closest pair 1.02 > 2r = 1
     "swap12": dict(
         width=64,
         baseline="lqr",
-        stages=[("objective", 400, 128, 0.25, None), ("paper", 150, 128, 0.25, None)],
+        warm_start=dict(n0=24, iterations=500),
+        stages=[
+            ("objective", 100, 128, 0.25, None),
+            ("objective", 100, 128, 0.25, None),
+            ("objective", 100, 128, 0.25, None),
+            ("paper", 100, 128, 0.25, None),
+            ("objective", 100, 128, 0.5, None),
+            ("objective", 100, 128, 0.35, None),
+        ],
     ),
     # a full-rank quadratic and a continuation from α₂ = 10³ (the agents first learn to reach
     # the targets, then to keep apart), not yet run to the end: on the shared 2-core CPU 50

@@ -22,7 +22,10 @@ multiplier of X_k − X_{k−1} − hU_{k−1} = 0, at k ≥ 1 (checked by :func
 
 Then :func:`odeflow.control.fit_value_to_data` on the ``ResidualValue`` (the LQR baseline
 is fixed; only the network is fitted) and the HJB-penalised / objective fine-tuning of
-``_apps_agents.RECIPES["swap12"]``.
+``_apps_agents.RECIPES["swap12"]`` (``_apps_agents.train`` runs the whole recipe). To try
+other stages on cached data, scoring each stage's closed loop::
+
+    python benchmarks/_swap12_warmstart.py --data ipopt.npz --out DIR [--stages JSON]
 """
 
 from __future__ import annotations

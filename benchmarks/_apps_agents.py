@@ -57,12 +57,27 @@ RECIPES = {
     # the network alone (width 32, rank 25, a continuation from α₂ = 10³) stalled at +37 %:
     # with α₀ = 300 the gain α₀/(1 + α₀(T − t)) of the straight-line feedback grows 300-fold
     # over [0, T], which a log-cosh ResNet on (x, t) with a quadratic term cannot hold; with
-    # the baseline the network only learns the avoidance, at the full α₂ = 10⁵ from the start
-    # (this recipe, one run of 16 min: +19 %, 39/1000 perturbed rollouts within 2r, none < 0.89)
+    # the baseline the network only learns the avoidance. Trained from the random network
+    # (400 "objective" + 150 "paper" iterations, 16 min) it settled in a worse local optimum,
+    # +19 %, with 39/1000 perturbed rollouts within 2r (two agents made large detours).
+    # "warm_start": first a fit to 25 IPOPT solutions (the nominal start and 24 perturbed
+    # ones, values and costates; _swap12_warmstart), which puts Φ in the optimum's basin;
+    # then the objective at ρ₀'s spread 0.25, one "paper" stage, and the objective at the
+    # spreads 0.5 and 0.35, which widen the pairs' margin (collisions in the tails of the
+    # perturbed starts: 3/1000 without them). One run, 32 min on the shared 2-core CPU, the
+    # 25 IPOPT solves (18 min there) included: +2.2 %, 0/1000, closest pair 1.02 > 2r = 1
     "swap12": dict(
         width=64,
         baseline="lqr",
-        stages=[("objective", 400, 128, 0.25, None), ("paper", 150, 128, 0.25, None)],
+        warm_start=dict(n0=24, iterations=500),
+        stages=[
+            ("objective", 100, 128, 0.25, None),
+            ("objective", 100, 128, 0.25, None),
+            ("objective", 100, 128, 0.25, None),
+            ("paper", 100, 128, 0.25, None),
+            ("objective", 100, 128, 0.5, None),
+            ("objective", 100, 128, 0.35, None),
+        ],
     ),
     # a full-rank quadratic and a continuation from α₂ = 10³ (the agents first learn to reach
     # the targets, then to keep apart), not yet run to the end: on the shared 2-core CPU 50
@@ -126,7 +141,8 @@ def solve_ipopt(pb: AgentProblem, x0, nt: int, *, guess=None, max_iter: int = 30
     ``guess``: an initial path ``(nt + 1, d)`` (default: straight lines with a small bend).
     Returns a dict with ``cost``, ``seconds`` (CPU seconds of IPOPT's solve, not the model
     build; ``wall_seconds`` the wall time),
-    ``status``, ``iterations`` and ``path`` ``(nt + 1, d)``.
+    ``status``, ``iterations``, ``path`` ``(nt + 1, d)`` and IPOPT's ``multipliers`` of the
+    constraints (X₀ − x₀, then X_{k+1} − X_k − hU_k for k = 0…nt − 1; d each).
     """
     import casadi as ca
 
@@ -169,14 +185,13 @@ def solve_ipopt(pb: AgentProblem, x0, nt: int, *, guess=None, max_iter: int = 30
     path = w[: d * (nt + 1)].reshape(nt + 1, d)
     return {"cost": float(sol["f"]), "seconds": cpu, "wall_seconds": seconds,
             "status": st["return_status"],
-            "iterations": int(st["iter_count"]), "path": path}  # fmt: skip
+            "iterations": int(st["iter_count"]), "path": path,
+            "multipliers": np.asarray(sol["lam_g"]).reshape(-1)}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- odeflow side
 def train(pb: AgentProblem, quick: bool, seed: int = 0):
     """A float32 value network trained by the recipe's stages; returns (phi, seconds)."""
-    from odeflow.control import LossWeights
-
     r = QUICK if quick else RECIPES[pb.name]
     torch.manual_seed(seed)
     phi = ValueNetwork(pb.dim, width=r["width"], rank=r.get("rank"))
@@ -185,15 +200,28 @@ def train(pb: AgentProblem, quick: bool, seed: int = 0):
             phi.net.blocks[1].A.mul_(0.1)
         phi = with_baseline(pb, phi).float()
     seconds = 0.0
-    for i, (loss, iterations, batch, spread, alpha2) in enumerate(r["stages"]):
-        stage_pb = make_problem(pb.name, spread=spread)
-        if alpha2 is not None:
-            stage_pb.alpha = (*stage_pb.alpha[:2], float(alpha2))
-        w = None if loss == "paper" else LossWeights(hjb=0.0, terminal_value=0.0)
-        res = fit(stage_pb, phi, optimizer="lbfgs", iterations=iterations, batch=batch,
-                  nt=pb.steps, weights=w, seed=seed + i, verbose=False)  # fmt: skip
-        seconds += res.seconds
+    if "warm_start" in r:  # supervised fit to IPOPT's solutions first (_swap12_warmstart)
+        from _swap12_warmstart import warm_start
+
+        info = warm_start(pb, phi, **r["warm_start"])
+        seconds += info["data_seconds"] + info["fit_seconds"]
+    for i, stage in enumerate(r["stages"]):
+        seconds += train_stage(pb, phi, stage, seed + i)
     return phi, seconds
+
+
+def train_stage(pb: AgentProblem, phi, stage: tuple, seed: int) -> float:
+    """One stage ``(loss, iterations, batch, spread, α₂)`` of a recipe; returns seconds."""
+    from odeflow.control import LossWeights
+
+    loss, iterations, batch, spread, alpha2 = stage
+    stage_pb = make_problem(pb.name, spread=spread)
+    if alpha2 is not None:
+        stage_pb.alpha = (*stage_pb.alpha[:2], float(alpha2))
+    w = None if loss == "paper" else LossWeights(hjb=0.0, terminal_value=0.0)
+    res = fit(stage_pb, phi, optimizer="lbfgs", iterations=iterations, batch=batch,
+              nt=pb.steps, weights=w, seed=seed, verbose=False)  # fmt: skip
+    return res.seconds
 
 
 def with_baseline(pb: AgentProblem, net: ValueNetwork) -> ResidualValue:

@@ -54,6 +54,32 @@ def _table(rows: list[dict]) -> list[str]:
     return out
 
 
+def _goals(rows: list[dict]) -> list[str]:
+    """Issue 26's goals per task and budget, from the rows at the library's defaults (methods
+    without an ``@`` suffix): the better odeflow C2ST at or below NPE's, PCP-Map's training
+    faster than NPE's, COT-Flow's sampling faster than PCP-Map's."""
+    out = [
+        "| task | simulations | odeflow C2ST (best) | NPE C2ST | C2ST goal | PCP-Map train "
+        "/ NPE train | COT-Flow sample / PCP-Map sample |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    keys = dict.fromkeys((r["task"], r["simulations"]) for r in rows)
+    for task, n_sim in keys:
+        m = {r["method"]: r for r in rows if (r["task"], r["simulations"]) == (task, n_sim)}
+        ours = [m[k] for k in ("pcp-map", "cot-flow") if k in m]
+        if not ours or "sbi-npe" not in m:
+            continue
+        best, npe = min(ours, key=lambda r: r["c2st"]), m["sbi-npe"]
+        goal = "met" if best["c2st"] <= npe["c2st"] else "not met"
+        train = (f"{m['pcp-map']['train_s'] / npe['train_s']:.2f}" if "pcp-map" in m
+                 else "–")  # fmt: skip
+        samp = (f"{m['cot-flow']['sample_s'] / m['pcp-map']['sample_s']:.2f}"
+                if "cot-flow" in m and "pcp-map" in m else "not measured")  # fmt: skip
+        out.append(f"| {task} | {n_sim} | {best['c2st']:.3f} ({best['method']}) | "
+                   f"{npe['c2st']:.3f} | {goal} | {train} | {samp} |")  # fmt: skip
+    return out if len(out) > 2 else []
+
+
 def _corner(task: str, rows: list[dict], ref: list) -> bytes:
     import matplotlib
 
@@ -118,6 +144,11 @@ def render_pages(results: Path) -> Iterator[tuple[str, str | bytes]]:
         if meta.get("note"):
             lines += [f"*Recorded with the run:* {meta['note']}", ""]
         lines += [*_table(data["results"]), ""]
+        goals = _goals(data["results"])
+        if goals:
+            head = ("Goals, from the rows without an `@` suffix (the library's defaults when "
+                    "measured); a ratio below 1 meets a time goal:")  # fmt: skip
+            lines += [head, "", *goals, ""]
         for task, ref in data.get("reference_obs1", {}).items():
             budgets = sorted({r["simulations"] for r in data["results"] if r["task"] == task})
             for n_sim in budgets:  # one figure per task and budget

@@ -2,8 +2,10 @@ r"""The training loop of the conditional models (COT-Flow, PCP-Map), single-proc
 data-parallel over a ``torch.distributed`` process group.
 
 :func:`fit_conditional` is what :meth:`ConditionalModel.fit` runs: Adam on minibatches of
-standardized pairs, validation NLL every ``val_every`` iterations, learning-rate drops and
-early stopping, the best weights restored. With a process group every rank holds the same
+standardized pairs, validation NLL every ``val_every`` iterations, learning-rate drops that
+restart from the best weights so far with Adam's moments reset (a run whose validation NLL
+peaked early resumes from that point, not from where the higher rate left it), early
+stopping, the best weights restored at the end. With a process group every rank holds the same
 pairs, each global minibatch of ``batch`` rows is cut into equal per-rank shares
 (:class:`odeflow._utils.Comm`, as ``odeflow.flows.fit`` and ``odeflow.control.fit`` do),
 the gradients are averaged with one all-reduce per step and the logged losses and
@@ -214,9 +216,10 @@ def fit_conditional(model, x: Any, y: Any, *, iters: int, batch: int, lr: float,
                         if drops >= max_drops:
                             status = "converged"
                         else:
-                            drops += 1
-                            for grp in opt.param_groups:
-                                grp["lr"] /= lr_drop
+                            drops += 1  # restart from the best weights, Adam afresh
+                            if best_state is not None:
+                                model.load_state_dict(best_state)
+                            opt = torch.optim.Adam(model.parameters(), lr=lr / lr_drop**drops)
             history.append(rec)
             bar.update(1)
             bar.set_postfix({"nll": f"{rec['nll']:.3f}"}, refresh=False)

@@ -168,8 +168,8 @@ class ConditionalModel(nn.Module):
         val_fraction: float = 0.1,
         val_every: int | None = None,
         patience: int = 5,
-        lr_drop: float = 10.0,
-        max_drops: int = 2,
+        lr_drop: float = 3.0,
+        max_drops: int = 4,
         standardize: bool = True,
         seed: int = 0,
         checkpoint: str | Path | None = None,
@@ -180,9 +180,10 @@ class ConditionalModel(nn.Module):
 
         A fraction ``val_fraction`` of the pairs (random, by ``seed``) is held out; every
         ``val_every`` iterations the validation NLL of x | y is computed, the best weights are
-        kept (and written to ``checkpoint`` if given), the learning rate is divided by
-        ``lr_drop`` after ``patience`` validations without improvement, and training stops
-        after ``max_drops`` drops (early stopping). The best weights are restored at the end.
+        kept (and written to ``checkpoint`` if given); after ``patience`` validations without
+        improvement the learning rate is divided by ``lr_drop`` and training resumes from the
+        best weights with Adam's moments reset, and the next stall after ``max_drops`` drops
+        stops it (early stopping). The best weights are restored at the end.
         With ``standardize`` the training rows' mean and standard deviation become the
         model's standardization, folded exactly into :meth:`log_prob` and the samples.
 

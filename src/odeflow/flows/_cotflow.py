@@ -28,10 +28,12 @@ class _CondDynamics(nn.Module):
     ż = −∇ₓΦ(z, y, t)/α₀, ẏ = 0, ℓ̇ = −ΔₓΦ/α₀, L̇ = ½‖ż‖², Ṙ = |−∂_tΦ + ‖∇ₓΦ‖²/(2α₀)|.
     """
 
-    def __init__(self, potential: nn.Module, x_dim: int, y_dim: int, alpha0: float, full: bool):
+    def __init__(self, potential: nn.Module, x_dim: int, y_dim: int, alpha0: float, full: bool,
+                 logdet: bool = True):  # fmt: skip
         super().__init__()
         self.potential = potential
         self.x_dim, self.y_dim, self.alpha0, self.full = x_dim, y_dim, float(alpha0), full
+        self.logdet = logdet or full  # without ℓ (moving points only) ∇ₓΦ is all it needs
 
     def forward(self, t: Tensor, s: Tensor) -> Tensor:
         from odeflow.derivatives import compute
@@ -39,10 +41,12 @@ class _CondDynamics(nn.Module):
         dx, dy = self.x_dim, self.y_dim
         inp = torch.cat([s[:, : dx + dy], t.to(s).expand(s.shape[0], 1)], dim=1)
         # Δ over x only: y and t are the excluded trailing inputs
-        out = compute(self.potential, inp, want="laplacian", exclude_last=dy + 1,
-                      check_finite=False)  # fmt: skip
+        out = compute(self.potential, inp, want="laplacian" if self.logdet else "gradient",
+                      exclude_last=dy + 1, check_finite=False)  # fmt: skip
         v = -out.gradient[:, :dx] / self.alpha0
-        parts = [v, torch.zeros_like(s[:, dx : dx + dy]), (-out.laplacian / self.alpha0)[:, None]]
+        parts = [v, torch.zeros_like(s[:, dx : dx + dy])]
+        if self.logdet:
+            parts.append((-out.laplacian / self.alpha0)[:, None])
         if self.full:
             sq = (v * v).sum(1)
             dR = torch.abs(-out.gradient[:, -1] + self.alpha0 * 0.5 * sq)
@@ -140,11 +144,12 @@ class COTFlow(ConditionalModel):
         return ", ".join(f"{k}={v}" for k, v in self.config().items())
 
     # ------------------------------------------------------------------ ODE
-    def _solve(self, x: Tensor, y: Tensor, nt: int, full: bool, backward: bool) -> Tensor:
+    def _solve(self, x: Tensor, y: Tensor, nt: int, full: bool, backward: bool,
+               logdet: bool = True) -> Tensor:  # fmt: skip
         from odeflow.ode import odeint
 
-        func = _CondDynamics(self.potential, self.x_dim, self.y_dim, self.alpha[0], full)
-        extra = 3 if full else 1
+        func = _CondDynamics(self.potential, self.x_dim, self.y_dim, self.alpha[0], full, logdet)
+        extra = 3 if full else int(logdet)
         s0 = torch.cat([x, y, x.new_zeros(x.shape[0], extra)], dim=1)
         t = torch.tensor([1.0, 0.0] if backward else [0.0, 1.0], dtype=x.dtype, device=x.device)
         return odeint(func, s0, t, method="rk4", gradient=self.gradient,
@@ -180,7 +185,7 @@ class COTFlow(ConditionalModel):
     def transform(self, x: Tensor, y: Tensor, nt: int | None = None) -> Tensor:
         """x ↦ z(1) at standardized rows, by ``nt`` RK4 steps (default ``nt_eval``)."""
         x, y = self._pair(x, y, "x")
-        s = self._solve(x, y, self._steps(nt), False, False)
+        s = self._solve(x, y, self._steps(nt), False, False, logdet=False)
         return s[:, : self.x_dim]
 
     def log_det(self, x: Tensor, y: Tensor, nt: int | None = None) -> Tensor:
@@ -192,7 +197,7 @@ class COTFlow(ConditionalModel):
     def inverse(self, z: Tensor, y: Tensor, nt: int | None = None) -> Tensor:
         """z ↦ x by RK4 backward from t = 1 to 0 at standardized rows."""
         z, y = self._pair(z, y, "z")
-        s = self._solve(z, y, self._steps(nt), False, True)
+        s = self._solve(z, y, self._steps(nt), False, True, logdet=False)
         return s[:, : self.x_dim]
 
     def _sample_std(self, z: Tensor, y: Tensor) -> Tensor:

@@ -68,7 +68,8 @@ class COTFlow(ConditionalModel):
     R = ∫|−∂_tΦ + ‖∇ₓΦ‖²/(2α₀)| (HJB penalty), all integrated by fixed-step RK4 with
     :func:`odeflow.odeint` (``nt`` steps in training, ``nt_eval`` for densities and
     samples; ``gradient="adjoint"`` is the exact discrete adjoint). Sampling integrates
-    backward from z ~ N(0, I) at t = 1 for the given y.
+    backward from z ~ N(0, I) at t = 1 for the given y, with ∇ₓΦ alone (no ΔₓΦ: points
+    move without their log-determinant, which only densities need).
 
     J is relaxed OT: L pulls the map towards the identity, so exact conditionals need the
     likelihood term dominant (α₁ ≫ α₀). The default α = (1, 10, 1) trades a bias for

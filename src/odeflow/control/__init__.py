@@ -24,6 +24,7 @@ from ._agents_plot import animate_agents, plot_agents
 from ._crowd import crowd_metrics, plot_crowd
 from ._hjb_grid import GridHJBSolution, solve_hjb_grid
 from ._hodgkin_huxley import HodgkinHuxley
+from ._ilqr import ILQRValue
 from ._obstacle import StochasticObstacle
 from ._online import OnlineFeedback
 from ._plot import plot_solution
@@ -71,6 +72,7 @@ __all__ = [
     "GridHJBSolution",
     "HodgkinHuxley",
     "HoverLQRValue",
+    "ILQRValue",
     "LQRValue",
     "LossWeights",
     "MonteCarloEstimate",

@@ -7,8 +7,9 @@ with IPOPT (CasADi), the same dynamics, costs, horizon and RK4 steps.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/_apps_dynamics.py --mode quick
 
-Each case trains odeflow's value network (quadcopter) or builds the tracking-LQR value
-refined along its closed loop (Hodgkin–Huxley, ``HH_RECIPES``), rolls the feedback out from
+Each case builds a linearised value refined along its closed loop (iLQR): ``ILQRValue`` from
+one IPOPT solve's controls for the quadcopter (``RECIPES``; the network recipes are kept
+there), ``TrackingLQRValue`` for Hodgkin–Huxley (``HH_RECIPES``), rolls the feedback out from
 the nominal start, solves the direct transcription (states at every RK4 node,
 piecewise-constant controls, X_{k+1} = RK4(X_k, U_k) as equality constraints) with IPOPT, and
 times one feedback step (batch 1 and 1024). CasADi is needed here only
@@ -33,26 +34,31 @@ from odeflow.control import OnlineFeedback, ValueNetwork, fit, rollout
 from odeflow.control._hodgkin_huxley import HodgkinHuxley
 from odeflow.control._quadcopter import DEFAULT_KICK, Quadcopter, quadcopter_shock
 
-# training recipes: (width, optional time_degree, optimizer stages [(optimizer, iterations,
-# batch[, terminal weight α₀ of a continuation stage])], optional warm_start and nt). From
-# random weights (the 'quick' recipe; the former 'full' one: continuation in α₀ = 50, 500,
-# 5000 with 30 + 30 + 400 L-BFGS iterations) the quadcopter ends at 5113.9, 2.3x IPOPT, at
-# every RK4 step count from 50 to 1000: the closed loop first falls, then brakes with reverse
-# thrust and arrives tilted. Every variation tried (Adam, terminal penalties, no HJB penalty,
-# width 128, nt = 100) ends in that basin: a local optimum of the training, not the
-# integrator. The 'full' recipe therefore starts from a warm start (``warm_start``: Φ
-# regressed on the values and costates of 64 IPOPT solutions, _quadcopter_warmstart.py,
-# Nakamura-Zimmerer et al.), which flies the optimal route but brakes too late (closed loop
-# 15359, v_z(T) = −1.9), then trains it with the paper's loss at α₀ = 5000 and nt = 50
-# (``nt``: at 26 steps a Φ near the optimal value can be stiff near T), six L-BFGS stages of
-# 50 iterations on fresh samples: 2457.6 (+12.8 %). Further stages give 2418.3, 2302.9,
-# 2284.3, 2327.6 (350 to 500 iterations): the gap levels off near +5 %.
+# Quadcopter: no network (``method="ilqr"``). ILQRValue, the problem linearised along a path
+# (state-dependent thrust direction, exact Jacobians), first along IPOPT's open-loop controls
+# at ``ipopt_nt`` = 50 intervals flown from the start (one 0.3 s solve), then ``refinements``
+# passes along its own closed loop (iLQR), ``steps`` = 2000 RK4 steps each (the Riccati solve
+# needs h ≲ 5.6e-4 at α₀ = 5000). The first pass already reaches the continuous optimum
+# (Φ(x₀, 0) = 2174.16, closed loop 2174.19 with 2000 steps; IPOPT 2179.06 with 50 intervals,
+# 2174.48 with 200). Building it costs one IPOPT solve plus ~5 s per pass. Its closed loop is
+# stiff near T (the gains reach α₀/(2m²) = 2500): RK4 at 50 steps overshoots (3054), so it is
+# flown with ``eval_nt`` = 200 steps (2174.29; 100 steps: 2182.9). From hover instead of
+# IPOPT's controls the same iteration stalls in a local optimum near 3600 (2.3 s per pass).
+# The network recipes are the former route: from random weights (α₀ continuation 50, 500,
+# 5000) the network ends at 5113.9, 2.3x IPOPT, at every RK4 step count (a local optimum of
+# the training); warm-started on 64 IPOPT solutions (_quadcopter_warmstart.py,
+# Nakamura-Zimmerer et al.) and trained 6 x 50 L-BFGS iterations at α₀ = 5000, nt = 50:
+# 2457.6 (+12.8 %); 2284.3 at 450 iterations (+4.8 %), after which it levels off.
 RECIPES = {
     "quadcopter": {
-        "quick": dict(
+        "quick": dict(method="ilqr", ipopt_nt=50, steps=2000, refinements=1, eval_nt=200),
+        "full": dict(
+            method="ilqr", ipopt_nt=50, steps=2000, refinements=2, eval_nt=200, perturbed=8
+        ),
+        "network-quick": dict(
             width=32, time_degree=2, stages=[("lbfgs", 10, 64, 50.0), ("lbfgs", 10, 64, 5000.0)]
         ),
-        "full": dict(
+        "network-full": dict(
             width=64,
             time_degree=2,
             warm_start=dict(n0=48, nk=16, iterations=1500),
@@ -297,6 +303,11 @@ def _network(pb, name, mode, pretrained):
     if isinstance(mode, bool):
         mode = "quick" if mode else "full"
     recipe = RECIPES[name][mode]
+    if recipe.get("method") == "ilqr":
+        from _quadcopter_ilqr import ilqr_value
+
+        phi, sec, values = ilqr_value(pb, recipe)
+        return phi, sec, {**recipe, "value_at_start_per_pass": values}
     phi, sec = _train(pb, recipe)
     return phi, sec, recipe
 
@@ -305,12 +316,11 @@ def quadcopter_case(
     mode: str = "quick", pretrained=None, figures: Path | None = None, **_
 ) -> dict:  # fmt: skip
     pb = Quadcopter()
-    nt = pb.eval_steps
     phi, train_s, recipe = _network(pb, "quadcopter", mode, pretrained)
+    nt = recipe.get("eval_nt", pb.eval_steps)
     cost, r, roll_s = _closed_loop(pb, phi, nt)
     err = float((r.paths[-1, 0, :3] - pb.target[:3]).norm())
-    shock = quadcopter_shock(pb, phi, nt=nt)
-    ip = ipopt_quadcopter(pb, pb.start.numpy(), nt)
+    ip = ipopt_quadcopter(pb, pb.start.numpy(), pb.eval_steps)
     from _quadcopter_warmstart import discretisation_study
 
     study = discretisation_study(pb, phi)
@@ -319,24 +329,41 @@ def quadcopter_case(
 
         starts = pb.sample_initial(8, generator=torch.Generator().manual_seed(4))
         flights = rollout(pb, phi, starts, nt=nt).paths
-        plot_flight(pb, flights, figures / "quadcopter_flights.png", shocked=shock.shocked_paths)
-        animate_flight(pb, r.paths, figures / "quadcopter_flight.gif")
-    return {
+        shocked = quadcopter_shock(pb, phi, nt=nt).shocked_paths
+        plot_flight(pb, flights, figures / "quadcopter_flights.png", shocked=shocked)
+        animate_flight(pb, r.paths[:: max(1, nt // 50)], figures / "quadcopter_flight.gif")
+    ilqr = recipe.get("method") == "ilqr"
+    if ilqr:
+        from _quadcopter_ilqr import online_ilqr, perturbed_starts, shock_vs_ipopt
+
+        shock = shock_vs_ipopt(pb, phi, nt, DEFAULT_KICK)
+        online = online_ilqr(pb, phi, nt, ip["seconds"], r.paths)
+    else:
+        sh = quadcopter_shock(pb, phi, nt=nt)
+        shock = {"time": 0.1, "kick": list(DEFAULT_KICK),
+                 "target_error": float(sh.shocked_error[0]),
+                 "cost_to_go": float(sh.shocked_cost[0])}  # fmt: skip
+        online = _online_quadcopter(pb, phi, nt, ip["seconds"], r.paths)
+    same_nt = study["ipopt_warm"].get(nt, {}).get("cost")
+    row = {
         "problem": "quadcopter", "dim": 12,
         "mode": mode if pretrained is None else "pretrained", "nt": nt, "recipe": recipe,
         "training_seconds": train_s, "closed_loop_cost": cost, "ipopt_cost": ip["cost"],
-        "relative_gap": cost / ip["cost"] - 1, "ipopt_seconds_per_solve": ip["seconds"],
+        "ipopt_nt": pb.eval_steps, "relative_gap": cost / ip["cost"] - 1,
+        "ipopt_cost_same_nt": same_nt,
+        "relative_gap_same_nt": None if same_nt is None else cost / same_nt - 1,
+        "value_at_start": float(phi(pb.start[None], 0.0)[0]),
+        "ipopt_seconds_per_solve": ip["seconds"],
         "ipopt_iterations": ip["iterations"], "rollout_seconds": roll_s,
         "rollout_speedup_vs_ipopt": ip["seconds"] / roll_s,
         "target_error": err, "ipopt_target_error": float(
             np.linalg.norm(ip["states"][-1, :3] - pb.target[:3].numpy())),
-        "shock": {"time": 0.1, "kick": list(DEFAULT_KICK),
-                  "target_error": float(shock.shocked_error[0]),
-                  "cost_to_go": float(shock.shocked_cost[0])},
-        "discretisation": study,
-        **_feedback_ms(pb, phi, nt),
-        **_online_quadcopter(pb, phi, nt, ip["seconds"], r.paths),
+        "shock": shock, "discretisation": study,
+        **_feedback_ms(pb, phi, nt), **online,
     }  # fmt: skip
+    if ilqr and pretrained is None and recipe.get("perturbed"):
+        row["perturbed_starts"] = perturbed_starts(pb, phi, nt, recipe["perturbed"])
+    return row
 
 
 def _hh_values(pb, mode: str) -> tuple[list, float, dict]:

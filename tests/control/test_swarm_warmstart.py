@@ -19,6 +19,7 @@ def test_solve_path_reaches_the_ipopt_optimum(monkeypatch):
     monkeypatch.syspath_prepend(BENCH)
     from _apps_agents import solve_ipopt
     from _swarm_warmstart import solve_path
+
     pb, nt = Swap2(), 12
     ref = solve_ipopt(pb, pb.start.numpy(), nt)
     assert ref["status"] == "Solve_Succeeded"
@@ -35,6 +36,7 @@ def test_detour_guess_passes_over_the_wall_apart(monkeypatch):
     agents that share an x (all at (x, 0, 5) at T/2 on straight lines) pass apart."""
     monkeypatch.syspath_prepend(BENCH)
     from _swarm_warmstart import detour_guess
+
     pb = Swarm50()
     path = detour_guess(pb, pb.start.numpy(), 20)
     np.testing.assert_allclose(path[0], pb.start.numpy())

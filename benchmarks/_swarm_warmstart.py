@@ -2,20 +2,21 @@
 
 Trained from the LQR baseline alone (straight lines, which cross the wall of boxes and meet in
 fours at (x, 0, 5) at t = T/2), the closed loop learns a local fix: agents speed through the
-wall between two RK4 stage points (first steps at 100–200 m/s, cheaper in that discrete loss
-than a climb of 2 units, yet inside the box at a finer step). The detour over the wall is
-another homotopy class, which gradient steps on the loss do not reach. As for swap-12
+wall between two RK4 stage points (speeds of 100–200 in the first step, cheaper in that
+discrete loss than a climb of 2 units, yet inside the box at a finer step). The detour over
+the wall is another homotopy class, which gradient steps on the loss do not reach. As for swap-12
 (``_swap12_warmstart``, after Nakamura-Zimmerer, Gong & Kang, arXiv 1907.05317), Φ is first
 fitted to the values and costates of open-loop optimal paths; here they come from L-BFGS on
 the same transcription as ``_apps_agents.solve_ipopt`` (states X₀…X_N, controls
 U_k = (X_{k+1} − X_k)/h, cost Σ_k s_k + G(X_N), the step cost s_k of
 ``_swap12_warmstart.step_costs``), in torch, started from a path over the wall: the straight
 line plus a bump of height 3 + 0.6j in z (sin(πt) profile; j numbers the agents that share an
-x, so that those that met at (x, 0, 5) pass at different heights). A solve takes seconds
-where one IPOPT solve of the 15 000-variable transcription (limited-memory Hessian) takes
-minutes. The perturbed starts' paths start from the nominal path shifted to them (their
-homotopy class). Costates by the discrete adjoint sweep of ``_swap12_warmstart``; the network
-is fitted to the residual of the LQR baseline (V − V_LQR, λ − ∇V_LQR; the baseline is fixed).
+x, so that those that met at (x, 0, 5) pass at different heights). A solve takes 10–30 s of
+CPU, where IPOPT on the 15 000-variable transcription (limited-memory Hessian) stopped
+unconverged after 3000 iterations and 8 minutes. The perturbed starts' paths start from
+the nominal path shifted to them (their homotopy class). Costates by the discrete adjoint
+sweep of ``_swap12_warmstart``; the network is fitted to the residual of the LQR baseline
+(V − V_LQR, λ − ∇V_LQR; the baseline is fixed).
 """
 
 from __future__ import annotations

@@ -45,7 +45,9 @@ class LQRValue(ValueFunction):
 
     with P(T) = Q_f, q(T) = −Q_f y, c(T) = ½yᵀQ_f y, are integrated by scipy's DOP853
     (rtol 1e-12) with dense output; ∂ₜΦ is evaluated from the right-hand sides, so the HJB
-    residual of this Φ vanishes to round-off.
+    residual of this Φ vanishes to round-off. The coefficients at a time are evaluated once
+    and kept (per dtype and device; the RK4 solvers ask for the same few times again), and a
+    batch at one time costs one product x·P(t), no per-sample copy of P.
 
     Args:
         A, Q, Qf: ``(d, d)`` arrays or numbers (number·I; None = 0); gain: G_c as a number
@@ -93,6 +95,7 @@ class LQRValue(ValueFunction):
             atol=1e-14,
             dense_output=True,
         )
+        self._cache: dict = {}  # (t, dtype, device) -> the coefficients and their rates at t
 
     def _unpack(self, v: np.ndarray):
         d = self.dim
@@ -114,22 +117,36 @@ class LQRValue(ValueFunction):
     def jet(self, x: Tensor, t, second: str | None = None) -> ValueJet:
         tc = _time_column(t, x)[:, 0].detach().cpu().numpy().astype(np.float64)
         uniq, inv = np.unique(tc, return_inverse=True)
-        vals = self._sol.sol(self.horizon - uniq)  # (k, len(uniq))
-        rates = np.stack([self._rhs(vals[:, i]) for i in range(len(uniq))], axis=1)
         d = self.dim
+        key = (float(uniq[0]), x.dtype, x.device)
+        if len(uniq) == 1 and key in self._cache:
+            P, q, c, dP, dq, dc = self._cache[key]
+        else:
+            vals = self._sol.sol(self.horizon - uniq)  # (k, len(uniq))
+            rates = np.stack([self._rhs(vals[:, i]) for i in range(len(uniq))], axis=1)
 
-        def split(v):
-            v = torch.as_tensor(v[:, inv].T, dtype=x.dtype, device=x.device)
-            P = v[:, : d * d].reshape(-1, d, d)
-            return 0.5 * (P + P.mT), v[:, d * d : d * d + d], v[:, -1]
+            def split(v):  # the coefficients at the distinct times, (k, d, d), (k, d), (k,)
+                v = torch.as_tensor(v.T, dtype=x.dtype, device=x.device)
+                P = v[:, : d * d].reshape(-1, d, d)
+                return 0.5 * (P + P.mT), v[:, d * d : d * d + d], v[:, -1]
 
-        P, q, c = split(vals)
-        dP, dq, dc = split(rates)
-        Px = (P @ x[..., None])[..., 0]
+            (P, q, c), (dP, dq, dc) = split(vals), split(rates)
+            if len(uniq) == 1:  # the RK4 solvers ask for the same few times again and again
+                if len(self._cache) >= max(8, 2**23 // (2 * d * d)):
+                    self._cache.clear()
+                self._cache[key] = (P, q, c, dP, dq, dc)
+        if len(uniq) == 1:  # one time (the solvers' case): x @ P, no (n, d, d) copy of P
+            Px, dPx = x @ P[0], x @ dP[0]
+        else:
+            idx = torch.as_tensor(inv.reshape(-1), device=x.device)
+            P, q, c, dP, dq, dc = (v[idx] for v in (P, q, c, dP, dq, dc))
+            Px, dPx = (P @ x[..., None])[..., 0], (dP @ x[..., None])[..., 0]
         value = 0.5 * (x * Px).sum(-1) + (q * x).sum(-1) + c
-        dt = 0.5 * (x * (dP @ x[..., None])[..., 0]).sum(-1) + (dq * x).sum(-1) + dc
+        dt = 0.5 * (x * dPx).sum(-1) + (dq * x).sum(-1) + dc
         lap = P.diagonal(dim1=-2, dim2=-1).sum(-1) if second == "laplacian" else None
-        hess = P if second == "hessian" else None
+        if lap is not None and len(uniq) == 1:
+            lap = lap.expand(x.shape[0])
+        hess = P.expand(x.shape[0], d, d) if second == "hessian" else None
         return ValueJet(value, Px + q, dt, lap, hess)
 
 

@@ -16,6 +16,9 @@ from pathlib import Path
 
 #: (file, title) of the runs shown, in order
 FILES: tuple[tuple[str, str], ...] = (
+    ("cpu_sbi_1e5.json",
+     "10⁵ simulations, library defaults, sbibm's 10 observations, 10 000 samples each "
+     "(two_moons and lotka_volterra)"),
     ("cpu_sbi_defaults_pcpfix.json",
      "10³ simulations, library defaults (quick mode), after PCP-Map's Newton fix"),
     ("cpu_sbi_1e4.json",

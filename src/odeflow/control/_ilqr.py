@@ -8,13 +8,13 @@ import torch
 from torch import Tensor
 
 from ._problem import ControlProblem
-from ._tracking_lqr import _hermite
+from ._tracking_lqr import _AffineLQTable, _backward_rk4, _hermite
 from ._value import ValueFunction, ValueJet, _time_column
 
 __all__ = ["ILQRValue"]
 
 
-class ILQRValue(ValueFunction):
+class ILQRValue(_AffineLQTable, ValueFunction):
     r"""The value of a control-affine problem linearised along a closed loop (iLQR).
 
     For ż = a(z, t) + B(z, t)v and the cost ∫ ℓ(z, t) + ½vᵀRv dt + G(z_T) (``running_cost``
@@ -230,47 +230,11 @@ class ILQRValue(ValueFunction):
     def _riccati(self, lin):
         """Backward RK4 from (Q_T, q_T, G(z̄_T)) at T: P ``(N + 1, d, d)``, s ``(N + 1, d)``,
         c ``(N + 1,)``."""
-        N, d = self.steps, self.dim
-        h = -self.horizon / N
         coef, (QT, qT, GT) = lin[:6], lin[6]
-        P, s, c = np.zeros((N + 1, d, d)), np.zeros((N + 1, d)), np.zeros(N + 1)
-        P[N], s[N], c[N] = 0.5 * (QT + QT.T), qT, GT
-        with np.errstate(over="ignore", invalid="ignore"):
-            for k in range(N - 1, -1, -1):
-                y = (P[k + 1], s[k + 1], c[k + 1])
-                st = [tuple(v[j] for v in coef) for j in (2 * k + 2, 2 * k + 1, 2 * k)]
-                k1 = self._rhs(*y[:2], *st[0])
-                k2 = self._rhs(*(u + 0.5 * h * v for u, v in zip(y[:2], k1, strict=False)), *st[1])
-                k3 = self._rhs(*(u + 0.5 * h * v for u, v in zip(y[:2], k2, strict=False)), *st[1])
-                k4 = self._rhs(*(u + h * v for u, v in zip(y[:2], k3, strict=False)), *st[2])
-                P[k], s[k], c[k] = (
-                    u + h / 6 * (a + 2 * b + 2 * e + f)
-                    for u, a, b, e, f in zip(y, k1, k2, k3, k4, strict=True)
-                )
-                P[k] = 0.5 * (P[k] + P[k].T)
-        if not (np.isfinite(P).all() and np.isfinite(s).all() and np.isfinite(c).all()):
-            raise ValueError(
-                f"the backward Riccati solve overflowed with {N} RK4 steps: the linearised "
-                "problem is too stiff for this step; pass more steps"
-            )
-        return P, s, c
-
-    def _table(self, t: Tensor) -> tuple[Tensor, ...]:
-        """P, s, c, z̄ at times ``t (n,)`` and their t-derivatives (eight tensors)."""
-        d = self.dim
-        val, der = _hermite(self._y, self._f, self.horizon / self.steps, t)
-        cut = (d * d, d * d + d, d * d + d + 1)
-
-        def split(v):
-            P, s, c, z = v.tensor_split(cut, dim=1)
-            return P.reshape(-1, d, d), s, c[:, 0], z
-
-        return (*split(val), *split(der))
-
-    def coefficients(self, t: float) -> tuple[np.ndarray, np.ndarray, float]:
-        """(P(t), s(t), c(t)) of Φ = ½δᵀPδ + sᵀδ + c, δ = z − z̄(t), as NumPy arrays."""
-        P, s, c, *_ = self._table(torch.tensor([float(t)], dtype=torch.float64))
-        return P[0].numpy(), s[0].numpy(), float(c[0])
+        terminal = (0.5 * (QT + QT.T), qT, GT)
+        return _backward_rk4(
+            self._rhs, lambda j: tuple(v[j] for v in coef), terminal, self.steps, self.horizon
+        )
 
     def gradient_table(self, t) -> tuple[Tensor, Tensor, Tensor]:
         """P, s and z̄ at the times ``t`` (a number or ``(n,)``), float64 ``(n, d, d)``,

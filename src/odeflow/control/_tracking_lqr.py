@@ -29,7 +29,61 @@ def _hermite(y: Tensor, f: Tensor, h: float, t: Tensor) -> tuple[Tensor, Tensor]
     return val, der
 
 
-class TrackingLQRValue(ValueFunction):
+def _backward_rk4(rhs, stage, terminal, steps: int, horizon: float):
+    """Backward RK4 of the Riccati, affine and constant equations from ``terminal`` = (P, s, c)
+    at T: ``rhs(P, s, *stage(j))`` gives their t-derivatives with the coefficients at the
+    half-grid node j (2k: t_k, 2k + 1: the midpoint). Returns P ``(N + 1, d, d)``,
+    s ``(N + 1, d)``, c ``(N + 1,)``; raises ValueError when the solve overflows."""
+    N, d = steps, len(terminal[1])
+    h = -horizon / N
+    P, s, c = np.zeros((N + 1, d, d)), np.zeros((N + 1, d)), np.zeros(N + 1)
+    P[N], s[N], c[N] = terminal
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(N - 1, -1, -1):
+            y = (P[k + 1], s[k + 1], c[k + 1])
+            st = [stage(j) for j in (2 * k + 2, 2 * k + 1, 2 * k)]
+            k1 = rhs(*y[:2], *st[0])
+            k2 = rhs(*(u + 0.5 * h * v for u, v in zip(y[:2], k1, strict=False)), *st[1])
+            k3 = rhs(*(u + 0.5 * h * v for u, v in zip(y[:2], k2, strict=False)), *st[1])
+            k4 = rhs(*(u + h * v for u, v in zip(y[:2], k3, strict=False)), *st[2])
+            P[k], s[k], c[k] = (
+                u + h / 6 * (a + 2 * b + 2 * e + f)
+                for u, a, b, e, f in zip(y, k1, k2, k3, k4, strict=True)
+            )
+            P[k] = 0.5 * (P[k] + P[k].T)
+    if not (np.isfinite(P).all() and np.isfinite(s).all() and np.isfinite(c).all()):
+        raise ValueError(
+            f"the backward Riccati solve overflowed with {N} RK4 steps: the linearised "
+            "problem is too stiff for this step; pass more steps"
+        )
+    return P, s, c
+
+
+class _AffineLQTable:
+    """The tabulated coefficients of Φ = ½δᵀPδ + sᵀδ + c, δ = z − z̄(t), shared by the
+    linearised values: ``_y``/``_f`` hold (P, s, c, z̄) and their rates at the grid nodes."""
+
+    def _table(self, t: Tensor) -> tuple[Tensor, ...]:
+        """P, s, c, z̄ ``(n, d, d), (n, d), (n,), (n, d)`` at times ``t (n,)`` and their
+        t-derivatives (eight tensors)."""
+        d = self.dim
+        val, der = _hermite(self._y, self._f, self.horizon / self.steps, t)
+        cut = (d * d, d * d + d, d * d + d + 1)
+
+        def split(v):
+            P, s, c, z = v.tensor_split(cut, dim=1)
+            return P.reshape(-1, d, d), s, c[:, 0], z
+
+        return (*split(val), *split(der))
+
+    def coefficients(self, t: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """(P(t), s(t), c(t)) of Φ = ½δᵀPδ + sᵀδ + c, δ = z − z̄(t), as NumPy arrays (the
+        interpolant at a time t in [0, T])."""
+        P, s, c, *_ = self._table(torch.tensor([float(t)], dtype=torch.float64))
+        return P[0].numpy(), s[0].numpy(), float(c[0])
+
+
+class TrackingLQRValue(_AffineLQTable, ValueFunction):
     r"""The value of a tracking problem linearised along a path (time-varying LQR, iLQR).
 
     For a control-affine tracking problem ż = a(z) + Bu, cost
@@ -208,47 +262,11 @@ class TrackingLQRValue(ValueFunction):
     def _riccati(self, A, w, g, ell, dT):
         """Backward RK4 from (γI, γ(z̄ − z*), (γ/2)|z̄ − z*|²) at T: P ``(N + 1, d, d)``,
         s ``(N + 1, d)``, c ``(N + 1,)``."""
-        N, d, gam = self.steps, self.dim, self._gamma
-        h = -self.horizon / N
-        P, s, c = np.zeros((N + 1, d, d)), np.zeros((N + 1, d)), np.zeros(N + 1)
-        P[N], s[N], c[N] = gam * np.eye(d), gam * dT, 0.5 * gam * dT @ dT
-        for k in range(N - 1, -1, -1):
-            y = (P[k + 1], s[k + 1], c[k + 1])
-            stage = [(A[j], w[j], g[j], ell[j]) for j in (2 * k + 2, 2 * k + 1, 2 * k)]
-            k1 = self._rhs(*y[:2], *stage[0])
-            k2 = self._rhs(*(u + 0.5 * h * v for u, v in zip(y[:2], k1, strict=False)), *stage[1])
-            k3 = self._rhs(*(u + 0.5 * h * v for u, v in zip(y[:2], k2, strict=False)), *stage[1])
-            k4 = self._rhs(*(u + h * v for u, v in zip(y[:2], k3, strict=False)), *stage[2])
-            P[k], s[k], c[k] = (
-                u + h / 6 * (a + 2 * b + 2 * e + f)
-                for u, a, b, e, f in zip(y, k1, k2, k3, k4, strict=True)
-            )
-            P[k] = 0.5 * (P[k] + P[k].T)
-        if not (np.isfinite(P).all() and np.isfinite(s).all() and np.isfinite(c).all()):
-            raise ValueError(
-                f"the backward Riccati solve overflowed with {N} RK4 steps: the linearised "
-                "problem is too stiff for this step; pass more steps"
-            )
-        return P, s, c
-
-    def _table(self, t: Tensor) -> tuple[Tensor, ...]:
-        """P, s, c, z* ``(n, d, d), (n, d), (n,), (n, d)`` at times ``t (n,)`` and their
-        t-derivatives (eight tensors)."""
-        d = self.dim
-        val, der = _hermite(self._y, self._f, self.horizon / self.steps, t)
-        cut = (d * d, d * d + d, d * d + d + 1)
-
-        def split(v):
-            P, s, c, z = v.tensor_split(cut, dim=1)
-            return P.reshape(-1, d, d), s, c[:, 0], z
-
-        return (*split(val), *split(der))
-
-    def coefficients(self, t: float) -> tuple[np.ndarray, np.ndarray, float]:
-        """(P(t), s(t), c(t)) of Φ = ½δᵀPδ + sᵀδ + c, δ = z − z̄(t), as NumPy arrays (the
-        interpolant at a time t in [0, T])."""
-        P, s, c, *_ = self._table(torch.tensor([float(t)], dtype=torch.float64))
-        return P[0].numpy(), s[0].numpy(), float(c[0])
+        gam = self._gamma
+        terminal = (gam * np.eye(self.dim), gam * dT, 0.5 * gam * dT @ dT)
+        return _backward_rk4(
+            self._rhs, lambda j: (A[j], w[j], g[j], ell[j]), terminal, self.steps, self.horizon
+        )
 
     def feedback_gains(self, t) -> tuple[Tensor, Tensor]:
         """The feedback as an affine law u*(z, t) = K(t)z + k(t) for online use:

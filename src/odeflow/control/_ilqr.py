@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ._problem import ControlProblem
 from ._tracking_lqr import _AffineLQTable, _backward_rk4, _hermite
-from ._value import ValueFunction, ValueJet, _time_column
+from ._value import ValueFunction
 
 __all__ = ["ILQRValue"]
 
@@ -252,21 +252,3 @@ class ILQRValue(_AffineLQTable, ValueFunction):
         tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1).clamp(0.0, self.horizon)
         P, s, _, zb, *_ = self._table(tt)
         return P, s, zb
-
-    def jet(self, x: Tensor, t, second: str | None = None) -> ValueJet:
-        if second not in (None, "laplacian", "hessian"):
-            raise ValueError(f"second must be None, 'laplacian' or 'hessian', got {second!r}")
-        if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"x must have shape (n, {self.dim}), got {tuple(getattr(x, 'shape', ()))}"
-            )
-        tc = _time_column(t, x)[:, 0].detach().to("cpu", torch.float64).clamp(0.0, self.horizon)
-        P, s, c, zs, dP, ds, dc, vs = (v.to(x) for v in self._table(tc))
-        e = x - zs
-        Pe = (P @ e[..., None])[..., 0]
-        grad = Pe + s
-        value = 0.5 * (e * Pe).sum(-1) + (s * e).sum(-1) + c
-        dt = (0.5 * (e * (dP @ e[..., None])[..., 0]).sum(-1) + (ds * e).sum(-1) + dc
-              - (grad * vs).sum(-1))  # fmt: skip
-        lap = P.diagonal(dim1=-2, dim2=-1).sum(-1) if second == "laplacian" else None
-        return ValueJet(value, grad, dt, lap, P if second == "hessian" else None)

@@ -82,6 +82,25 @@ class _AffineLQTable:
         P, s, c, *_ = self._table(torch.tensor([float(t)], dtype=torch.float64))
         return P[0].numpy(), s[0].numpy(), float(c[0])
 
+    def jet(self, x: Tensor, t, second: str | None = None) -> ValueJet:
+        """The exact jet of Φ = ½δᵀPδ + sᵀδ + c, δ = x − z̄(t), on the interpolated coefficients."""
+        if second not in (None, "laplacian", "hessian"):
+            raise ValueError(f"second must be None, 'laplacian' or 'hessian', got {second!r}")
+        if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(
+                f"x must have shape (n, {self.dim}), got {tuple(getattr(x, 'shape', ()))}"
+            )
+        tc = _time_column(t, x)[:, 0].detach().to("cpu", torch.float64).clamp(0.0, self.horizon)
+        P, s, c, zs, dP, ds, dc, vs = (v.to(x) for v in self._table(tc))
+        e = x - zs
+        Pe = (P @ e[..., None])[..., 0]
+        grad = Pe + s
+        value = 0.5 * (e * Pe).sum(-1) + (s * e).sum(-1) + c
+        dt = (0.5 * (e * (dP @ e[..., None])[..., 0]).sum(-1) + (ds * e).sum(-1) + dc
+              - (grad * vs).sum(-1))  # fmt: skip
+        lap = P.diagonal(dim1=-2, dim2=-1).sum(-1) if second == "laplacian" else None
+        return ValueJet(value, grad, dt, lap, P if second == "hessian" else None)
+
 
 class TrackingLQRValue(_AffineLQTable, ValueFunction):
     r"""The value of a tracking problem linearised along a path (time-varying LQR, iLQR).
@@ -288,21 +307,3 @@ class TrackingLQRValue(_AffineLQTable, ValueFunction):
         K = -(P @ F).mT
         k = -((s - (P @ zb[..., None])[..., 0]) @ F)
         return K, k
-
-    def jet(self, x: Tensor, t, second: str | None = None) -> ValueJet:
-        if second not in (None, "laplacian", "hessian"):
-            raise ValueError(f"second must be None, 'laplacian' or 'hessian', got {second!r}")
-        if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"x must have shape (n, {self.dim}), got {tuple(getattr(x, 'shape', ()))}"
-            )
-        tc = _time_column(t, x)[:, 0].detach().to("cpu", torch.float64).clamp(0.0, self.horizon)
-        P, s, c, zs, dP, ds, dc, vs = (v.to(x) for v in self._table(tc))
-        e = x - zs
-        Pe = (P @ e[..., None])[..., 0]
-        grad = Pe + s
-        value = 0.5 * (e * Pe).sum(-1) + (s * e).sum(-1) + c
-        dt = (0.5 * (e * (dP @ e[..., None])[..., 0]).sum(-1) + (ds * e).sum(-1) + dc
-              - (grad * vs).sum(-1))  # fmt: skip
-        lap = P.diagonal(dim1=-2, dim2=-1).sum(-1) if second == "laplacian" else None
-        return ValueJet(value, grad, dt, lap, P if second == "hessian" else None)

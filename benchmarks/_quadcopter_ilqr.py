@@ -40,25 +40,14 @@ def ilqr_value(pb: Quadcopter, recipe: dict) -> tuple[ILQRValue, float, list]:
     return phi, time.perf_counter() - t0, values
 
 
-def _best(fn, repeat: int, rounds: int = 5) -> tuple[float, float]:
-    """Best-of-rounds (wall, CPU) seconds per call of ``fn()`` (after one warm-up call)."""
-    fn()
-    wall = cpu = float("inf")
-    for _ in range(rounds):
-        w, c = time.perf_counter(), time.process_time()
-        for _ in range(repeat):
-            fn()
-        wall = min(wall, (time.perf_counter() - w) / repeat)
-        cpu = min(cpu, (time.process_time() - c) / repeat)
-    return wall, cpu
-
-
 def online_ilqr(pb: Quadcopter, phi: ILQRValue, nt: int, ipopt_seconds: float, paths) -> dict:
     """The deployment form: P, s, z̄ tabulated once at the 2nt + 1 RK4 stage times
     (``gradient_table``), then per stage p = P(z − z̄) + s and the closed forms of u*(z, p)
     and f(z, u): the quadcopter's numpy ones for one feedback, Python floats in the closed
     loop (batch 1), torch in inference mode at batch 1024. Same keys as
     ``_apps_dynamics._online_quadcopter``."""
+    from _apps_dynamics import _best
+
     h = pb.horizon / nt
     P, s, zb = (v.numpy() for v in phi.gradient_table(np.arange(2 * nt + 1) * (h / 2)))
     m, g = pb.mass, pb.gravity

@@ -105,6 +105,14 @@ def optimal_data(pb: AgentProblem, nt: int = 50, n0: int = 16, seed: int = 11,
             failed += 1
         else:
             sols.append(best)
+    info.update(seconds=time.perf_counter() - t0, solves=len(sols), failed=failed,
+                costs=[r["cost"] for r in sols])  # fmt: skip
+    return (*stack_solutions(pb, sols, h, nt), info)
+
+
+def stack_solutions(pb: AgentProblem, sols: list[dict], h: float, nt: int):
+    """States, times, cost-to-go and costates of the solutions' paths, stacked (four
+    tensors: ``(S(nt + 1), d)``, ``(S(nt + 1),)``, ``(S(nt + 1),)``, ``(S(nt + 1), d)``)."""
     xs, Vs, lams = [], [], []
     for r in sols:
         V, lam = value_and_costates(pb, r["path"], h)
@@ -112,9 +120,7 @@ def optimal_data(pb: AgentProblem, nt: int = 50, n0: int = 16, seed: int = 11,
         Vs.append(V)
         lams.append(lam)
     ts = [h * np.arange(nt + 1)] * len(sols)
-    info.update(seconds=time.perf_counter() - t0, solves=len(sols), failed=failed,
-                costs=[r["cost"] for r in sols])  # fmt: skip
-    return (*[torch.as_tensor(np.concatenate(a)) for a in (xs, ts, Vs, lams)], info)
+    return tuple(torch.as_tensor(np.concatenate(a)) for a in (xs, ts, Vs, lams))
 
 
 def warm_start(pb: AgentProblem, phi, *, n0: int = 16, iterations: int = 500, nt: int = 50,

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from _swap12_warmstart import _shifted, step_costs, value_and_costates
+from _swap12_warmstart import _shifted, stack_solutions, step_costs
 from odeflow.control import AgentProblem, fit_value_to_data
 
 
@@ -96,16 +96,9 @@ def optimal_data(pb: AgentProblem, nt: int = 50, n0: int = 8, seed: int = 11,
         r = solve_path(pb, xi, _shifted(nominal["path"], xi), iterations=iterations[1])
         log(f"start {i}: cost {r['cost']:.2f}, {r['iterations']} iterations, {r['seconds']:.1f} s")
         sols.append(r)
-    xs, Vs, lams = [], [], []
-    for r in sols:
-        V, lam = value_and_costates(pb, r["path"], h)
-        xs.append(r["path"])
-        Vs.append(V)
-        lams.append(lam)
-    ts = [h * np.arange(nt + 1)] * len(sols)
     info.update(seconds=time.process_time() - c0, solves=len(sols),
                 costs=[r["cost"] for r in sols])  # fmt: skip
-    return (*[torch.as_tensor(np.concatenate(a)) for a in (xs, ts, Vs, lams)], info)
+    return (*stack_solutions(pb, sols, h, nt), info)
 
 
 def warm_start(pb: AgentProblem, phi, *, n0: int = 8, iterations: int = 500, nt: int = 50,

@@ -278,10 +278,16 @@ def _online_quadcopter(pb, phi, nt: int, ipopt_seconds: float, paths) -> dict:
     out["online_ms_per_step_batch1"] = 1e3 * wall / nt  # the whole loop over its nt steps
     out["online_ms_per_step_batch1_cpu"] = 1e3 * cpu / nt
     diff = np.abs(online.rollout(x1, nt, paths=True)[:, 0] - paths[:, 0].numpy()).max()
+    return online_row(out, wall, cpu, ipopt_seconds, diff)
+
+
+def online_row(out: dict, wall: float, cpu: float, ipopt_seconds: float, diff) -> dict:
+    """The online timings ``out`` completed with the closed loop's (``wall``, ``cpu``) seconds,
+    its speed-up over one IPOPT solve and its largest deviation ``diff`` from the regular
+    closed loop, plus control_apps.py's columns (the deployment form, as for the agents)."""
     return {**out, "online_rollout_seconds": wall, "online_rollout_cpu_seconds": cpu,
             "online_speedup_vs_ipopt": ipopt_seconds / wall,
             "online_final_state_difference": float(diff),
-            # control_apps.py's columns: the deployment form, as for the agent rows
             "feedback_ms_batch1": out["online_ms_per_feedback_batch1"],
             "feedback_ms_batch1024": out["online_ms_per_feedback_batch1024"],
             "speedup_vs_ipopt": ipopt_seconds / wall}  # fmt: skip

@@ -46,7 +46,7 @@ def online_ilqr(pb: Quadcopter, phi: ILQRValue, nt: int, ipopt_seconds: float, p
     and f(z, u): the quadcopter's numpy ones for one feedback, Python floats in the closed
     loop (batch 1), torch in inference mode at batch 1024. Same keys as
     ``_apps_dynamics._online_quadcopter``."""
-    from _apps_dynamics import _best
+    from _apps_dynamics import _best, online_row
 
     h = pb.horizon / nt
     P, s, zb = (v.numpy() for v in phi.gradient_table(np.arange(2 * nt + 1) * (h / 2)))
@@ -95,12 +95,7 @@ def online_ilqr(pb: Quadcopter, phi: ILQRValue, nt: int, ipopt_seconds: float, p
     out["online_ms_per_step_batch1"] = 1e3 * wall / nt
     out["online_ms_per_step_batch1_cpu"] = 1e3 * cpu / nt
     diff = np.abs(loop(x1, keep=True)[:, 0] - paths[:, 0].numpy()).max()
-    return {**out, "online_rollout_seconds": wall, "online_rollout_cpu_seconds": cpu,
-            "online_speedup_vs_ipopt": ipopt_seconds / wall,
-            "online_final_state_difference": float(diff),
-            "feedback_ms_batch1": out["online_ms_per_feedback_batch1"],
-            "feedback_ms_batch1024": out["online_ms_per_feedback_batch1024"],
-            "speedup_vs_ipopt": ipopt_seconds / wall}  # fmt: skip
+    return online_row(out, wall, cpu, ipopt_seconds, diff)
 
 
 def _ipopt_from(pb: Quadcopter, x: Tensor, t0: float, paths, phi, nt_left: int) -> dict:

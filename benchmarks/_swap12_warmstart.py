@@ -134,8 +134,14 @@ def warm_start(pb: AgentProblem, phi, *, n0: int = 16, iterations: int = 500, nt
     t0 = time.perf_counter()
     fit = fit_value_to_data(phi, x, t, V, lam, iterations=iterations)
     phi.to(dtype)
-    out = {"data_seconds": info["seconds"], "fit_seconds": time.perf_counter() - t0,
-           "samples": len(V), "value_error": fit.value_error,
+    return fit_report(info, fit, time.perf_counter() - t0, len(V), log)
+
+
+def fit_report(info: dict, fit, seconds: float, samples: int, log=print) -> dict:
+    """The warm start's figures: the data's seconds and info, the fit's seconds, errors and
+    iterations (logged)."""
+    out = {"data_seconds": info["seconds"], "fit_seconds": seconds,
+           "samples": samples, "value_error": fit.value_error,
            "gradient_error": fit.gradient_error, "fit_iterations": fit.iterations,
            **{k: v for k, v in info.items() if k != "seconds"}}  # fmt: skip
     log(f"fit: {out}")

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from _swap12_warmstart import _shifted, stack_solutions, step_costs
+from _swap12_warmstart import _shifted, fit_report, stack_solutions, step_costs
 from odeflow.control import AgentProblem, fit_value_to_data
 
 
@@ -122,9 +122,4 @@ def warm_start(pb: AgentProblem, phi, *, n0: int = 8, iterations: int = 500, nt:
     net.double()
     fit = fit_value_to_data(net, x, t, V - bV, lam - bG, iterations=iterations)
     net.to(dtype)
-    out = {"data_seconds": info["seconds"], "fit_seconds": time.process_time() - c0,
-           "samples": len(V), "value_error": fit.value_error,
-           "gradient_error": fit.gradient_error, "fit_iterations": fit.iterations,
-           **{k: v for k, v in info.items() if k != "seconds"}}  # fmt: skip
-    log(f"fit: {out}")
-    return out
+    return fit_report(info, fit, time.process_time() - c0, len(V), log)

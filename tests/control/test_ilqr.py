@@ -201,3 +201,15 @@ def test_bad_input(linear, quad):
         phi.jet(torch.zeros(2, 3, dtype=F64), 0.0)
     with pytest.raises(ValueError, match="second"):
         phi.jet(q.start[None], 0.0, "grad")
+
+
+def test_default_steps_follow_the_terminal_stiffness():
+    # the paper's quadcopter (α₀ = 5000) needs more than 1000 RK4 steps near T: the default
+    # picks a stable count instead of overflowing, and an explicit count is kept as given
+    pb = Quadcopter()
+    phi = ILQRValue(pb, pb.start)
+    assert phi.steps > 1800
+    assert bool(torch.isfinite(phi(pb.start[None], 0.0)).all())
+    assert ILQRValue(pb, pb.start, nominal=phi, steps=2000).steps == 2000
+    with pytest.raises(ValueError, match="overflowed"):
+        ILQRValue(pb, pb.start, steps=1000)

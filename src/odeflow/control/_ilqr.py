@@ -3,6 +3,8 @@ Riccati model with state-dependent control matrix, refined along its own nonline
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -59,8 +61,10 @@ class ILQRValue(_AffineLQTable, ValueFunction):
             path; a function t ↦ v̄(t) returning m numbers, an open-loop control flown from
             x₀ (e.g. a direct method's solution); or None (Φ₀ = 0: u*(z, 0)).
         steps: RK4 steps over [0, T] of both the nominal closed loop and the backward
-            Riccati solve (1000). Near T the Riccati rates reach 2ρ(G_c Q_T), and RK4 needs
+            Riccati solve. Near T the Riccati rates reach 2ρ(G_c Q_T), and RK4 needs
             h·rate ≤ 2.785 (the quadcopter at α₀ = 5000: 2ρ = 5000, so ``steps`` ≥ 1800).
+            None (default): 1000, or 1.25× the least stable count when that is more (the
+            linearisation is then redone on the finer grid).
         damping: μ ≥ 0 added to the LQ model's state Hessian Q, (μ/2)|δ|² (Levenberg–
             Marquardt: the next closed loop stays nearer z̄). The fixed point does not depend
             on μ; raise it when a refinement raises the closed-loop cost, and build the final
@@ -88,7 +92,7 @@ class ILQRValue(_AffineLQTable, ValueFunction):
     """
 
     def __init__(self, problem: ControlProblem, start, *, nominal: ValueFunction | None = None,
-                 steps: int = 1000, damping: float = 0.0):  # fmt: skip
+                 steps: int | None = None, damping: float = 0.0):  # fmt: skip
         super().__init__()
         if not isinstance(problem, ControlProblem):
             raise TypeError(f"ILQRValue needs a ControlProblem, got {type(problem).__name__}")
@@ -97,12 +101,13 @@ class ILQRValue(_AffineLQTable, ValueFunction):
                 "ILQRValue is for deterministic problems whose costs do not read the density; "
                 f"{type(problem).__name__} has diffusion or uses_density"
             )
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                                  or steps < 1):  # fmt: skip
+            raise ValueError(f"steps must be None or an integer >= 1, got {steps!r}")
         damping = float(damping)
         if not (np.isfinite(damping) and damping >= 0):
             raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
-        self.problem, self.dim, self.steps = problem, problem.dim, steps
+        self.problem, self.dim, self.steps = problem, problem.dim, steps or 1000
         self.damping = damping
         self.horizon = float(problem.horizon)
         x0 = torch.as_tensor(start, dtype=torch.float64).reshape(1, -1)
@@ -117,9 +122,14 @@ class ILQRValue(_AffineLQTable, ValueFunction):
                 f"({problem.control_dim} numbers), got {type(nominal).__name__}"
             )
         self.start = x0[0]
-        t = torch.linspace(0.0, self.horizon, 2 * steps + 1, dtype=torch.float64)
-        zb, vb, ub = self._nominal(t, nominal, x0)
-        lin = self._linearise(t, zb, vb, ub)
+        zb, vb, ub, lin = self._linear_model(nominal, x0)
+        if steps is None:  # RK4 is stable on the terminal rate 2ρ(G_c Q_T) for h·rate ≤ 2.785
+            rate = 2 * float(np.abs(np.linalg.eigvals(lin[1][-1] @ lin[6][0])).max())
+            need = math.ceil(1.25 * self.horizon * rate / 2.785)
+            if need > self.steps:
+                self.steps = need
+                zb, vb, ub, lin = self._linear_model(nominal, x0)
+        steps = self.steps
         P, s, c = self._riccati(lin)
         rates = [self._rhs(P[k], s[k], *(v[2 * k] for v in lin[:6])) for k in range(steps + 1)]
         dP, ds, dc = (np.stack(r) for r in zip(*rates, strict=True))
@@ -128,6 +138,13 @@ class ILQRValue(_AffineLQTable, ValueFunction):
         self._f = torch.as_tensor(flat(dP, ds, dc, vb[::2].numpy()))
         #: the nominal path z̄ ``(steps + 1, d)`` and its controls v̄ ``(steps + 1, m)``
         self.path, self.controls = zb[::2].clone(), ub[::2].clone()
+
+    def _linear_model(self, nominal, x0):
+        """The nominal path on the half-grid of ``self.steps`` RK4 steps and the linearisation
+        along it."""
+        t = torch.linspace(0.0, self.horizon, 2 * self.steps + 1, dtype=torch.float64)
+        zb, vb, ub = self._nominal(t, nominal, x0)
+        return zb, vb, ub, self._linearise(t, zb, vb, ub)
 
     def _field(self, nominal):
         pb = self.problem
